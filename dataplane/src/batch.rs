@@ -1,0 +1,36 @@
+//! Batching helpers: splitting GRO buffers into datagrams.
+
+/// Split a GRO buffer of `stride`-byte datagrams (the last one may be shorter) into datagrams.
+/// A zero stride means the buffer is a single datagram.
+pub fn split_gro(data: &[u8], stride: usize) -> impl Iterator<Item = &[u8]> {
+    let stride = if stride == 0 { data.len().max(1) } else { stride };
+    data.chunks(stride)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_equal_segments() {
+        let data: Vec<u8> = (0..30).collect();
+        let parts: Vec<&[u8]> = split_gro(&data, 10).collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[2], &data[20..30]);
+    }
+
+    #[test]
+    fn short_last_segment_is_kept() {
+        let data = vec![7u8; 25];
+        let lens: Vec<usize> = split_gro(&data, 10).map(<[u8]>::len).collect();
+        assert_eq!(lens, vec![10, 10, 5]);
+    }
+
+    #[test]
+    fn single_datagram_and_zero_stride() {
+        let data = vec![1u8; 1200];
+        assert_eq!(split_gro(&data, 1200).count(), 1);
+        assert_eq!(split_gro(&data, 0).count(), 1);
+        assert_eq!(split_gro(&[], 1200).count(), 0);
+    }
+}

@@ -1,0 +1,14 @@
+//! The ant-quic data plane: one thread per core, each owning its UDP socket, its I/O backend
+//! (io_uring or portable), its QUIC endpoint and every connection on it.
+//!
+//! A packet's path on one core: [`backend`] receives a batch → [`batch::split_gro`] splits it →
+//! [`cid`] tells which core owns it (others are handed over through a queue) → the core's
+//! `quinn_proto::Endpoint` decrypts it → the connection's application runs on the same core →
+//! `poll_transmit` seals the answer into GSO batches → [`backend`] sends them.
+
+pub mod backend;
+pub mod batch;
+pub mod stats;
+
+/// Most datagrams put in one GSO send.
+pub const MAX_GSO_SEGMENTS: usize = 64;

@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""hq-interop client built on aioquic, for interoperability tests of ant-quic.
+
+hq-interop is HTTP/0.9 over QUIC as used by the QUIC interop runner: ALPN
+"hq-interop"; for every file the client opens one client-initiated
+bidirectional stream, sends ``GET /path\\r\\n`` followed by FIN, and the server
+answers with the file's bytes followed by FIN.
+
+Usage::
+
+    python hq_client.py --host 127.0.0.1 --port 4433 --output DIR [--insecure] \\
+        /a.bin /sub/b.bin
+    python hq_client.py --output DIR --insecure https://127.0.0.1:4433/a.bin ...
+
+Request arguments are either URL paths (``/a.bin``) or full ``https://`` URLs.
+All requests travel over ONE connection. With full URLs, ``--host``/``--port``
+default to the first URL's host and port; every URL must name the same
+host:port (one connection). The path is sent exactly as given (no
+normalisation), so ``/../x`` reaches the server as written: that is how
+path-traversal refusal is tested.
+
+Output: a successful response for ``/sub/b.bin`` is written to
+``DIR/sub/b.bin`` (subdirectories created). Path components ``.`` and ``..``
+are dropped when building the output file name, so nothing is ever written
+outside DIR. A response is written to ``NAME.part`` while it arrives and
+renamed to ``NAME`` once its FIN arrives; a failed stream leaves no file.
+
+One result line per request is printed to stdout, in request order::
+
+    OK <path> <bytes> <sha256-hex>
+    RESET <path> <error-code> <bytes-received-before-reset>
+    ERROR <path> <reason>
+
+followed by ``SUMMARY ok=N failed=M``. (An empty response closed with FIN
+is ``OK <path> 0 e3b0...``: the protocol cannot tell it from an empty file.)
+
+Exit status: 0 when every stream ended with FIN; 1 when at least one stream
+was reset (or otherwise failed) while the connection itself worked; 2 when
+the connection failed (handshake failure, peer closed it with an error,
+idle timeout) or the overall ``--timeout`` (default 60 s) expired.
+
+Certificate verification: by default the server certificate is verified
+against ``--ca-file`` (or the system store). ``--insecure`` turns off
+certificate chain and host name verification only; the TLS 1.3
+CertificateVerify signature is still checked by aioquic (it supports
+Ed25519, ECDSA and RSA-PSS signatures), so a server presenting a
+self-signed Ed25519 certificate must still prove possession of its key.
+
+Debugging: ``-v`` logs aioquic's DEBUG output to stderr, ``--qlog DIR``
+writes a qlog trace, ``--secrets-log FILE`` writes TLS keys (NSS key log
+format) for Wireshark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import os
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from aioquic.asyncio import QuicConnectionProtocol, connect
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StreamDataReceived,
+    StreamReset,
+)
+from aioquic.quic.logger import QuicFileLogger
+
+ALPN = "hq-interop"
+LOG = logging.getLogger("hq_client")
+
+
+@dataclass
+class Request:
+    path: str
+    out_path: str
+    stream_id: int | None = None
+    status: str = "PENDING"  # OK | RESET | ERROR
+    detail: str = ""
+    received: int = 0
+    sha: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    fh: object | None = None
+    done: asyncio.Future | None = None
+
+    def finish(self, status: str, detail: str = "") -> None:
+        if self.status != "PENDING":
+            return
+        self.status = status
+        self.detail = detail
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+        part = self.out_path + ".part"
+        if status == "OK":
+            os.replace(part, self.out_path)
+        elif os.path.exists(part):
+            os.remove(part)
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def result_line(self) -> str:
+        if self.status == "OK":
+            return f"OK {self.path} {self.received} {self.sha.hexdigest()}"
+        if self.status == "RESET":
+            return f"RESET {self.path} {self.detail} {self.received}"
+        reason = self.detail or "not completed"
+        return f"ERROR {self.path} {reason}"
+
+
+class HqClientProtocol(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests: dict[int, Request] = {}
+        self.terminated: str | None = None
+
+    def fetch(self, req: Request) -> None:
+        sid = self._quic.get_next_available_stream_id(is_unidirectional=False)
+        req.stream_id = sid
+        req.done = self._loop.create_future()
+        os.makedirs(os.path.dirname(req.out_path), exist_ok=True)
+        req.fh = open(req.out_path + ".part", "wb")
+        self.requests[sid] = req
+        LOG.debug("stream %d: GET %s", sid, req.path)
+        self._quic.send_stream_data(
+            sid, f"GET {req.path}\r\n".encode("utf-8"), end_stream=True
+        )
+        self.transmit()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            LOG.info(
+                "handshake completed: alpn=%s resumed=%s early_data=%s",
+                event.alpn_protocol,
+                event.session_resumed,
+                event.early_data_accepted,
+            )
+        elif isinstance(event, StreamDataReceived):
+            req = self.requests.get(event.stream_id)
+            if req is None:
+                LOG.warning("data on unexpected stream %d", event.stream_id)
+            elif req.status == "PENDING":
+                if event.data:
+                    req.fh.write(event.data)
+                    req.sha.update(event.data)
+                    req.received += len(event.data)
+                if event.end_stream:
+                    LOG.debug("stream %d: FIN after %d bytes", event.stream_id, req.received)
+                    req.finish("OK")
+        elif isinstance(event, StreamReset):
+            req = self.requests.get(event.stream_id)
+            if req is not None:
+                LOG.info("stream %d (%s) reset by peer, code %d", event.stream_id, req.path, event.error_code)
+                req.finish("RESET", str(event.error_code))
+        elif isinstance(event, ConnectionTerminated):
+            self.terminated = (
+                f"connection closed by peer: error_code={event.error_code} "
+                f"frame_type={event.frame_type} reason={event.reason_phrase!r}"
+            )
+            LOG.info("%s", self.terminated)
+            for req in self.requests.values():
+                req.finish("ERROR", "connection-terminated")
+        if not isinstance(event, StreamDataReceived):
+            # the base class would wrap streams in asyncio reader/writer
+            # pairs; all stream data is handled above instead
+            super().quic_event_received(event)
+
+
+def safe_output_path(output_dir: str, url_path: str) -> str:
+    parts = [p for p in url_path.split("?")[0].split("/") if p not in ("", ".", "..")]
+    if not parts:
+        parts = ["index.html"]
+    return os.path.join(output_dir, *parts)
+
+
+def parse_targets(args: argparse.Namespace) -> tuple[str, int, list[str]]:
+    host, port = args.host, args.port
+    paths: list[str] = []
+    for item in args.requests:
+        if "://" in item:
+            u = urlsplit(item)
+            if u.scheme != "https":
+                raise SystemExit(f"unsupported URL scheme: {item}")
+            uhost = u.hostname
+            uport = u.port or 443
+            if host is None:
+                host = uhost
+            if port is None:
+                port = uport
+            if (uhost, uport) != (host, port) and (args.host is None and args.port is None):
+                raise SystemExit(f"all URLs must use one host:port (got {item})")
+            # keep the path exactly as written, including any ".." segments
+            rest = item.split("://", 1)[1]
+            slash = rest.find("/")
+            path = rest[slash:] if slash >= 0 else "/"
+        else:
+            path = item if item.startswith("/") else "/" + item
+        paths.append(path)
+    if host is None or port is None:
+        raise SystemExit("--host and --port are required when no full URL is given")
+    return host, port, paths
+
+
+async def run(args: argparse.Namespace, host: str, port: int, requests: list[Request]) -> int:
+    config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN])
+    config.idle_timeout = args.idle_timeout
+    if args.insecure:
+        config.verify_mode = ssl.CERT_NONE
+    if args.ca_file:
+        config.load_verify_locations(args.ca_file)
+    if args.server_name:
+        config.server_name = args.server_name
+    if args.qlog:
+        os.makedirs(args.qlog, exist_ok=True)
+        config.quic_logger = QuicFileLogger(args.qlog)
+    if args.secrets_log:
+        config.secrets_log_file = open(args.secrets_log, "a")
+
+    started = time.monotonic()
+    async with connect(host, port, configuration=config, create_protocol=HqClientProtocol) as client:
+        LOG.info("connected to %s:%d in %.3fs", host, port, time.monotonic() - started)
+        for req in requests:
+            client.fetch(req)
+        await asyncio.gather(*(r.done for r in requests))
+        LOG.info("all %d streams finished in %.3fs", len(requests), time.monotonic() - started)
+    return 0 if all(r.status == "OK" for r in requests) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="aioquic hq-interop client")
+    parser.add_argument("requests", nargs="+", metavar="URL_PATH", help="/path or https://host:port/path")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--output", required=True, help="directory to write fetched files into")
+    parser.add_argument("--insecure", action="store_true", help="skip certificate chain/name verification")
+    parser.add_argument("--ca-file", default=None, help="PEM file of trusted CA certificates")
+    parser.add_argument("--server-name", default=None, help="TLS server name (SNI / verification)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="overall time limit in seconds")
+    parser.add_argument("--idle-timeout", type=float, default=30.0, help="QUIC idle timeout in seconds")
+    parser.add_argument("--qlog", default=None, help="directory for qlog traces")
+    parser.add_argument("--secrets-log", default=None, help="file for TLS secrets (NSS key log)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="aioquic DEBUG logging on stderr")
+    args = parser.parse_args()
+
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+    )
+
+    host, port, paths = parse_targets(args)
+    output_dir = os.path.abspath(args.output)
+    os.makedirs(output_dir, exist_ok=True)
+    requests = [Request(path=p, out_path=safe_output_path(output_dir, p)) for p in paths]
+
+    code = 2
+    try:
+        code = asyncio.run(asyncio.wait_for(run(args, host, port, requests), timeout=args.timeout))
+    except asyncio.TimeoutError:
+        print(f"hq_client: timed out after {args.timeout}s", file=sys.stderr)
+        for r in requests:
+            r.finish("ERROR", "timeout")
+    except ConnectionError as exc:
+        print(f"hq_client: connection failed: {exc!r}", file=sys.stderr)
+        for r in requests:
+            r.finish("ERROR", "connection-failed")
+    except Exception as exc:  # report, never hang
+        print(f"hq_client: error: {exc!r}", file=sys.stderr)
+        for r in requests:
+            r.finish("ERROR", type(exc).__name__)
+    for r in requests:
+        if r.status == "PENDING":
+            r.finish("ERROR", "not-completed")
+        print(r.result_line())
+    ok = sum(1 for r in requests if r.status == "OK")
+    print(f"SUMMARY ok={ok} failed={len(requests) - ok}")
+    sys.stdout.flush()
+    if code == 0 and ok != len(requests):
+        code = 1
+    if code != 2 and any(r.detail in ("timeout", "connection-failed", "connection-terminated") for r in requests):
+        code = 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,151 @@
-fn main() {}
+//! `ant-quic-perf`: load generator and side-by-side comparison for ant-quic.
+//!
+//! Subcommands:
+//! - `quinn-bulk`: the baseline, quinn 0.11 on tokio, one connection, one stream;
+//! - `ant-quic-bulk`: the same transfer through ant-quic's library;
+//! - `udp-ceiling`: raw UDP over loopback with GSO and GRO, the ceiling for both;
+//! - `compare`: runs the three above as child processes, alternating, and prints a table.
+
+mod ant_bulk;
+mod compare;
+mod quinn_bulk;
+mod tls;
+mod udp_ceiling;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+/// What one bulk run prints: one JSON line on stdout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BulkResult {
+    /// "quinn" or "ant-quic".
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    /// Payload bytes moved on the stream.
+    pub bytes: u64,
+    /// From the client opening the stream to the receiver reading the last byte.
+    pub seconds: f64,
+    /// `bytes * 8 / seconds / 1e9`.
+    pub gbps: f64,
+    /// The negotiated TLS 1.3 cipher suite.
+    pub cipher: String,
+    /// "download" (server sends) or "upload" (client sends).
+    pub direction: String,
+    /// The negotiated key exchange group, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kx: Option<String>,
+    /// The path MTU (UDP payload bytes) at the end of the transfer, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// The I/O backend, when the implementation has a choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+}
+
+impl BulkResult {
+    /// Gbit/s (10^9 bits per second) for `bytes` moved in `seconds`.
+    pub fn gbps(bytes: u64, seconds: f64) -> f64 {
+        if seconds > 0.0 {
+            bytes as f64 * 8.0 / seconds / 1e9
+        } else {
+            0.0
+        }
+    }
+}
+
+/// "download" or "upload".
+pub fn direction_name(upload: bool) -> &'static str {
+    if upload {
+        "upload"
+    } else {
+        "download"
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ant-quic-perf",
+    about = "ant-quic throughput benchmarks over loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// quinn 0.11 (tokio, quinn-udp): one connection, one stream, server sends (or receives) N bytes.
+    QuinnBulk {
+        /// Bytes to transfer.
+        #[arg(long, default_value_t = compare::DEFAULT_BYTES)]
+        bytes: u64,
+        /// Client sends to the server instead of the server sending to the client.
+        #[arg(long)]
+        upload: bool,
+    },
+    /// ant-quic: one connection, one stream, server sends (or receives) N bytes.
+    AntQuicBulk {
+        /// Bytes to transfer.
+        #[arg(long, default_value_t = compare::DEFAULT_BYTES)]
+        bytes: u64,
+        /// Client sends to the server instead of the server sending to the client.
+        #[arg(long)]
+        upload: bool,
+        /// I/O backend (io-uring or portable); default: the library's choice.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Data-plane cores per node.
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+    },
+    /// Raw UDP over loopback: 1200-byte datagrams, a GSO sender thread and a GRO receiver thread.
+    UdpCeiling {
+        /// How long the sender runs.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Run ant-quic and quinn alternately in fresh child processes, plus the UDP ceiling at the
+    /// start and the end; print a markdown table (or JSON).
+    Compare(compare::CompareArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, so that `compare` can quote it.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::QuinnBulk { bytes, upload } => {
+            let r = quinn_bulk::run(bytes, upload)?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::AntQuicBulk {
+            bytes,
+            upload,
+            backend,
+            cores,
+        } => {
+            let r = ant_bulk::run(bytes, upload, backend.as_deref(), cores)?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::UdpCeiling { seconds } => {
+            if !(0.1..=60.0).contains(&seconds) {
+                anyhow::bail!("--seconds must be between 0.1 and 60");
+            }
+            let r = udp_ceiling::run(Duration::from_secs_f64(seconds))?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::Compare(args) => compare::run(&args)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,541 @@
+//! `compare`: ant-quic against quinn, alternating, each run in a fresh child process, with the raw
+//! UDP ceiling measured at the start and at the end of the same run.
+
+use std::{
+    io::Read,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use crate::{udp_ceiling::CeilingResult, BulkResult};
+
+/// 1 GiB, as quinn's own bulk benchmark.
+pub const DEFAULT_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Alternating (ant-quic, quinn) pairs per direction.
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
+    /// Bytes per transfer.
+    #[arg(long, default_value_t = DEFAULT_BYTES)]
+    bytes: u64,
+    /// Directions to measure, comma-separated: download (server sends), upload (client sends).
+    #[arg(long, value_delimiter = ',', default_value = "download,upload")]
+    directions: Vec<Direction>,
+    /// ant-quic I/O backend (io-uring or portable); default: the library's choice.
+    #[arg(long)]
+    backend: Option<String>,
+    /// ant-quic data-plane cores per node.
+    #[arg(long, default_value_t = 1)]
+    cores: usize,
+    /// Seconds of each UDP ceiling run.
+    #[arg(long, default_value_t = 3.0)]
+    ceiling_seconds: f64,
+    /// A child running longer than this many seconds is killed and reported as failed.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Print JSON instead of the markdown table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Direction {
+    Download,
+    Upload,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Download => "download",
+            Self::Upload => "upload",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum Impl {
+    #[serde(rename = "ant-quic")]
+    AntQuic,
+    #[serde(rename = "quinn")]
+    Quinn,
+}
+
+/// One child run, in the order it ran.
+#[derive(Debug, Serialize)]
+struct Run {
+    seq: usize,
+    #[serde(rename = "impl")]
+    implementation: Impl,
+    direction: Direction,
+    pair: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<BulkResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpu: String,
+    cores: usize,
+    kernel: String,
+}
+
+/// /proc/loadavg's 1-minute figure: how busy the (shared) machine was.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    direction: Direction,
+    #[serde(rename = "impl")]
+    implementation: Impl,
+    ok: usize,
+    runs: usize,
+    median_gbps: Option<f64>,
+    min_gbps: Option<f64>,
+    max_gbps: Option<f64>,
+    cipher: Option<String>,
+    backend: Option<String>,
+    mtu: Option<u16>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    command: String,
+    machine: Machine,
+    bytes: u64,
+    pairs: usize,
+    ceiling_start: Option<CeilingResult>,
+    ceiling_end: Option<CeilingResult>,
+    ceiling_errors: Vec<String>,
+    /// 1-minute load average before the first and after the last run.
+    load_start: Option<f64>,
+    load_end: Option<f64>,
+    summaries: Vec<Summary>,
+    /// ant-quic median / quinn median, per direction (None when either is missing).
+    ratios: Vec<(Direction, Option<f64>)>,
+    runs: Vec<Run>,
+}
+
+pub fn run(args: &CompareArgs) -> Result<()> {
+    if args.pairs == 0 || args.pairs > 100 {
+        bail!("--pairs must be between 1 and 100");
+    }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let timeout = Duration::from_secs(args.timeout);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let machine = machine();
+    let load_start = loadavg();
+
+    let mut ceiling_errors = Vec::new();
+    let ceiling_args = vec![
+        "udp-ceiling".to_owned(),
+        "--seconds".to_owned(),
+        args.ceiling_seconds.to_string(),
+    ];
+    progress(format_args!("udp ceiling (start)"));
+    let ceiling_start = match child_json::<CeilingResult>(&exe, &ceiling_args, timeout) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            ceiling_errors.push(format!("start: {e:#}"));
+            None
+        }
+    };
+
+    let mut runs = Vec::new();
+    for &direction in &args.directions {
+        for pair in 1..=args.pairs {
+            for implementation in [Impl::AntQuic, Impl::Quinn] {
+                let child_args = bulk_args(args, implementation, direction);
+                progress(format_args!(
+                    "{} {} pair {pair}/{}",
+                    direction.name(),
+                    impl_name(implementation),
+                    args.pairs
+                ));
+                let (result, error) = match child_json::<BulkResult>(&exe, &child_args, timeout) {
+                    Ok(r) => {
+                        progress(format_args!("  {:.3} Gbit/s", r.gbps));
+                        (Some(r), None)
+                    }
+                    Err(e) => {
+                        progress(format_args!("  failed: {e:#}"));
+                        (None, Some(format!("{e:#}")))
+                    }
+                };
+                runs.push(Run {
+                    seq: runs.len() + 1,
+                    implementation,
+                    direction,
+                    pair,
+                    result,
+                    error,
+                });
+            }
+        }
+    }
+
+    progress(format_args!("udp ceiling (end)"));
+    let ceiling_end = match child_json::<CeilingResult>(&exe, &ceiling_args, timeout) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            ceiling_errors.push(format!("end: {e:#}"));
+            None
+        }
+    };
+
+    let load_end = loadavg();
+    let mut summaries = Vec::new();
+    let mut ratios = Vec::new();
+    for &direction in &args.directions {
+        let a = summarize(&runs, direction, Impl::AntQuic);
+        let q = summarize(&runs, direction, Impl::Quinn);
+        let ratio = match (a.median_gbps, q.median_gbps) {
+            (Some(a), Some(q)) if q > 0.0 => Some(a / q),
+            _ => None,
+        };
+        ratios.push((direction, ratio));
+        summaries.push(a);
+        summaries.push(q);
+    }
+
+    let report = Report {
+        command,
+        machine,
+        bytes: args.bytes,
+        pairs: args.pairs,
+        ceiling_start,
+        ceiling_end,
+        ceiling_errors,
+        load_start,
+        load_end,
+        summaries,
+        ratios,
+        runs,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", markdown(&report));
+    }
+    Ok(())
+}
+
+fn progress(msg: std::fmt::Arguments<'_>) {
+    eprintln!("[compare] {msg}");
+}
+
+fn impl_name(i: Impl) -> &'static str {
+    match i {
+        Impl::AntQuic => "ant-quic",
+        Impl::Quinn => "quinn",
+    }
+}
+
+fn bulk_args(args: &CompareArgs, implementation: Impl, direction: Direction) -> Vec<String> {
+    let mut v = vec![
+        match implementation {
+            Impl::AntQuic => "ant-quic-bulk",
+            Impl::Quinn => "quinn-bulk",
+        }
+        .to_owned(),
+        "--bytes".to_owned(),
+        args.bytes.to_string(),
+    ];
+    if direction == Direction::Upload {
+        v.push("--upload".to_owned());
+    }
+    if implementation == Impl::AntQuic {
+        if let Some(b) = &args.backend {
+            v.push("--backend".to_owned());
+            v.push(b.clone());
+        }
+        v.push("--cores".to_owned());
+        v.push(args.cores.to_string());
+    }
+    v
+}
+
+/// Runs this executable with `args`, kills it after `timeout`, parses the last JSON line of its
+/// standard output.
+fn child_json<T: serde::de::DeserializeOwned>(
+    exe: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<T> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {}", args.join(" ")))?;
+    let stdout = reader(&mut child, true)?;
+    let stderr = reader(&mut child, false)?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            // Only this child, by its own handle.
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let out = stdout
+        .join()
+        .map_err(|_| anyhow!("stdout reader panicked"))?;
+    let err = stderr
+        .join()
+        .map_err(|_| anyhow!("stderr reader panicked"))?;
+    let tail = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("Error:"))
+        .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or("");
+    let status = match status {
+        Some(s) => s,
+        None => bail!("timed out after {timeout:?} and was killed ({tail})"),
+    };
+    if !status.success() {
+        bail!("exited with {status}: {tail}");
+    }
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow!("no JSON line in the output"))?;
+    serde_json::from_str(line).with_context(|| format!("parsing {line}"))
+}
+
+fn reader(child: &mut Child, stdout: bool) -> Result<thread::JoinHandle<String>> {
+    let mut pipe: Box<dyn Read + Send> = if stdout {
+        Box::new(
+            child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow!("no stdout pipe"))?,
+        )
+    } else {
+        Box::new(
+            child
+                .stderr
+                .take()
+                .ok_or_else(|| anyhow!("no stderr pipe"))?,
+        )
+    };
+    Ok(thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    }))
+}
+
+fn summarize(runs: &[Run], direction: Direction, implementation: Impl) -> Summary {
+    let mine: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.direction == direction && r.implementation == implementation)
+        .collect();
+    let ok: Vec<&BulkResult> = mine.iter().filter_map(|r| r.result.as_ref()).collect();
+    let mut g: Vec<f64> = ok.iter().map(|r| r.gbps).collect();
+    g.sort_by(f64::total_cmp);
+    let first = ok.first();
+    Summary {
+        direction,
+        implementation,
+        ok: ok.len(),
+        runs: mine.len(),
+        median_gbps: median(&g),
+        min_gbps: g.first().copied(),
+        max_gbps: g.last().copied(),
+        cipher: first.map(|r| r.cipher.clone()),
+        backend: first.and_then(|r| r.backend.clone()),
+        mtu: first.and_then(|r| r.mtu),
+    }
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    Machine { cpu, cores, kernel }
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}"))
+}
+
+fn markdown(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Machine: {}, {} cores, Linux {}",
+        r.machine.cpu, r.machine.cores, r.machine.kernel
+    );
+    let _ = writeln!(
+        s,
+        "Load average (1 min) before / after: {} / {} (the machine is shared)",
+        fmt_opt(r.load_start),
+        fmt_opt(r.load_end)
+    );
+    let _ = writeln!(s, "Command: `{}`", r.command);
+    let _ = writeln!(
+        s,
+        "Payload: {} bytes on one stream of one connection over 127.0.0.1; {} alternating \
+         pairs (ant-quic, quinn) per direction, each run a fresh process.",
+        r.bytes, r.pairs
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| direction | implementation | median Gbit/s | min–max Gbit/s | runs ok | ant-quic / quinn | % of UDP ceiling | cipher | I/O | MTU |"
+    );
+    let _ = writeln!(
+        s,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    let ceiling = {
+        let v: Vec<f64> = [&r.ceiling_start, &r.ceiling_end]
+            .iter()
+            .filter_map(|c| c.as_ref().map(|c| c.gbps))
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    for sum in &r.summaries {
+        let ratio = r
+            .ratios
+            .iter()
+            .find(|(d, _)| *d == sum.direction)
+            .and_then(|(_, x)| *x);
+        let ratio_cell = match sum.implementation {
+            Impl::AntQuic => ratio.map_or_else(|| "pending".to_owned(), |x| format!("**{x:.2}**")),
+            Impl::Quinn => "1 (baseline)".to_owned(),
+        };
+        let pct = match (sum.median_gbps, ceiling) {
+            (Some(m), Some(c)) if c > 0.0 => format!("{:.0} %", m / c * 100.0),
+            _ => "—".to_owned(),
+        };
+        let name = match sum.implementation {
+            Impl::AntQuic => "ant-quic",
+            Impl::Quinn => "quinn 0.11",
+        };
+        let spread = match (sum.min_gbps, sum.max_gbps) {
+            (Some(a), Some(b)) => format!("{a:.2}–{b:.2}"),
+            _ => "—".to_owned(),
+        };
+        let median_cell = if sum.ok == 0 && sum.implementation == Impl::AntQuic {
+            "pending".to_owned()
+        } else {
+            fmt_opt(sum.median_gbps)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} |",
+            sum.direction.name(),
+            name,
+            median_cell,
+            spread,
+            sum.ok,
+            sum.runs,
+            ratio_cell,
+            pct,
+            sum.cipher.as_deref().unwrap_or("—"),
+            sum.backend.as_deref().unwrap_or("—"),
+            sum.mtu.map_or_else(|| "—".to_owned(), |m| m.to_string()),
+        );
+    }
+    let ceiling_cell = |c: &Option<CeilingResult>| {
+        c.as_ref()
+            .map_or_else(|| "failed".to_owned(), |c| format!("{:.2}", c.gbps))
+    };
+    let shape = r
+        .ceiling_start
+        .as_ref()
+        .or(r.ceiling_end.as_ref())
+        .map_or_else(String::new, |c| {
+            format!(
+                " ({} B datagrams, GSO {} per send, GRO {})",
+                c.datagram, c.gso_segments, c.gro_segments
+            )
+        });
+    let _ = writeln!(
+        s,
+        "| both | raw UDP ceiling{shape} | start {}, end {} | — | — | — | 100 % | none | sendmsg/recvmsg | — |",
+        ceiling_cell(&r.ceiling_start),
+        ceiling_cell(&r.ceiling_end),
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Runs in order (Gbit/s):");
+    let _ = writeln!(s);
+    for run in &r.runs {
+        let figure = match (&run.result, &run.error) {
+            (Some(res), _) => format!("{:.3}", res.gbps),
+            (None, Some(e)) => format!("failed: {e}"),
+            (None, None) => "failed".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "{}. {} {} pair {}: {}",
+            run.seq,
+            run.direction.name(),
+            impl_name(run.implementation),
+            run.pair,
+            figure
+        );
+    }
+    for e in &r.ceiling_errors {
+        let _ = writeln!(s, "- UDP ceiling {e}");
+    }
+    let ciphers: Vec<&str> = r
+        .summaries
+        .iter()
+        .filter_map(|x| x.cipher.as_deref())
+        .collect();
+    if ciphers.windows(2).any(|w| w[0] != w[1]) {
+        let _ = writeln!(
+            s,
+            "\nWARNING: the implementations negotiated different cipher suites; the ratio is not like for like."
+        );
+    }
+    s
+}

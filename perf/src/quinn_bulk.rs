@@ -1,0 +1,217 @@
+//! The baseline: quinn 0.11 bulk transfer over loopback, arranged as quinn's own `bench/bulk`:
+//! server and client in one process, each on its own thread with its own tokio current-thread
+//! runtime, quinn-udp I/O (GSO/GRO where the kernel has them), quinn's default `TransportConfig`
+//! (initial MTU 1200, MTU discovery up to 1452, Cubic, default windows, no ACK-frequency).
+//! One connection, one bidirectional stream.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    sync::{mpsc, Arc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use crate::{tls, BulkResult};
+
+/// Bound on one side's whole run, so that a stuck transfer ends on its own.
+const SIDE_TIMEOUT: Duration = Duration::from_secs(110);
+
+/// The sender writes the stream in chunks of this size (one static buffer, reference-counted).
+const CHUNK: usize = 1024 * 1024;
+static DATA: [u8; CHUNK] = [0xAB; CHUNK];
+
+/// Runs one transfer of `bytes` bytes; `upload`: the client sends, else the server sends.
+pub fn run(bytes: u64, upload: bool) -> Result<BulkResult> {
+    let tls = tls::pair()?;
+    let (cipher, kx) = tls::negotiated(&tls)?;
+    let server_crypto = Arc::new(
+        QuicServerConfig::try_from(tls.server.clone()).context("quinn server TLS config")?,
+    );
+    let client_crypto = Arc::new(
+        QuicClientConfig::try_from(tls.client.clone()).context("quinn client TLS config")?,
+    );
+
+    let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+    let server = thread::Builder::new().name("quinn-server".into()).spawn(
+        move || -> Result<Option<Instant>> {
+            let rt = runtime()?;
+            rt.block_on(async move {
+                tokio::time::timeout(
+                    SIDE_TIMEOUT,
+                    server_side(server_crypto, bytes, upload, addr_tx),
+                )
+                .await
+                .map_err(|_| anyhow!("server timed out after {SIDE_TIMEOUT:?}"))?
+            })
+        },
+    )?;
+    let client = thread::Builder::new().name("quinn-client".into()).spawn(
+        move || -> Result<ClientOutcome> {
+            let addr = addr_rx
+                .recv_timeout(Duration::from_secs(10))
+                .context("server did not report its address")?;
+            let rt = runtime()?;
+            rt.block_on(async move {
+                tokio::time::timeout(
+                    SIDE_TIMEOUT,
+                    client_side(client_crypto, addr, bytes, upload),
+                )
+                .await
+                .map_err(|_| anyhow!("client timed out after {SIDE_TIMEOUT:?}"))?
+            })
+        },
+    )?;
+
+    let client = client
+        .join()
+        .map_err(|_| anyhow!("client thread panicked"))??;
+    let server_end = server
+        .join()
+        .map_err(|_| anyhow!("server thread panicked"))??;
+
+    // The transfer ends when the receiver has read the last byte: the client for a download, the
+    // server for an upload (both threads share one clock, `Instant` is monotonic system-wide).
+    let end = if upload {
+        server_end.ok_or_else(|| anyhow!("server did not record the end of the upload"))?
+    } else {
+        client.end
+    };
+    let seconds = end.saturating_duration_since(client.start).as_secs_f64();
+    Ok(BulkResult {
+        implementation: "quinn".into(),
+        bytes,
+        seconds,
+        gbps: BulkResult::gbps(bytes, seconds),
+        cipher,
+        direction: crate::direction_name(upload).into(),
+        kx: Some(kx),
+        mtu: Some(client.mtu),
+        backend: Some("quinn-udp".into()),
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a tokio current-thread runtime")
+}
+
+async fn server_side(
+    crypto: Arc<QuicServerConfig>,
+    bytes: u64,
+    upload: bool,
+    addr_tx: mpsc::Sender<SocketAddr>,
+) -> Result<Option<Instant>> {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the server socket")?;
+    let config = quinn::ServerConfig::with_crypto(crypto);
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("server endpoint")?;
+    addr_tx
+        .send(endpoint.local_addr()?)
+        .map_err(|_| anyhow!("client thread gone"))?;
+
+    let incoming = endpoint
+        .accept()
+        .await
+        .ok_or_else(|| anyhow!("server endpoint closed before a connection"))?;
+    let conn = incoming.await.context("server handshake")?;
+    let (mut send, mut recv) = conn.accept_bi().await.context("accepting the stream")?;
+    let received = drain(&mut recv).await?;
+    let end = Instant::now();
+    let upload_end = if upload {
+        if received != bytes {
+            bail!("server received {received} bytes, expected {bytes}");
+        }
+        Some(end)
+    } else {
+        send_bytes(&mut send, bytes).await?;
+        None
+    };
+    send.finish().context("finishing the server's stream")?;
+    // The client closes the connection once it has everything.
+    let _ = conn.closed().await;
+    endpoint.wait_idle().await;
+    Ok(upload_end)
+}
+
+#[derive(Debug)]
+struct ClientOutcome {
+    start: Instant,
+    end: Instant,
+    mtu: u16,
+}
+
+async fn client_side(
+    crypto: Arc<QuicClientConfig>,
+    server: SocketAddr,
+    bytes: u64,
+    upload: bool,
+) -> Result<ClientOutcome> {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the client socket")?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("client endpoint")?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(crypto));
+    let conn = endpoint
+        .connect(server, tls::SERVER_NAME)?
+        .await
+        .context("client handshake")?;
+
+    let start = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await.context("opening the stream")?;
+    if upload {
+        send_bytes(&mut send, bytes).await?;
+    }
+    send.finish().context("finishing the client's stream")?;
+    let received = drain(&mut recv).await?;
+    let end = Instant::now();
+    if !upload && received != bytes {
+        bail!("client received {received} bytes, expected {bytes}");
+    }
+    let mtu = conn.stats().path.current_mtu;
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(ClientOutcome { start, end, mtu })
+}
+
+/// Writes `bytes` bytes of one static buffer, 1 MiB at a time.
+async fn send_bytes(send: &mut quinn::SendStream, bytes: u64) -> Result<()> {
+    let chunk = Bytes::from_static(&DATA);
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        send.write_chunk(chunk.slice(..n))
+            .await
+            .context("writing the stream")?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Reads the stream to its end, 32 chunks at a time, in order; returns the byte count.
+async fn drain(recv: &mut quinn::RecvStream) -> Result<u64> {
+    let mut bufs: [Bytes; 32] = std::array::from_fn(|_| Bytes::new());
+    let mut total = 0u64;
+    while let Some(n) = recv
+        .read_chunks(&mut bufs)
+        .await
+        .context("reading the stream")?
+    {
+        total += bufs.iter().take(n).map(|b| b.len() as u64).sum::<u64>();
+    }
+    Ok(total)
+}

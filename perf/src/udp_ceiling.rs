@@ -1,0 +1,176 @@
+//! The raw UDP ceiling over loopback: one flow of 1200-byte datagrams from a sender thread that
+//! uses GSO (UDP_SEGMENT, as many segments per `sendmsg` as fit in one 64 KiB UDP send, at most
+//! 64) to a receiver thread that uses GRO. No QUIC, no crypto: what the kernel's loopback path
+//! delivers to one receiving socket. The figure is measured at the receiver.
+
+use std::{
+    io::{self, IoSliceMut},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context, Result};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use serde::{Deserialize, Serialize};
+
+/// Datagram payload size.
+pub const DATAGRAM: usize = 1200;
+/// Most UDP payload bytes one send may carry (the UDP length field, less the IPv4 and UDP headers).
+const MAX_UDP_SEND: usize = 65_535 - 20 - 8;
+
+/// What `udp-ceiling` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CeilingResult {
+    /// Always "udp".
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    /// Delivered Gbit/s at the receiver (payload bytes, 10^9 bits per second).
+    pub gbps: f64,
+    /// Payload bytes the receiver got.
+    pub bytes_received: u64,
+    /// Payload bytes the sender handed to the kernel.
+    pub bytes_sent: u64,
+    /// From the first to the last datagram the receiver got.
+    pub seconds: f64,
+    /// Receive calls that returned data (bytes_received / receives: bytes per call, GRO at work).
+    pub receives: u64,
+    /// Datagram payload size.
+    pub datagram: usize,
+    /// Datagrams per GSO send.
+    pub gso_segments: usize,
+    /// Datagrams the receive socket may coalesce (1: no GRO).
+    pub gro_segments: usize,
+}
+
+/// Sends for `duration`, receives until the flow stops, reports the receiver's rate.
+pub fn run(duration: Duration) -> Result<CeilingResult> {
+    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the receiver")?;
+    let rx_state = UdpSocketState::new((&rx).into()).context("receiver socket state")?;
+    // A large receive buffer so the receiver, not the buffer, is what limits delivery.
+    let _ = rx_state.set_recv_buffer_size((&rx).into(), 16 << 20);
+    rx.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let dest = rx.local_addr()?;
+    let gro_segments = rx_state.gro_segments();
+
+    let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the sender")?;
+    let tx_state = UdpSocketState::new((&tx).into()).context("sender socket state")?;
+    let gso_segments = tx_state
+        .max_gso_segments()
+        .clamp(1, 64.min(MAX_UDP_SEND / DATAGRAM));
+
+    let sending = Arc::new(AtomicBool::new(true));
+    let sender_flag = sending.clone();
+    let sender = thread::Builder::new()
+        .name("udp-sender".into())
+        .spawn(move || send_loop(&tx, &tx_state, dest, gso_segments, duration, &sender_flag))?;
+    let receiver = thread::Builder::new()
+        .name("udp-receiver".into())
+        .spawn(move || recv_loop(&rx, &rx_state, duration, &sending))?;
+
+    let bytes_sent = sender
+        .join()
+        .map_err(|_| anyhow!("sender thread panicked"))??;
+    let (bytes_received, seconds, receives) = receiver
+        .join()
+        .map_err(|_| anyhow!("receiver thread panicked"))??;
+    Ok(CeilingResult {
+        implementation: "udp".into(),
+        gbps: crate::BulkResult::gbps(bytes_received, seconds),
+        bytes_received,
+        bytes_sent,
+        seconds,
+        receives,
+        datagram: DATAGRAM,
+        gso_segments,
+        gro_segments,
+    })
+}
+
+fn send_loop(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    dest: SocketAddr,
+    segments: usize,
+    duration: Duration,
+    sending: &AtomicBool,
+) -> Result<u64> {
+    let buf = vec![0xA5u8; DATAGRAM * segments];
+    let transmit = Transmit {
+        destination: dest,
+        ecn: None,
+        contents: &buf,
+        segment_size: (segments > 1).then_some(DATAGRAM),
+        src_ip: None,
+    };
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut errors = 0u64;
+    // Bounded in time, and in count: even at 100 Gbit/s, 60 s is under 2^24 sends.
+    for _ in 0..(1u64 << 26) {
+        if start.elapsed() >= duration {
+            break;
+        }
+        match state.try_send(socket.into(), &transmit) {
+            Ok(()) => sent += buf.len() as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::yield_now(),
+            Err(e) => {
+                errors += 1;
+                if errors > 1000 {
+                    sending.store(false, Ordering::Release);
+                    return Err(anyhow!("sendmsg keeps failing: {e}"));
+                }
+            }
+        }
+    }
+    sending.store(false, Ordering::Release);
+    Ok(sent)
+}
+
+/// Returns (bytes received, seconds from the first to the last datagram, receive calls).
+fn recv_loop(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    duration: Duration,
+    sending: &AtomicBool,
+) -> Result<(u64, f64, u64)> {
+    // One GRO super-datagram per call: at most 64 segments of at most 1500 bytes.
+    let mut storage = vec![0u8; 64 * 1500];
+    let mut meta = [RecvMeta::default()];
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let mut received = 0u64;
+    let mut receives = 0u64;
+    // Hard bound: the sender's time plus 5 s; otherwise stop once the sender has stopped and the
+    // socket has been quiet for one read timeout.
+    let give_up = Instant::now() + duration + Duration::from_secs(5);
+    while Instant::now() < give_up {
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        match state.recv(socket.into(), &mut bufs, &mut meta) {
+            Ok(n) => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                receives += 1;
+                received += meta.iter().take(n).map(|m| m.len as u64).sum::<u64>();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !sending.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+            Err(e) => return Err(anyhow!("receive failed: {e}")),
+        }
+    }
+    let seconds = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    Ok((received, seconds, receives))
+}

@@ -64,6 +64,11 @@ pub struct CoreStats {
     pub gso_fallbacks: AtomicU64,
     /// Send errors other than back-pressure (the datagrams were dropped; QUIC retransmits).
     pub tx_errors: AtomicU64,
+    /// Times the receive path ran out of buffers (io_uring `ENOBUFS`: every provided buffer was
+    /// still held); the kernel queues, then drops, datagrams until buffers are returned.
+    pub rx_no_buffers: AtomicU64,
+    /// Received datagrams dropped because they did not fit the receive buffer (`MSG_TRUNC`).
+    pub rx_truncated: AtomicU64,
     /// Received datagrams handed to the core that owns their connection.
     pub handoffs_out: AtomicU64,
     /// Datagrams received from other cores through the hand-off queue.

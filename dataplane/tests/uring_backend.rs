@@ -214,6 +214,7 @@ fn loopback_exchange_between_two_uring_backends() {
     }
     let mut a = uring_node(bind(Ipv4Addr::LOCALHOST.into()).unwrap());
     let mut b = uring_node(bind(Ipv4Addr::LOCALHOST.into()).unwrap());
+    eprintln!("io_uring backend: {}", a.backend.features());
     assert!(a.backend.features().contains("taskrun") || a.backend.features().contains("plain"));
     exchange(&mut a, &mut b, 600, None);
     exchange(&mut b, &mut a, 600, Some(EcnCodepoint::Ect0));
@@ -310,6 +311,32 @@ fn plain_socket_datagrams_arrive_at_uring_backend() {
         }
     }
     assert!(sent.is_empty());
+}
+
+#[test]
+fn recv_alone_sees_datagrams_without_wait() {
+    // A busy-polling core calls `recv` without `wait`; deferred task work must still run.
+    if !uring_available() {
+        return;
+    }
+    let mut receiver = uring_node(bind(Ipv4Addr::LOCALHOST.into()).unwrap());
+    let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    for seq in 0..5u32 {
+        sender.send_to(&datagram(seq, 200), receiver.addr).unwrap();
+    }
+    let mut got = 0;
+    let start = Instant::now();
+    while got < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "recv alone saw {got} of 5 datagrams"
+        );
+        receiver
+            .backend
+            .recv(&mut |meta, data| got += split_gro(data, meta.stride).count())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]

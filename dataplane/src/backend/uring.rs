@@ -1062,7 +1062,11 @@ impl Backend for UringBackend {
         let Some(index) = self.free.pop() else {
             return Err(SendRefused::WouldBlock(batch));
         };
-        let gso = !self.gso_refused && batch.segments() > 1 && batch.segment_size < batch.buf.len();
+        // UDP_SEGMENT carries a u16; larger segments cannot be offloaded.
+        let gso = !self.gso_refused
+            && batch.segments() > 1
+            && batch.segment_size <= usize::from(u16::MAX)
+            && batch.segment_size < batch.buf.len();
         let Some(slot) = self.slots.get_mut(index) else {
             return Err(SendRefused::WouldBlock(batch));
         };
@@ -1150,5 +1154,83 @@ impl Drop for UringBackend {
             self.buffers.leak();
         }
         // Fields now drop in declaration order: the ring first, then the memory it used.
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_written_are_read_back() {
+        let mut buf = [0u8; SEND_CONTROL_LEN];
+        let mut w = CmsgWriter {
+            buf: &mut buf,
+            len: 0,
+        };
+        w.push(libc::SOL_UDP, libc::UDP_GRO, &1200i32.to_ne_bytes());
+        w.push(libc::IPPROTO_IP, libc::IP_TOS, &[0b10]);
+        let mut info = [0u8; 12];
+        info[8..12].copy_from_slice(&[10, 1, 2, 3]);
+        w.push(libc::IPPROTO_IP, libc::IP_PKTINFO, &info);
+        let len = w.len;
+        let parsed = parse_control(&buf[..len]);
+        assert_eq!(parsed.stride, Some(1200));
+        assert_eq!(parsed.ecn, Some(EcnCodepoint::Ect0));
+        assert_eq!(
+            parsed.local_ip,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)))
+        );
+        // A cut-off buffer yields what is complete and never reads past the end.
+        let cut = parse_control(&buf[..len - 8]);
+        assert_eq!(cut.stride, Some(1200));
+        assert_eq!(cut.local_ip, None);
+    }
+
+    #[test]
+    fn socket_addresses_decode_for_both_families() {
+        for addr in [
+            "192.0.2.7:4433",
+            "[2001:db8::1]:9000",
+            "[::ffff:192.0.2.7]:1",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let raw = socket2::SockAddr::from(addr);
+            // SAFETY: `as_ptr` points at `len` initialised bytes of the SockAddr, alive here.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.len() as usize)
+            };
+            assert_eq!(parse_sockaddr(bytes), Some(addr));
+        }
+        assert_eq!(parse_sockaddr(&[0u8; 4]), None);
+    }
+
+    #[test]
+    fn unavailable_reasons_are_one_line() {
+        let reasons = [
+            UnavailableReason::Setup {
+                error: io::Error::from_raw_os_error(libc::EPERM),
+            },
+            UnavailableReason::NoMultishotRecv,
+            UnavailableReason::NoBufRing(io::Error::from_raw_os_error(libc::EINVAL)),
+            UnavailableReason::MissingOpcode("SENDMSG"),
+        ];
+        for reason in reasons {
+            let line = UringUnavailable::new(reason).to_string();
+            assert!(!line.contains('\n'), "{line}");
+        }
+        let line = UringUnavailable::new(UnavailableReason::Setup {
+            error: io::Error::from_raw_os_error(libc::EPERM),
+        })
+        .to_string();
+        assert!(
+            line.starts_with("io_uring_setup failed: Operation not permitted"),
+            "{line}"
+        );
+        assert!(
+            line.contains("kernel.io_uring_disabled=2 or seccomp"),
+            "{line}"
+        );
     }
 }

@@ -513,3 +513,36 @@ fn send_slots_exhausted_hand_the_batch_back() {
     sender.backend.flush().unwrap();
     settle_sends(&mut sender, u64::from(accepted) + 1);
 }
+
+#[test]
+fn drop_with_operations_in_flight_is_prompt() {
+    if !uring_available() {
+        return;
+    }
+    let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    for round in 0..5 {
+        let mut node = uring_node(bind(Ipv4Addr::LOCALHOST.into()).unwrap());
+        for seq in 0..40u32 {
+            let buf = datagram(seq, 1000).repeat(4);
+            let batch = OutBatch {
+                destination: receiver.local_addr().unwrap(),
+                ecn: None,
+                src_ip: None,
+                segment_size: 1000,
+                buf,
+            };
+            let _ = node.backend.send(batch);
+            if seq % 8 == 0 {
+                node.backend.flush().unwrap();
+            }
+        }
+        // Receive still armed, the waker poll armed, sends submitted and not yet reaped.
+        let start = Instant::now();
+        drop(node);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "round {round}: teardown took {:?}",
+            start.elapsed()
+        );
+    }
+}

@@ -1,1 +1,76 @@
-//! ant-quic
+//! ant-quic: a QUIC transport for peer-to-peer networks whose nodes sit behind NATs.
+//!
+//! A node runs a thread-per-core data plane ([`dataplane`]): each core owns a UDP socket bound
+//! with `SO_REUSEPORT`, an io_uring ring (or the portable backend), a QUIC endpoint, and every
+//! connection on it. Application code runs on the core that owns the connection, as an
+//! [`Application`](dataplane::Application) created per core.
+//!
+//! Opening a connection and exchanging data (see `examples/echo_client.rs` for a full program):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use ant_quic::dataplane::{Application, ConnRef, ReadOutcome};
+//! use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
+//!
+//! struct Hello;
+//! impl Application for Hello {
+//!     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
+//!         if let Some(stream) = conn.open_bi() {
+//!             let _ = conn.write(stream, b"Ehello");   // 'E': the echo operation of ant-quic/1
+//!             let _ = conn.finish(stream);
+//!         }
+//!     }
+//!     fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: quinn_proto::StreamId) {
+//!         let _ = conn.read(stream, &mut |bytes| println!("{bytes:?}"));
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), ant_quic::Error> {
+//! let node = ant_quic::node::start_client(None, Arc::new(|_core| Box::new(Hello) as Box<dyn Application>))?;
+//! let request = ant_quic::node::connect_request("127.0.0.1:9000".parse().unwrap(), ServerAuth::Insecure, &[ALPN_ANT_QUIC], 0)?;
+//! node.connect(request, None)?;
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod identity;
+pub mod node;
+pub mod perf;
+pub mod service;
+pub mod tls;
+pub mod wire;
+
+pub use ant_quic_dataplane as dataplane;
+pub use ant_quic_dataplane::quinn_proto;
+
+/// Everything that can go wrong in this crate's API, each with a message for the user.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The node's key could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The data plane could not start.
+    #[error(transparent)]
+    Start(#[from] dataplane::StartError),
+    /// A running node refused a request.
+    #[error(transparent)]
+    Node(#[from] dataplane::NodeError),
+    /// A file or directory could not be used.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// A transfer did not complete.
+    #[error("transfer failed: {0}")]
+    Transfer(String),
+    /// An argument was not valid.
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -2,13 +2,24 @@
 //! (io_uring or portable), its QUIC endpoint and every connection on it.
 //!
 //! A packet's path on one core: [`backend`] receives a batch → [`batch::split_gro`] splits it →
-//! [`cid`] tells which core owns it (others are handed over through a queue) → the core's
-//! `quinn_proto::Endpoint` decrypts it → the connection's application runs on the same core →
+//! [`cid::route`] tells which core owns it (others are handed over through a queue) → the core's
+//! `quinn_proto::Endpoint` decrypts it → the connection's [`Application`] runs on the same core →
 //! `poll_transmit` seals the answer into GSO batches → [`backend`] sends them.
 
+pub mod app;
 pub mod backend;
 pub mod batch;
+pub mod cid;
+mod core;
+pub mod node;
+pub mod socket;
 pub mod stats;
+
+pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome};
+pub use backend::BackendKind;
+pub use core::{ConnectRequest, Connections};
+pub use node::{Node, NodeConfig, NodeError, StartError};
+pub use quinn_proto;
 
 /// Most datagrams put in one GSO send.
 pub const MAX_GSO_SEGMENTS: usize = 64;

@@ -1,0 +1,357 @@
+//! Starting, addressing and stopping the cores of a node.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use quinn_proto::{Endpoint, EndpointConfig, ServerConfig};
+
+use crate::app::{AppFactory, AppMessage};
+use crate::backend::portable::PortableBackend;
+use crate::backend::{Backend, BackendKind, BackendParams};
+use crate::cid::{CidKey, CoreCidGenerator};
+use crate::core::{Command, ConnectRequest, Core, CoreShared};
+use crate::socket::{allowed_cpus, bind_reuseport_group, pin_current_thread, steer_group_to};
+use crate::stats::CoreStats;
+
+/// Most cores one node runs: the owning core is one byte of each connection ID.
+pub const MAX_CORES: usize = 256;
+
+/// How a node's data plane is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// UDP address every core binds (with `SO_REUSEPORT`). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Number of cores; `None`: one per CPU this process may run on.
+    pub cores: Option<usize>,
+    /// Backend to use; `None`: io_uring when the kernel allows it, else portable.
+    pub backend: Option<BackendKind>,
+    /// Pin each core's thread to its own CPU.
+    pub pin_threads: bool,
+    /// CPUs to pin cores to, in order; `None`: the CPUs this process may run on.
+    pub cpus: Option<Vec<usize>>,
+    /// Endpoint settings; the connection ID generator is replaced by the per-core one.
+    pub endpoint: EndpointConfig,
+    /// Accept incoming connections with these settings; `None`: client only.
+    pub server: Option<Arc<ServerConfig>>,
+    /// Steer every received datagram to this core's socket (a reuseport BPF program), so that
+    /// datagrams for connections owned by other cores take the hand-off path. For tests.
+    #[doc(hidden)]
+    pub steer_all_to_core: Option<usize>,
+}
+
+impl NodeConfig {
+    /// Defaults for `listen`: every CPU, automatic backend, pinned threads, client and server
+    /// roles as given.
+    pub fn new(listen: SocketAddr, server: Option<Arc<ServerConfig>>) -> Self {
+        Self {
+            listen,
+            cores: None,
+            backend: None,
+            pin_threads: true,
+            cpus: None,
+            endpoint: EndpointConfig::default(),
+            server,
+            steer_all_to_core: None,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// The requested backend cannot run here.
+    #[error("backend {kind} unavailable: {reason}; use --backend portable or fix the cause")]
+    BackendUnavailable {
+        /// The backend asked for.
+        kind: BackendKind,
+        /// Why it cannot run.
+        reason: String,
+    },
+    /// More cores than connection IDs can name, or zero.
+    #[error("cannot run {0} cores: choose between 1 and {MAX_CORES}")]
+    Cores(usize),
+    /// Threads, eventfds or queues could not be created.
+    #[error("cannot start core: {0}")]
+    Core(String),
+}
+
+/// Why a request to a running node failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// No core has that index.
+    #[error("no core {0}")]
+    NoSuchCore(usize),
+    /// The core's command queue is full; retry later.
+    #[error("core {0} is busy: its command queue is full")]
+    Busy(usize),
+    /// A core thread ended with an error or panicked.
+    #[error("core {core} failed: {reason}")]
+    CoreFailed {
+        /// The core.
+        core: usize,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A running node: its cores, and the way to reach them.
+#[derive(Debug)]
+pub struct Node {
+    local_addr: SocketAddr,
+    backend: BackendKind,
+    cores: Arc<[Arc<CoreShared>]>,
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
+    next_core: AtomicUsize,
+}
+
+impl Node {
+    /// Bind the sockets and start one thread per core, each with an application from `apps`.
+    pub fn start(config: NodeConfig, apps: Arc<dyn AppFactory>) -> Result<Self, StartError> {
+        let cpus = config.cpus.clone().filter(|c| !c.is_empty()).unwrap_or_else(allowed_cpus);
+        let count = config.cores.unwrap_or(cpus.len());
+        if count == 0 || count > MAX_CORES {
+            return Err(StartError::Cores(count));
+        }
+        let kind = choose_backend(config.backend)?;
+
+        let sockets =
+            bind_reuseport_group(config.listen, count).map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let local_addr = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .ok_or_else(|| StartError::Core("no socket bound".into()))?;
+        if let (Some(core), Some(first)) = (config.steer_all_to_core, sockets.first()) {
+            let index = u32::try_from(core).map_err(|_| StartError::Cores(core))?;
+            steer_group_to(first, index).map_err(|source| StartError::Bind { addr: local_addr, source })?;
+        }
+
+        let shared: Vec<Arc<CoreShared>> = (0..count)
+            .map(|_| CoreShared::new().map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StartError::Core(e.to_string()))?;
+        let all: Arc<[Arc<CoreShared>]> = shared.into();
+        let cid_key = CidKey::random();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
+
+        let mut threads = Vec::with_capacity(count);
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let all = Arc::clone(&all);
+            let apps = Arc::clone(&apps);
+            let cid_key = cid_key.clone();
+            let ready = ready_tx.clone();
+            let mut endpoint_config = config.endpoint.clone();
+            let server = config.server.clone();
+            let automatic = config.backend.is_none();
+            let cpu = config.pin_threads.then(|| cpus.get(index % cpus.len()).copied()).flatten();
+            let core_byte = u8::try_from(index).map_err(|_| StartError::Cores(count))?;
+            let thread = std::thread::Builder::new()
+                .name(format!("ant-quic-core-{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = pin_current_thread(cpu) {
+                            tracing::warn!(core = index, cpu, error = %e, "cannot pin core thread; running unpinned");
+                        }
+                    }
+                    let key = cid_key.clone();
+                    endpoint_config.cid_generator(move || Box::new(CoreCidGenerator::new(core_byte, key.clone())));
+                    let endpoint = Endpoint::new(Arc::new(endpoint_config), server, true, None);
+                    let app = apps.create(index);
+                    let Some(shared) = all.get(index).cloned() else { return Ok(()) };
+                    let ipv6_socket = local_addr.is_ipv6();
+                    let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
+                    match kind {
+                        BackendKind::Portable => match PortableBackend::open(params) {
+                            Ok(backend) => run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, &ready),
+                            Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
+                        },
+                        #[cfg(target_os = "linux")]
+                        BackendKind::IoUring => match crate::backend::uring::UringBackend::open(params) {
+                            Ok(backend) => run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, &ready),
+                            Err(mut error) => match error.take_socket() {
+                                // Chosen automatically: this core falls back rather than fail.
+                                Some(socket) if automatic => {
+                                    tracing::warn!(core = index, %error, "io_uring failed on this core; using the portable backend");
+                                    let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
+                                    match PortableBackend::open(params) {
+                                        Ok(backend) => {
+                                            run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, &ready)
+                                        }
+                                        Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
+                                    }
+                                }
+                                _ => fail(&ready, StartError::BackendUnavailable { kind, reason: error.to_string() }),
+                            },
+                        },
+                        #[cfg(not(target_os = "linux"))]
+                        BackendKind::IoUring => fail(
+                            &ready,
+                            StartError::BackendUnavailable { kind, reason: "io_uring needs Linux".into() },
+                        ),
+                    }
+                })
+                .map_err(|e| StartError::Core(e.to_string()))?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+
+        let node = Self { local_addr, backend: kind, cores: all, threads, next_core: AtomicUsize::new(0) };
+        for _ in 0..count {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    node.shutdown();
+                    let _ = node.join();
+                    return Err(error);
+                }
+                Err(_) => {
+                    node.shutdown();
+                    let _ = node.join();
+                    return Err(StartError::Core("a core thread exited during start".into()));
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    /// The bound UDP address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The backend every core runs.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// How many cores run.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// Each core's counters, by core index.
+    pub fn stats(&self) -> Vec<Arc<CoreStats>> {
+        self.cores.iter().map(|c| Arc::clone(&c.stats)).collect()
+    }
+
+    /// Open a connection from `core` (or the next core in turn). The outcome arrives at that
+    /// core's application: `on_connected`, `on_closed` or `on_connect_failed`, with `request.tag`.
+    pub fn connect(&self, request: ConnectRequest, core: Option<usize>) -> Result<usize, NodeError> {
+        let core = core.unwrap_or_else(|| self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores.len());
+        self.command(core, Command::Connect(Box::new(request)))?;
+        Ok(core)
+    }
+
+    /// Deliver `message` to the application of `core`.
+    pub fn send_message(&self, core: usize, message: AppMessage) -> Result<(), NodeError> {
+        self.command(core, Command::Message(message))
+    }
+
+    fn command(&self, core: usize, command: Command) -> Result<(), NodeError> {
+        let shared = self.cores.get(core).ok_or(NodeError::NoSuchCore(core))?;
+        shared.commands.push(command).map_err(|_| NodeError::Busy(core))?;
+        shared.waker.wake();
+        Ok(())
+    }
+
+    /// Ask every core to close its connections (CONNECTION_CLOSE is sent) and stop.
+    pub fn shutdown(&self) {
+        for (core, shared) in self.cores.iter().enumerate() {
+            // A full queue is drained soon; keep trying briefly rather than lose the request.
+            let mut command = Command::Shutdown;
+            for _ in 0..1000 {
+                match shared.commands.push(command) {
+                    Ok(()) => break,
+                    Err(back) => {
+                        command = back;
+                        shared.waker.wake();
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            }
+            shared.waker.wake();
+            tracing::debug!(core, "shutdown requested");
+        }
+    }
+
+    /// Wait for every core to stop.
+    pub fn join(self) -> Result<(), NodeError> {
+        let mut result = Ok(());
+        for (core, thread) in self.threads.into_iter().enumerate() {
+            let outcome = match thread.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => panic_message(panic.as_ref()),
+            };
+            tracing::error!(core, reason = %outcome, "core failed");
+            if result.is_ok() {
+                result = Err(NodeError::CoreFailed { core, reason: outcome });
+            }
+        }
+        result
+    }
+}
+
+fn choose_backend(requested: Option<BackendKind>) -> Result<BackendKind, StartError> {
+    #[cfg(target_os = "linux")]
+    let uring = crate::backend::uring::probe().map_err(|e| e.to_string());
+    #[cfg(not(target_os = "linux"))]
+    let uring: Result<(), String> = Err("io_uring needs Linux".into());
+    match (requested, uring) {
+        (Some(BackendKind::IoUring), Err(reason)) => {
+            Err(StartError::BackendUnavailable { kind: BackendKind::IoUring, reason })
+        }
+        (Some(kind), _) => Ok(kind),
+        (None, Ok(())) => Ok(BackendKind::IoUring),
+        (None, Err(reason)) => {
+            tracing::warn!("io_uring unavailable ({reason}); using the portable backend");
+            Ok(BackendKind::Portable)
+        }
+    }
+}
+
+fn fail(ready: &mpsc::Sender<Result<(), StartError>>, error: StartError) -> std::io::Result<()> {
+    let message = error.to_string();
+    let _ = ready.send(Err(error));
+    Err(std::io::Error::other(message))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_core<B: Backend>(
+    index: usize,
+    all: Arc<[Arc<CoreShared>]>,
+    cid_key: CidKey,
+    backend: B,
+    endpoint: Endpoint,
+    app: Box<dyn crate::app::Application>,
+    ipv6_socket: bool,
+    ready: &mpsc::Sender<Result<(), StartError>>,
+) -> std::io::Result<()> {
+    let Some(core) = Core::new(index, all, cid_key, backend, endpoint, app, ipv6_socket) else {
+        return fail(ready, StartError::Core(format!("core {index} has no shared state")));
+    };
+    let _ = ready.send(Ok(()));
+    core.run()
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".into()
+    }
+}
+

@@ -1,0 +1,151 @@
+//! The per-core UDP sockets: one per core, all bound to the listen address with `SO_REUSEPORT`,
+//! and the system calls around them (eventfd wakers, CPU affinity, reuseport steering).
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Socket buffer size asked for; the kernel caps it at `net.core.{r,w}mem_max`.
+const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bind `count` sockets to `addr` with `SO_REUSEPORT`. With port 0 the first socket picks the
+/// port and the others join it.
+pub fn bind_reuseport_group(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+    if addr.port() != 0 {
+        refuse_if_in_use(addr)?;
+    }
+    let mut sockets = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            // Accept IPv4 too on a wildcard IPv6 address, as users expect of "[::]:9000".
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        // Larger buffers absorb bursts between loop turns; failure only means smaller ones.
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        socket.bind(&bound.into())?;
+        if bound.port() == 0 {
+            if let Some(local) = socket.local_addr()?.as_socket() {
+                bound = local;
+            }
+        }
+        sockets.push(UdpSocket::from(socket));
+    }
+    Ok(sockets)
+}
+
+/// `SO_REUSEPORT` would let a second node silently share the port and steal half its packets: a
+/// plain bind first tells whether anything already listens there.
+fn refuse_if_in_use(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(false)?;
+    }
+    probe.bind(&addr.into())
+}
+
+/// Steer every datagram of a reuseport group to the socket at `index` (a classic BPF program
+/// returning a constant). Used to force datagrams onto a chosen core, e.g. in tests of the
+/// hand-off path; a CID-steering program will use the same hook.
+pub fn steer_group_to(socket: &UdpSocket, index: u32) -> io::Result<()> {
+    let program = [libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: index }];
+    let fprog = libc::sock_fprog { len: 1, filter: program.as_ptr().cast_mut() };
+    // SAFETY: `fprog` points at `program`, both live until setsockopt returns, which copies the
+    // program into the kernel; the length and the option size match the structures passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An eventfd other threads write to wake a core sleeping in its backend.
+#[derive(Debug)]
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    /// A new non-blocking eventfd.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd has no memory arguments; a non-negative result is a new fd we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// The fd a backend waits on.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Wake the core. Never blocks; a full counter means a wake-up is already pending.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Reset the counter after waking.
+    pub fn drain(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64; the fd is non-blocking.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut value).cast(), 8) };
+    }
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), in ascending order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data for which all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live cpu_set_t and its exact size is passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut set) };
+    if rc != 0 {
+        return vec![0];
+    }
+    // SAFETY: CPU_ISSET only reads the initialised set; indices stay below CPU_SETSIZE.
+    let cpus: Vec<usize> =
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect();
+    if cpus.is_empty() {
+        vec![0]
+    } else {
+        cpus
+    }
+}
+
+/// Pin the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data for which all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of the live set; `cpu` is below CPU_SETSIZE (checked).
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
+    }
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is live and its size is passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

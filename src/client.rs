@@ -1,0 +1,387 @@
+//! Client applications that run on a core: the hq-interop downloader behind `ant-quic get`, and
+//! the `ant-quic/1` bulk transfer used by tests and benchmarks.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ant_quic_dataplane::quinn_proto::{ConnectionError, StreamId, VarInt};
+use ant_quic_dataplane::{Application, ConnId, ConnRef, ReadOutcome};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::wire::{self, Op};
+
+/// The outcome of one file of `ant-quic get`.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The request path.
+    pub path: String,
+    /// Where it was written.
+    pub file: PathBuf,
+    /// Bytes received.
+    pub bytes: u64,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+    /// From the request to the last byte.
+    pub elapsed: Duration,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+struct Download {
+    path: String,
+    file_path: PathBuf,
+    file: Option<File>,
+    hash: Sha256,
+    bytes: u64,
+    started: Instant,
+    stream: Option<StreamId>,
+    done: bool,
+}
+
+/// Fetches paths over hq-interop on one connection; reports each file, then `None` when all
+/// are done and the connection is closed.
+pub struct GetApp {
+    downloads: Vec<Download>,
+    report: mpsc::Sender<Option<Fetched>>,
+    by_stream: HashMap<StreamId, usize>,
+    conn: Option<ConnId>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for GetApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetApp").field("downloads", &self.downloads.len()).finish_non_exhaustive()
+    }
+}
+
+impl GetApp {
+    /// Fetch `paths`, writing each to `(path, file)`.
+    pub fn new(requests: Vec<(String, PathBuf)>, report: mpsc::Sender<Option<Fetched>>) -> Self {
+        let now = Instant::now();
+        let downloads = requests
+            .into_iter()
+            .map(|(path, file_path)| Download {
+                path,
+                file_path,
+                file: None,
+                hash: Sha256::new(),
+                bytes: 0,
+                started: now,
+                stream: None,
+                done: false,
+            })
+            .collect();
+        Self { downloads, report, by_stream: HashMap::new(), conn: None, finished: false }
+    }
+
+    fn open_requests(&mut self, conn: &mut ConnRef<'_>) {
+        for (index, download) in self.downloads.iter_mut().enumerate() {
+            if download.stream.is_some() || download.done {
+                continue;
+            }
+            let Some(stream) = conn.open_bi() else { return };
+            download.stream = Some(stream);
+            download.started = Instant::now();
+            match File::create(&download.file_path) {
+                Ok(file) => download.file = Some(file),
+                Err(e) => {
+                    finish(download, &self.report, Some(format!("cannot create {}: {e}", download.file_path.display())));
+                    let _ = conn.reset(stream, VarInt::from_u32(0));
+                    continue;
+                }
+            }
+            let request = format!("GET {}\r\n", download.path);
+            // The request is tiny: the initial stream window always takes it whole.
+            let _ = conn.write(stream, request.as_bytes());
+            let _ = conn.finish(stream);
+            self.by_stream.insert(stream, index);
+        }
+    }
+
+    fn close_when_done(&mut self, conn: &mut ConnRef<'_>) {
+        if !self.finished && self.downloads.iter().all(|d| d.done) {
+            self.finished = true;
+            conn.close(VarInt::from_u32(0), b"done");
+        }
+    }
+}
+
+fn finish(download: &mut Download, report: &mpsc::Sender<Option<Fetched>>, error: Option<String>) {
+    if download.done {
+        return;
+    }
+    download.done = true;
+    let mut error = error;
+    if let Some(mut file) = download.file.take() {
+        if let Err(e) = file.flush().and_then(|()| file.sync_all()) {
+            error.get_or_insert(format!("writing {}: {e}", download.file_path.display()));
+        }
+    }
+    let hash = std::mem::take(&mut download.hash);
+    let _ = report.send(Some(Fetched {
+        path: download.path.clone(),
+        file: download.file_path.clone(),
+        bytes: download.bytes,
+        sha256: hex::encode(hash.finalize()),
+        elapsed: download.started.elapsed(),
+        error,
+    }));
+}
+
+impl Application for GetApp {
+    fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
+        self.conn = Some(conn.id());
+        self.open_requests(conn);
+        self.close_when_done(conn);
+    }
+
+    fn on_streams_available(&mut self, conn: &mut ConnRef<'_>) {
+        self.open_requests(conn);
+    }
+
+    fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        let Some(&index) = self.by_stream.get(&stream) else { return };
+        let Some(download) = self.downloads.get_mut(index) else { return };
+        let mut write_error = None;
+        let outcome = conn.read(stream, &mut |chunk: Bytes| {
+            download.bytes += chunk.len() as u64;
+            download.hash.update(&chunk);
+            if let Some(file) = download.file.as_mut() {
+                if let Err(e) = file.write_all(&chunk) {
+                    write_error.get_or_insert(e);
+                }
+            }
+        });
+        match (outcome, write_error) {
+            (_, Some(e)) => {
+                let message = format!("writing {}: {e}", download.file_path.display());
+                let _ = conn.stop(stream, VarInt::from_u32(0));
+                finish(download, &self.report, Some(message));
+            }
+            (Ok(ReadOutcome::Finished), None) => finish(download, &self.report, None),
+            (Ok(ReadOutcome::Pending), None) => {}
+            (Err(e), None) => finish(download, &self.report, Some(format!("server refused the request: {e}"))),
+        }
+        self.close_when_done(conn);
+    }
+
+    fn on_closed(&mut self, _id: ConnId, _tag: u64, reason: &ConnectionError) {
+        for download in &mut self.downloads {
+            finish(download, &self.report, Some(format!("connection closed: {reason}")));
+        }
+        let _ = self.report.send(None);
+    }
+
+    fn on_connect_failed(&mut self, _tag: u64, error: &ant_quic_dataplane::quinn_proto::ConnectError) {
+        for download in &mut self.downloads {
+            finish(download, &self.report, Some(format!("cannot connect: {error}")));
+        }
+        let _ = self.report.send(None);
+    }
+}
+
+/// Result of one bulk operation on `ant-quic/1`.
+#[derive(Debug, Clone)]
+pub struct BulkOutcome {
+    /// Payload bytes moved.
+    pub bytes: u64,
+    /// From opening the stream to the server's last byte.
+    pub elapsed: Duration,
+    /// SHA-256 of the payload as seen by this side.
+    pub local_sha256: [u8; 32],
+    /// SHA-256 reported by the server (uploads with hashing).
+    pub remote_sha256: Option<[u8; 32]>,
+    /// Bytes the server reported receiving (uploads).
+    pub remote_count: Option<u64>,
+    /// Negotiated cipher suite.
+    pub cipher: String,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// What a bulk client sends.
+#[derive(Debug, Clone)]
+pub enum BulkPayload {
+    /// Ask the server for this many bytes.
+    Download(u64),
+    /// Send these bytes (repeated `repeat` times) and ask for their count and hash.
+    Upload {
+        /// The data.
+        data: Bytes,
+        /// How many times to send it.
+        repeat: u64,
+        /// Whether the server hashes what it receives.
+        hash: bool,
+    },
+}
+
+/// Runs one bulk operation on the first connection of its core, then closes it.
+pub struct BulkApp {
+    payload: BulkPayload,
+    hash_local: bool,
+    report: mpsc::Sender<BulkOutcome>,
+    stream: Option<StreamId>,
+    started: Instant,
+    sent: u64,
+    pending: Option<Bytes>,
+    received: Vec<u8>,
+    bytes: u64,
+    hash: Sha256,
+    cipher: String,
+    reported: bool,
+}
+
+impl std::fmt::Debug for BulkApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkApp").field("payload", &self.payload).finish_non_exhaustive()
+    }
+}
+
+impl BulkApp {
+    /// One transfer; hash what crosses the wire on this side when `hash_local` is set.
+    pub fn new(payload: BulkPayload, hash_local: bool, report: mpsc::Sender<BulkOutcome>) -> Self {
+        Self {
+            payload,
+            hash_local,
+            report,
+            stream: None,
+            started: Instant::now(),
+            sent: 0,
+            pending: None,
+            received: Vec::new(),
+            bytes: 0,
+            hash: Sha256::new(),
+            cipher: String::new(),
+            reported: false,
+        }
+    }
+
+    fn send_more(&mut self, conn: &mut ConnRef<'_>) {
+        let (Some(stream), BulkPayload::Upload { data, repeat, .. }) = (self.stream, &self.payload) else { return };
+        let total = data.len() as u64 * repeat;
+        loop {
+            if self.pending.is_none() {
+                if self.sent >= total {
+                    let _ = conn.finish(stream);
+                    return;
+                }
+                self.pending = Some(data.clone());
+                self.sent += data.len() as u64;
+                if self.hash_local {
+                    self.hash.update(data);
+                }
+            }
+            let Some(chunk) = self.pending.as_mut() else { return };
+            let mut chunks = [chunk.clone()];
+            match conn.quic().send_stream(stream).write_chunks(&mut chunks) {
+                Ok(written) if written.bytes == chunk.len() => self.pending = None,
+                Ok(written) => {
+                    let _ = chunk.split_to(written.bytes);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn report(&mut self, error: Option<String>) {
+        if self.reported {
+            return;
+        }
+        self.reported = true;
+        let hash = std::mem::take(&mut self.hash);
+        let (remote_count, remote_sha256) = match self.payload {
+            BulkPayload::Upload { .. } => {
+                let count = self.received.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                let sha = self.received.get(8..40).and_then(|b| b.try_into().ok());
+                (count, sha)
+            }
+            BulkPayload::Download(_) => (None, None),
+        };
+        let bytes = match self.payload {
+            BulkPayload::Download(_) => self.bytes,
+            BulkPayload::Upload { .. } => self.sent,
+        };
+        let _ = self.report.send(BulkOutcome {
+            bytes,
+            elapsed: self.started.elapsed(),
+            local_sha256: hash.finalize().into(),
+            remote_sha256,
+            remote_count,
+            cipher: self.cipher.clone(),
+            error,
+        });
+    }
+}
+
+impl Application for BulkApp {
+    fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
+        if self.stream.is_some() {
+            return;
+        }
+        self.cipher = crate::tls::preferred_cipher_suite();
+        let Some(stream) = conn.open_bi() else {
+            self.report(Some("no stream available".into()));
+            return;
+        };
+        self.stream = Some(stream);
+        self.started = Instant::now();
+        let op = match &self.payload {
+            BulkPayload::Download(len) => Op::Download(*len),
+            BulkPayload::Upload { hash, .. } => Op::Upload { hash: *hash },
+        };
+        let _ = conn.write(stream, &wire::encode_op(op));
+        match self.payload {
+            BulkPayload::Download(_) => {
+                let _ = conn.finish(stream);
+            }
+            BulkPayload::Upload { .. } => self.send_more(conn),
+        }
+    }
+
+    fn on_writable(&mut self, conn: &mut ConnRef<'_>, _stream: StreamId) {
+        self.send_more(conn);
+    }
+
+    fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        if Some(stream) != self.stream {
+            return;
+        }
+        let download = matches!(self.payload, BulkPayload::Download(_));
+        let (hash_local, hash, bytes, received) = (self.hash_local, &mut self.hash, &mut self.bytes, &mut self.received);
+        let outcome = conn.read(stream, &mut |chunk: Bytes| {
+            if download {
+                *bytes += chunk.len() as u64;
+                if hash_local {
+                    hash.update(&chunk);
+                }
+            } else if received.len() < 64 {
+                received.extend_from_slice(&chunk);
+            }
+        });
+        match outcome {
+            Ok(ReadOutcome::Finished) => {
+                self.report(None);
+                conn.close(VarInt::from_u32(0), b"done");
+            }
+            Ok(ReadOutcome::Pending) => {}
+            Err(e) => {
+                self.report(Some(format!("stream failed: {e}")));
+                conn.close(VarInt::from_u32(1), b"stream failed");
+            }
+        }
+    }
+
+    fn on_closed(&mut self, _id: ConnId, _tag: u64, reason: &ConnectionError) {
+        self.report(Some(format!("connection closed before the transfer ended: {reason}")));
+    }
+
+    fn on_connect_failed(&mut self, _tag: u64, error: &ant_quic_dataplane::quinn_proto::ConnectError) {
+        self.report(Some(format!("cannot connect: {error}")));
+    }
+}

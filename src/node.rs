@@ -1,0 +1,105 @@
+//! Assembling a node: identity, TLS, the per-core services, and the data plane under them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ant_quic_dataplane::{AppFactory, Application, BackendKind, ConnectRequest, Node, NodeConfig};
+
+use crate::identity::Identity;
+use crate::service::{ServiceApp, WwwRoot};
+use crate::tls::{self, ServerAuth, ALPN_ANT_QUIC, ALPN_HQ_INTEROP};
+use crate::Error;
+
+/// The UDP address a node listens on when none is given.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9000);
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Cores; `None`: one per allowed CPU.
+    pub cores: Option<usize>,
+    /// Backend; `None`: io_uring when available.
+    pub backend: Option<BackendKind>,
+    /// Where the identity key lives; `None`: an identity that lives only in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Serve this directory over hq-interop.
+    pub www: Option<PathBuf>,
+    /// CPUs to pin cores to; `None`: the allowed CPUs in order.
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self { listen: DEFAULT_LISTEN, cores: None, backend: None, data_dir: None, www: None, cpus: None }
+    }
+}
+
+/// A node serving `ant-quic/1` (and hq-interop), with its identity.
+#[derive(Debug)]
+pub struct ServerNode {
+    /// The data plane.
+    pub node: Node,
+    /// Who it is.
+    pub identity: Identity,
+}
+
+/// Start a node that accepts connections and serves its protocols.
+pub fn start_server(options: &NodeOptions) -> Result<ServerNode, Error> {
+    let identity = match &options.data_dir {
+        Some(dir) => Identity::load_or_create(dir)?,
+        None => Identity::ephemeral()?,
+    };
+    let www = match &options.www {
+        Some(dir) => Some(Arc::new(
+            WwwRoot::new(dir).map_err(|source| Error::Io { context: format!("--www {}", dir.display()), source })?,
+        )),
+        None => None,
+    };
+    let server = tls::server_config(&identity, &[ALPN_ANT_QUIC, ALPN_HQ_INTEROP])?;
+    let mut config = NodeConfig::new(options.listen, Some(Arc::new(server)));
+    config.cores = options.cores;
+    config.backend = options.backend;
+    config.cpus = options.cpus.clone();
+    let factory: Arc<dyn AppFactory> =
+        Arc::new(move |_core: usize| Box::new(ServiceApp::new(www.clone())) as Box<dyn Application>);
+    let node = Node::start(config, factory)?;
+    Ok(ServerNode { node, identity })
+}
+
+/// Start a client-only node on an ephemeral port, running `apps` on its cores.
+pub fn start_client(backend: Option<BackendKind>, apps: Arc<dyn AppFactory>) -> Result<Node, Error> {
+    start_client_on(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), 1, backend, None, apps)
+}
+
+/// Start a client-only node bound to `local` with `cores` cores, pinned to `cpus` if given.
+pub fn start_client_on(
+    local: SocketAddr,
+    cores: usize,
+    backend: Option<BackendKind>,
+    cpus: Option<Vec<usize>>,
+    apps: Arc<dyn AppFactory>,
+) -> Result<Node, Error> {
+    let mut config = NodeConfig::new(local, None);
+    config.cores = Some(cores);
+    config.backend = backend;
+    config.cpus = cpus;
+    Ok(Node::start(config, apps)?)
+}
+
+/// A request to connect to `remote`, authenticating it as `auth`, offering `alpns`.
+pub fn connect_request(
+    remote: SocketAddr,
+    auth: ServerAuth,
+    alpns: &[&[u8]],
+    tag: u64,
+) -> Result<ConnectRequest, Error> {
+    Ok(ConnectRequest {
+        remote,
+        server_name: tls::default_server_name().to_owned(),
+        config: tls::client_config(auth, alpns)?,
+        tag,
+    })
+}

@@ -1,0 +1,393 @@
+//! The services a node offers to connections it accepts, chosen by ALPN:
+//!
+//! - `hq-interop`: HTTP/0.9 over QUIC as in the QUIC interop runner. A request is one
+//!   bidirectional stream carrying `GET /path\r\n`; the answer is the file's bytes, then FIN. Files
+//!   come from the `--www` directory only; anything else resets the stream.
+//! - `ant-quic/1`: the node's own protocol; see [`crate::wire`] for its stream operations.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use ant_quic_dataplane::quinn_proto::{StreamId, VarInt};
+use ant_quic_dataplane::app::StreamReadError;
+use ant_quic_dataplane::{Application, ConnId, ConnRef, ReadOutcome};
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::tls::{ALPN_ANT_QUIC, ALPN_HQ_INTEROP};
+use crate::wire::{self, Op};
+
+/// hq-interop stream error: the requested path does not name a servable file.
+pub const HQ_NOT_FOUND: VarInt = VarInt::from_u32(0x1);
+/// hq-interop stream error: the request was not `GET /path`.
+pub const HQ_BAD_REQUEST: VarInt = VarInt::from_u32(0x2);
+/// ant-quic/1 stream error: unknown operation.
+pub const AQ_BAD_OP: VarInt = VarInt::from_u32(0x3);
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 4096;
+/// Echo bytes held back by flow control before reading stops.
+const ECHO_BACKLOG: usize = 1024 * 1024;
+/// Bytes read from a file per write.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// A directory served over hq-interop.
+#[derive(Debug)]
+pub struct WwwRoot {
+    root: PathBuf,
+}
+
+impl WwwRoot {
+    /// Serve `dir`, which must exist.
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
+        let root = dir.canonicalize()?;
+        if !root.is_dir() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"));
+        }
+        Ok(Self { root })
+    }
+
+    /// The file a request path names, if it is a regular file inside the root after resolving
+    /// symlinks. `..`, absolute paths and links leading out are refused.
+    pub fn resolve(&self, request_path: &str) -> Option<PathBuf> {
+        let relative = request_path.strip_prefix('/')?;
+        let relative = Path::new(relative);
+        if relative.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return None;
+        }
+        let full = self.root.join(relative).canonicalize().ok()?;
+        (full.starts_with(&self.root) && full.is_file()).then_some(full)
+    }
+}
+
+enum StreamState {
+    /// hq-interop: collecting the request line.
+    HqRequest(Vec<u8>),
+    /// hq-interop: sending a file; `pending` was read but not yet accepted by flow control.
+    HqSending { file: File, pending: Bytes },
+    /// ant-quic/1: collecting the operation header.
+    AqHeader(Vec<u8>),
+    /// Echo everything back; `pending` waits for flow control; `fin` once the peer finished.
+    Echo { pending: Vec<Bytes>, fin: bool },
+    /// Send `remaining` bytes of filler, then FIN.
+    Download { remaining: u64 },
+    /// Count (and maybe hash) what arrives; answer at FIN.
+    Upload { received: u64, hash: Option<Sha256>, reply: Option<Bytes> },
+}
+
+/// The per-core server application of a node.
+pub struct ServiceApp {
+    www: Option<Arc<WwwRoot>>,
+    protocols: HashMap<ConnId, Protocol>,
+    streams: HashMap<(ConnId, StreamId), StreamState>,
+    filler: Bytes,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    HqInterop,
+    AntQuic,
+}
+
+impl std::fmt::Debug for ServiceApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceApp").field("streams", &self.streams.len()).finish_non_exhaustive()
+    }
+}
+
+impl ServiceApp {
+    /// Services for one core; hq-interop serves `www` when given.
+    pub fn new(www: Option<Arc<WwwRoot>>) -> Self {
+        Self { www, protocols: HashMap::new(), streams: HashMap::new(), filler: wire::filler() }
+    }
+
+    fn protocol(&mut self, conn: &ConnRef<'_>) -> Option<Protocol> {
+        if let Some(p) = self.protocols.get(&conn.id()) {
+            return Some(*p);
+        }
+        let protocol = match conn.alpn()?.as_slice() {
+            a if a == ALPN_HQ_INTEROP => Protocol::HqInterop,
+            a if a == ALPN_ANT_QUIC => Protocol::AntQuic,
+            _ => return None,
+        };
+        self.protocols.insert(conn.id(), protocol);
+        Some(protocol)
+    }
+
+    fn read_input(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        let key = (conn.id(), stream);
+        let Some(mut state) = self.streams.remove(&key) else { return };
+        if let StreamState::Echo { pending, .. } = &state {
+            // Stop reading (and so stop granting credit) while the peer is not taking echoes.
+            if pending.iter().map(Bytes::len).sum::<usize>() > ECHO_BACKLOG {
+                self.streams.insert(key, state);
+                return;
+            }
+        }
+        let mut incoming: Vec<Bytes> = Vec::new();
+        let outcome = match conn.read(stream, &mut |chunk| incoming.push(chunk)) {
+            Ok(outcome) => outcome,
+            // Already read to its end: the sending half may still be busy.
+            Err(StreamReadError::Closed) => {
+                self.streams.insert(key, state);
+                return;
+            }
+            // The peer abandoned its request: so do we.
+            Err(StreamReadError::Reset(code)) => {
+                let _ = conn.reset(stream, code);
+                return;
+            }
+        };
+        let finished = outcome == ReadOutcome::Finished;
+        let mut keep = true;
+        for chunk in incoming {
+            state = match state {
+                StreamState::HqRequest(mut line) => {
+                    line.extend_from_slice(&chunk);
+                    StreamState::HqRequest(line)
+                }
+                StreamState::AqHeader(mut header) => {
+                    header.extend_from_slice(&chunk);
+                    StreamState::AqHeader(header)
+                }
+                StreamState::Echo { mut pending, fin } => {
+                    pending.push(chunk);
+                    StreamState::Echo { pending, fin }
+                }
+                StreamState::Upload { received, mut hash, reply } => {
+                    if let Some(h) = hash.as_mut() {
+                        h.update(&chunk);
+                    }
+                    StreamState::Upload { received: received + chunk.len() as u64, hash, reply }
+                }
+                other => other, // data after a complete request is ignored
+            };
+        }
+        state = match state {
+            StreamState::HqRequest(line) => self.start_hq(conn, stream, line, finished, &mut keep),
+            StreamState::AqHeader(header) => self.start_aq(conn, stream, header, finished, &mut keep),
+            StreamState::Echo { pending, fin } => StreamState::Echo { pending, fin: fin || finished },
+            StreamState::Upload { received, hash, reply: None } if finished => {
+                let mut answer = BytesMut::from(&received.to_be_bytes()[..]);
+                if let Some(h) = hash {
+                    answer.extend_from_slice(&h.finalize());
+                }
+                StreamState::Upload { received, hash: None, reply: Some(answer.freeze()) }
+            }
+            other => other,
+        };
+        if keep {
+            self.streams.insert(key, state);
+            self.write_output(conn, stream);
+        }
+    }
+
+    fn start_hq(
+        &mut self,
+        conn: &mut ConnRef<'_>,
+        stream: StreamId,
+        line: Vec<u8>,
+        finished: bool,
+        keep: &mut bool,
+    ) -> StreamState {
+        let Some(end) = line.windows(2).position(|w| w == b"\r\n").or_else(|| finished.then_some(line.len())) else {
+            if line.len() > MAX_REQUEST {
+                *keep = false;
+                let _ = conn.reset(stream, HQ_BAD_REQUEST);
+                let _ = conn.stop(stream, HQ_BAD_REQUEST);
+            }
+            return StreamState::HqRequest(line);
+        };
+        let request = String::from_utf8_lossy(line.get(..end).unwrap_or_default()).into_owned();
+        let path = request.strip_prefix("GET ").map(str::trim);
+        let file = path.and_then(|p| self.www.as_ref()?.resolve(p)).and_then(|p| File::open(p).ok());
+        match file {
+            Some(file) => StreamState::HqSending { file, pending: Bytes::new() },
+            None => {
+                tracing::debug!(%request, "hq-interop request refused");
+                *keep = false;
+                let code = if path.is_some() { HQ_NOT_FOUND } else { HQ_BAD_REQUEST };
+                let _ = conn.reset(stream, code);
+                StreamState::HqRequest(Vec::new())
+            }
+        }
+    }
+
+    fn start_aq(
+        &mut self,
+        conn: &mut ConnRef<'_>,
+        stream: StreamId,
+        header: Vec<u8>,
+        finished: bool,
+        keep: &mut bool,
+    ) -> StreamState {
+        match wire::parse_op(&header) {
+            Ok(Some((op, used))) => {
+                let rest = header.get(used..).map(Bytes::copy_from_slice).unwrap_or_default();
+                match op {
+                    Op::Echo => StreamState::Echo { pending: vec![rest], fin: finished },
+                    Op::Download(len) => StreamState::Download { remaining: len },
+                    Op::Upload { hash } => {
+                        let mut h = hash.then(Sha256::new);
+                        if let Some(h) = h.as_mut() {
+                            h.update(&rest);
+                        }
+                        let received = rest.len() as u64;
+                        let reply = finished.then(|| {
+                            let mut answer = BytesMut::from(&received.to_be_bytes()[..]);
+                            if let Some(h) = h.take() {
+                                answer.extend_from_slice(&h.finalize());
+                            }
+                            answer.freeze()
+                        });
+                        StreamState::Upload { received, hash: h, reply }
+                    }
+                }
+            }
+            Ok(None) if !finished => StreamState::AqHeader(header),
+            Ok(None) | Err(_) => {
+                *keep = false;
+                let _ = conn.reset(stream, AQ_BAD_OP);
+                let _ = conn.stop(stream, AQ_BAD_OP);
+                StreamState::AqHeader(Vec::new())
+            }
+        }
+    }
+
+    fn write_output(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        let key = (conn.id(), stream);
+        let Some(state) = self.streams.get_mut(&key) else { return };
+        let done = match state {
+            StreamState::HqSending { file, pending } => loop {
+                if pending.is_empty() {
+                    let mut buf = vec![0u8; FILE_CHUNK];
+                    match file.read(&mut buf) {
+                        Ok(0) => {
+                            let _ = conn.finish(stream);
+                            break true;
+                        }
+                        Ok(n) => {
+                            buf.truncate(n);
+                            *pending = Bytes::from(buf);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading a served file failed");
+                            let _ = conn.reset(stream, HQ_NOT_FOUND);
+                            break true;
+                        }
+                    }
+                }
+                match conn.write(stream, pending) {
+                    Ok(0) => break false,
+                    Ok(n) => {
+                        let _ = pending.split_to(n);
+                    }
+                    Err(_) => break true,
+                }
+            },
+            StreamState::Echo { pending, fin } => {
+                let mut blocked = false;
+                while let Some(first) = pending.first_mut() {
+                    match conn.write(stream, first) {
+                        Ok(n) if n == first.len() => {
+                            pending.remove(0);
+                        }
+                        Ok(n) => {
+                            let _ = first.split_to(n);
+                            blocked = true;
+                            break;
+                        }
+                        Err(_) => return self.forget(key),
+                    }
+                }
+                if !blocked && *fin {
+                    let _ = conn.finish(stream);
+                    true
+                } else {
+                    false
+                }
+            }
+            StreamState::Download { remaining } => {
+                let mut send = conn.quic().send_stream(stream);
+                loop {
+                    if *remaining == 0 {
+                        let _ = send.finish();
+                        break true;
+                    }
+                    let len = usize::try_from(*remaining).unwrap_or(usize::MAX).min(self.filler.len());
+                    let mut chunk = [self.filler.slice(..len)];
+                    match send.write_chunks(&mut chunk) {
+                        Ok(written) if written.bytes > 0 => *remaining -= written.bytes as u64,
+                        Ok(_) | Err(ant_quic_dataplane::quinn_proto::WriteError::Blocked) => break false,
+                        Err(_) => break true,
+                    }
+                }
+            }
+            StreamState::Upload { reply: Some(reply), .. } => match conn.write(stream, reply) {
+                Ok(n) if n == reply.len() => {
+                    let _ = conn.finish(stream);
+                    true
+                }
+                Ok(n) => {
+                    let _ = reply.split_to(n);
+                    false
+                }
+                Err(_) => true,
+            },
+            _ => false,
+        };
+        if done {
+            self.forget(key);
+        }
+    }
+
+    fn forget(&mut self, key: (ConnId, StreamId)) {
+        self.streams.remove(&key);
+    }
+}
+
+impl Application for ServiceApp {
+    fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
+        if self.protocol(conn).is_none() {
+            conn.close(VarInt::from_u32(0x10), b"no supported application protocol");
+        }
+    }
+
+    fn on_stream_opened(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        let Some(protocol) = self.protocol(conn) else { return };
+        if stream.dir() != ant_quic_dataplane::quinn_proto::Dir::Bi {
+            let _ = conn.stop(stream, AQ_BAD_OP);
+            return;
+        }
+        let state = match protocol {
+            Protocol::HqInterop => StreamState::HqRequest(Vec::new()),
+            Protocol::AntQuic => StreamState::AqHeader(Vec::new()),
+        };
+        self.streams.insert((conn.id(), stream), state);
+    }
+
+    fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        self.read_input(conn, stream);
+    }
+
+    fn on_writable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        self.write_output(conn, stream);
+        // An echo that stopped reading for back-pressure resumes here.
+        if matches!(self.streams.get(&(conn.id(), stream)), Some(StreamState::Echo { .. })) {
+            self.read_input(conn, stream);
+        }
+    }
+
+    fn on_stopped(&mut self, conn: &mut ConnRef<'_>, stream: StreamId, code: VarInt) {
+        let _ = conn.reset(stream, code);
+        self.forget((conn.id(), stream));
+    }
+
+    fn on_closed(&mut self, id: ConnId, _tag: u64, _reason: &ant_quic_dataplane::quinn_proto::ConnectionError) {
+        self.protocols.remove(&id);
+        self.streams.retain(|(conn, _), _| *conn != id);
+    }
+}

@@ -90,7 +90,11 @@ impl GetApp {
             match File::create(&download.file_path) {
                 Ok(file) => download.file = Some(file),
                 Err(e) => {
-                    finish(download, &self.report, Some(format!("cannot create {}: {e}", download.file_path.display())));
+                    finish(
+                        download,
+                        &self.report,
+                        Some(format!("cannot create {}: {e}", download.file_path.display())),
+                    );
                     let _ = conn.reset(stream, VarInt::from_u32(0));
                     continue;
                 }
@@ -353,7 +357,8 @@ impl Application for BulkApp {
             return;
         }
         let download = matches!(self.payload, BulkPayload::Download(_));
-        let (hash_local, hash, bytes, received) = (self.hash_local, &mut self.hash, &mut self.bytes, &mut self.received);
+        let (hash_local, hash, bytes, received) =
+            (self.hash_local, &mut self.hash, &mut self.bytes, &mut self.received);
         let outcome = conn.read(stream, &mut |chunk: Bytes| {
             if download {
                 *bytes += chunk.len() as u64;

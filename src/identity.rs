@@ -139,8 +139,8 @@ impl Identity {
 
     /// A fresh identity that lives only in memory (tests, benchmarks, one-shot clients).
     pub fn ephemeral() -> Result<Self, IdentityError> {
-        let key =
-            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| IdentityError::Certificate(e.to_string()))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .map_err(|e| IdentityError::Certificate(e.to_string()))?;
         Self::from_pem(&key.serialize_pem()).map_err(IdentityError::Certificate)
     }
 

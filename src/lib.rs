@@ -32,6 +32,8 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
+
 pub mod client;
 pub mod identity;
 pub mod node;

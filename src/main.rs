@@ -1,5 +1,7 @@
 //! The `ant-quic` command: run a node, or fetch files over hq-interop.
 
+#![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
+
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};

@@ -77,12 +77,8 @@ pub fn bulk_transfer_checked(options: &BulkOptions, hash: bool) -> Result<(BulkO
         }),
     )?;
     let backend = client.backend().to_string();
-    let request = connect_request(
-        server.node.local_addr(),
-        ServerAuth::PeerId(server.identity.peer_id()),
-        &[ALPN_ANT_QUIC],
-        0,
-    )?;
+    let request =
+        connect_request(server.node.local_addr(), ServerAuth::PeerId(server.identity.peer_id()), &[ALPN_ANT_QUIC], 0)?;
     client.connect(request, Some(0))?;
     // Generous: even 50 Mbit/s finishes in time; a stuck transfer still ends.
     let limit = Duration::from_secs(30) + Duration::from_secs(options.bytes / 6_000_000);

@@ -120,7 +120,9 @@ impl ServerCertVerifier for PeerIdVerifier {
             ServerAuth::Insecure => Ok(ServerCertVerified::assertion()),
             ServerAuth::PeerId(expected) => match PeerId::from_certificate(end_entity) {
                 Some(actual) if actual == expected => Ok(ServerCertVerified::assertion()),
-                Some(_) => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)),
+                Some(_) => {
+                    Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+                }
                 None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
             },
         }

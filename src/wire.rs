@@ -76,7 +76,9 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for op in [Op::Echo, Op::Download(0), Op::Download(u64::MAX), Op::Upload { hash: true }, Op::Upload { hash: false }] {
+        for op in
+            [Op::Echo, Op::Download(0), Op::Download(u64::MAX), Op::Upload { hash: true }, Op::Upload { hash: false }]
+        {
             let bytes = encode_op(op);
             assert_eq!(parse_op(&bytes), Ok(Some((op, bytes.len()))));
         }

@@ -11,8 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use quinn_proto::{
-    ClosedStream, Connection, ConnectionError, Dir, FinishError, ReadError, ReadableError, StreamId, VarInt,
-    WriteError,
+    ClosedStream, Connection, ConnectionError, Dir, FinishError, ReadError, ReadableError, StreamId, VarInt, WriteError,
 };
 
 /// Identifies a connection on its core. Unique among the live connections of one core.

@@ -123,12 +123,7 @@ impl Connections<'_> {
     /// The live connections on this core.
     pub fn ids(&self) -> Vec<ConnId> {
         let core = self.core;
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_some())
-            .map(|(index, _)| ConnId { core, index })
-            .collect()
+        self.conns.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(index, _)| ConnId { core, index }).collect()
     }
 }
 
@@ -228,12 +223,8 @@ impl<B: Backend> Core<B> {
             match command {
                 Command::Connect(request) => self.connect(now, *request),
                 Command::Message(message) => {
-                    let mut conns = Connections {
-                        core: self.index,
-                        now,
-                        conns: &mut self.conns,
-                        dirty: &mut self.dirty,
-                    };
+                    let mut conns =
+                        Connections { core: self.index, now, conns: &mut self.conns, dirty: &mut self.dirty };
                     self.app.on_message(&mut conns, message);
                 }
                 Command::Shutdown => self.start_draining(now),

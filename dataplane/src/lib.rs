@@ -6,6 +6,8 @@
 //! `quinn_proto::Endpoint` decrypts it → the connection's [`Application`] runs on the same core →
 //! `poll_transmit` seals the answer into GSO batches → [`backend`] sends them.
 
+#![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
+
 pub mod app;
 pub mod backend;
 pub mod batch;

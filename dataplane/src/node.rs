@@ -126,8 +126,8 @@ impl Node {
         }
         let kind = choose_backend(config.backend)?;
 
-        let sockets =
-            bind_reuseport_group(config.listen, count).map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let sockets = bind_reuseport_group(config.listen, count)
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let local_addr = sockets
             .first()
             .and_then(|s| s.local_addr().ok())
@@ -354,4 +354,3 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         "panicked".into()
     }
 }
-

@@ -136,10 +136,10 @@ pub fn allowed_cpus() -> Vec<usize> {
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data for which all-zero is a valid (empty) set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit of the live set; `cpu` is below CPU_SETSIZE (checked).
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
     }
+    // SAFETY: CPU_SET writes one bit of the live set; `cpu` is below CPU_SETSIZE (checked).
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: pid 0 is the calling thread; `set` is live and its size is passed.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set) };

@@ -46,49 +46,16 @@ impl Netns {
         let sender = format!("aq-gso-{}-{tag}", std::process::id());
         let receiver = format!("{sender}-peer");
         run("ip", &["netns", "add", &sender]);
-        let mut ns = Self {
-            sender,
-            receiver: String::new(),
-        };
+        let mut ns = Self { sender, receiver: String::new() };
         run("ip", &["netns", "add", &receiver]);
         ns.receiver = receiver;
         let (s, r) = (ns.sender.as_str(), ns.receiver.as_str());
-        run(
-            "ip",
-            &[
-                "-n", s, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", r,
-            ],
-        );
-        run(
-            "ip",
-            &[
-                "-n",
-                s,
-                "addr",
-                "add",
-                &format!("{SENDER_IP}/24"),
-                "dev",
-                "v0",
-            ],
-        );
-        run(
-            "ip",
-            &[
-                "-n",
-                r,
-                "addr",
-                "add",
-                &format!("{RECEIVER_IP}/24"),
-                "dev",
-                "v1",
-            ],
-        );
+        run("ip", &["-n", s, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", r]);
+        run("ip", &["-n", s, "addr", "add", &format!("{SENDER_IP}/24"), "dev", "v0"]);
+        run("ip", &["-n", r, "addr", "add", &format!("{RECEIVER_IP}/24"), "dev", "v1"]);
         run("ip", &["-n", s, "link", "set", "v0", "up"]);
         run("ip", &["-n", r, "link", "set", "v1", "up"]);
-        run(
-            "ip",
-            &["netns", "exec", s, "ethtool", "-K", "v0", "tx", "off"],
-        );
+        run("ip", &["netns", "exec", s, "ethtool", "-K", "v0", "tx", "off"]);
         Some(ns)
     }
 
@@ -106,22 +73,16 @@ impl Drop for Netns {
     fn drop(&mut self) {
         for name in [&self.sender, &self.receiver] {
             if !name.is_empty() {
-                let _ = Command::new("ip")
-                    .args(["netns", "delete", name.as_str()])
-                    .status();
+                let _ = Command::new("ip").args(["netns", "delete", name.as_str()]).status();
             }
         }
     }
 }
 
 fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} (install iproute2 and ethtool): {e}");
-        });
+    let status = Command::new(program).args(args).stdout(Stdio::null()).status().unwrap_or_else(|e| {
+        panic!("cannot run {program} (install iproute2 and ethtool): {e}");
+    });
     assert!(status.success(), "{program} {args:?} failed: {status}");
 }
 
@@ -171,29 +132,17 @@ fn send_batch_expecting_refusal<B: Backend>(
 ) {
     socket.set_nonblocking(true).unwrap();
     let from = socket.local_addr().unwrap();
-    receiver
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let stats = Arc::new(CoreStats::default());
     let waker = eventfd();
-    let Some(mut backend) = open(BackendParams {
-        socket,
-        wake_fd: waker.as_raw_fd(),
-        stats: &stats,
-    }) else {
+    let Some(mut backend) = open(BackendParams { socket, wake_fd: waker.as_raw_fd(), stats: &stats }) else {
         return;
     };
-    assert!(
-        backend.max_gso_segments() > 1,
-        "{tag}: GSO must look available before the kernel refuses it"
-    );
+    assert!(backend.max_gso_segments() > 1, "{tag}: GSO must look available before the kernel refuses it");
 
     let lens = [1100, 1100, 1100, 1100, 1100, 1100, 1100, 1100, 1100, 450];
-    let datagrams: Vec<Vec<u8>> = lens
-        .iter()
-        .enumerate()
-        .map(|(i, &len)| (0..len).map(|j| (i * 7 + j) as u8).collect())
-        .collect();
+    let datagrams: Vec<Vec<u8>> =
+        lens.iter().enumerate().map(|(i, &len)| (0..len).map(|j| (i * 7 + j) as u8).collect()).collect();
     let mut batch = OutBatch {
         destination: receiver.local_addr().unwrap(),
         ecn: None,
@@ -213,10 +162,7 @@ fn send_batch_expecting_refusal<B: Backend>(
         }
     }
     while read(&stats.tx_datagrams) < 10 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{tag}: the datagrams were never all sent"
-        );
+        assert!(start.elapsed() < Duration::from_secs(10), "{tag}: the datagrams were never all sent");
         backend.flush().unwrap();
         backend.wait(Some(Duration::from_millis(10))).unwrap();
         backend.recv(&mut |_, _| {}).unwrap();
@@ -224,45 +170,23 @@ fn send_batch_expecting_refusal<B: Backend>(
 
     let mut buf = [0u8; 2000];
     for (i, want) in datagrams.iter().enumerate() {
-        let (n, source) = receiver
-            .recv_from(&mut buf)
-            .unwrap_or_else(|e| panic!("{tag}: datagram {i}: {e}"));
+        let (n, source) = receiver.recv_from(&mut buf).unwrap_or_else(|e| panic!("{tag}: datagram {i}: {e}"));
         assert_eq!(source, from);
         assert_eq!(&buf[..n], &want[..], "{tag}: datagram {i}");
     }
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    assert!(
-        receiver.recv_from(&mut buf).is_err(),
-        "{tag}: a datagram arrived twice"
-    );
+    receiver.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(receiver.recv_from(&mut buf).is_err(), "{tag}: a datagram arrived twice");
     assert_eq!(read(&stats.tx_errors), 0, "{tag}");
     assert_eq!(read(&stats.tx_bytes), 10_350, "{tag}");
     let refused = read(&stats.gso_fallbacks) > 0;
     if refusal == Refusal::NoChecksumOffload && !refused {
         eprintln!("NOTE {tag}: this kernel (6.11+) checksums GSO in software; nothing was refused");
-        assert!(
-            backend.max_gso_segments() > 1,
-            "{tag}: GSO stays on when the kernel accepted it"
-        );
+        assert!(backend.max_gso_segments() > 1, "{tag}: GSO stays on when the kernel accepted it");
         return;
     }
-    assert_eq!(
-        read(&stats.gso_fallbacks),
-        1,
-        "{tag}: one batch refused and resent"
-    );
-    assert_eq!(
-        backend.max_gso_segments(),
-        1,
-        "{tag}: GSO stays off after the refusal"
-    );
-    assert_eq!(
-        stats.tx_batch.multi(),
-        0,
-        "{tag}: every datagram went out on its own"
-    );
+    assert_eq!(read(&stats.gso_fallbacks), 1, "{tag}: one batch refused and resent");
+    assert_eq!(backend.max_gso_segments(), 1, "{tag}: GSO stays off after the refusal");
+    assert_eq!(stats.tx_batch.multi(), 0, "{tag}: every datagram went out on its own");
 }
 
 fn without_udp_checksum<B: Backend>(tag: &str, open: Open<B>) {

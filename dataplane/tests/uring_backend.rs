@@ -61,43 +61,22 @@ fn uring_node(socket: UdpSocket) -> Node<UringBackend> {
     let addr = socket.local_addr().unwrap();
     let stats = Arc::new(CoreStats::default());
     let waker = eventfd();
-    let backend = UringBackend::open(BackendParams {
-        socket,
-        wake_fd: waker.as_raw_fd(),
-        stats: &stats,
-    })
-    .unwrap_or_else(|e| panic!("open: {e}"));
-    Node {
-        backend,
-        addr,
-        stats,
-        _waker: waker,
-    }
+    let backend = UringBackend::open(BackendParams { socket, wake_fd: waker.as_raw_fd(), stats: &stats })
+        .unwrap_or_else(|e| panic!("open: {e}"));
+    Node { backend, addr, stats, _waker: waker }
 }
 
 fn portable_node(socket: UdpSocket) -> Node<PortableBackend> {
     let addr = socket.local_addr().unwrap();
     let stats = Arc::new(CoreStats::default());
     let waker = eventfd();
-    let backend = PortableBackend::open(BackendParams {
-        socket,
-        wake_fd: waker.as_raw_fd(),
-        stats: &stats,
-    })
-    .unwrap();
-    Node {
-        backend,
-        addr,
-        stats,
-        _waker: waker,
-    }
+    let backend = PortableBackend::open(BackendParams { socket, wake_fd: waker.as_raw_fd(), stats: &stats }).unwrap();
+    Node { backend, addr, stats, _waker: waker }
 }
 
 /// A datagram whose content says which one it is.
 fn datagram(seq: u32, len: usize) -> Vec<u8> {
-    let mut d: Vec<u8> = (0..len)
-        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8)
-        .collect();
+    let mut d: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8).collect();
     d[..4].copy_from_slice(&seq.to_be_bytes());
     d
 }
@@ -122,33 +101,17 @@ fn send_all<B: Backend>(backend: &mut B, mut batch: OutBatch) {
 fn receive<B: Backend>(backend: &mut B, want: usize) -> Vec<(RecvMeta, Vec<u8>)> {
     let mut got = Vec::new();
     let start = Instant::now();
-    while got
-        .iter()
-        .map(|(m, d): &(RecvMeta, Vec<u8>)| split_gro(d, m.stride).count())
-        .sum::<usize>()
-        < want
-    {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "only {} of {want} datagrams arrived",
-            got.len()
-        );
+    while got.iter().map(|(m, d): &(RecvMeta, Vec<u8>)| split_gro(d, m.stride).count()).sum::<usize>() < want {
+        assert!(start.elapsed() < DEADLINE, "only {} of {want} datagrams arrived", got.len());
         backend.flush().unwrap();
         backend.wait(Some(Duration::from_millis(50))).unwrap();
-        backend
-            .recv(&mut |meta, data| got.push((meta, data.to_vec())))
-            .unwrap();
+        backend.recv(&mut |meta, data| got.push((meta, data.to_vec()))).unwrap();
     }
     got
 }
 
 /// Send `count` datagrams from `a` to `b` in bursts, checking every one arrives once and intact.
-fn exchange<A: Backend, B: Backend>(
-    a: &mut Node<A>,
-    b: &mut Node<B>,
-    count: u32,
-    ecn: Option<EcnCodepoint>,
-) {
+fn exchange<A: Backend, B: Backend>(a: &mut Node<A>, b: &mut Node<B>, count: u32, ecn: Option<EcnCodepoint>) {
     let mut expected = HashMap::new();
     for burst in (0..count).collect::<Vec<_>>().chunks(16) {
         for &seq in burst {
@@ -157,43 +120,27 @@ fn exchange<A: Backend, B: Backend>(
             expected.insert(seq, data.clone());
             let mut buf = a.backend.take_buffer();
             buf.extend_from_slice(&data);
-            let batch = OutBatch {
-                destination: b.addr,
-                ecn,
-                src_ip: None,
-                segment_size: len,
-                buf,
-            };
+            let batch = OutBatch { destination: b.addr, ecn, src_ip: None, segment_size: len, buf };
             send_all(&mut a.backend, batch);
         }
         a.backend.flush().unwrap();
         for (meta, data) in receive(&mut b.backend, burst.len()) {
             assert_eq!(meta.remote, a.addr, "source address");
             assert_eq!(meta.len, data.len());
-            assert_eq!(
-                meta.local_ip,
-                Some(b.addr.ip()),
-                "IP_PKTINFO / IPV6_PKTINFO destination"
-            );
+            assert_eq!(meta.local_ip, Some(b.addr.ip()), "IP_PKTINFO / IPV6_PKTINFO destination");
             if ecn.is_some() {
                 assert_eq!(meta.ecn, ecn, "ECN codepoint");
             }
             for d in split_gro(&data, meta.stride) {
                 let seq = u32::from_be_bytes(d[..4].try_into().unwrap());
-                let want = expected
-                    .remove(&seq)
-                    .unwrap_or_else(|| panic!("datagram {seq} unexpected or duplicated"));
+                let want = expected.remove(&seq).unwrap_or_else(|| panic!("datagram {seq} unexpected or duplicated"));
                 assert_eq!(d, &want[..], "content of datagram {seq}");
             }
         }
         // Let the sender see its send completions.
         a.backend.recv(&mut |_, _| {}).unwrap();
     }
-    assert!(
-        expected.is_empty(),
-        "missing datagrams: {:?}",
-        expected.keys().collect::<Vec<_>>()
-    );
+    assert!(expected.is_empty(), "missing datagrams: {:?}", expected.keys().collect::<Vec<_>>());
 }
 
 /// Wait until the backend's send completions have been counted.
@@ -229,10 +176,7 @@ fn loopback_ipv6_with_ecn_against_portable_backend() {
     if !uring_available() {
         return;
     }
-    let (Some(s1), Some(s2)) = (
-        bind(Ipv6Addr::LOCALHOST.into()),
-        bind(Ipv6Addr::LOCALHOST.into()),
-    ) else {
+    let (Some(s1), Some(s2)) = (bind(Ipv6Addr::LOCALHOST.into()), bind(Ipv6Addr::LOCALHOST.into())) else {
         eprintln!("SKIP: no IPv6 loopback here");
         return;
     };
@@ -248,21 +192,12 @@ fn gso_batch_arrives_as_separate_datagrams_at_a_plain_socket() {
         return;
     }
     let mut sender = uring_node(bind(Ipv4Addr::LOCALHOST.into()).unwrap());
-    assert!(
-        sender.backend.max_gso_segments() > 1,
-        "this kernel has UDP GSO; the backend must offer it"
-    );
+    assert!(sender.backend.max_gso_segments() > 1, "this kernel has UDP GSO; the backend must offer it");
     let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    receiver
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
 
     let lens = [1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 321];
-    let datagrams: Vec<Vec<u8>> = lens
-        .iter()
-        .enumerate()
-        .map(|(i, &len)| datagram(i as u32, len))
-        .collect();
+    let datagrams: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &len)| datagram(i as u32, len)).collect();
     let batch = OutBatch {
         destination: receiver.local_addr().unwrap(),
         ecn: None,
@@ -282,11 +217,7 @@ fn gso_batch_arrives_as_separate_datagrams_at_a_plain_socket() {
         assert_eq!(&buf[..n], &want[..]);
     }
     assert_eq!(read(&sender.stats.tx_bytes), 9321);
-    assert_eq!(
-        sender.stats.tx_batch.multi(),
-        1,
-        "one GSO submission of 10 datagrams"
-    );
+    assert_eq!(sender.stats.tx_batch.multi(), 1, "one GSO submission of 10 datagrams");
     assert_eq!(read(&sender.stats.gso_fallbacks), 0);
 }
 
@@ -327,14 +258,8 @@ fn recv_alone_sees_datagrams_without_wait() {
     let mut got = 0;
     let start = Instant::now();
     while got < 5 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "recv alone saw {got} of 5 datagrams"
-        );
-        receiver
-            .backend
-            .recv(&mut |meta, data| got += split_gro(data, meta.stride).count())
-            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5), "recv alone saw {got} of 5 datagrams");
+        receiver.backend.recv(&mut |meta, data| got += split_gro(data, meta.stride).count()).unwrap();
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -349,33 +274,18 @@ fn gro_super_datagram_reports_stride_and_splits_back() {
     let mut sender = portable_node(bind(Ipv4Addr::LOCALHOST.into()).unwrap());
     assert!(sender.backend.max_gso_segments() > 1);
     let lens = [1200, 1200, 1200, 1200, 1200, 1200, 1200, 1200, 1200, 700];
-    let datagrams: Vec<Vec<u8>> = lens
-        .iter()
-        .enumerate()
-        .map(|(i, &len)| datagram(i as u32, len))
-        .collect();
-    let batch = OutBatch {
-        destination: receiver.addr,
-        ecn: None,
-        src_ip: None,
-        segment_size: 1200,
-        buf: datagrams.concat(),
-    };
+    let datagrams: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &len)| datagram(i as u32, len)).collect();
+    let batch =
+        OutBatch { destination: receiver.addr, ecn: None, src_ip: None, segment_size: 1200, buf: datagrams.concat() };
     send_all(&mut sender.backend, batch);
 
     let got = receive(&mut receiver.backend, 10);
     assert!(
-        got.iter()
-            .any(|(meta, data)| meta.stride == 1200 && data.len() > 1200),
+        got.iter().any(|(meta, data)| meta.stride == 1200 && data.len() > 1200),
         "loopback GSO to a GRO socket arrives coalesced: {:?}",
-        got.iter()
-            .map(|(m, _)| (m.len, m.stride))
-            .collect::<Vec<_>>()
+        got.iter().map(|(m, _)| (m.len, m.stride)).collect::<Vec<_>>()
     );
-    let split: Vec<&[u8]> = got
-        .iter()
-        .flat_map(|(meta, data)| split_gro(data, meta.stride))
-        .collect();
+    let split: Vec<&[u8]> = got.iter().flat_map(|(meta, data)| split_gro(data, meta.stride)).collect();
     assert_eq!(split.len(), 10);
     for (d, want) in split.iter().zip(&datagrams) {
         assert_eq!(*d, &want[..]);
@@ -407,14 +317,8 @@ fn receive_resumes_after_running_out_of_buffers() {
             seen[u32::from_be_bytes(d[..4].try_into().unwrap()) as usize] += 1;
         }
     }
-    assert!(
-        seen.iter().all(|&n| n == 1),
-        "every datagram exactly once: {seen:?}"
-    );
-    assert!(
-        read(&receiver.stats.rx_no_buffers) >= 1,
-        "the provided buffers ran out at least once"
-    );
+    assert!(seen.iter().all(|&n| n == 1), "every datagram exactly once: {seen:?}");
+    assert!(read(&receiver.stats.rx_no_buffers) >= 1, "the provided buffers ran out at least once");
 }
 
 #[test]
@@ -425,21 +329,13 @@ fn waker_ends_a_long_wait() {
     let socket = bind(Ipv4Addr::LOCALHOST.into()).unwrap();
     let stats = Arc::new(CoreStats::default());
     let waker = Arc::new(eventfd());
-    let mut backend = UringBackend::open(BackendParams {
-        socket,
-        wake_fd: waker.as_raw_fd(),
-        stats: &stats,
-    })
-    .unwrap();
+    let mut backend = UringBackend::open(BackendParams { socket, wake_fd: waker.as_raw_fd(), stats: &stats }).unwrap();
 
     // A plain timeout expires on time.
     let start = Instant::now();
     backend.wait(Some(Duration::from_millis(200))).unwrap();
     let waited = start.elapsed();
-    assert!(
-        waited >= Duration::from_millis(150) && waited < Duration::from_secs(5),
-        "waited {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(5), "waited {waited:?}");
 
     for round in 0..3 {
         let w = Arc::clone(&waker);
@@ -451,27 +347,19 @@ fn waker_ends_a_long_wait() {
         backend.wait(Some(Duration::from_secs(10))).unwrap();
         let waited = start.elapsed();
         writer.join().unwrap();
-        assert!(
-            waited < Duration::from_secs(2),
-            "round {round}: the waker did not end the wait ({waited:?})"
-        );
+        assert!(waited < Duration::from_secs(2), "round {round}: the waker did not end the wait ({waited:?})");
 
         // The completion is still pending: a second wait must not block.
         let start = Instant::now();
         backend.wait(Some(Duration::from_secs(10))).unwrap();
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "wait blocked with a completion pending"
-        );
+        assert!(start.elapsed() < Duration::from_secs(1), "wait blocked with a completion pending");
 
         // The core drains the eventfd; the backend must not have.
         let mut value = [0u8; 8];
         // SAFETY: reads 8 bytes into a live local array.
         let n = unsafe { libc::read(waker.as_raw_fd(), value.as_mut_ptr().cast(), value.len()) };
         assert_eq!(n, 8, "the eventfd was still readable");
-        backend
-            .recv(&mut |_, _| panic!("no datagram was sent"))
-            .unwrap();
+        backend.recv(&mut |_, _| panic!("no datagram was sent")).unwrap();
     }
 
     // With the waker drained and the completions consumed, wait blocks again until its timeout.
@@ -491,24 +379,14 @@ fn send_slots_exhausted_hand_the_batch_back() {
     // Without flush, nothing reaches the kernel: the slots fill and the batch comes back.
     let mut refused = None;
     for seq in 0..1000u32 {
-        let batch = OutBatch {
-            destination,
-            ecn: None,
-            src_ip: None,
-            segment_size: 10,
-            buf: datagram(seq, 10),
-        };
+        let batch = OutBatch { destination, ecn: None, src_ip: None, segment_size: 10, buf: datagram(seq, 10) };
         if let Err(SendRefused::WouldBlock(batch)) = sender.backend.send(batch) {
             refused = Some((seq, batch));
             break;
         }
     }
     let (accepted, batch) = refused.expect("a bounded number of sends in flight");
-    assert_eq!(
-        u32::from_be_bytes(batch.buf[..4].try_into().unwrap()),
-        accepted,
-        "the same batch handed back"
-    );
+    assert_eq!(u32::from_be_bytes(batch.buf[..4].try_into().unwrap()), accepted, "the same batch handed back");
     send_all(&mut sender.backend, batch);
     sender.backend.flush().unwrap();
     settle_sends(&mut sender, u64::from(accepted) + 1);
@@ -539,10 +417,6 @@ fn drop_with_operations_in_flight_is_prompt() {
         // Receive still armed, the waker poll armed, sends submitted and not yet reaped.
         let start = Instant::now();
         drop(node);
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "round {round}: teardown took {:?}",
-            start.elapsed()
-        );
+        assert!(start.elapsed() < Duration::from_secs(1), "round {round}: teardown took {:?}", start.elapsed());
     }
 }

@@ -39,8 +39,7 @@ const RECV_CONTROL_LEN: usize = 128;
 /// `struct io_uring_recvmsg_out`: four `u32`s at the start of every multishot RECVMSG buffer.
 const RECVMSG_OUT_LEN: usize = 16;
 /// Each receive buffer: header room plus a 64 KiB GRO super-datagram, rounded to whole pages.
-const RECV_BUF_LEN: usize =
-    (RECVMSG_OUT_LEN + RECV_NAME_LEN + RECV_CONTROL_LEN + 65_536).div_ceil(4096) * 4096;
+const RECV_BUF_LEN: usize = (RECVMSG_OUT_LEN + RECV_NAME_LEN + RECV_CONTROL_LEN + 65_536).div_ceil(4096) * 4096;
 /// Sends in flight at once; further batches are refused with [`SendRefused::WouldBlock`].
 const SEND_SLOTS: usize = 64;
 /// Room for the control messages of one send (UDP_SEGMENT, TOS/TCLASS, PKTINFO).
@@ -75,17 +74,11 @@ pub struct UringUnavailable {
 
 impl UringUnavailable {
     fn new(reason: UnavailableReason) -> Self {
-        Self {
-            reason,
-            socket: None,
-        }
+        Self { reason, socket: None }
     }
 
     fn with_socket(reason: UnavailableReason, socket: UdpSocket) -> Self {
-        Self {
-            reason,
-            socket: Some(socket),
-        }
+        Self { reason, socket: Some(socket) }
     }
 
     /// Why io_uring is unavailable.
@@ -144,16 +137,13 @@ fn setup_hint(error: &io::Error) -> &'static str {
 /// Check, without touching any socket, that an io_uring can be set up and that the kernel has
 /// the operations this backend needs.
 pub fn probe() -> Result<(), UringUnavailable> {
-    let ring: IoUring = IoUring::new(8)
-        .map_err(|error| UringUnavailable::new(UnavailableReason::Setup { error }))?;
+    let ring: IoUring = IoUring::new(8).map_err(|error| UringUnavailable::new(UnavailableReason::Setup { error }))?;
     check_opcodes(&ring).map_err(UringUnavailable::new)
 }
 
 fn check_opcodes(ring: &IoUring) -> Result<(), UnavailableReason> {
     let mut probe = Probe::new();
-    ring.submitter()
-        .register_probe(&mut probe)
-        .map_err(UnavailableReason::Probe)?;
+    ring.submitter().register_probe(&mut probe).map_err(UnavailableReason::Probe)?;
     for (code, name) in [
         (opcode::RecvMsg::CODE, "RECVMSG"),
         (opcode::SendMsg::CODE, "SENDMSG"),
@@ -177,14 +167,10 @@ fn build_ring() -> io::Result<(IoUring, &'static str)> {
     type Configure = fn(&mut io_uring::Builder);
     let attempts: [(&'static str, Configure); 3] = [
         ("single-issuer,defer-taskrun", |b| {
-            b.setup_single_issuer()
-                .setup_defer_taskrun()
-                .setup_taskrun_flag();
+            b.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
         }),
         ("single-issuer,coop-taskrun", |b| {
-            b.setup_single_issuer()
-                .setup_coop_taskrun()
-                .setup_taskrun_flag();
+            b.setup_single_issuer().setup_coop_taskrun().setup_taskrun_flag();
         }),
         ("plain", |_| {}),
     ];
@@ -228,13 +214,8 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(Self {
-            ptr,
-            len,
-            leaked: false,
-        })
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(Self { ptr, len, leaked: false })
     }
 }
 
@@ -263,11 +244,7 @@ impl ProvidedBuffers {
     fn new() -> io::Result<Self> {
         let ring = Mapping::new(usize::from(RECV_BUFFERS) * std::mem::size_of::<BufRingEntry>())?;
         let buffers = Mapping::new(usize::from(RECV_BUFFERS) * RECV_BUF_LEN)?;
-        Ok(Self {
-            ring,
-            buffers,
-            tail: 0,
-        })
+        Ok(Self { ring, buffers, tail: 0 })
     }
 
     /// Keep the memory mapped for the life of the process.
@@ -369,19 +346,13 @@ impl SendSlot {
         let (start, len, segment) = if self.gso {
             (0, total, Some(batch.segment_size))
         } else {
-            let step = if batch.segment_size == 0 {
-                total
-            } else {
-                batch.segment_size
-            };
+            let step = if batch.segment_size == 0 { total } else { batch.segment_size };
             let start = self.offset.min(total);
             (start, step.min(total - start), None)
         };
         self.chunk = len;
         let destination = match (batch.destination, socket_is_v6) {
-            (SocketAddr::V4(v4), true) => {
-                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
-            }
+            (SocketAddr::V4(v4), true) => SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0)),
             (SocketAddr::V6(v6), false) => match v6.ip().to_ipv4_mapped() {
                 Some(ip) => SocketAddr::V4(SocketAddrV4::new(ip, v6.port())),
                 None => batch.destination,
@@ -392,10 +363,7 @@ impl SendSlot {
             SocketAddr::V4(_) => true,
             SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
         };
-        let mut control = CmsgWriter {
-            buf: &mut self.control.0,
-            len: 0,
-        };
+        let mut control = CmsgWriter { buf: &mut self.control.0, len: 0 };
         // RFC 9000 §13.4: ECN codepoints on every datagram when the path supports them.
         if let Some(ecn) = batch.ecn {
             let value = (ecn as u8 as libc::c_int).to_ne_bytes();
@@ -406,11 +374,7 @@ impl SendSlot {
             }
         }
         if let Some(segment) = segment.filter(|&s| s > 0 && s < total) {
-            control.push(
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                &(segment.min(usize::from(u16::MAX)) as u16).to_ne_bytes(),
-            );
+            control.push(libc::SOL_UDP, libc::UDP_SEGMENT, &(segment.min(usize::from(u16::MAX)) as u16).to_ne_bytes());
         }
         match batch.src_ip {
             Some(IpAddr::V4(ip)) => {
@@ -435,11 +399,7 @@ impl SendSlot {
         self.hdr.msg_namelen = self.name.len();
         self.hdr.msg_iov = &mut self.iov;
         self.hdr.msg_iovlen = 1;
-        self.hdr.msg_control = if control_len == 0 {
-            std::ptr::null_mut()
-        } else {
-            self.control.0.as_mut_ptr().cast()
-        };
+        self.hdr.msg_control = if control_len == 0 { std::ptr::null_mut() } else { self.control.0.as_mut_ptr().cast() };
         self.hdr.msg_controllen = control_len as _;
         self.hdr.msg_flags = 0;
         true
@@ -511,12 +471,7 @@ fn parse_sockaddr(name: &[u8]) -> Option<SocketAddr> {
             let flowinfo = u32::from_ne_bytes(name.get(4..8)?.try_into().ok()?);
             let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
             let scope_id = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(ip),
-                port,
-                flowinfo,
-                scope_id,
-            )))
+            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope_id)))
         }
         _ => None,
     }
@@ -535,13 +490,10 @@ fn parse_control(control: &[u8]) -> RecvControl {
     for (level, ty, data) in cmsgs(control) {
         match (level, ty) {
             (libc::SOL_UDP, libc::UDP_GRO) => {
-                out.stride = read_int(data)
-                    .and_then(|s| usize::try_from(s).ok())
-                    .filter(|&s| s > 0);
+                out.stride = read_int(data).and_then(|s| usize::try_from(s).ok()).filter(|&s| s > 0);
             }
             (libc::IPPROTO_IP, libc::IP_TOS) | (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
-                out.ecn =
-                    read_int(data).and_then(|tos| EcnCodepoint::from_bits((tos & 0b11) as u8));
+                out.ecn = read_int(data).and_then(|tos| EcnCodepoint::from_bits((tos & 0b11) as u8));
             }
             (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
                 // struct in_pktinfo: the destination address of the datagram is `ipi_addr`.
@@ -619,66 +571,34 @@ impl UringBackend {
     /// Take over the core's socket. On failure the socket comes back in the error
     /// ([`UringUnavailable::take_socket`]) so the portable backend can be opened on it.
     pub fn open(params: BackendParams<'_>) -> Result<Self, UringUnavailable> {
-        let BackendParams {
-            socket,
-            wake_fd,
-            stats,
-        } = params;
+        let BackendParams { socket, wake_fd, stats } = params;
         let stats = Arc::clone(stats);
         let state = match UdpSocketState::new(UdpSockRef::from(&socket)) {
             Ok(state) => state,
-            Err(e) => {
-                return Err(UringUnavailable::with_socket(
-                    UnavailableReason::Socket(e),
-                    socket,
-                ))
-            }
+            Err(e) => return Err(UringUnavailable::with_socket(UnavailableReason::Socket(e), socket)),
         };
         let socket_is_v6 = match socket.local_addr() {
             Ok(addr) => addr.is_ipv6(),
-            Err(e) => {
-                return Err(UringUnavailable::with_socket(
-                    UnavailableReason::Socket(e),
-                    socket,
-                ))
-            }
+            Err(e) => return Err(UringUnavailable::with_socket(UnavailableReason::Socket(e), socket)),
         };
         let (ring, mode) = match build_ring() {
             Ok(ring) => ring,
-            Err(error) => {
-                return Err(UringUnavailable::with_socket(
-                    UnavailableReason::Setup { error },
-                    socket,
-                ))
-            }
+            Err(error) => return Err(UringUnavailable::with_socket(UnavailableReason::Setup { error }, socket)),
         };
         if let Err(reason) = check_opcodes(&ring) {
             return Err(UringUnavailable::with_socket(reason, socket));
         }
         let mut buffers = match ProvidedBuffers::new() {
             Ok(b) => b,
-            Err(e) => {
-                return Err(UringUnavailable::with_socket(
-                    UnavailableReason::Memory(e),
-                    socket,
-                ))
-            }
+            Err(e) => return Err(UringUnavailable::with_socket(UnavailableReason::Memory(e), socket)),
         };
         // SAFETY: the ring mapping holds RECV_BUFFERS entries, is page-aligned, zeroed (tail 0),
         // and lives in `buffers` until after the ring is closed (field order and `Drop`).
         let registered = unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                buffers.ring_base() as u64,
-                RECV_BUFFERS,
-                BUF_GROUP,
-                0,
-            )
+            ring.submitter().register_buf_ring_with_flags(buffers.ring_base() as u64, RECV_BUFFERS, BUF_GROUP, 0)
         };
         if let Err(e) = registered {
-            return Err(UringUnavailable::with_socket(
-                UnavailableReason::NoBufRing(e),
-                socket,
-            ));
+            return Err(UringUnavailable::with_socket(UnavailableReason::NoBufRing(e), socket));
         }
         for bid in 0..RECV_BUFFERS {
             buffers.push(bid);
@@ -751,17 +671,14 @@ impl UringBackend {
     /// Re-arm the multishot receive and the waker poll if they ended.
     fn arm(&mut self) {
         if !self.recv_armed {
-            let entry =
-                opcode::RecvMsgMulti::new(Fd(self.socket.as_raw_fd()), &*self.recv_hdr, BUF_GROUP)
-                    .build()
-                    .user_data(TAG_RECV);
+            let entry = opcode::RecvMsgMulti::new(Fd(self.socket.as_raw_fd()), &*self.recv_hdr, BUF_GROUP)
+                .build()
+                .user_data(TAG_RECV);
             self.recv_armed = self.push(&entry);
         }
         if !self.poll_armed {
-            let entry = opcode::PollAdd::new(Fd(self.wake_fd), libc::POLLIN as u32)
-                .multi(true)
-                .build()
-                .user_data(TAG_POLL);
+            let entry =
+                opcode::PollAdd::new(Fd(self.wake_fd), libc::POLLIN as u32).multi(true).build().user_data(TAG_POLL);
             self.poll_armed = self.push(&entry);
         }
     }
@@ -775,9 +692,7 @@ impl UringBackend {
         if !slot.prepare(socket_is_v6) {
             return;
         }
-        let entry = opcode::SendMsg::new(Fd(self.socket.as_raw_fd()), &slot.hdr)
-            .build()
-            .user_data(send_tag(index));
+        let entry = opcode::SendMsg::new(Fd(self.socket.as_raw_fd()), &slot.hdr).build().user_data(send_tag(index));
         let pushed = self.push(&entry);
         if let Some(slot) = self.slots.get_mut(index) {
             slot.pushed = pushed;
@@ -803,14 +718,7 @@ impl UringBackend {
     fn submit(&mut self) -> io::Result<()> {
         match self.ring.submit() {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -846,11 +754,7 @@ impl UringBackend {
         error.map_or(Ok(()), Err)
     }
 
-    fn complete_recv(
-        &mut self,
-        c: Completion,
-        sink: &mut dyn FnMut(RecvMeta, &[u8]),
-    ) -> io::Result<()> {
+    fn complete_recv(&mut self, c: Completion, sink: &mut dyn FnMut(RecvMeta, &[u8])) -> io::Result<()> {
         if !cqueue::more(c.flags) {
             self.recv_armed = false;
         }
@@ -878,26 +782,15 @@ impl UringBackend {
         if let Ok(out) = RecvMsgOut::parse(filled, &self.recv_hdr) {
             if out.is_payload_truncated() {
                 bump(&self.stats.rx_truncated, 1);
-            } else if let Some(remote) = (!out.is_name_data_truncated())
-                .then(|| parse_sockaddr(out.name_data()))
-                .flatten()
+            } else if let Some(remote) =
+                (!out.is_name_data_truncated()).then(|| parse_sockaddr(out.name_data())).flatten()
             {
                 let control = parse_control(out.control_data());
                 let payload = out.payload_data();
                 let stride = control.stride.unwrap_or(payload.len());
-                self.stats.rx_batch.record(if stride == 0 {
-                    1
-                } else {
-                    payload.len().div_ceil(stride)
-                });
+                self.stats.rx_batch.record(if stride == 0 { 1 } else { payload.len().div_ceil(stride) });
                 sink(
-                    RecvMeta {
-                        remote,
-                        len: payload.len(),
-                        stride,
-                        ecn: control.ecn,
-                        local_ip: control.local_ip,
-                    },
+                    RecvMeta { remote, len: payload.len(), stride, ecn: control.ecn, local_ip: control.local_ip },
                     payload,
                 );
             }
@@ -1002,9 +895,7 @@ impl Backend for UringBackend {
         if self.gso_refused {
             1
         } else {
-            self.state
-                .max_gso_segments()
-                .clamp(1, crate::MAX_GSO_SEGMENTS)
+            self.state.max_gso_segments().clamp(1, crate::MAX_GSO_SEGMENTS)
         }
     }
 
@@ -1024,12 +915,7 @@ impl Backend for UringBackend {
         };
         match result {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
                 Ok(())
             }
             Err(e) => Err(e),
@@ -1102,9 +988,7 @@ impl Drop for UringBackend {
                 slot.batch = None;
             }
         }
-        let cancel = opcode::AsyncCancel2::new(CancelBuilder::any())
-            .build()
-            .user_data(TAG_CANCEL);
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::any()).build().user_data(TAG_CANCEL);
         let mut clean = self.push(&cancel);
         let deadline = Instant::now() + TEARDOWN_TIMEOUT;
         while clean {
@@ -1119,10 +1003,7 @@ impl Drop for UringBackend {
             let ts = Timespec::from(left.min(Duration::from_millis(100)));
             let args = SubmitArgs::new().timespec(&ts);
             if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) {
+                if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) {
                     clean = false;
                 }
             }
@@ -1165,10 +1046,7 @@ mod tests {
     #[test]
     fn control_messages_written_are_read_back() {
         let mut buf = [0u8; SEND_CONTROL_LEN];
-        let mut w = CmsgWriter {
-            buf: &mut buf,
-            len: 0,
-        };
+        let mut w = CmsgWriter { buf: &mut buf, len: 0 };
         w.push(libc::SOL_UDP, libc::UDP_GRO, &1200i32.to_ne_bytes());
         w.push(libc::IPPROTO_IP, libc::IP_TOS, &[0b10]);
         let mut info = [0u8; 12];
@@ -1178,10 +1056,7 @@ mod tests {
         let parsed = parse_control(&buf[..len]);
         assert_eq!(parsed.stride, Some(1200));
         assert_eq!(parsed.ecn, Some(EcnCodepoint::Ect0));
-        assert_eq!(
-            parsed.local_ip,
-            Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)))
-        );
+        assert_eq!(parsed.local_ip, Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))));
         // A cut-off buffer yields what is complete and never reads past the end.
         let cut = parse_control(&buf[..len - 8]);
         assert_eq!(cut.stride, Some(1200));
@@ -1190,17 +1065,11 @@ mod tests {
 
     #[test]
     fn socket_addresses_decode_for_both_families() {
-        for addr in [
-            "192.0.2.7:4433",
-            "[2001:db8::1]:9000",
-            "[::ffff:192.0.2.7]:1",
-        ] {
+        for addr in ["192.0.2.7:4433", "[2001:db8::1]:9000", "[::ffff:192.0.2.7]:1"] {
             let addr: SocketAddr = addr.parse().unwrap();
             let raw = socket2::SockAddr::from(addr);
             // SAFETY: `as_ptr` points at `len` initialised bytes of the SockAddr, alive here.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.len() as usize)
-            };
+            let bytes = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.len() as usize) };
             assert_eq!(parse_sockaddr(bytes), Some(addr));
         }
         assert_eq!(parse_sockaddr(&[0u8; 4]), None);
@@ -1209,9 +1078,7 @@ mod tests {
     #[test]
     fn unavailable_reasons_are_one_line() {
         let reasons = [
-            UnavailableReason::Setup {
-                error: io::Error::from_raw_os_error(libc::EPERM),
-            },
+            UnavailableReason::Setup { error: io::Error::from_raw_os_error(libc::EPERM) },
             UnavailableReason::NoMultishotRecv,
             UnavailableReason::NoBufRing(io::Error::from_raw_os_error(libc::EINVAL)),
             UnavailableReason::MissingOpcode("SENDMSG"),
@@ -1220,17 +1087,9 @@ mod tests {
             let line = UringUnavailable::new(reason).to_string();
             assert!(!line.contains('\n'), "{line}");
         }
-        let line = UringUnavailable::new(UnavailableReason::Setup {
-            error: io::Error::from_raw_os_error(libc::EPERM),
-        })
-        .to_string();
-        assert!(
-            line.starts_with("io_uring_setup failed: Operation not permitted"),
-            "{line}"
-        );
-        assert!(
-            line.contains("kernel.io_uring_disabled=2 or seccomp"),
-            "{line}"
-        );
+        let line = UringUnavailable::new(UnavailableReason::Setup { error: io::Error::from_raw_os_error(libc::EPERM) })
+            .to_string();
+        assert!(line.starts_with("io_uring_setup failed: Operation not permitted"), "{line}");
+        assert!(line.contains("kernel.io_uring_disabled=2 or seccomp"), "{line}");
     }
 }

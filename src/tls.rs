@@ -58,6 +58,13 @@ pub fn preferred_cipher_suite() -> String {
 
 /// Server side: our certificate, offering `alpns`.
 pub fn server_config(identity: &Identity, alpns: &[&[u8]]) -> Result<quinn_proto::ServerConfig, TlsError> {
+    let quic = QuicServerConfig::try_from(Arc::new(rustls_server_config(identity, alpns)?))
+        .map_err(|e| TlsError(e.to_string()))?;
+    Ok(quinn_proto::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+/// The rustls half of [`server_config`].
+pub fn rustls_server_config(identity: &Identity, alpns: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?
@@ -66,8 +73,7 @@ pub fn server_config(identity: &Identity, alpns: &[&[u8]]) -> Result<quinn_proto
         .map_err(|e| TlsError(e.to_string()))?;
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     tls.max_early_data_size = 0;
-    let quic = QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| TlsError(e.to_string()))?;
-    Ok(quinn_proto::ServerConfig::with_crypto(Arc::new(quic)))
+    Ok(tls)
 }
 
 /// How a client authenticates the server.
@@ -82,6 +88,13 @@ pub enum ServerAuth {
 
 /// Client side, offering `alpns`.
 pub fn client_config(auth: ServerAuth, alpns: &[&[u8]]) -> Result<quinn_proto::ClientConfig, TlsError> {
+    let quic = QuicClientConfig::try_from(Arc::new(rustls_client_config(auth, alpns)?))
+        .map_err(|e| TlsError(e.to_string()))?;
+    Ok(quinn_proto::ClientConfig::new(Arc::new(quic)))
+}
+
+/// The rustls half of [`client_config`].
+pub fn rustls_client_config(auth: ServerAuth, alpns: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(PeerIdVerifier { expected: auth, provider: Arc::clone(&provider) });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -91,8 +104,7 @@ pub fn client_config(auth: ServerAuth, alpns: &[&[u8]]) -> Result<quinn_proto::C
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
-    let quic = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| TlsError(e.to_string()))?;
-    Ok(quinn_proto::ClientConfig::new(Arc::new(quic)))
+    Ok(tls)
 }
 
 /// The server name a client sends when it connects by peer ID or insecurely.
@@ -149,5 +161,67 @@ impl ServerCertVerifier for PeerIdVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    /// Run a TLS 1.3 handshake in memory; return the client side.
+    fn handshake(
+        client: rustls::ClientConfig,
+        server: rustls::ServerConfig,
+    ) -> Result<rustls::ClientConnection, rustls::Error> {
+        let name = ServerName::try_from(CERT_NAME).unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let mut server = rustls::ServerConnection::new(Arc::new(server))?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets()?;
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(client);
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    #[test]
+    fn peer_id_must_match() {
+        let server = Identity::ephemeral().unwrap();
+        let other = Identity::ephemeral().unwrap();
+        let server_tls = || rustls_server_config(&server, &[ALPN_ANT_QUIC]).unwrap();
+        let good = rustls_client_config(ServerAuth::PeerId(server.peer_id()), &[ALPN_ANT_QUIC]).unwrap();
+        assert!(handshake(good, server_tls()).is_ok());
+        let wrong = rustls_client_config(ServerAuth::PeerId(other.peer_id()), &[ALPN_ANT_QUIC]).unwrap();
+        assert!(handshake(wrong, server_tls()).is_err(), "a certificate for another key was accepted");
+        let insecure = rustls_client_config(ServerAuth::Insecure, &[ALPN_ANT_QUIC]).unwrap();
+        assert!(handshake(insecure, server_tls()).is_ok());
+    }
+
+    #[cfg(feature = "aws-lc-rs")]
+    #[test]
+    fn post_quantum_key_exchange_is_negotiated() {
+        let server = Identity::ephemeral().unwrap();
+        let client = rustls_client_config(ServerAuth::PeerId(server.peer_id()), &[ALPN_ANT_QUIC]).unwrap();
+        let conn = handshake(client, rustls_server_config(&server, &[ALPN_ANT_QUIC]).unwrap()).unwrap();
+        let group = conn.negotiated_key_exchange_group().unwrap().name();
+        assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
+    }
+
+    #[cfg(not(feature = "aws-lc-rs"))]
+    #[test]
+    fn ring_build_uses_classical_key_exchange() {
+        let server = Identity::ephemeral().unwrap();
+        let client = rustls_client_config(ServerAuth::Insecure, &[ALPN_ANT_QUIC]).unwrap();
+        let conn = handshake(client, rustls_server_config(&server, &[ALPN_ANT_QUIC]).unwrap()).unwrap();
+        assert_eq!(conn.negotiated_key_exchange_group().unwrap().name(), rustls::NamedGroup::X25519);
     }
 }

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Installs what the tests need on a fresh Debian machine
+# (iproute2 and ethtool for the namespace tests, a Python virtualenv with aioquic for interop),
+# then checks formatting and the panic-free policy, and runs every test with both crypto builds.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        step "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "note: ${missing[*]} missing and cannot be installed here; the network-namespace tests will say so" >&2
+    fi
+fi
+
+step "python environment for the interop tests (aioquic)"
+bash scripts/python-env.sh >/dev/null
+
+step "formatting"
+cargo fmt --all --check
+
+step "panic-free production code (clippy policy)"
+cargo clippy --all-features --lib --bins -- \
+    -D clippy::panic -D clippy::unwrap_used -D clippy::expect_used -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests, default build (aws-lc-rs, post-quantum key exchange)"
+cargo test --release --workspace
+
+step "tests, ring build (--no-default-features --features rustls-ring)"
+cargo test --release -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring

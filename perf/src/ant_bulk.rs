@@ -1,14 +1,26 @@
-//! The same bulk transfer through ant-quic's library (`ant_quic::perf::bulk_transfer`).
-//!
-//! PENDING: that API is being written in the root crate. Until it lands this subcommand fails
-//! with a clear message, and `compare` reports the ant-quic row as pending.
+//! The same bulk transfer through ant-quic's library (`ant_quic::perf::bulk_transfer`): a server
+//! node and a client node in this process on 127.0.0.1, one connection, one stream.
 
-use anyhow::{bail, Result};
+use ant_quic_dataplane::backend::BackendKind;
+use anyhow::{anyhow, Context, Result};
 
 use crate::BulkResult;
 
 /// Runs one transfer through ant-quic.
 pub fn run(bytes: u64, upload: bool, backend: Option<&str>, cores: usize) -> Result<BulkResult> {
-    let _ = (bytes, upload, backend, cores);
-    bail!("ant-quic bulk API (ant_quic::perf::bulk_transfer) has not landed yet: pending")
+    let backend = backend.map(|b| b.parse::<BackendKind>().map_err(|e| anyhow!(e))).transpose()?;
+    let report = ant_quic::perf::bulk_transfer(&ant_quic::perf::BulkOptions { bytes, upload, backend, cores })
+        .context("ant-quic bulk transfer")?;
+    let seconds = report.elapsed.as_secs_f64();
+    Ok(BulkResult {
+        implementation: "ant-quic".into(),
+        bytes: report.bytes,
+        seconds,
+        gbps: BulkResult::gbps(report.bytes, seconds),
+        cipher: report.cipher,
+        direction: crate::direction_name(upload).into(),
+        kx: None,
+        mtu: None,
+        backend: Some(report.backend),
+    })
 }

@@ -34,6 +34,9 @@ pub struct CompareArgs {
     /// ant-quic data-plane cores per node.
     #[arg(long, default_value_t = 1)]
     cores: usize,
+    /// Pin quinn's server and client threads to different CPUs (quinn's own bench does not).
+    #[arg(long)]
+    quinn_pin: bool,
     /// Seconds of each UDP ceiling run.
     #[arg(long, default_value_t = 3.0)]
     ceiling_seconds: f64,
@@ -92,12 +95,7 @@ struct Machine {
 
 /// /proc/loadavg's 1-minute figure: how busy the (shared) machine was.
 fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 #[derive(Debug, Serialize)]
@@ -144,11 +142,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let load_start = loadavg();
 
     let mut ceiling_errors = Vec::new();
-    let ceiling_args = vec![
-        "udp-ceiling".to_owned(),
-        "--seconds".to_owned(),
-        args.ceiling_seconds.to_string(),
-    ];
+    let ceiling_args = vec!["udp-ceiling".to_owned(), "--seconds".to_owned(), args.ceiling_seconds.to_string()];
     progress(format_args!("udp ceiling (start)"));
     let ceiling_start = match child_json::<CeilingResult>(&exe, &ceiling_args, timeout) {
         Ok(c) => Some(c),
@@ -163,12 +157,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         for pair in 1..=args.pairs {
             for implementation in [Impl::AntQuic, Impl::Quinn] {
                 let child_args = bulk_args(args, implementation, direction);
-                progress(format_args!(
-                    "{} {} pair {pair}/{}",
-                    direction.name(),
-                    impl_name(implementation),
-                    args.pairs
-                ));
+                progress(format_args!("{} {} pair {pair}/{}", direction.name(), impl_name(implementation), args.pairs));
                 let (result, error) = match child_json::<BulkResult>(&exe, &child_args, timeout) {
                     Ok(r) => {
                         progress(format_args!("  {:.3} Gbit/s", r.gbps));
@@ -179,14 +168,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                         (None, Some(format!("{e:#}")))
                     }
                 };
-                runs.push(Run {
-                    seq: runs.len() + 1,
-                    implementation,
-                    direction,
-                    pair,
-                    result,
-                    error,
-                });
+                runs.push(Run { seq: runs.len() + 1, implementation, direction, pair, result, error });
             }
         }
     }
@@ -261,6 +243,9 @@ fn bulk_args(args: &CompareArgs, implementation: Impl, direction: Direction) -> 
     if direction == Direction::Upload {
         v.push("--upload".to_owned());
     }
+    if implementation == Impl::Quinn && args.quinn_pin {
+        v.push("--pin".to_owned());
+    }
     if implementation == Impl::AntQuic {
         if let Some(b) = &args.backend {
             v.push("--backend".to_owned());
@@ -274,11 +259,7 @@ fn bulk_args(args: &CompareArgs, implementation: Impl, direction: Direction) -> 
 
 /// Runs this executable with `args`, kills it after `timeout`, parses the last JSON line of its
 /// standard output.
-fn child_json<T: serde::de::DeserializeOwned>(
-    exe: &std::path::Path,
-    args: &[String],
-    timeout: Duration,
-) -> Result<T> {
+fn child_json<T: serde::de::DeserializeOwned>(exe: &std::path::Path, args: &[String], timeout: Duration) -> Result<T> {
     let mut child = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -301,12 +282,8 @@ fn child_json<T: serde::de::DeserializeOwned>(
         }
         thread::sleep(Duration::from_millis(20));
     };
-    let out = stdout
-        .join()
-        .map_err(|_| anyhow!("stdout reader panicked"))?;
-    let err = stderr
-        .join()
-        .map_err(|_| anyhow!("stderr reader panicked"))?;
+    let out = stdout.join().map_err(|_| anyhow!("stdout reader panicked"))?;
+    let err = stderr.join().map_err(|_| anyhow!("stderr reader panicked"))?;
     let tail = err
         .lines()
         .rev()
@@ -330,19 +307,9 @@ fn child_json<T: serde::de::DeserializeOwned>(
 
 fn reader(child: &mut Child, stdout: bool) -> Result<thread::JoinHandle<String>> {
     let mut pipe: Box<dyn Read + Send> = if stdout {
-        Box::new(
-            child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow!("no stdout pipe"))?,
-        )
+        Box::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?)
     } else {
-        Box::new(
-            child
-                .stderr
-                .take()
-                .ok_or_else(|| anyhow!("no stderr pipe"))?,
-        )
+        Box::new(child.stderr.take().ok_or_else(|| anyhow!("no stderr pipe"))?)
     };
     Ok(thread::spawn(move || {
         let mut s = String::new();
@@ -352,10 +319,8 @@ fn reader(child: &mut Child, stdout: bool) -> Result<thread::JoinHandle<String>>
 }
 
 fn summarize(runs: &[Run], direction: Direction, implementation: Impl) -> Summary {
-    let mine: Vec<&Run> = runs
-        .iter()
-        .filter(|r| r.direction == direction && r.implementation == implementation)
-        .collect();
+    let mine: Vec<&Run> =
+        runs.iter().filter(|r| r.direction == direction && r.implementation == implementation).collect();
     let ok: Vec<&BulkResult> = mine.iter().filter_map(|r| r.result.as_ref()).collect();
     let mut g: Vec<f64> = ok.iter().map(|r| r.gbps).collect();
     g.sort_by(f64::total_cmp);
@@ -407,11 +372,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 fn markdown(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Machine: {}, {} cores, Linux {}",
-        r.machine.cpu, r.machine.cores, r.machine.kernel
-    );
+    let _ = writeln!(s, "Machine: {}, {} cores, Linux {}", r.machine.cpu, r.machine.cores, r.machine.kernel);
     let _ = writeln!(
         s,
         "Load average (1 min) before / after: {} / {} (the machine is shared)",
@@ -430,23 +391,14 @@ fn markdown(r: &Report) -> String {
         s,
         "| direction | implementation | median Gbit/s | min–max Gbit/s | runs ok | ant-quic / quinn | % of UDP ceiling | cipher | I/O | MTU |"
     );
-    let _ = writeln!(
-        s,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    );
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let ceiling = {
-        let v: Vec<f64> = [&r.ceiling_start, &r.ceiling_end]
-            .iter()
-            .filter_map(|c| c.as_ref().map(|c| c.gbps))
-            .collect();
+        let v: Vec<f64> =
+            [&r.ceiling_start, &r.ceiling_end].iter().filter_map(|c| c.as_ref().map(|c| c.gbps)).collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
     for sum in &r.summaries {
-        let ratio = r
-            .ratios
-            .iter()
-            .find(|(d, _)| *d == sum.direction)
-            .and_then(|(_, x)| *x);
+        let ratio = r.ratios.iter().find(|(d, _)| *d == sum.direction).and_then(|(_, x)| *x);
         let ratio_cell = match sum.implementation {
             Impl::AntQuic => ratio.map_or_else(|| "pending".to_owned(), |x| format!("**{x:.2}**")),
             Impl::Quinn => "1 (baseline)".to_owned(),
@@ -484,20 +436,11 @@ fn markdown(r: &Report) -> String {
             sum.mtu.map_or_else(|| "—".to_owned(), |m| m.to_string()),
         );
     }
-    let ceiling_cell = |c: &Option<CeilingResult>| {
-        c.as_ref()
-            .map_or_else(|| "failed".to_owned(), |c| format!("{:.2}", c.gbps))
-    };
-    let shape = r
-        .ceiling_start
-        .as_ref()
-        .or(r.ceiling_end.as_ref())
-        .map_or_else(String::new, |c| {
-            format!(
-                " ({} B datagrams, GSO {} per send, GRO {})",
-                c.datagram, c.gso_segments, c.gro_segments
-            )
-        });
+    let ceiling_cell =
+        |c: &Option<CeilingResult>| c.as_ref().map_or_else(|| "failed".to_owned(), |c| format!("{:.2}", c.gbps));
+    let shape = r.ceiling_start.as_ref().or(r.ceiling_end.as_ref()).map_or_else(String::new, |c| {
+        format!(" ({} B datagrams, GSO {} per send, GRO {})", c.datagram, c.gso_segments, c.gro_segments)
+    });
     let _ = writeln!(
         s,
         "| both | raw UDP ceiling{shape} | start {}, end {} | — | — | — | 100 % | none | sendmsg/recvmsg | — |",
@@ -526,11 +469,7 @@ fn markdown(r: &Report) -> String {
     for e in &r.ceiling_errors {
         let _ = writeln!(s, "- UDP ceiling {e}");
     }
-    let ciphers: Vec<&str> = r
-        .summaries
-        .iter()
-        .filter_map(|x| x.cipher.as_deref())
-        .collect();
+    let ciphers: Vec<&str> = r.summaries.iter().filter_map(|x| x.cipher.as_deref()).collect();
     if ciphers.windows(2).any(|w| w[0] != w[1]) {
         let _ = writeln!(
             s,

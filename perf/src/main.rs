@@ -6,6 +6,8 @@
 //! - `udp-ceiling`: raw UDP over loopback with GSO and GRO, the ceiling for both;
 //! - `compare`: runs the three above as child processes, alternating, and prints a table.
 
+#![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
+
 mod ant_bulk;
 mod compare;
 mod quinn_bulk;
@@ -66,10 +68,7 @@ pub fn direction_name(upload: bool) -> &'static str {
 }
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ant-quic-perf",
-    about = "ant-quic throughput benchmarks over loopback"
-)]
+#[command(name = "ant-quic-perf", about = "ant-quic throughput benchmarks over loopback")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -85,6 +84,9 @@ enum Cmd {
         /// Client sends to the server instead of the server sending to the client.
         #[arg(long)]
         upload: bool,
+        /// Pin the server thread to the first allowed CPU and the client thread to the second.
+        #[arg(long)]
+        pin: bool,
     },
     /// ant-quic: one connection, one stream, server sends (or receives) N bytes.
     AntQuicBulk {
@@ -125,16 +127,11 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::QuinnBulk { bytes, upload } => {
-            let r = quinn_bulk::run(bytes, upload)?;
+        Cmd::QuinnBulk { bytes, upload, pin } => {
+            let r = quinn_bulk::run(bytes, upload, pin)?;
             println!("{}", serde_json::to_string(&r)?);
         }
-        Cmd::AntQuicBulk {
-            bytes,
-            upload,
-            backend,
-            cores,
-        } => {
+        Cmd::AntQuicBulk { bytes, upload, backend, cores } => {
             let r = ant_bulk::run(bytes, upload, backend.as_deref(), cores)?;
             println!("{}", serde_json::to_string(&r)?);
         }

@@ -25,53 +25,44 @@ const CHUNK: usize = 1024 * 1024;
 static DATA: [u8; CHUNK] = [0xAB; CHUNK];
 
 /// Runs one transfer of `bytes` bytes; `upload`: the client sends, else the server sends.
-pub fn run(bytes: u64, upload: bool) -> Result<BulkResult> {
+/// `pin`: server thread on the first allowed CPU, client thread on the second (quinn's own bench
+/// does not pin; ant-quic's in-process transfer does).
+pub fn run(bytes: u64, upload: bool, pin: bool) -> Result<BulkResult> {
+    let cpus = if pin { allowed_cpus()? } else { Vec::new() };
+    let server_cpu = cpus.first().copied();
+    let client_cpu = cpus.get(1 % cpus.len().max(1)).copied();
     let tls = tls::pair()?;
     let (cipher, kx) = tls::negotiated(&tls)?;
-    let server_crypto = Arc::new(
-        QuicServerConfig::try_from(tls.server.clone()).context("quinn server TLS config")?,
-    );
-    let client_crypto = Arc::new(
-        QuicClientConfig::try_from(tls.client.clone()).context("quinn client TLS config")?,
-    );
+    let server_crypto = Arc::new(QuicServerConfig::try_from(tls.server.clone()).context("quinn server TLS config")?);
+    let client_crypto = Arc::new(QuicClientConfig::try_from(tls.client.clone()).context("quinn client TLS config")?);
 
     let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
-    let server = thread::Builder::new().name("quinn-server".into()).spawn(
-        move || -> Result<Option<Instant>> {
-            let rt = runtime()?;
-            rt.block_on(async move {
-                tokio::time::timeout(
-                    SIDE_TIMEOUT,
-                    server_side(server_crypto, bytes, upload, addr_tx),
-                )
+    let server = thread::Builder::new().name("quinn-server".into()).spawn(move || -> Result<Option<Instant>> {
+        if let Some(cpu) = server_cpu {
+            pin_current_thread(cpu)?;
+        }
+        let rt = runtime()?;
+        rt.block_on(async move {
+            tokio::time::timeout(SIDE_TIMEOUT, server_side(server_crypto, bytes, upload, addr_tx))
                 .await
                 .map_err(|_| anyhow!("server timed out after {SIDE_TIMEOUT:?}"))?
-            })
-        },
-    )?;
-    let client = thread::Builder::new().name("quinn-client".into()).spawn(
-        move || -> Result<ClientOutcome> {
-            let addr = addr_rx
-                .recv_timeout(Duration::from_secs(10))
-                .context("server did not report its address")?;
-            let rt = runtime()?;
-            rt.block_on(async move {
-                tokio::time::timeout(
-                    SIDE_TIMEOUT,
-                    client_side(client_crypto, addr, bytes, upload),
-                )
+        })
+    })?;
+    let client = thread::Builder::new().name("quinn-client".into()).spawn(move || -> Result<ClientOutcome> {
+        if let Some(cpu) = client_cpu {
+            pin_current_thread(cpu)?;
+        }
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).context("server did not report its address")?;
+        let rt = runtime()?;
+        rt.block_on(async move {
+            tokio::time::timeout(SIDE_TIMEOUT, client_side(client_crypto, addr, bytes, upload))
                 .await
                 .map_err(|_| anyhow!("client timed out after {SIDE_TIMEOUT:?}"))?
-            })
-        },
-    )?;
+        })
+    })?;
 
-    let client = client
-        .join()
-        .map_err(|_| anyhow!("client thread panicked"))??;
-    let server_end = server
-        .join()
-        .map_err(|_| anyhow!("server thread panicked"))??;
+    let client = client.join().map_err(|_| anyhow!("client thread panicked"))??;
+    let server_end = server.join().map_err(|_| anyhow!("server thread panicked"))??;
 
     // The transfer ends when the receiver has read the last byte: the client for a download, the
     // server for an upload (both threads share one clock, `Instant` is monotonic system-wide).
@@ -90,8 +81,37 @@ pub fn run(bytes: u64, upload: bool) -> Result<BulkResult> {
         direction: crate::direction_name(upload).into(),
         kx: Some(kx),
         mtu: Some(client.mtu),
-        backend: Some("quinn-udp".into()),
+        backend: Some(if pin { "quinn-udp, pinned" } else { "quinn-udp" }.into()),
     })
+}
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed; pid 0 is this thread.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the size of `set`.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Restricts the calling thread to `cpu`.
+fn pin_current_thread(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` comes from `allowed_cpus`, so it is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning to CPU {cpu}"));
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -109,21 +129,12 @@ async fn server_side(
 ) -> Result<Option<Instant>> {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the server socket")?;
     let config = quinn::ServerConfig::with_crypto(crypto);
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("server endpoint")?;
-    addr_tx
-        .send(endpoint.local_addr()?)
-        .map_err(|_| anyhow!("client thread gone"))?;
+    let endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
+            .context("server endpoint")?;
+    addr_tx.send(endpoint.local_addr()?).map_err(|_| anyhow!("client thread gone"))?;
 
-    let incoming = endpoint
-        .accept()
-        .await
-        .ok_or_else(|| anyhow!("server endpoint closed before a connection"))?;
+    let incoming = endpoint.accept().await.ok_or_else(|| anyhow!("server endpoint closed before a connection"))?;
     let conn = incoming.await.context("server handshake")?;
     let (mut send, mut recv) = conn.accept_bi().await.context("accepting the stream")?;
     let received = drain(&mut recv).await?;
@@ -158,18 +169,11 @@ async fn client_side(
     upload: bool,
 ) -> Result<ClientOutcome> {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the client socket")?;
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("client endpoint")?;
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
+            .context("client endpoint")?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(crypto));
-    let conn = endpoint
-        .connect(server, tls::SERVER_NAME)?
-        .await
-        .context("client handshake")?;
+    let conn = endpoint.connect(server, tls::SERVER_NAME)?.await.context("client handshake")?;
 
     let start = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await.context("opening the stream")?;
@@ -194,9 +198,7 @@ async fn send_bytes(send: &mut quinn::SendStream, bytes: u64) -> Result<()> {
     let mut left = bytes;
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
-        send.write_chunk(chunk.slice(..n))
-            .await
-            .context("writing the stream")?;
+        send.write_chunk(chunk.slice(..n)).await.context("writing the stream")?;
         left -= n as u64;
     }
     Ok(())
@@ -206,11 +208,7 @@ async fn send_bytes(send: &mut quinn::SendStream, bytes: u64) -> Result<()> {
 async fn drain(recv: &mut quinn::RecvStream) -> Result<u64> {
     let mut bufs: [Bytes; 32] = std::array::from_fn(|_| Bytes::new());
     let mut total = 0u64;
-    while let Some(n) = recv
-        .read_chunks(&mut bufs)
-        .await
-        .context("reading the stream")?
-    {
+    while let Some(n) = recv.read_chunks(&mut bufs).await.context("reading the stream")? {
         total += bufs.iter().take(n).map(|b| b.len() as u64).sum::<u64>();
     }
     Ok(total)

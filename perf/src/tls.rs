@@ -25,9 +25,7 @@ pub fn pair() -> Result<TlsPair> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
 
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(cert.clone())
-        .context("adding the certificate to the roots")?;
+    roots.add(cert.clone()).context("adding the certificate to the roots")?;
     let client = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with aws-lc-rs")?
@@ -43,10 +41,7 @@ pub fn pair() -> Result<TlsPair> {
     // As quinn's own ServerConfig::with_single_cert does (QUIC allows only 0 or u32::MAX).
     server.max_early_data_size = u32::MAX;
 
-    Ok(TlsPair {
-        client: Arc::new(client),
-        server: Arc::new(server),
-    })
+    Ok(TlsPair { client: Arc::new(client), server: Arc::new(server) })
 }
 
 /// The cipher suite and key exchange group that `pair`'s two configurations negotiate.
@@ -59,17 +54,8 @@ pub fn negotiated(pair: &TlsPair) -> Result<(String, String)> {
     // Any transport parameters will do: rustls carries them without reading them.
     let params = vec![0x01, 0x01, 0x00];
     let name = ServerName::try_from(SERVER_NAME)?.to_owned();
-    let mut client = Connection::Client(ClientConnection::new(
-        pair.client.clone(),
-        Version::V1,
-        name,
-        params.clone(),
-    )?);
-    let mut server = Connection::Server(ServerConnection::new(
-        pair.server.clone(),
-        Version::V1,
-        params,
-    )?);
+    let mut client = Connection::Client(ClientConnection::new(pair.client.clone(), Version::V1, name, params.clone())?);
+    let mut server = Connection::Server(ServerConnection::new(pair.server.clone(), Version::V1, params)?);
     for _ in 0..16 {
         if !client.is_handshaking() && !server.is_handshaking() {
             break;
@@ -80,9 +66,7 @@ pub fn negotiated(pair: &TlsPair) -> Result<(String, String)> {
     if client.is_handshaking() || server.is_handshaking() {
         bail!("in-memory TLS handshake did not complete");
     }
-    let suite = client
-        .negotiated_cipher_suite()
-        .ok_or_else(|| anyhow!("no cipher suite negotiated"))?;
+    let suite = client.negotiated_cipher_suite().ok_or_else(|| anyhow!("no cipher suite negotiated"))?;
     let kx = client
         .negotiated_key_exchange_group()
         .map(|g| format!("{:?}", g.name()))

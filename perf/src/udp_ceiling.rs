@@ -59,9 +59,7 @@ pub fn run(duration: Duration) -> Result<CeilingResult> {
 
     let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the sender")?;
     let tx_state = UdpSocketState::new((&tx).into()).context("sender socket state")?;
-    let gso_segments = tx_state
-        .max_gso_segments()
-        .clamp(1, 64.min(MAX_UDP_SEND / DATAGRAM));
+    let gso_segments = tx_state.max_gso_segments().clamp(1, 64.min(MAX_UDP_SEND / DATAGRAM));
 
     let sending = Arc::new(AtomicBool::new(true));
     let sender_flag = sending.clone();
@@ -72,12 +70,8 @@ pub fn run(duration: Duration) -> Result<CeilingResult> {
         .name("udp-receiver".into())
         .spawn(move || recv_loop(&rx, &rx_state, duration, &sending))?;
 
-    let bytes_sent = sender
-        .join()
-        .map_err(|_| anyhow!("sender thread panicked"))??;
-    let (bytes_received, seconds, receives) = receiver
-        .join()
-        .map_err(|_| anyhow!("receiver thread panicked"))??;
+    let bytes_sent = sender.join().map_err(|_| anyhow!("sender thread panicked"))??;
+    let (bytes_received, seconds, receives) = receiver.join().map_err(|_| anyhow!("receiver thread panicked"))??;
     Ok(CeilingResult {
         implementation: "udp".into(),
         gbps: crate::BulkResult::gbps(bytes_received, seconds),
@@ -158,12 +152,7 @@ fn recv_loop(
                 receives += 1;
                 received += meta.iter().take(n).map(|m| m.len as u64).sum::<u64>();
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 if !sending.load(Ordering::Acquire) {
                     break;
                 }

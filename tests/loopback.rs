@@ -1,8 +1,14 @@
 //! Bulk transfers between two nodes over loopback, on each backend, both directions, with the
 //! SHA-256 of the payload compared at both ends.
 
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
 use ant_quic::dataplane::BackendKind;
 use ant_quic::perf::{bulk_transfer_checked, BulkOptions};
+use common::{random_bytes, sha256_hex, NodeProcess, TempDir, NODE_BIN};
 
 fn size() -> u64 {
     std::env::var("ANT_QUIC_TEST_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(100 * 1024 * 1024)
@@ -23,12 +29,42 @@ fn upload_portable() {
     upload(BackendKind::Portable);
 }
 
+/// Download: a random file served by one node process, fetched by `ant-quic get` (authenticating
+/// the server by its peer ID), compared byte for byte through SHA-256.
 fn download(backend: BackendKind) {
-    let bytes = size();
-    let options = BulkOptions { bytes, upload: false, backend: Some(backend), cores: 1 };
-    let (outcome, used) = bulk_transfer_checked(&options, true).unwrap();
-    assert_eq!(used, backend.name());
-    assert_eq!(outcome.bytes, bytes);
+    let dir = TempDir::new(&format!("download-{backend}"));
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let payload = random_bytes(usize::try_from(size()).unwrap());
+    std::fs::write(www.join("payload.bin"), &payload).unwrap();
+    let data_dir = dir.path().join("server");
+    let mut server = NodeProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--backend",
+        backend.name(),
+        "--www",
+        www.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert!(server.banner.contains(&format!("backend {backend}")), "{}", server.banner);
+    let out = dir.path().join("out");
+    let get = Command::new(NODE_BIN)
+        .args(["get", &format!("https://{}/payload.bin", server.addr), "--output", out.to_str().unwrap()])
+        .args(["--peer-id", &server.peer_id, "--backend", backend.name(), "--timeout", "120"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&get.stdout);
+    assert!(get.status.success(), "get failed: {stdout}{}", String::from_utf8_lossy(&get.stderr));
+    let received = std::fs::read(out.join("payload.bin")).unwrap();
+    assert_eq!(received.len(), payload.len());
+    let sent_hash = sha256_hex(&payload);
+    assert_eq!(sha256_hex(&received), sent_hash);
+    assert!(stdout.contains(&sent_hash), "get printed another hash: {stdout}");
+    assert_eq!(server.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)).map(|s| s.success()), Some(true));
 }
 
 #[test]

@@ -13,6 +13,8 @@
 //!   0 with the right bytes, and exit non-zero for a missing path.
 //! * `ant_quic_get_through_aioquic_retry`: the same client against an aioquic
 //!   server that answers every Initial with a Retry packet.
+//! * `*_portable_backend`: the first two again with `--backend portable`
+//!   (the default backend is io_uring where the kernel allows it).
 //!
 //! The Python side lives in a virtualenv at `target/pyenv` made by
 //! `scripts/python-env.sh` (which installs aioquic from
@@ -55,16 +57,11 @@ struct ChildGuard {
 
 impl ChildGuard {
     fn new(name: &str, child: Child) -> Self {
-        Self {
-            name: name.to_string(),
-            child: Some(child),
-        }
+        Self { name: name.to_string(), child: Some(child) }
     }
 
     fn child(&mut self) -> Result<&mut Child> {
-        self.child
-            .as_mut()
-            .ok_or_else(|| anyhow!("{} already reaped", self.name))
+        self.child.as_mut().ok_or_else(|| anyhow!("{} already reaped", self.name))
     }
 
     /// `Some(status)` once the process has exited.
@@ -139,20 +136,14 @@ impl LineReader {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!(
-                        "stdout closed (process exited?); stdout was:\n{}",
-                        self.transcript()
-                    );
+                    bail!("stdout closed (process exited?); stdout was:\n{}", self.transcript());
                 }
             }
         }
     }
 
     fn transcript(&self) -> String {
-        self.transcript
-            .lock()
-            .map(|t| t.join("\n"))
-            .unwrap_or_default()
+        self.transcript.lock().map(|t| t.join("\n")).unwrap_or_default()
     }
 }
 
@@ -167,12 +158,8 @@ struct Finished {
 fn run_bounded(mut cmd: Command, name: &str, logs: &Path, deadline: Instant) -> Result<Finished> {
     let out_path = logs.join(format!("{name}.stdout"));
     let err_path = logs.join(format!("{name}.stderr"));
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path)?)
-        .stderr(fs::File::create(&err_path)?);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+    cmd.stdin(Stdio::null()).stdout(fs::File::create(&out_path)?).stderr(fs::File::create(&err_path)?);
+    let child = cmd.spawn().with_context(|| format!("spawning {name}: {cmd:?}"))?;
     let mut guard = ChildGuard::new(name, child);
     let status = guard.wait_until(deadline)?;
     Ok(Finished {
@@ -211,15 +198,9 @@ fn make_python_env() -> Result<PathBuf> {
     let logs = Path::new(REPO).join("target");
     fs::create_dir_all(&logs)?;
     let mut cmd = Command::new("bash");
-    cmd.arg(Path::new(REPO).join("scripts/python-env.sh"))
-        .current_dir(REPO);
+    cmd.arg(Path::new(REPO).join("scripts/python-env.sh")).current_dir(REPO);
     let done = run_bounded(cmd, "python-env", &logs, Instant::now() + PYENV_BUDGET)?;
-    ensure!(
-        done.status.success(),
-        "scripts/python-env.sh failed ({}):\n{}",
-        done.status,
-        tail(&done.stderr, 40)
-    );
+    ensure!(done.status.success(), "scripts/python-env.sh failed ({}):\n{}", done.status, tail(&done.stderr, 40));
     let py = done
         .stdout
         .lines()
@@ -227,10 +208,7 @@ fn make_python_env() -> Result<PathBuf> {
         .find(|l| !l.trim().is_empty())
         .map(|l| PathBuf::from(l.trim()))
         .ok_or_else(|| anyhow!("scripts/python-env.sh printed no python path"))?;
-    ensure!(
-        py.exists(),
-        "python-env.sh printed {py:?}, which does not exist"
-    );
+    ensure!(py.exists(), "python-env.sh printed {py:?}, which does not exist");
     Ok(py)
 }
 
@@ -249,9 +227,7 @@ struct Scratch {
 impl Scratch {
     fn new(test: &str) -> Result<Self> {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-        let dir = Path::new(REPO)
-            .join("target/interop-aioquic")
-            .join(format!("{test}-{}-{nanos}", std::process::id()));
+        let dir = Path::new(REPO).join("target/interop-aioquic").join(format!("{test}-{}-{nanos}", std::process::id()));
         fs::create_dir_all(&dir)?;
         Ok(Self { dir, keep: true })
     }
@@ -270,10 +246,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if self.keep {
-            eprintln!(
-                "interop: test files and logs kept in {}",
-                self.dir.display()
-            );
+            eprintln!("interop: test files and logs kept in {}", self.dir.display());
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
@@ -285,10 +258,8 @@ struct Rng(u64);
 
 impl Rng {
     fn new() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x2545_f491_4f6c_dd1d);
+        let nanos =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x2545_f491_4f6c_dd1d);
         Self(nanos ^ (u64::from(std::process::id()) << 32))
     }
 
@@ -348,23 +319,33 @@ fn decoy() -> String {
 }
 
 fn file_sha(path: &Path) -> Result<String> {
-    Ok(sha256_hex(
-        &fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-    ))
+    Ok(sha256_hex(&fs::read(path).with_context(|| format!("reading {}", path.display()))?))
 }
 
 // ---------------------------------------------------------------- node
+
+/// The node's I/O backend: its default (io_uring where the kernel allows it),
+/// or `--backend portable`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    Default,
+    Portable,
+}
+
+impl Backend {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Backend::Default => &[],
+            Backend::Portable => &["--backend", "portable"],
+        }
+    }
+}
 
 /// `listening on (\S+)` → the socket address, from one line of node output.
 fn parse_listening(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
     let token = rest.split_whitespace().next()?;
-    token.parse().ok().or_else(|| {
-        token
-            .trim_end_matches(|c: char| !c.is_ascii_digit())
-            .parse()
-            .ok()
-    })
+    token.parse().ok().or_else(|| token.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
 }
 
 fn node_log_level() -> String {
@@ -379,10 +360,11 @@ struct Node {
 }
 
 impl Node {
-    fn start(www: &Path, data: &Path, logs: &Path, deadline: Instant) -> Result<Self> {
+    fn start(www: &Path, data: &Path, logs: &Path, backend: Backend, deadline: Instant) -> Result<Self> {
         let stderr_path = logs.join("node.stderr");
         let mut cmd = Command::new(node_bin());
-        cmd.args(["--listen", "127.0.0.1:0", "--www"])
+        cmd.args(backend.args())
+            .args(["--listen", "127.0.0.1:0", "--www"])
             .arg(www)
             .arg("--data-dir")
             .arg(data)
@@ -391,10 +373,7 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&stderr_path)?);
         let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no node stdout"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no node stdout"))?;
         let guard = ChildGuard::new("ant-quic node", child);
         let reader = LineReader::spawn(stdout);
         let startup = deadline.min(Instant::now() + Duration::from_secs(30));
@@ -404,19 +383,11 @@ impl Node {
                 tail(&fs::read_to_string(&stderr_path).unwrap_or_default(), 40)
             )
         })?;
-        Ok(Self {
-            guard,
-            _stdout: reader,
-            addr,
-            stderr_path,
-        })
+        Ok(Self { guard, _stdout: reader, addr, stderr_path })
     }
 
     fn stderr_tail(&self) -> String {
-        tail(
-            &fs::read_to_string(&self.stderr_path).unwrap_or_default(),
-            60,
-        )
+        tail(&fs::read_to_string(&self.stderr_path).unwrap_or_default(), 60)
     }
 }
 
@@ -436,25 +407,11 @@ fn parse_client_results(stdout: &str) -> HashMap<String, Outcome> {
     for line in stdout.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let outcome = match f.as_slice() {
-            ["OK", path, bytes, sha] => (
-                *path,
-                Outcome::Ok {
-                    bytes: bytes.parse().unwrap_or(0),
-                    sha: sha.to_string(),
-                },
-            ),
-            ["RESET", path, code, ..] => (
-                *path,
-                Outcome::Reset {
-                    code: code.to_string(),
-                },
-            ),
-            ["ERROR", path, rest @ ..] => (
-                *path,
-                Outcome::Error {
-                    reason: rest.join(" "),
-                },
-            ),
+            ["OK", path, bytes, sha] => {
+                (*path, Outcome::Ok { bytes: bytes.parse().unwrap_or(0), sha: sha.to_string() })
+            }
+            ["RESET", path, code, ..] => (*path, Outcome::Reset { code: code.to_string() }),
+            ["ERROR", path, rest @ ..] => (*path, Outcome::Error { reason: rest.join(" ") }),
             _ => continue,
         };
         map.insert(outcome.0.to_string(), outcome.1);
@@ -473,19 +430,12 @@ fn hq_client(
 ) -> Result<Finished> {
     let mut cmd = Command::new(py);
     cmd.arg(interop_script("hq_client.py"))
-        .args([
-            "--host",
-            &addr.ip().to_string(),
-            "--port",
-            &addr.port().to_string(),
-        ])
+        .args(["--host", &addr.ip().to_string(), "--port", &addr.port().to_string()])
         .arg("--output")
         .arg(out)
         .args(["--insecure", "--timeout", "60"]);
     if verbose() {
-        cmd.arg("-v")
-            .arg("--qlog")
-            .arg(logs.join(format!("{name}-qlog")));
+        cmd.arg("-v").arg("--qlog").arg(logs.join(format!("{name}-qlog")));
     }
     cmd.args(paths);
     run_bounded(cmd, name, logs, deadline)
@@ -513,33 +463,21 @@ impl HqServer {
         if verbose() {
             cmd.arg("-v").arg("--qlog").arg(logs.join("hq_server-qlog"));
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&stderr_path)?);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(fs::File::create(&stderr_path)?);
         let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no hq_server stdout"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no hq_server stdout"))?;
         let guard = ChildGuard::new("hq_server.py", child);
         let reader = LineReader::spawn(stdout);
         let startup = deadline.min(Instant::now() + Duration::from_secs(30));
         let port = reader
-            .find(startup, |l| {
-                l.strip_prefix("READY ")
-                    .and_then(|p| p.trim().parse::<u16>().ok())
-            })
+            .find(startup, |l| l.strip_prefix("READY ").and_then(|p| p.trim().parse::<u16>().ok()))
             .with_context(|| {
                 format!(
                     "hq_server.py never printed READY; stderr:\n{}",
                     tail(&fs::read_to_string(&stderr_path).unwrap_or_default(), 40)
                 )
             })?;
-        Ok(Self {
-            _guard: guard,
-            _stdout: reader,
-            port,
-        })
+        Ok(Self { _guard: guard, _stdout: reader, port })
     }
 }
 
@@ -548,10 +486,12 @@ fn ant_quic_get(
     out: &Path,
     logs: &Path,
     name: &str,
+    backend: Backend,
     deadline: Instant,
 ) -> Result<Finished> {
     let mut cmd = Command::new(node_bin());
     cmd.arg("get")
+        .args(backend.args())
         .args(urls)
         .arg("--output")
         .arg(out)
@@ -583,18 +523,17 @@ fn describe(done: &Finished) -> String {
 
 // ---------------------------------------------------------------- tests
 
-#[test]
-fn aioquic_client_fetches_from_ant_quic() -> Result<()> {
+fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
     let py = python()?;
     let deadline = Instant::now() + TEST_BUDGET;
-    let mut scratch = Scratch::new("client")?;
+    let mut scratch = Scratch::new(test)?;
     let www = scratch.path("www")?;
     let data = scratch.path("data")?;
     let out = scratch.path("out")?;
     let logs = scratch.path("logs")?;
     let manifest = make_files(&www)?;
 
-    let mut node = Node::start(&www, &data, &logs, deadline)?;
+    let mut node = Node::start(&www, &data, &logs, backend, deadline)?;
     eprintln!("interop: ant-quic node listening on {}", node.addr);
     ensure!(
         node.addr.ip().is_loopback() && node.addr.port() != 0,
@@ -607,39 +546,18 @@ fn aioquic_client_fetches_from_ant_quic() -> Result<()> {
     paths.extend(bad);
     let started = Instant::now();
     let done = hq_client(&py, node.addr, &out, &paths, &logs, "hq_client", deadline)?;
-    eprintln!(
-        "interop: hq_client finished in {:?}: {}",
-        started.elapsed(),
-        done.status
-    );
-    let context = || {
-        format!(
-            "hq_client {}\n--- node stderr ---\n{}",
-            describe(&done),
-            node.stderr_tail()
-        )
-    };
+    eprintln!("interop: hq_client finished in {:?}: {}", started.elapsed(), done.status);
+    let context = || format!("hq_client {}\n--- node stderr ---\n{}", describe(&done), node.stderr_tail());
 
     // exit 2 = the connection itself failed; 1 = some stream failed
-    ensure!(
-        matches!(done.status.code(), Some(0) | Some(1)),
-        "connection-level failure: {}",
-        context()
-    );
+    ensure!(matches!(done.status.code(), Some(0) | Some(1)), "connection-level failure: {}", context());
     let results = parse_client_results(&done.stdout);
     for (path, want) in &manifest {
         match results.get(path) {
             Some(Outcome::Ok { sha, bytes }) => {
-                ensure!(
-                    sha == want,
-                    "{path}: got {bytes} bytes with sha256 {sha}, want {want}\n{}",
-                    context()
-                );
+                ensure!(sha == want, "{path}: got {bytes} bytes with sha256 {sha}, want {want}\n{}", context());
                 let written = out.join(path.trim_start_matches('/'));
-                ensure!(
-                    &file_sha(&written)? == want,
-                    "{path}: file written by hq_client differs"
-                );
+                ensure!(&file_sha(&written)? == want, "{path}: file written by hq_client differs");
             }
             other => bail!("{path}: {other:?}, want OK\n{}", context()),
         }
@@ -656,11 +574,7 @@ fn aioquic_client_fetches_from_ant_quic() -> Result<()> {
                 let leaked = *sha == sha256_hex(decoy().as_bytes());
                 bail!(
                     "{path} was answered with {bytes} bytes{}\n{}",
-                    if leaked {
-                        " (the decoy file OUTSIDE --www: path traversal)"
-                    } else {
-                        ""
-                    },
+                    if leaked { " (the decoy file OUTSIDE --www: path traversal)" } else { "" },
                     context()
                 )
             }
@@ -672,43 +586,24 @@ fn aioquic_client_fetches_from_ant_quic() -> Result<()> {
     }
 
     // the node survived the refused requests and still serves
-    ensure!(
-        node.guard.exited()?.is_none(),
-        "node exited: {}",
-        node.stderr_tail()
-    );
+    ensure!(node.guard.exited()?.is_none(), "node exited: {}", node.stderr_tail());
     let out2 = scratch.path("out2")?;
-    let again = hq_client(
-        &py,
-        node.addr,
-        &out2,
-        &["/small.bin"],
-        &logs,
-        "hq_client-again",
-        deadline,
-    )?;
+    let again = hq_client(&py, node.addr, &out2, &["/small.bin"], &logs, "hq_client-again", deadline)?;
     ensure!(
         again.status.success(),
         "second connection failed: {}\n--- node stderr ---\n{}",
         describe(&again),
         node.stderr_tail()
     );
-    ensure!(
-        file_sha(&out2.join("small.bin"))? == manifest[0].1,
-        "second fetch of /small.bin differs"
-    );
-    ensure!(
-        node.guard.exited()?.is_none(),
-        "node exited: {}",
-        node.stderr_tail()
-    );
+    ensure!(file_sha(&out2.join("small.bin"))? == manifest[0].1, "second fetch of /small.bin differs");
+    ensure!(node.guard.exited()?.is_none(), "node exited: {}", node.stderr_tail());
 
     drop(node);
     scratch.passed();
     Ok(())
 }
 
-fn get_from_aioquic(test: &str, retry: bool, all_files: bool) -> Result<()> {
+fn get_from_aioquic(test: &str, retry: bool, all_files: bool, backend: Backend) -> Result<()> {
     let py = python()?;
     let deadline = Instant::now() + TEST_BUDGET;
     let mut scratch = Scratch::new(test)?;
@@ -716,33 +611,17 @@ fn get_from_aioquic(test: &str, retry: bool, all_files: bool) -> Result<()> {
     let out = scratch.path("out")?;
     let logs = scratch.path("logs")?;
     let manifest = make_files(&www)?;
-    let manifest: Manifest = if all_files {
-        manifest
-    } else {
-        manifest.into_iter().take(2).collect()
-    };
+    let manifest: Manifest = if all_files { manifest } else { manifest.into_iter().take(2).collect() };
 
     let server = HqServer::start(&py, &www, &logs, retry, deadline)?;
-    eprintln!(
-        "interop: aioquic hq_server on 127.0.0.1:{} (retry: {retry})",
-        server.port
-    );
-    let server_log = || {
-        tail(
-            &fs::read_to_string(logs.join("hq_server.stderr")).unwrap_or_default(),
-            40,
-        )
-    };
+    eprintln!("interop: aioquic hq_server on 127.0.0.1:{} (retry: {retry})", server.port);
+    let server_log = || tail(&fs::read_to_string(logs.join("hq_server.stderr")).unwrap_or_default(), 40);
     let base = format!("https://127.0.0.1:{}", server.port);
     let urls: Vec<String> = manifest.iter().map(|(p, _)| format!("{base}{p}")).collect();
 
     let started = Instant::now();
-    let done = ant_quic_get(&urls, &out, &logs, "get", deadline)?;
-    eprintln!(
-        "interop: ant-quic get finished in {:?}: {}",
-        started.elapsed(),
-        done.status
-    );
+    let done = ant_quic_get(&urls, &out, &logs, "get", backend, deadline)?;
+    eprintln!("interop: ant-quic get finished in {:?}: {}", started.elapsed(), done.status);
     ensure!(
         done.status.success(),
         "ant-quic get failed: {}\n--- hq_server stderr ---\n{}",
@@ -750,28 +629,15 @@ fn get_from_aioquic(test: &str, retry: bool, all_files: bool) -> Result<()> {
         server_log()
     );
     for (path, want) in &manifest {
-        let file = fetched_file(&out, path).ok_or_else(|| {
-            anyhow!(
-                "ant-quic get exited 0 but wrote no file for {path} under {}",
-                out.display()
-            )
-        })?;
+        let file = fetched_file(&out, path)
+            .ok_or_else(|| anyhow!("ant-quic get exited 0 but wrote no file for {path} under {}", out.display()))?;
         let got = file_sha(&file)?;
-        ensure!(
-            &got == want,
-            "{path} ({}): sha256 {got}, want {want}",
-            file.display()
-        );
+        ensure!(&got == want, "{path} ({}): sha256 {got}, want {want}", file.display());
     }
 
     let out_missing = scratch.path("out-missing")?;
-    let missing = ant_quic_get(
-        &[format!("{base}/missing.bin")],
-        &out_missing,
-        &logs,
-        "get-missing",
-        deadline,
-    )?;
+    let missing =
+        ant_quic_get(&[format!("{base}/missing.bin")], &out_missing, &logs, "get-missing", backend, deadline)?;
     ensure!(
         !missing.status.success(),
         "ant-quic get of a missing file exited 0: {}\n--- hq_server stderr ---\n{}",
@@ -779,8 +645,7 @@ fn get_from_aioquic(test: &str, retry: bool, all_files: bool) -> Result<()> {
         server_log()
     );
     ensure!(
-        fetched_file(&out_missing, "/missing.bin")
-            .is_none_or(|f| fs::metadata(f).is_ok_and(|m| m.len() == 0)),
+        fetched_file(&out_missing, "/missing.bin").is_none_or(|f| fs::metadata(f).is_ok_and(|m| m.len() == 0)),
         "ant-quic get wrote data for a missing file"
     );
 
@@ -791,21 +656,33 @@ fn get_from_aioquic(test: &str, retry: bool, all_files: bool) -> Result<()> {
 
 #[test]
 fn ant_quic_get_fetches_from_aioquic() -> Result<()> {
-    get_from_aioquic("get", false, true)
+    get_from_aioquic("get", false, true, Backend::Default)
 }
 
 #[test]
 fn ant_quic_get_through_aioquic_retry() -> Result<()> {
-    get_from_aioquic("get-retry", true, false)
+    get_from_aioquic("get-retry", true, false, Backend::Default)
+}
+
+#[test]
+fn ant_quic_get_fetches_from_aioquic_portable_backend() -> Result<()> {
+    get_from_aioquic("get-portable", false, true, Backend::Portable)
+}
+
+#[test]
+fn aioquic_client_fetches_from_ant_quic() -> Result<()> {
+    client_fetches_from_node("client", Backend::Default)
+}
+
+#[test]
+fn aioquic_client_fetches_from_ant_quic_portable_backend() -> Result<()> {
+    client_fetches_from_node("client-portable", Backend::Portable)
 }
 
 #[test]
 fn listening_line_parses() {
     let cases = [
-        (
-            "INFO ant_quic: listening on 127.0.0.1:4433",
-            Some("127.0.0.1:4433"),
-        ),
+        ("INFO ant_quic: listening on 127.0.0.1:4433", Some("127.0.0.1:4433")),
         ("listening on [::1]:9000 (udp)", Some("[::1]:9000")),
         ("node listening on 127.0.0.1:5000,", Some("127.0.0.1:5000")),
         ("listening soon", None),

@@ -135,7 +135,10 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     if args.pairs == 0 || args.pairs > 100 {
         bail!("--pairs must be between 1 and 100");
     }
-    let exe = std::env::current_exe().context("locating this executable")?;
+    // The target directory is shared: a build elsewhere may replace this binary mid-run. Run every
+    // child from a private copy of the running executable instead.
+    let private = PrivateExe::new()?;
+    let exe = private.path.as_path();
     let timeout = Duration::from_secs(args.timeout);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let machine = machine();
@@ -144,7 +147,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let mut ceiling_errors = Vec::new();
     let ceiling_args = vec!["udp-ceiling".to_owned(), "--seconds".to_owned(), args.ceiling_seconds.to_string()];
     progress(format_args!("udp ceiling (start)"));
-    let ceiling_start = match child_json::<CeilingResult>(&exe, &ceiling_args, timeout) {
+    let ceiling_start = match child_json::<CeilingResult>(exe, &ceiling_args, timeout) {
         Ok(c) => Some(c),
         Err(e) => {
             ceiling_errors.push(format!("start: {e:#}"));
@@ -158,7 +161,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             for implementation in [Impl::AntQuic, Impl::Quinn] {
                 let child_args = bulk_args(args, implementation, direction);
                 progress(format_args!("{} {} pair {pair}/{}", direction.name(), impl_name(implementation), args.pairs));
-                let (result, error) = match child_json::<BulkResult>(&exe, &child_args, timeout) {
+                let (result, error) = match child_json::<BulkResult>(exe, &child_args, timeout) {
                     Ok(r) => {
                         progress(format_args!("  {:.3} Gbit/s", r.gbps));
                         (Some(r), None)
@@ -174,7 +177,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     }
 
     progress(format_args!("udp ceiling (end)"));
-    let ceiling_end = match child_json::<CeilingResult>(&exe, &ceiling_args, timeout) {
+    let ceiling_end = match child_json::<CeilingResult>(exe, &ceiling_args, timeout) {
         Ok(c) => Some(c),
         Err(e) => {
             ceiling_errors.push(format!("end: {e:#}"));
@@ -217,6 +220,32 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         print!("{}", markdown(&report));
     }
     Ok(())
+}
+
+/// A copy of the running executable in a private directory, removed on drop.
+#[derive(Debug)]
+struct PrivateExe {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl PrivateExe {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("ant-quic-perf-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("ant-quic-perf");
+        // /proc/self/exe still reads the running image even if its file was replaced.
+        std::fs::copy("/proc/self/exe", &path)
+            .or_else(|_| std::fs::copy(std::env::current_exe()?, &path))
+            .with_context(|| format!("copying this executable to {}", path.display()))?;
+        Ok(Self { dir, path })
+    }
+}
+
+impl Drop for PrivateExe {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn progress(msg: std::fmt::Arguments<'_>) {
@@ -379,7 +408,17 @@ fn markdown(r: &Report) -> String {
         fmt_opt(r.load_start),
         fmt_opt(r.load_end)
     );
-    let _ = writeln!(s, "Command: `{}`", r.command);
+    match std::env::var("ANT_QUIC_PERF_VIA") {
+        Ok(via) => {
+            let _ = writeln!(s, "Command: `{}` (which runs `{}`)", via.trim(), r.command);
+        }
+        Err(_) => {
+            let _ = writeln!(s, "Command: `{}`", r.command);
+        }
+    }
+    if let Ok(source) = std::env::var("ANT_QUIC_PERF_SOURCE") {
+        let _ = writeln!(s, "Source: {source}");
+    }
     let _ = writeln!(
         s,
         "Payload: {} bytes on one stream of one connection over 127.0.0.1; {} alternating \

@@ -87,7 +87,7 @@ impl GetApp {
             let Some(stream) = conn.open_bi() else { return };
             download.stream = Some(stream);
             download.started = Instant::now();
-            match File::create(&download.file_path) {
+            match File::create(partial_path(&download.file_path)) {
                 Ok(file) => download.file = Some(file),
                 Err(e) => {
                     finish(
@@ -125,6 +125,17 @@ fn finish(download: &mut Download, report: &mpsc::Sender<Option<Fetched>>, error
         if let Err(e) = file.flush().and_then(|()| file.sync_all()) {
             error.get_or_insert(format!("writing {}: {e}", download.file_path.display()));
         }
+        drop(file);
+        // Only a complete download takes the file's name; a failed one leaves nothing behind.
+        let partial = partial_path(&download.file_path);
+        if error.is_none() {
+            if let Err(e) = std::fs::rename(&partial, &download.file_path) {
+                error = Some(format!("renaming {}: {e}", partial.display()));
+            }
+        }
+        if error.is_some() {
+            let _ = std::fs::remove_file(&partial);
+        }
     }
     let hash = std::mem::take(&mut download.hash);
     let _ = report.send(Some(Fetched {
@@ -135,6 +146,13 @@ fn finish(download: &mut Download, report: &mpsc::Sender<Option<Fetched>>, error
         elapsed: download.started.elapsed(),
         error,
     }));
+}
+
+/// Where a download is written until it is complete.
+fn partial_path(file: &std::path::Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    file.with_file_name(name)
 }
 
 impl Application for GetApp {

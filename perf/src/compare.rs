@@ -428,13 +428,14 @@ fn markdown(r: &Report) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| direction | implementation | median Gbit/s | min–max Gbit/s | runs ok | ant-quic / quinn | % of UDP ceiling | cipher | I/O | MTU |"
+        "| direction | implementation | median Gbit/s | min–max Gbit/s | runs ok | ant-quic / quinn | % of UDP ceiling (best of 2) | cipher | I/O | MTU |"
     );
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let ceiling = {
         let v: Vec<f64> =
             [&r.ceiling_start, &r.ceiling_end].iter().filter_map(|c| c.as_ref().map(|c| c.gbps)).collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        // The better of the two: on a shared machine a ceiling run can only be pulled down.
+        v.into_iter().reduce(f64::max)
     };
     for sum in &r.summaries {
         let ratio = r.ratios.iter().find(|(d, _)| *d == sum.direction).and_then(|(_, x)| *x);

@@ -401,27 +401,27 @@ fn fmt_opt(v: Option<f64>) -> String {
 fn markdown(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "Machine: {}, {} cores, Linux {}", r.machine.cpu, r.machine.cores, r.machine.kernel);
+    let _ = writeln!(s, "- Machine: {}, {} cores, Linux {}", r.machine.cpu, r.machine.cores, r.machine.kernel);
     let _ = writeln!(
         s,
-        "Load average (1 min) before / after: {} / {} (the machine is shared)",
+        "- Load average (1 min) before / after: {} / {} (the machine is shared)",
         fmt_opt(r.load_start),
         fmt_opt(r.load_end)
     );
     match std::env::var("ANT_QUIC_PERF_VIA") {
         Ok(via) => {
-            let _ = writeln!(s, "Command: `{}` (which runs `{}`)", via.trim(), r.command);
+            let _ = writeln!(s, "- Command: `{}` (which runs `{}`)", via.trim(), r.command);
         }
         Err(_) => {
-            let _ = writeln!(s, "Command: `{}`", r.command);
+            let _ = writeln!(s, "- Command: `{}`", r.command);
         }
     }
     if let Ok(source) = std::env::var("ANT_QUIC_PERF_SOURCE") {
-        let _ = writeln!(s, "Source: {source}");
+        let _ = writeln!(s, "- Source: {source}");
     }
     let _ = writeln!(
         s,
-        "Payload: {} bytes on one stream of one connection over 127.0.0.1; {} alternating \
+        "- Payload: {} bytes on one stream of one connection over 127.0.0.1; {} alternating \
          pairs (ant-quic, quinn) per direction, each run a fresh process.",
         r.bytes, r.pairs
     );

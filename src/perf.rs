@@ -39,12 +39,28 @@ pub struct BulkReport {
 
 /// Run one transfer: server and client pinned to different CPUs when there are two.
 pub fn bulk_transfer(options: &BulkOptions) -> Result<BulkReport, Error> {
-    let outcome = bulk_transfer_checked(options, false)?;
-    Ok(BulkReport { bytes: outcome.0.bytes, elapsed: outcome.0.elapsed, cipher: outcome.0.cipher, backend: outcome.1 })
+    let run = bulk_transfer_checked(options, false)?;
+    Ok(BulkReport {
+        bytes: run.outcome.bytes,
+        elapsed: run.outcome.elapsed,
+        cipher: run.outcome.cipher,
+        backend: run.backend,
+    })
+}
+
+/// A bulk transfer with everything tests check.
+#[derive(Debug, Clone)]
+pub struct BulkRun {
+    /// What the client saw.
+    pub outcome: BulkOutcome,
+    /// The backend both nodes ran.
+    pub backend: String,
+    /// UDP sends that failed on either node (other than back-pressure).
+    pub send_errors: u64,
 }
 
 /// Like [`bulk_transfer`], returning the full outcome; `hash` makes both ends hash the payload.
-pub fn bulk_transfer_checked(options: &BulkOptions, hash: bool) -> Result<(BulkOutcome, String), Error> {
+pub fn bulk_transfer_checked(options: &BulkOptions, hash: bool) -> Result<BulkRun, Error> {
     let cpus = crate::dataplane::socket::allowed_cpus();
     let server_cpus: Vec<usize> = cpus.iter().copied().take(options.cores.max(1)).collect();
     let client_cpu = cpus.get(options.cores.max(1) % cpus.len().max(1)).copied().unwrap_or(0);
@@ -83,6 +99,13 @@ pub fn bulk_transfer_checked(options: &BulkOptions, hash: bool) -> Result<(BulkO
     // Generous: even 50 Mbit/s finishes in time; a stuck transfer still ends.
     let limit = Duration::from_secs(30) + Duration::from_secs(options.bytes / 6_000_000);
     let outcome = rx.recv_timeout(limit);
+    let send_errors = server
+        .node
+        .stats()
+        .iter()
+        .chain(client.stats().iter())
+        .map(|s| ant_quic_dataplane::stats::read(&s.tx_errors))
+        .sum();
     client.shutdown();
     server.node.shutdown();
     let _ = client.join();
@@ -91,7 +114,7 @@ pub fn bulk_transfer_checked(options: &BulkOptions, hash: bool) -> Result<(BulkO
     if let Some(error) = &outcome.error {
         return Err(Error::Transfer(error.clone()));
     }
-    Ok((outcome, backend))
+    Ok(BulkRun { outcome, backend, send_errors })
 }
 
 struct Idle;

@@ -17,8 +17,12 @@ fn size() -> u64 {
 fn upload(backend: BackendKind) {
     let bytes = size();
     let options = BulkOptions { bytes, upload: true, backend: Some(backend), cores: 1 };
-    let (outcome, used) = bulk_transfer_checked(&options, true).unwrap();
-    assert_eq!(used, backend.name());
+    let run = bulk_transfer_checked(&options, true).unwrap();
+    let outcome = run.outcome;
+    assert_eq!(run.backend, backend.name());
+    // Regression: GSO batches of 64 full-MTU segments exceed 64 KiB and the kernel refused them
+    // (EMSGSIZE), silently dropping whole batches and collapsing throughput.
+    assert_eq!(run.send_errors, 0, "UDP sends failed during the transfer");
     assert!(outcome.bytes >= bytes);
     assert_eq!(outcome.remote_count, Some(outcome.bytes), "server counted a different number of bytes");
     assert_eq!(outcome.remote_sha256, Some(outcome.local_sha256), "SHA-256 differs between the two ends");

@@ -64,6 +64,7 @@ fn transfer_through_wrong_core(backend: BackendKind) {
     assert!(out > 10, "core 0 handed over only {out} datagrams");
     assert_eq!(out, into, "datagrams lost between cores");
     assert_eq!(stats[0].drops_handoff_full.load(Ordering::Relaxed), 0);
+    assert!(stats.iter().all(|s| s.tx_errors.load(Ordering::Relaxed) == 0), "UDP sends failed");
     // The kernel delivers (almost) nothing to core 1's own socket any more.
     assert!(stats[1].rx_datagrams.load(Ordering::Relaxed) < out / 10);
 }

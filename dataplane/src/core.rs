@@ -26,6 +26,8 @@ use crate::stats::{bump, CoreStats, DropReason};
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// GSO batches one connection may send per loop turn before others get a turn.
 const TRANSMIT_BUDGET: usize = 16;
+/// Largest UDP payload one GSO send may carry (65 535 minus the IPv4 and UDP headers).
+const MAX_GSO_BYTES: usize = 65_507;
 /// Capacity of each core's command and hand-off queues.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 
@@ -489,7 +491,10 @@ impl<B: Backend> Core<B> {
             }
         }
 
-        let max_segments = self.backend.max_gso_segments();
+        // The kernel takes at most 64 KiB in one GSO send (the IP length field), whatever the
+        // segment count: more segments of the path MTU would fail with EMSGSIZE.
+        let mtu = usize::from(state.conn.current_mtu()).max(1);
+        let max_segments = self.backend.max_gso_segments().min(MAX_GSO_BYTES / mtu).max(1);
         let mut budget = TRANSMIT_BUDGET;
         loop {
             if self.blocked.is_some() || budget == 0 {

@@ -92,6 +92,17 @@ pub struct CoreStats {
 }
 
 impl CoreStats {
+    /// Count a send that failed for a reason other than back-pressure. The first one is logged
+    /// as a warning (it usually means a misconfiguration worth seeing), later ones at debug.
+    pub fn send_failed(&self, error: &std::io::Error, destination: std::net::SocketAddr) {
+        if read(&self.tx_errors) == 0 {
+            tracing::warn!(%error, %destination, "UDP send failed; the datagrams are dropped and QUIC will retransmit");
+        } else {
+            tracing::debug!(%error, %destination, "UDP send failed");
+        }
+        bump(&self.tx_errors, 1);
+    }
+
     /// Count a dropped datagram.
     pub fn drop_datagram(&self, reason: DropReason) {
         let counter = match reason {

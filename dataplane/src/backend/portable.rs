@@ -178,10 +178,7 @@ impl Backend for PortableBackend {
                             let rest = batch.buf.get(i * batch.segment_size..).unwrap_or_default().to_vec();
                             return Err(SendRefused::WouldBlock(OutBatch { buf: rest, ..batch }));
                         }
-                        Err(e) => {
-                            bump(&self.stats.tx_errors, 1);
-                            tracing::debug!(error = %e, "datagram send failed");
-                        }
+                        Err(e) => self.stats.send_failed(&e, batch.destination),
                     }
                 }
                 bump(&self.stats.tx_datagrams, sent);
@@ -189,8 +186,7 @@ impl Backend for PortableBackend {
                 Ok(())
             }
             Err(e) => {
-                bump(&self.stats.tx_errors, 1);
-                tracing::debug!(error = %e, destination = %batch.destination, "datagram send failed");
+                self.stats.send_failed(&e, batch.destination);
                 self.recycle(batch.buf);
                 Ok(())
             }

@@ -843,12 +843,7 @@ impl UringBackend {
                     resend = true;
                 }
                 errno => {
-                    bump(&self.stats.tx_errors, 1);
-                    tracing::debug!(
-                        error = %io::Error::from_raw_os_error(errno),
-                        destination = %batch.destination,
-                        "datagram send failed"
-                    );
+                    self.stats.send_failed(&io::Error::from_raw_os_error(errno), batch.destination);
                     if !slot.gso {
                         // Drop only this datagram; the rest of the batch still goes out.
                         slot.offset += slot.chunk.max(1);

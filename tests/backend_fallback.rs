@@ -60,7 +60,7 @@ fn falls_back_to_portable_with_one_line_saying_why() {
     // The fallback node works: a client (with io_uring) fetches from it.
     let www_dir = TempDir::new("fallback-www");
     std::fs::write(www_dir.path().join("f"), b"served by the portable backend").unwrap();
-    drop(node.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)));
+    assert!(node.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)).is_some_and(|s| s.success()));
     let mut command = Command::new(NODE_BIN);
     command.args(["--listen", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap()]);
     command.args(["--www", www_dir.path().to_str().unwrap()]);

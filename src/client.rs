@@ -222,6 +222,8 @@ pub struct BulkOutcome {
     pub remote_count: Option<u64>,
     /// Negotiated cipher suite.
     pub cipher: String,
+    /// Path MTU (bytes of UDP payload per datagram) when the transfer ended.
+    pub mtu: u16,
     /// Why it failed, if it did.
     pub error: Option<String>,
 }
@@ -255,6 +257,7 @@ pub struct BulkApp {
     bytes: u64,
     hash: Sha256,
     cipher: String,
+    mtu: u16,
     reported: bool,
 }
 
@@ -279,6 +282,7 @@ impl BulkApp {
             bytes: 0,
             hash: Sha256::new(),
             cipher: String::new(),
+            mtu: 0,
             reported: false,
         }
     }
@@ -336,6 +340,7 @@ impl BulkApp {
             remote_sha256,
             remote_count,
             cipher: self.cipher.clone(),
+            mtu: self.mtu,
             error,
         });
     }
@@ -389,6 +394,7 @@ impl Application for BulkApp {
         });
         match outcome {
             Ok(ReadOutcome::Finished) => {
+                self.mtu = conn.quic().current_mtu();
                 self.report(None);
                 conn.close(VarInt::from_u32(0), b"done");
             }

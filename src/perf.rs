@@ -35,6 +35,8 @@ pub struct BulkReport {
     pub cipher: String,
     /// Backend used.
     pub backend: String,
+    /// Path MTU at the end of the transfer.
+    pub mtu: u16,
 }
 
 /// Run one transfer: server and client pinned to different CPUs when there are two.
@@ -45,6 +47,7 @@ pub fn bulk_transfer(options: &BulkOptions) -> Result<BulkReport, Error> {
         elapsed: run.outcome.elapsed,
         cipher: run.outcome.cipher,
         backend: run.backend,
+        mtu: run.outcome.mtu,
     })
 }
 

@@ -20,7 +20,7 @@ pub fn run(bytes: u64, upload: bool, backend: Option<&str>, cores: usize) -> Res
         cipher: report.cipher,
         direction: crate::direction_name(upload).into(),
         kx: None,
-        mtu: None,
+        mtu: Some(report.mtu),
         backend: Some(report.backend),
     })
 }

@@ -129,8 +129,10 @@ fn run_node(args: &NodeArgs) -> Result<ExitCode, Error> {
 
     let signal = signals.wait();
     tracing::info!(signal, "shutting down: closing connections");
+    let stats = server.node.stats();
     server.node.shutdown();
     server.node.join()?;
+    tracing::info!("stopped; {}", ant_quic_control::Totals::collect(&stats));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -96,12 +96,14 @@ impl ConnRef<'_> {
     }
 
     /// The ALPN protocol negotiated in the handshake.
+    #[cfg(any(feature = "aws-lc-rs", feature = "rustls-ring"))]
     pub fn alpn(&self) -> Option<Vec<u8>> {
         let data = self.inner.crypto_session().handshake_data()?;
         data.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok()?.protocol
     }
 
     /// The peer's certificate chain (DER), when it presented one.
+    #[cfg(any(feature = "aws-lc-rs", feature = "rustls-ring"))]
     pub fn peer_certificates(&self) -> Option<Vec<rustls_pki_types::CertificateDer<'static>>> {
         let identity = self.inner.crypto_session().peer_identity()?;
         identity.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok().map(|certs| *certs)

@@ -42,16 +42,22 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Defaults for `listen`: every CPU, automatic backend, pinned threads, client and server
-    /// roles as given.
+    /// Defaults for `listen`: every CPU, automatic backend, pinned threads, the server role when
+    /// `server` is given, and quinn-proto's default endpoint settings.
+    #[cfg(any(feature = "aws-lc-rs", feature = "rustls-ring"))]
     pub fn new(listen: SocketAddr, server: Option<Arc<ServerConfig>>) -> Self {
+        Self::with_endpoint(listen, EndpointConfig::default(), server)
+    }
+
+    /// Like `new`, with explicit endpoint settings (no crypto provider needed to build it).
+    pub fn with_endpoint(listen: SocketAddr, endpoint: EndpointConfig, server: Option<Arc<ServerConfig>>) -> Self {
         Self {
             listen,
             cores: None,
             backend: None,
             pin_threads: true,
             cpus: None,
-            endpoint: EndpointConfig::default(),
+            endpoint,
             server,
             steer_all_to_core: None,
         }

@@ -74,7 +74,8 @@ pub fn start_client(backend: Option<BackendKind>, apps: Arc<dyn AppFactory>) -> 
     start_client_on(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), 1, backend, None, apps)
 }
 
-/// Start a client-only node bound to `local` with `cores` cores, pinned to `cpus` if given.
+/// Start a client-only node bound to `local` with `cores` cores, pinned to `cpus` if given and
+/// left to the scheduler otherwise (a client shares its host with other programs).
 pub fn start_client_on(
     local: SocketAddr,
     cores: usize,
@@ -85,6 +86,7 @@ pub fn start_client_on(
     let mut config = NodeConfig::new(local, None);
     config.cores = Some(cores);
     config.backend = backend;
+    config.pin_threads = cpus.is_some();
     config.cpus = cpus;
     Ok(Node::start(config, apps)?)
 }

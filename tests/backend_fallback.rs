@@ -46,11 +46,11 @@ fn without_io_uring(command: &mut Command) -> &mut Command {
 
 #[test]
 fn falls_back_to_portable_with_one_line_saying_why() {
-    let dir = TempDir::new("fallback");
+    let dir = TempDir::new("fallback").unwrap();
     let data_dir = dir.path().join("node");
     let mut command = Command::new(NODE_BIN);
     command.args(["--listen", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap()]);
-    let mut node = NodeProcess::start_with(without_io_uring(&mut command));
+    let mut node = NodeProcess::start(without_io_uring(&mut command), dir.path()).unwrap();
     assert!(node.banner.contains("backend portable"), "{}", node.banner);
     let stderr = node.stderr();
     let reasons: Vec<&str> = stderr.lines().filter(|l| l.contains("io_uring unavailable")).collect();
@@ -58,13 +58,13 @@ fn falls_back_to_portable_with_one_line_saying_why() {
     assert!(reasons[0].contains("portable backend"), "{}", reasons[0]);
 
     // The fallback node works: a client (with io_uring) fetches from it.
-    let www_dir = TempDir::new("fallback-www");
+    let www_dir = TempDir::new("fallback-www").unwrap();
     std::fs::write(www_dir.path().join("f"), b"served by the portable backend").unwrap();
-    assert!(node.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    node.stop_with(libc::SIGTERM, Duration::from_secs(10)).unwrap();
     let mut command = Command::new(NODE_BIN);
     command.args(["--listen", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap()]);
     command.args(["--www", www_dir.path().to_str().unwrap()]);
-    let node = NodeProcess::start_with(without_io_uring(&mut command));
+    let node = NodeProcess::start(without_io_uring(&mut command), dir.path()).unwrap();
     let out = dir.path().join("out");
     let get = Command::new(NODE_BIN)
         .args(["get", &format!("https://{}/f", node.addr), "--output", out.to_str().unwrap(), "--insecure"])
@@ -76,7 +76,7 @@ fn falls_back_to_portable_with_one_line_saying_why() {
 
 #[test]
 fn forcing_an_unavailable_backend_is_a_startup_error() {
-    let dir = TempDir::new("forced");
+    let dir = TempDir::new("forced").unwrap();
     let mut command = Command::new(NODE_BIN);
     command.args(["--listen", "127.0.0.1:0", "--backend", "io-uring"]);
     command.args(["--data-dir", dir.path().join("node").to_str().unwrap()]);

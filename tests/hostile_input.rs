@@ -7,17 +7,16 @@
 //! wait has a deadline; child processes are killed on every path by their guards. The random
 //! seed is printed; set `ANT_QUIC_HOSTILE_SEED` to replay one.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
+use common::{run, NodeProcess, TempDir, NODE_BIN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ant-quic");
 const QUIC_V1: u32 = 1;
 const MIN_INITIAL: usize = 1200;
 
@@ -61,133 +60,6 @@ impl Rng {
     fn bytes_between(&mut self, lo: usize, hi: usize) -> Vec<u8> {
         let len = self.range(lo, hi);
         self.bytes(len)
-    }
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Result<Self> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("ant-quic-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped, unless it already exited.
-struct ChildGuard {
-    child: Child,
-}
-
-impl ChildGuard {
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
-    fn running(&mut self) -> Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
-    }
-
-    /// Wait for the exit, at most `limit`; `None` if it is still running then.
-    fn wait_for(&mut self, limit: Duration) -> Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(Some(status));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) -> Result<()> {
-        // SAFETY: kill(2) with the pid of a child we have not reaped yet (it cannot be reused).
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        ensure!(rc == 0, "kill({}, {signal}): {}", self.pid(), std::io::Error::last_os_error());
-        Ok(())
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// The node binary, listening on a loopback port, its stderr going to a file.
-struct NodeProcess {
-    guard: ChildGuard,
-    addr: SocketAddr,
-    stderr: PathBuf,
-}
-
-impl NodeProcess {
-    fn start(dir: &Path, www: &Path, backend: &str) -> Result<Self> {
-        let stderr = dir.join("node.stderr");
-        let child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--cores", "2", "--backend", backend, "--data-dir"])
-            .arg(dir.join("data"))
-            .arg("--www")
-            .arg(www)
-            .env("RUST_LOG", "info")
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr)?)
-            .spawn()
-            .context("starting the node")?;
-        let mut guard = ChildGuard { child };
-        let stdout = guard.child.stdout.take().context("node stdout")?;
-        let (tx, rx) = mpsc::channel();
-        // Reads until the node closes stdout (it exits); ends by itself.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Nobody listens any more; keep draining so the node never blocks on stdout.
-                    continue;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(line) => line,
-                Err(_) => {
-                    let status = guard.child.try_wait()?;
-                    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
-                    bail!("node printed no listening line within 20 s (status {status:?}); stderr:\n{err}");
-                }
-            };
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                let addr: SocketAddr = addr.parse().with_context(|| format!("listening line: {line}"))?;
-                ensure!(line.contains(&format!("backend {backend}")), "node runs another backend: {line}");
-                return Ok(Self { guard, addr, stderr });
-            }
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 }
 
@@ -378,31 +250,19 @@ fn version_negotiation_answered(socket: &UdpSocket, node: SocketAddr, rng: &mut 
     Ok(false)
 }
 
-/// Fetch `name` from the node with `ant-quic get`; returns the bytes written.
-fn fetch(node: SocketAddr, name: &str, out: &Path, backend: &str) -> Result<Vec<u8>> {
-    let log = out.with_extension("get.log");
-    let child = Command::new(BIN)
-        .arg("get")
-        .arg(format!("https://{node}/{name}"))
-        .arg("--output")
-        .arg(out)
-        .args(["--insecure", "--backend", backend, "--timeout", "20"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(File::create(&log)?)
-        .stderr(File::create(out.with_extension("get.stderr"))?)
-        .spawn()
-        .context("starting ant-quic get")?;
-    let mut client = ChildGuard { child };
-    let status = client.wait_for(Duration::from_secs(40))?;
-    let stdout = std::fs::read_to_string(&log).unwrap_or_default();
-    let stderr = std::fs::read_to_string(out.with_extension("get.stderr")).unwrap_or_default();
-    match status {
-        Some(status) if status.success() => {}
-        other => {
-            bail!("ant-quic get ended with {other:?} (None: killed after 40 s)\nstdout:\n{stdout}\nstderr:\n{stderr}")
-        }
-    }
+/// Fetch `name` from the node with `ant-quic get` into `out`; returns the bytes written.
+fn fetch(node: SocketAddr, name: &str, out: &Path, backend: &str, logs: &Path) -> Result<Vec<u8>> {
+    let mut get = Command::new(NODE_BIN);
+    get.arg("get").arg(format!("https://{node}/{name}")).arg("--output").arg(out);
+    get.args(["--insecure", "--backend", backend, "--timeout", "20"]).env("RUST_LOG", "info");
+    let done = run("get", &mut get, logs, Duration::from_secs(40))?;
+    let stdout = done.stdout;
+    ensure!(
+        done.status.success(),
+        "ant-quic get ended with {}\nstdout:\n{stdout}\nstderr:\n{}",
+        done.status,
+        done.stderr
+    );
     std::fs::read(out.join(name)).with_context(|| format!("reading the fetched file; get said:\n{stdout}"))
 }
 
@@ -415,12 +275,15 @@ fn hostile_input(backend: &str) -> Result<()> {
     let mut rng = Rng::new(seed);
 
     let dir = TempDir::new(&format!("hostile-{backend}"))?;
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www)?;
+    let www = dir.subdir("www")?;
     let content = rng.bytes_between(40_000, 200_000);
     std::fs::write(www.join("blob.bin"), &content)?;
 
-    let mut node = NodeProcess::start(dir.path(), &www, backend)?;
+    let mut command = Command::new(NODE_BIN);
+    command.args(["--listen", "127.0.0.1:0", "--cores", "2", "--backend", backend, "--data-dir"]);
+    command.arg(dir.path().join("data")).arg("--www").arg(&www);
+    let mut node = NodeProcess::start(command.env("RUST_LOG", "info").env("RUST_BACKTRACE", "1"), dir.path())?;
+    ensure!(node.banner.contains(&format!("backend {backend}")), "node runs another backend: {}", node.banner);
     let target = node.addr;
     ensure!(target.ip().is_loopback(), "node listens on {target}, not loopback");
 
@@ -448,12 +311,8 @@ fn hostile_input(backend: &str) -> Result<()> {
     // Let the node process what is queued.
     std::thread::sleep(Duration::from_millis(300));
 
-    ensure!(
-        node.guard.running()?,
-        "node died under hostile input: {:?}\nstderr:\n{}",
-        node.guard.child.try_wait(),
-        node.stderr()
-    );
+    let status = node.exited()?;
+    ensure!(status.is_none(), "node died under hostile input: {status:?}\nstderr:\n{}", node.stderr());
 
     let answered = version_negotiation_answered(&socket, target, &mut rng)?;
     ensure!(
@@ -462,19 +321,13 @@ fn hostile_input(backend: &str) -> Result<()> {
         node.stderr()
     );
 
-    let fetched = fetch(target, "blob.bin", &dir.path().join("out"), backend)?;
+    let fetched = fetch(target, "blob.bin", &dir.path().join("out"), backend, dir.path())?;
     ensure!(fetched.len() == content.len(), "fetched {} bytes, served {}", fetched.len(), content.len());
     ensure!(fetched == content, "fetched bytes differ from the served file");
 
-    ensure!(node.guard.running()?, "node exited after the fetch\nstderr:\n{}", node.stderr());
-    node.guard.signal(libc::SIGTERM)?;
-    let status = node.guard.wait_for(Duration::from_secs(10))?;
+    ensure!(node.exited()?.is_none(), "node exited after the fetch\nstderr:\n{}", node.stderr());
+    node.stop_with(libc::SIGTERM, Duration::from_secs(10))?;
     let stderr = node.stderr();
-    ensure!(status.is_some(), "node still running 10 s after SIGTERM\nstderr:\n{stderr}");
-    ensure!(
-        status.is_some_and(|s| s.code() == Some(0)),
-        "node exited with {status:?} after SIGTERM\nstderr:\n{stderr}"
-    );
     for marker in ["panicked", "stack backtrace", "RUST_BACKTRACE"] {
         ensure!(!stderr.contains(marker), "node stderr contains '{marker}':\n{stderr}");
     }

@@ -23,150 +23,31 @@
 //!
 //! `ANT_QUIC_INTEROP_BIN=/path/to/ant-quic` tests another build of the node.
 //! Set `ANT_QUIC_INTEROP_VERBOSE=1` for aioquic DEBUG logs and qlog traces
-//! (kept with the node's stderr in the test's directory under
-//! `target/interop-aioquic/`, which is left in place when a test fails).
+//! (kept with the node's stderr in the test's directory under `target/tmp/`,
+//! which is left in place when a test fails).
+
+mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use sha2::{Digest, Sha256};
+use common::{parse_listening, random_bytes, run, sha256_hex, Finished, NodeProcess, Process, TempDir, NODE_BIN};
 
-const NODE_BIN: &str = env!("CARGO_BIN_EXE_ant-quic");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// Bound on everything a test does after the Python environment exists.
 const TEST_BUDGET: Duration = Duration::from_secs(120);
 /// Bound on building the Python environment (first run downloads aioquic).
 const PYENV_BUDGET: Duration = Duration::from_secs(300);
 
-// ---------------------------------------------------------------- processes
-
-/// A child process that is killed and reaped when dropped.
-struct ChildGuard {
-    name: String,
-    child: Option<Child>,
-}
-
-impl ChildGuard {
-    fn new(name: &str, child: Child) -> Self {
-        Self { name: name.to_string(), child: Some(child) }
-    }
-
-    fn child(&mut self) -> Result<&mut Child> {
-        self.child.as_mut().ok_or_else(|| anyhow!("{} already reaped", self.name))
-    }
-
-    /// `Some(status)` once the process has exited.
-    fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        Ok(self.child()?.try_wait()?)
-    }
-
-    /// Waits until the process exits or the deadline passes (then kills it).
-    fn wait_until(&mut self, deadline: Instant) -> Result<ExitStatus> {
-        loop {
-            if let Some(status) = self.exited()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child()?.kill();
-                let _ = self.child()?.wait();
-                bail!("{} did not finish in time; killed", self.name);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Lines of a child's stdout, read by a thread: delivered on a channel and
-/// kept in a transcript (the pipe is drained for the child's whole life).
-struct LineReader {
-    rx: mpsc::Receiver<String>,
-    transcript: Arc<Mutex<Vec<String>>>,
-}
-
-impl LineReader {
-    fn spawn(stream: impl Read + Send + 'static) -> Self {
-        let (tx, rx) = mpsc::channel();
-        let transcript = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&transcript);
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut t) = keep.lock() {
-                    t.push(line.clone());
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Self { rx, transcript }
-    }
-
-    /// The first line for which `pick` returns a value, before `deadline`.
-    /// Gives up early when the child exits (its stdout closes).
-    fn find<T>(&self, deadline: Instant, pick: impl Fn(&str) -> Option<T>) -> Result<T> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("timed out; stdout so far:\n{}", self.transcript());
-            }
-            match self.rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    if let Some(v) = pick(&line) {
-                        return Ok(v);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("stdout closed (process exited?); stdout was:\n{}", self.transcript());
-                }
-            }
-        }
-    }
-
-    fn transcript(&self) -> String {
-        self.transcript.lock().map(|t| t.join("\n")).unwrap_or_default()
-    }
-}
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command to completion with stdout/stderr captured in files, bounded
-/// by `deadline`.
-fn run_bounded(mut cmd: Command, name: &str, logs: &Path, deadline: Instant) -> Result<Finished> {
-    let out_path = logs.join(format!("{name}.stdout"));
-    let err_path = logs.join(format!("{name}.stderr"));
-    cmd.stdin(Stdio::null()).stdout(fs::File::create(&out_path)?).stderr(fs::File::create(&err_path)?);
-    let child = cmd.spawn().with_context(|| format!("spawning {name}: {cmd:?}"))?;
-    let mut guard = ChildGuard::new(name, child);
-    let status = guard.wait_until(deadline)?;
-    Ok(Finished {
-        status,
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-    })
+/// The time left until `deadline`.
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -199,7 +80,7 @@ fn make_python_env() -> Result<PathBuf> {
     fs::create_dir_all(&logs)?;
     let mut cmd = Command::new("bash");
     cmd.arg(Path::new(REPO).join("scripts/python-env.sh")).current_dir(REPO);
-    let done = run_bounded(cmd, "python-env", &logs, Instant::now() + PYENV_BUDGET)?;
+    let done = run("python-env", &mut cmd, &logs, PYENV_BUDGET)?;
     ensure!(done.status.success(), "scripts/python-env.sh failed ({}):\n{}", done.status, tail(&done.stderr, 40));
     let py = done
         .stdout
@@ -218,80 +99,12 @@ fn interop_script(name: &str) -> PathBuf {
 
 // ---------------------------------------------------------------- files
 
-/// A scratch directory under target/, removed unless the test failed.
-struct Scratch {
-    dir: PathBuf,
-    keep: bool,
-}
-
-impl Scratch {
-    fn new(test: &str) -> Result<Self> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-        let dir = Path::new(REPO).join("target/interop-aioquic").join(format!("{test}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&dir)?;
-        Ok(Self { dir, keep: true })
-    }
-
-    fn path(&self, rel: &str) -> Result<PathBuf> {
-        let p = self.dir.join(rel);
-        fs::create_dir_all(&p)?;
-        Ok(p)
-    }
-
-    fn passed(&mut self) {
-        self.keep = false;
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if self.keep {
-            eprintln!("interop: test files and logs kept in {}", self.dir.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// splitmix64: fast pseudo-random file contents, seeded per run.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Self {
-        let nanos =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x2545_f491_4f6c_dd1d);
-        Self(nanos ^ (u64::from(std::process::id()) << 32))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(len);
-        v
-    }
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 /// URL path → SHA-256 of the file served there.
 type Manifest = Vec<(String, String)>;
 
 /// Writes the test files into `www`, and a decoy `Cargo.toml` beside `www`
 /// (what `/../Cargo.toml` would reach if traversal were not refused).
 fn make_files(www: &Path) -> Result<Manifest> {
-    let mut rng = Rng::new();
     let files: [(&str, usize); 4] = [
         ("small.bin", 1024),
         ("medium.bin", 1024 * 1024),
@@ -300,7 +113,7 @@ fn make_files(www: &Path) -> Result<Manifest> {
     ];
     let mut manifest = Vec::new();
     for (rel, len) in files {
-        let data = rng.bytes(len);
+        let data = random_bytes(len)?;
         let path = www.join(rel);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
@@ -341,54 +154,14 @@ impl Backend {
     }
 }
 
-/// `listening on (\S+)` → the socket address, from one line of node output.
-fn parse_listening(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let token = rest.split_whitespace().next()?;
-    token.parse().ok().or_else(|| token.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-}
-
 fn node_log_level() -> String {
     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string())
 }
 
-struct Node {
-    guard: ChildGuard,
-    _stdout: LineReader,
-    addr: SocketAddr,
-    stderr_path: PathBuf,
-}
-
-impl Node {
-    fn start(www: &Path, data: &Path, logs: &Path, backend: Backend, deadline: Instant) -> Result<Self> {
-        let stderr_path = logs.join("node.stderr");
-        let mut cmd = Command::new(node_bin());
-        cmd.args(backend.args())
-            .args(["--listen", "127.0.0.1:0", "--www"])
-            .arg(www)
-            .arg("--data-dir")
-            .arg(data)
-            .env("RUST_LOG", node_log_level())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&stderr_path)?);
-        let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no node stdout"))?;
-        let guard = ChildGuard::new("ant-quic node", child);
-        let reader = LineReader::spawn(stdout);
-        let startup = deadline.min(Instant::now() + Duration::from_secs(30));
-        let addr = reader.find(startup, parse_listening).with_context(|| {
-            format!(
-                "node never printed `listening on ADDR`; stderr:\n{}",
-                tail(&fs::read_to_string(&stderr_path).unwrap_or_default(), 40)
-            )
-        })?;
-        Ok(Self { guard, _stdout: reader, addr, stderr_path })
-    }
-
-    fn stderr_tail(&self) -> String {
-        tail(&fs::read_to_string(&self.stderr_path).unwrap_or_default(), 60)
-    }
+fn start_node(www: &Path, data: &Path, logs: &Path, backend: Backend) -> Result<NodeProcess> {
+    let mut cmd = Command::new(node_bin());
+    cmd.args(backend.args()).args(["--listen", "127.0.0.1:0", "--www"]).arg(www).arg("--data-dir").arg(data);
+    NodeProcess::start(cmd.env("RUST_LOG", node_log_level()), logs)
 }
 
 // ---------------------------------------------------------------- hq_client
@@ -438,47 +211,31 @@ fn hq_client(
         cmd.arg("-v").arg("--qlog").arg(logs.join(format!("{name}-qlog")));
     }
     cmd.args(paths);
-    run_bounded(cmd, name, logs, deadline)
+    run(name, &mut cmd, logs, left(deadline))
 }
 
 // ---------------------------------------------------------------- hq_server
 
-struct HqServer {
-    _guard: ChildGuard,
-    _stdout: LineReader,
-    port: u16,
-}
-
-impl HqServer {
-    fn start(py: &Path, www: &Path, logs: &Path, retry: bool, deadline: Instant) -> Result<Self> {
-        let stderr_path = logs.join("hq_server.stderr");
-        let mut cmd = Command::new(py);
-        cmd.arg(interop_script("hq_server.py"))
-            .args(["--host", "127.0.0.1", "--port", "0", "--root"])
-            .arg(www)
-            .args(["--max-seconds", &TEST_BUDGET.as_secs().to_string()]);
-        if retry {
-            cmd.arg("--retry");
-        }
-        if verbose() {
-            cmd.arg("-v").arg("--qlog").arg(logs.join("hq_server-qlog"));
-        }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(fs::File::create(&stderr_path)?);
-        let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no hq_server stdout"))?;
-        let guard = ChildGuard::new("hq_server.py", child);
-        let reader = LineReader::spawn(stdout);
-        let startup = deadline.min(Instant::now() + Duration::from_secs(30));
-        let port = reader
-            .find(startup, |l| l.strip_prefix("READY ").and_then(|p| p.trim().parse::<u16>().ok()))
-            .with_context(|| {
-                format!(
-                    "hq_server.py never printed READY; stderr:\n{}",
-                    tail(&fs::read_to_string(&stderr_path).unwrap_or_default(), 40)
-                )
-            })?;
-        Ok(Self { _guard: guard, _stdout: reader, port })
+/// `hq_server.py` serving `www` on 127.0.0.1, and its port.
+fn start_hq_server(py: &Path, www: &Path, logs: &Path, retry: bool, deadline: Instant) -> Result<(Process, u16)> {
+    let mut cmd = Command::new(py);
+    cmd.arg(interop_script("hq_server.py"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--root"])
+        .arg(www)
+        .args(["--max-seconds", &TEST_BUDGET.as_secs().to_string()]);
+    if retry {
+        cmd.arg("--retry");
     }
+    if verbose() {
+        cmd.arg("-v").arg("--qlog").arg(logs.join("hq_server-qlog"));
+    }
+    let mut server = Process::spawn("hq_server", &mut cmd, logs)?;
+    let port = server
+        .stdout_line(left(deadline).min(Duration::from_secs(30)), |l| {
+            l.strip_prefix("READY ").and_then(|p| p.trim().parse::<u16>().ok())
+        })
+        .context("hq_server.py never printed READY")?;
+    Ok((server, port))
 }
 
 fn ant_quic_get(
@@ -497,7 +254,7 @@ fn ant_quic_get(
         .arg(out)
         .arg("--insecure")
         .env("RUST_LOG", node_log_level());
-    run_bounded(cmd, name, logs, deadline)
+    run(name, &mut cmd, logs, left(deadline))
 }
 
 /// Where `ant-quic get --output DIR` put the file fetched from `url_path`:
@@ -526,14 +283,14 @@ fn describe(done: &Finished) -> String {
 fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
     let py = python()?;
     let deadline = Instant::now() + TEST_BUDGET;
-    let mut scratch = Scratch::new(test)?;
-    let www = scratch.path("www")?;
-    let data = scratch.path("data")?;
-    let out = scratch.path("out")?;
-    let logs = scratch.path("logs")?;
+    let mut scratch = TempDir::new(&format!("interop-{test}"))?.keep_unless_passed();
+    let www = scratch.subdir("www")?;
+    let data = scratch.subdir("data")?;
+    let out = scratch.subdir("out")?;
+    let logs = scratch.subdir("logs")?;
     let manifest = make_files(&www)?;
 
-    let mut node = Node::start(&www, &data, &logs, backend, deadline)?;
+    let mut node = start_node(&www, &data, &logs, backend)?;
     eprintln!("interop: ant-quic node listening on {}", node.addr);
     ensure!(
         node.addr.ip().is_loopback() && node.addr.port() != 0,
@@ -547,7 +304,7 @@ fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
     let started = Instant::now();
     let done = hq_client(&py, node.addr, &out, &paths, &logs, "hq_client", deadline)?;
     eprintln!("interop: hq_client finished in {:?}: {}", started.elapsed(), done.status);
-    let context = || format!("hq_client {}\n--- node stderr ---\n{}", describe(&done), node.stderr_tail());
+    let context = || format!("hq_client {}\n--- node stderr ---\n{}", describe(&done), tail(&node.stderr(), 60));
 
     // exit 2 = the connection itself failed; 1 = some stream failed
     ensure!(matches!(done.status.code(), Some(0) | Some(1)), "connection-level failure: {}", context());
@@ -586,17 +343,17 @@ fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
     }
 
     // the node survived the refused requests and still serves
-    ensure!(node.guard.exited()?.is_none(), "node exited: {}", node.stderr_tail());
-    let out2 = scratch.path("out2")?;
+    ensure!(node.exited()?.is_none(), "node exited: {}", tail(&node.stderr(), 60));
+    let out2 = scratch.subdir("out2")?;
     let again = hq_client(&py, node.addr, &out2, &["/small.bin"], &logs, "hq_client-again", deadline)?;
     ensure!(
         again.status.success(),
         "second connection failed: {}\n--- node stderr ---\n{}",
         describe(&again),
-        node.stderr_tail()
+        tail(&node.stderr(), 60)
     );
     ensure!(file_sha(&out2.join("small.bin"))? == manifest[0].1, "second fetch of /small.bin differs");
-    ensure!(node.guard.exited()?.is_none(), "node exited: {}", node.stderr_tail());
+    ensure!(node.exited()?.is_none(), "node exited: {}", tail(&node.stderr(), 60));
 
     drop(node);
     scratch.passed();
@@ -606,17 +363,17 @@ fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
 fn get_from_aioquic(test: &str, retry: bool, all_files: bool, backend: Backend) -> Result<()> {
     let py = python()?;
     let deadline = Instant::now() + TEST_BUDGET;
-    let mut scratch = Scratch::new(test)?;
-    let www = scratch.path("www")?;
-    let out = scratch.path("out")?;
-    let logs = scratch.path("logs")?;
+    let mut scratch = TempDir::new(&format!("interop-{test}"))?.keep_unless_passed();
+    let www = scratch.subdir("www")?;
+    let out = scratch.subdir("out")?;
+    let logs = scratch.subdir("logs")?;
     let manifest = make_files(&www)?;
     let manifest: Manifest = if all_files { manifest } else { manifest.into_iter().take(2).collect() };
 
-    let server = HqServer::start(&py, &www, &logs, retry, deadline)?;
-    eprintln!("interop: aioquic hq_server on 127.0.0.1:{} (retry: {retry})", server.port);
-    let server_log = || tail(&fs::read_to_string(logs.join("hq_server.stderr")).unwrap_or_default(), 40);
-    let base = format!("https://127.0.0.1:{}", server.port);
+    let (server, port) = start_hq_server(&py, &www, &logs, retry, deadline)?;
+    eprintln!("interop: aioquic hq_server on 127.0.0.1:{port} (retry: {retry})");
+    let server_log = || tail(&server.stderr(), 40);
+    let base = format!("https://127.0.0.1:{port}");
     let urls: Vec<String> = manifest.iter().map(|(p, _)| format!("{base}{p}")).collect();
 
     let started = Instant::now();
@@ -635,7 +392,7 @@ fn get_from_aioquic(test: &str, retry: bool, all_files: bool, backend: Backend) 
         ensure!(&got == want, "{path} ({}): sha256 {got}, want {want}", file.display());
     }
 
-    let out_missing = scratch.path("out-missing")?;
+    let out_missing = scratch.subdir("out-missing")?;
     let missing =
         ant_quic_get(&[format!("{base}/missing.bin")], &out_missing, &logs, "get-missing", backend, deadline)?;
     ensure!(

@@ -36,24 +36,19 @@ fn upload_portable() {
 /// Download: a random file served by one node process, fetched by `ant-quic get` (authenticating
 /// the server by its peer ID), compared byte for byte through SHA-256.
 fn download(backend: BackendKind) {
-    let dir = TempDir::new(&format!("download-{backend}"));
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let payload = random_bytes(usize::try_from(size()).unwrap());
+    let dir = TempDir::new(&format!("download-{backend}")).unwrap();
+    let www = dir.subdir("www").unwrap();
+    let payload = random_bytes(usize::try_from(size()).unwrap()).unwrap();
     std::fs::write(www.join("payload.bin"), &payload).unwrap();
-    let data_dir = dir.path().join("server");
-    let mut server = NodeProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--cores",
-        "1",
-        "--backend",
-        backend.name(),
-        "--www",
-        www.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-    ]);
+    let mut server = NodeProcess::start(
+        Command::new(NODE_BIN)
+            .args(["--listen", "127.0.0.1:0", "--cores", "1", "--backend", backend.name(), "--www"])
+            .arg(&www)
+            .arg("--data-dir")
+            .arg(dir.path().join("server")),
+        dir.path(),
+    )
+    .unwrap();
     assert!(server.banner.contains(&format!("backend {backend}")), "{}", server.banner);
     let out = dir.path().join("out");
     let get = Command::new(NODE_BIN)
@@ -68,7 +63,7 @@ fn download(backend: BackendKind) {
     let sent_hash = sha256_hex(&payload);
     assert_eq!(sha256_hex(&received), sent_hash);
     assert!(stdout.contains(&sent_hash), "get printed another hash: {stdout}");
-    assert_eq!(server.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)).map(|s| s.success()), Some(true));
+    server.stop_with(libc::SIGTERM, Duration::from_secs(10)).unwrap();
 }
 
 #[test]

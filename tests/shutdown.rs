@@ -7,152 +7,36 @@
 //! All traffic stays on 127.0.0.1; every wait has a deadline; child processes are killed on
 //! every path by their guards.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::{Application, BackendKind, ConnId, ConnRef, Node, ReadOutcome};
 use ant_quic::node::{connect_request, start_client};
 use ant_quic::quinn_proto::{ConnectionError, StreamId};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
 use anyhow::{bail, ensure, Context, Result};
+use common::{NodeProcess, TempDir, NODE_BIN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ant-quic");
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Result<Self> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("ant-quic-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
+/// The node binary on a loopback port, with its data and stderr in `dir`.
+fn start_node(dir: &TempDir, extra: &[&str]) -> Result<NodeProcess> {
+    let mut command = Command::new(NODE_BIN);
+    command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data")).args(extra);
+    NodeProcess::start(command.env("RUST_LOG", "info"), dir.path())
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The node binary on a loopback port; killed (SIGKILL) and reaped when dropped unless it
-/// already exited.
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-    stderr: PathBuf,
-    _dir: TempDir,
-}
-
-impl NodeProcess {
-    fn start(label: &str, extra: &[&str]) -> Result<Self> {
-        let dir = TempDir::new(label)?;
-        let stderr = dir.path().join("node.stderr");
-        let child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr)?)
-            .spawn()
-            .context("starting the node")?;
-        let mut node = Self { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), stderr, _dir: dir };
-        let stdout = node.child.stdout.take().context("node stdout")?;
-        let (tx, rx) = mpsc::channel();
-        // Reads until the node closes stdout (it exits); ends by itself.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
-                bail!("node printed no listening line within 20 s; stderr:\n{}", node.stderr_text());
-            };
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                node.addr = addr.parse().with_context(|| format!("listening line: {line}"))?;
-                return Ok(node);
-            }
-        }
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: libc::c_int) -> Result<()> {
-        // SAFETY: kill(2) with the pid of a child we have not reaped yet (it cannot be reused).
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        ensure!(rc == 0, "kill({}, {signal}): {}", self.pid(), std::io::Error::last_os_error());
-        Ok(())
-    }
-
-    /// Wait for the exit, at most `limit`; `None` if it is still running then.
-    fn wait_for(&mut self, limit: Duration) -> Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(Some(status));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Send `signal` and require exit status 0 within `limit`; returns how long it took.
-    fn stop_with(&mut self, signal: libc::c_int, limit: Duration) -> Result<Duration> {
-        let sent = Instant::now();
-        self.signal(signal)?;
-        let status = self.wait_for(limit)?;
-        let took = sent.elapsed();
-        match status {
-            None => bail!("node still running {limit:?} after signal {signal}\nstderr:\n{}", self.stderr_text()),
-            Some(status) if status.code() == Some(0) => Ok(took),
-            Some(status) => bail!("node exited with {status} after signal {signal}\nstderr:\n{}", self.stderr_text()),
-        }
-    }
-
-    /// utime + stime of the whole process, in clock ticks (/proc/PID/stat fields 14 and 15).
-    fn cpu_ticks(&self) -> Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Field 2 (comm) is parenthesised and may hold spaces: count fields after the last ')'.
-        let rest = stat.rsplit_once(')').map(|(_, rest)| rest).context("no ')' in /proc/PID/stat")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // `rest` starts at field 3 (state): field N is at index N - 3.
-        let utime: u64 = fields.get(14 - 3).context("no utime")?.parse()?;
-        let stime: u64 = fields.get(15 - 3).context("no stime")?.parse()?;
-        Ok(utime + stime)
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
+/// utime + stime of the whole process `pid`, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn cpu_ticks(pid: libc::pid_t) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Field 2 (comm) is parenthesised and may hold spaces: count fields after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).context("no ')' in /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): field N is at index N - 3.
+    let utime: u64 = fields.get(14 - 3).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(15 - 3).context("no stime")?.parse()?;
+    Ok(utime + stime)
 }
 
 /// A client node in this process; shut down and joined when dropped.
@@ -221,7 +105,8 @@ fn next_event(events: &mpsc::Receiver<Seen>, deadline: Instant) -> Result<Seen> 
 }
 
 fn sigterm_with_open_connection(backend: BackendKind) -> Result<()> {
-    let mut node = NodeProcess::start(&format!("sigterm-{backend}"), &["--cores", "2", "--backend", backend.name()])?;
+    let dir = TempDir::new(&format!("sigterm-{backend}"))?;
+    let mut node = start_node(&dir, &["--cores", "2", "--backend", backend.name()])?;
 
     let (tx, events) = mpsc::channel();
     let client = start_client(
@@ -244,7 +129,7 @@ fn sigterm_with_open_connection(backend: BackendKind) -> Result<()> {
                 break;
             }
             Seen::ConnectFailed(error) => bail!("connect failed: {error}"),
-            other => bail!("before the echo: {other:?}\nnode stderr:\n{}", node.stderr_text()),
+            other => bail!("before the echo: {other:?}\nnode stderr:\n{}", node.stderr()),
         }
     }
     // Hold it open a moment, then stop the node.
@@ -268,7 +153,7 @@ fn sigterm_with_open_connection(backend: BackendKind) -> Result<()> {
         other => bail!("client saw {other:?}, want ApplicationClosed(0, \"node shutting down\") from the peer"),
     }
     drop(client);
-    let stderr = node.stderr_text();
+    let stderr = node.stderr();
     ensure!(!stderr.contains("panicked"), "node stderr has a panic:\n{stderr}");
     Ok(())
 }
@@ -284,7 +169,8 @@ fn sigterm_with_open_connection_portable() -> Result<()> {
 }
 
 fn sigint_idle(backend: BackendKind) -> Result<()> {
-    let mut node = NodeProcess::start(&format!("sigint-{backend}"), &["--backend", backend.name()])?;
+    let dir = TempDir::new(&format!("sigint-{backend}"))?;
+    let mut node = start_node(&dir, &["--backend", backend.name()])?;
     std::thread::sleep(Duration::from_millis(200));
     let took = node.stop_with(libc::SIGINT, Duration::from_secs(5))?;
     eprintln!("sigint[{backend}]: node exited 0 in {took:?}");
@@ -303,15 +189,16 @@ fn sigint_idle_portable() -> Result<()> {
 
 /// An idle node must sleep in the kernel: under 3% of one CPU over 3 s (all threads together).
 fn idle_cpu(backend: BackendKind) -> Result<()> {
-    let mut node = NodeProcess::start(&format!("idle-{backend}"), &["--cores", "2", "--backend", backend.name()])?;
+    let dir = TempDir::new(&format!("idle-{backend}"))?;
+    let mut node = start_node(&dir, &["--cores", "2", "--backend", backend.name()])?;
     // SAFETY: sysconf has no preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     ensure!(ticks_per_sec > 0, "sysconf(_SC_CLK_TCK) = {ticks_per_sec}");
     std::thread::sleep(Duration::from_secs(2));
-    let before = node.cpu_ticks()?;
+    let before = cpu_ticks(node.pid())?;
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
-    let after = node.cpu_ticks()?;
+    let after = cpu_ticks(node.pid())?;
     let wall = started.elapsed().as_secs_f64();
     let cpu = after.saturating_sub(before) as f64 / ticks_per_sec as f64;
     let share = cpu / wall;
@@ -324,7 +211,7 @@ fn idle_cpu(backend: BackendKind) -> Result<()> {
         share < 0.03,
         "idle node used {:.1}% of one CPU ({cpu:.3} s over {wall:.2} s): it does not sleep\nstderr:\n{}",
         share * 100.0,
-        node.stderr_text()
+        node.stderr()
     );
     node.stop_with(libc::SIGTERM, Duration::from_secs(5))?;
     Ok(())

@@ -1,153 +1,299 @@
-//! Shared pieces of the integration tests: running the `ant-quic` binary as a child process.
+//! Shared pieces of the integration tests: scratch directories and child processes (the
+//! `ant-quic` binary, or any other program) that are killed and reaped on every path.
+//!
+//! Helpers return `anyhow::Result`; tests use `?` or unwrap.
 
+// Each test binary uses a part of this module.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, ensure, Context, Result};
+
 /// The node binary under test.
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_ant-quic");
 
-/// A fresh directory under `target/test-tmp`, removed when dropped.
-pub struct TempDir(pub PathBuf);
+/// How long a node may take to announce its address.
+const NODE_STARTUP: Duration = Duration::from_secs(20);
+
+/// A fresh directory under `target/tmp`, removed when dropped (unless [`TempDir::keep_unless_passed`]).
+pub struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
 
 impl TempDir {
-    pub fn new(name: &str) -> Self {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
+    pub fn new(name: &str) -> Result<Self> {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, keep: false })
+    }
+
+    /// Keep the directory (and print where it is) when dropped before [`TempDir::passed`]: a
+    /// failed test leaves its files and logs behind.
+    pub fn keep_unless_passed(mut self) -> Self {
+        self.keep = true;
+        self
+    }
+
+    pub fn passed(&mut self) {
+        self.keep = false;
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
+    }
+
+    /// The subdirectory `name`, created.
+    pub fn subdir(&self, name: &str) -> Result<PathBuf> {
+        let path = self.path.join(name);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(path)
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.keep {
+            eprintln!("test files and logs kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
 
-/// A running `ant-quic` node process; killed and reaped when dropped.
+/// Lines of a child's stdout, read by a thread for the child's whole life (so it never blocks on
+/// a full pipe): delivered on a channel and kept in a transcript.
+struct LineReader {
+    rx: mpsc::Receiver<String>,
+    transcript: Arc<Mutex<Vec<String>>>,
+}
+
+impl LineReader {
+    fn spawn(stream: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let transcript = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::clone(&transcript);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut t) = keep.lock() {
+                    t.push(line.clone());
+                }
+                let _ = tx.send(line);
+            }
+        });
+        Self { rx, transcript }
+    }
+
+    /// The next line; `None` once the stream is closed; an error at `deadline`.
+    fn next(&self, deadline: Instant) -> Result<Option<String>> {
+        match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => Ok(Some(line)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Timeout) => bail!("timed out"),
+        }
+    }
+
+    /// Wait (until `deadline`) for the stream to close: the transcript is then complete.
+    fn wait_closed(&self, deadline: Instant) -> Result<()> {
+        while self.next(deadline)?.is_some() {}
+        Ok(())
+    }
+
+    fn transcript(&self) -> String {
+        self.transcript.lock().map(|t| t.join("\n")).unwrap_or_default()
+    }
+}
+
+/// A child process with stdin closed, stdout read line by line and stderr in `LOGS/NAME.stderr`;
+/// killed (SIGKILL) and reaped when dropped unless it already exited.
+pub struct Process {
+    name: String,
+    child: Child,
+    stdout: LineReader,
+    stderr_log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command, logs: &Path) -> Result<Self> {
+        let stderr_log = logs.join(format!("{name}.stderr"));
+        let stderr =
+            std::fs::File::create(&stderr_log).with_context(|| format!("creating {}", stderr_log.display()))?;
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+        let mut child = command.spawn().with_context(|| format!("spawning {name}: {command:?}"))?;
+        let stdout = LineReader::spawn(child.stdout.take().context("no stdout pipe")?);
+        Ok(Self { name: name.to_owned(), child, stdout, stderr_log })
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// The first stdout line, within `limit`, for which `pick` returns a value.
+    pub fn stdout_line<T>(&mut self, limit: Duration, mut pick: impl FnMut(&str) -> Option<T>) -> Result<T> {
+        let deadline = Instant::now() + limit;
+        let cause = loop {
+            match self.stdout.next(deadline) {
+                Ok(Some(line)) => {
+                    if let Some(found) = pick(&line) {
+                        return Ok(found);
+                    }
+                }
+                Ok(None) => break "closed its stdout".to_owned(),
+                Err(_) => break format!("printed no such line within {limit:?}"),
+            }
+        };
+        // A process that closed its stdout is exiting: give it a moment to report its status.
+        let status = self.wait_for(Duration::from_millis(200))?;
+        bail!(
+            "{} {cause} (exit status {status:?})\nstdout:\n{}\nstderr:\n{}",
+            self.name,
+            self.stdout.transcript(),
+            self.stderr()
+        )
+    }
+
+    /// Wait for the exit, at most `limit`; `None` if it is still running then.
+    fn wait_for(&mut self, limit: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        // SAFETY: kill(2) with the pid of a child we have not reaped yet (it cannot be reused).
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        ensure!(rc == 0, "kill({}, {signal}): {}", self.pid(), std::io::Error::last_os_error());
+        Ok(())
+    }
+
+    /// Send `signal` and require exit status 0 within `limit`; returns how long it took.
+    pub fn stop_with(&mut self, signal: libc::c_int, limit: Duration) -> Result<Duration> {
+        let sent = Instant::now();
+        self.signal(signal)?;
+        let status = self.wait_for(limit)?;
+        let took = sent.elapsed();
+        let name = &self.name;
+        match status {
+            None => bail!("{name} still running {limit:?} after signal {signal}\nstderr:\n{}", self.stderr()),
+            Some(status) if status.code() == Some(0) => Ok(took),
+            Some(status) => bail!("{name} exited with {status} after signal {signal}\nstderr:\n{}", self.stderr()),
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// What a process that ran to completion printed.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `command` (as [`Process::spawn`]) to completion; an error, with the process killed, if it
+/// is still running after `limit`.
+pub fn run(name: &str, command: &mut Command, logs: &Path, limit: Duration) -> Result<Finished> {
+    let mut process = Process::spawn(name, command, logs)?;
+    let Some(status) = process.wait_for(limit)? else {
+        bail!(
+            "{name} still running after {limit:?}; killed\nstdout:\n{}\nstderr:\n{}",
+            process.stdout.transcript(),
+            process.stderr()
+        );
+    };
+    // All of stdout (bounded: a grandchild could hold the pipe open).
+    let closed = process.stdout.wait_closed(Instant::now() + Duration::from_secs(5));
+    closed.with_context(|| format!("{name} exited but its stdout stays open"))?;
+    Ok(Finished { status, stdout: process.stdout.transcript(), stderr: process.stderr() })
+}
+
+/// `listening on (\S+)` → the socket address, from one line of node output.
+pub fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let token = rest.split_whitespace().next()?;
+    token.parse().ok().or_else(|| token.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+}
+
+/// A running `ant-quic` node (a [`Process`] named `node`) that announced its peer ID and address.
 pub struct NodeProcess {
-    child: Option<Child>,
+    process: Process,
     pub addr: SocketAddr,
+    /// From the line `ant-quic VERSION peer id HEX`; empty if the node printed none.
     pub peer_id: String,
     /// The line announcing the address, backend and crypto provider.
     pub banner: String,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl NodeProcess {
-    /// Start `ant-quic ARGS` and wait (at most 20 s) for it to announce its peer ID and address.
-    pub fn start(args: &[&str]) -> Self {
-        Self::start_with(Command::new(NODE_BIN).args(args))
-    }
-
-    /// Start a prepared command (extra environment, pre-exec hooks) the same way.
-    pub fn start_with(command: &mut Command) -> Self {
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn().unwrap();
-        let stderr = collect(child.stderr.take().unwrap());
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
+    /// Start a prepared node command (arguments, environment, pre-exec hooks); stderr goes to
+    /// `LOGS/node.stderr`. Waits (at most 20 s) for the `listening on ADDR` line.
+    pub fn start(command: &mut Command, logs: &Path) -> Result<Self> {
+        let mut process = Process::spawn("node", command, logs)?;
+        let mut peer_id = String::new();
+        let (addr, banner) = process
+            .stdout_line(NODE_STARTUP, |line| {
+                if let Some(rest) = line.split("peer id ").nth(1) {
+                    peer_id = rest.trim().to_owned();
                 }
-            }
-        });
-        let mut node = Self {
-            child: Some(child),
-            addr: "0.0.0.0:0".parse().unwrap(),
-            peer_id: String::new(),
-            banner: String::new(),
-            stderr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while node.addr.port() == 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("peer id ").nth(1) {
-                        node.peer_id = rest.trim().to_owned();
-                    }
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        node.banner = line.clone();
-                        node.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                    }
-                }
-                Err(_) => panic!("node did not start; stderr:\n{}", node.stderr()),
-            }
-        }
-        node
-    }
-
-    /// Everything the node wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    /// Send `signal` and wait (at most `limit`) for the exit status.
-    pub fn signal_and_wait(&mut self, signal: i32, limit: Duration) -> Option<ExitStatus> {
-        // SAFETY: kill has no memory arguments; the pid is our own child, not yet reaped.
-        unsafe { libc::kill(self.pid(), signal) };
-        let deadline = Instant::now() + limit;
-        let child = self.child.as_mut()?;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+                parse_listening(line).map(|addr| (addr, line.to_owned()))
+            })
+            .context("the node did not announce `listening on ADDR`")?;
+        Ok(Self { process, addr, peer_id, banner })
     }
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+impl Deref for NodeProcess {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
 }
 
-fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&text);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut text = sink.lock().unwrap();
-            text.push_str(&line);
-            text.push('\n');
-        }
-    });
-    text
+impl DerefMut for NodeProcess {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 /// Random bytes from the kernel.
-pub fn random_bytes(len: usize) -> Vec<u8> {
+pub fn random_bytes(len: usize) -> Result<Vec<u8>> {
     let mut out = vec![0u8; len];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut out).unwrap();
-    out
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut out)?;
+    Ok(out)
 }
 
 /// SHA-256 of `data`, hex.

@@ -198,12 +198,12 @@ impl<B: Backend> Core<B> {
             self.fire_timers(now);
             self.drive_dirty(now);
             self.wake_peers();
-            self.backend.flush()?;
 
             if let Some(since) = self.draining_since {
                 let open = self.conns.iter().filter(|c| c.is_some()).count();
                 if open == 0 || now.duration_since(since) > DRAIN_LIMIT {
-                    return Ok(());
+                    // The last CONNECTION_CLOSE packets leave before the core does.
+                    return self.backend.flush();
                 }
             }
 
@@ -214,7 +214,10 @@ impl<B: Backend> Core<B> {
                 let drain_tick = self.draining_since.map(|since| since + DRAIN_LIMIT);
                 [next, drain_tick].into_iter().flatten().min().map(|at| at.saturating_duration_since(Instant::now()))
             };
-            if timeout != Some(Duration::ZERO) {
+            // One submission per turn: `wait` submits what is queued before it sleeps.
+            if timeout == Some(Duration::ZERO) {
+                self.backend.flush()?;
+            } else {
                 self.backend.wait(timeout)?;
             }
         }

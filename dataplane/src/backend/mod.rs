@@ -113,7 +113,8 @@ pub trait Backend {
     /// How many datagrams one [`OutBatch`] may hold (1 when GSO is unavailable or was refused).
     fn max_gso_segments(&self) -> usize;
 
-    /// Block until a datagram can be received, a previously refused send may proceed, the core's
+    /// Push queued sends to the kernel (as [`Backend::flush`] does), then block until a datagram
+    /// can be received, a previously refused send may proceed, the core's
     /// waker fd becomes readable, or `timeout` passes (`None`: no timeout). Spurious returns are
     /// allowed. Must not drain the waker fd: the core does that.
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
@@ -127,7 +128,7 @@ pub trait Backend {
     /// resent one datagram at a time, and GSO stays off for this backend afterwards.
     fn send(&mut self, batch: OutBatch) -> Result<(), SendRefused>;
 
-    /// Push queued sends to the kernel (io_uring: submit). Called once per loop turn.
+    /// Push queued sends to the kernel (io_uring: submit), for a loop turn that does not wait.
     fn flush(&mut self) -> io::Result<()>;
 
     /// An empty buffer to build the next batch in, reusing one the kernel is done with.

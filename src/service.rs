@@ -391,3 +391,32 @@ impl Application for ServiceApp {
         self.streams.retain(|(conn, _), _| *conn != id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn www_root_serves_only_files_inside_it() {
+        let base = std::env::temp_dir().join(format!("ant-quic-www-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("www");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/inside.txt"), b"ok").unwrap();
+        std::fs::write(base.join("secret.txt"), b"no").unwrap();
+        std::os::unix::fs::symlink(base.join("secret.txt"), root.join("out-link")).unwrap();
+        std::os::unix::fs::symlink(root.join("sub/inside.txt"), root.join("in-link")).unwrap();
+        let www = WwwRoot::new(&root).unwrap();
+
+        assert!(www.resolve("/sub/inside.txt").is_some());
+        assert!(www.resolve("/in-link").is_some(), "a link that stays inside is served");
+        assert_eq!(www.resolve("/out-link"), None, "a link leading out is refused");
+        assert_eq!(www.resolve("/../secret.txt"), None);
+        assert_eq!(www.resolve("/sub/../../secret.txt"), None);
+        assert_eq!(www.resolve(&format!("/{}", base.join("secret.txt").display())), None);
+        assert_eq!(www.resolve("sub/inside.txt"), None, "paths start with /");
+        assert_eq!(www.resolve("/sub"), None, "directories are not files");
+        assert_eq!(www.resolve("/missing"), None);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

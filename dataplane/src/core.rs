@@ -5,6 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,9 @@ use crate::app::{AppMessage, Application, ConnId, ConnRef};
 use crate::backend::{Backend, OutBatch, RecvMeta, SendRefused};
 use crate::batch::split_gro;
 use crate::cid::{route, CidKey, Route};
+use crate::latency::{LatencySet, Recorder, LATENCY_QUEUE_CAPACITY};
 use crate::socket::Waker;
-use crate::stats::{bump, CoreStats, DropReason};
+use crate::stats::{bump, CloseClass, CoreStats, DropReason};
 
 /// How long a draining core waits for its connections to close before it exits.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -30,6 +32,8 @@ const TRANSMIT_BUDGET: usize = 16;
 const MAX_GSO_BYTES: usize = 65_507;
 /// Capacity of each core's command and hand-off queues.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
+/// Least time between two RTT samples of one connection.
+const RTT_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A request to open a connection, carried out on the chosen core.
 #[derive(Debug)]
@@ -49,6 +53,8 @@ pub(crate) enum Command {
     Connect(Box<ConnectRequest>),
     Message(AppMessage),
     Shutdown,
+    /// Test hook: block the core's thread for this long.
+    Stall(Duration),
 }
 
 /// A datagram received by one core for a connection owned by another.
@@ -66,6 +72,10 @@ pub(crate) struct CoreShared {
     pub(crate) commands: ArrayQueue<Command>,
     pub(crate) handoffs: ArrayQueue<Handoff>,
     pub(crate) stats: Arc<CoreStats>,
+    /// Latency histograms handed to the control thread.
+    pub(crate) latency: ArrayQueue<Box<LatencySet>>,
+    /// The control thread wants the current histograms now rather than at the next interval.
+    pub(crate) latency_wanted: AtomicBool,
 }
 
 impl std::fmt::Debug for CoreShared {
@@ -81,6 +91,8 @@ impl CoreShared {
             commands: ArrayQueue::new(QUEUE_CAPACITY),
             handoffs: ArrayQueue::new(QUEUE_CAPACITY),
             stats: Arc::new(CoreStats::default()),
+            latency: ArrayQueue::new(LATENCY_QUEUE_CAPACITY),
+            latency_wanted: AtomicBool::new(false),
         })
     }
 }
@@ -92,6 +104,12 @@ struct ConnState {
     queued_deadline: Option<Instant>,
     dirty: bool,
     closed_reported: bool,
+    /// When the connection was created, for the handshake duration.
+    created: Instant,
+    /// The handshake completed.
+    connected: bool,
+    /// Next time the RTT may be sampled.
+    next_rtt_sample: Instant,
 }
 
 /// The connections of one core, lent to application code in [`Application::on_message`].
@@ -150,6 +168,7 @@ pub(crate) struct Core<B: Backend> {
     draining_since: Option<Instant>,
     /// The socket is IPv6 (dual-stack): IPv4 peers are addressed as IPv4-mapped IPv6.
     ipv6_socket: bool,
+    recorder: Recorder,
 }
 
 impl<B: Backend> Core<B> {
@@ -182,12 +201,24 @@ impl<B: Backend> Core<B> {
             response_buf: Vec::new(),
             draining_since: None,
             ipv6_socket,
+            recorder: Recorder::new(),
         })
+    }
+
+    pub(crate) fn stats(&self) -> &CoreStats {
+        &self.shared.stats
     }
 
     /// Run until shut down and every connection is closed. Returns an error only when the
     /// socket or backend fails in a way the core cannot recover from.
     pub(crate) fn run(mut self) -> std::io::Result<()> {
+        let result = self.run_loop();
+        // What was recorded since the last hand-over is not lost at shutdown.
+        self.recorder.maybe_publish(Instant::now(), &self.shared.latency, true);
+        result
+    }
+
+    fn run_loop(&mut self) -> std::io::Result<()> {
         loop {
             let now = Instant::now();
             bump(&self.shared.stats.loop_turns, 1);
@@ -206,6 +237,12 @@ impl<B: Backend> Core<B> {
                     return self.backend.flush();
                 }
             }
+
+            let end = Instant::now();
+            self.recorder.loop_turn(end.saturating_duration_since(now));
+            let wanted = self.shared.latency_wanted.load(Ordering::Relaxed)
+                && self.shared.latency_wanted.swap(false, Ordering::Relaxed);
+            self.recorder.maybe_publish(end, &self.shared.latency, wanted);
 
             let timeout = if self.blocked.is_none() && !self.dirty.is_empty() {
                 Some(Duration::ZERO)
@@ -233,6 +270,10 @@ impl<B: Backend> Core<B> {
                     self.app.on_message(&mut conns, message);
                 }
                 Command::Shutdown => self.start_draining(now),
+                Command::Stall(duration) => {
+                    tracing::warn!(core = self.index, ?duration, "core stalled on request (test hook)");
+                    std::thread::sleep(duration);
+                }
             }
         }
     }
@@ -261,19 +302,31 @@ impl<B: Backend> Core<B> {
         match self.endpoint.connect(now, request.config, request.remote, &request.server_name) {
             Ok((handle, conn)) => {
                 bump(&self.shared.stats.connections_opened, 1);
-                self.insert(handle, conn, request.tag);
+                self.insert(now, handle, conn, request.tag);
             }
-            Err(error) => self.app.on_connect_failed(request.tag, &error),
+            Err(error) => {
+                bump(&self.shared.stats.connect_failures, 1);
+                self.app.on_connect_failed(request.tag, &error);
+            }
         }
     }
 
-    fn insert(&mut self, handle: ConnectionHandle, conn: Connection, tag: u64) {
+    fn insert(&mut self, now: Instant, handle: ConnectionHandle, conn: Connection, tag: u64) {
         let index = handle.0;
         if self.conns.len() <= index {
             self.conns.resize_with(index + 1, || None);
         }
         if let Some(slot) = self.conns.get_mut(index) {
-            *slot = Some(ConnState { conn, tag, queued_deadline: None, dirty: true, closed_reported: false });
+            *slot = Some(ConnState {
+                conn,
+                tag,
+                queued_deadline: None,
+                dirty: true,
+                closed_reported: false,
+                created: now,
+                connected: false,
+                next_rtt_sample: now,
+            });
             self.dirty.push(index);
         }
         self.publish_active();
@@ -366,7 +419,7 @@ impl<B: Backend> Core<B> {
                     match self.endpoint.accept(incoming, now, &mut response, None) {
                         Ok((handle, conn)) => {
                             bump(&self.shared.stats.connections_accepted, 1);
-                            self.insert(handle, conn, 0);
+                            self.insert(now, handle, conn, 0);
                         }
                         Err(error) => {
                             self.shared.stats.drop_datagram(DropReason::Refused);
@@ -471,10 +524,18 @@ impl<B: Backend> Core<B> {
                 Event::HandshakeDataReady | Event::DatagramReceived | Event::DatagramsUnblocked => {}
                 Event::Connected => {
                     bump(&self.shared.stats.handshakes_completed, 1);
+                    state.connected = true;
+                    self.recorder.handshake(now.saturating_duration_since(state.created));
                     self.app.on_connected(&mut conn);
                 }
                 Event::ConnectionLost { reason } => {
                     state.closed_reported = true;
+                    self.shared.stats.count_close(CloseClass::of(&reason));
+                    if state.connected {
+                        self.recorder.rtt(conn.inner.rtt());
+                    } else {
+                        bump(&self.shared.stats.handshake_failures, 1);
+                    }
                     self.app.on_closed(id, state.tag, &reason);
                 }
                 Event::Stream(StreamEvent::Opened { dir }) => {
@@ -492,6 +553,11 @@ impl<B: Backend> Core<B> {
                 }
                 Event::Stream(StreamEvent::Available { .. }) => self.app.on_streams_available(&mut conn),
             }
+        }
+
+        if state.connected && now >= state.next_rtt_sample {
+            self.recorder.rtt(state.conn.rtt());
+            state.next_rtt_sample = now + RTT_SAMPLE_INTERVAL;
         }
 
         // The kernel takes at most 64 KiB in one GSO send (the IP length field), whatever the
@@ -525,6 +591,7 @@ impl<B: Backend> Core<B> {
 
         if drained || state.conn.is_drained() {
             if !state.closed_reported {
+                self.shared.stats.count_close(CloseClass::Local);
                 self.app.on_closed(id, state.tag, &ConnectionError::LocallyClosed);
             }
             if let Some(slot) = self.conns.get_mut(index) {

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod batch;
 pub mod cid;
 mod core;
+pub mod latency;
 pub mod node;
 pub mod socket;
 pub mod stats;
@@ -20,7 +21,7 @@ pub mod stats;
 pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome};
 pub use backend::BackendKind;
 pub use core::{ConnectRequest, Connections};
-pub use node::{Node, NodeConfig, NodeError, StartError};
+pub use node::{Node, NodeConfig, NodeError, NodeHandle, StartError};
 pub use quinn_proto;
 
 /// Most datagrams put in one GSO send.

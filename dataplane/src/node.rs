@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use quinn_proto::{Endpoint, EndpointConfig, ServerConfig};
 
@@ -12,8 +13,9 @@ use crate::backend::portable::PortableBackend;
 use crate::backend::{Backend, BackendKind, BackendParams};
 use crate::cid::{CidKey, CoreCidGenerator};
 use crate::core::{Command, ConnectRequest, Core, CoreShared};
+use crate::latency::LatencySet;
 use crate::socket::{allowed_cpus, bind_reuseport_group, pin_current_thread, steer_group_to};
-use crate::stats::CoreStats;
+use crate::stats::{CoreStats, CoreStatus};
 
 /// Most cores one node runs: the owning core is one byte of each connection ID.
 pub const MAX_CORES: usize = 256;
@@ -162,9 +164,12 @@ impl Node {
             let automatic = config.backend.is_none();
             let cpu = config.pin_threads.then(|| cpus.get(index % cpus.len()).copied()).flatten();
             let core_byte = u8::try_from(index).map_err(|_| StartError::Cores(count))?;
+            let stats = all.get(index).map(|c| Arc::clone(&c.stats)).unwrap_or_default();
             let thread = std::thread::Builder::new()
                 .name(format!("ant-quic-core-{index}"))
                 .spawn(move || {
+                    // A panic on a core is caught here and reported (status, log, join), never silent.
+                    let run = std::panic::AssertUnwindSafe(move || -> std::io::Result<()> {
                     if let Some(cpu) = cpu {
                         if let Err(e) = pin_current_thread(cpu) {
                             tracing::warn!(core = index, cpu, error = %e, "cannot pin core thread; running unpinned");
@@ -206,6 +211,20 @@ impl Node {
                             StartError::BackendUnavailable { kind, reason: "io_uring needs Linux".into() },
                         ),
                     }
+                    });
+                    let outcome = match std::panic::catch_unwind(run) {
+                        Ok(outcome) => outcome,
+                        Err(panic) => Err(std::io::Error::other(panic_message(panic.as_ref()))),
+                    };
+                    match &outcome {
+                        Ok(()) => stats.set_status(CoreStatus::Stopped),
+                        Err(error) => {
+                            tracing::error!(core = index, %error, "core failed");
+                            let _ = stats.failure.set(error.to_string());
+                            stats.set_status(CoreStatus::Failed);
+                        }
+                    }
+                    outcome
                 })
                 .map_err(|e| StartError::Core(e.to_string()))?;
             threads.push(thread);
@@ -249,6 +268,19 @@ impl Node {
     /// Each core's counters, by core index.
     pub fn stats(&self) -> Vec<Arc<CoreStats>> {
         self.cores.iter().map(|c| Arc::clone(&c.stats)).collect()
+    }
+
+    /// A cheap, cloneable view of the cores for the control thread: counters, latency
+    /// histograms, wake-ups. It outlives nothing: it only keeps the shared state alive.
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle { cores: Arc::clone(&self.cores), backend: self.backend }
+    }
+
+    /// Test hook: make `core` block its thread for `duration` (as a stuck core would), for
+    /// liveness tests. Not for production use.
+    #[doc(hidden)]
+    pub fn stall_core(&self, core: usize, duration: Duration) -> Result<(), NodeError> {
+        self.command(core, Command::Stall(duration))
     }
 
     /// Open a connection from `core` (or the next core in turn). The outcome arrives at that
@@ -309,6 +341,59 @@ impl Node {
     }
 }
 
+/// What the control thread may touch of a running node; never makes a core wait.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    cores: Arc<[Arc<CoreShared>]>,
+    backend: BackendKind,
+}
+
+impl NodeHandle {
+    /// How many cores run.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// The backend every core runs.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Counters of `core`.
+    pub fn stats(&self, core: usize) -> Option<&CoreStats> {
+        self.cores.get(core).map(|c| &*c.stats)
+    }
+
+    /// Counters of every core, by index.
+    pub fn all_stats(&self) -> impl Iterator<Item = &CoreStats> {
+        self.cores.iter().map(|c| &*c.stats)
+    }
+
+    /// Wake `core` (its loop turns once even when idle): the liveness heartbeat.
+    pub fn wake(&self, core: usize) {
+        if let Some(shared) = self.cores.get(core) {
+            shared.waker.wake();
+        }
+    }
+
+    /// Ask every core to hand over its latency histograms at its next turn (and wake it).
+    pub fn request_latency(&self) {
+        for shared in self.cores.iter() {
+            shared.latency_wanted.store(true, Ordering::Relaxed);
+            shared.waker.wake();
+        }
+    }
+
+    /// Take the latency histograms `core` handed over since the last call.
+    pub fn take_latency(&self, core: usize, mut into: impl FnMut(Box<LatencySet>)) {
+        if let Some(shared) = self.cores.get(core) {
+            while let Some(set) = shared.latency.pop() {
+                into(set);
+            }
+        }
+    }
+}
+
 fn choose_backend(requested: Option<BackendKind>) -> Result<BackendKind, StartError> {
     #[cfg(target_os = "linux")]
     let uring = crate::backend::uring::probe().map_err(|e| e.to_string());
@@ -347,6 +432,7 @@ fn run_core<B: Backend>(
     let Some(core) = Core::new(index, all, cid_key, backend, endpoint, app, ipv6_socket) else {
         return fail(ready, StartError::Core(format!("core {index} has no shared state")));
     };
+    core.stats().set_status(CoreStatus::Running);
     let _ = ready.send(Ok(()));
     core.run()
 }

@@ -1,7 +1,10 @@
 //! Per-core counters. Each core is the only writer of its own [`CoreStats`]; other threads (the
 //! control thread, tests) read them without making the core wait.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use quinn_proto::{ConnectionError, TransportErrorCode};
 
 /// Upper bounds (inclusive) of the batch-size buckets: 1, 2, 4, 8, 16, 32, 64 and more.
 pub const BATCH_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, u64::MAX];
@@ -89,6 +92,16 @@ pub struct CoreStats {
     pub handshakes_completed: AtomicU64,
     /// Loop turns (for liveness: it moves while the core runs).
     pub loop_turns: AtomicU64,
+    /// Connections ended, by [`CloseClass`] (index: `CloseClass as usize`).
+    pub closes: [AtomicU64; CloseClass::ALL.len()],
+    /// Connections lost before their handshake completed.
+    pub handshake_failures: AtomicU64,
+    /// Connection attempts the endpoint refused to start (bad server name, no CIDs, ...).
+    pub connect_failures: AtomicU64,
+    /// Where the core is in its life ([`CoreStatus`] as a byte).
+    status: AtomicU8,
+    /// Why the core thread failed (error or panic message), set once.
+    pub failure: OnceLock<String>,
 }
 
 impl CoreStats {
@@ -103,6 +116,34 @@ impl CoreStats {
         bump(&self.tx_errors, 1);
     }
 
+    /// Count a connection that ended.
+    #[inline]
+    pub fn count_close(&self, class: CloseClass) {
+        if let Some(counter) = self.closes.get(class as usize) {
+            bump(counter, 1);
+        }
+    }
+
+    /// Connections ended with `class` so far.
+    pub fn closes(&self, class: CloseClass) -> u64 {
+        self.closes.get(class as usize).map_or(0, read)
+    }
+
+    /// Where the core is in its life.
+    pub fn status(&self) -> CoreStatus {
+        match self.status.load(Ordering::Acquire) {
+            1 => CoreStatus::Running,
+            2 => CoreStatus::Stopped,
+            3 => CoreStatus::Failed,
+            _ => CoreStatus::Starting,
+        }
+    }
+
+    /// Set by the core thread (and its panic guard) only.
+    pub fn set_status(&self, status: CoreStatus) {
+        self.status.store(status as u8, Ordering::Release);
+    }
+
     /// Count a dropped datagram.
     pub fn drop_datagram(&self, reason: DropReason) {
         let counter = match reason {
@@ -111,6 +152,105 @@ impl CoreStats {
             DropReason::Refused => &self.drops_refused,
         };
         bump(counter, 1);
+    }
+}
+
+/// Where a core is in its life, as the control thread sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CoreStatus {
+    /// The thread is setting up its socket and backend.
+    Starting = 0,
+    /// The loop runs.
+    Running = 1,
+    /// The loop ended normally (shutdown).
+    Stopped = 2,
+    /// The loop ended with an error or a panic; see [`CoreStats::failure`].
+    Failed = 3,
+}
+
+impl CoreStatus {
+    /// Lower-case name for logs and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// How a connection ended (RFC 9000 §10: idle timeout, immediate close, stateless reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseClass {
+    /// Closed by this node (application close or shutdown).
+    Local = 0,
+    /// The peer closed with an application close (graceful).
+    PeerApplication = 1,
+    /// The peer closed with a transport CONNECTION_CLOSE carrying an error code.
+    PeerTransport = 2,
+    /// This node detected a protocol violation.
+    TransportError = 3,
+    /// Idle timeout.
+    TimedOut = 4,
+    /// Stateless reset from the peer.
+    Reset = 5,
+    /// No common QUIC version.
+    VersionMismatch = 6,
+    /// Ran out of connection IDs.
+    CidsExhausted = 7,
+}
+
+impl CloseClass {
+    /// Every class, in index order.
+    pub const ALL: [CloseClass; 8] = [
+        Self::Local,
+        Self::PeerApplication,
+        Self::PeerTransport,
+        Self::TransportError,
+        Self::TimedOut,
+        Self::Reset,
+        Self::VersionMismatch,
+        Self::CidsExhausted,
+    ];
+
+    /// Classify a connection's end.
+    pub fn of(error: &ConnectionError) -> Self {
+        match error {
+            ConnectionError::VersionMismatch => Self::VersionMismatch,
+            ConnectionError::TransportError(_) => Self::TransportError,
+            // A transport close without error is a graceful end, like an application close.
+            ConnectionError::ConnectionClosed(close) if close.error_code == TransportErrorCode::NO_ERROR => {
+                Self::PeerApplication
+            }
+            ConnectionError::ConnectionClosed(_) => Self::PeerTransport,
+            ConnectionError::ApplicationClosed(_) => Self::PeerApplication,
+            ConnectionError::Reset => Self::Reset,
+            ConnectionError::TimedOut => Self::TimedOut,
+            ConnectionError::LocallyClosed => Self::Local,
+            ConnectionError::CidsExhausted => Self::CidsExhausted,
+        }
+    }
+
+    /// Label value for metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::PeerApplication => "peer_application",
+            Self::PeerTransport => "peer_transport_error",
+            Self::TransportError => "transport_error",
+            Self::TimedOut => "timed_out",
+            Self::Reset => "reset",
+            Self::VersionMismatch => "version_mismatch",
+            Self::CidsExhausted => "cids_exhausted",
+        }
+    }
+
+    /// Whether this end counts as an error (graceful closes do not).
+    pub fn is_error(self) -> bool {
+        !matches!(self, Self::Local | Self::PeerApplication)
     }
 }
 

@@ -1,9 +1,18 @@
 //! The control thread of an ant-quic node: everything that is not per-packet.
 //!
-//! Today it merges the per-core counters into node totals (for the shutdown summary); the
-//! metrics endpoint, liveness watch, configuration reload and NAT traversal signalling build on it.
+//! [`admin::AdminServer`] runs the control thread: the admin HTTP listener (`/metrics`, `/health`,
+//! `/ready`), the [`liveness`] watch over the cores, and the [`metrics`] merge of what the cores
+//! recorded. [`Totals`] adds up the per-core counters (for the shutdown summary).
 
+#![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+pub mod liveness;
+pub mod metrics;
+
+pub use admin::{AdminServer, NodeView};
+pub use metrics::Metrics;
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,0 +1,360 @@
+//! The admin HTTP/1.1 listener on the control thread: `GET /metrics`, `/health`, `/ready`.
+//!
+//! One thread serves every client and also runs the liveness watch. Sockets are non-blocking and
+//! each request is bounded in size ([`MAX_REQUEST`]) and time ([`REQUEST_DEADLINE`]), so a slow or
+//! hostile client cannot stall the thread; malformed requests get 400 and the connection is
+//! closed. Every response closes its connection (`Connection: close`).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ant_quic_dataplane::NodeHandle;
+
+use crate::liveness::{CoreHealth, Liveness};
+use crate::metrics::{CounterFn, Metrics};
+
+/// Largest request (line and headers) accepted; larger ones get 431 and are closed.
+pub const MAX_REQUEST: usize = 16 * 1024;
+/// A request must arrive whole within this time, or it gets 408.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Clients served at once; more are closed on accept.
+pub const MAX_CLIENTS: usize = 64;
+/// Longest the thread blocks writing one response to a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between polls when nothing happened.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+
+/// What the admin server shows about the node.
+#[derive(Clone)]
+pub struct NodeView {
+    /// The data plane.
+    pub node: NodeHandle,
+    /// The node's version (e.g. `env!("CARGO_PKG_VERSION")`).
+    pub version: String,
+    /// The node's peer ID.
+    pub peer_id: String,
+    /// When the node started (for `uptime_seconds`).
+    pub started: Instant,
+    /// Log lines the logger dropped under pressure, if it counts them.
+    pub log_lines_dropped: Option<CounterFn>,
+}
+
+impl std::fmt::Debug for NodeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeView")
+            .field("version", &self.version)
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Flags {
+    draining: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// The running control thread with its admin listener. Stops (and joins) on drop.
+#[derive(Debug)]
+pub struct AdminServer {
+    local_addr: SocketAddr,
+    flags: Arc<Flags>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Bind `bind` (TCP) and start the control thread.
+    pub fn start(bind: SocketAddr, view: NodeView) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind)?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let flags = Arc::new(Flags::default());
+        let thread_flags = Arc::clone(&flags);
+        let thread = std::thread::Builder::new()
+            .name("ant-quic-control".into())
+            .spawn(move || ControlThread::new(listener, view, thread_flags).run())?;
+        tracing::info!(%local_addr, "admin HTTP listening (/metrics /health /ready)");
+        Ok(Self { local_addr, flags, thread: Some(thread) })
+    }
+
+    /// The bound TCP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// From now on `/ready` answers 503 (the node is draining for shutdown).
+    pub fn set_draining(&self) {
+        self.flags.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Stop the thread and close the listener.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.flags.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("control thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    since: Instant,
+}
+
+struct ControlThread {
+    listener: TcpListener,
+    view: NodeView,
+    flags: Arc<Flags>,
+    metrics: Metrics,
+    liveness: Liveness,
+    clients: Vec<Client>,
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+    }
+}
+
+impl ControlThread {
+    fn new(listener: TcpListener, view: NodeView, flags: Arc<Flags>) -> Self {
+        let metrics = Metrics::new(view.node.clone(), view.log_lines_dropped.clone());
+        let liveness = Liveness::new(&view.node, Instant::now());
+        Self { listener, view, flags, metrics, liveness, clients: Vec::new() }
+    }
+
+    fn run(mut self) {
+        while !self.flags.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            self.liveness.tick(&self.view.node, now);
+            let busy = self.accept(now) | self.serve(now);
+            if !busy {
+                std::thread::sleep(IDLE_POLL);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    any = true;
+                    if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                        continue; // dropped: closed
+                    }
+                    self.clients.push(Client { stream, buf: Vec::new(), since: now });
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return any,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin accept failed");
+                    return any;
+                }
+            }
+        }
+    }
+
+    /// Read from every client; answer and close the ones whose request is complete or broken.
+    fn serve(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        let mut index = 0;
+        while index < self.clients.len() {
+            let outcome = match self.clients.get_mut(index) {
+                Some(client) => read_request(client, now),
+                None => break,
+            };
+            match outcome {
+                Progress::Waiting => index += 1,
+                Progress::Read => {
+                    any = true;
+                    index += 1;
+                }
+                Progress::Done(request) => {
+                    any = true;
+                    let client = self.clients.swap_remove(index);
+                    let response = match request {
+                        Ok((method, path)) => self.respond(&method, &path),
+                        Err(response) => response,
+                    };
+                    write_response(client.stream, &response);
+                }
+                Progress::Closed => {
+                    any = true;
+                    self.clients.swap_remove(index);
+                }
+            }
+        }
+        any
+    }
+
+    fn respond(&mut self, method: &str, path: &str) -> Response {
+        if method != "GET" {
+            return Response::text(405, "only GET\n");
+        }
+        let path = path.split('?').next().unwrap_or(path);
+        match path {
+            "/metrics" => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: self.metrics.encode(Some(&self.liveness)),
+            },
+            "/health" => self.health(),
+            "/ready" => {
+                let reason = if self.flags.draining.load(Ordering::Relaxed) {
+                    Some("draining".to_owned())
+                } else {
+                    self.liveness.not_ready_reason()
+                };
+                match reason {
+                    None => Response::text(200, "ready\n"),
+                    Some(reason) => Response::text(503, format!("not ready: {reason}\n")),
+                }
+            }
+            _ => Response::text(404, "not found: try /metrics, /health or /ready\n"),
+        }
+    }
+
+    fn health(&self) -> Response {
+        let reason = self.liveness.unhealthy_reason();
+        let cores: Vec<serde_json::Value> = self
+            .liveness
+            .health()
+            .enumerate()
+            .map(|(core, health)| {
+                let state = match health {
+                    CoreHealth::Starting => "starting",
+                    CoreHealth::Alive => "running",
+                    CoreHealth::Stalled(_) => "stalled",
+                    CoreHealth::Stopped => "stopped",
+                    CoreHealth::Failed(_) => "failed",
+                };
+                serde_json::json!({ "core": core, "alive": health.is_alive(), "state": state })
+            })
+            .collect();
+        let mut body = serde_json::json!({
+            "status": if reason.is_none() { "ok" } else { "unhealthy" },
+            "version": self.view.version,
+            "peer_id": self.view.peer_id,
+            "uptime_seconds": self.view.started.elapsed().as_secs(),
+            "backend": self.view.node.backend().name(),
+            "cores": cores,
+        });
+        if let (Some(reason), Some(object)) = (&reason, body.as_object_mut()) {
+            object.insert("reason".into(), serde_json::Value::String(reason.clone()));
+        }
+        Response {
+            status: if reason.is_none() { 200 } else { 503 },
+            content_type: "application/json",
+            body: format!("{body}\n"),
+        }
+    }
+}
+
+enum Progress {
+    /// Nothing new; keep the client.
+    Waiting,
+    /// Some bytes arrived, the request is not complete yet.
+    Read,
+    /// Answer with this (method and path, or an error response) and close.
+    Done(Result<(String, String), Response>),
+    /// The client went away; just close.
+    Closed,
+}
+
+fn read_request(client: &mut Client, now: Instant) -> Progress {
+    let mut chunk = [0u8; 4096];
+    let mut read_any = false;
+    loop {
+        match client.stream.read(&mut chunk) {
+            Ok(0) => {
+                // Closed before a whole request: answer 400 if anything came, best effort.
+                return if client.buf.is_empty() {
+                    Progress::Closed
+                } else {
+                    Progress::Done(Err(Response::text(400, "incomplete request\n")))
+                };
+            }
+            Ok(n) => {
+                read_any = true;
+                client.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                if client.buf.len() > MAX_REQUEST {
+                    return Progress::Done(Err(Response::text(431, "request too large\n")));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Progress::Closed,
+        }
+    }
+    if read_any {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&client.buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = request.method.unwrap_or_default().to_owned();
+                let path = request.path.unwrap_or_default().to_owned();
+                return Progress::Done(Ok((method, path)));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(error) => return Progress::Done(Err(Response::text(400, format!("bad request: {error}\n")))),
+        }
+    }
+    if now.duration_since(client.since) > REQUEST_DEADLINE {
+        return Progress::Done(Err(Response::text(408, "request timeout\n")));
+    }
+    if read_any {
+        Progress::Read
+    } else {
+        Progress::Waiting
+    }
+}
+
+fn write_response(mut stream: TcpStream, response: &Response) {
+    let reason = match response.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+        response.status,
+        response.content_type,
+        response.body.len(),
+        if response.status == 405 { "Allow: GET\r\n" } else { "" },
+    );
+    // Bounded: a client that does not read costs at most WRITE_TIMEOUT.
+    if stream.set_nonblocking(false).is_err() || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+        return;
+    }
+    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(response.body.as_bytes()));
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}

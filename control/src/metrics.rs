@@ -1,0 +1,342 @@
+//! The node's metrics in the Prometheus text exposition format (version 0.0.4).
+//!
+//! At each scrape the per-core counters are read (relaxed loads; the cores never wait) and the
+//! latency histograms the cores handed over are added into running totals.
+//!
+//! Format choice: the classic text format, not OpenMetrics. In OpenMetrics a counter family
+//! `quic_bytes_transmitted` is exposed as `quic_bytes_transmitted_total`, and the runbook's
+//! `rate(quic_bytes_transmitted[5m])` would find nothing. Here the series is named exactly
+//! `quic_bytes_transmitted`; it is declared `untyped` (it only ever grows, so `rate()` is correct)
+//! because `promtool check metrics` rejects a counter whose name lacks `_total`.
+//!
+//! Histograms (seconds) are converted from hdrhistogram data into cumulative `le` buckets, so
+//! `histogram_quantile(0.99, rate(quic_handshake_duration_bucket[5m]))` works; the precise
+//! percentiles since start (p50, p90, p99, p99.9 and max as quantile "1") are exported beside
+//! them as a summary named `<histogram>_quantiles`. `_sum` comes from hdrhistogram's mean, exact to
+//! its 1 % resolution.
+
+use std::fmt::{Display, Write as _};
+use std::sync::Arc;
+
+use ant_quic_dataplane::latency::LatencySet;
+use ant_quic_dataplane::stats::{read, CloseClass, CoreStats, BATCH_BUCKETS};
+use ant_quic_dataplane::NodeHandle;
+use hdrhistogram::Histogram;
+
+use crate::liveness::Liveness;
+
+/// A counter the binary provides (e.g. log lines dropped by the non-blocking writer).
+pub type CounterFn = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Bucket bounds (seconds) for handshake durations.
+const HANDSHAKE_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Bucket bounds (seconds) for RTT samples.
+const RTT_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Bucket bounds (seconds) for loop turns.
+const LOOP_BUCKETS: [f64; 12] =
+    [0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.01, 0.1];
+/// Precise percentiles exported next to each histogram; 1.0 is the maximum.
+const QUANTILES: [(f64, &str); 5] = [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999"), (1.0, "1")];
+
+/// One core's samples of a family: (label name, label value, value); an empty name: no label.
+type PerCore = dyn Fn(&CoreStats) -> Vec<(&'static str, &'static str, u64)>;
+
+/// Merges what the cores recorded and encodes it. Owned by the control thread.
+pub struct Metrics {
+    node: NodeHandle,
+    latency: Option<LatencySet>,
+    log_lines_dropped: Option<CounterFn>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics of `node`; `log_lines_dropped` reports lines the logger dropped under pressure.
+    pub fn new(node: NodeHandle, log_lines_dropped: Option<CounterFn>) -> Self {
+        Self { node, latency: LatencySet::new(), log_lines_dropped }
+    }
+
+    /// Add up the histograms the cores handed over, and ask them for fresh ones (they arrive by
+    /// the next call; a busy core hands over every 250 ms anyway).
+    pub fn merge_latency(&mut self) {
+        for core in 0..self.node.cores() {
+            let total = &mut self.latency;
+            self.node.take_latency(core, |set| {
+                if let Some(total) = total.as_mut() {
+                    total.add(&set);
+                }
+            });
+        }
+        self.node.request_latency();
+    }
+
+    /// The merged latency histograms since start.
+    pub fn latency(&self) -> Option<&LatencySet> {
+        self.latency.as_ref()
+    }
+
+    /// Merge and encode everything in the Prometheus text format.
+    pub fn encode(&mut self, liveness: Option<&Liveness>) -> String {
+        self.merge_latency();
+        let mut out = Text(String::with_capacity(16 * 1024));
+        let cores: Vec<&CoreStats> = self.node.all_stats().collect();
+        let sum = |f: &dyn Fn(&CoreStats) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
+
+        // The runbook's names.
+        out.family("quic_connections_total", "counter", "QUIC connections established (handshake completed).");
+        out.sample("quic_connections_total", &[], sum(&|c| read(&c.handshakes_completed)));
+        out.family("quic_connections_active", "gauge", "QUIC connections currently open.");
+        out.sample("quic_connections_active", &[], sum(&|c| read(&c.connections_active)));
+        out.family(
+            "quic_bytes_transmitted",
+            "untyped",
+            "UDP payload bytes sent and received by the node (monotonic; use rate()).",
+        );
+        out.sample("quic_bytes_transmitted", &[("direction", "sent")], sum(&|c| read(&c.tx_bytes)));
+        out.sample("quic_bytes_transmitted", &[("direction", "received")], sum(&|c| read(&c.rx_bytes)));
+        out.family(
+            "nat_traversal_success_rate",
+            "gauge",
+            "Share of NAT traversal attempts that succeeded (0 until NAT traversal is implemented).",
+        );
+        out.sample("nat_traversal_success_rate", &[], 0);
+        out.family("nat_traversal_attempts_total", "counter", "NAT traversal attempts (none until implemented).");
+        out.sample("nat_traversal_attempts_total", &[], 0);
+
+        out.family("quic_errors_total", "counter", "Errors by kind: connection ends other than graceful closes, handshake and connect failures, failed UDP sends.");
+        for class in CloseClass::ALL.into_iter().filter(|c| c.is_error()) {
+            out.sample("quic_errors_total", &[("kind", class.name())], sum(&|c| c.closes(class)));
+        }
+        out.sample("quic_errors_total", &[("kind", "handshake_failed")], sum(&|c| read(&c.handshake_failures)));
+        out.sample("quic_errors_total", &[("kind", "connect_failed")], sum(&|c| read(&c.connect_failures)));
+        out.sample("quic_errors_total", &[("kind", "send_failed")], sum(&|c| read(&c.tx_errors)));
+        out.family("quic_connection_closes_total", "counter", "Connections ended, by how they ended.");
+        for class in CloseClass::ALL {
+            out.sample("quic_connection_closes_total", &[("reason", class.name())], sum(&|c| c.closes(class)));
+        }
+
+        if let Some(latency) = &self.latency {
+            out.histogram(
+                "quic_handshake_duration",
+                "QUIC handshake duration in seconds, from connection creation to handshake completion.",
+                &latency.handshake,
+                &HANDSHAKE_BUCKETS,
+            );
+            out.histogram(
+                "quic_rtt_seconds",
+                "Smoothed RTT samples of connections, in seconds.",
+                &latency.rtt,
+                &RTT_BUCKETS,
+            );
+            out.histogram(
+                "ant_quic_core_loop_turn_seconds",
+                "Time cores spend on one event-loop turn (sleep excluded), in seconds.",
+                &latency.loop_turn,
+                &LOOP_BUCKETS,
+            );
+        }
+
+        // The data plane's own.
+        out.family("ant_quic_backend_info", "gauge", "The I/O backend the cores run (value 1).");
+        out.sample("ant_quic_backend_info", &[("backend", self.node.backend().name())], 1);
+        out.family("ant_quic_cores", "gauge", "Data-plane cores.");
+        out.sample("ant_quic_cores", &[], cores.len());
+        let per_core = |out: &mut Text, name: &str, kind: &str, help: &str, f: &PerCore| {
+            out.family(name, kind, help);
+            for (index, c) in cores.iter().enumerate() {
+                let core = index.to_string();
+                for (label, value, n) in f(c) {
+                    if label.is_empty() {
+                        out.sample(name, &[("core", &core)], n);
+                    } else {
+                        out.sample(name, &[("core", &core), (label, value)], n);
+                    }
+                }
+            }
+        };
+        per_core(&mut out, "ant_quic_core_packets_total", "counter", "UDP datagrams per core and direction.", &|c| {
+            vec![("direction", "sent", read(&c.tx_datagrams)), ("direction", "received", read(&c.rx_datagrams))]
+        });
+        per_core(&mut out, "ant_quic_core_bytes_total", "counter", "UDP payload bytes per core and direction.", &|c| {
+            vec![("direction", "sent", read(&c.tx_bytes)), ("direction", "received", read(&c.rx_bytes))]
+        });
+        per_core(&mut out, "ant_quic_core_drops_total", "counter", "Received datagrams dropped, by reason.", &|c| {
+            vec![
+                ("reason", "handoff_queue_full", read(&c.drops_handoff_full)),
+                ("reason", "malformed", read(&c.drops_malformed)),
+                ("reason", "refused", read(&c.drops_refused)),
+                ("reason", "no_receive_buffers", read(&c.rx_no_buffers)),
+                ("reason", "truncated", read(&c.rx_truncated)),
+            ]
+        });
+        per_core(
+            &mut out,
+            "ant_quic_core_handoffs_total",
+            "counter",
+            "Datagrams handed between cores (out: to the owning core; in: from another core).",
+            &|c| vec![("direction", "out", read(&c.handoffs_out)), ("direction", "in", read(&c.handoffs_in))],
+        );
+        per_core(
+            &mut out,
+            "ant_quic_core_gso_fallbacks_total",
+            "counter",
+            "GSO sends refused by the kernel and resent one datagram at a time.",
+            &|c| vec![("", "", read(&c.gso_fallbacks))],
+        );
+        per_core(
+            &mut out,
+            "ant_quic_core_loop_turns_total",
+            "counter",
+            "Event-loop turns (the liveness heartbeat).",
+            &|c| vec![("", "", read(&c.loop_turns))],
+        );
+        per_core(
+            &mut out,
+            "ant_quic_core_connections_accepted_total",
+            "counter",
+            "Connections accepted from peers.",
+            &|c| vec![("", "", read(&c.connections_accepted))],
+        );
+        per_core(&mut out, "ant_quic_core_connections_opened_total", "counter", "Connections opened to peers.", &|c| {
+            vec![("", "", read(&c.connections_opened))]
+        });
+        out.family(
+            "ant_quic_core_batch_datagrams",
+            "histogram",
+            "Datagrams per receive completion (GRO) or send (GSO); _sum is the datagrams counted.",
+        );
+        for (index, c) in cores.iter().enumerate() {
+            let core = index.to_string();
+            for (direction, buckets, datagrams) in [
+                ("received", c.rx_batch.snapshot(), read(&c.rx_datagrams)),
+                ("sent", c.tx_batch.snapshot(), read(&c.tx_datagrams)),
+            ] {
+                let mut cumulative = 0;
+                for (bound, n) in BATCH_BUCKETS.iter().zip(buckets) {
+                    cumulative += n;
+                    let le = if *bound == u64::MAX { "+Inf".to_owned() } else { bound.to_string() };
+                    out.sample(
+                        "ant_quic_core_batch_datagrams_bucket",
+                        &[("core", &core), ("direction", direction), ("le", &le)],
+                        cumulative,
+                    );
+                }
+                out.sample(
+                    "ant_quic_core_batch_datagrams_sum",
+                    &[("core", &core), ("direction", direction)],
+                    datagrams,
+                );
+                out.sample(
+                    "ant_quic_core_batch_datagrams_count",
+                    &[("core", &core), ("direction", direction)],
+                    cumulative,
+                );
+            }
+        }
+
+        if let Some(liveness) = liveness {
+            out.family(
+                "ant_quic_core_alive",
+                "gauge",
+                "1 while the core's loop turns, 0 when stalled, stopped or failed.",
+            );
+            for (core, health) in liveness.health().enumerate() {
+                out.sample("ant_quic_core_alive", &[("core", &core.to_string())], u8::from(health.is_alive()));
+            }
+            out.family("ant_quic_core_stalls_total", "counter", "Times a core's loop stopped turning for 2 s or more.");
+            for (core, n) in liveness.stalls().enumerate() {
+                out.sample("ant_quic_core_stalls_total", &[("core", &core.to_string())], n);
+            }
+            out.family("ant_quic_core_failures_total", "counter", "Core threads that ended with an error or a panic.");
+            for (core, n) in liveness.failures().enumerate() {
+                out.sample("ant_quic_core_failures_total", &[("core", &core.to_string())], n);
+            }
+        }
+        if let Some(dropped) = &self.log_lines_dropped {
+            out.family(
+                "ant_quic_log_lines_dropped_total",
+                "counter",
+                "Log lines dropped because the log writer was behind.",
+            );
+            out.sample("ant_quic_log_lines_dropped_total", &[], dropped());
+        }
+        out.0
+    }
+}
+
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                // Label values here are our own names and numbers: nothing to escape.
+                let _ = write!(self.0, "{key}=\"{value}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A histogram (nanosecond data, exported in seconds) and its precise percentiles.
+    fn histogram(&mut self, name: &str, help: &str, hist: &Histogram<u64>, bounds: &[f64]) {
+        self.family(name, "histogram", help);
+        let mut counts = vec![0u64; bounds.len()];
+        let mut beyond = 0u64;
+        for step in hist.iter_recorded() {
+            let seconds = step.value_iterated_to() as f64 / 1e9;
+            match bounds.iter().position(|&b| seconds <= b) {
+                Some(i) => {
+                    if let Some(c) = counts.get_mut(i) {
+                        *c += step.count_since_last_iteration();
+                    }
+                }
+                None => beyond += step.count_since_last_iteration(),
+            }
+        }
+        let mut cumulative = 0;
+        for (bound, n) in bounds.iter().zip(&counts) {
+            cumulative += n;
+            self.sample(&format!("{name}_bucket"), &[("le", &bound.to_string())], cumulative);
+        }
+        cumulative += beyond;
+        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], cumulative);
+        let sum = hist.mean() * hist.len() as f64 / 1e9;
+        self.sample(&format!("{name}_sum"), &[], sum);
+        self.sample(&format!("{name}_count"), &[], hist.len());
+
+        let summary = format!("{name}_quantiles");
+        self.family(
+            &summary,
+            "summary",
+            &format!("Precise percentiles since start of {name} (quantile 1 is the maximum), in seconds."),
+        );
+        for (q, label) in QUANTILES {
+            let value = if hist.is_empty() {
+                0.0
+            } else if q >= 1.0 {
+                hist.max() as f64 / 1e9
+            } else {
+                hist.value_at_quantile(q) as f64 / 1e9
+            };
+            self.sample(&summary, &[("quantile", label)], value);
+        }
+        self.sample(&format!("{summary}_sum"), &[], sum);
+        self.sample(&format!("{summary}_count"), &[], hist.len());
+    }
+}

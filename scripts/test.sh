@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Installs what the tests need on a fresh Debian machine
-# (iproute2 and ethtool for the namespace tests, a Python virtualenv with aioquic for interop),
+# (iproute2 and ethtool for the namespace tests, prometheus and promtool for the metrics tests,
+# a Python virtualenv with aioquic for interop),
 # then checks formatting and the panic-free policy, and runs every test with both crypto builds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,13 +11,15 @@ step() { printf '\n==> %s\n' "$*"; }
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
+# promtool and prometheus, for the metrics tests (tests/metrics.rs)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         step "installing ${missing[*]}"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "note: ${missing[*]} missing and cannot be installed here; the network-namespace tests will say so" >&2
+        echo "note: ${missing[*]} missing and cannot be installed here; the tests that need them will say so" >&2
     fi
 fi
 

@@ -1,0 +1,306 @@
+//! Metrics move by the right amounts after a known transfer, `/metrics` passes
+//! `promtool check metrics`, the alert rules pass `promtool check rules`, and a real Prometheus
+//! server scrapes a node and answers the runbook's queries.
+//!
+//! promtool and prometheus come from Debian's `prometheus` package (scripts/test.sh installs it);
+//! without them the tests that need them say so and skip.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ant_quic::client::{BulkApp, BulkPayload};
+use ant_quic::dataplane::Application;
+use ant_quic::node::{connect_request, start_client_on, start_server, NodeOptions, ServerNode};
+use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
+use ant_quic_control::{AdminServer, NodeView};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+struct Idle;
+impl Application for Idle {}
+
+fn server_with_admin() -> (ServerNode, AdminServer) {
+    let server = start_server(&NodeOptions {
+        listen: SocketAddr::new(LOCALHOST, 0),
+        cores: Some(1),
+        cpus: None,
+        ..NodeOptions::default()
+    })
+    .unwrap();
+    let view = NodeView {
+        node: server.node.handle(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        peer_id: server.identity.peer_id().to_string(),
+        started: Instant::now(),
+        log_lines_dropped: Some(Arc::new(|| 0)),
+    };
+    let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view).unwrap();
+    (server, admin)
+}
+
+/// Upload about `bytes` to `server` from a fresh client node; returns the payload bytes moved.
+fn upload(server: &ServerNode, bytes: u64) -> u64 {
+    let (tx, rx) = mpsc::channel();
+    let data = ant_quic::wire::filler();
+    let repeat = bytes.div_ceil(data.len() as u64);
+    let app = Mutex::new(Some(BulkApp::new(BulkPayload::Upload { data, repeat, hash: false }, false, tx)));
+    let client = start_client_on(
+        SocketAddr::new(LOCALHOST, 0),
+        1,
+        None,
+        None,
+        Arc::new(move |_core: usize| -> Box<dyn Application> {
+            match app.lock().unwrap().take() {
+                Some(app) => Box::new(app),
+                None => Box::new(Idle),
+            }
+        }),
+    )
+    .unwrap();
+    let request =
+        connect_request(server.node.local_addr(), ServerAuth::PeerId(server.identity.peer_id()), &[ALPN_ANT_QUIC], 1)
+            .unwrap();
+    client.connect(request, Some(0)).unwrap();
+    let outcome = rx.recv_timeout(Duration::from_secs(60)).expect("transfer did not finish");
+    client.shutdown();
+    client.join().unwrap();
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.remote_count, Some(outcome.bytes));
+    outcome.bytes
+}
+
+/// `GET path` on `addr`: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed), or 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Scrape until `done` holds (the cores hand their histograms over within about a second).
+fn scrape_until(addr: SocketAddr, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http_get(addr, "/metrics");
+        assert_eq!(status, 200);
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{what} never showed in /metrics:\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn have(program: &str) -> bool {
+    let found = Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !found {
+        eprintln!("SKIP: {program} not installed (Debian package `prometheus`; scripts/test.sh installs it)");
+    }
+    found
+}
+
+fn promtool_check_metrics(body: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed: {}{}\n{body}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_transfer_moves_counters_and_histograms() {
+    let (server, admin) = server_with_admin();
+    let addr = admin.local_addr();
+    let before = scrape_until(addr, "the first scrape", |_| true);
+    let connections = sample(&before, "quic_connections_total");
+    let received = sample(&before, "quic_bytes_transmitted{direction=\"received\"}");
+    let handshakes = sample(&before, "quic_handshake_duration_count");
+
+    const PAYLOAD: u64 = 4 << 20;
+    let moved = upload(&server, PAYLOAD);
+    assert!(moved >= PAYLOAD);
+
+    let after = scrape_until(addr, "the handshake", |m| sample(m, "quic_handshake_duration_count") >= handshakes + 1.0);
+    assert_eq!(sample(&after, "quic_connections_total"), connections + 1.0, "one connection established");
+    assert_eq!(sample(&after, "quic_handshake_duration_count"), handshakes + 1.0, "one handshake recorded");
+    let got = sample(&after, "quic_bytes_transmitted{direction=\"received\"}") - received;
+    assert!(got >= moved as f64, "received {got} bytes for a {moved}-byte upload");
+    assert!(sample(&after, "quic_bytes_transmitted{direction=\"sent\"}") > 0.0, "ACKs were sent");
+    assert!(sample(&after, "ant_quic_core_packets_total{core=\"0\",direction=\"received\"}") > 0.0);
+    assert!(sample(&after, "quic_handshake_duration_bucket{le=\"+Inf\"}") >= 1.0);
+    let p99 = sample(&after, "quic_handshake_duration_quantiles{quantile=\"0.99\"}");
+    assert!(p99 > 0.0 && p99 < 5.0, "handshake p99 {p99} s");
+    assert!(sample(&after, "quic_rtt_seconds_count") >= 1.0, "an RTT sample was taken");
+    assert!(sample(&after, "ant_quic_core_loop_turn_seconds_count") > 0.0);
+    assert!(after.contains("ant_quic_backend_info{backend=\""), "backend info missing");
+    assert_eq!(sample(&after, "ant_quic_core_alive{core=\"0\"}"), 1.0);
+    assert!(after.contains("nat_traversal_success_rate 0"));
+    assert!(after.contains("quic_errors_total{kind=\"timed_out\"}"));
+    assert!(after.contains("ant_quic_log_lines_dropped_total 0"));
+
+    if have("promtool") {
+        promtool_check_metrics(&after);
+    }
+    admin.shutdown();
+    server.node.shutdown();
+    server.node.join().unwrap();
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    if !have("promtool") {
+        return;
+    }
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
+    let output = Command::new("promtool").args(["check", "rules"]).arg(&rules).output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A Prometheus server, killed and reaped on drop, with its data in a scratch directory.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Self {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: ant-quic\n    static_configs:\n      - targets: ['{target}']\n",
+                rules.display()
+            ),
+        )
+        .unwrap();
+        let addr = {
+            let probe = TcpListener::bind((LOCALHOST, 0)).unwrap();
+            probe.local_addr().unwrap()
+        };
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child, dir, addr }
+    }
+
+    /// The result vector of an instant query, as JSON.
+    fn query(&self, promql: &str) -> Option<serde_json::Value> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        let stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).ok()?;
+        drop(stream);
+        let (status, body) = http_get(self.addr, &format!("/api/v1/query?query={encoded}"));
+        if status != 200 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(json["data"]["result"].clone())
+    }
+
+    /// Query until the first result's value satisfies `ok`, within `limit`.
+    fn wait_for(&self, promql: &str, limit: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let value = self
+                .query(promql)
+                .and_then(|r| r.get(0)?.get("value")?.get(1)?.as_str()?.parse::<f64>().ok())
+                .filter(|v| ok(*v));
+            if let Some(value) = value {
+                return value;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
+                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                panic!("Prometheus never answered `{promql}` as expected; last log lines (newest first):\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_node() {
+    if !have("prometheus") {
+        return;
+    }
+    let (server, admin) = server_with_admin();
+    let prometheus = Prometheus::start(admin.local_addr());
+    prometheus.wait_for("up{job=\"ant-quic\"}", Duration::from_secs(30), |v| v == 1.0);
+
+    upload(&server, 2 << 20);
+    let received = prometheus.wait_for(
+        "quic_bytes_transmitted{job=\"ant-quic\",direction=\"received\"}",
+        Duration::from_secs(20),
+        |v| v >= (2 << 20) as f64,
+    );
+    assert!(received >= (2 << 20) as f64);
+    prometheus.wait_for("quic_connections_total", Duration::from_secs(20), |v| v >= 1.0);
+    // The runbook's expressions, as written in deploy/prometheus/alerts.yml, evaluate.
+    prometheus.wait_for("sum(rate(quic_bytes_transmitted[5m]))", Duration::from_secs(20), |v| v > 0.0);
+    prometheus.wait_for(
+        "histogram_quantile(0.99, sum by (le) (rate(quic_handshake_duration_bucket[5m])))",
+        Duration::from_secs(20),
+        |v| v > 0.0 && v < 5.0,
+    );
+    prometheus.wait_for("sum(rate(quic_errors_total[5m]))", Duration::from_secs(10), |v| v >= 0.0);
+    drop(prometheus);
+    admin.shutdown();
+    server.node.shutdown();
+    server.node.join().unwrap();
+}

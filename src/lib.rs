@@ -35,7 +35,9 @@
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
 pub mod client;
+pub mod config;
 pub mod identity;
+pub mod logging;
 pub mod node;
 pub mod perf;
 pub mod service;

@@ -10,9 +10,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{Fetched, GetApp};
+use ant_quic::config::{Loader, Overrides};
 use ant_quic::dataplane::{Application, BackendKind};
 use ant_quic::identity::PeerId;
-use ant_quic::node::{connect_request, start_client, start_server, NodeOptions, DEFAULT_LISTEN};
+use ant_quic::node::{connect_request, start_client, start_server_with, NodeOptions};
 use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
 use ant_quic::Error;
 use clap::{Parser, Subcommand};
@@ -29,9 +30,12 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct NodeArgs {
-    /// UDP address to listen on.
-    #[arg(long, default_value_t = DEFAULT_LISTEN)]
-    listen: SocketAddr,
+    /// Configuration file (default: ./ant-quic.toml, then /etc/ant-quic/ant-quic.toml, if present).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on (default: 0.0.0.0:9000).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Data-plane cores (default: one per CPU this process may run on).
     #[arg(long)]
     cores: Option<usize>,
@@ -44,13 +48,53 @@ struct NodeArgs {
     /// Serve the files of this directory over hq-interop (HTTP/0.9 over QUIC).
     #[arg(long)]
     www: Option<PathBuf>,
+    /// TCP port of the admin HTTP listener (default: the number of the UDP listen port).
+    #[arg(long, value_name = "PORT")]
+    metrics_port: Option<u16>,
+    /// Log level or filter (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+impl NodeArgs {
+    fn loader(&self) -> Loader {
+        Loader {
+            path: self.config.clone(),
+            overrides: Overrides {
+                listen: self.listen,
+                cores: self.cores,
+                backend: self.backend,
+                data_dir: self.data_dir.clone(),
+                www: self.www.clone(),
+                metrics_port: self.metrics_port,
+                log_level: self.log_level.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Download files over hq-interop on one connection.
     Get(GetArgs),
+    /// Check a configuration file, or print the default one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE (with the ANT_QUIC_* environment applied) and print the effective config.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Print a commented configuration file holding every default.
+    Default,
+}
+
+/// Exit status for a configuration that cannot be used (as clap uses for bad arguments).
+const EXIT_CONFIG: u8 = 2;
 
 #[derive(Debug, clap::Args)]
 struct GetArgs {
@@ -76,11 +120,40 @@ struct GetArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    let result = match cli.command {
-        Some(Command::Get(args)) => get(&args),
+    match cli.command {
+        Some(Command::Get(args)) => {
+            let _logging = match ant_quic::logging::init(&ant_quic::config::LoggingSection::default()) {
+                Ok(logging) => logging,
+                Err(error) => return config_error(&error),
+            };
+            finish(get(&args))
+        }
+        Some(Command::Config(ConfigCommand::Default)) => {
+            print!("{}", ant_quic::config::DEFAULT_FILE);
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            match ant_quic::config::load(Some(&file), std::env::vars(), &Overrides::default()) {
+                Ok(loaded) => {
+                    for warning in &loaded.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    print!("{}", loaded.config.effective().to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => config_error(&error),
+            }
+        }
         None => run_node(&cli.node),
-    };
+    }
+}
+
+fn config_error(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn finish(result: Result<ExitCode, Error>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
@@ -90,32 +163,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
-fn default_data_dir() -> PathBuf {
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".ant-quic"),
-        None => PathBuf::from(".ant-quic"),
+fn run_node(args: &NodeArgs) -> ExitCode {
+    let loaded = match args.loader().load() {
+        Ok(loaded) => loaded,
+        Err(error) => return config_error(&error),
+    };
+    let config = loaded.config;
+    let security = match config.server_security() {
+        Ok(security) => security,
+        Err(error) => return config_error(&error),
+    };
+    // Kept until exit: dropping it flushes the log writers.
+    let _logging = match ant_quic::logging::init(&config.logging) {
+        Ok(logging) => logging,
+        Err(error) => return config_error(&error),
+    };
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
     }
+    if let Some(file) = &loaded.file {
+        tracing::info!(config = %file.display(), "configuration loaded");
+    }
+    let options = NodeOptions {
+        listen: config.node.listen,
+        cores: config.node.cores,
+        backend: config.node.backend.map(Into::into),
+        data_dir: Some(config.data_dir()),
+        www: config.node.www.clone(),
+        cpus: None,
+    };
+    finish(serve(&options, &security))
 }
 
-fn run_node(args: &NodeArgs) -> Result<ExitCode, Error> {
+fn serve(options: &NodeOptions, security: &ant_quic::tls::ServerSecurity) -> Result<ExitCode, Error> {
     // Block the shutdown signals before any core thread starts, so that every thread inherits
     // the mask and only this thread receives them, in sigwait.
     let signals = ShutdownSignals::block()?;
-    let options = NodeOptions {
-        listen: args.listen,
-        cores: args.cores,
-        backend: args.backend,
-        data_dir: Some(args.data_dir.clone().unwrap_or_else(default_data_dir)),
-        www: args.www.clone(),
-        cpus: None,
-    };
-    let server = start_server(&options)?;
+    let server = start_server_with(options, security)?;
     let node = &server.node;
     println!("ant-quic {} peer id {}", env!("CARGO_PKG_VERSION"), server.identity.peer_id());
     println!(

@@ -8,7 +8,7 @@ use ant_quic_dataplane::{AppFactory, Application, BackendKind, ConnectRequest, N
 
 use crate::identity::Identity;
 use crate::service::{ServiceApp, WwwRoot};
-use crate::tls::{self, ServerAuth, ALPN_ANT_QUIC, ALPN_HQ_INTEROP};
+use crate::tls::{self, ServerAuth, ServerSecurity, ALPN_ANT_QUIC, ALPN_HQ_INTEROP};
 use crate::Error;
 
 /// The UDP address a node listens on when none is given.
@@ -48,6 +48,12 @@ pub struct ServerNode {
 
 /// Start a node that accepts connections and serves its protocols.
 pub fn start_server(options: &NodeOptions) -> Result<ServerNode, Error> {
+    start_server_with(options, &ServerSecurity::default())
+}
+
+/// [`start_server`] with the `[security]` settings: the certificate to present and the client
+/// certificate policy.
+pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Result<ServerNode, Error> {
     let identity = match &options.data_dir {
         Some(dir) => Identity::load_or_create(dir)?,
         None => Identity::ephemeral()?,
@@ -58,7 +64,16 @@ pub fn start_server(options: &NodeOptions) -> Result<ServerNode, Error> {
         )),
         None => None,
     };
-    let server = tls::server_config(&identity, &[ALPN_ANT_QUIC, ALPN_HQ_INTEROP])?;
+    if let Some(certified) = &security.certificate {
+        if !certified.is_for(&identity) {
+            tracing::warn!(
+                peer_id = %identity.peer_id(),
+                "the configured TLS certificate does not carry this node's identity key: clients that \
+                 authenticate the node by peer ID will refuse it"
+            );
+        }
+    }
+    let server = tls::server_config_with(&identity, &[ALPN_ANT_QUIC, ALPN_HQ_INTEROP], security)?;
     let mut config = NodeConfig::new(options.listen, Some(Arc::new(server)));
     config.cores = options.cores;
     config.backend = options.backend;

@@ -1,13 +1,16 @@
 //! TLS 1.3 for QUIC (RFC 9001) with rustls: the crypto provider chosen at build time, server and
 //! client configurations, and the verifier that authenticates a peer by its peer ID.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::identity::{Identity, PeerId, CERT_NAME};
 
@@ -56,21 +59,133 @@ pub fn preferred_cipher_suite() -> String {
         .unwrap_or_default()
 }
 
+/// A certificate chain and its private key, loaded from PEM files.
+#[derive(Debug)]
+pub struct CertifiedKey {
+    /// End-entity certificate first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The key of the end-entity certificate.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for CertifiedKey {
+    fn clone(&self) -> Self {
+        Self { chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl CertifiedKey {
+    /// Load a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = load_certificates(cert)?;
+        let key_pem = read(key)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| TlsError(format!("{}: no PEM private key ({e})", key.display())))?;
+        Ok(Self { chain, key })
+    }
+
+    /// Whether the end-entity certificate carries the key of `identity` (then clients that pin
+    /// the peer ID still accept it).
+    pub fn is_for(&self, identity: &Identity) -> bool {
+        self.chain.first().and_then(PeerId::from_certificate) == Some(identity.peer_id())
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError(format!("cannot read {}: {e}", path.display())))
+}
+
+/// The certificates of a PEM file; at least one.
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError(format!("{}: not a PEM certificate file ({e})", path.display())))?;
+    if chain.is_empty() {
+        return Err(TlsError(format!("{}: no PEM certificate in the file", path.display())));
+    }
+    Ok(chain)
+}
+
+/// The CA certificates of a PEM file, as a trust store for client certificates.
+pub fn load_ca(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certificates(path)? {
+        roots.add(cert).map_err(|e| TlsError(format!("{}: unusable CA certificate ({e})", path.display())))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Whether and how the server asks clients for certificates.
+#[derive(Debug, Clone, Default)]
+pub enum ClientAuth {
+    /// No client certificates (the default: nodes authenticate servers by peer ID only).
+    #[default]
+    None,
+    /// Clients may present a certificate; one that is presented must chain to these CAs.
+    Optional(Arc<RootCertStore>),
+    /// Clients must present a certificate that chains to these CAs (mutual TLS).
+    Required(Arc<RootCertStore>),
+}
+
+/// The server-side settings of `[security]`: which certificate to present and whether to
+/// require client certificates.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSecurity {
+    /// Present this chain instead of the identity's self-signed certificate.
+    pub certificate: Option<CertifiedKey>,
+    /// Client certificate policy.
+    pub client_auth: ClientAuth,
+}
+
 /// Server side: our certificate, offering `alpns`.
 pub fn server_config(identity: &Identity, alpns: &[&[u8]]) -> Result<quinn_proto::ServerConfig, TlsError> {
-    let quic = QuicServerConfig::try_from(Arc::new(rustls_server_config(identity, alpns)?))
+    server_config_with(identity, alpns, &ServerSecurity::default())
+}
+
+/// Server side with the `[security]` settings.
+pub fn server_config_with(
+    identity: &Identity,
+    alpns: &[&[u8]],
+    security: &ServerSecurity,
+) -> Result<quinn_proto::ServerConfig, TlsError> {
+    let quic = QuicServerConfig::try_from(Arc::new(rustls_server_config_with(identity, alpns, security)?))
         .map_err(|e| TlsError(e.to_string()))?;
     Ok(quinn_proto::ServerConfig::with_crypto(Arc::new(quic)))
 }
 
 /// The rustls half of [`server_config`].
 pub fn rustls_server_config(identity: &Identity, alpns: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+    rustls_server_config_with(identity, alpns, &ServerSecurity::default())
+}
+
+/// The rustls half of [`server_config_with`].
+pub fn rustls_server_config_with(
+    identity: &Identity,
+    alpns: &[&[u8]],
+    security: &ServerSecurity,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(vec![identity.certificate()], identity.private_key())
         .map_err(|e| TlsError(e.to_string()))?;
+    let builder = match &security.client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Optional(roots) | ClientAuth::Required(roots) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), provider);
+            let verifier = if matches!(security.client_auth, ClientAuth::Optional(_)) {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError(format!("client CA: {e}")))?)
+        }
+    };
+    let (chain, key) = match &security.certificate {
+        Some(certified) => (certified.chain.clone(), certified.key.clone_key()),
+        None => (vec![identity.certificate()], identity.private_key()),
+    };
+    let mut tls = builder.with_single_cert(chain, key).map_err(|e| TlsError(e.to_string()))?;
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     tls.max_early_data_size = 0;
     Ok(tls)
@@ -88,21 +203,44 @@ pub enum ServerAuth {
 
 /// Client side, offering `alpns`.
 pub fn client_config(auth: ServerAuth, alpns: &[&[u8]]) -> Result<quinn_proto::ClientConfig, TlsError> {
-    let quic = QuicClientConfig::try_from(Arc::new(rustls_client_config(auth, alpns)?))
+    client_config_with(auth, alpns, None)
+}
+
+/// Client side, presenting `identity` to servers that ask for a client certificate.
+pub fn client_config_with(
+    auth: ServerAuth,
+    alpns: &[&[u8]],
+    identity: Option<&CertifiedKey>,
+) -> Result<quinn_proto::ClientConfig, TlsError> {
+    let quic = QuicClientConfig::try_from(Arc::new(rustls_client_config_with(auth, alpns, identity)?))
         .map_err(|e| TlsError(e.to_string()))?;
     Ok(quinn_proto::ClientConfig::new(Arc::new(quic)))
 }
 
 /// The rustls half of [`client_config`].
 pub fn rustls_client_config(auth: ServerAuth, alpns: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+    rustls_client_config_with(auth, alpns, None)
+}
+
+/// The rustls half of [`client_config_with`].
+pub fn rustls_client_config_with(
+    auth: ServerAuth,
+    alpns: &[&[u8]],
+    identity: Option<&CertifiedKey>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(PeerIdVerifier { expected: auth, provider: Arc::clone(&provider) });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut tls = match identity {
+        Some(certified) => builder
+            .with_client_auth_cert(certified.chain.clone(), certified.key.clone_key())
+            .map_err(|e| TlsError(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     Ok(tls)
 }

@@ -1,0 +1,188 @@
+//! The admin HTTP listener: `/health` follows the cores' liveness (503 while a core is stalled,
+//! 200 again after), `/ready` follows start and drain, and malformed or hostile requests get an
+//! error status or a closed connection while the node keeps serving QUIC.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ant_quic::client::{BulkApp, BulkPayload};
+use ant_quic::dataplane::Application;
+use ant_quic::node::{connect_request, start_client_on, start_server, NodeOptions, ServerNode};
+use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
+use ant_quic_control::{AdminServer, NodeView};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+struct Idle;
+impl Application for Idle {}
+
+fn server_with_admin(cores: usize) -> (ServerNode, AdminServer) {
+    let server = start_server(&NodeOptions {
+        listen: SocketAddr::new(LOCALHOST, 0),
+        cores: Some(cores),
+        cpus: None,
+        ..NodeOptions::default()
+    })
+    .unwrap();
+    let view = NodeView {
+        node: server.node.handle(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        peer_id: server.identity.peer_id().to_string(),
+        started: Instant::now(),
+        log_lines_dropped: None,
+    };
+    let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view).unwrap();
+    (server, admin)
+}
+
+/// Send raw bytes, half-close, read the answer: (status or 0 when closed without one, body).
+fn exchange(addr: SocketAddr, request: &[u8], half_close: bool) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A server that closes early may reset a large write: that is an acceptable answer too.
+    let _ = stream.write_all(request);
+    if half_close {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(), false)
+}
+
+fn wait_status(addr: SocketAddr, path: &str, want: u16, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, body) = get(addr, path);
+        if status == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{path} stayed {status}, wanted {want}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A 1 MiB upload to `server` completes intact.
+fn transfer_works(server: &ServerNode) {
+    let (tx, rx) = mpsc::channel();
+    let data = ant_quic::wire::filler();
+    let repeat = (1u64 << 20).div_ceil(data.len() as u64);
+    let app = Mutex::new(Some(BulkApp::new(BulkPayload::Upload { data, repeat, hash: true }, true, tx)));
+    let client = start_client_on(
+        SocketAddr::new(LOCALHOST, 0),
+        1,
+        None,
+        None,
+        Arc::new(move |_core: usize| -> Box<dyn Application> {
+            match app.lock().unwrap().take() {
+                Some(app) => Box::new(app),
+                None => Box::new(Idle),
+            }
+        }),
+    )
+    .unwrap();
+    let request =
+        connect_request(server.node.local_addr(), ServerAuth::PeerId(server.identity.peer_id()), &[ALPN_ANT_QUIC], 1)
+            .unwrap();
+    client.connect(request, Some(0)).unwrap();
+    let outcome = rx.recv_timeout(Duration::from_secs(60)).expect("transfer did not finish");
+    client.shutdown();
+    client.join().unwrap();
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.remote_sha256, Some(outcome.local_sha256), "payload differs at the two ends");
+}
+
+#[test]
+fn health_turns_503_while_a_core_stalls_and_200_after() {
+    let (server, admin) = server_with_admin(2);
+    let addr = admin.local_addr();
+
+    let body = wait_status(addr, "/health", 200, Duration::from_secs(5));
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(json["peer_id"], server.identity.peer_id().to_string());
+    assert_eq!(json["backend"], server.node.backend().name());
+    assert!(json["uptime_seconds"].is_u64());
+    assert_eq!(json["cores"].as_array().map(Vec::len), Some(2));
+    assert_eq!(json["cores"][1]["alive"], true);
+
+    // Idle cores sleep in the kernel; the liveness wake-ups keep them healthy well past the
+    // stall threshold.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(get(addr, "/health").0, 200, "an idle core was taken for a stalled one");
+
+    server.node.stall_core(1, Duration::from_secs(5)).unwrap();
+    let body = wait_status(addr, "/health", 503, Duration::from_secs(5));
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["status"], "unhealthy");
+    assert_eq!(json["cores"][1]["alive"], false);
+    assert_eq!(json["cores"][0]["alive"], true);
+    assert!(json["reason"].as_str().unwrap().contains("core 1 stalled"), "{body}");
+    let (_, metrics) = get(addr, "/metrics");
+    assert!(metrics.contains("ant_quic_core_alive{core=\"1\"} 0"), "{metrics}");
+    assert!(metrics.contains("ant_quic_core_stalls_total{core=\"1\"} 1"), "{metrics}");
+
+    wait_status(addr, "/health", 200, Duration::from_secs(8));
+    transfer_works(&server);
+    admin.shutdown();
+    server.node.shutdown();
+    server.node.join().unwrap();
+}
+
+#[test]
+fn ready_while_running_and_503_while_draining() {
+    let (server, admin) = server_with_admin(1);
+    let addr = admin.local_addr();
+    wait_status(addr, "/ready", 200, Duration::from_secs(5));
+    admin.set_draining();
+    let body = wait_status(addr, "/ready", 503, Duration::from_secs(2));
+    assert!(body.contains("draining"), "{body}");
+    server.node.shutdown();
+    // Stopped cores: not ready and not healthy, with the reason.
+    let body = wait_status(addr, "/health", 503, Duration::from_secs(5));
+    assert!(body.contains("stopped"), "{body}");
+    server.node.join().unwrap();
+    admin.shutdown();
+}
+
+#[test]
+fn malformed_requests_are_refused_and_the_node_keeps_serving() {
+    let (server, admin) = server_with_admin(1);
+    let addr = admin.local_addr();
+
+    assert_eq!(exchange(addr, b"\x00\x01garbage\r\n\r\n", false).0, 400, "binary garbage");
+    assert_eq!(exchange(addr, b"GET /health HTTP/9.9\r\n\r\n", false).0, 400, "bad version");
+    assert_eq!(exchange(addr, b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n", false).0, 400, "bad header");
+    let huge = format!("GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let (status, _) = exchange(addr, huge.as_bytes(), false);
+    assert!(status == 431 || status == 0, "huge header answered {status}");
+    let many: String = (0..100).map(|i| format!("X-{i}: v\r\n")).collect();
+    assert_eq!(exchange(addr, format!("GET /health HTTP/1.1\r\n{many}\r\n").as_bytes(), false).0, 400, "100 headers");
+    // Incomplete request, then the client closes its side.
+    assert_eq!(exchange(addr, b"GET /heal", true).0, 400, "incomplete request");
+    assert_eq!(exchange(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", false).0, 405, "wrong method");
+    assert_eq!(get(addr, "/nope").0, 404);
+
+    // A client that connects and says nothing does not hold up others.
+    let silent = TcpStream::connect(addr).unwrap();
+    let started = Instant::now();
+    assert_eq!(get(addr, "/health").0, 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "a silent client stalled the listener");
+    drop(silent);
+
+    assert_eq!(get(addr, "/metrics").0, 200);
+    transfer_works(&server);
+    assert_eq!(get(addr, "/health").0, 200);
+    admin.shutdown();
+    server.node.shutdown();
+    server.node.join().unwrap();
+}

@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{BulkApp, BulkPayload};
-use ant_quic::dataplane::Application;
+use ant_quic::dataplane::{AppMessage, Application, Connections, Node, NodeConfig, NodeError};
 use ant_quic::node::{connect_request, start_client_on, start_server, NodeOptions, ServerNode};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
 use ant_quic_control::{AdminServer, NodeView};
@@ -185,4 +185,48 @@ fn malformed_requests_are_refused_and_the_node_keeps_serving() {
     admin.shutdown();
     server.node.shutdown();
     server.node.join().unwrap();
+}
+
+/// Panics on any message: a bug on a core thread.
+struct Panicky;
+impl Application for Panicky {
+    fn on_message(&mut self, _conns: &mut Connections<'_>, _message: AppMessage) {
+        panic!("deliberate panic on the core (test)");
+    }
+}
+
+#[test]
+fn a_panic_on_a_core_is_caught_and_reported() {
+    let mut config = NodeConfig::new(SocketAddr::new(LOCALHOST, 0), None);
+    config.cores = Some(2);
+    config.pin_threads = false;
+    let node = Node::start(config, Arc::new(|_core: usize| -> Box<dyn Application> { Box::new(Panicky) })).unwrap();
+    let view = NodeView {
+        node: node.handle(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        peer_id: "test".into(),
+        started: Instant::now(),
+        log_lines_dropped: None,
+    };
+    let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view).unwrap();
+    let addr = admin.local_addr();
+    wait_status(addr, "/health", 200, Duration::from_secs(5));
+
+    node.send_message(1, Box::new(())).unwrap();
+    let body = wait_status(addr, "/health", 503, Duration::from_secs(5));
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["cores"][1]["state"], "failed", "{body}");
+    assert_eq!(json["cores"][0]["alive"], true, "{body}");
+    let reason = json["reason"].as_str().unwrap();
+    assert!(reason.contains("core 1 failed") && reason.contains("deliberate panic"), "{body}");
+    assert_eq!(get(addr, "/ready").0, 503);
+    let (_, metrics) = get(addr, "/metrics");
+    assert!(metrics.contains("ant_quic_core_failures_total{core=\"1\"} 1"), "{metrics}");
+
+    admin.shutdown();
+    node.shutdown();
+    match node.join() {
+        Err(NodeError::CoreFailed { core: 1, reason }) => assert!(reason.contains("deliberate panic"), "{reason}"),
+        other => panic!("join should report core 1's panic, got {other:?}"),
+    }
 }

@@ -259,7 +259,7 @@ impl Config {
 
     /// The config as TOML.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
 
     /// The TLS settings of `[security]`, with the files loaded.
@@ -531,12 +531,14 @@ fn parse_file(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigEr
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let mut warnings = Vec::new();
     let mut renamed_in_place = true;
-    for renamed in RENAMED_KEYS {
+    let mut found: Vec<(Option<usize>, &RenamedKey)> = RENAMED_KEYS
+        .iter()
+        .filter(|r| table.get(r.section).and_then(toml::Value::as_table).is_some_and(|s| s.contains_key(r.old)))
+        .map(|r| (key_line(text, r.section, r.old), r))
+        .collect();
+    found.sort_by_key(|(line, _)| *line);
+    for (line, renamed) in found {
         let Some(section) = table.get(renamed.section).and_then(toml::Value::as_table) else { continue };
-        if !section.contains_key(renamed.old) {
-            continue;
-        }
-        let line = key_line(text, renamed.section, renamed.old);
         let origin = Origin::File { path: path.to_owned(), line }.to_string();
         let (section_name, old, new) = (renamed.section, renamed.old, renamed.new);
         if !support {
@@ -687,7 +689,18 @@ fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Result<(), Co
             return Err(fail("node.bootstrap", format!("[node] bootstrap: '{peer}' is not HOST:PORT")));
         }
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&config.logging.level) {
+    let level = config.logging.level.trim();
+    let plain = !level.contains(['=', ',', '[', ':']);
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if plain && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+        return Err(fail(
+            "logging.level",
+            format!(
+                "[logging] level '{level}' is not one of off, error, warn, info, debug, trace (or a RUST_LOG filter)"
+            ),
+        ));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
         return Err(fail(
             "logging.level",
             format!("[logging] level '{}' is not a level or filter: {e}", config.logging.level),

@@ -340,3 +340,51 @@ impl Text {
         self.sample(&format!("{summary}_count"), &[], hist.len());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .map_or(f64::NAN, |v| v.parse().unwrap())
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_seconds_and_percentiles_precise() {
+        let mut hist = ant_quic_dataplane::latency::new_histogram().unwrap();
+        // 90 handshakes of 2 ms, 9 of 20 ms, one of 3 s.
+        hist.record_n(2_000_000, 90).unwrap();
+        hist.record_n(20_000_000, 9).unwrap();
+        hist.record(3_000_000_000).unwrap();
+        let mut out = Text(String::new());
+        out.histogram("h", "test", &hist, &HANDSHAKE_BUCKETS);
+        let text = out.0;
+        assert_eq!(value(&text, "h_bucket{le=\"0.001\"}"), 0.0);
+        assert_eq!(value(&text, "h_bucket{le=\"0.0025\"}"), 90.0);
+        assert_eq!(value(&text, "h_bucket{le=\"0.025\"}"), 99.0);
+        assert_eq!(value(&text, "h_bucket{le=\"2.5\"}"), 99.0);
+        assert_eq!(value(&text, "h_bucket{le=\"5\"}"), 100.0);
+        assert_eq!(value(&text, "h_bucket{le=\"+Inf\"}"), 100.0);
+        assert_eq!(value(&text, "h_count"), 100.0);
+        let sum = value(&text, "h_sum");
+        assert!((sum - 3.36).abs() < 0.05, "sum {sum}");
+        let p50 = value(&text, "h_quantiles{quantile=\"0.5\"}");
+        assert!((p50 - 0.002).abs() < 0.00005, "p50 {p50}");
+        let p99 = value(&text, "h_quantiles{quantile=\"0.99\"}");
+        assert!((p99 - 0.020).abs() < 0.0005, "p99 {p99}");
+        let max = value(&text, "h_quantiles{quantile=\"1\"}");
+        assert!((max - 3.0).abs() < 0.05, "max {max}");
+    }
+
+    #[test]
+    fn empty_histogram_encodes_zeros() {
+        let hist = ant_quic_dataplane::latency::new_histogram().unwrap();
+        let mut out = Text(String::new());
+        out.histogram("h", "test", &hist, &RTT_BUCKETS);
+        assert_eq!(value(&out.0, "h_bucket{le=\"+Inf\"}"), 0.0);
+        assert_eq!(value(&out.0, "h_count"), 0.0);
+        assert_eq!(value(&out.0, "h_quantiles{quantile=\"0.99\"}"), 0.0);
+    }
+}

@@ -26,7 +26,7 @@ pub const MAX_CLIENTS: usize = 64;
 /// Longest the thread blocks writing one response to a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between polls when nothing happened.
-const IDLE_POLL: Duration = Duration::from_millis(5);
+const IDLE_POLL: Duration = Duration::from_millis(10);
 
 /// What the admin server shows about the node.
 #[derive(Clone)]

@@ -173,6 +173,12 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         Ok(security) => security,
         Err(error) => return config_error(&error),
     };
+    // Block the shutdown signals before any thread starts (the log writers are the first), so
+    // that every thread inherits the mask and only this thread receives them, in sigwait.
+    let signals = match ShutdownSignals::block() {
+        Ok(signals) => signals,
+        Err(error) => return finish(Err(error)),
+    };
     // Kept until exit: dropping it flushes the log writers.
     let _logging = match ant_quic::logging::init(&config.logging) {
         Ok(logging) => logging,
@@ -192,13 +198,14 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         www: config.node.www.clone(),
         cpus: None,
     };
-    finish(serve(&options, &security))
+    finish(serve(&options, &security, &signals))
 }
 
-fn serve(options: &NodeOptions, security: &ant_quic::tls::ServerSecurity) -> Result<ExitCode, Error> {
-    // Block the shutdown signals before any core thread starts, so that every thread inherits
-    // the mask and only this thread receives them, in sigwait.
-    let signals = ShutdownSignals::block()?;
+fn serve(
+    options: &NodeOptions,
+    security: &ant_quic::tls::ServerSecurity,
+    signals: &ShutdownSignals,
+) -> Result<ExitCode, Error> {
     let server = start_server_with(options, security)?;
     let node = &server.node;
     println!("ant-quic {} peer id {}", env!("CARGO_PKG_VERSION"), server.identity.peer_id());

@@ -412,3 +412,45 @@ fn configured_certificate_is_presented() {
     );
     stop(server);
 }
+
+/// The node warns at start when its configured certificate will fail peer-ID pinning.
+#[test]
+fn foreign_certificate_key_is_warned_about_at_start() {
+    let mut dir = TempDir::new("config-cert-warning").unwrap().keep_unless_passed();
+    let ca = rcgen_ca("server CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["node.test".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key)).unwrap();
+    let cert_file = write(dir.path(), "cert.pem", &cert.pem());
+    let key_file = write(dir.path(), "key.pem", &key.serialize_pem());
+    let file = write(
+        dir.path(),
+        "node.toml",
+        &format!("[security]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n", cert_file.display(), key_file.display()),
+    );
+    let mut command = ant_quic();
+    command.arg("--config").arg(&file).args(["--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"]);
+    command.arg(dir.subdir("data").unwrap());
+    let mut node = NodeProcess::start(&mut command, dir.path()).unwrap();
+    node.stop_with(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    let stderr = node.stderr();
+    assert!(stderr.contains("WARN") && stderr.contains("does not carry this node's identity key"), "{stderr}");
+    dir.passed();
+}
+
+/// The reload hook: loading again picks up a changed file, and a broken file is an error that
+/// leaves the configuration already loaded as it was.
+#[test]
+fn loader_reloads_and_rejects_a_broken_file() {
+    let dir = TempDir::new("config-reload").unwrap();
+    let file = write(dir.path(), "reload.toml", "[logging]\nlevel = \"info\"\n");
+    let loader = ant_quic::config::Loader { path: Some(file.clone()), overrides: Overrides::default() };
+    let first = loader.load().unwrap();
+    assert_eq!(first.config.logging.level, "info");
+    write(dir.path(), "reload.toml", "[logging]\nlevel = \"debug\"\n");
+    assert_eq!(loader.load().unwrap().config.logging.level, "debug");
+    write(dir.path(), "reload.toml", "[logging]\nlevel = \"debug\"\nretention_days = -1\n");
+    let error = loader.load().unwrap_err();
+    assert!(error.to_string().contains("reload.toml:3"), "{error}");
+    assert_eq!(first.config.logging.level, "info");
+}

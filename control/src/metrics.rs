@@ -69,7 +69,7 @@ impl Metrics {
             let total = &mut self.latency;
             self.node.take_latency(core, |set| {
                 if let Some(total) = total.as_mut() {
-                    total.add(&set);
+                    total.add(set);
                 }
             });
         }

@@ -74,6 +74,8 @@ pub(crate) struct CoreShared {
     pub(crate) stats: Arc<CoreStats>,
     /// Latency histograms handed to the control thread.
     pub(crate) latency: ArrayQueue<Box<LatencySet>>,
+    /// Emptied sets the control thread gives back, so the core need not allocate.
+    pub(crate) latency_spare: ArrayQueue<Box<LatencySet>>,
     /// The control thread wants the current histograms now rather than at the next interval.
     pub(crate) latency_wanted: AtomicBool,
 }
@@ -92,6 +94,7 @@ impl CoreShared {
             handoffs: ArrayQueue::new(QUEUE_CAPACITY),
             stats: Arc::new(CoreStats::default()),
             latency: ArrayQueue::new(LATENCY_QUEUE_CAPACITY),
+            latency_spare: ArrayQueue::new(LATENCY_QUEUE_CAPACITY),
             latency_wanted: AtomicBool::new(false),
         })
     }
@@ -214,7 +217,7 @@ impl<B: Backend> Core<B> {
     pub(crate) fn run(mut self) -> std::io::Result<()> {
         let result = self.run_loop();
         // What was recorded since the last hand-over is not lost at shutdown.
-        self.recorder.maybe_publish(Instant::now(), &self.shared.latency, true);
+        self.recorder.maybe_publish(Instant::now(), &self.shared.latency, &self.shared.latency_spare, true);
         result
     }
 
@@ -242,7 +245,7 @@ impl<B: Backend> Core<B> {
             self.recorder.loop_turn(end.saturating_duration_since(now));
             let wanted = self.shared.latency_wanted.load(Ordering::Relaxed)
                 && self.shared.latency_wanted.swap(false, Ordering::Relaxed);
-            self.recorder.maybe_publish(end, &self.shared.latency, wanted);
+            self.recorder.maybe_publish(end, &self.shared.latency, &self.shared.latency_spare, wanted);
 
             let timeout = if self.blocked.is_none() && !self.dirty.is_empty() {
                 Some(Duration::ZERO)

@@ -45,6 +45,13 @@ impl LatencySet {
         Some(Self { handshake: new_histogram()?, rtt: new_histogram()?, loop_turn: new_histogram()? })
     }
 
+    /// Zero every count, keeping the memory.
+    pub fn reset(&mut self) {
+        self.handshake.reset();
+        self.rtt.reset();
+        self.loop_turn.reset();
+    }
+
     /// Add `other`'s counts to these.
     pub fn add(&mut self, other: &Self) {
         // Same bounds everywhere, so adding cannot fail; a failure would only lose counts.
@@ -110,19 +117,21 @@ impl Recorder {
     }
 
     /// Hand the current set to `queue` when the interval passed (or `force`) and it holds
-    /// anything; start a fresh one. Never blocks: a full queue keeps the set for later.
+    /// anything; continue with an emptied set from `spare` (or a new one). Never blocks: a full
+    /// queue keeps the set for later.
     #[inline]
     pub(crate) fn maybe_publish(
         &mut self,
         _now: std::time::Instant,
         _queue: &ArrayQueue<Box<LatencySet>>,
+        _spare: &ArrayQueue<Box<LatencySet>>,
         _force: bool,
     ) {
         #[cfg(feature = "metrics")]
         if self.recorded && (_force || _now.duration_since(self.last_publish) >= PUBLISH_INTERVAL) {
             self.last_publish = _now;
-            let Some(fresh) = LatencySet::new() else { return };
-            let Some(full) = self.current.replace(Box::new(fresh)) else { return };
+            let Some(fresh) = _spare.pop().or_else(|| LatencySet::new().map(Box::new)) else { return };
+            let Some(full) = self.current.replace(fresh) else { return };
             match _queue.push(full) {
                 Ok(()) => self.recorded = false,
                 Err(full) => self.current = Some(full),

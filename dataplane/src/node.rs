@@ -384,11 +384,15 @@ impl NodeHandle {
         }
     }
 
-    /// Take the latency histograms `core` handed over since the last call.
-    pub fn take_latency(&self, core: usize, mut into: impl FnMut(Box<LatencySet>)) {
+    /// Take the latency histograms `core` handed over since the last call; each set, once
+    /// `read` has seen it, is emptied and given back to the core for reuse.
+    pub fn take_latency(&self, core: usize, mut read: impl FnMut(&LatencySet)) {
         if let Some(shared) = self.cores.get(core) {
-            while let Some(set) = shared.latency.pop() {
-                into(set);
+            while let Some(mut set) = shared.latency.pop() {
+                read(&set);
+                set.reset();
+                // A full spare queue just lets this one go.
+                let _ = shared.latency_spare.push(set);
             }
         }
     }

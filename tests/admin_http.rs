@@ -119,6 +119,7 @@ fn health_turns_503_while_a_core_stalls_and_200_after() {
     // stall threshold.
     std::thread::sleep(Duration::from_millis(3000));
     assert_eq!(get(addr, "/health").0, 200, "an idle core was taken for a stalled one");
+    assert!(admin.healthy());
 
     server.node.stall_core(1, Duration::from_secs(5)).unwrap();
     let body = wait_status(addr, "/health", 503, Duration::from_secs(5));
@@ -127,6 +128,7 @@ fn health_turns_503_while_a_core_stalls_and_200_after() {
     assert_eq!(json["cores"][1]["alive"], false);
     assert_eq!(json["cores"][0]["alive"], true);
     assert!(json["reason"].as_str().unwrap().contains("core 1 stalled"), "{body}");
+    assert!(!admin.healthy(), "the watchdog condition ignores the stall");
     let (_, metrics) = get(addr, "/metrics");
     assert!(metrics.contains("ant_quic_core_alive{core=\"1\"} 0"), "{metrics}");
     assert!(metrics.contains("ant_quic_core_stalls_total{core=\"1\"} 1"), "{metrics}");

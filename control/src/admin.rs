@@ -56,6 +56,8 @@ impl std::fmt::Debug for NodeView {
 struct Flags {
     draining: AtomicBool,
     stop: AtomicBool,
+    /// Every core alive at the last liveness tick (for the systemd watchdog).
+    healthy: AtomicBool,
 }
 
 /// The running control thread with its admin listener. Stops (and joins) on drop.
@@ -89,6 +91,12 @@ impl AdminServer {
     /// From now on `/ready` answers 503 (the node is draining for shutdown).
     pub fn set_draining(&self) {
         self.flags.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Every core was alive at the control thread's last liveness check (a few ms ago): the
+    /// condition for sending systemd `WATCHDOG=1`.
+    pub fn healthy(&self) -> bool {
+        self.flags.healthy.load(Ordering::Relaxed)
     }
 
     /// Stop the thread and close the listener.
@@ -150,6 +158,8 @@ impl ControlThread {
         while !self.flags.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             self.liveness.tick(&self.view.node, now);
+            let healthy = self.liveness.unhealthy_reason().is_none();
+            self.flags.healthy.store(healthy, Ordering::Relaxed);
             let busy = self.accept(now) | self.serve(now);
             if !busy {
                 std::thread::sleep(IDLE_POLL);

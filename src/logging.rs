@@ -4,6 +4,7 @@
 //! `RUST_LOG`, when set, overrides `[logging] level`. [`Logging::set_level`] changes the filter at
 //! run time (reload). Lines dropped because a writer fell behind are counted: [`dropped_lines`].
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -159,7 +160,12 @@ pub fn init(config: &LoggingSection) -> Result<Logging, LoggingError> {
                 non_blocking(appender, "log-file")
             }
         };
-        let ansi = matches!(output, LogOutput::Stdout | LogOutput::Stderr);
+        // Colours only for a person at a terminal, never into files or pipes.
+        let ansi = match output {
+            LogOutput::Stdout => std::io::stdout().is_terminal(),
+            LogOutput::Stderr => std::io::stderr().is_terminal(),
+            LogOutput::File => false,
+        };
         layers.push(fmt_layer(config.format, writer, ansi));
         guards.push(guard);
     }

@@ -16,6 +16,7 @@ use ant_quic::identity::PeerId;
 use ant_quic::node::{connect_request, start_client, start_server_with, NodeOptions};
 use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
 use ant_quic::Error;
+use ant_quic_control::{AdminServer, NodeView};
 use clap::{Parser, Subcommand};
 
 /// A QUIC node for peer-to-peer networks behind NATs.
@@ -180,7 +181,7 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         Err(error) => return finish(Err(error)),
     };
     // Kept until exit: dropping it flushes the log writers.
-    let _logging = match ant_quic::logging::init(&config.logging) {
+    let logging = match ant_quic::logging::init(&config.logging) {
         Ok(logging) => logging,
         Err(error) => return config_error(&error),
     };
@@ -198,16 +199,42 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         www: config.node.www.clone(),
         cpus: None,
     };
-    finish(serve(&options, &security, &signals))
+    finish(serve(&options, &security, &config, &args.loader(), &logging, &signals))
 }
 
 fn serve(
     options: &NodeOptions,
     security: &ant_quic::tls::ServerSecurity,
+    config: &ant_quic::config::Config,
+    loader: &ant_quic::config::Loader,
+    logging: &ant_quic::logging::Logging,
     signals: &ShutdownSignals,
 ) -> Result<ExitCode, Error> {
+    let started = Instant::now();
     let server = start_server_with(options, security)?;
     let node = &server.node;
+    // The admin listener takes the UDP port's number unless told otherwise (the runbook's
+    // `curl localhost:9000/health`); with port 0 that is the port the node was given.
+    let admin_port = config.metrics.port.unwrap_or(node.local_addr().port());
+    let admin_addr = SocketAddr::new(config.metrics.bind, admin_port);
+    let view = NodeView {
+        node: node.handle(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        peer_id: server.identity.peer_id().to_string(),
+        started,
+        log_lines_dropped: Some(Arc::new(ant_quic::logging::dropped_lines)),
+    };
+    let admin = match AdminServer::start(admin_addr, view) {
+        Ok(admin) => admin,
+        Err(source) => {
+            node.shutdown();
+            let _ = server.node.join();
+            return Err(Error::Io {
+                context: format!("cannot serve admin HTTP on TCP {admin_addr} (set --metrics-port or [metrics] port)"),
+                source,
+            });
+        }
+    };
     println!("ant-quic {} peer id {}", env!("CARGO_PKG_VERSION"), server.identity.peer_id());
     println!(
         "listening on {} (udp, {} cores, backend {}, crypto {})",
@@ -216,18 +243,72 @@ fn serve(
         node.backend(),
         ant_quic::tls::provider_name()
     );
+    println!("admin http on {} (/metrics /health /ready)", admin.local_addr());
     let _ = std::io::stdout().flush();
+    systemd_notify(&[sd_notify::NotifyState::Ready]);
 
-    let signal = signals.wait();
+    // With a systemd watchdog, wake at half its interval and pet it only while every core is alive.
+    let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
+    let signal = loop {
+        match signals.wait(watchdog) {
+            Some(libc::SIGHUP) => reload(&server, loader, logging),
+            Some(signal) => break signal,
+            None if admin.healthy() => systemd_notify(&[sd_notify::NotifyState::Watchdog]),
+            None => tracing::warn!("a core is not alive: withholding the systemd watchdog"),
+        }
+    };
     tracing::info!(signal, "shutting down: closing connections");
+    systemd_notify(&[sd_notify::NotifyState::Stopping]);
+    admin.set_draining();
     let stats = server.node.stats();
     server.node.shutdown();
-    server.node.join()?;
+    let joined = server.node.join();
+    admin.shutdown();
+    joined?;
     tracing::info!("stopped; {}", ant_quic_control::Totals::collect(&stats));
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT and SIGTERM, taken synchronously by the main thread.
+/// SIGHUP: re-read the configuration; apply the log level and the TLS settings for new
+/// handshakes. A configuration that does not validate changes nothing.
+fn reload(
+    server: &ant_quic::node::ServerNode,
+    loader: &ant_quic::config::Loader,
+    logging: &ant_quic::logging::Logging,
+) {
+    let loaded = match loader.load() {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            tracing::error!(%error, "reload refused: the configuration is not valid; keeping the running one");
+            return;
+        }
+    };
+    let security = match loaded.config.server_security() {
+        Ok(security) => security,
+        Err(error) => {
+            tracing::error!(%error, "reload refused: the TLS settings are not valid; keeping the running ones");
+            return;
+        }
+    };
+    if let Err(error) = server.reload_security(&security) {
+        tracing::error!(%error, "reload refused: the TLS settings cannot be used; keeping the running ones");
+        return;
+    }
+    let level = ant_quic::logging::initial_filter(&loaded.config.logging.level);
+    if let Err(error) = logging.set_level(&level) {
+        tracing::error!(%error, "reload: log level not changed");
+    }
+    tracing::info!(level = %loaded.config.logging.level, "configuration reloaded: log level and TLS settings apply to new handshakes");
+}
+
+/// Tell systemd (when it started us with NOTIFY_SOCKET); silent otherwise.
+fn systemd_notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::debug!(%error, "systemd notification not sent");
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, taken synchronously by the main thread.
 struct ShutdownSignals {
     set: libc::sigset_t,
 }
@@ -242,25 +323,38 @@ impl ShutdownSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
         };
         if rc != 0 {
             return Err(Error::Io {
-                context: "blocking SIGINT/SIGTERM".into(),
+                context: "blocking SIGINT/SIGTERM/SIGHUP".into(),
                 source: std::io::Error::from_raw_os_error(rc),
             });
         }
         Ok(Self { set })
     }
 
-    /// Wait for one of the signals; returns its number.
-    fn wait(&self) -> i32 {
-        let mut signal: libc::c_int = 0;
+    /// Wait for one of the signals (returns its number), or until `timeout` passes (`None`).
+    fn wait(&self, timeout: Option<Duration>) -> Option<i32> {
         loop {
-            // SAFETY: `self.set` is an initialised sigset_t and `signal` a live int to write.
-            let rc = unsafe { libc::sigwait(&self.set, &mut signal) };
-            if rc == 0 {
-                return signal;
+            let rc = match timeout {
+                // SAFETY: `self.set` is an initialised sigset_t; no siginfo is asked for.
+                None => unsafe { libc::sigwaitinfo(&self.set, std::ptr::null_mut()) },
+                Some(timeout) => {
+                    let ts = libc::timespec {
+                        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+                        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+                    };
+                    // SAFETY: `self.set` and `ts` are initialised and outlive the call.
+                    unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) }
+                }
+            };
+            if rc > 0 {
+                return Some(rc);
+            }
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+                return None;
             }
         }
     }

@@ -64,16 +64,7 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
         )),
         None => None,
     };
-    if let Some(certified) = &security.certificate {
-        if !certified.is_for(&identity) {
-            tracing::warn!(
-                peer_id = %identity.peer_id(),
-                "the configured TLS certificate does not carry this node's identity key: clients that \
-                 authenticate the node by peer ID will refuse it"
-            );
-        }
-    }
-    let server = tls::server_config_with(&identity, &[ALPN_ANT_QUIC, ALPN_HQ_INTEROP], security)?;
+    let server = server_tls(&identity, security)?;
     let mut config = NodeConfig::new(options.listen, Some(Arc::new(server)));
     config.cores = options.cores;
     config.backend = options.backend;
@@ -82,6 +73,30 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
         Arc::new(move |_core: usize| Box::new(ServiceApp::new(www.clone())) as Box<dyn Application>);
     let node = Node::start(config, factory)?;
     Ok(ServerNode { node, identity })
+}
+
+/// The server's QUIC/TLS settings for `security`, warning when the certificate is not the identity's.
+fn server_tls(identity: &Identity, security: &ServerSecurity) -> Result<quinn_proto::ServerConfig, Error> {
+    if let Some(certified) = &security.certificate {
+        if !certified.is_for(identity) {
+            tracing::warn!(
+                peer_id = %identity.peer_id(),
+                "the configured TLS certificate does not carry this node's identity key: clients that \
+                 authenticate the node by peer ID will refuse it"
+            );
+        }
+    }
+    Ok(tls::server_config_with(identity, &[ALPN_ANT_QUIC, ALPN_HQ_INTEROP], security)?)
+}
+
+impl ServerNode {
+    /// Use new `[security]` settings (certificate, client authentication) for the handshakes that
+    /// start from now on; live connections are not touched.
+    pub fn reload_security(&self, security: &ServerSecurity) -> Result<(), Error> {
+        let server = server_tls(&self.identity, security)?;
+        self.node.set_server_config(Arc::new(server))?;
+        Ok(())
+    }
 }
 
 /// Start a client-only node on an ephemeral port, running `apps` on its cores.

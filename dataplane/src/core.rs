@@ -53,6 +53,8 @@ pub(crate) enum Command {
     Connect(Box<ConnectRequest>),
     Message(AppMessage),
     Shutdown,
+    /// Use these settings for connections accepted from now on (live ones keep theirs).
+    SetServerConfig(Option<Arc<quinn_proto::ServerConfig>>),
     /// Test hook: block the core's thread for this long.
     Stall(Duration),
 }
@@ -273,6 +275,7 @@ impl<B: Backend> Core<B> {
                     self.app.on_message(&mut conns, message);
                 }
                 Command::Shutdown => self.start_draining(now),
+                Command::SetServerConfig(config) => self.endpoint.set_server_config(config),
                 Command::Stall(duration) => {
                     tracing::warn!(core = self.index, ?duration, "core stalled on request (test hook)");
                     std::thread::sleep(duration);

@@ -283,6 +283,13 @@ impl Node {
         self.command(core, Command::Stall(duration))
     }
 
+    /// Accept new connections with `config` on every core (for a certificate reload); live
+    /// connections keep the settings they were accepted with.
+    pub fn set_server_config(&self, config: Arc<ServerConfig>) -> Result<(), NodeError> {
+        (0..self.cores.len())
+            .try_for_each(|core| self.command(core, Command::SetServerConfig(Some(Arc::clone(&config)))))
+    }
+
     /// Open a connection from `core` (or the next core in turn). The outcome arrives at that
     /// core's application: `on_connected`, `on_closed` or `on_connect_failed`, with `request.tag`.
     pub fn connect(&self, request: ConnectRequest, core: Option<usize>) -> Result<usize, NodeError> {

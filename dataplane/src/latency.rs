@@ -130,6 +130,11 @@ impl Recorder {
         #[cfg(feature = "metrics")]
         if self.recorded && (_force || _now.duration_since(self.last_publish) >= PUBLISH_INTERVAL) {
             self.last_publish = _now;
+            if _queue.is_full() {
+                // Nobody is collecting (no control thread, or it is behind): keep recording into
+                // the current set rather than allocate one that could not be handed over.
+                return;
+            }
             let Some(fresh) = _spare.pop().or_else(|| LatencySet::new().map(Box::new)) else { return };
             let Some(full) = self.current.replace(fresh) else { return };
             match _queue.push(full) {

@@ -6,7 +6,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use ant_quic::dataplane::{Application, ConnId, ConnRef, ReadOutcome};
@@ -57,16 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let message = args.next().unwrap_or_else(|| "hello".into()).into_bytes();
 
     let (done, result) = mpsc::channel();
-    let app = Mutex::new(Some(Echo { message, answer: Vec::new(), done }));
-    let node = start_client(
-        None,
-        Arc::new(move |_core: usize| -> Box<dyn Application> {
-            match app.lock().ok().and_then(|mut app| app.take()) {
-                Some(app) => Box::new(app),
-                None => Box::new(Idle),
-            }
-        }),
-    )?;
+    let node = start_client(None, Echo { message, answer: Vec::new(), done })?;
     // Insecure: the example does not know the server's peer ID; pass ServerAuth::PeerId to pin it.
     node.connect(connect_request(server, ServerAuth::Insecure, &[ALPN_ANT_QUIC], 0)?, Some(0))?;
     let outcome = result.recv_timeout(Duration::from_secs(10));
@@ -81,6 +72,3 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => Err("no answer within 10 s".into()),
     }
 }
-
-struct Idle;
-impl Application for Idle {}

@@ -8,7 +8,6 @@
 //! Opening a connection and exchanging data (see `examples/echo_client.rs` for a full program):
 //!
 //! ```no_run
-//! use std::sync::Arc;
 //! use ant_quic::dataplane::{Application, ConnRef, ReadOutcome};
 //! use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
 //!
@@ -26,7 +25,7 @@
 //! }
 //!
 //! # fn main() -> Result<(), ant_quic::Error> {
-//! let node = ant_quic::node::start_client(None, Arc::new(|_core| Box::new(Hello) as Box<dyn Application>))?;
+//! let node = ant_quic::node::start_client(None, Hello)?;
 //! let request = ant_quic::node::connect_request("127.0.0.1:9000".parse().unwrap(), ServerAuth::Insecure, &[ALPN_ANT_QUIC], 0)?;
 //! node.connect(request, None)?;
 //! # Ok(()) }

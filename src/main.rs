@@ -6,12 +6,12 @@ use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{Fetched, GetApp};
 use ant_quic::config::{Loader, Overrides};
-use ant_quic::dataplane::{Application, BackendKind};
+use ant_quic::dataplane::BackendKind;
 use ant_quic::identity::PeerId;
 use ant_quic::node::{connect_request, start_client, start_server_with, NodeOptions};
 use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
@@ -427,16 +427,7 @@ fn get(args: &GetArgs) -> Result<ExitCode, Error> {
 
     let (tx, rx) = mpsc::channel::<Option<Fetched>>();
     let expected = requests.len();
-    let app = Mutex::new(Some(GetApp::new(requests, tx)));
-    let node = start_client(
-        args.backend,
-        Arc::new(move |_core: usize| -> Box<dyn Application> {
-            match app.lock().ok().and_then(|mut a| a.take()) {
-                Some(app) => Box::new(app),
-                None => Box::new(NoApp),
-            }
-        }),
-    )?;
+    let node = start_client(args.backend, GetApp::new(requests, tx))?;
     let started = Instant::now();
     node.connect(connect_request(remote, auth, &[ALPN_HQ_INTEROP], 0)?, Some(0))?;
 
@@ -477,6 +468,3 @@ fn get(args: &GetArgs) -> Result<ExitCode, Error> {
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
-
-struct NoApp;
-impl Application for NoApp {}

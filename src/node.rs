@@ -99,9 +99,9 @@ impl ServerNode {
     }
 }
 
-/// Start a client-only node on an ephemeral port, running `apps` on its cores.
-pub fn start_client(backend: Option<BackendKind>, apps: Arc<dyn AppFactory>) -> Result<Node, Error> {
-    start_client_on(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), 1, backend, None, apps)
+/// Start a one-core client node on an ephemeral port (any address, IPv4 and IPv6) that runs `app`.
+pub fn start_client<A: Application + Send + 'static>(backend: Option<BackendKind>, app: A) -> Result<Node, Error> {
+    start_client_app(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), backend, None, app)
 }
 
 /// Start a client-only node bound to `local` with `cores` cores, pinned to `cpus` if given and
@@ -120,6 +120,29 @@ pub fn start_client_on(
     config.cpus = cpus;
     Ok(Node::start(config, apps)?)
 }
+
+/// Start a one-core client node bound to `local` that runs `app`: the usual shape of a client
+/// program (one application object, its connections on one core). `cpus`: pin it; `None`: don't.
+pub fn start_client_app<A: Application + Send + 'static>(
+    local: SocketAddr,
+    backend: Option<BackendKind>,
+    cpus: Option<Vec<usize>>,
+    app: A,
+) -> Result<Node, Error> {
+    // Taken once, when the core creates its application; never touched on the packet path.
+    let slot = std::sync::Mutex::new(Some(app));
+    let factory = move |_core: usize| -> Box<dyn Application> {
+        match slot.lock().ok().and_then(|mut slot| slot.take()) {
+            Some(app) => Box::new(app),
+            None => Box::new(NoApplication),
+        }
+    };
+    start_client_on(local, 1, backend, cpus, Arc::new(factory))
+}
+
+/// Application of cores that have nothing to run.
+struct NoApplication;
+impl Application for NoApplication {}
 
 /// A request to connect to `remote`, authenticating it as `auth`, offering `alpns`.
 pub fn connect_request(

@@ -1,13 +1,13 @@
 //! In-process transfers between two nodes over loopback, for benchmarks and tests.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use ant_quic_dataplane::{Application, BackendKind};
+use ant_quic_dataplane::BackendKind;
 
 use crate::client::{BulkApp, BulkOutcome, BulkPayload};
-use crate::node::{connect_request, start_client_on, start_server, NodeOptions};
+use crate::node::{connect_request, start_client_app, start_server, NodeOptions};
 use crate::tls::{ServerAuth, ALPN_ANT_QUIC};
 use crate::Error;
 
@@ -82,18 +82,11 @@ pub fn bulk_transfer_checked(options: &BulkOptions, hash: bool) -> Result<BulkRu
     } else {
         BulkPayload::Download(options.bytes)
     };
-    let app = Mutex::new(Some(BulkApp::new(payload, hash, tx)));
-    let client = start_client_on(
+    let client = start_client_app(
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-        1,
         options.backend,
         Some(vec![client_cpu]),
-        Arc::new(move |_core: usize| -> Box<dyn Application> {
-            match app.lock().ok().and_then(|mut a| a.take()) {
-                Some(app) => Box::new(app),
-                None => Box::new(Idle),
-            }
-        }),
+        BulkApp::new(payload, hash, tx),
     )?;
     let backend = client.backend().to_string();
     let request =
@@ -119,6 +112,3 @@ pub fn bulk_transfer_checked(options: &BulkOptions, hash: bool) -> Result<BulkRu
     }
     Ok(BulkRun { outcome, backend, send_errors })
 }
-
-struct Idle;
-impl Application for Idle {}

@@ -4,19 +4,16 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{BulkApp, BulkPayload};
 use ant_quic::dataplane::{AppMessage, Application, Connections, Node, NodeConfig, NodeError};
-use ant_quic::node::{connect_request, start_client_on, start_server, NodeOptions, ServerNode};
+use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, ServerNode};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
 use ant_quic_control::{AdminServer, NodeView};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-struct Idle;
-impl Application for Idle {}
 
 fn server_with_admin(cores: usize) -> (ServerNode, AdminServer) {
     let server = start_server(&NodeOptions {
@@ -75,18 +72,11 @@ fn transfer_works(server: &ServerNode) {
     let (tx, rx) = mpsc::channel();
     let data = ant_quic::wire::filler();
     let repeat = (1u64 << 20).div_ceil(data.len() as u64);
-    let app = Mutex::new(Some(BulkApp::new(BulkPayload::Upload { data, repeat, hash: true }, true, tx)));
-    let client = start_client_on(
+    let client = start_client_app(
         SocketAddr::new(LOCALHOST, 0),
-        1,
         None,
         None,
-        Arc::new(move |_core: usize| -> Box<dyn Application> {
-            match app.lock().unwrap().take() {
-                Some(app) => Box::new(app),
-                None => Box::new(Idle),
-            }
-        }),
+        BulkApp::new(BulkPayload::Upload { data, repeat, hash: true }, true, tx),
     )
     .unwrap();
     let request =

@@ -7,11 +7,11 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use ant_quic::config::{load, Overrides};
-use ant_quic::dataplane::{Application, ConnRef, ConnectRequest, NodeConfig, ReadOutcome};
+use ant_quic::dataplane::{Application, ConnRef, ConnectRequest, ReadOutcome};
 use ant_quic::node::{start_server_with, NodeOptions};
 use ant_quic::quinn_proto;
 use ant_quic::tls::{self, CertifiedKey, ServerAuth, ALPN_ANT_QUIC};
@@ -300,25 +300,14 @@ impl Application for EchoProbe {
     }
 }
 
-struct Idle;
-impl Application for Idle {}
-
 /// Connect to `server` presenting `identity`; the echo answer, or why it failed.
 fn echo(server: SocketAddr, auth: ServerAuth, identity: Option<&CertifiedKey>) -> Result<Vec<u8>, String> {
     let (tx, rx) = mpsc::channel();
-    let app = Mutex::new(Some(EchoProbe { tx, received: Vec::new() }));
-    let mut config = NodeConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0), None);
-    config.cores = Some(1);
-    config.backend = Some(ant_quic::dataplane::BackendKind::Portable);
-    config.pin_threads = false;
-    let client = ant_quic::dataplane::Node::start(
-        config,
-        Arc::new(move |_core: usize| -> Box<dyn Application> {
-            match app.lock().unwrap().take() {
-                Some(app) => Box::new(app),
-                None => Box::new(Idle),
-            }
-        }),
+    let client = ant_quic::node::start_client_app(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        Some(ant_quic::dataplane::BackendKind::Portable),
+        None,
+        EchoProbe { tx, received: Vec::new() },
     )
     .unwrap();
     let request = ConnectRequest {

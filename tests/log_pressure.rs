@@ -4,16 +4,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{BulkApp, BulkPayload};
-use ant_quic::dataplane::Application;
 use ant_quic::node::{connect_request, start_client};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
-
-struct Idle;
-impl Application for Idle {}
 
 /// Kills the node on every path out of the test.
 struct Killed(std::process::Child);
@@ -67,17 +63,7 @@ fn a_stalled_log_sink_drops_lines_and_never_blocks_transfers() {
     for _ in 0..20 {
         let (tx, rx) = mpsc::channel();
         let payload = BulkPayload::Upload { data: ant_quic::wire::filler(), repeat: 128, hash: false };
-        let app = Mutex::new(Some(BulkApp::new(payload, false, tx)));
-        let client = start_client(
-            None,
-            Arc::new(move |_core: usize| -> Box<dyn Application> {
-                match app.lock().unwrap().take() {
-                    Some(app) => Box::new(app),
-                    None => Box::new(Idle),
-                }
-            }),
-        )
-        .unwrap();
+        let client = start_client(None, BulkApp::new(payload, false, tx)).unwrap();
         client.connect(connect_request(udp, ServerAuth::Insecure, &[ALPN_ANT_QUIC], 0).unwrap(), Some(0)).unwrap();
         let outcome = rx.recv_timeout(Duration::from_secs(30)).expect("a transfer did not finish: blocked by logging?");
         client.shutdown();

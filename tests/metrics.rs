@@ -9,19 +9,15 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{BulkApp, BulkPayload};
-use ant_quic::dataplane::Application;
-use ant_quic::node::{connect_request, start_client_on, start_server, NodeOptions, ServerNode};
+use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, ServerNode};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
 use ant_quic_control::{AdminServer, NodeView};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-struct Idle;
-impl Application for Idle {}
 
 fn server_with_admin() -> (ServerNode, AdminServer) {
     let server = start_server(&NodeOptions {
@@ -47,18 +43,11 @@ fn upload(server: &ServerNode, bytes: u64) -> u64 {
     let (tx, rx) = mpsc::channel();
     let data = ant_quic::wire::filler();
     let repeat = bytes.div_ceil(data.len() as u64);
-    let app = Mutex::new(Some(BulkApp::new(BulkPayload::Upload { data, repeat, hash: false }, false, tx)));
-    let client = start_client_on(
+    let client = start_client_app(
         SocketAddr::new(LOCALHOST, 0),
-        1,
         None,
         None,
-        Arc::new(move |_core: usize| -> Box<dyn Application> {
-            match app.lock().unwrap().take() {
-                Some(app) => Box::new(app),
-                None => Box::new(Idle),
-            }
-        }),
+        BulkApp::new(BulkPayload::Upload { data, repeat, hash: false }, false, tx),
     )
     .unwrap();
     let request =

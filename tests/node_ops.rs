@@ -10,11 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ant_quic::dataplane::{AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections, NodeConfig};
-use ant_quic::dataplane::{BackendKind, ReadOutcome};
+use ant_quic::dataplane::ReadOutcome;
+use ant_quic::dataplane::{AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections};
 use ant_quic::quinn_proto;
 use ant_quic::tls::{self, ServerAuth, ALPN_ANT_QUIC};
 use common::{random_bytes, run, NodeProcess, TempDir, NODE_BIN};
@@ -325,9 +325,6 @@ impl std::fmt::Display for Seen {
     }
 }
 
-struct Idle;
-impl Application for Idle {}
-
 fn next_seen(events: &mpsc::Receiver<Seen>) -> Seen {
     events.recv_timeout(Duration::from_secs(20)).expect("the probe client saw nothing within 20 s")
 }
@@ -351,19 +348,11 @@ fn sighup_with_a_new_certificate_is_used_by_the_next_handshake() {
     let _admin = admin_addr(&mut node);
 
     let (tx, events) = mpsc::channel();
-    let app = Mutex::new(Some(CertProbe { tx, tags: Vec::new(), received: Vec::new() }));
-    let mut config = NodeConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0), None);
-    config.cores = Some(1);
-    config.backend = Some(BackendKind::Portable);
-    config.pin_threads = false;
-    let client = ant_quic::dataplane::Node::start(
-        config,
-        Arc::new(move |_core: usize| -> Box<dyn Application> {
-            match app.lock().unwrap().take() {
-                Some(app) => Box::new(app),
-                None => Box::new(Idle),
-            }
-        }),
+    let client = ant_quic::node::start_client_app(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        Some(ant_quic::dataplane::BackendKind::Portable),
+        None,
+        CertProbe { tx, tags: Vec::new(), received: Vec::new() },
     )
     .unwrap();
     let connect = |tag: u64| {

@@ -10,7 +10,7 @@
 mod common;
 
 use std::process::Command;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::{Application, BackendKind, ConnId, ConnRef, Node, ReadOutcome};
@@ -109,12 +109,7 @@ fn sigterm_with_open_connection(backend: BackendKind) -> Result<()> {
     let mut node = start_node(&dir, &["--cores", "2", "--backend", backend.name()])?;
 
     let (tx, events) = mpsc::channel();
-    let client = start_client(
-        Some(backend),
-        Arc::new(move |_core: usize| -> Box<dyn Application> {
-            Box::new(HoldOpen { events: tx.clone(), stream: None, echoed: Vec::new() })
-        }),
-    )?;
+    let client = start_client(Some(backend), HoldOpen { events: tx, stream: None, echoed: Vec::new() })?;
     let client = ClientNode(Some(client));
     let request = connect_request(node.addr, ServerAuth::Insecure, &[ALPN_ANT_QUIC], 7)?;
     client.0.as_ref().context("client node")?.connect(request, None)?;

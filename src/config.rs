@@ -197,6 +197,8 @@ pub enum LogRotation {
     Daily,
     /// A new file every hour.
     Hourly,
+    /// A new file every minute (for short debugging sessions and tests).
+    Minutely,
     /// One file, never rotated.
     Never,
 }
@@ -312,7 +314,7 @@ format = "text"
 outputs = ["stderr"]
 # Required when outputs has "file".
 # file_path = "/var/log/ant-quic/ant-quic.log"
-# "daily", "hourly" or "never".
+# "daily", "hourly", "minutely" or "never".
 rotation = "daily"
 # Rotated files older than this are deleted; 0 keeps them all.
 retention_days = 7

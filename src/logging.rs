@@ -147,6 +147,7 @@ pub fn init(config: &LoggingSection) -> Result<Logging, LoggingError> {
                 let rotation = match config.rotation {
                     LogRotation::Daily => Rotation::DAILY,
                     LogRotation::Hourly => Rotation::HOURLY,
+                    LogRotation::Minutely => Rotation::MINUTELY,
                     LogRotation::Never => Rotation::NEVER,
                 };
                 let mut builder = RollingFileAppender::builder().rotation(rotation).filename_prefix(prefix.clone());

@@ -162,3 +162,41 @@ fn set_level_changes_what_is_written() {
     assert!(!text.contains("before reload"), "{text}");
     assert!(text.contains("a warning") && text.contains("after reload"), "{text}");
 }
+
+#[test]
+fn the_log_file_rotates_when_its_period_ends() {
+    let mut dir = TempDir::new("logging-rotation").unwrap().keep_unless_passed();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, file_config(&dir, "text", "info", "minutely")).unwrap();
+    let mut command = Command::new(NODE_BIN);
+    command
+        .arg("--config")
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0", "--cores", "1", "--backend", "portable", "--data-dir"])
+        .arg(dir.subdir("data").unwrap())
+        .env_remove("RUST_LOG");
+    let mut node = NodeProcess::start(&mut command, dir.path()).unwrap();
+    // Wait into the next minute (UTC), then make the node log again: a SIGHUP reload logs a line.
+    let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    std::thread::sleep(Duration::from_secs(61 - since_epoch.as_secs() % 60));
+    // SAFETY: kill has no memory arguments; the pid is our own running child.
+    unsafe { libc::kill(node.pid(), libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    node.stop_with(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+
+    let logs = dir.path().join("logs");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&logs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert!(names.len() >= 2, "no new file after the minute ended: {names:?}");
+    for name in &names {
+        // STEM.YYYY-MM-DD-HH-MM.EXT
+        let stamp = name.strip_prefix("node.").and_then(|n| n.strip_suffix(".log")).unwrap_or_default();
+        assert_eq!(stamp.len(), 16, "unexpected file name {name}");
+    }
+    let first = std::fs::read_to_string(logs.join(&names[0])).unwrap();
+    let last = std::fs::read_to_string(logs.join(names.last().unwrap())).unwrap();
+    assert!(first.contains("configuration loaded") && !first.contains("configuration reloaded"), "{first}");
+    assert!(last.contains("configuration reloaded"), "the line after the rotation is not in the new file: {last}");
+    dir.passed();
+}

@@ -37,5 +37,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "tests, default build (aws-lc-rs, post-quantum key exchange)"
 cargo test --release --workspace
 
-step "tests, ring build (--no-default-features --features rustls-ring)"
-cargo test --release -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring
+step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
+cargo test --release -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring,metrics

@@ -18,49 +18,24 @@ pub const CERT_NAME: &str = "ant-quic";
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410 §4): the key's 32 bytes follow.
 const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
-/// A peer ID: the SHA-256 of the node's Ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub [u8; 32]);
+pub use ant_quic_control::PeerId;
 
-impl PeerId {
-    /// The peer ID of an Ed25519 public key.
-    pub fn from_public_key(key: &[u8]) -> Self {
-        Self(Sha256::digest(key).into())
-    }
-
-    /// The peer ID of the Ed25519 key in a certificate's SubjectPublicKeyInfo, if it is one.
-    pub fn from_spki(spki: &[u8]) -> Option<Self> {
-        let key = spki.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
-        (key.len() == 32).then(|| Self::from_public_key(key))
-    }
-
-    /// The peer ID carried by a DER certificate.
-    pub fn from_certificate(cert: &CertificateDer<'_>) -> Option<Self> {
-        let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-        let spki: SubjectPublicKeyInfoDer<'static> = parsed.subject_public_key_info();
-        Self::from_spki(spki.as_ref())
-    }
+/// The peer ID of an Ed25519 public key.
+pub fn peer_id_of_key(key: &[u8]) -> PeerId {
+    PeerId(Sha256::digest(key).into())
 }
 
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
+/// The peer ID of the Ed25519 key in a certificate's SubjectPublicKeyInfo, if it is one.
+pub fn peer_id_of_spki(spki: &[u8]) -> Option<PeerId> {
+    let key = spki.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
+    (key.len() == 32).then(|| peer_id_of_key(key))
 }
 
-impl fmt::Debug for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerId({self})")
-    }
-}
-
-impl std::str::FromStr for PeerId {
-    type Err = IdentityError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| IdentityError::BadPeerId(s.to_owned()))?;
-        Ok(Self(out))
-    }
+/// The peer ID carried by a DER certificate.
+pub fn peer_id_of_certificate(cert: &CertificateDer<'_>) -> Option<PeerId> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let spki: SubjectPublicKeyInfoDer<'static> = parsed.subject_public_key_info();
+    peer_id_of_spki(spki.as_ref())
 }
 
 /// Why an identity could not be loaded or created.
@@ -86,9 +61,6 @@ pub enum IdentityError {
     /// Certificate generation failed.
     #[error("cannot create the node certificate: {0}")]
     Certificate(String),
-    /// A peer ID given by the user is not 64 hex digits.
-    #[error("'{0}' is not a peer ID: expected 64 hex digits")]
-    BadPeerId(String),
 }
 
 /// A node's key, peer ID and certificate.
@@ -149,7 +121,7 @@ impl Identity {
         if !key.is_compatible(&rcgen::PKCS_ED25519) {
             return Err("the key is not Ed25519".into());
         }
-        let peer_id = PeerId::from_public_key(key.public_key_raw());
+        let peer_id = peer_id_of_key(key.public_key_raw());
         let params = rcgen::CertificateParams::new(vec![CERT_NAME.to_owned()]).map_err(|e| e.to_string())?;
         let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
         Ok(Self { peer_id, key_der: key.serialize_der(), certificate: cert.der().clone() })
@@ -184,7 +156,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         let again = Identity::load_or_create(&dir).unwrap();
         assert_eq!(first.peer_id(), again.peer_id());
-        assert_eq!(PeerId::from_certificate(&again.certificate()), Some(first.peer_id()));
+        assert_eq!(peer_id_of_certificate(&again.certificate()), Some(first.peer_id()));
         fs::remove_dir_all(&dir).unwrap();
     }
 

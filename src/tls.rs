@@ -87,7 +87,7 @@ impl CertifiedKey {
     /// Whether the end-entity certificate carries the key of `identity` (then clients that pin
     /// the peer ID still accept it).
     pub fn is_for(&self, identity: &Identity) -> bool {
-        self.chain.first().and_then(PeerId::from_certificate) == Some(identity.peer_id())
+        self.chain.first().and_then(crate::identity::peer_id_of_certificate) == Some(identity.peer_id())
     }
 }
 
@@ -268,7 +268,7 @@ impl ServerCertVerifier for PeerIdVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         match self.expected {
             ServerAuth::Insecure => Ok(ServerCertVerified::assertion()),
-            ServerAuth::PeerId(expected) => match PeerId::from_certificate(end_entity) {
+            ServerAuth::PeerId(expected) => match crate::identity::peer_id_of_certificate(end_entity) {
                 Some(actual) if actual == expected => Ok(ServerCertVerified::assertion()),
                 Some(_) => {
                     Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))

@@ -10,9 +10,12 @@
 pub mod admin;
 pub mod liveness;
 pub mod metrics;
+pub mod nat;
+mod peer_id;
 
 pub use admin::{AdminServer, NodeView};
 pub use metrics::Metrics;
+pub use peer_id::{BadPeerId, PeerId};
 
 use std::fmt;
 use std::sync::Arc;

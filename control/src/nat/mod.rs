@@ -1,0 +1,15 @@
+//! NAT traversal: the signalling messages, candidates, and the sans-IO state machines of both
+//! roles (the coordinator a bootstrap runs, the traversal a peer runs). See `docs/nat-traversal.md`.
+//!
+//! Nothing here owns a socket or reads a clock: time comes in as `now`, and what must be sent or
+//! installed comes out as actions for the driver (`ant_quic::nat`).
+
+pub mod candidate;
+pub mod coordinator;
+pub mod message;
+pub mod probe;
+pub mod traversal;
+pub mod wire;
+
+pub use message::{Candidate, CandidateKind, ErrorCode, Message, Outcome, PunchRole};
+pub use probe::{Probe, ProbeKind};

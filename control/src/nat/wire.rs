@@ -1,0 +1,1 @@
+//! The wire encoding of signalling messages and frames (see `docs/nat-traversal.md`).

@@ -84,6 +84,12 @@ impl CertifiedKey {
         Ok(Self { chain, key })
     }
 
+    /// The identity's own self-signed certificate and key, as a node presents them to servers
+    /// (so that a bootstrap or another peer learns its peer ID).
+    pub fn of_identity(identity: &Identity) -> Self {
+        Self { chain: vec![identity.certificate()], key: identity.private_key() }
+    }
+
     /// Whether the end-entity certificate carries the key of `identity` (then clients that pin
     /// the peer ID still accept it).
     pub fn is_for(&self, identity: &Identity) -> bool {
@@ -119,7 +125,9 @@ pub fn load_ca(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 /// Whether and how the server asks clients for certificates.
 #[derive(Debug, Clone, Default)]
 pub enum ClientAuth {
-    /// No client certificates (the default: nodes authenticate servers by peer ID only).
+    /// No CA policy (the default): clients may present a self-signed certificate, which proves
+    /// their peer ID (nodes do, so that bootstraps and peers know who they are); clients without
+    /// one (hq-interop, `ant-quic get`) are served as anonymous.
     #[default]
     None,
     /// Clients may present a certificate; one that is presented must chain to these CAs.
@@ -170,7 +178,7 @@ pub fn rustls_server_config_with(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?;
     let builder = match &security.client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::None => builder.with_client_cert_verifier(Arc::new(PeerIdClientVerifier(Arc::clone(&provider)))),
         ClientAuth::Optional(roots) | ClientAuth::Required(roots) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), provider);
             let verifier = if matches!(security.client_auth, ClientAuth::Optional(_)) {
@@ -302,6 +310,62 @@ impl ServerCertVerifier for PeerIdVerifier {
     }
 }
 
+/// Accepts any client certificate whose handshake signature verifies: the certificate proves
+/// possession of a key, and the peer ID is that key's hash. Not mandatory, so anonymous clients
+/// are still served.
+#[derive(Debug)]
+struct PeerIdClientVerifier(Arc<CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for PeerIdClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // Only keys that name a peer are useful; anything else is refused rather than ignored.
+        match crate::identity::peer_id_of_certificate(end_entity) {
+            Some(_) => Ok(rustls::server::danger::ClientCertVerified::assertion()),
+            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The peer ID a connection's client proved with its certificate, if it presented one.
+pub fn client_peer_id(certificates: Option<&[CertificateDer<'static>]>) -> Option<PeerId> {
+    certificates?.first().and_then(crate::identity::peer_id_of_certificate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +406,37 @@ mod tests {
         assert!(handshake(wrong, server_tls()).is_err(), "a certificate for another key was accepted");
         let insecure = rustls_client_config(ServerAuth::Insecure, &[ALPN_ANT_QUIC]).unwrap();
         assert!(handshake(insecure, server_tls()).is_ok());
+    }
+
+    #[test]
+    fn a_client_certificate_proves_the_peer_id_and_is_optional() {
+        let server = Identity::ephemeral().unwrap();
+        let client = Identity::ephemeral().unwrap();
+        let server_tls = || rustls_server_config(&server, &[ALPN_ANT_QUIC]).unwrap();
+        let with_cert = rustls_client_config_with(
+            ServerAuth::PeerId(server.peer_id()),
+            &[ALPN_ANT_QUIC],
+            Some(&CertifiedKey::of_identity(&client)),
+        )
+        .unwrap();
+        let name = ServerName::try_from(CERT_NAME).unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(with_cert), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::new(server_tls())).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(!s.is_handshaking());
+        assert_eq!(client_peer_id(s.peer_certificates()), Some(client.peer_id()));
+        // Anonymous clients are still served.
+        let anonymous = rustls_client_config(ServerAuth::PeerId(server.peer_id()), &[ALPN_ANT_QUIC]).unwrap();
+        assert!(handshake(anonymous, server_tls()).is_ok());
     }
 
     #[cfg(feature = "aws-lc-rs")]

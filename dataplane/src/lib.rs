@@ -13,16 +13,22 @@ pub mod backend;
 pub mod batch;
 pub mod cid;
 mod core;
+pub mod datagram;
 pub mod latency;
 pub mod node;
+pub mod relay;
 pub mod socket;
 pub mod stats;
 
 pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome};
 pub use backend::BackendKind;
 pub use core::{ConnectRequest, Connections};
+pub use datagram::ControlDatagram;
 pub use node::{Node, NodeConfig, NodeError, NodeHandle, StartError};
 pub use quinn_proto;
+pub use relay::{
+    is_alias, PathRoute, RelayAllocation, RelayDrop, RelayFrame, RelayRepr, RELAY_HEADER_LEN, RELAY_MARKER,
+};
 
 /// Most datagrams put in one GSO send.
 pub const MAX_GSO_SEGMENTS: usize = 64;

@@ -2,9 +2,12 @@
 //! (io_uring or portable), its QUIC endpoint and every connection on it.
 //!
 //! A packet's path on one core: [`backend`] receives a batch → [`batch::split_gro`] splits it →
+//! [`datagram::classify`] sorts QUIC packets from the node's own datagrams (relay frames are
+//! forwarded or unwrapped by [`relay`], control datagrams go to the control thread) →
 //! [`cid::route`] tells which core owns it (others are handed over through a queue) → the core's
 //! `quinn_proto::Endpoint` decrypts it → the connection's [`Application`] runs on the same core →
-//! `poll_transmit` seals the answer into GSO batches → [`backend`] sends them.
+//! `poll_transmit` seals the answer into GSO batches ([`relay`] routes those to path aliases) →
+//! [`backend`] sends them.
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 

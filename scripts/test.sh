@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Installs what the tests need on a fresh Debian machine
-# (iproute2 and ethtool for the namespace tests, prometheus and promtool for the metrics tests,
-# a Python virtualenv with aioquic for interop),
+# (iproute2 and ethtool for the namespace tests, nftables for the NAT lab (tests/natlab_raw.rs),
+# prometheus and promtool for the metrics tests, a Python virtualenv with aioquic for interop),
 # then checks formatting and the panic-free policy, and runs every test with both crypto builds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -11,6 +11,9 @@ step() { printf '\n==> %s\n' "$*"; }
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
+# nft and python3, for the NAT lab (scripts/natlab, tests/natlab_raw.rs)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # promtool and prometheus, for the metrics tests (tests/metrics.rs)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then

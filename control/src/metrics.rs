@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use ant_quic_dataplane::latency::LatencySet;
 use ant_quic_dataplane::stats::{read, CloseClass, CoreStats, BATCH_BUCKETS};
-use ant_quic_dataplane::NodeHandle;
+use ant_quic_dataplane::{NodeHandle, RelayDrop};
 use hdrhistogram::Histogram;
 
 use crate::liveness::Liveness;
@@ -121,6 +121,23 @@ impl Metrics {
             out.sample("quic_connection_closes_total", &[("reason", class.name())], sum(&|c| c.closes(class)));
         }
 
+        // Relaying (bootstrap role): frames forwarded between the two ends of an allocation.
+        out.family("relay_packets_total", "counter", "Relay frames forwarded between the two ends of an allocation.");
+        out.sample("relay_packets_total", &[], sum(&|c| read(&c.relay_forwarded)));
+        out.family("relay_bytes_total", "counter", "Bytes of relay frames forwarded (5-byte relay header included).");
+        out.sample("relay_bytes_total", &[], sum(&|c| read(&c.relay_forwarded_bytes)));
+        out.family("relay_dropped_total", "counter", "Relay frames not forwarded, by reason.");
+        for reason in RelayDrop::ALL {
+            out.sample("relay_dropped_total", &[("reason", reason.name())], sum(&|c| c.relay_drops(reason)));
+        }
+        out.family(
+            "relay_allocations_active",
+            "gauge",
+            "Relay allocations installed (every core holds the same table; the largest is shown).",
+        );
+        let allocations = cores.iter().map(|c| read(&c.relay_allocations)).max().unwrap_or(0);
+        out.sample("relay_allocations_active", &[], allocations);
+
         if let Some(latency) = &self.latency {
             out.histogram(
                 "quic_handshake_duration",
@@ -173,8 +190,37 @@ impl Metrics {
                 ("reason", "refused", read(&c.drops_refused)),
                 ("reason", "no_receive_buffers", read(&c.rx_no_buffers)),
                 ("reason", "truncated", read(&c.rx_truncated)),
+                ("reason", "not_quic", read(&c.drops_not_quic)),
             ]
         });
+        per_core(
+            &mut out,
+            "ant_quic_core_control_datagrams_total",
+            "counter",
+            "Control datagrams (NAT traversal probes) received: delivered to the control thread, or dropped.",
+            &|c| {
+                vec![
+                    ("outcome", "delivered", read(&c.control_datagrams_in)),
+                    ("outcome", "dropped", read(&c.control_datagrams_dropped)),
+                ]
+            },
+        );
+        out.family(
+            "ant_quic_path_alias_datagrams_total",
+            "counter",
+            "Datagrams of connections to path aliases, by direction and route (relay or direct).",
+        );
+        let alias = "ant_quic_path_alias_datagrams_total";
+        out.sample(alias, &[("direction", "sent"), ("route", "relay")], sum(&|c| read(&c.alias_sent_relay)));
+        out.sample(alias, &[("direction", "sent"), ("route", "direct")], sum(&|c| read(&c.alias_sent_direct)));
+        out.sample(alias, &[("direction", "received"), ("route", "relay")], sum(&|c| read(&c.alias_received_relay)));
+        out.sample(alias, &[("direction", "received"), ("route", "direct")], sum(&|c| read(&c.alias_received_direct)));
+        out.family(
+            "ant_quic_path_alias_dropped_total",
+            "counter",
+            "Datagrams to a path alias dropped because the alias had no route.",
+        );
+        out.sample("ant_quic_path_alias_dropped_total", &[], sum(&|c| read(&c.alias_dropped_no_route)));
         per_core(
             &mut out,
             "ant_quic_core_handoffs_total",

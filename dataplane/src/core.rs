@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
+use crossbeam_channel::Sender;
 use crossbeam_queue::ArrayQueue;
 use quinn_proto::{
     ClientConfig, Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event,
@@ -20,7 +21,12 @@ use crate::app::{AppMessage, Application, ConnId, ConnRef};
 use crate::backend::{Backend, OutBatch, RecvMeta, SendRefused};
 use crate::batch::split_gro;
 use crate::cid::{route, CidKey, Route};
+use crate::datagram::{classify, ControlDatagram, DatagramKind};
 use crate::latency::{LatencySet, Recorder, LATENCY_QUEUE_CAPACITY};
+use crate::relay::{
+    frame_segments, is_alias, normalize, ForwardingTable, PathRoute, PathTable, RelayAllocation, RelayDrop, RelayFrame,
+    RELAY_HEADER_LEN,
+};
 use crate::socket::Waker;
 use crate::stats::{bump, CloseClass, CoreStats, DropReason};
 
@@ -34,6 +40,9 @@ const MAX_GSO_BYTES: usize = 65_507;
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 /// Least time between two RTT samples of one connection.
 const RTT_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often expired relay allocations are swept from the forwarding table (until then their
+/// frames count as `expired`).
+const RELAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A request to open a connection, carried out on the chosen core.
 #[derive(Debug)]
@@ -57,6 +66,14 @@ pub(crate) enum Command {
     SetServerConfig(Option<Arc<quinn_proto::ServerConfig>>),
     /// Test hook: block the core's thread for this long.
     Stall(Duration),
+    /// Forward relay frames on this allocation (install or renew).
+    InstallRelay(RelayAllocation),
+    /// Stop forwarding this channel.
+    RemoveRelay(u32),
+    /// Route a path alias (or forget it with `None`). Validated by the sender.
+    SetPath(SocketAddr, Option<PathRoute>),
+    /// Send these bytes as one datagram from the node's socket.
+    SendDatagram(SocketAddr, Vec<u8>),
 }
 
 /// A datagram received by one core for a connection owned by another.
@@ -174,6 +191,16 @@ pub(crate) struct Core<B: Backend> {
     /// The socket is IPv6 (dual-stack): IPv4 peers are addressed as IPv4-mapped IPv6.
     ipv6_socket: bool,
     recorder: Recorder,
+    /// Relay allocations this core forwards (bootstrap role).
+    relays: ForwardingTable,
+    /// Forwarded relay frames being gathered into one GSO send (same destination and size);
+    /// sent once the received batch is handled.
+    forwarding: Option<OutBatch>,
+    next_relay_sweep: Instant,
+    /// Routes of path aliases (peer role).
+    paths: PathTable,
+    /// Where control datagrams go; `None`: they are dropped.
+    control: Option<Sender<ControlDatagram>>,
 }
 
 impl<B: Backend> Core<B> {
@@ -186,6 +213,7 @@ impl<B: Backend> Core<B> {
         endpoint: Endpoint,
         app: Box<dyn Application>,
         ipv6_socket: bool,
+        control: Option<Sender<ControlDatagram>>,
     ) -> Option<Self> {
         let shared = Arc::clone(all.get(index)?);
         let cores = all.len();
@@ -207,6 +235,11 @@ impl<B: Backend> Core<B> {
             draining_since: None,
             ipv6_socket,
             recorder: Recorder::new(),
+            relays: ForwardingTable::new(),
+            forwarding: None,
+            next_relay_sweep: Instant::now(),
+            paths: PathTable::new(),
+            control,
         })
     }
 
@@ -229,6 +262,7 @@ impl<B: Backend> Core<B> {
             bump(&self.shared.stats.loop_turns, 1);
             self.shared.waker.drain();
             self.take_commands(now);
+            self.sweep_relays(now);
             self.take_handoffs(now);
             self.receive(now)?;
             self.fire_timers(now);
@@ -280,8 +314,47 @@ impl<B: Backend> Core<B> {
                     tracing::warn!(core = self.index, ?duration, "core stalled on request (test hook)");
                     std::thread::sleep(duration);
                 }
+                Command::InstallRelay(allocation) => {
+                    self.relays.install(allocation, now);
+                    self.publish_relays();
+                }
+                Command::RemoveRelay(channel) => {
+                    self.relays.remove(channel);
+                    self.publish_relays();
+                }
+                Command::SetPath(alias, route) => {
+                    if !self.paths.set(alias, route) {
+                        tracing::warn!(core = self.index, %alias, ?route, "path alias refused");
+                    }
+                }
+                Command::SendDatagram(destination, payload) => {
+                    let batch =
+                        OutBatch { destination, ecn: None, src_ip: None, segment_size: payload.len(), buf: payload };
+                    transmit_out(
+                        &mut self.backend,
+                        &mut self.blocked,
+                        &self.paths,
+                        &self.shared.stats,
+                        self.ipv6_socket,
+                        batch,
+                    );
+                }
             }
         }
+    }
+
+    fn sweep_relays(&mut self, now: Instant) {
+        if now < self.next_relay_sweep || self.relays.is_empty() {
+            return;
+        }
+        self.next_relay_sweep = now + RELAY_SWEEP_INTERVAL;
+        if self.relays.purge_expired(now) > 0 {
+            self.publish_relays();
+        }
+    }
+
+    fn publish_relays(&self) {
+        self.shared.stats.relay_allocations.store(self.relays.len() as u64, Ordering::Relaxed);
     }
 
     fn start_draining(&mut self, now: Instant) {
@@ -353,7 +426,8 @@ impl<B: Backend> Core<B> {
                 ecn: handoff.ecn,
                 local_ip: handoff.local_ip,
             };
-            self.handle_datagram(now, meta, handoff.data);
+            // Classified (and an alias substituted) by the core that received it.
+            self.handle_quic(now, meta, handoff.data);
         }
     }
 
@@ -383,10 +457,112 @@ impl<B: Backend> Core<B> {
             self.handle_datagram(now, meta, data);
         }
         self.received = batch;
+        self.flush_forwarding();
         Ok(())
     }
 
-    fn handle_datagram(&mut self, now: Instant, meta: RecvMeta, data: BytesMut) {
+    /// Sort a received datagram by its first byte (`docs/nat-traversal.md`, "Datagrams on the
+    /// node socket"): QUIC, relay frame, control datagram, or neither.
+    fn handle_datagram(&mut self, now: Instant, mut meta: RecvMeta, data: BytesMut) {
+        match classify(&data) {
+            DatagramKind::Quic => {
+                if !self.paths.is_empty() {
+                    // The direct path of an alias: the connection knows the peer by its alias.
+                    if let Some(alias) = self.paths.alias_for_direct(meta.remote) {
+                        bump(&self.shared.stats.alias_received_direct, 1);
+                        meta.remote = alias;
+                    }
+                }
+                self.handle_quic(now, meta, data);
+            }
+            DatagramKind::Relay => self.handle_relay(now, meta, data),
+            DatagramKind::Control => self.deliver_control(meta.remote, data),
+            DatagramKind::NotQuic => self.shared.stats.drop_datagram(DropReason::NotQuic),
+        }
+    }
+
+    /// A relay frame: from the relay of one of our aliases (peer role), or to forward between the
+    /// ends of an allocation (bootstrap role).
+    fn handle_relay(&mut self, now: Instant, meta: RecvMeta, mut data: BytesMut) {
+        let Ok(channel) = RelayFrame::new_checked(&data[..]).map(|frame| frame.channel()) else {
+            self.shared.stats.relay_drop(RelayDrop::Malformed);
+            return;
+        };
+        if let Some(alias) = self.paths.alias_for_relay(meta.remote, channel) {
+            bump(&self.shared.stats.alias_received_relay, 1);
+            data.advance(RELAY_HEADER_LEN);
+            let meta = RecvMeta { remote: alias, len: data.len(), stride: data.len(), ..meta };
+            // One level only: a relay frame inside a relay frame is not unwrapped again.
+            match classify(&data) {
+                DatagramKind::Quic => self.handle_quic(now, meta, data),
+                DatagramKind::Control => self.deliver_control(alias, data),
+                DatagramKind::Relay | DatagramKind::NotQuic => {
+                    self.shared.stats.drop_datagram(DropReason::NotQuic);
+                }
+            }
+            return;
+        }
+        match self.relays.forward(now, meta.remote, channel, data.len()) {
+            // Forwarded unchanged, from the local address it arrived on, with its ECN codepoint
+            // (as a TURN relay does, RFC 8656 §12), so congestion marks reach the peer.
+            Ok(destination) => self.forward(destination, meta.ecn, meta.local_ip, &data),
+            Err(reason) => self.shared.stats.relay_drop(reason),
+        }
+    }
+
+    /// Queue a frame to forward. A peer's frames come in bursts of equal size (full packets), so
+    /// consecutive frames to one destination share a GSO send, as the core's own transmits do:
+    /// one send per burst rather than per frame keeps the backend's send slots free.
+    fn forward(&mut self, destination: SocketAddr, ecn: Option<EcnCodepoint>, src_ip: Option<IpAddr>, frame: &[u8]) {
+        let max_segments = self.backend.max_gso_segments();
+        if let Some(batch) = &mut self.forwarding {
+            let joins = batch.destination == destination
+                && batch.ecn == ecn
+                && batch.src_ip == src_ip
+                && frame.len() <= batch.segment_size
+                // Only the last segment may be shorter: the batch must end on a full one.
+                && batch.buf.len() % batch.segment_size.max(1) == 0
+                && batch.segments() < max_segments
+                && batch.buf.len() + frame.len() <= MAX_GSO_BYTES;
+            if joins {
+                batch.buf.extend_from_slice(frame);
+                return;
+            }
+        }
+        self.flush_forwarding();
+        let mut buf = self.backend.take_buffer();
+        buf.extend_from_slice(frame);
+        self.forwarding = Some(OutBatch { destination, ecn, src_ip, segment_size: frame.len(), buf });
+    }
+
+    fn flush_forwarding(&mut self) {
+        let Some(batch) = self.forwarding.take() else { return };
+        let (frames, bytes) = (batch.segments() as u64, batch.buf.len() as u64);
+        let stats = &self.shared.stats;
+        if self.blocked.is_some() {
+            if let Some(counter) = stats.relay_drops.get(RelayDrop::SendBlocked.index()) {
+                bump(counter, frames);
+            }
+            return;
+        }
+        // Counted before the send, so a reader who saw the datagram arrive also sees the count.
+        bump(&stats.relay_forwarded, frames);
+        bump(&stats.relay_forwarded_bytes, bytes);
+        send_raw(&mut self.backend, &mut self.blocked, self.ipv6_socket, batch);
+    }
+
+    /// Pass a control datagram to the control thread, never waiting for it.
+    fn deliver_control(&mut self, source: SocketAddr, data: BytesMut) {
+        let delivered = match &self.control {
+            Some(sender) => sender.try_send(ControlDatagram { core: self.index, source, bytes: data.freeze() }).is_ok(),
+            None => false,
+        };
+        let stats = &self.shared.stats;
+        bump(if delivered { &stats.control_datagrams_in } else { &stats.control_datagrams_dropped }, 1);
+    }
+
+    /// A QUIC datagram: to the core that owns its connection, else to this core's endpoint.
+    fn handle_quic(&mut self, now: Instant, meta: RecvMeta, data: BytesMut) {
         if let Route::Core(owner) = route(&self.cid_key, &data) {
             if owner != self.index {
                 if let Some(peer) = self.all.get(owner) {
@@ -447,18 +623,9 @@ impl<B: Backend> Core<B> {
         let Some(contents) = buf.get(..transmit.size) else { return };
         let mut out = self.backend.take_buffer();
         out.extend_from_slice(contents);
-        let batch = to_batch(transmit, out, self.ipv6_socket);
-        self.send(batch);
-    }
-
-    fn send(&mut self, batch: OutBatch) {
-        if self.blocked.is_some() {
-            // Endpoint responses under back-pressure are dropped: the peer retransmits.
-            return;
-        }
-        if let Err(SendRefused::WouldBlock(batch)) = self.backend.send(batch) {
-            self.blocked = Some(batch);
-        }
+        let batch = to_batch(transmit, out);
+        // Endpoint responses under back-pressure are dropped: the peer retransmits.
+        transmit_out(&mut self.backend, &mut self.blocked, &self.paths, &self.shared.stats, self.ipv6_socket, batch);
     }
 
     fn fire_timers(&mut self, now: Instant) {
@@ -568,8 +735,10 @@ impl<B: Backend> Core<B> {
 
         // The kernel takes at most 64 KiB in one GSO send (the IP length field), whatever the
         // segment count: more segments of the path MTU would fail with EMSGSIZE.
+        // A relayed datagram grows by the relay header: leave room for it in every segment.
+        let overhead = if is_alias(&state.conn.remote_address()) { RELAY_HEADER_LEN } else { 0 };
         let mtu = usize::from(state.conn.current_mtu()).max(1);
-        let max_segments = self.backend.max_gso_segments().min(MAX_GSO_BYTES / mtu).max(1);
+        let max_segments = self.backend.max_gso_segments().min(MAX_GSO_BYTES / (mtu + overhead)).max(1);
         let mut budget = TRANSMIT_BUDGET;
         loop {
             if self.blocked.is_some() || budget == 0 {
@@ -581,10 +750,15 @@ impl<B: Backend> Core<B> {
             let mut buf = self.backend.take_buffer();
             let Some(transmit) = state.conn.poll_transmit(now, max_segments, &mut buf) else { break };
             buf.truncate(transmit.size);
-            let batch = to_batch(&transmit, buf, self.ipv6_socket);
-            if let Err(SendRefused::WouldBlock(batch)) = self.backend.send(batch) {
-                self.blocked = Some(batch);
-            }
+            let batch = to_batch(&transmit, buf);
+            transmit_out(
+                &mut self.backend,
+                &mut self.blocked,
+                &self.paths,
+                &self.shared.stats,
+                self.ipv6_socket,
+                batch,
+            );
             budget -= 1;
         }
 
@@ -618,16 +792,104 @@ impl<B: Backend> Core<B> {
     }
 }
 
-fn to_batch(transmit: &Transmit, buf: Vec<u8>, ipv6_socket: bool) -> OutBatch {
-    let destination = match transmit.destination {
-        SocketAddr::V4(v4) if ipv6_socket => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
-        other => other,
-    };
+/// A batch for `transmit`, still addressed as quinn-proto addressed it (perhaps to an alias).
+fn to_batch(transmit: &Transmit, buf: Vec<u8>) -> OutBatch {
     OutBatch {
-        destination,
+        destination: transmit.destination,
         ecn: transmit.ecn,
         src_ip: transmit.src_ip,
         segment_size: transmit.segment_size.unwrap_or(transmit.size),
         buf,
     }
+}
+
+/// Send a batch addressed as quinn-proto (or the control thread) addressed it: a path alias goes
+/// by its route, through the relay or direct. Returns false when the batch was dropped (no route
+/// for the alias, or the socket is applying back-pressure to an earlier batch).
+fn transmit_out<B: Backend>(
+    backend: &mut B,
+    blocked: &mut Option<OutBatch>,
+    paths: &PathTable,
+    stats: &CoreStats,
+    ipv6_socket: bool,
+    mut batch: OutBatch,
+) -> bool {
+    if is_alias(&batch.destination) {
+        let segments = batch.segments() as u64;
+        match paths.route(&normalize(batch.destination)) {
+            None => {
+                bump(&stats.alias_dropped_no_route, segments);
+                return false;
+            }
+            Some(PathRoute::Direct(to)) => {
+                bump(&stats.alias_sent_direct, segments);
+                batch.destination = to;
+            }
+            Some(PathRoute::Relay { relay, channel }) => {
+                bump(&stats.alias_sent_relay, segments);
+                return send_relayed(backend, blocked, ipv6_socket, batch, relay, channel);
+            }
+        }
+    }
+    send_raw(backend, blocked, ipv6_socket, batch)
+}
+
+/// Send a batch in relay frames to `relay`: a header in front of every segment, and no more
+/// segments per send than fit the kernel's 64 KiB GSO limit once they have grown.
+fn send_relayed<B: Backend>(
+    backend: &mut B,
+    blocked: &mut Option<OutBatch>,
+    ipv6_socket: bool,
+    mut batch: OutBatch,
+    relay: SocketAddr,
+    channel: u32,
+) -> bool {
+    let (ecn, src_ip) = (batch.ecn, batch.src_ip);
+    let segment = if batch.segment_size == 0 { batch.buf.len().max(1) } else { batch.segment_size };
+    // The core sizes its batches to leave room for the headers; this only splits batches built
+    // for a larger segment than the path's (never seen), rather than have the kernel refuse them.
+    let per_send = (MAX_GSO_BYTES / (segment + RELAY_HEADER_LEN)).max(1) * segment;
+    let mut all_sent = true;
+    loop {
+        let rest = (batch.buf.len() > per_send).then(|| {
+            let mut rest = backend.take_buffer();
+            rest.extend_from_slice(batch.buf.get(per_send..).unwrap_or_default());
+            batch.buf.truncate(per_send);
+            rest
+        });
+        let segment_size = frame_segments(&mut batch.buf, segment, channel);
+        all_sent &= send_raw(
+            backend,
+            blocked,
+            ipv6_socket,
+            OutBatch { destination: relay, ecn, src_ip, segment_size, buf: batch.buf },
+        );
+        match rest {
+            Some(buf) => batch = OutBatch { destination: relay, ecn, src_ip, segment_size: segment, buf },
+            None => return all_sent,
+        }
+    }
+}
+
+/// Hand a batch to the backend as it is (its destination made IPv4-mapped on a dual-stack
+/// socket). A batch refused for back-pressure is kept and sent first next turn; while one is
+/// kept, others are dropped (UDP: QUIC retransmits). Returns false when dropped.
+fn send_raw<B: Backend>(
+    backend: &mut B,
+    blocked: &mut Option<OutBatch>,
+    ipv6_socket: bool,
+    mut batch: OutBatch,
+) -> bool {
+    if blocked.is_some() {
+        return false;
+    }
+    if let SocketAddr::V4(v4) = batch.destination {
+        if ipv6_socket {
+            batch.destination = SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port());
+        }
+    }
+    if let Err(SendRefused::WouldBlock(batch)) = backend.send(batch) {
+        *blocked = Some(batch);
+    }
+    true
 }

@@ -2,9 +2,12 @@
 //! (io_uring or portable), its QUIC endpoint and every connection on it.
 //!
 //! A packet's path on one core: [`backend`] receives a batch → [`batch::split_gro`] splits it →
+//! [`datagram::classify`] sorts QUIC packets from the node's own datagrams (relay frames are
+//! forwarded or unwrapped by [`relay`], control datagrams go to the control thread) →
 //! [`cid::route`] tells which core owns it (others are handed over through a queue) → the core's
 //! `quinn_proto::Endpoint` decrypts it → the connection's [`Application`] runs on the same core →
-//! `poll_transmit` seals the answer into GSO batches → [`backend`] sends them.
+//! `poll_transmit` seals the answer into GSO batches ([`relay`] routes those to path aliases) →
+//! [`backend`] sends them.
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
@@ -13,16 +16,22 @@ pub mod backend;
 pub mod batch;
 pub mod cid;
 mod core;
+pub mod datagram;
 pub mod latency;
 pub mod node;
+pub mod relay;
 pub mod socket;
 pub mod stats;
 
 pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome};
 pub use backend::BackendKind;
 pub use core::{ConnectRequest, Connections};
+pub use datagram::ControlDatagram;
 pub use node::{Node, NodeConfig, NodeError, NodeHandle, StartError};
 pub use quinn_proto;
+pub use relay::{
+    is_alias, PathRoute, RelayAllocation, RelayDrop, RelayFrame, RelayRepr, RELAY_HEADER_LEN, RELAY_MARKER,
+};
 
 /// Most datagrams put in one GSO send.
 pub const MAX_GSO_SEGMENTS: usize = 64;

@@ -13,7 +13,9 @@ use crate::backend::portable::PortableBackend;
 use crate::backend::{Backend, BackendKind, BackendParams};
 use crate::cid::{CidKey, CoreCidGenerator};
 use crate::core::{Command, ConnectRequest, Core, CoreShared};
+use crate::datagram::ControlDatagram;
 use crate::latency::LatencySet;
+use crate::relay::{is_alias, PathRoute, RelayAllocation};
 use crate::socket::{allowed_cpus, bind_reuseport_group, pin_current_thread, steer_group_to};
 use crate::stats::{CoreStats, CoreStatus};
 
@@ -41,6 +43,10 @@ pub struct NodeConfig {
     /// datagrams for connections owned by other cores take the hand-off path. For tests.
     #[doc(hidden)]
     pub steer_all_to_core: Option<usize>,
+    /// Where the cores pass the control datagrams they receive (first byte 0x21: NAT traversal
+    /// probes). A core never waits: when the channel is full, or this is `None`, the datagram is
+    /// dropped and counted.
+    pub control_datagrams: Option<crossbeam_channel::Sender<ControlDatagram>>,
 }
 
 impl NodeConfig {
@@ -62,6 +68,7 @@ impl NodeConfig {
             endpoint,
             server,
             steer_all_to_core: None,
+            control_datagrams: None,
         }
     }
 }
@@ -104,6 +111,14 @@ pub enum NodeError {
     /// The core's command queue is full; retry later.
     #[error("core {0} is busy: its command queue is full")]
     Busy(usize),
+    /// A path alias request that cannot be carried out.
+    #[error("path alias {alias}: {reason}")]
+    InvalidPath {
+        /// The alias asked for.
+        alias: SocketAddr,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A core thread ended with an error or panicked.
     #[error("core {core} failed: {reason}")]
     CoreFailed {
@@ -122,6 +137,8 @@ pub struct Node {
     cores: Arc<[Arc<CoreShared>]>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
     next_core: AtomicUsize,
+    /// Handed out by [`Node::handle`], which sends commands too.
+    handle: NodeHandle,
 }
 
 impl Node {
@@ -161,6 +178,7 @@ impl Node {
             let ready = ready_tx.clone();
             let mut endpoint_config = config.endpoint.clone();
             let server = config.server.clone();
+            let control = config.control_datagrams.clone();
             let automatic = config.backend.is_none();
             let cpu = config.pin_threads.then(|| cpus.get(index % cpus.len()).copied()).flatten();
             let core_byte = u8::try_from(index).map_err(|_| StartError::Cores(count))?;
@@ -177,6 +195,10 @@ impl Node {
                     }
                     let key = cid_key.clone();
                     endpoint_config.cid_generator(move || Box::new(CoreCidGenerator::new(core_byte, key.clone())));
+                    // Peers must keep the QUIC fixed bit set (RFC 9287 §3: we do not advertise
+                    // grease_quic_bit), so first bytes with both high bits clear stay free for
+                    // relay frames and control datagrams on the same socket.
+                    endpoint_config.grease_quic_bit(false);
                     let endpoint = Endpoint::new(Arc::new(endpoint_config), server, true, None);
                     let app = apps.create(index);
                     let Some(shared) = all.get(index).cloned() else { return Ok(()) };
@@ -184,12 +206,12 @@ impl Node {
                     let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
                     match kind {
                         BackendKind::Portable => match PortableBackend::open(params) {
-                            Ok(backend) => run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, &ready),
+                            Ok(backend) => run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, control, &ready),
                             Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
                         },
                         #[cfg(target_os = "linux")]
                         BackendKind::IoUring => match crate::backend::uring::UringBackend::open(params) {
-                            Ok(backend) => run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, &ready),
+                            Ok(backend) => run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, control, &ready),
                             Err(mut error) => match error.take_socket() {
                                 // Chosen automatically: this core falls back rather than fail.
                                 Some(socket) if automatic => {
@@ -197,7 +219,7 @@ impl Node {
                                     let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
                                     match PortableBackend::open(params) {
                                         Ok(backend) => {
-                                            run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, &ready)
+                                            run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, control, &ready)
                                         }
                                         Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
                                     }
@@ -231,7 +253,8 @@ impl Node {
         }
         drop(ready_tx);
 
-        let node = Self { local_addr, backend: kind, cores: all, threads, next_core: AtomicUsize::new(0) };
+        let handle = NodeHandle { cores: Arc::clone(&all), backend: kind, next_core: Arc::new(AtomicUsize::new(0)) };
+        let node = Self { local_addr, backend: kind, cores: all, threads, next_core: AtomicUsize::new(0), handle };
         for _ in 0..count {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -271,9 +294,31 @@ impl Node {
     }
 
     /// A cheap, cloneable view of the cores for the control thread: counters, latency
-    /// histograms, wake-ups. It outlives nothing: it only keeps the shared state alive.
+    /// histograms, wake-ups, relay and path commands, datagrams to send. It outlives nothing: it
+    /// only keeps the shared state alive.
     pub fn handle(&self) -> NodeHandle {
-        NodeHandle { cores: Arc::clone(&self.cores), backend: self.backend }
+        self.handle.clone()
+    }
+
+    /// Forward relay frames on `allocation` (install, or renew with a later expiry), on every
+    /// core. See [`NodeHandle::install_relay`].
+    pub fn install_relay(&self, allocation: RelayAllocation) -> Result<(), NodeError> {
+        self.handle.install_relay(allocation)
+    }
+
+    /// Stop forwarding relay frames on `channel`, on every core.
+    pub fn remove_relay(&self, channel: u32) -> Result<(), NodeError> {
+        self.handle.remove_relay(channel)
+    }
+
+    /// Route the path alias `alias`, or forget it (`None`). See [`NodeHandle::set_path`].
+    pub fn set_path(&self, alias: SocketAddr, route: Option<PathRoute>) -> Result<(), NodeError> {
+        self.handle.set_path(alias, route)
+    }
+
+    /// Send `payload` as one UDP datagram from the node's socket. See [`NodeHandle::send_datagram`].
+    pub fn send_datagram(&self, destination: SocketAddr, payload: Vec<u8>) -> Result<(), NodeError> {
+        self.handle.send_datagram(destination, payload)
     }
 
     /// Test hook: make `core` block its thread for `duration` (as a stuck core would), for
@@ -304,10 +349,7 @@ impl Node {
     }
 
     fn command(&self, core: usize, command: Command) -> Result<(), NodeError> {
-        let shared = self.cores.get(core).ok_or(NodeError::NoSuchCore(core))?;
-        shared.commands.push(command).map_err(|_| NodeError::Busy(core))?;
-        shared.waker.wake();
-        Ok(())
+        push_command(&self.cores, core, command)
     }
 
     /// Ask every core to close its connections (CONNECTION_CLOSE is sent) and stop.
@@ -353,6 +395,15 @@ impl Node {
 pub struct NodeHandle {
     cores: Arc<[Arc<CoreShared>]>,
     backend: BackendKind,
+    /// The core that sends the next datagram (in turn).
+    next_core: Arc<AtomicUsize>,
+}
+
+fn push_command(cores: &[Arc<CoreShared>], core: usize, command: Command) -> Result<(), NodeError> {
+    let shared = cores.get(core).ok_or(NodeError::NoSuchCore(core))?;
+    shared.commands.push(command).map_err(|_| NodeError::Busy(core))?;
+    shared.waker.wake();
+    Ok(())
 }
 
 impl NodeHandle {
@@ -374,6 +425,56 @@ impl NodeHandle {
     /// Counters of every core, by index.
     pub fn all_stats(&self) -> impl Iterator<Item = &CoreStats> {
         self.cores.iter().map(|c| &*c.stats)
+    }
+
+    /// Forward relay frames on `allocation` (bootstrap role): a frame on its channel from one
+    /// end goes to the other, unchanged; anything else is dropped and counted. Installing a
+    /// channel again renews it (new expiry and limits; bytes already carried still count when the
+    /// ends are the same). Every core gets its own copy, since a frame may reach any core.
+    ///
+    /// On `Busy`, some cores may have it already; installing again is harmless.
+    pub fn install_relay(&self, allocation: RelayAllocation) -> Result<(), NodeError> {
+        self.broadcast(|| Command::InstallRelay(allocation))
+    }
+
+    /// Stop forwarding relay frames on `channel`, on every core. On `Busy`, retry.
+    pub fn remove_relay(&self, channel: u32) -> Result<(), NodeError> {
+        self.broadcast(|| Command::RemoveRelay(channel))
+    }
+
+    /// Route the path alias `alias` (240.0.0.0/4, see [`is_alias`]) over `route`, or forget it
+    /// (`None`), on every core (peer role). A connection opened to the alias keeps its address
+    /// whatever the route: moving the route from the relay to a direct path keeps the connection,
+    /// and frames still arriving through the relay are accepted after the move.
+    ///
+    /// Refused with `InvalidPath` when `alias` is not an alias or the route leads to one. On
+    /// `Busy`, some cores may have the new route already; setting it again is harmless.
+    pub fn set_path(&self, alias: SocketAddr, route: Option<PathRoute>) -> Result<(), NodeError> {
+        if !is_alias(&alias) {
+            return Err(NodeError::InvalidPath { alias, reason: "not in 240.0.0.0/4" });
+        }
+        let target = match route {
+            Some(PathRoute::Relay { relay, .. }) => Some(relay),
+            Some(PathRoute::Direct(to)) => Some(to),
+            None => None,
+        };
+        if target.is_some_and(|t| is_alias(&t)) {
+            return Err(NodeError::InvalidPath { alias, reason: "the route leads to another alias" });
+        }
+        self.broadcast(|| Command::SetPath(alias, route))
+    }
+
+    /// Send `payload` as one UDP datagram from the node's socket (the address peers and NATs
+    /// know), by the next core in turn: they all share the port. To a path alias it goes by the
+    /// alias's route. Dropped, like any UDP datagram, if the socket is congested.
+    pub fn send_datagram(&self, destination: SocketAddr, payload: Vec<u8>) -> Result<(), NodeError> {
+        let core = self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores.len().max(1);
+        push_command(&self.cores, core, Command::SendDatagram(destination, payload))
+    }
+
+    /// Queue a command on every core; stops at the first core whose queue is full.
+    fn broadcast(&self, command: impl Fn() -> Command) -> Result<(), NodeError> {
+        (0..self.cores.len()).try_for_each(|core| push_command(&self.cores, core, command()))
     }
 
     /// Wake `core` (its loop turns once even when idle): the liveness heartbeat.
@@ -438,9 +539,10 @@ fn run_core<B: Backend>(
     endpoint: Endpoint,
     app: Box<dyn crate::app::Application>,
     ipv6_socket: bool,
+    control: Option<crossbeam_channel::Sender<ControlDatagram>>,
     ready: &mpsc::Sender<Result<(), StartError>>,
 ) -> std::io::Result<()> {
-    let Some(core) = Core::new(index, all, cid_key, backend, endpoint, app, ipv6_socket) else {
+    let Some(core) = Core::new(index, all, cid_key, backend, endpoint, app, ipv6_socket, control) else {
         return fail(ready, StartError::Core(format!("core {index} has no shared state")));
     };
     core.stats().set_status(CoreStatus::Running);

@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 
 use quinn_proto::{ConnectionError, TransportErrorCode};
 
+use crate::relay::RelayDrop;
+
 /// Upper bounds (inclusive) of the batch-size buckets: 1, 2, 4, 8, 16, 32, 64 and more.
 pub const BATCH_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, u64::MAX];
 
@@ -46,6 +48,9 @@ pub enum DropReason {
     Malformed,
     /// A connection attempt was refused (endpoint at capacity, or the node is draining).
     Refused,
+    /// The first byte has both high bits clear and is not one of the node's own datagram kinds:
+    /// no QUIC packet looks like that (RFC 9000 §17), so it never reaches the endpoint.
+    NotQuic,
 }
 
 /// Counters of one core.
@@ -82,6 +87,30 @@ pub struct CoreStats {
     pub drops_malformed: AtomicU64,
     /// Connection attempts refused.
     pub drops_refused: AtomicU64,
+    /// Datagrams that were neither QUIC nor one of the node's own kinds ([`DropReason::NotQuic`]).
+    pub drops_not_quic: AtomicU64,
+    /// Relay frames forwarded to the other end of their allocation (bootstrap role).
+    pub relay_forwarded: AtomicU64,
+    /// Bytes of the relay frames forwarded (header included).
+    pub relay_forwarded_bytes: AtomicU64,
+    /// Relay frames dropped, by [`RelayDrop`] (index: [`RelayDrop::index`]).
+    pub relay_drops: [AtomicU64; RelayDrop::ALL.len()],
+    /// Relay allocations in this core's forwarding table (a gauge; every core holds the same).
+    pub relay_allocations: AtomicU64,
+    /// Control datagrams (first byte 0x21) passed to the control thread.
+    pub control_datagrams_in: AtomicU64,
+    /// Control datagrams dropped: no receiver configured, or its channel full or gone.
+    pub control_datagrams_dropped: AtomicU64,
+    /// Datagrams to a path alias sent in relay frames (each GSO segment counts).
+    pub alias_sent_relay: AtomicU64,
+    /// Datagrams to a path alias sent straight to its direct address.
+    pub alias_sent_direct: AtomicU64,
+    /// Datagrams from a path alias that arrived in relay frames.
+    pub alias_received_relay: AtomicU64,
+    /// Datagrams from a path alias that arrived from its direct address.
+    pub alias_received_direct: AtomicU64,
+    /// Datagrams to a path alias dropped because the alias has no route.
+    pub alias_dropped_no_route: AtomicU64,
     /// Connections accepted from peers.
     pub connections_accepted: AtomicU64,
     /// Connections opened to peers.
@@ -150,8 +179,22 @@ impl CoreStats {
             DropReason::HandoffQueueFull => &self.drops_handoff_full,
             DropReason::Malformed => &self.drops_malformed,
             DropReason::Refused => &self.drops_refused,
+            DropReason::NotQuic => &self.drops_not_quic,
         };
         bump(counter, 1);
+    }
+
+    /// Count a relay frame that was not forwarded.
+    #[inline]
+    pub fn relay_drop(&self, reason: RelayDrop) {
+        if let Some(counter) = self.relay_drops.get(reason.index()) {
+            bump(counter, 1);
+        }
+    }
+
+    /// Relay frames dropped for `reason` so far.
+    pub fn relay_drops(&self, reason: RelayDrop) -> u64 {
+        self.relay_drops.get(reason.index()).map_or(0, read)
     }
 }
 

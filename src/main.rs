@@ -529,7 +529,11 @@ fn resolve_bootstraps(entries: &[String]) -> Result<Vec<SocketAddr>, String> {
 
 /// `--connect` and `--test`: start a node on its own port, register with the bootstraps, do the
 /// one thing, report, stop.
-fn one_shot(args: &NodeArgs, options: &NodeOptions, security: &ant_quic::tls::ServerSecurity) -> Result<ExitCode, Error> {
+fn one_shot(
+    args: &NodeArgs,
+    options: &NodeOptions,
+    security: &ant_quic::tls::ServerSecurity,
+) -> Result<ExitCode, Error> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let started = Instant::now();
     let server = start_server_with(options, security)?;
@@ -646,7 +650,11 @@ fn connect_to_peer(
     }
 }
 
-fn connectivity_test(server: &ant_quic::node::ServerNode, args: &NodeArgs, deadline: Instant) -> Result<String, String> {
+fn connectivity_test(
+    server: &ant_quic::node::ServerNode,
+    args: &NodeArgs,
+    deadline: Instant,
+) -> Result<String, String> {
     let status = wait_registered(&server.nat, true, deadline);
     let observed: Vec<SocketAddr> = status.bootstraps.iter().filter_map(|b| b.observed).collect();
     let Some(first) = observed.first().copied() else {
@@ -689,9 +697,11 @@ fn connectivity_test(server: &ant_quic::node::ServerNode, args: &NodeArgs, deadl
     for b in &status.bootstraps {
         match b.observed {
             Some(o) => text.push_str(&format!("\n  {}: observed {o}", b.address)),
-            None => {
-                text.push_str(&format!("\n  {}: unreachable ({})", b.address, b.last_error.as_deref().unwrap_or("no answer")))
-            }
+            None => text.push_str(&format!(
+                "\n  {}: unreachable ({})",
+                b.address,
+                b.last_error.as_deref().unwrap_or("no answer")
+            )),
         }
     }
     Ok(text)

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ant_quic_control::nat::wire::FrameReader;
 use ant_quic_control::nat::Message;
 use ant_quic_control::PeerId;
-use ant_quic_dataplane::Connections;
 use ant_quic_dataplane::quinn_proto::{ConnectionError, StreamId, VarInt};
+use ant_quic_dataplane::Connections;
 use ant_quic_dataplane::{ConnId, ConnRef, ReadOutcome};
 use bytes::Bytes;
 use crossbeam_channel::Sender;
@@ -209,7 +209,8 @@ impl CoreLink {
             return;
         }
         let peer = crate::tls::client_peer_id(conn.peer_certificates().as_deref());
-        self.signals.insert(conn.id(), SignalStream { stream, reader: FrameReader::default(), outgoing: VecDeque::new() });
+        self.signals
+            .insert(conn.id(), SignalStream { stream, reader: FrameReader::default(), outgoing: VecDeque::new() });
         self.emit(NatEvent::SignalOpened {
             conn: conn.id(),
             role: SignalRole::Coordinator,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use ant_quic_control::nat::coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig};
 use ant_quic_control::nat::traversal::{Traversal, TraversalAction, TraversalConfig, TraversalEvent};
 use ant_quic_control::nat::wire::encode_frame;
+use ant_quic_control::nat::CoordinatorCounts;
 use ant_quic_control::nat::{Message, Outcome, Probe};
 use ant_quic_control::PeerId;
 use ant_quic_dataplane::relay::{PathRoute, RelayAllocation};
@@ -152,7 +153,7 @@ impl Nat {
             certified,
             local_peer: identity.peer_id(),
             coordinator: Coordinator::new(options.coordinator.clone(), seed()),
-            traversal: Traversal::new(options.traversal.clone(), identity.peer_id(), seed()),
+            traversal: Traversal::new(options.traversal.clone(), seed()),
             bootstraps: options.bootstraps.iter().map(|&address| Bootstrap::new(address)).collect(),
             sessions: HashMap::new(),
             attempts: HashMap::new(),
@@ -278,7 +279,12 @@ struct Driver {
 }
 
 impl Driver {
-    fn run(&mut self, events: &Receiver<NatEvent>, datagrams: &Receiver<ControlDatagram>, requests: &Receiver<Request>) {
+    fn run(
+        &mut self,
+        events: &Receiver<NatEvent>,
+        datagrams: &Receiver<ControlDatagram>,
+        requests: &Receiver<Request>,
+    ) {
         loop {
             let now = Instant::now();
             self.tick(now);
@@ -394,6 +400,9 @@ impl Driver {
             }
             NatEvent::Signal { conn, message } => match (self.sessions.get(&conn), message) {
                 (Some(SignalRole::Coordinator), Ok(message)) => {
+                    if let Message::Report { outcome, connect_ms, .. } = &message {
+                        self.metrics.reported(*outcome, Duration::from_millis(u64::from(*connect_ms)));
+                    }
                     self.coordinator.handle(now, session_of(conn), message);
                 }
                 (Some(SignalRole::Coordinator), Err(error)) => {
@@ -465,9 +474,9 @@ impl Driver {
     }
 
     fn on_datagram(&mut self, now: Instant, datagram: &ControlDatagram) {
-        match Probe::parse(&datagram.payload) {
-            Ok(probe) => self.traversal.handle_probe(now, datagram.remote, probe),
-            Err(error) => tracing::debug!(from = %datagram.remote, %error, "malformed probe datagram dropped"),
+        match Probe::parse(&datagram.bytes) {
+            Ok(probe) => self.traversal.handle_probe(now, datagram.source, probe),
+            Err(error) => tracing::debug!(from = %datagram.source, %error, "malformed probe datagram dropped"),
         }
     }
 
@@ -559,11 +568,11 @@ impl Driver {
             TraversalEvent::AttemptFinished { attempt, peer, outcome, remote, connect, reason } => {
                 self.metrics.attempt(outcome, connect);
                 let Some(mut entry) = self.attempts.remove(&attempt) else { return };
-                let result = match (outcome, entry.conn) {
-                    (Outcome::Direct, Some(conn)) => {
+                let result = match (outcome, entry.conn, remote) {
+                    (Outcome::Direct, Some(conn), Some(remote)) => {
                         Ok(PeerConnection { conn, path: PathKind::Direct, remote, connect })
                     }
-                    (Outcome::Relayed, Some(conn)) => {
+                    (Outcome::Relayed, Some(conn), Some(remote)) => {
                         Ok(PeerConnection { conn, path: PathKind::Relayed, remote, connect })
                     }
                     _ => Err(reason.unwrap_or_else(|| format!("no path to {peer}"))),
@@ -591,9 +600,15 @@ impl Driver {
 
     fn publish(&self) {
         let stats = self.coordinator.stats();
-        self.metrics.set_coordinator(stats.registered_peers, stats.active_relays, self.coordinator.success_rate());
+        self.metrics.set_coordinator(CoordinatorCounts {
+            registered_peers: stats.registered as u64,
+            punches: stats.punches_coordinated,
+            relay_grants: stats.relays_granted,
+            rate_limited: stats.rate_limited,
+            malformed: stats.malformed,
+        });
         if let Ok(mut status) = self.status.lock() {
-            status.registered_peers = stats.registered_peers;
+            status.registered_peers = stats.registered;
             status.relay_allocations = stats.active_relays;
         }
     }

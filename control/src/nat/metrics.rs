@@ -89,12 +89,14 @@ impl NatMetrics {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         if outcome == Outcome::Direct {
-            if let Ok(mut histogram) = self.time_to_direct.lock() {
-                let histogram = histogram.get_or_insert_with(|| {
-                    Histogram::new_with_bounds(1, MAX_CONNECT_US, 2).unwrap_or_else(|_| Histogram::new(2).unwrap_or_default())
-                });
-                let us = u64::try_from(connect.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_CONNECT_US);
-                let _ = histogram.record(us);
+            if let Ok(mut slot) = self.time_to_direct.lock() {
+                if slot.is_none() {
+                    *slot = Histogram::new_with_bounds(1, MAX_CONNECT_US, 2).ok();
+                }
+                if let Some(histogram) = slot.as_mut() {
+                    let us = u64::try_from(connect.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_CONNECT_US);
+                    let _ = histogram.record(us);
+                }
             }
         }
     }
@@ -116,9 +118,8 @@ impl NatMetrics {
     /// The values for one scrape.
     pub fn snapshot(&self) -> NatSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let attempts = [0, 1, 2].map(|i| {
-            self.own.get(i).map(load).unwrap_or(0) + self.reported.get(i).map(load).unwrap_or(0)
-        });
+        let attempts =
+            [0, 1, 2].map(|i| self.own.get(i).map(load).unwrap_or(0) + self.reported.get(i).map(load).unwrap_or(0));
         NatSnapshot {
             attempts,
             upgrades: load(&self.upgrades),

@@ -12,6 +12,6 @@ pub mod probe;
 pub mod traversal;
 pub mod wire;
 
-pub use metrics::{CoordinatorCounts, NatMetrics, NatSnapshot};
 pub use message::{Candidate, CandidateKind, ErrorCode, Message, Outcome, PunchRole};
+pub use metrics::{CoordinatorCounts, NatMetrics, NatSnapshot};
 pub use probe::{Probe, ProbeKind};

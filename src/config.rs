@@ -386,6 +386,8 @@ pub struct Overrides {
     pub metrics_port: Option<u16>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--bootstrap` (repeatable): replaces `[node] bootstrap` when given.
+    pub bootstrap: Vec<String>,
 }
 
 /// A loaded, validated configuration.
@@ -673,6 +675,10 @@ fn apply_overrides(config: &mut Config, flags: &Overrides, origins: &mut HashMap
     if let Some(level) = &flags.log_level {
         config.logging.level = level.clone();
         set("logging.level", "--log-level");
+    }
+    if !flags.bootstrap.is_empty() {
+        config.node.bootstrap = flags.bootstrap.clone();
+        set("node.bootstrap", "--bootstrap");
     }
 }
 

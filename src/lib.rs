@@ -37,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod identity;
 pub mod logging;
+pub mod nat;
 pub mod node;
 pub mod perf;
 pub mod service;

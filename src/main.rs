@@ -55,20 +55,52 @@ struct NodeArgs {
     /// Log level or filter (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Register with this bootstrap node (repeatable; replaces `[node] bootstrap`).
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: Vec<String>,
+    /// Reach this peer through the bootstrap (direct when possible, relayed otherwise), report
+    /// the path and exit.
+    #[arg(long, value_name = "PEER_ID", requires = "bootstrap", conflicts_with = "test")]
+    connect: Option<PeerId>,
+    /// Connectivity check: reach the bootstraps, report the observed address, the NAT mapping
+    /// behaviour and the RTT; exit 0 when reachable.
+    #[arg(long, requires = "bootstrap")]
+    test: bool,
+    /// With --connect or --test: print one JSON line.
+    #[arg(long)]
+    json: bool,
+    /// With --connect: send this many random bytes over the connection and check their SHA-256.
+    #[arg(long, value_name = "BYTES", requires = "connect")]
+    send_bytes: Option<u64>,
+    /// With --connect or --test: give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    timeout: u64,
 }
 
 impl NodeArgs {
+    /// A one-shot command (--connect, --test) rather than a long-running node.
+    fn one_shot(&self) -> bool {
+        self.connect.is_some() || self.test
+    }
+
     fn loader(&self) -> Loader {
+        // A one-shot command takes any free port unless told otherwise, so that it runs beside a
+        // node on the same host.
+        let listen = match self.listen {
+            None if self.one_shot() => Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+            listen => listen,
+        };
         Loader {
             path: self.config.clone(),
             overrides: Overrides {
-                listen: self.listen,
+                listen,
                 cores: self.cores,
                 backend: self.backend,
                 data_dir: self.data_dir.clone(),
                 www: self.www.clone(),
                 metrics_port: self.metrics_port,
                 log_level: self.log_level.clone(),
+                bootstrap: self.bootstrap.clone(),
             },
         }
     }
@@ -191,6 +223,10 @@ fn run_node(args: &NodeArgs) -> ExitCode {
     if let Some(file) = &loaded.file {
         tracing::info!(config = %file.display(), "configuration loaded");
     }
+    let bootstraps = match resolve_bootstraps(&config.node.bootstrap) {
+        Ok(bootstraps) => bootstraps,
+        Err(error) => return config_error(&error),
+    };
     let options = NodeOptions {
         listen: config.node.listen,
         cores: config.node.cores,
@@ -198,7 +234,11 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         data_dir: Some(config.data_dir()),
         www: config.node.www.clone(),
         cpus: None,
+        nat: ant_quic::nat::NatOptions { bootstraps, ..Default::default() },
     };
+    if args.one_shot() {
+        return finish(one_shot(args, &options, &security));
+    }
     finish(serve(&options, &security, &config, &args.loader(), &logging, &signals))
 }
 
@@ -223,6 +263,8 @@ fn serve(
         peer_id: server.identity.peer_id().to_string(),
         started,
         log_lines_dropped: Some(Arc::new(ant_quic::logging::dropped_lines)),
+        bootstraps: Some(server.nat.bootstraps_json()),
+        nat: Some(server.nat.metrics()),
     };
     let admin = match AdminServer::start(admin_addr, view) {
         Ok(admin) => admin,
@@ -261,6 +303,8 @@ fn serve(
     systemd_notify(&[sd_notify::NotifyState::Stopping]);
     admin.set_draining();
     let stats = server.node.stats();
+    let mut nat = server.nat;
+    nat.stop();
     server.node.shutdown();
     let joined = server.node.join();
     admin.shutdown();
@@ -467,4 +511,202 @@ fn get(args: &GetArgs) -> Result<ExitCode, Error> {
         }
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `[node] bootstrap` / `--bootstrap` entries resolved to addresses (the first address of each).
+fn resolve_bootstraps(entries: &[String]) -> Result<Vec<SocketAddr>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            entry
+                .to_socket_addrs()
+                .map_err(|e| format!("bootstrap '{entry}' cannot be resolved: {e}; give HOST:PORT"))?
+                .next()
+                .ok_or_else(|| format!("bootstrap '{entry}' has no address"))
+        })
+        .collect()
+}
+
+/// `--connect` and `--test`: start a node on its own port, register with the bootstraps, do the
+/// one thing, report, stop.
+fn one_shot(
+    args: &NodeArgs,
+    options: &NodeOptions,
+    security: &ant_quic::tls::ServerSecurity,
+) -> Result<ExitCode, Error> {
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let started = Instant::now();
+    let server = start_server_with(options, security)?;
+    let outcome = match args.connect {
+        Some(target) => connect_to_peer(&server, target, args, started + timeout),
+        None => connectivity_test(&server, args, started + timeout),
+    };
+    let mut nat = server.nat;
+    nat.stop();
+    server.node.shutdown();
+    let _ = server.node.join();
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(reason) => {
+            eprintln!("error: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Wait until a bootstrap told us our observed address (all of them, when `all`), or the deadline.
+fn wait_registered(nat: &ant_quic::nat::Nat, all: bool, deadline: Instant) -> ant_quic::nat::NatStatus {
+    loop {
+        let status = nat.status();
+        let observed = status.bootstraps.iter().filter(|b| b.observed.is_some()).count();
+        let done = if all { observed == status.bootstraps.len() } else { observed > 0 };
+        if done || Instant::now() >= deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn unreachable_reason(status: &ant_quic::nat::NatStatus) -> String {
+    let reasons: Vec<String> = status
+        .bootstraps
+        .iter()
+        .map(|b| format!("{}: {}", b.address, b.last_error.as_deref().unwrap_or("no answer")))
+        .collect();
+    format!("no bootstrap reachable ({})", reasons.join("; "))
+}
+
+fn connect_to_peer(
+    server: &ant_quic::node::ServerNode,
+    target: PeerId,
+    args: &NodeArgs,
+    deadline: Instant,
+) -> Result<String, String> {
+    let status = wait_registered(&server.nat, false, deadline);
+    if !status.bootstraps.iter().any(|b| b.observed.is_some()) {
+        return Err(unreachable_reason(&status));
+    }
+    let connection = server.nat.connect(target, deadline.saturating_duration_since(Instant::now()))?;
+    let core = connection.conn.core;
+    let mut line = serde_json::json!({
+        "peer": target.to_string(),
+        "path": connection.path.name(),
+        "remote": connection.remote.to_string(),
+        "connect_ms": millis(connection.connect),
+    });
+    if let Some(bytes) = args.send_bytes {
+        let (report, reports) = crossbeam_channel::bounded(1);
+        let request = ant_quic::nat::link::CoreRequest::Upload { conn: connection.conn, bytes, report };
+        server.node.send_message(core, Box::new(request)).map_err(|e| e.to_string())?;
+        let upload = reports
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| format!("the transfer of {bytes} bytes did not finish in time"))?;
+        if let Some(error) = &upload.error {
+            return Err(format!("transfer failed: {error}"));
+        }
+        let secs = upload.elapsed.as_secs_f64().max(1e-9);
+        if let Some(object) = line.as_object_mut() {
+            object.insert("bytes".into(), upload.bytes.into());
+            object.insert("sha256".into(), upload.sha256.clone().into());
+            object.insert("verified".into(), upload.verified.into());
+            object.insert("mbit_s".into(), ((upload.bytes as f64 * 8.0 / secs / 1e6 * 10.0).round() / 10.0).into());
+        }
+    }
+    // The RTT once the handshake (and any transfer) is done.
+    let (report, reports) = crossbeam_channel::bounded(1);
+    let describe = ant_quic::nat::link::CoreRequest::Describe { conn: connection.conn, report };
+    if server.node.send_message(core, Box::new(describe)).is_ok() {
+        if let Ok(Some((_, rtt))) = reports.recv_timeout(Duration::from_secs(2)) {
+            if let Some(object) = line.as_object_mut() {
+                object.insert("rtt_ms".into(), millis(rtt).into());
+            }
+        }
+    }
+    if args.json {
+        Ok(line.to_string())
+    } else {
+        let get = |key: &str| line.get(key).map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
+        let mut text = format!(
+            "connected to {} {} via {} in {} ms (rtt {} ms)",
+            get("peer"),
+            get("path"),
+            get("remote"),
+            get("connect_ms"),
+            get("rtt_ms")
+        );
+        if args.send_bytes.is_some() {
+            text.push_str(&format!(
+                "; sent {} bytes, sha256 {}, verified {}, {} Mbit/s",
+                get("bytes"),
+                get("sha256"),
+                get("verified"),
+                get("mbit_s")
+            ));
+        }
+        Ok(text)
+    }
+}
+
+fn connectivity_test(
+    server: &ant_quic::node::ServerNode,
+    args: &NodeArgs,
+    deadline: Instant,
+) -> Result<String, String> {
+    let status = wait_registered(&server.nat, true, deadline);
+    let observed: Vec<SocketAddr> = status.bootstraps.iter().filter_map(|b| b.observed).collect();
+    let Some(first) = observed.first().copied() else {
+        return Err(unreachable_reason(&status));
+    };
+    // RFC 4787 §4.1: the same mapping toward two destinations is endpoint-independent.
+    let mapping = match observed.get(1) {
+        None => "unknown (give two --bootstrap to detect it)",
+        Some(_) if observed.iter().all(|o| *o == first) => "endpoint-independent",
+        Some(_) => "endpoint-dependent",
+    };
+    let rtt = status.bootstraps.iter().filter_map(|b| b.rtt).min();
+    let bootstraps: Vec<serde_json::Value> = status
+        .bootstraps
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "address": b.address.to_string(),
+                "reachable": b.observed.is_some(),
+                "observed": b.observed.map(|o| o.to_string()),
+                "rtt_ms": b.rtt.map(millis),
+                "error": if b.observed.is_some() { None } else { Some(b.last_error.clone().unwrap_or_else(|| "no answer".into())) },
+            })
+        })
+        .collect();
+    let line = serde_json::json!({
+        "reachable": true,
+        "observed": first.to_string(),
+        "mapping": mapping,
+        "rtt_ms": rtt.map(millis),
+        "bootstraps": bootstraps,
+    });
+    if args.json {
+        return Ok(line.to_string());
+    }
+    let mut text = format!(
+        "reachable: observed address {first}, NAT mapping {mapping}, rtt {}",
+        rtt.map(|r| format!("{:.1} ms", millis(r))).unwrap_or_else(|| "unknown".into())
+    );
+    for b in &status.bootstraps {
+        match b.observed {
+            Some(o) => text.push_str(&format!("\n  {}: observed {o}", b.address)),
+            None => text.push_str(&format!(
+                "\n  {}: unreachable ({})",
+                b.address,
+                b.last_error.as_deref().unwrap_or("no answer")
+            )),
+        }
+    }
+    Ok(text)
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e4).round() / 10.0
 }

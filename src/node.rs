@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ant_quic_dataplane::{AppFactory, Application, BackendKind, ConnectRequest, Node, NodeConfig};
 
 use crate::identity::Identity;
+use crate::nat::{Nat, NatOptions};
 use crate::service::{ServiceApp, WwwRoot};
 use crate::tls::{self, ServerAuth, ServerSecurity, ALPN_ANT_QUIC, ALPN_HQ_INTEROP};
 use crate::Error;
@@ -29,21 +30,33 @@ pub struct NodeOptions {
     pub www: Option<PathBuf>,
     /// CPUs to pin cores to; `None`: the allowed CPUs in order.
     pub cpus: Option<Vec<usize>>,
+    /// NAT traversal: the bootstraps to register with, and the settings of both roles.
+    pub nat: NatOptions,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        Self { listen: DEFAULT_LISTEN, cores: None, backend: None, data_dir: None, www: None, cpus: None }
+        Self {
+            listen: DEFAULT_LISTEN,
+            cores: None,
+            backend: None,
+            data_dir: None,
+            www: None,
+            cpus: None,
+            nat: NatOptions::default(),
+        }
     }
 }
 
-/// A node serving `ant-quic/1` (and hq-interop), with its identity.
+/// A node serving `ant-quic/1` (and hq-interop), with its identity and its NAT traversal.
 #[derive(Debug)]
 pub struct ServerNode {
     /// The data plane.
     pub node: Node,
     /// Who it is.
     pub identity: Identity,
+    /// NAT traversal: coordinator for peers registered here, and this node's own registrations.
+    pub nat: Nat,
 }
 
 /// Start a node that accepts connections and serves its protocols.
@@ -65,14 +78,26 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
         None => None,
     };
     let server = server_tls(&identity, security)?;
+    let (events, events_rx) = crossbeam_channel::bounded(crate::nat::EVENT_QUEUE);
+    let (datagrams, datagrams_rx) = crossbeam_channel::bounded(crate::nat::EVENT_QUEUE);
     let mut config = NodeConfig::new(options.listen, Some(Arc::new(server)));
     config.cores = options.cores;
     config.backend = options.backend;
     config.cpus = options.cpus.clone();
-    let factory: Arc<dyn AppFactory> =
-        Arc::new(move |_core: usize| Box::new(ServiceApp::new(www.clone())) as Box<dyn Application>);
+    config.control_datagrams = Some(datagrams);
+    let factory: Arc<dyn AppFactory> = Arc::new(move |_core: usize| {
+        Box::new(ServiceApp::with_nat(www.clone(), events.clone())) as Box<dyn Application>
+    });
     let node = Node::start(config, factory)?;
-    Ok(ServerNode { node, identity })
+    let nat = match Nat::start(node.handle(), &identity, options.nat.clone(), events_rx, datagrams_rx) {
+        Ok(nat) => nat,
+        Err(error) => {
+            node.shutdown();
+            let _ = node.join();
+            return Err(error);
+        }
+    };
+    Ok(ServerNode { node, identity, nat })
 }
 
 /// The server's QUIC/TLS settings for `security`, warning when the certificate is not the identity's.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use ant_quic_dataplane::app::StreamReadError;
 use ant_quic_dataplane::quinn_proto::{StreamId, VarInt};
-use ant_quic_dataplane::{Application, ConnId, ConnRef, ReadOutcome};
+use ant_quic_dataplane::{AppMessage, Application, ConnId, ConnRef, ReadOutcome};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
@@ -81,6 +81,8 @@ enum StreamState {
 /// The per-core server application of a node.
 pub struct ServiceApp {
     www: Option<Arc<WwwRoot>>,
+    /// NAT traversal on this core (signalling streams, traversal connections), when the node runs it.
+    link: Option<crate::nat::link::CoreLink>,
     protocols: HashMap<ConnId, Protocol>,
     streams: HashMap<(ConnId, StreamId), StreamState>,
     filler: Bytes,
@@ -101,7 +103,16 @@ impl std::fmt::Debug for ServiceApp {
 impl ServiceApp {
     /// Services for one core; hq-interop serves `www` when given.
     pub fn new(www: Option<Arc<WwwRoot>>) -> Self {
-        Self { www, protocols: HashMap::new(), streams: HashMap::new(), filler: wire::filler() }
+        Self { www, link: None, protocols: HashMap::new(), streams: HashMap::new(), filler: wire::filler() }
+    }
+
+    /// Services for one core of a node that runs NAT traversal: signalling streams are accepted
+    /// and their messages go to the traversal driver through `events`.
+    pub(crate) fn with_nat(
+        www: Option<Arc<WwwRoot>>,
+        events: crossbeam_channel::Sender<crate::nat::link::NatEvent>,
+    ) -> Self {
+        Self { link: Some(crate::nat::link::CoreLink::new(events)), ..Self::new(www) }
     }
 
     fn protocol(&mut self, conn: &ConnRef<'_>) -> Option<Protocol> {
@@ -229,6 +240,18 @@ impl ServiceApp {
                 let rest = header.get(used..).map(Bytes::copy_from_slice).unwrap_or_default();
                 match op {
                     Op::Echo => StreamState::Echo { pending: vec![rest], fin: finished },
+                    Op::Signal => {
+                        // The traversal takes the stream over from here.
+                        *keep = false;
+                        match self.link.as_mut() {
+                            Some(link) => link.accept_signal_stream(conn, stream, &rest),
+                            None => {
+                                let _ = conn.reset(stream, AQ_BAD_OP);
+                                let _ = conn.stop(stream, AQ_BAD_OP);
+                            }
+                        }
+                        StreamState::AqHeader(Vec::new())
+                    }
                     Op::Download(len) => StreamState::Download { remaining: len },
                     Op::Upload { hash } => {
                         let mut h = hash.then(Sha256::new);
@@ -353,6 +376,10 @@ impl Application for ServiceApp {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         if self.protocol(conn).is_none() {
             conn.close(VarInt::from_u32(0x10), b"no supported application protocol");
+            return;
+        }
+        if let Some(link) = self.link.as_mut() {
+            link.on_connected(conn);
         }
     }
 
@@ -370,10 +397,16 @@ impl Application for ServiceApp {
     }
 
     fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        if self.link.as_mut().is_some_and(|link| link.on_readable(conn, stream)) {
+            return;
+        }
         self.read_input(conn, stream);
     }
 
     fn on_writable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        if self.link.as_mut().is_some_and(|link| link.on_writable(conn, stream)) {
+            return;
+        }
         self.write_output(conn, stream);
         // An echo that stopped reading for back-pressure resumes here.
         if matches!(self.streams.get(&(conn.id(), stream)), Some(StreamState::Echo { .. })) {
@@ -386,9 +419,25 @@ impl Application for ServiceApp {
         self.forget((conn.id(), stream));
     }
 
-    fn on_closed(&mut self, id: ConnId, _tag: u64, _reason: &ant_quic_dataplane::quinn_proto::ConnectionError) {
+    fn on_closed(&mut self, id: ConnId, tag: u64, reason: &ant_quic_dataplane::quinn_proto::ConnectionError) {
         self.protocols.remove(&id);
         self.streams.retain(|(conn, _), _| *conn != id);
+        if let Some(link) = self.link.as_mut() {
+            link.on_closed(id, tag, reason);
+        }
+    }
+
+    fn on_connect_failed(&mut self, tag: u64, error: &ant_quic_dataplane::quinn_proto::ConnectError) {
+        if let Some(link) = self.link.as_mut() {
+            link.on_connect_failed(tag, error);
+        }
+    }
+
+    fn on_message(&mut self, conns: &mut ant_quic_dataplane::Connections<'_>, message: AppMessage) {
+        let Some(link) = self.link.as_mut() else { return };
+        if let Ok(request) = message.downcast::<crate::nat::link::CoreRequest>() {
+            link.on_request(conns, *request);
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `D` | length, u64 big-endian | FIN | `length` bytes, then FIN |
 //! | `U` | nothing | any bytes, then FIN | byte count (u64 BE), then FIN |
 //! | `H` | nothing | any bytes, then FIN | byte count (u64 BE) and their SHA-256 (32 bytes), then FIN |
+//! | `S` | nothing | signalling frames (`docs/nat-traversal.md`) | signalling frames |
 //!
 //! Unknown operations are refused with stream error `0x3` (`RESET_STREAM` and `STOP_SENDING`).
 
@@ -26,6 +27,8 @@ pub enum Op {
         /// Answer with the SHA-256 too.
         hash: bool,
     },
+    /// The NAT traversal signalling stream: frames both ways for the connection's lifetime.
+    Signal,
 }
 
 /// The first byte does not name an operation.
@@ -41,6 +44,7 @@ pub fn parse_op(buf: &[u8]) -> Result<Option<(Op, usize)>, UnknownOp> {
         b'E' => Ok(Some((Op::Echo, 1))),
         b'U' => Ok(Some((Op::Upload { hash: false }, 1))),
         b'H' => Ok(Some((Op::Upload { hash: true }, 1))),
+        b'S' => Ok(Some((Op::Signal, 1))),
         b'D' => {
             let Some(len) = buf.get(1..9) else { return Ok(None) };
             let mut be = [0u8; 8];
@@ -57,6 +61,7 @@ pub fn encode_op(op: Op) -> Vec<u8> {
         Op::Echo => vec![b'E'],
         Op::Upload { hash: false } => vec![b'U'],
         Op::Upload { hash: true } => vec![b'H'],
+        Op::Signal => vec![b'S'],
         Op::Download(len) => {
             let mut out = vec![b'D'];
             out.extend_from_slice(&len.to_be_bytes());
@@ -76,9 +81,14 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for op in
-            [Op::Echo, Op::Download(0), Op::Download(u64::MAX), Op::Upload { hash: true }, Op::Upload { hash: false }]
-        {
+        for op in [
+            Op::Echo,
+            Op::Signal,
+            Op::Download(0),
+            Op::Download(u64::MAX),
+            Op::Upload { hash: true },
+            Op::Upload { hash: false },
+        ] {
             let bytes = encode_op(op);
             assert_eq!(parse_op(&bytes), Ok(Some((op, bytes.len()))));
         }

@@ -29,6 +29,8 @@ fn server_with_admin(cores: usize) -> (ServerNode, AdminServer) {
         peer_id: server.identity.peer_id().to_string(),
         started: Instant::now(),
         log_lines_dropped: None,
+        bootstraps: None,
+        nat: None,
     };
     let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view).unwrap();
     (server, admin)
@@ -199,6 +201,8 @@ fn a_panic_on_a_core_is_caught_and_reported() {
         peer_id: "test".into(),
         started: Instant::now(),
         log_lines_dropped: None,
+        bootstraps: None,
+        nat: None,
     };
     let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view).unwrap();
     let addr = admin.local_addr();

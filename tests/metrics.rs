@@ -33,6 +33,8 @@ fn server_with_admin() -> (ServerNode, AdminServer) {
         peer_id: server.identity.peer_id().to_string(),
         started: Instant::now(),
         log_lines_dropped: Some(Arc::new(|| 0)),
+        bootstraps: None,
+        nat: Some(Arc::clone(&server.nat.metrics())),
     };
     let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view).unwrap();
     (server, admin)

@@ -41,7 +41,15 @@ pub struct NodeView {
     pub started: Instant,
     /// Log lines the logger dropped under pressure, if it counts them.
     pub log_lines_dropped: Option<CounterFn>,
+    /// The bootstraps the node registers with, as JSON for `/health` (address, registered,
+    /// observed address, RTT).
+    pub bootstraps: Option<JsonFn>,
+    /// NAT traversal counters, when the node runs NAT traversal.
+    pub nat: Option<Arc<crate::nat::NatMetrics>>,
 }
+
+/// A JSON value the binary provides at each request.
+pub type JsonFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl std::fmt::Debug for NodeView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,6 +283,9 @@ impl ControlThread {
         });
         if let (Some(reason), Some(object)) = (&reason, body.as_object_mut()) {
             object.insert("reason".into(), serde_json::Value::String(reason.clone()));
+        }
+        if let (Some(bootstraps), Some(object)) = (&self.view.bootstraps, body.as_object_mut()) {
+            object.insert("bootstraps".into(), bootstraps());
         }
         Response {
             status: if reason.is_none() { 200 } else { 503 },

@@ -253,7 +253,8 @@ impl Node {
         }
         drop(ready_tx);
 
-        let handle = NodeHandle { cores: Arc::clone(&all), backend: kind, next_core: Arc::new(AtomicUsize::new(0)) };
+        let handle =
+            NodeHandle { cores: Arc::clone(&all), backend: kind, local_addr, next_core: Arc::new(AtomicUsize::new(0)) };
         let node = Self { local_addr, backend: kind, cores: all, threads, next_core: AtomicUsize::new(0), handle };
         for _ in 0..count {
             match ready_rx.recv() {
@@ -395,6 +396,7 @@ impl Node {
 pub struct NodeHandle {
     cores: Arc<[Arc<CoreShared>]>,
     backend: BackendKind,
+    local_addr: SocketAddr,
     /// The core that sends the next datagram (in turn).
     next_core: Arc<AtomicUsize>,
 }
@@ -425,6 +427,23 @@ impl NodeHandle {
     /// Counters of every core, by index.
     pub fn all_stats(&self) -> impl Iterator<Item = &CoreStats> {
         self.cores.iter().map(|c| &*c.stats)
+    }
+
+    /// The UDP address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open a connection from `core` (or the next core in turn), as [`Node::connect`] does.
+    pub fn connect(&self, request: ConnectRequest, core: Option<usize>) -> Result<usize, NodeError> {
+        let core = core.unwrap_or_else(|| self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores.len().max(1));
+        push_command(&self.cores, core, Command::Connect(Box::new(request)))?;
+        Ok(core)
+    }
+
+    /// Deliver `message` to the application of `core`, as [`Node::send_message`] does.
+    pub fn send_message(&self, core: usize, message: AppMessage) -> Result<(), NodeError> {
+        push_command(&self.cores, core, Command::Message(message))
     }
 
     /// Forward relay frames on `allocation` (bootstrap role): a frame on its channel from one

@@ -7,9 +7,11 @@
 pub mod candidate;
 pub mod coordinator;
 pub mod message;
+pub mod metrics;
 pub mod probe;
 pub mod traversal;
 pub mod wire;
 
 pub use message::{Candidate, CandidateKind, ErrorCode, Message, Outcome, PunchRole};
+pub use metrics::{CoordinatorCounts, NatMetrics, NatSnapshot};
 pub use probe::{Probe, ProbeKind};

@@ -1,0 +1,157 @@
+//! NAT traversal counters, written by the traversal driver and read at each scrape.
+//!
+//! Attempts are counted where they are known: a peer counts its own, a bootstrap counts what
+//! peers REPORT to it; `nat_traversal_success_rate` is computed over both.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use super::Outcome;
+
+/// Longest time-to-connect recorded (longer ones are clamped), in microseconds.
+const MAX_CONNECT_US: u64 = 600_000_000;
+
+/// Counters and the time-to-direct histogram of NAT traversal.
+#[derive(Debug, Default)]
+pub struct NatMetrics {
+    own: [AtomicU64; 3],
+    reported: [AtomicU64; 3],
+    upgrades: AtomicU64,
+    registered_peers: AtomicU64,
+    punches: AtomicU64,
+    relay_grants: AtomicU64,
+    rejected_rate: AtomicU64,
+    rejected_malformed: AtomicU64,
+    time_to_direct: Mutex<Option<Histogram<u64>>>,
+}
+
+/// What the coordinator of this node has done, as last published.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoordinatorCounts {
+    /// Peers registered now.
+    pub registered_peers: u64,
+    /// Hole punches coordinated since start.
+    pub punches: u64,
+    /// Relay allocations granted since start.
+    pub relay_grants: u64,
+    /// Signalling messages refused for the sender's rate.
+    pub rate_limited: u64,
+    /// Signalling messages that could not be used.
+    pub malformed: u64,
+}
+
+/// A consistent-enough view for one scrape.
+#[derive(Debug, Clone)]
+pub struct NatSnapshot {
+    /// Attempts by outcome (direct, relayed, failed): this node's own plus those reported to it.
+    pub attempts: [u64; 3],
+    /// Relayed connections that moved to a direct path.
+    pub upgrades: u64,
+    /// The coordinator's counts.
+    pub coordinator: CoordinatorCounts,
+    /// Time to a direct connection, in microseconds.
+    pub time_to_direct: Option<Histogram<u64>>,
+}
+
+impl NatSnapshot {
+    /// Share of attempts that connected (direct or relayed); `None` before the first attempt.
+    pub fn success_rate(&self) -> Option<f64> {
+        let [direct, relayed, failed] = self.attempts;
+        let total = direct + relayed + failed;
+        (total > 0).then(|| (direct + relayed) as f64 / total as f64)
+    }
+}
+
+fn index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Direct => 0,
+        Outcome::Relayed => 1,
+        Outcome::Failed => 2,
+    }
+}
+
+impl NatMetrics {
+    /// One of this node's own attempts ended.
+    pub fn attempt(&self, outcome: Outcome, connect: Duration) {
+        self.count(&self.own, outcome, connect);
+    }
+
+    /// A peer reported how its attempt ended (this node coordinated it).
+    pub fn reported(&self, outcome: Outcome, connect: Duration) {
+        self.count(&self.reported, outcome, connect);
+    }
+
+    fn count(&self, counters: &[AtomicU64; 3], outcome: Outcome, connect: Duration) {
+        if let Some(counter) = counters.get(index(outcome)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome == Outcome::Direct {
+            if let Ok(mut slot) = self.time_to_direct.lock() {
+                if slot.is_none() {
+                    *slot = Histogram::new_with_bounds(1, MAX_CONNECT_US, 2).ok();
+                }
+                if let Some(histogram) = slot.as_mut() {
+                    let us = u64::try_from(connect.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_CONNECT_US);
+                    let _ = histogram.record(us);
+                }
+            }
+        }
+    }
+
+    /// A relayed connection moved to a direct path.
+    pub fn upgraded(&self) {
+        self.upgrades.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publish the coordinator's counts.
+    pub fn set_coordinator(&self, counts: CoordinatorCounts) {
+        self.registered_peers.store(counts.registered_peers, Ordering::Relaxed);
+        self.punches.store(counts.punches, Ordering::Relaxed);
+        self.relay_grants.store(counts.relay_grants, Ordering::Relaxed);
+        self.rejected_rate.store(counts.rate_limited, Ordering::Relaxed);
+        self.rejected_malformed.store(counts.malformed, Ordering::Relaxed);
+    }
+
+    /// The values for one scrape.
+    pub fn snapshot(&self) -> NatSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let attempts =
+            [0, 1, 2].map(|i| self.own.get(i).map(load).unwrap_or(0) + self.reported.get(i).map(load).unwrap_or(0));
+        NatSnapshot {
+            attempts,
+            upgrades: load(&self.upgrades),
+            coordinator: CoordinatorCounts {
+                registered_peers: load(&self.registered_peers),
+                punches: load(&self.punches),
+                relay_grants: load(&self.relay_grants),
+                rate_limited: load(&self.rejected_rate),
+                malformed: load(&self.rejected_malformed),
+            },
+            time_to_direct: self.time_to_direct.lock().ok().and_then(|h| h.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_rate_counts_own_and_reported_attempts() {
+        let metrics = NatMetrics::default();
+        assert_eq!(metrics.snapshot().success_rate(), None);
+        metrics.attempt(Outcome::Direct, Duration::from_millis(120));
+        metrics.reported(Outcome::Relayed, Duration::from_secs(3));
+        metrics.reported(Outcome::Failed, Duration::from_secs(10));
+        metrics.attempt(Outcome::Failed, Duration::from_secs(10));
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.attempts, [1, 1, 2]);
+        assert_eq!(snapshot.success_rate(), Some(0.5));
+        let histogram = snapshot.time_to_direct.unwrap();
+        assert_eq!(histogram.len(), 1);
+        assert!(histogram.value_at_quantile(0.5).abs_diff(120_000) < 2_000);
+    }
+}

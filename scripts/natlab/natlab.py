@@ -296,7 +296,8 @@ def router_ruleset(router: str) -> str:
     parts = ["  " + d for d in decls]
     parts.append(chain("prerouting", "nat hook prerouting priority dstnat", pre))
     parts.append(chain("postrouting", "nat hook postrouting priority srcnat", [post]))
-    parts.append(chain("mark_out", "filter hook postrouting priority filter", mark))
+    if mark:
+        parts.append(chain("mark_out", "filter hook postrouting priority filter", mark))
     parts.append(chain("input", "filter hook input priority filter", ['iifname "wan" ct state new drop']))
     forward = ["ct state established,related accept", 'iifname "lan0" oifname "wan" accept'] + fwd_in
     parts.append(chain("forward", "filter hook forward priority filter", forward, policy="drop"))
@@ -1114,6 +1115,9 @@ def cmd_impair_check(prefix: str, as_json: bool, count: int, interval_ms: float)
         raise LabError("--count must be within 1..10000")
     started = time.monotonic()
     imp = load_state(prefix).get("impairment")
+    running = None
+    if imp:
+        running = str(imp.get("pid")) in run(["ip", "netns", "pids", ns_name(prefix, "imp")], check=False).stdout.split()
     wait_s = 1.0 + 2 * (imp["delay_ms"] if imp else 0) / 1000.0
     refl = {n: start_reflector(prefix, n, a, ECHO_PORT, stats=True) for n, a in (("b1", B1_ADDR), ("b2", B2_ADDR))}
     stats = {}
@@ -1152,6 +1156,7 @@ def cmd_impair_check(prefix: str, as_json: bool, count: int, interval_ms: float)
     report = {
         "prefix": prefix,
         "configured": None if not imp else {"loss_pct": imp["loss_pct"], "delay_ms": imp["delay_ms"]},
+        "impair_running": running,
         "from": "pub",
         "clean_b1": b1_res,
         "impaired_b2": b2_res,
@@ -1173,7 +1178,8 @@ def cmd_impair_check(prefix: str, as_json: bool, count: int, interval_ms: float)
             x = r["rtt_ms"]
             return "no replies" if not x else f"rtt min/median/max {x['min']}/{x['median']}/{x['max']} ms"
 
-        print(f"b2 path configured: {describe_impairment(imp)}")
+        print(f"b2 path configured: {describe_impairment(imp)}"
+              + ("" if running in (None, True) else "  (BUT impair.py IS NOT RUNNING)"))
         print(f"pub -> b1 (clean):   {b1_res['replies']}/{b1_res['sent']} replies, {rtt(b1_res)}")
         print(f"pub -> b2 (via imp): {b2_res['replies']}/{b2_res['sent']} replies, {rtt(b2_res)}")
         lp = report["loss_pct"]
@@ -1258,6 +1264,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("natlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `info --json | head`
+        sys.stderr.close()
+        return 1
 
 
 if __name__ == "__main__":

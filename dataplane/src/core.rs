@@ -748,6 +748,11 @@ impl<B: Backend> Core<B> {
                 break;
             }
             let mut buf = self.backend.take_buffer();
+            if overhead > 0 {
+                // Room for the relay headers too, so framing in place never reallocates (a no-op
+                // once recycled buffers have grown).
+                buf.reserve(max_segments * (mtu + overhead));
+            }
             let Some(transmit) = state.conn.poll_transmit(now, max_segments, &mut buf) else { break };
             buf.truncate(transmit.size);
             let batch = to_batch(&transmit, buf);

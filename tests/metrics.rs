@@ -152,7 +152,9 @@ fn a_transfer_moves_counters_and_histograms() {
     assert!(sample(&after, "ant_quic_core_loop_turn_seconds_count") > 0.0);
     assert!(after.contains("ant_quic_backend_info{backend=\""), "backend info missing");
     assert_eq!(sample(&after, "ant_quic_core_alive{core=\"0\"}"), 1.0);
-    assert!(after.contains("nat_traversal_success_rate 0"));
+    // No traversal attempt yet: the rate is undefined (NaN keeps `< 0.8` alerts quiet).
+    assert!(after.contains("nat_traversal_success_rate NaN"), "success rate before any attempt");
+    assert_eq!(sample(&after, "nat_traversal_attempts_total{outcome=\"failed\",path=\"none\"}"), 0.0);
     assert!(after.contains("quic_errors_total{kind=\"timed_out\"}"));
     assert!(after.contains("ant_quic_log_lines_dropped_total 0"));
 

@@ -157,7 +157,7 @@ impl Response {
 
 impl ControlThread {
     fn new(listener: TcpListener, view: NodeView, flags: Arc<Flags>) -> Self {
-        let metrics = Metrics::new(view.node.clone(), view.log_lines_dropped.clone());
+        let metrics = Metrics::new(view.node.clone(), view.log_lines_dropped.clone()).with_nat(view.nat.clone());
         let liveness = Liveness::new(&view.node, Instant::now());
         Self { listener, view, flags, metrics, liveness, clients: Vec::new() }
     }

@@ -24,6 +24,7 @@ use ant_quic_dataplane::{NodeHandle, RelayDrop};
 use hdrhistogram::Histogram;
 
 use crate::liveness::Liveness;
+use crate::nat::NatMetrics;
 
 /// A counter the binary provides (e.g. log lines dropped by the non-blocking writer).
 pub type CounterFn = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -34,6 +35,8 @@ const HANDSHAKE_BUCKETS: [f64; 14] =
 /// Bucket bounds (seconds) for RTT samples.
 const RTT_BUCKETS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Bucket bounds (seconds) for the time to a direct connection.
+const CONNECT_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 /// Bucket bounds (seconds) for loop turns.
 const LOOP_BUCKETS: [f64; 12] =
     [0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.01, 0.1];
@@ -46,6 +49,7 @@ type PerCore = dyn Fn(&CoreStats) -> Vec<(&'static str, &'static str, u64)>;
 /// Merges what the cores recorded and encodes it. Owned by the control thread.
 pub struct Metrics {
     node: NodeHandle,
+    nat: Option<Arc<NatMetrics>>,
     latency: Option<LatencySet>,
     log_lines_dropped: Option<CounterFn>,
 }
@@ -59,7 +63,50 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Metrics of `node`; `log_lines_dropped` reports lines the logger dropped under pressure.
     pub fn new(node: NodeHandle, log_lines_dropped: Option<CounterFn>) -> Self {
-        Self { node, latency: LatencySet::new(), log_lines_dropped }
+        Self { node, nat: None, latency: LatencySet::new(), log_lines_dropped }
+    }
+
+    /// Include the NAT traversal series of `nat`.
+    pub fn with_nat(mut self, nat: Option<Arc<NatMetrics>>) -> Self {
+        self.nat = nat;
+        self
+    }
+
+    fn encode_nat(&self, out: &mut Text) {
+        let snapshot = self.nat.as_ref().map(|n| n.snapshot());
+        let attempts = snapshot.as_ref().map(|s| s.attempts).unwrap_or_default();
+        out.family(
+            "nat_traversal_success_rate",
+            "gauge",
+            "Share of NAT traversal attempts that connected (direct or relayed): this node's own and those peers reported to it as their bootstrap. NaN before the first attempt.",
+        );
+        let rate = snapshot.as_ref().and_then(|s| s.success_rate());
+        out.sample("nat_traversal_success_rate", &[], rate.map_or_else(|| "NaN".to_owned(), |r| r.to_string()));
+        out.family("nat_traversal_attempts_total", "counter", "NAT traversal attempts by outcome and path.");
+        let [direct, relayed, failed] = attempts;
+        out.sample("nat_traversal_attempts_total", &[("outcome", "connected"), ("path", "direct")], direct);
+        out.sample("nat_traversal_attempts_total", &[("outcome", "connected"), ("path", "relayed")], relayed);
+        out.sample("nat_traversal_attempts_total", &[("outcome", "failed"), ("path", "none")], failed);
+        out.family("nat_traversal_upgrades_total", "counter", "Relayed connections moved to a direct path.");
+        out.sample("nat_traversal_upgrades_total", &[], snapshot.as_ref().map_or(0, |s| s.upgrades));
+        let coordinator = snapshot.as_ref().map(|s| s.coordinator).unwrap_or_default();
+        out.family("nat_registered_peers", "gauge", "Peers registered with this node as their bootstrap.");
+        out.sample("nat_registered_peers", &[], coordinator.registered_peers);
+        out.family("nat_punches_coordinated_total", "counter", "Hole punches this node coordinated (PUNCH_ME_NOW pairs).");
+        out.sample("nat_punches_coordinated_total", &[], coordinator.punches);
+        out.family("nat_relay_grants_total", "counter", "Relay allocations this node granted.");
+        out.sample("nat_relay_grants_total", &[], coordinator.relay_grants);
+        out.family("nat_signalling_rejected_total", "counter", "Signalling messages refused, by reason.");
+        out.sample("nat_signalling_rejected_total", &[("reason", "rate_limited")], coordinator.rate_limited);
+        out.sample("nat_signalling_rejected_total", &[("reason", "malformed")], coordinator.malformed);
+        if let Some(histogram) = snapshot.as_ref().and_then(|s| s.time_to_direct.as_ref()) {
+            out.histogram(
+                "nat_traversal_time_to_direct_seconds",
+                "Time from a connect request to a direct connection, in seconds.",
+                histogram,
+                &CONNECT_BUCKETS,
+            );
+        }
     }
 
     /// Add up the histograms the cores handed over, and ask them for fresh ones (they arrive by
@@ -100,14 +147,7 @@ impl Metrics {
         );
         out.sample("quic_bytes_transmitted", &[("direction", "sent")], sum(&|c| read(&c.tx_bytes)));
         out.sample("quic_bytes_transmitted", &[("direction", "received")], sum(&|c| read(&c.rx_bytes)));
-        out.family(
-            "nat_traversal_success_rate",
-            "gauge",
-            "Share of NAT traversal attempts that succeeded (0 until NAT traversal is implemented).",
-        );
-        out.sample("nat_traversal_success_rate", &[], 0);
-        out.family("nat_traversal_attempts_total", "counter", "NAT traversal attempts (none until implemented).");
-        out.sample("nat_traversal_attempts_total", &[], 0);
+        self.encode_nat(&mut out);
 
         out.family("quic_errors_total", "counter", "Errors by kind: connection ends other than graceful closes, handshake and connect failures, failed UDP sends.");
         for class in CloseClass::ALL.into_iter().filter(|c| c.is_error()) {

@@ -30,7 +30,7 @@ impl std::str::FromStr for PeerId {
     type Err = BadPeerId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || BadPeerId(s.to_owned());
-        if s.len() != 64 || !s.is_ascii() {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut out = [0u8; 32];

@@ -11,8 +11,9 @@ use hdrhistogram::Histogram;
 
 use super::Outcome;
 
-/// Longest time-to-connect recorded (longer ones are clamped), in microseconds.
-const MAX_CONNECT_US: u64 = 600_000_000;
+/// Shortest and longest time-to-connect recorded (others are clamped), in nanoseconds.
+const MIN_CONNECT_NS: u64 = 1_000;
+const MAX_CONNECT_NS: u64 = 600_000_000_000;
 
 /// Counters and the time-to-direct histogram of NAT traversal.
 #[derive(Debug, Default)]
@@ -52,7 +53,7 @@ pub struct NatSnapshot {
     pub upgrades: u64,
     /// The coordinator's counts.
     pub coordinator: CoordinatorCounts,
-    /// Time to a direct connection, in microseconds.
+    /// Time to a direct connection, in nanoseconds.
     pub time_to_direct: Option<Histogram<u64>>,
 }
 
@@ -91,11 +92,11 @@ impl NatMetrics {
         if outcome == Outcome::Direct {
             if let Ok(mut slot) = self.time_to_direct.lock() {
                 if slot.is_none() {
-                    *slot = Histogram::new_with_bounds(1, MAX_CONNECT_US, 2).ok();
+                    *slot = Histogram::new_with_bounds(MIN_CONNECT_NS, MAX_CONNECT_NS, 2).ok();
                 }
                 if let Some(histogram) = slot.as_mut() {
-                    let us = u64::try_from(connect.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_CONNECT_US);
-                    let _ = histogram.record(us);
+                    let ns = u64::try_from(connect.as_nanos()).unwrap_or(u64::MAX).clamp(MIN_CONNECT_NS, MAX_CONNECT_NS);
+                    let _ = histogram.record(ns);
                 }
             }
         }
@@ -152,6 +153,6 @@ mod tests {
         assert_eq!(snapshot.success_rate(), Some(0.5));
         let histogram = snapshot.time_to_direct.unwrap();
         assert_eq!(histogram.len(), 1);
-        assert!(histogram.value_at_quantile(0.5).abs_diff(120_000) < 2_000);
+        assert!(histogram.value_at_quantile(0.5).abs_diff(120_000_000) < 2_000_000);
     }
 }

@@ -92,7 +92,11 @@ impl Metrics {
         let coordinator = snapshot.as_ref().map(|s| s.coordinator).unwrap_or_default();
         out.family("nat_registered_peers", "gauge", "Peers registered with this node as their bootstrap.");
         out.sample("nat_registered_peers", &[], coordinator.registered_peers);
-        out.family("nat_punches_coordinated_total", "counter", "Hole punches this node coordinated (PUNCH_ME_NOW pairs).");
+        out.family(
+            "nat_punches_coordinated_total",
+            "counter",
+            "Hole punches this node coordinated (PUNCH_ME_NOW pairs).",
+        );
         out.sample("nat_punches_coordinated_total", &[], coordinator.punches);
         out.family("nat_relay_grants_total", "counter", "Relay allocations this node granted.");
         out.sample("nat_relay_grants_total", &[], coordinator.relay_grants);

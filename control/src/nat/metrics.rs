@@ -95,7 +95,8 @@ impl NatMetrics {
                     *slot = Histogram::new_with_bounds(MIN_CONNECT_NS, MAX_CONNECT_NS, 2).ok();
                 }
                 if let Some(histogram) = slot.as_mut() {
-                    let ns = u64::try_from(connect.as_nanos()).unwrap_or(u64::MAX).clamp(MIN_CONNECT_NS, MAX_CONNECT_NS);
+                    let ns =
+                        u64::try_from(connect.as_nanos()).unwrap_or(u64::MAX).clamp(MIN_CONNECT_NS, MAX_CONNECT_NS);
                     let _ = histogram.record(ns);
                 }
             }

@@ -9,7 +9,7 @@
 
 pub mod link;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -157,6 +157,7 @@ impl Nat {
             bootstraps: options.bootstraps.iter().map(|&address| Bootstrap::new(address)).collect(),
             sessions: HashMap::new(),
             attempts: HashMap::new(),
+            live: HashSet::new(),
             status: Arc::clone(&status),
             metrics: Arc::clone(&metrics),
             next_sample: Instant::now(),
@@ -273,6 +274,9 @@ struct Driver {
     /// Signalling sessions by connection: which role we play on it.
     sessions: HashMap<ConnId, SignalRole>,
     attempts: HashMap<u64, Attempt>,
+    /// Attempts whose QUIC connection is up: when it closes, the traversal is told
+    /// ([`Traversal::connection_closed`]) so that it drops the connection's relay path.
+    live: HashSet<u64>,
     status: Arc<Mutex<NatStatus>>,
     metrics: Arc<ant_quic_control::nat::NatMetrics>,
     next_sample: Instant,
@@ -455,6 +459,7 @@ impl Driver {
                     if let Some(entry) = self.attempts.get_mut(&attempt) {
                         entry.conn = Some(conn);
                     }
+                    self.live.insert(attempt);
                     self.traversal.connection_result(now, attempt, true);
                 }
                 Purpose::Other => {}
@@ -462,8 +467,10 @@ impl Driver {
             NatEvent::Closed { tag, reason } => match purpose(tag) {
                 Purpose::Bootstrap(index) => self.bootstrap_failed(now, index, reason),
                 Purpose::Attempt(attempt) => {
-                    let connected = self.attempts.get(&attempt).is_some_and(|a| a.conn.is_some());
-                    if !connected {
+                    if self.live.remove(&attempt) {
+                        tracing::debug!(attempt, %reason, "traversal connection closed");
+                        self.traversal.connection_closed(now, attempt);
+                    } else {
                         tracing::debug!(attempt, %reason, "traversal connection failed");
                         self.traversal.connection_result(now, attempt, false);
                     }
@@ -531,6 +538,12 @@ impl Driver {
                     tracing::info!(%alias, %address, "relayed connection moves to a direct path");
                     if let Err(error) = self.node.set_path(alias, Some(PathRoute::Direct(address))) {
                         tracing::warn!(%alias, %error, "direct path not installed");
+                    }
+                }
+                TraversalAction::RemovePath { alias } => {
+                    tracing::debug!(%alias, "path alias removed");
+                    if let Err(error) = self.node.set_path(alias, None) {
+                        tracing::warn!(%alias, %error, "path alias not removed");
                     }
                 }
             }

@@ -78,7 +78,8 @@ pub enum CoordinatorAction {
     },
     /// Forward relay frames on `channel` between `a` and `b` (both addresses this bootstrap
     /// observed the peers at) until `expires`, within the limits. An allocation for a `channel`
-    /// already installed replaces it (a peer's observed address changed).
+    /// already installed is renewed (same ends: what it carried is kept) or replaced (a peer's
+    /// observed address changed).
     InstallRelay {
         /// Channel number carried in the relay frames.
         channel: u32,
@@ -109,8 +110,10 @@ pub struct CoordinatorStats {
     pub active_relays: usize,
     /// CONNECT_REQUESTs answered with PUNCH_ME_NOW.
     pub punches_coordinated: u64,
-    /// RELAY_REQUESTs granted.
+    /// RELAY_REQUESTs granted a new allocation.
     pub relays_granted: u64,
+    /// RELAY_REQUESTs that renewed the allocation their pair already held.
+    pub relays_renewed: u64,
     /// REPORTs of a direct connection.
     pub reports_direct: u64,
     /// REPORTs of a relayed connection.
@@ -571,6 +574,15 @@ impl Coordinator {
             self.send_error(session, request, ErrorCode::UnknownPeer, "the target peer is not registered here");
             return;
         };
+        let held = self
+            .relays
+            .iter()
+            .find(|(_, r)| (r.a, r.b) == (requester, target) || (r.a, r.b) == (target, requester))
+            .map(|(channel, _)| *channel);
+        if let Some(channel) = held {
+            self.renew_relay(now, (session, requester), target, request, channel);
+            return;
+        }
         let relays_of = |p: PeerId| self.relays.values().filter(|r| r.a == p || r.b == p).count();
         if relays_of(requester) >= self.config.max_relays_per_peer
             || relays_of(target) >= self.config.max_relays_per_peer
@@ -603,6 +615,50 @@ impl Coordinator {
         self.send(session, grant(request, target));
         self.send(target_session, grant(0, requester));
         self.stats.relays_granted += 1;
+    }
+
+    /// A RELAY_REQUEST on `session` for a pair that holds the allocation of `channel`: the same
+    /// channel lives `relay_lifetime` longer. The data plane is told again (same ends: it keeps
+    /// what the allocation carried, so a renewal cannot reset the byte limit) and both peers get a
+    /// RELAY_GRANT, which is how the other end learns that its path lives on.
+    fn renew_relay(
+        &mut self,
+        now: Instant,
+        (session, requester): (SessionId, PeerId),
+        target: PeerId,
+        request: u64,
+        channel: u32,
+    ) {
+        let observed = |peer: PeerId| {
+            let session = self.peers.get(&peer).map(|r| r.session)?;
+            self.sessions.get(&session).map(|s| (session, s.observed))
+        };
+        let Some(relay) = self.relays.get(&channel) else { return };
+        // The ends keep their order, so that the data plane sees the same allocation.
+        let (Some((_, a_address)), Some((_, b_address)), Some((target_session, _))) =
+            (observed(relay.a), observed(relay.b), observed(target))
+        else {
+            return;
+        };
+        let expires = now + self.config.relay_lifetime;
+        let Some(relay) = self.relays.get_mut(&channel) else { return };
+        relay.expires = expires;
+        (relay.a_address, relay.b_address) = (a_address, b_address);
+        self.timers.push(Reverse((expires, Timer::RelayExpiry { channel })));
+        let (byte_limit, rate_limit) = (self.config.relay_byte_limit, self.config.relay_rate_limit);
+        self.actions.push_back(CoordinatorAction::InstallRelay {
+            channel,
+            a: a_address,
+            b: b_address,
+            expires,
+            byte_limit,
+            rate_limit,
+        });
+        let lifetime_s = u32::try_from(self.config.relay_lifetime.as_secs()).unwrap_or(u32::MAX);
+        let grant = |request, peer| Message::RelayGrant { request, peer, channel, lifetime_s, byte_limit, rate_limit };
+        self.send(session, grant(request, target));
+        self.send(target_session, grant(0, requester));
+        self.stats.relays_renewed += 1;
     }
 
     fn fresh_channel(&mut self) -> Option<u32> {
@@ -907,15 +963,83 @@ mod tests {
         assert_eq!(c.stats().relays_granted, 1);
     }
 
+    fn installs(actions: &[CoordinatorAction]) -> Vec<(u32, SocketAddr, SocketAddr, Instant)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                CoordinatorAction::InstallRelay { channel, a, b, expires, .. } => Some((*channel, *a, *b, *expires)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn grants(messages: &[Message]) -> Vec<(u64, PeerId, u32, u32)> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::RelayGrant { request, peer, channel, lifetime_s, .. } => {
+                    Some((*request, *peer, *channel, *lifetime_s))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn relay_allocations_per_peer_are_bounded() {
         let (mut c, now) = two_peers();
-        for request in 1..=9 {
-            c.handle(now, 1, Message::RelayRequest { request, target: B });
+        // A relays to eight other peers; a ninth is refused.
+        let others: Vec<PeerId> = (0..9u8).map(|i| PeerId([0x10 + i; 32])).collect();
+        for (i, peer) in others.iter().enumerate() {
+            let session = 10 + i as SessionId;
+            c.session_opened(now, session, Some(*peer), addr(&format!("198.18.1.{}:4000", i + 1)), Duration::ZERO);
+        }
+        drain(&mut c);
+        for (request, peer) in (1..).zip(&others) {
+            c.handle(now, 1, Message::RelayRequest { request, target: *peer });
         }
         let actions = drain(&mut c);
-        assert_eq!(actions.iter().filter(|a| matches!(a, CoordinatorAction::InstallRelay { .. })).count(), 8);
+        assert_eq!(installs(&actions).len(), 8);
         assert_eq!(error_codes(&sent_to(&actions, 1)), [(9, ErrorCode::RelayRefused)]);
+        // Asking again for a pair that holds an allocation renews it: it is not a ninth one.
+        c.handle(now, 1, Message::RelayRequest { request: 10, target: others[0] });
+        let actions = drain(&mut c);
+        assert_eq!(installs(&actions).len(), 1);
+        assert!(error_codes(&sent_to(&actions, 1)).is_empty(), "{actions:?}");
+        assert_eq!(c.stats().active_relays, 8);
+    }
+
+    #[test]
+    fn a_relay_request_for_a_held_pair_renews_the_same_channel() {
+        let (mut c, start) = two_peers();
+        c.handle(start, 1, Message::RelayRequest { request: 1, target: B });
+        let first = installs(&drain(&mut c));
+        let [(channel, a, b, expires)] = first[..] else { panic!("{first:?}") };
+        assert_eq!(expires, start + Duration::from_secs(600));
+
+        // At 80 % of the lifetime A renews; later B (the other end) asks too: same allocation.
+        let renewal = start + Duration::from_secs(480);
+        c.handle_timeout(renewal);
+        c.handle(renewal, 1, Message::RelayRequest { request: 2, target: B });
+        let actions = drain(&mut c);
+        assert_eq!(installs(&actions), [(channel, a, b, renewal + Duration::from_secs(600))], "same ends, same order");
+        assert_eq!(grants(&sent_to(&actions, 1)), [(2, B, channel, 600)]);
+        assert_eq!(grants(&sent_to(&actions, 2)), [(0, A, channel, 600)], "the other end learns its path lives on");
+        let later = start + Duration::from_secs(700);
+        c.handle(later, 2, Message::RelayRequest { request: 3, target: A });
+        let actions = drain(&mut c);
+        assert_eq!(installs(&actions), [(channel, a, b, later + Duration::from_secs(600))]);
+        assert_eq!(grants(&sent_to(&actions, 2)), [(3, A, channel, 600)]);
+        assert_eq!(grants(&sent_to(&actions, 1)), [(0, B, channel, 600)]);
+        let stats = c.stats();
+        assert_eq!((stats.active_relays, stats.relays_granted, stats.relays_renewed), (1, 1, 2));
+
+        // The first deadline passes: nothing lapses. Without a renewal, the last one does.
+        c.handle_timeout(start + Duration::from_secs(1000));
+        assert!(drain(&mut c).is_empty());
+        c.handle_timeout(later + Duration::from_secs(600));
+        assert_eq!(drain(&mut c), [CoordinatorAction::RemoveRelay { channel }]);
+        assert_eq!(c.stats().active_relays, 0);
     }
 
     #[test]

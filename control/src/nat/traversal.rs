@@ -119,6 +119,12 @@ pub enum TraversalAction {
         /// The peer's address on the valid pair.
         address: SocketAddr,
     },
+    /// Forget the route of `alias` (`node.set_path(alias, None)`): the connection that used it
+    /// ended, or its relay allocation lapsed.
+    RemovePath {
+        /// The alias of an earlier [`TraversalAction::InstallRelayPath`].
+        alias: SocketAddr,
+    },
 }
 
 /// Something the node's user may want to know.
@@ -254,10 +260,21 @@ struct Upgrade {
 #[derive(Debug)]
 struct RelayPath {
     alias: SocketAddr,
+    /// The bootstrap session that granted (and renews) the allocation.
     session: SessionId,
+    relay: SocketAddr,
+    channel: u32,
+    /// When the allocation lapses unless a RELAY_GRANT renews it.
     expires: Instant,
     direct: Option<SocketAddr>,
     upgrade: Option<Upgrade>,
+    /// Initiator only: the attempt whose connection runs on this path. It renews the allocation
+    /// while that connection lives; `None` on the responder, which follows the grants it gets.
+    attempt: Option<AttemptId>,
+    /// Initiator only: when to send the next renewing RELAY_REQUEST.
+    renew_at: Option<Instant>,
+    /// The request number of the renewing RELAY_REQUEST outstanding.
+    renew_request: Option<u64>,
 }
 
 /// The peer role of NAT traversal (see the module documentation).
@@ -317,7 +334,8 @@ impl Traversal {
     }
 
     /// The signalling stream `session` closed. Attempts still signalling through it fail; relay
-    /// paths through it that did not move to a direct path are forgotten.
+    /// paths through it that did not move to a direct path are removed (the bootstrap drops a
+    /// peer's allocations with its session).
     pub fn bootstrap_lost(&mut self, now: Instant, session: SessionId) {
         if self.bootstraps.remove(&session).is_none() {
             return;
@@ -337,7 +355,15 @@ impl Traversal {
         for attempt in stranded {
             self.fail(now, attempt, "the bootstrap connection was lost".to_owned());
         }
-        self.relay_paths.retain(|_, path| path.session != session || path.direct.is_some());
+        let lost: Vec<PeerId> = self
+            .relay_paths
+            .iter()
+            .filter(|(_, path)| path.session == session && path.direct.is_none())
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in lost {
+            self.remove_relay_path(peer);
+        }
         if self.bootstraps.is_empty() {
             self.next_refresh = None;
         }
@@ -476,7 +502,7 @@ impl Traversal {
             (Phase::ConnectingRelayed { relay }, true) => {
                 let peer = state.peer;
                 if self.config.upgrade_attempts > 0 {
-                    if let Some(path) = self.relay_paths.get_mut(&peer) {
+                    if let Some(path) = self.relay_paths.get_mut(&peer).filter(|p| p.attempt == Some(attempt)) {
                         path.upgrade = Some(Upgrade {
                             next: now + self.config.upgrade_interval,
                             left: self.config.upgrade_attempts,
@@ -486,14 +512,36 @@ impl Traversal {
                 self.finish(now, attempt, Outcome::Relayed, Some(relay), None);
             }
             (Phase::ConnectingRelayed { .. }, false) => {
+                let peer = state.peer;
+                if self.relay_paths.get(&peer).is_some_and(|p| p.attempt == Some(attempt)) {
+                    self.remove_relay_path(peer);
+                }
                 self.fail(now, attempt, "the QUIC connection through the relay failed".to_owned());
             }
             _ => {}
         }
     }
 
+    /// The QUIC connection of `attempt` (one that came up: [`TraversalEvent::AttemptFinished`]
+    /// said direct or relayed) ended. Its relay path, if it has one, is removed
+    /// ([`TraversalAction::RemovePath`]): renewals and background upgrades stop, and the bootstrap
+    /// lets the allocation lapse; the other peer removes its path when its grant runs out.
+    pub fn connection_closed(&mut self, _now: Instant, attempt: AttemptId) {
+        let peer = self.relay_paths.iter().find(|(_, p)| p.attempt == Some(attempt)).map(|(peer, _)| *peer);
+        let Some(peer) = peer else { return };
+        self.remove_relay_path(peer);
+        // A background upgrade in flight has nothing left to upgrade.
+        let upgrades: Vec<AttemptId> =
+            self.attempts.iter().filter(|(_, a)| a.upgrade && a.peer == peer).map(|(id, _)| *id).collect();
+        for id in upgrades {
+            if let Some(Attempt { phase: Phase::Punching { token }, .. }) = self.attempts.remove(&id) {
+                self.stop_probing(token);
+            }
+        }
+    }
+
     /// Sends probes that are due, gives up punches and requests that timed out, starts background
-    /// upgrades and refreshes candidates.
+    /// upgrades, renews relay allocations and refreshes candidates.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_refresh.is_some_and(|at| at <= now) {
             let sessions: Vec<SessionId> = self.bootstraps.keys().copied().collect();
@@ -543,7 +591,9 @@ impl Traversal {
         let paths = self
             .relay_paths
             .values()
-            .flat_map(|p| [p.upgrade.as_ref().map(|u| u.next), p.direct.is_none().then_some(p.expires)])
+            .flat_map(|p| {
+                [p.upgrade.as_ref().map(|u| u.next), p.renew_at, (!p.kept_past_expiry()).then_some(p.expires)]
+            })
             .flatten();
         attempts.chain(rounds).chain(paths).chain(self.next_refresh).min()
     }
@@ -644,21 +694,51 @@ impl Traversal {
         lifetime_s: u32,
     ) {
         let Some(relay) = self.bootstraps.get(&session).map(|b| b.address) else { return };
-        let attempt = if request == 0 {
-            None
-        } else {
-            let waiting = self.attempt_waiting_for(session, request).filter(|id| {
-                self.attempts.get(id).is_some_and(|a| a.peer == peer && matches!(a.phase, Phase::AwaitingRelay { .. }))
-            });
-            // A grant this peer did not ask for (or no longer waits for) changes nothing.
-            let Some(id) = waiting else { return };
-            Some(id)
-        };
+        let lifetime = Duration::from_secs(u64::from(lifetime_s));
+        let waiting = self.attempt_waiting_for(session, request).filter(|id| {
+            self.attempts.get(id).is_some_and(|a| a.peer == peer && matches!(a.phase, Phase::AwaitingRelay { .. }))
+        });
+        let renewing = request != 0 && self.relay_paths.get(&peer).is_some_and(|p| p.renew_request == Some(request));
+        if waiting.is_none() && (request == 0 || renewing) {
+            if let Some(path) = self.relay_paths.get_mut(&peer) {
+                // A renewal (ours, or the other peer's seen from this end): the allocation lives on,
+                // and the route changes only if the bootstrap moved it.
+                path.expires = now + lifetime;
+                path.session = session;
+                if path.attempt.is_some() {
+                    path.renew_at = Some(now + renewal_delay(lifetime));
+                    path.renew_request = None;
+                }
+                if (path.relay, path.channel) != (relay, channel) {
+                    (path.relay, path.channel) = (relay, channel);
+                    let alias = path.alias;
+                    self.actions.push_back(TraversalAction::InstallRelayPath { peer, alias, relay, channel });
+                }
+                return;
+            }
+        }
+        // A grant this peer did not ask for (or no longer waits for) changes nothing.
+        if request != 0 && waiting.is_none() {
+            return;
+        }
         let alias = self.alias_of(peer);
-        let expires = now + Duration::from_secs(u64::from(lifetime_s));
-        self.relay_paths.insert(peer, RelayPath { alias, session, expires, direct: None, upgrade: None });
+        self.relay_paths.insert(
+            peer,
+            RelayPath {
+                alias,
+                session,
+                relay,
+                channel,
+                expires: now + lifetime,
+                direct: None,
+                upgrade: None,
+                attempt: waiting,
+                renew_at: waiting.map(|_| now + renewal_delay(lifetime)),
+                renew_request: None,
+            },
+        );
         self.actions.push_back(TraversalAction::InstallRelayPath { peer, alias, relay, channel });
-        if let Some(id) = attempt {
+        if let Some(id) = waiting {
             if let Some(state) = self.attempts.get_mut(&id) {
                 state.phase = Phase::ConnectingRelayed { relay };
             }
@@ -781,10 +861,26 @@ impl Traversal {
 
     fn drive_relay_path(&mut self, now: Instant, peer: PeerId) {
         let Some(path) = self.relay_paths.get_mut(&peer) else { return };
-        if path.direct.is_none() && path.expires <= now {
-            self.relay_paths.remove(&peer);
+        if path.expires <= now && !path.kept_past_expiry() {
+            self.remove_relay_path(peer);
             return;
         }
+        if path.renew_at.is_some_and(|at| at <= now) {
+            // Renew through the bootstrap that granted it, or any other one (which allocates anew:
+            // the grant then moves the route).
+            let session = Some(path.session)
+                .filter(|s| self.bootstraps.contains_key(s))
+                .or_else(|| self.bootstraps.keys().next().copied());
+            let request = self.fresh_request();
+            let Some(path) = self.relay_paths.get_mut(&peer) else { return };
+            // Until the grant arrives, retry now and then: the bootstrap may have refused (rate limit).
+            path.renew_at = Some(now + self.config.punch_timeout.max(renewal_retry(path.expires, now)));
+            if let Some(session) = session {
+                path.renew_request = Some(request);
+                self.signal(session, Message::RelayRequest { request, target: peer });
+            }
+        }
+        let Some(path) = self.relay_paths.get_mut(&peer) else { return };
         let Some(upgrade) = path.upgrade.as_mut().filter(|u| u.next <= now) else { return };
         upgrade.left = upgrade.left.saturating_sub(1);
         if upgrade.left == 0 {
@@ -796,6 +892,20 @@ impl Traversal {
         let busy = self.attempts.values().any(|a| a.peer == peer);
         if !busy && self.bootstraps.contains_key(&session) {
             self.start_attempt(now, session, peer, true);
+        }
+    }
+
+    /// Forgets the relay path to `peer` and tells the driver to remove its route.
+    fn remove_relay_path(&mut self, peer: PeerId) {
+        if let Some(path) = self.relay_paths.remove(&peer) {
+            self.actions.push_back(TraversalAction::RemovePath { alias: path.alias });
+        }
+    }
+
+    /// The round `token` stops its own probing (it still answers the other peer's probes).
+    fn stop_probing(&mut self, token: [u8; 16]) {
+        if let Some(round) = self.rounds.get_mut(&token) {
+            round.probing = false;
         }
     }
 
@@ -912,6 +1022,25 @@ impl Traversal {
     fn signal(&mut self, session: SessionId, message: Message) {
         self.actions.push_back(TraversalAction::Signal { session, message });
     }
+}
+
+impl RelayPath {
+    /// The initiator keeps a path that moved to a direct route for as long as its connection lives,
+    /// whether or not the allocation behind it is still renewed.
+    fn kept_past_expiry(&self) -> bool {
+        self.attempt.is_some() && self.direct.is_some()
+    }
+}
+
+/// When to renew an allocation granted for `lifetime`: at 80 % of it, which leaves a renewal
+/// time to travel and a retry before the allocation lapses.
+fn renewal_delay(lifetime: Duration) -> Duration {
+    lifetime.mul_f64(0.8)
+}
+
+/// How long to wait before retrying a renewal that got no grant: a tenth of what is left.
+fn renewal_retry(expires: Instant, now: Instant) -> Duration {
+    expires.saturating_duration_since(now) / 10
 }
 
 /// The host candidate at `index` of the preference order.
@@ -1033,6 +1162,7 @@ mod tests {
         connects_direct: Vec<SocketAddr>,
         relay_paths: Vec<(PeerId, SocketAddr, SocketAddr, u32)>,
         direct_paths: Vec<(SocketAddr, SocketAddr)>,
+        removed_paths: Vec<SocketAddr>,
     }
 
     /// A [`TraversalEvent::AttemptFinished`], unpacked.
@@ -1118,6 +1248,7 @@ mod tests {
                 connects_direct: Vec::new(),
                 relay_paths: Vec::new(),
                 direct_paths: Vec::new(),
+                removed_paths: Vec::new(),
             };
             node.traversal.set_host_candidates(self.now, vec![node.inner]);
             self.nodes.push(node);
@@ -1221,6 +1352,7 @@ mod tests {
                     self.schedule(at, Delivery::RelayedResult { node: index, attempt, peer });
                 }
                 TraversalAction::SetPathDirect { alias, address } => node.direct_paths.push((alias, address)),
+                TraversalAction::RemovePath { alias } => node.removed_paths.push(alias),
             }
         }
 
@@ -1548,21 +1680,69 @@ mod tests {
         assert_eq!(remote, Some("198.18.0.11:45000".parse().unwrap()));
     }
 
+    /// The grants `node` received: (request, channel).
+    fn grants_received(w: &World, node: usize) -> Vec<(u64, u32)> {
+        w.nodes[node]
+            .signals_received
+            .iter()
+            .filter_map(|m| match m {
+                Message::RelayGrant { request, channel, .. } => Some((*request, *channel)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn relay_allocations_expire() {
-        let coordinator = CoordinatorConfig { relay_lifetime: Duration::from_secs(60), ..Default::default() };
-        let mut w = World::with(11, coordinator, TraversalConfig::default());
-        w.add_node(NatKind::Symmetric, ms(10));
-        w.add_node(NatKind::Symmetric, ms(20));
-        w.run_for(ms(200));
-        let b = w.nodes[1].id;
+    fn a_relayed_connection_outlives_the_allocation_lifetime_by_renewing_it() {
+        // Default lifetime: 10 minutes.
+        let mut w = pair(11, NatKind::Symmetric, NatKind::Symmetric);
+        let (a, b) = (w.nodes[0].id, w.nodes[1].id);
         let (outcome, ..) = w.connect(0, b);
         assert_eq!(outcome, Outcome::Relayed);
-        assert_eq!(w.relays.len(), 1);
-        w.run_for(Duration::from_secs(60));
+        let [(channel, ends)] = w.relays.iter().map(|(c, e)| (*c, *e)).collect::<Vec<_>>()[..] else {
+            panic!("{:?}", w.relays)
+        };
+        w.run_for(Duration::from_secs(25 * 60));
+        assert_eq!(w.relays.get(&channel), Some(&ends), "the same allocation, still installed");
+        assert!(w.relay_works(0, b) && w.relay_works(1, a), "both ends still route through it");
+        assert_eq!(w.coordinator.stats().active_relays, 1);
+        assert!(w.coordinator.stats().relays_renewed >= 2, "{:?}", w.coordinator.stats());
+        // Renewed at 80 % of each lifetime: 8, 16 and 24 minutes, each granted to both ends.
+        let renewals = |node| grants_received(&w, node).iter().filter(|(_, c)| *c == channel).count();
+        assert_eq!((renewals(0), renewals(1)), (4, 4));
+        assert!(w.nodes[0].removed_paths.is_empty() && w.nodes[1].removed_paths.is_empty());
+        assert_eq!(w.nodes[0].relay_paths.len(), 1, "the route never changed");
+        assert_eq!(w.nodes[1].relay_paths.len(), 1);
+        assert_eq!(w.finished(0).len(), 1, "background upgrades that fail end quietly");
+    }
+
+    #[test]
+    fn a_closed_relayed_connection_removes_both_paths_and_the_allocation_lapses() {
+        let mut w = pair(17, NatKind::Symmetric, NatKind::Symmetric);
+        let b = w.nodes[1].id;
+        let attempt = w.nodes[0].traversal.connect(w.now, b).unwrap();
+        w.run_until(Duration::from_secs(30), |w| !w.finished(0).is_empty());
+        assert_eq!(w.finished(0)[0].outcome, Outcome::Relayed);
+        // Into the first background upgrade round (10 s after the connection).
+        let probing = w.nodes[0].probes_to.len();
+        w.run_for(Duration::from_secs(11));
+        assert!(w.nodes[0].probes_to.len() > probing, "an upgrade round is probing");
+        let (alias_a, alias_b) = (w.nodes[0].relay_paths[0].1, w.nodes[1].relay_paths[0].1);
+
+        let now = w.now;
+        w.nodes[0].traversal.connection_closed(now, attempt);
+        w.pump();
+        assert_eq!(w.nodes[0].removed_paths, [alias_a], "the initiator removes its path at once");
+        assert!(w.nodes[1].removed_paths.is_empty());
+        let sent_before = w.nodes[0].probes_to.len();
+
+        // B's grant runs out 10 minutes after it was granted; so does the allocation.
+        w.run_for(Duration::from_secs(10 * 60));
+        assert_eq!(w.nodes[1].removed_paths, [alias_b], "the responder's grant lapsed");
         assert!(w.relays.is_empty(), "the data plane was told to remove the allocation");
         assert_eq!(w.coordinator.stats().active_relays, 0);
-        assert_eq!(w.finished(0).len(), 1, "background upgrades that fail end quietly");
+        assert_eq!(w.nodes[0].probes_to.len(), sent_before, "the upgrade round stopped, and no other started");
+        assert_eq!(w.nodes[0].removed_paths, [alias_a], "removed once");
     }
 
     #[test]

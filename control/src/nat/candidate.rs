@@ -8,6 +8,7 @@
 //! decides that priority.
 
 use std::cmp::Reverse;
+use std::net::SocketAddr;
 
 use super::message::{Candidate, CandidateKind};
 
@@ -99,10 +100,66 @@ pub fn check_list(local: &[Candidate], remote: &[Candidate], controlling: bool) 
     pairs
 }
 
+/// How a peer's NAT maps its socket to public addresses (RFC 4787 §4.1), as far as the bootstraps
+/// can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mapping {
+    /// Fewer than two bootstraps observed the peer (or they saw different public IPs).
+    Unknown,
+    /// Endpoint-independent mapping (EIM): every bootstrap saw the same public address.
+    EndpointIndependent,
+    /// Endpoint-dependent mapping (EDM, a "symmetric" NAT): same public IP, different ports.
+    EndpointDependent,
+}
+
+/// The mapping behind `observed` (where one bootstrap sees the peer), given `others`: where other
+/// bootstraps saw the same socket. Addresses with another IP say nothing (the peer may have
+/// several interfaces or NATs), so they are skipped.
+pub fn mapping(observed: SocketAddr, others: impl IntoIterator<Item = SocketAddr>) -> Mapping {
+    let mut result = Mapping::Unknown;
+    for other in others.into_iter().filter(|o| o.ip() == observed.ip()) {
+        if other.port() != observed.port() {
+            return Mapping::EndpointDependent;
+        }
+        result = Mapping::EndpointIndependent;
+    }
+    result
+}
+
+/// PUNCH_ME_NOW `flags` bit: the receiver is behind endpoint-dependent mapping.
+pub const FLAG_RECEIVER_EDM: u8 = 0x01;
+/// PUNCH_ME_NOW `flags` bit: the other peer is behind endpoint-dependent mapping.
+pub const FLAG_OTHER_EDM: u8 = 0x02;
+/// PUNCH_ME_NOW `flags` bit: the receiver is known to be behind endpoint-independent mapping.
+pub const FLAG_RECEIVER_EIM: u8 = 0x04;
+/// PUNCH_ME_NOW `flags` bit: the other peer is known to be behind endpoint-independent mapping.
+pub const FLAG_OTHER_EIM: u8 = 0x08;
+
+/// The PUNCH_ME_NOW `flags` for a receiver behind `receiver` and another peer behind `other`
+/// (`docs/nat-traversal.md`, "Many-probe rounds"). Unknown mappings set no bit.
+pub fn punch_flags(receiver: Mapping, other: Mapping) -> u8 {
+    let bits = |mapping, edm, eim| match mapping {
+        Mapping::EndpointDependent => edm,
+        Mapping::EndpointIndependent => eim,
+        Mapping::Unknown => 0,
+    };
+    bits(receiver, FLAG_RECEIVER_EDM, FLAG_RECEIVER_EIM) | bits(other, FLAG_OTHER_EDM, FLAG_OTHER_EIM)
+}
+
+/// The mappings (receiver, other peer) a PUNCH_ME_NOW's `flags` announce. Bits this version does
+/// not know are ignored; a contradictory pair (EDM and EIM both set) reads as unknown.
+pub fn flag_mappings(flags: u8) -> (Mapping, Mapping) {
+    let read = |edm: u8, eim: u8| match (flags & edm != 0, flags & eim != 0) {
+        (true, false) => Mapping::EndpointDependent,
+        (false, true) => Mapping::EndpointIndependent,
+        _ => Mapping::Unknown,
+    };
+    (read(FLAG_RECEIVER_EDM, FLAG_RECEIVER_EIM), read(FLAG_OTHER_EDM, FLAG_OTHER_EIM))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     fn candidate(kind: CandidateKind, local_preference: u16, address: &str) -> Candidate {
         Candidate { kind, priority: priority(kind, local_preference), address: address.parse().unwrap() }
@@ -173,6 +230,32 @@ mod tests {
         assert_eq!(list[0].local, local[0]);
         assert_eq!(list[0].priority, pair_priority(local[0].priority, remote[1].priority));
         assert!(list[0].priority > list[1].priority);
+    }
+
+    #[test]
+    fn mapping_compares_the_ports_bootstraps_saw_on_one_ip() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let observed = at("198.18.0.107:40000");
+        assert_eq!(mapping(observed, []), Mapping::Unknown, "one bootstrap cannot tell");
+        assert_eq!(mapping(observed, [at("198.18.0.107:40000")]), Mapping::EndpointIndependent);
+        assert_eq!(mapping(observed, [at("198.18.0.107:40000"), at("198.18.0.107:51234")]), Mapping::EndpointDependent);
+        assert_eq!(mapping(observed, [at("198.18.0.107:51234")]), Mapping::EndpointDependent);
+        assert_eq!(mapping(observed, [at("203.0.113.9:51234")]), Mapping::Unknown, "another IP says nothing");
+    }
+
+    #[test]
+    fn punch_flags_round_trip_and_ignore_what_they_cannot_mean() {
+        use Mapping::*;
+        for receiver in [Unknown, EndpointIndependent, EndpointDependent] {
+            for other in [Unknown, EndpointIndependent, EndpointDependent] {
+                assert_eq!(flag_mappings(punch_flags(receiver, other)), (receiver, other));
+            }
+        }
+        assert_eq!(punch_flags(EndpointDependent, EndpointIndependent), 0b1001);
+        assert_eq!(punch_flags(EndpointIndependent, EndpointDependent), 0b0110);
+        assert_eq!(punch_flags(Unknown, Unknown), 0, "version 1 peers sent 0: nothing known");
+        assert_eq!(flag_mappings(0b0101), (Unknown, Unknown), "EDM and EIM at once: contradictory");
+        assert_eq!(flag_mappings(0xF0 | 0b1001), (EndpointDependent, EndpointIndependent), "unknown bits ignored");
     }
 
     #[test]

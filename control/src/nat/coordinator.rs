@@ -13,7 +13,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::candidate;
+use super::candidate::{self, Mapping};
 use super::message::{Candidate, CandidateKind, ErrorCode, Message, Outcome, PunchRole, MAX_CANDIDATES};
 use crate::PeerId;
 
@@ -527,6 +527,19 @@ impl Coordinator {
         unique
     }
 
+    /// `peer`'s NAT mapping (RFC 4787 §4.1): its observed address here against the
+    /// server-reflexive candidates it added, which are where other bootstraps observed it.
+    pub fn mapping_of(&self, peer: PeerId, now: Instant) -> Mapping {
+        let Some(registration) = self.peers.get(&peer) else { return Mapping::Unknown };
+        let Some(session) = self.sessions.get(&registration.session) else { return Mapping::Unknown };
+        let reflexive = registration
+            .added
+            .iter()
+            .filter(|a| a.candidate.kind == CandidateKind::ServerReflexive && a.expires > now)
+            .map(|a| a.candidate.address);
+        candidate::mapping(session.observed, reflexive)
+    }
+
     fn connect_request(&mut self, now: Instant, session: SessionId, request: u64, target: PeerId) {
         let Some(requester) = self.registered_peer(session, request) else { return };
         let Some(target_session) = self.current_session(target).filter(|_| target != requester) else {
@@ -543,12 +556,15 @@ impl Coordinator {
         let round = self.next_round;
         self.next_round = self.next_round.wrapping_add(1);
         let token = self.random.token();
+        // Who is behind endpoint-dependent mapping decides whether the round sprays
+        // (docs/nat-traversal.md, "Many-probe rounds").
+        let (mapping_a, mapping_b) = (self.mapping_of(requester, now), self.mapping_of(target, now));
         let to_a = Message::PunchMeNow {
             round,
             request,
             peer: target,
             role: PunchRole::Initiator,
-            flags: 0,
+            flags: candidate::punch_flags(mapping_a, mapping_b),
             start_in_ms: start_a,
             token,
             candidates: self.candidates_of(target, now),
@@ -558,7 +574,7 @@ impl Coordinator {
             request: 0,
             peer: requester,
             role: PunchRole::Responder,
-            flags: 0,
+            flags: candidate::punch_flags(mapping_b, mapping_a),
             start_in_ms: start_b,
             token,
             candidates: self.candidates_of(requester, now),
@@ -866,6 +882,59 @@ mod tests {
         };
         assert_ne!((next, next_token), (round, token));
         assert_eq!(*role, PunchRole::Initiator);
+    }
+
+    fn reflexive(address: &str) -> Candidate {
+        Candidate {
+            kind: CandidateKind::ServerReflexive,
+            priority: candidate::priority(CandidateKind::ServerReflexive, u16::MAX - 1),
+            address: addr(address),
+        }
+    }
+
+    /// The flags of the PUNCH_ME_NOWs a CONNECT_REQUEST from session 1 to `target` produces:
+    /// (to the requester, to the target).
+    fn flags_of_punch(c: &mut Coordinator, now: Instant, target: PeerId, target_session: SessionId) -> (u8, u8) {
+        c.handle(now, 1, Message::ConnectRequest { request: 9, target });
+        let actions = drain(c);
+        let flags = |session| match sent_to(&actions, session).first() {
+            Some(Message::PunchMeNow { flags, .. }) => *flags,
+            other => panic!("no PUNCH_ME_NOW: {other:?}"),
+        };
+        (flags(1), flags(target_session))
+    }
+
+    #[test]
+    fn punch_flags_say_who_is_behind_endpoint_dependent_mapping() {
+        use candidate::{FLAG_OTHER_EDM, FLAG_OTHER_EIM, FLAG_RECEIVER_EDM, FLAG_RECEIVER_EIM};
+        let (mut c, now) = two_peers();
+        c.session_opened(now, 3, Some(C), addr("198.18.0.30:40000"), Duration::ZERO);
+        drain(&mut c);
+        // Nobody told of a second observation yet: nothing is known, as in version 1.
+        assert_eq!(flags_of_punch(&mut c, now, B, 2), (0, 0));
+        assert_eq!(c.mapping_of(A, now), Mapping::Unknown);
+
+        // A: another bootstrap saw the same address (EIM). B: same IP, another port (EDM).
+        c.handle(now, 1, Message::AddAddress { sequence: 5, candidate: reflexive("198.18.0.10:40000") });
+        c.handle(now, 2, Message::AddAddress { sequence: 5, candidate: reflexive("198.18.0.20:61234") });
+        // C: another IP says nothing (a second interface, another NAT).
+        c.handle(now, 3, Message::AddAddress { sequence: 5, candidate: reflexive("203.0.113.7:40000") });
+        drain(&mut c);
+        assert_eq!(c.mapping_of(A, now), Mapping::EndpointIndependent);
+        assert_eq!(c.mapping_of(B, now), Mapping::EndpointDependent);
+        assert_eq!(c.mapping_of(C, now), Mapping::Unknown);
+        assert_eq!(
+            flags_of_punch(&mut c, now, B, 2),
+            (FLAG_RECEIVER_EIM | FLAG_OTHER_EDM, FLAG_RECEIVER_EDM | FLAG_OTHER_EIM)
+        );
+        assert_eq!(flags_of_punch(&mut c, now, C, 3), (FLAG_RECEIVER_EIM, FLAG_OTHER_EIM));
+
+        // A host candidate on the observed IP is no observation; an expired one is forgotten.
+        c.handle(now, 3, Message::AddAddress { sequence: 6, candidate: host("198.18.0.30:41000", 9) });
+        assert_eq!(c.mapping_of(C, now), Mapping::Unknown);
+        let later = now + Duration::from_secs(601);
+        c.handle_timeout(later);
+        assert_eq!(c.mapping_of(B, later), Mapping::Unknown);
     }
 
     #[test]

@@ -546,6 +546,17 @@ impl Driver {
                         tracing::warn!(%alias, %error, "path alias not removed");
                     }
                 }
+                // Extra sockets are not wired to this driver yet: a round that would spray only
+                // probes from the node socket, and a bridged connection cannot start.
+                TraversalAction::SprayOpen { .. }
+                | TraversalAction::SprayProbe { .. }
+                | TraversalAction::SprayAck { .. }
+                | TraversalAction::SprayKeep { .. }
+                | TraversalAction::SprayClose { .. }
+                | TraversalAction::SetPathBridged { .. } => {}
+                TraversalAction::ConnectBridged { attempt, .. } => {
+                    self.traversal.connection_result(now, attempt, false);
+                }
             }
         }
         while let Some(event) = self.traversal.poll_event() {

@@ -18,6 +18,7 @@ pub mod cid;
 mod core;
 pub mod datagram;
 pub mod latency;
+pub mod multisocket;
 pub mod node;
 pub mod relay;
 pub mod socket;
@@ -27,6 +28,7 @@ pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome}
 pub use backend::BackendKind;
 pub use core::{ConnectRequest, Connections};
 pub use datagram::ControlDatagram;
+pub use multisocket::MultiSocket;
 pub use node::{Node, NodeConfig, NodeError, NodeHandle, StartError};
 pub use quinn_proto;
 pub use relay::{

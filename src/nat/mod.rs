@@ -3,11 +3,14 @@
 //! [`Traversal`] (for this node's own registrations and connections) — against the node.
 //!
 //! Inputs: signalling messages and connection events from the cores ([`link::NatEvent`]), probe
-//! datagrams from the data plane, requests from the node's owner. Outputs: frames written on
-//! signalling streams, probes sent from the node socket, connections opened, relay allocations and
-//! path aliases installed on every core.
+//! datagrams from the data plane and from the extra sockets of many-probe rounds
+//! ([`spray::SprayEvent`]), requests from the node's owner. Outputs: frames written on signalling
+//! streams, probes sent from the node socket and the extra sockets, connections opened (directly,
+//! through a relay alias, or through a bridge), relay allocations and path aliases installed on
+//! every core.
 
 pub mod link;
+pub mod spray;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
@@ -29,6 +32,7 @@ use crate::identity::Identity;
 use crate::tls::{self, CertifiedKey, ServerAuth, ALPN_ANT_QUIC};
 use crate::Error;
 use link::{attempt_tag, bootstrap_tag, purpose, CoreRequest, NatEvent, Purpose, SignalRole};
+use spray::{SprayEvent, Sprays};
 
 /// How often the cores report the signalling connections' addresses and RTTs.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -38,6 +42,10 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 /// Capacity of the queue from the cores to the driver.
 pub(crate) const EVENT_QUEUE: usize = 16 * 1024;
+/// A connection request waits this long at most for every bootstrap to report where it observes
+/// this node: until then bootstraps may not know this node's NAT mapping (EIM or EDM), which
+/// decides whether a punch sprays.
+const REGISTRATION_GRACE: Duration = Duration::from_secs(3);
 
 /// What the traversal of a node is told at start.
 #[derive(Debug, Clone, Default)]
@@ -148,6 +156,8 @@ impl Nat {
         }));
         let metrics = Arc::new(ant_quic_control::nat::NatMetrics::default());
         let certified = CertifiedKey::of_identity(identity);
+        let (spray_events_tx, spray_events) = crossbeam_channel::bounded(EVENT_QUEUE);
+        let sprays = Sprays::new(node.local_addr(), spray_events_tx);
         let mut driver = Driver {
             node,
             certified,
@@ -161,10 +171,13 @@ impl Nat {
             status: Arc::clone(&status),
             metrics: Arc::clone(&metrics),
             next_sample: Instant::now(),
+            started: Instant::now(),
+            pending: Vec::new(),
+            sprays,
         };
         let thread = std::thread::Builder::new()
             .name("ant-quic-nat".into())
-            .spawn(move || driver.run(&events, &datagrams, &requests_rx))
+            .spawn(move || driver.run(&events, &datagrams, &spray_events, &requests_rx))
             .map_err(|source| Error::Io { context: "starting the NAT traversal thread".into(), source })?;
         Ok(Self { requests, status, metrics, thread: Some(thread) })
     }
@@ -280,6 +293,11 @@ struct Driver {
     status: Arc<Mutex<NatStatus>>,
     metrics: Arc<ant_quic_control::nat::NatMetrics>,
     next_sample: Instant,
+    started: Instant,
+    /// Connection requests waiting for the bootstraps' observations (see [`REGISTRATION_GRACE`]).
+    pending: Vec<(PeerId, Sender<Result<PeerConnection, String>>)>,
+    /// Extra sockets and bridges of many-probe rounds.
+    sprays: Sprays,
 }
 
 impl Driver {
@@ -287,6 +305,7 @@ impl Driver {
         &mut self,
         events: &Receiver<NatEvent>,
         datagrams: &Receiver<ControlDatagram>,
+        spray_events: &Receiver<SprayEvent>,
         requests: &Receiver<Request>,
     ) {
         loop {
@@ -298,6 +317,7 @@ impl Driver {
                 self.traversal.poll_timeout(),
                 Some(self.next_sample),
                 self.bootstraps.iter().filter_map(|b| b.reconnect_at).min(),
+                (!self.pending.is_empty()).then_some(self.started + REGISTRATION_GRACE),
             ]
             .into_iter()
             .flatten()
@@ -314,6 +334,11 @@ impl Driver {
                         self.on_datagram(Instant::now(), &datagram);
                     }
                 },
+                recv(spray_events) -> event => {
+                    if let Ok(event) = event {
+                        self.on_spray_event(Instant::now(), event);
+                    }
+                },
                 recv(requests) -> request => match request {
                     Ok(Request::Connect { target, reply }) => self.on_connect(Instant::now(), target, reply),
                     Ok(Request::Stop) | Err(_) => return,
@@ -326,6 +351,11 @@ impl Driver {
     fn tick(&mut self, now: Instant) {
         self.coordinator.handle_timeout(now);
         self.traversal.handle_timeout(now);
+        if !self.pending.is_empty() && self.registration_settled(now) {
+            for (target, reply) in std::mem::take(&mut self.pending) {
+                self.start_attempt(now, target, reply);
+            }
+        }
         if now >= self.next_sample {
             self.next_sample = now + SAMPLE_INTERVAL;
             for core in 0..self.node.cores() {
@@ -487,11 +517,38 @@ impl Driver {
         }
     }
 
+    fn on_spray_event(&mut self, now: Instant, event: SprayEvent) {
+        match event {
+            SprayEvent::Probe { token, socket, source, bytes } => match Probe::parse(&bytes) {
+                Ok(probe) => self.traversal.handle_spray_probe(now, token, socket, source, probe),
+                Err(error) => tracing::debug!(from = %source, %error, "malformed probe datagram dropped"),
+            },
+            SprayEvent::Ended { token } => self.sprays.ended(token),
+        }
+    }
+
+    /// Whether every bootstrap told us where it sees us (or failed, or the grace time passed).
+    fn registration_settled(&self, now: Instant) -> bool {
+        if now >= self.started + REGISTRATION_GRACE {
+            return true;
+        }
+        let Ok(status) = self.status.lock() else { return true };
+        status.bootstraps.iter().all(|b| b.observed.is_some() || b.last_error.is_some())
+    }
+
     fn on_connect(&mut self, now: Instant, target: PeerId, reply: Sender<Result<PeerConnection, String>>) {
         if target == self.local_peer {
             let _ = reply.send(Err("that peer ID is this node's own".into()));
             return;
         }
+        if !self.registration_settled(now) {
+            self.pending.push((target, reply));
+            return;
+        }
+        self.start_attempt(now, target, reply);
+    }
+
+    fn start_attempt(&mut self, now: Instant, target: PeerId, reply: Sender<Result<PeerConnection, String>>) {
         match self.traversal.connect(now, target) {
             Ok(attempt) => {
                 self.attempts.insert(attempt, Attempt { target, started: now, reply: Some(reply), conn: None });
@@ -546,16 +603,36 @@ impl Driver {
                         tracing::warn!(%alias, %error, "path alias not removed");
                     }
                 }
-                // Extra sockets are not wired to this driver yet: a round that would spray only
-                // probes from the node socket, and a bridged connection cannot start.
-                TraversalAction::SprayOpen { .. }
-                | TraversalAction::SprayProbe { .. }
-                | TraversalAction::SprayAck { .. }
-                | TraversalAction::SprayKeep { .. }
-                | TraversalAction::SprayClose { .. }
-                | TraversalAction::SetPathBridged { .. } => {}
-                TraversalAction::ConnectBridged { attempt, .. } => {
-                    self.traversal.connection_result(now, attempt, false);
+                TraversalAction::SprayOpen { token, sockets } => self.sprays.open(token, sockets),
+                TraversalAction::SprayProbe { token, to, first_transaction } => {
+                    self.sprays.probe(token, to, first_transaction);
+                }
+                TraversalAction::SprayAck { token, socket, to, probe } => {
+                    let mut datagram = Vec::with_capacity(64);
+                    probe.emit(&mut datagram);
+                    self.sprays.send(token, socket, to, datagram);
+                }
+                TraversalAction::SprayKeep { token, socket, remote } => match self.sprays.keep(token, socket, remote) {
+                    Ok(bridge) => tracing::info!(%remote, %bridge, socket, "many-probe round found a path: bridged"),
+                    Err(error) => tracing::warn!(%remote, %error, "cannot bridge the winning socket"),
+                },
+                TraversalAction::SprayClose { token } => self.sprays.close(token),
+                TraversalAction::ConnectBridged { attempt, peer, token, remote } => match self.sprays.bridge(token) {
+                    Some(bridge) => self.open(now, attempt, peer, bridge),
+                    None => {
+                        tracing::warn!(%peer, %remote, "no bridge to connect through");
+                        self.traversal.connection_result(now, attempt, false);
+                    }
+                },
+                TraversalAction::SetPathBridged { alias, token, address } => {
+                    let Some(bridge) = self.sprays.bridge(token) else {
+                        tracing::warn!(%alias, %address, "no bridge to move the path to");
+                        continue;
+                    };
+                    tracing::info!(%alias, %address, %bridge, "relayed connection moves to a bridged path");
+                    if let Err(error) = self.node.set_path(alias, Some(PathRoute::Direct(bridge))) {
+                        tracing::warn!(%alias, %error, "bridged path not installed");
+                    }
                 }
             }
         }

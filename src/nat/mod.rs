@@ -12,7 +12,7 @@
 pub mod link;
 pub mod spray;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,7 +22,7 @@ use ant_quic_control::nat::coordinator::{Coordinator, CoordinatorAction, Coordin
 use ant_quic_control::nat::traversal::{Traversal, TraversalAction, TraversalConfig, TraversalEvent};
 use ant_quic_control::nat::wire::encode_frame;
 use ant_quic_control::nat::CoordinatorCounts;
-use ant_quic_control::nat::{Message, Outcome, Probe};
+use ant_quic_control::nat::{Message, Outcome, Probe, ProbeKind};
 use ant_quic_control::PeerId;
 use ant_quic_dataplane::relay::{PathRoute, RelayAllocation};
 use ant_quic_dataplane::{ConnId, ControlDatagram, NodeHandle};
@@ -46,6 +46,14 @@ pub(crate) const EVENT_QUEUE: usize = 16 * 1024;
 /// this node: until then bootstraps may not know this node's NAT mapping (EIM or EDM), which
 /// decides whether a punch sprays.
 const REGISTRATION_GRACE: Duration = Duration::from_secs(3);
+/// Probe datagrams handed to the cores at once. A core takes every queued command in one turn and
+/// can have only so many sends in flight (64 on io_uring); a many-probe round's 256 guesses at
+/// once would overflow that and most would be dropped, so they go out in bursts.
+const PROBE_BURST: usize = 32;
+/// Pause between two bursts of probe datagrams: a core turn, so that the sends complete.
+const PROBE_BURST_GAP: Duration = Duration::from_millis(1);
+/// Probe datagrams waiting for their burst at most; more are dropped, as a full network would.
+const PROBE_OUTBOX: usize = 4096;
 
 /// What the traversal of a node is told at start.
 #[derive(Debug, Clone, Default)]
@@ -174,6 +182,8 @@ impl Nat {
             started: Instant::now(),
             pending: Vec::new(),
             sprays,
+            outbox: VecDeque::new(),
+            next_burst: None,
         };
         let thread = std::thread::Builder::new()
             .name("ant-quic-nat".into())
@@ -298,6 +308,10 @@ struct Driver {
     pending: Vec<(PeerId, Sender<Result<PeerConnection, String>>)>,
     /// Extra sockets and bridges of many-probe rounds.
     sprays: Sprays,
+    /// Probe datagrams for the node socket, sent [`PROBE_BURST`] at a time.
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// When the next burst is due, while the outbox is not empty.
+    next_burst: Option<Instant>,
 }
 
 impl Driver {
@@ -318,6 +332,7 @@ impl Driver {
                 Some(self.next_sample),
                 self.bootstraps.iter().filter_map(|b| b.reconnect_at).min(),
                 (!self.pending.is_empty()).then_some(self.started + REGISTRATION_GRACE),
+                self.next_burst,
             ]
             .into_iter()
             .flatten()
@@ -355,6 +370,9 @@ impl Driver {
             for (target, reply) in std::mem::take(&mut self.pending) {
                 self.start_attempt(now, target, reply);
             }
+        }
+        if self.next_burst.is_some_and(|at| at <= now) {
+            self.send_burst(now);
         }
         if now >= self.next_sample {
             self.next_sample = now + SAMPLE_INTERVAL;
@@ -580,8 +598,13 @@ impl Driver {
                 TraversalAction::SendProbe { to, probe } => {
                     let mut datagram = Vec::with_capacity(64);
                     probe.emit(&mut datagram);
-                    if let Err(error) = self.node.send_datagram(to, datagram) {
-                        tracing::debug!(%to, %error, "probe not sent");
+                    if self.outbox.len() >= PROBE_OUTBOX {
+                        tracing::debug!(%to, "probe outbox full: probe dropped");
+                    } else if matches!(probe.kind, ProbeKind::Ack { .. }) {
+                        // An ack is what the other side waits for: ahead of our own probes.
+                        self.outbox.push_front((to, datagram));
+                    } else {
+                        self.outbox.push_back((to, datagram));
                     }
                 }
                 TraversalAction::ConnectDirect { attempt, peer, address } => self.open(now, attempt, peer, address),
@@ -639,6 +662,20 @@ impl Driver {
         while let Some(event) = self.traversal.poll_event() {
             self.on_traversal_event(event);
         }
+        if self.next_burst.is_none() && !self.outbox.is_empty() {
+            self.send_burst(now);
+        }
+    }
+
+    /// Hands the next [`PROBE_BURST`] probe datagrams to the cores.
+    fn send_burst(&mut self, now: Instant) {
+        for _ in 0..PROBE_BURST {
+            let Some((to, datagram)) = self.outbox.pop_front() else { break };
+            if let Err(error) = self.node.send_datagram(to, datagram) {
+                tracing::debug!(%to, %error, "probe not sent");
+            }
+        }
+        self.next_burst = (!self.outbox.is_empty()).then(|| now + PROBE_BURST_GAP);
     }
 
     fn open(&mut self, _now: Instant, attempt: u64, peer: PeerId, remote: SocketAddr) {

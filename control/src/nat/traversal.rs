@@ -366,7 +366,7 @@ enum Spray {
     /// This peer is behind endpoint-dependent mapping: extra sockets probe `targets`.
     Sockets { targets: Vec<SocketAddr>, first_transaction: u64, state: SprayState },
     /// The other peer is: probes from the node socket to guessed ports of `ip`.
-    Guesses { ip: IpAddr, transaction: u64, guesser: PortGuesser },
+    Guesses { ip: IpAddr, transaction: u64, guesser: PortGuesser, next_batch: Instant },
 }
 
 /// Random ports to guess, never the same one twice in a round.
@@ -659,7 +659,7 @@ impl Traversal {
                 self.learn_and_check(now, probe.token, from);
             }
             ProbeKind::Ack { .. } => {
-                if let Some(Spray::Guesses { ip, transaction, guesser }) = &round.spray {
+                if let Some(Spray::Guesses { ip, transaction, guesser, .. }) = &round.spray {
                     if *transaction == probe.transaction {
                         self.stats.probes_acked += 1;
                         // The answer must come from a port we guessed (RFC 8445 §7.2.5.2.1 again).
@@ -827,7 +827,12 @@ impl Traversal {
         });
         let rounds = self.rounds.values().flat_map(|r| {
             let kept = matches!(r.spray, Some(Spray::Sockets { state: SprayState::Kept { .. }, .. }));
-            let probing = (r.probing || kept && r.next_probe < r.probe_until).then(|| r.next_probe.min(r.probe_until));
+            let guesses = match &r.spray {
+                Some(Spray::Guesses { next_batch, .. }) if r.probing => Some(*next_batch),
+                _ => None,
+            };
+            let next = r.next_probe.min(guesses.unwrap_or(r.next_probe));
+            let probing = (r.probing || kept && r.next_probe < r.probe_until).then(|| next.min(r.probe_until));
             [probing, Some(r.answer_until)].into_iter().flatten()
         });
         let paths = self
@@ -902,7 +907,7 @@ impl Traversal {
             .collect();
         let start = now + Duration::from_millis(u64::from(start_in_ms));
         let probe_until = start + self.config.punch_timeout;
-        let spray = self.spray_for(flags, candidates);
+        let spray = self.spray_for(start, flags, candidates);
         self.rounds.insert(
             token,
             Round {
@@ -922,7 +927,7 @@ impl Traversal {
     /// `candidates`: only when exactly one side is behind endpoint-dependent mapping and the other
     /// is known to be endpoint-independent. Two EDM sides would each need the other's mapping
     /// guessed from a moving target; an unknown side may be either.
-    fn spray_for(&mut self, flags: u8, candidates: &[Candidate]) -> Option<Spray> {
+    fn spray_for(&mut self, start: Instant, flags: u8, candidates: &[Candidate]) -> Option<Spray> {
         if self.config.spray_sockets == 0 {
             return None;
         }
@@ -946,7 +951,11 @@ impl Traversal {
             (Mapping::EndpointIndependent, Mapping::EndpointDependent) => {
                 let ip = reflexive.first()?.ip();
                 let transaction = self.random.next_u64();
-                Some(Spray::Guesses { ip, transaction, guesser: PortGuesser::new(self.random.next_u64()) })
+                let guesser = PortGuesser::new(self.random.next_u64());
+                // Half an interval after the start: the other side's extra sockets, opened at the
+                // start, have their mappings by then; a guess that arrives first is dropped.
+                let next_batch = start + self.config.probe_interval / 2;
+                Some(Spray::Guesses { ip, transaction, guesser, next_batch })
             }
             _ => None,
         }
@@ -1166,6 +1175,18 @@ impl Traversal {
             }
             return;
         }
+        if let Some(Spray::Guesses { ip, transaction, guesser, next_batch }) = &mut round.spray {
+            if now >= *next_batch {
+                // A fresh set each interval: the ports covered grow until a guess meets a mapping.
+                *next_batch = now + interval;
+                let probe = Probe { kind: ProbeKind::Probe, token, transaction: *transaction };
+                for port in guesser.next_batch(guesses) {
+                    let to = SocketAddr::new(*ip, port);
+                    self.actions.push_back(TraversalAction::SendProbe { to, probe });
+                    self.stats.guesses_sent += 1;
+                }
+            }
+        }
         if now < round.next_probe {
             return;
         }
@@ -1193,16 +1214,7 @@ impl Traversal {
                     }
                 }
             }
-            Some(Spray::Guesses { ip, transaction, guesser }) => {
-                // A fresh set each interval: the ports covered grow until a guess meets a mapping.
-                let probe = Probe { kind: ProbeKind::Probe, token, transaction: *transaction };
-                for port in guesser.next_batch(guesses) {
-                    let to = SocketAddr::new(*ip, port);
-                    self.actions.push_back(TraversalAction::SendProbe { to, probe });
-                    self.stats.guesses_sent += 1;
-                }
-            }
-            None => {}
+            Some(Spray::Guesses { .. }) | None => {}
         }
     }
 

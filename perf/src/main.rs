@@ -4,6 +4,8 @@
 //! - `quinn-bulk`: the baseline, quinn 0.11 on tokio, one connection, one stream;
 //! - `ant-quic-bulk`: the same transfer through ant-quic's library;
 //! - `udp-ceiling`: raw UDP over loopback with GSO and GRO, the ceiling for both;
+//! - `relay-rate`: relay forwarding rate of a relay node, against the raw UDP ceiling and a
+//!   minimal forwarder at the same datagram size, alternating, with a markdown table (or JSON);
 //! - `compare`: runs the three above as child processes, alternating, and prints a table.
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
@@ -11,6 +13,7 @@
 mod ant_bulk;
 mod compare;
 mod quinn_bulk;
+mod relay_rate;
 mod tls;
 mod udp_ceiling;
 
@@ -109,6 +112,10 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Relay forwarding over loopback: a relay node between a sender and a receiver socket, against
+    /// the raw UDP ceiling and a minimal forwarder at the same datagram size, alternating; print a
+    /// markdown table (or JSON).
+    RelayRate(relay_rate::RelayRateArgs),
     /// Run ant-quic and quinn alternately in fresh child processes, plus the UDP ceiling at the
     /// start and the end; print a markdown table (or JSON).
     Compare(compare::CompareArgs),
@@ -142,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
             let r = udp_ceiling::run(Duration::from_secs_f64(seconds))?;
             println!("{}", serde_json::to_string(&r)?);
         }
+        Cmd::RelayRate(args) => relay_rate::run(&args)?,
         Cmd::Compare(args) => compare::run(&args)?,
     }
     Ok(())

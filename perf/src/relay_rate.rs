@@ -1,0 +1,892 @@
+//! `relay-rate`: how fast a relay node forwards relay frames over loopback, next to what the
+//! kernel's UDP path moves at the same datagram size, measured in the same run.
+//!
+//! Three kinds of run, alternated (ceiling, forwarder, relay per backend, then again):
+//!
+//! - `udp-ceiling`: a sender socket straight to a receiver socket, as `udp-ceiling` measures it
+//!   (a GSO sender thread, a GRO receiver thread, through quinn-udp), at the run's datagram size.
+//! - `udp-forwarder`: the same sender and receiver with a minimal forwarder between them: one
+//!   thread that receives with GRO and sends each batch on unchanged with GSO. No table, no
+//!   counters: what a relay at its simplest costs on this machine.
+//! - `relay`: the same sender and receiver with an ant-quic relay node between them: a `Node`
+//!   with one allocation whose ends are the two sockets (limits out of the way), forwarding
+//!   `0x22 channel payload` frames from the sender to the receiver.
+//!
+//! The sender sends as fast as the kernel takes it for a fixed time; the figure is what the
+//! receiver got, from its first datagram to its last. Every datagram is a relay frame of the
+//! run's size (UDP payload, relay header included), in every kind of run. Loopback only; every
+//! loop is bounded in time and in count.
+
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ant_quic_dataplane::relay::RelayDrop;
+use ant_quic_dataplane::stats::{read, CoreStats};
+use ant_quic_dataplane::{Application, BackendKind, Node, NodeConfig, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use serde::Serialize;
+
+/// Most UDP payload bytes one send may carry (the UDP length field, less the IPv4 and UDP headers).
+const MAX_UDP_SEND: usize = 65_535 - 20 - 8;
+/// IPv4 and UDP headers: what a datagram adds on the (loopback) wire.
+const IP_UDP_HEADERS: usize = 20 + 8;
+/// The channel of the allocation.
+const CHANNEL: u32 = 0x0A17_0001;
+/// Smallest and largest datagram accepted (a relay header and a minimal packet; an IPv4 path
+/// MTU of 1500).
+const SIZES: std::ops::RangeInclusive<usize> = 32..=1472;
+
+#[derive(Debug, Args)]
+pub struct RelayRateArgs {
+    /// Seconds the sender runs in each run.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Repetitions of each kind of run per datagram size.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Datagram sizes (UDP payload bytes, relay header included), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1200,1452")]
+    sizes: Vec<usize>,
+    /// Relay node backends, comma-separated (io-uring, portable). A backend that cannot run here
+    /// is skipped with a note.
+    #[arg(long, value_delimiter = ',', default_value = "io-uring,portable")]
+    backends: Vec<String>,
+    /// Pace the sender to this many million datagrams per second (default: as fast as the kernel
+    /// takes them, which overloads every path but the ceiling).
+    #[arg(long)]
+    offered_mpps: Option<f64>,
+    /// Leave out the minimal forwarder runs.
+    #[arg(long)]
+    no_forwarder: bool,
+    /// Print JSON (every run and the summaries) instead of the markdown table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateRun {
+    /// Order in the session.
+    pub seq: usize,
+    /// "udp-ceiling", "udp-forwarder" or "relay".
+    pub kind: String,
+    /// The relay node's backend (relay runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// UDP payload bytes per datagram (relay header included).
+    pub datagram: usize,
+    /// Datagrams per second the sender offered; `None`: as many as the kernel took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_per_sec: Option<f64>,
+    /// Datagrams the sender handed to the kernel.
+    pub sent: u64,
+    /// Datagrams the receiver got.
+    pub received: u64,
+    /// Datagrams the receiver got that were not the frames sent (wrong size or header).
+    pub corrupt: u64,
+    /// From the first to the last datagram the receiver got.
+    pub seconds: f64,
+    /// `received / seconds`.
+    pub frames_per_sec: f64,
+    /// Gbit/s of what the frames carry (datagram less the 5-byte relay header).
+    pub payload_gbps: f64,
+    /// Gbit/s of UDP payload (the whole frame).
+    pub udp_gbps: f64,
+    /// Gbit/s with the IPv4 and UDP headers (28 bytes a datagram).
+    pub wire_gbps: f64,
+    /// Datagrams per GSO send of the sender.
+    pub gso_segments: usize,
+    /// Datagrams the receiver's socket may coalesce (1: no GRO).
+    pub gro_segments: usize,
+    /// UDP receive-buffer overflows of the whole machine during the run (`RcvbufErrors` of
+    /// /proc/net/snmp): datagrams the kernel dropped because a socket (the relay's, the
+    /// forwarder's or the receiver's) was full. Other traffic on the machine counts too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_rcvbuf_drops: Option<u64>,
+    /// The relay node's counters (relay runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayCounters>,
+    /// The minimal forwarder's counters (forwarder runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarder: Option<ForwarderCounters>,
+    /// Why the run does not count (nothing arrived); its counters are kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// The relay node's counters after a run, summed over its cores.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RelayCounters {
+    /// Data-plane cores of the node.
+    pub cores: usize,
+    /// Datagrams the node received.
+    pub rx_datagrams: u64,
+    /// Receive completions or calls that carried more than one datagram (GRO).
+    pub rx_batched: u64,
+    /// Frames forwarded.
+    pub forwarded: u64,
+    /// Frame bytes forwarded.
+    pub forwarded_bytes: u64,
+    /// Sends that carried more than one datagram (GSO).
+    pub tx_batched: u64,
+    /// Frames not forwarded, by reason (every reason listed, zeros included).
+    pub drops: Vec<(String, u64)>,
+    /// Times the receive path ran out of buffers (io_uring).
+    pub rx_no_buffers: u64,
+    /// Send errors other than back-pressure.
+    pub tx_errors: u64,
+    /// Datagrams dropped as neither QUIC nor the node's own, or malformed (should stay 0).
+    pub other_drops: u64,
+    /// Loop turns of the core.
+    pub loop_turns: u64,
+}
+
+/// The minimal forwarder's counters after a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForwarderCounters {
+    /// Datagrams received.
+    pub received: u64,
+    /// Receive calls that returned data.
+    pub receives: u64,
+    /// Datagrams sent on.
+    pub sent: u64,
+    /// Sends the kernel refused (their datagrams were dropped).
+    pub send_errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    kind: String,
+    backend: Option<String>,
+    datagram: usize,
+    runs: usize,
+    ok: usize,
+    median_frames_per_sec: Option<f64>,
+    min_frames_per_sec: Option<f64>,
+    max_frames_per_sec: Option<f64>,
+    median_payload_gbps: Option<f64>,
+    median_wire_gbps: Option<f64>,
+    /// This median over the ceiling's median (same datagram size).
+    of_ceiling: Option<f64>,
+    /// This median over the forwarder's median (same datagram size).
+    of_forwarder: Option<f64>,
+    /// Median share of the sent datagrams that did not arrive.
+    median_loss: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpu: String,
+    cores: usize,
+    kernel: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    command: String,
+    machine: Machine,
+    seconds: f64,
+    runs_per_kind: usize,
+    /// Million datagrams per second offered; `None`: as fast as the kernel took them.
+    offered_mpps: Option<f64>,
+    load_start: Option<f64>,
+    load_end: Option<f64>,
+    skipped: Vec<String>,
+    summaries: Vec<Summary>,
+    runs: Vec<RateRun>,
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ceiling,
+    Forwarder,
+    Relay(BackendKind),
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ceiling => "udp-ceiling",
+            Self::Forwarder => "udp-forwarder",
+            Self::Relay(_) => "relay",
+        }
+    }
+
+    fn backend(self) -> Option<String> {
+        match self {
+            Self::Relay(backend) => Some(backend.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the session and prints the table (or JSON) on stdout, progress on stderr.
+pub fn run(args: &RelayRateArgs) -> Result<()> {
+    if !(0.2..=30.0).contains(&args.seconds) {
+        bail!("--seconds must be between 0.2 and 30");
+    }
+    if args.runs == 0 || args.runs > 50 {
+        bail!("--runs must be between 1 and 50");
+    }
+    if args.offered_mpps.is_some_and(|m| !(0.001..=100.0).contains(&m)) {
+        bail!("--offered-mpps must be between 0.001 and 100");
+    }
+    if args.sizes.is_empty() || args.sizes.iter().any(|s| !SIZES.contains(s)) {
+        bail!("--sizes must be between {} and {} bytes", SIZES.start(), SIZES.end());
+    }
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut skipped = Vec::new();
+    let mut kinds = vec![Kind::Ceiling];
+    if !args.no_forwarder {
+        kinds.push(Kind::Forwarder);
+    }
+    for name in &args.backends {
+        let backend = name.parse::<BackendKind>().map_err(|e| anyhow!(e))?;
+        if backend == BackendKind::IoUring {
+            if let Err(e) = ant_quic_dataplane::backend::uring::probe() {
+                skipped.push(format!("relay on io-uring: unavailable here ({e})"));
+                continue;
+            }
+        }
+        kinds.push(Kind::Relay(backend));
+    }
+
+    let load_start = loadavg();
+    let mut runs = Vec::new();
+    let mut errors = Vec::new();
+    let mut seq = 0;
+    for &size in &args.sizes {
+        for repetition in 1..=args.runs {
+            for &kind in &kinds {
+                seq += 1;
+                let what = format!("{} {} {size} B, run {repetition}/{}", kind.name(), backend_label(kind), args.runs);
+                eprintln!("[relay-rate] {what} …");
+                let load = Load { size, duration, offered: args.offered_mpps.map(|m| m * 1e6) };
+                match run_once(kind, load) {
+                    Ok(mut r) => {
+                        r.seq = seq;
+                        if let Some(why) = &r.failed {
+                            eprintln!("[relay-rate]   failed: {why}");
+                            errors.push(format!("{what}: {why}"));
+                        }
+                        eprintln!(
+                            "[relay-rate]   {:.3} Mframes/s, {:.2} Gbit/s payload, {} of {} arrived",
+                            r.frames_per_sec / 1e6,
+                            r.payload_gbps,
+                            r.received,
+                            r.sent
+                        );
+                        runs.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!("[relay-rate]   failed: {e:#}");
+                        errors.push(format!("{what}: {e:#}"));
+                    }
+                }
+            }
+        }
+    }
+    let load_end = loadavg();
+
+    let mut summaries = Vec::new();
+    for &size in &args.sizes {
+        let mut of_size: Vec<Summary> = kinds.iter().map(|&kind| summarize(&runs, kind, size, args.runs)).collect();
+        let ceiling = of_size.iter().find(|s| s.kind == "udp-ceiling").and_then(|s| s.median_frames_per_sec);
+        let forwarder = of_size.iter().find(|s| s.kind == "udp-forwarder").and_then(|s| s.median_frames_per_sec);
+        for s in &mut of_size {
+            s.of_ceiling = ratio(s.median_frames_per_sec, ceiling);
+            s.of_forwarder = ratio(s.median_frames_per_sec, forwarder);
+        }
+        summaries.extend(of_size);
+    }
+
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = Report {
+        command,
+        machine: machine(),
+        seconds: args.seconds,
+        runs_per_kind: args.runs,
+        offered_mpps: args.offered_mpps,
+        load_start,
+        load_end,
+        skipped,
+        summaries,
+        runs,
+        errors,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", markdown(&report));
+    }
+    Ok(())
+}
+
+fn backend_label(kind: Kind) -> String {
+    kind.backend().map_or_else(String::new, |b| format!("({b})"))
+}
+
+fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
+    match (value, base) {
+        (Some(v), Some(b)) if b > 0.0 => Some(v / b),
+        _ => None,
+    }
+}
+
+/// What the sender offers in one run.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    /// UDP payload bytes per datagram (relay header included).
+    size: usize,
+    /// How long the sender sends.
+    duration: Duration,
+    /// Datagrams per second offered; `None`: as fast as the kernel takes them.
+    offered: Option<f64>,
+}
+
+fn run_once(kind: Kind, load: Load) -> Result<RateRun> {
+    let size = load.size;
+    let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the receiver")?;
+    let rx_state = UdpSocketState::new((&receiver).into()).context("receiver socket state")?;
+    // A large receive buffer so the receiver, not the buffer, is what limits delivery.
+    let _ = rx_state.set_recv_buffer_size((&receiver).into(), 16 << 20);
+    receiver.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let gro_segments = rx_state.gro_segments();
+    let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the sender")?;
+    let tx_state = UdpSocketState::new((&sender).into()).context("sender socket state")?;
+    let _ = tx_state.set_send_buffer_size((&sender).into(), 4 << 20);
+    let gso_segments = tx_state.max_gso_segments().clamp(1, 64.min(MAX_UDP_SEND / size));
+    let (sender_addr, receiver_addr) = (sender.local_addr()?, receiver.local_addr()?);
+    let ends = Ends { sender, tx_state, receiver, rx_state, segments: gso_segments };
+
+    let snmp_before = rcvbuf_errors();
+    let (sent, received, forwarder, relay) = match kind {
+        Kind::Ceiling => {
+            let (sent, received) = transfer(ends, receiver_addr, load)?;
+            (sent, received, None, None)
+        }
+        Kind::Forwarder => {
+            let middle = Forwarder::start(receiver_addr)?;
+            let via = middle.address;
+            let result = transfer(ends, via, load);
+            let counters = middle.stop()?;
+            let (sent, received) = result?;
+            (sent, received, Some(counters), None)
+        }
+        Kind::Relay(backend) => {
+            let node = start_relay(backend, sender_addr, receiver_addr)?;
+            let via = node.local_addr();
+            let result = transfer(ends, via, load);
+            let counters = relay_counters(&node);
+            node.shutdown();
+            node.join().map_err(|e| anyhow!("relay node: {e}"))?;
+            let (sent, received) = result?;
+            (sent, received, None, Some(counters))
+        }
+    };
+    let kernel_rcvbuf_drops = match (snmp_before, rcvbuf_errors()) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+
+    let seconds = received.seconds;
+    let frames_per_sec = if seconds > 0.0 { received.datagrams as f64 / seconds } else { 0.0 };
+    let gbps = |bytes_per_frame: usize| frames_per_sec * bytes_per_frame as f64 * 8.0 / 1e9;
+    Ok(RateRun {
+        seq: 0,
+        kind: kind.name().to_owned(),
+        backend: kind.backend(),
+        datagram: size,
+        offered_per_sec: load.offered,
+        sent,
+        received: received.datagrams,
+        corrupt: received.corrupt,
+        seconds,
+        frames_per_sec,
+        payload_gbps: gbps(size - RELAY_HEADER_LEN),
+        udp_gbps: gbps(size),
+        wire_gbps: gbps(size + IP_UDP_HEADERS),
+        gso_segments,
+        gro_segments,
+        kernel_rcvbuf_drops,
+        relay,
+        forwarder,
+        failed: (received.datagrams == 0).then(|| format!("nothing arrived ({sent} datagrams sent)")),
+    })
+}
+
+/// What the receiver counted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Received {
+    datagrams: u64,
+    corrupt: u64,
+    seconds: f64,
+}
+
+/// The two plain sockets of a run.
+struct Ends {
+    sender: UdpSocket,
+    tx_state: UdpSocketState,
+    receiver: UdpSocket,
+    rx_state: UdpSocketState,
+    /// Datagrams per GSO send.
+    segments: usize,
+}
+
+/// Sends from the sender to `to` on one thread while the receiver counts on another. Returns
+/// (datagrams sent, what the receiver got).
+fn transfer(ends: Ends, to: SocketAddr, load: Load) -> Result<(u64, Received)> {
+    let Ends { sender, tx_state, receiver, rx_state, segments } = ends;
+    let sending = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&sending);
+    let send = thread::Builder::new().name("relay-rate-tx".into()).spawn(move || {
+        let result = send_frames(&sender, &tx_state, to, segments, load);
+        flag.store(false, Ordering::Release);
+        result
+    })?;
+    let flag = Arc::clone(&sending);
+    let receive = thread::Builder::new()
+        .name("relay-rate-rx".into())
+        .spawn(move || recv_loop(&receiver, &rx_state, load.size, load.duration, &flag))?;
+    let sent = send.join().map_err(|_| anyhow!("sender thread panicked"))?;
+    let received = receive.join().map_err(|_| anyhow!("receiver thread panicked"))?;
+    Ok((sent?, received?))
+}
+
+/// GSO sends of `segments` relay frames of `load.size` bytes for `load.duration`, as fast as the
+/// kernel takes them or paced to the offered rate. Returns the datagrams sent.
+fn send_frames(socket: &UdpSocket, state: &UdpSocketState, to: SocketAddr, segments: usize, load: Load) -> Result<u64> {
+    let size = load.size;
+    let mut buf = vec![0u8; size * segments];
+    for (i, frame) in buf.chunks_mut(size).enumerate() {
+        let header = [RELAY_MARKER].into_iter().chain(CHANNEL.to_be_bytes());
+        for (byte, value) in frame.iter_mut().zip(header) {
+            *byte = value;
+        }
+        // A short-header QUIC packet's first byte, then filler: the relay never looks further.
+        for (j, byte) in frame.iter_mut().enumerate().skip(RELAY_HEADER_LEN) {
+            *byte = if j == RELAY_HEADER_LEN { 0x40 } else { (i + j) as u8 };
+        }
+    }
+    let transmit = Transmit {
+        destination: to,
+        ecn: None,
+        contents: &buf,
+        segment_size: (segments > 1).then_some(size),
+        src_ip: None,
+    };
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut errors = 0u64;
+    // Bounded in time, and in count: even at 100 Gbit/s, 30 s is under 2^24 sends.
+    for _ in 0..(1u64 << 26) {
+        let elapsed = start.elapsed();
+        if elapsed >= load.duration {
+            break;
+        }
+        if let Some(rate) = load.offered {
+            // Paced: the next batch leaves when the datagrams sent so far are due.
+            let due = Duration::from_secs_f64(sent as f64 / rate);
+            if due > elapsed {
+                let ahead = due - elapsed;
+                if ahead > Duration::from_micros(200) {
+                    thread::sleep(ahead.min(Duration::from_millis(10)));
+                } else {
+                    thread::yield_now();
+                }
+                continue;
+            }
+        }
+        match state.try_send(socket.into(), &transmit) {
+            Ok(()) => sent += segments as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::yield_now(),
+            // Loopback answers a send to a closed port with ECONNREFUSED on the next call; the
+            // middle box may not be up yet or gone already. Count, and give up if it persists.
+            Err(e) => {
+                errors += 1;
+                if errors > 1000 {
+                    return Err(anyhow!("sendmsg keeps failing: {e}"));
+                }
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Counts datagrams until the sender has stopped and the socket has been quiet for one read
+/// timeout (at most `duration` + 5 s).
+fn recv_loop(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    size: usize,
+    duration: Duration,
+    sending: &AtomicBool,
+) -> Result<Received> {
+    // One GRO super-datagram per call: at most 64 segments of at most 1500 bytes.
+    let mut storage = vec![0u8; 64 * 1500];
+    let mut meta = [RecvMeta::default()];
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let mut received = Received::default();
+    let header = [RELAY_MARKER].into_iter().chain(CHANNEL.to_be_bytes()).collect::<Vec<u8>>();
+    let give_up = Instant::now() + duration + Duration::from_secs(5);
+    while Instant::now() < give_up {
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        match state.recv(socket.into(), &mut bufs, &mut meta) {
+            Ok(n) => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                for m in meta.iter().take(n) {
+                    let stride = m.stride.max(1);
+                    let datagrams = m.len.div_ceil(stride) as u64;
+                    received.datagrams += datagrams;
+                    // Every datagram must be a whole frame of the size sent, header intact.
+                    let whole = m.len % stride == 0 && stride == size;
+                    let intact = storage
+                        .get(..m.len)
+                        .is_some_and(|data| data.chunks(stride).all(|d| d.get(..RELAY_HEADER_LEN) == Some(&header)));
+                    if !(whole && intact) {
+                        received.corrupt += datagrams;
+                    }
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if !sending.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+            Err(e) => return Err(anyhow!("receive failed: {e}")),
+        }
+    }
+    received.seconds = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    Ok(received)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The minimal forwarder
+
+struct Forwarder {
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<Result<ForwarderCounters>>,
+}
+
+impl Forwarder {
+    /// A thread that receives with GRO and sends every batch on to `to` with GSO, unchanged.
+    fn start(to: SocketAddr) -> Result<Self> {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the forwarder")?;
+        let state = UdpSocketState::new((&socket).into()).context("forwarder socket state")?;
+        // As large as the relay node's own buffers would be allowed to be here.
+        let _ = state.set_recv_buffer_size((&socket).into(), 16 << 20);
+        let _ = state.set_send_buffer_size((&socket).into(), 4 << 20);
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let address = socket.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("relay-rate-fwd".into())
+            .spawn(move || forward_loop(&socket, &state, to, &flag))?;
+        Ok(Self { address, stop, thread })
+    }
+
+    fn stop(self) -> Result<ForwarderCounters> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().map_err(|_| anyhow!("forwarder thread panicked"))?
+    }
+}
+
+fn forward_loop(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    to: SocketAddr,
+    stop: &AtomicBool,
+) -> Result<ForwarderCounters> {
+    let mut storage = vec![0u8; 64 * 1500];
+    let mut meta = [RecvMeta::default()];
+    let mut counters = ForwarderCounters::default();
+    // Bounded: the session's longest run is 30 s, plus the receiver's 5 s.
+    let give_up = Instant::now() + Duration::from_secs(40);
+    while !stop.load(Ordering::Acquire) && Instant::now() < give_up {
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        let n = match state.recv(socket.into(), &mut bufs, &mut meta) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(anyhow!("forwarder receive failed: {e}")),
+        };
+        for m in meta.iter().take(n) {
+            let stride = m.stride.max(1);
+            let datagrams = m.len.div_ceil(stride) as u64;
+            counters.receives += 1;
+            counters.received += datagrams;
+            let Some(contents) = storage.get(..m.len) else { continue };
+            let transmit = Transmit {
+                destination: to,
+                ecn: None,
+                contents,
+                segment_size: (m.len > stride).then_some(stride),
+                src_ip: None,
+            };
+            match state.try_send(socket.into(), &transmit) {
+                Ok(()) => counters.sent += datagrams,
+                Err(_) => counters.send_errors += 1,
+            }
+        }
+    }
+    Ok(counters)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The relay node
+
+struct Idle;
+impl Application for Idle {}
+
+fn start_relay(backend: BackendKind, a: SocketAddr, b: SocketAddr) -> Result<Node> {
+    let mut config = NodeConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), None);
+    // One flow from one source socket reaches one core whatever their number (SO_REUSEPORT
+    // hashes the 4-tuple), so one core is what forwards it.
+    config.cores = Some(1);
+    config.backend = Some(backend);
+    let node = Node::start(config, Arc::new(|_core: usize| -> Box<dyn Application> { Box::new(Idle) }))
+        .map_err(|e| anyhow!("starting the relay node: {e}"))?;
+    let allocation = RelayAllocation {
+        channel: CHANNEL,
+        a,
+        b,
+        expires: Instant::now() + Duration::from_secs(600),
+        // Limits out of the way: the figure is the forwarding path, not the policy.
+        byte_limit: u64::MAX,
+        rate_limit: u32::MAX,
+    };
+    let installed = node.install_relay(allocation).map_err(|e| anyhow!("installing the allocation: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ready = installed.and_then(|()| loop {
+        if node.stats().iter().all(|s| read(&s.relay_allocations) == 1) {
+            break Ok(());
+        }
+        if Instant::now() >= deadline {
+            break Err(anyhow!("the relay node did not install the allocation within 5 s"));
+        }
+        thread::sleep(Duration::from_millis(1));
+    });
+    if let Err(e) = ready {
+        node.shutdown();
+        let _ = node.join();
+        return Err(e);
+    }
+    Ok(node)
+}
+
+fn relay_counters(node: &Node) -> RelayCounters {
+    let cores = node.stats();
+    let sum = |counter: &dyn Fn(&CoreStats) -> u64| cores.iter().map(|c| counter(c)).sum::<u64>();
+    RelayCounters {
+        cores: cores.len(),
+        rx_datagrams: sum(&|c| read(&c.rx_datagrams)),
+        rx_batched: sum(&|c| c.rx_batch.multi()),
+        forwarded: sum(&|c| read(&c.relay_forwarded)),
+        forwarded_bytes: sum(&|c| read(&c.relay_forwarded_bytes)),
+        tx_batched: sum(&|c| c.tx_batch.multi()),
+        drops: RelayDrop::ALL
+            .iter()
+            .map(|&reason| (reason.name().to_owned(), sum(&|c| c.relay_drops(reason))))
+            .collect(),
+        rx_no_buffers: sum(&|c| read(&c.rx_no_buffers)),
+        tx_errors: sum(&|c| read(&c.tx_errors)),
+        other_drops: sum(&|c| read(&c.drops_not_quic) + read(&c.drops_malformed) + read(&c.drops_handoff_full)),
+        loop_turns: sum(&|c| read(&c.loop_turns)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine, summaries, table
+
+/// `RcvbufErrors` of the `Udp:` lines of /proc/net/snmp (the whole machine).
+fn rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let index = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// /proc/loadavg's 1-minute figure: how busy the (shared) machine was.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    Machine { cpu, cores, kernel }
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => sorted.get(n / 2).copied(),
+        _ => Some((sorted.get(n / 2 - 1)? + sorted.get(n / 2)?) / 2.0),
+    }
+}
+
+fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn summarize(runs: &[RateRun], kind: Kind, size: usize, planned: usize) -> Summary {
+    let mine: Vec<&RateRun> = runs
+        .iter()
+        .filter(|r| r.failed.is_none() && r.kind == kind.name() && r.backend == kind.backend() && r.datagram == size)
+        .collect();
+    let rates = sorted(mine.iter().map(|r| r.frames_per_sec));
+    let loss = sorted(mine.iter().map(|r| 1.0 - r.received as f64 / r.sent.max(1) as f64));
+    Summary {
+        kind: kind.name().to_owned(),
+        backend: kind.backend(),
+        datagram: size,
+        runs: planned,
+        ok: mine.len(),
+        median_frames_per_sec: median(&rates),
+        min_frames_per_sec: rates.first().copied(),
+        max_frames_per_sec: rates.last().copied(),
+        median_payload_gbps: median(&sorted(mine.iter().map(|r| r.payload_gbps))),
+        median_wire_gbps: median(&sorted(mine.iter().map(|r| r.wire_gbps))),
+        of_ceiling: None,
+        of_forwarder: None,
+        median_loss: median(&loss),
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn label(kind: &str, backend: Option<&str>) -> String {
+    match (kind, backend) {
+        ("relay", Some(b)) => format!("ant-quic relay ({b})"),
+        ("udp-ceiling", _) => "raw UDP ceiling (sender → receiver)".to_owned(),
+        ("udp-forwarder", _) => "minimal UDP forwarder (GRO in, GSO out)".to_owned(),
+        (k, _) => k.to_owned(),
+    }
+}
+
+fn markdown(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "- Machine: {}, {} cores, Linux {}", r.machine.cpu, r.machine.cores, r.machine.kernel);
+    let _ = writeln!(
+        s,
+        "- Load average (1 min) before / after: {} / {} (the machine is shared)",
+        fmt_opt(r.load_start, 2),
+        fmt_opt(r.load_end, 2)
+    );
+    match std::env::var("ANT_QUIC_PERF_VIA") {
+        Ok(via) => {
+            let _ = writeln!(s, "- Command: `{}` (which runs `{}`)", via.trim(), r.command);
+        }
+        Err(_) => {
+            let _ = writeln!(s, "- Command: `{}`", r.command);
+        }
+    }
+    if let Ok(source) = std::env::var("ANT_QUIC_PERF_SOURCE") {
+        let _ = writeln!(s, "- Source: {source}");
+    }
+    let _ = writeln!(
+        s,
+        "- Runs: {} per kind and datagram size, {} s of sending each, kinds alternated in every round; \
+         one flow over 127.0.0.1; relay node: 1 core, pinned",
+        r.runs_per_kind, r.seconds
+    );
+    let _ = match r.offered_mpps {
+        Some(m) => writeln!(s, "- Offered load: {m} million datagrams per second, paced"),
+        None => writeln!(
+            s,
+            "- Offered load: as fast as the sender's kernel takes GSO sends (an overload for every path \
+             but the ceiling; the excess is dropped at the first full socket)"
+        ),
+    };
+    for skipped in &r.skipped {
+        let _ = writeln!(s, "- Skipped: {skipped}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| datagram | path | median Mframes/s | min–max Mframes/s | runs ok | payload Gbit/s | on the wire Gbit/s | \
+         of the UDP ceiling | of the forwarder | lost (median) |"
+    );
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for x in &r.summaries {
+        let m = |v: Option<f64>| v.map(|v| v / 1e6);
+        let pct = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{:.1} %", v * 100.0));
+        let _ = writeln!(
+            s,
+            "| {} B | {} | {} | {}–{} | {}/{} | {} | {} | {} | {} | {} |",
+            x.datagram,
+            label(&x.kind, x.backend.as_deref()),
+            fmt_opt(m(x.median_frames_per_sec), 3),
+            fmt_opt(m(x.min_frames_per_sec), 3),
+            fmt_opt(m(x.max_frames_per_sec), 3),
+            x.ok,
+            x.runs,
+            fmt_opt(x.median_payload_gbps, 2),
+            fmt_opt(x.median_wire_gbps, 2),
+            if x.kind == "udp-ceiling" { "1 (baseline)".to_owned() } else { fmt_opt(x.of_ceiling, 2) },
+            if x.kind == "udp-forwarder" { "1".to_owned() } else { fmt_opt(x.of_forwarder, 2) },
+            pct(x.median_loss),
+        );
+    }
+    let _ = writeln!(s);
+    let _ =
+        writeln!(s, "Runs in order (Mframes/s; sent → received; relay drops by reason; kernel receive-buffer drops):");
+    let _ = writeln!(s);
+    for run in &r.runs {
+        let drops = run.relay.as_ref().map_or_else(String::new, |c| {
+            let nonzero: Vec<String> =
+                c.drops.iter().filter(|(_, n)| *n > 0).map(|(reason, n)| format!("{reason} {n}")).collect();
+            if nonzero.is_empty() {
+                "; relay drops none".to_owned()
+            } else {
+                format!("; relay drops {}", nonzero.join(", "))
+            }
+        });
+        let _ = writeln!(
+            s,
+            "{}. {} B {}: {:.3} ({} → {}{}{}{})",
+            run.seq,
+            run.datagram,
+            label(&run.kind, run.backend.as_deref()),
+            run.frames_per_sec / 1e6,
+            run.sent,
+            run.received,
+            if run.corrupt > 0 { format!(", {} not as sent", run.corrupt) } else { String::new() },
+            drops,
+            run.kernel_rcvbuf_drops.map_or_else(String::new, |n| format!("; kernel {n}")),
+        );
+    }
+    for e in &r.errors {
+        let _ = writeln!(s, "- failed: {e}");
+    }
+    s
+}

@@ -570,13 +570,19 @@ fn wait_registered(nat: &ant_quic::nat::Nat, all: bool, deadline: Instant) -> an
     }
 }
 
-fn unreachable_reason(status: &ant_quic::nat::NatStatus) -> String {
+fn unreachable_reason(status: &ant_quic::nat::NatStatus, waited: Duration) -> String {
     let reasons: Vec<String> = status
         .bootstraps
         .iter()
-        .map(|b| format!("{}: {}", b.address, b.last_error.as_deref().unwrap_or("no answer")))
+        .map(|b| match &b.last_error {
+            Some(error) => format!("{}: {error}", b.address),
+            None => format!("{}: no answer within {} s", b.address, waited.as_secs()),
+        })
         .collect();
-    format!("no bootstrap reachable ({})", reasons.join("; "))
+    format!(
+        "no bootstrap reachable ({}); check the address, that a node listens there, and that UDP is allowed",
+        reasons.join("; ")
+    )
 }
 
 fn connect_to_peer(
@@ -587,7 +593,7 @@ fn connect_to_peer(
 ) -> Result<String, String> {
     let status = wait_registered(&server.nat, false, deadline);
     if !status.bootstraps.iter().any(|b| b.observed.is_some()) {
-        return Err(unreachable_reason(&status));
+        return Err(unreachable_reason(&status, Duration::from_secs(args.timeout)));
     }
     let connection = server.nat.connect(target, deadline.saturating_duration_since(Instant::now()))?;
     let core = connection.conn.core;
@@ -658,7 +664,7 @@ fn connectivity_test(
     let status = wait_registered(&server.nat, true, deadline);
     let observed: Vec<SocketAddr> = status.bootstraps.iter().filter_map(|b| b.observed).collect();
     let Some(first) = observed.first().copied() else {
-        return Err(unreachable_reason(&status));
+        return Err(unreachable_reason(&status, Duration::from_secs(args.timeout)));
     };
     // RFC 4787 §4.1: the same mapping toward two destinations is endpoint-independent.
     let mapping = match observed.get(1) {

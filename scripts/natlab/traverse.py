@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""NAT traversal matrix of the real node in the NAT lab.
+
+Runs `ant-quic` as bootstraps in b1 and b2 and as a long-lived peer behind every NAT, then for every
+pair of peers runs `ant-quic --bootstrap ... --connect PEER_ID --json --send-bytes N` from the
+first one's namespace and records the path, the time to connect, and whether the bytes arrived
+with the same SHA-256. Writes the matrix as JSON (stdout) and, with --table, as a Markdown table.
+
+The lab must be up (`natlab.py up --prefix P`); this script does not build or remove it.
+
+    traverse.py --prefix P --binary target/release/ant-quic [--bytes 100000000] [--via b1|b2]
+                [--pairs fc1-fc2,pr1-sy1] [--table FILE] [--timeout 60]
+
+Expected outcome per pair (shared/natlab.md): direct wherever raw UDP simultaneous open works;
+connected (direct or relayed) everywhere else. `ok` in the output says whether the pair met it.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import natlab  # noqa: E402  (same directory)
+
+BOOTSTRAP_ADDR = {"b1": "198.18.0.11", "b2": "198.18.0.12"}
+PORT = 9000
+
+
+class Node:
+    """A long-lived ant-quic process in a namespace, with its output in files."""
+
+    def __init__(self, prefix, node, binary, workdir, args):
+        self.name = node
+        self.out_path = os.path.join(workdir, f"{node}.out")
+        self.err_path = os.path.join(workdir, f"{node}.err")
+        netns = natlab.ns_name(prefix, node)
+        data = os.path.join(workdir, f"{node}.data")
+        cmd = ["ip", "netns", "exec", netns, binary, "--data-dir", data, "--cores", "1"] + args
+        self.proc = subprocess.Popen(
+            cmd, stdout=open(self.out_path, "w"), stderr=open(self.err_path, "w"), stdin=subprocess.DEVNULL
+        )
+
+    def text(self, which="out"):
+        with open(self.out_path if which == "out" else self.err_path, errors="replace") as f:
+            return f.read()
+
+    def peer_id(self, deadline):
+        while time.monotonic() < deadline:
+            for line in self.text().splitlines():
+                if " peer id " in line:
+                    return line.split(" peer id ", 1)[1].strip()
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise natlab.LabError(f"{self.name}: no peer id printed ({self.text('err').strip()[-300:]})")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def wait_registered(node, count, deadline):
+    """Until the node logged `count` observed addresses (one per bootstrap)."""
+    while time.monotonic() < deadline:
+        if node.text("err").count("observed address") >= count:
+            return
+        if node.proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise natlab.LabError(f"{node.name}: not registered with its bootstraps ({node.text('err').strip()[-300:]})")
+
+
+def connect(prefix, binary, workdir, src, dst_id, bootstraps, nbytes, timeout):
+    netns = natlab.ns_name(prefix, src)
+    cmd = ["ip", "netns", "exec", netns, binary, "--data-dir", os.path.join(workdir, f"{src}.client"), "--cores", "1"]
+    for b in bootstraps:
+        cmd += ["--bootstrap", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]
+    cmd += ["--connect", dst_id, "--json", "--timeout", str(timeout)]
+    if nbytes:
+        cmd += ["--send-bytes", str(nbytes)]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 15)
+    except subprocess.TimeoutExpired:
+        return {"result": "hung", "error": f"no exit within {timeout + 15} s"}
+    elapsed = time.monotonic() - started
+    line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    if proc.returncode == 0 and line.startswith("{"):
+        out = json.loads(line)
+        out["result"] = "connected"
+        out["wall_s"] = round(elapsed, 2)
+        return out
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    return {"result": "failed", "error": (errors[-1] if errors else proc.stderr.strip()[-300:]), "wall_s": elapsed}
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="traverse.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--prefix", default="aqlab")
+    parser.add_argument("--binary", required=True)
+    parser.add_argument("--bytes", type=int, default=100_000_000)
+    parser.add_argument("--via", default="b1", choices=["b1", "b2"], help="bootstrap that coordinates")
+    parser.add_argument("--pairs", default="all", help="comma-separated a-b pairs, or all")
+    parser.add_argument("--table", default=None, help="write a Markdown table here")
+    parser.add_argument("--timeout", type=int, default=60)
+    args = parser.parse_args()
+
+    try:
+        natlab.require_root_and_tools(need_nft=False)
+        natlab.require_up(args.prefix)
+        binary = os.path.abspath(args.binary)
+        if not os.access(binary, os.X_OK):
+            raise natlab.LabError(f"{binary} is not an executable (build it: cargo build --release)")
+        if args.pairs == "all":
+            order = natlab.PEER_ORDER
+            pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1 :]]
+        else:
+            pairs = [tuple(p.split("-", 1)) for p in args.pairs.split(",")]
+            for a, b in pairs:
+                natlab.ns_name(args.prefix, a), natlab.ns_name(args.prefix, b)
+        peers = sorted({p for pair in pairs for p in pair}, key=natlab.PEER_ORDER.index)
+        # The coordinating bootstrap first: the node asks the first one it registered with.
+        bootstraps = [args.via] + [b for b in ("b1", "b2") if b != args.via]
+        workdir = tempfile.mkdtemp(prefix="ant-quic-traverse-")
+        nodes = []
+        try:
+            for b in ("b1", "b2"):
+                nodes.append(Node(args.prefix, b, binary, workdir, ["--listen", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]))
+            deadline = time.monotonic() + 20
+            for n in nodes:
+                n.peer_id(deadline)
+            listeners = {}
+            for p in peers:
+                flags = ["--listen", f"0.0.0.0:{PORT}"]
+                for b in bootstraps:
+                    flags += ["--bootstrap", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]
+                listeners[p] = Node(args.prefix, p, binary, workdir, flags)
+                nodes.append(listeners[p])
+            deadline = time.monotonic() + 30
+            ids = {p: n.peer_id(deadline) for p, n in listeners.items()}
+            for n in listeners.values():
+                wait_registered(n, len(bootstraps), deadline)
+            rows = []
+            for a, b in pairs:
+                # Each --connect runs on a fresh port, so no NAT state of one case serves another;
+                # the long-lived peers keep theirs, as deployed nodes do.
+                expect_direct = natlab.expected_direct(a, b)
+                # The connecting side registers with the coordinating bootstrap only, so that it is
+                # the one that coordinates (a node asks the first bootstrap that answered).
+                got = connect(args.prefix, binary, workdir, a, ids[b], [args.via], args.bytes, args.timeout)
+                path = got.get("path", "none")
+                verified = got.get("verified", not args.bytes)
+                ok = got["result"] == "connected" and verified and (path == "direct" or not expect_direct)
+                rows.append(
+                    {
+                        "pair": f"{a}-{b}",
+                        "nat": f"{natlab.nat_of(a)} / {natlab.nat_of(b)}",
+                        "expect": "direct" if expect_direct else "connected",
+                        "result": got["result"],
+                        "path": path,
+                        "remote": got.get("remote"),
+                        "connect_ms": got.get("connect_ms"),
+                        "rtt_ms": got.get("rtt_ms"),
+                        "bytes": got.get("bytes", 0),
+                        "verified": verified,
+                        "mbit_s": got.get("mbit_s"),
+                        "error": got.get("error"),
+                        "ok": ok,
+                    }
+                )
+                print(
+                    f"{a:>4} -> {b:<4} {rows[-1]['result']:<9} {path:<8} "
+                    f"{got.get('connect_ms', '-')!s:>8} ms  {'ok' if ok else 'NOT OK ' + str(got.get('error'))}",
+                    file=sys.stderr,
+                )
+        finally:
+            for n in nodes:
+                n.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+        summary = {
+            "via": args.via,
+            "bytes": args.bytes,
+            "pairs": len(rows),
+            "direct": sum(r["path"] == "direct" for r in rows),
+            "relayed": sum(r["path"] == "relayed" for r in rows),
+            "failed": sum(r["result"] != "connected" for r in rows),
+            "ok": all(r["ok"] for r in rows),
+            "rows": rows,
+        }
+        if args.table:
+            write_table(args.table, summary)
+        print(json.dumps(summary))
+        return 0 if summary["ok"] else 1
+    except natlab.LabError as err:
+        print(f"traverse: error: {err}", file=sys.stderr)
+        return 1
+
+
+def write_table(path, summary):
+    lines = [
+        f"| pair | NATs | expected | result | path | time to connect (ms) | {summary['bytes'] // 1_000_000} MB SHA-256 | Mbit/s |",
+        "| --- | --- | --- | --- | --- | ---: | --- | ---: |",
+    ]
+    for r in summary["rows"]:
+        sha = "same" if r["verified"] and r["bytes"] else ("—" if not r["bytes"] else "DIFFERENT/none")
+        lines.append(
+            f"| {r['pair']} | {r['nat']} | {r['expect']} | {r['result']}{'' if r['ok'] else ' **(not as expected)**'} "
+            f"| {r['path']} | {r['connect_ms'] if r['connect_ms'] is not None else '—'} | {sha} "
+            f"| {r['mbit_s'] if r['mbit_s'] is not None else '—'} |"
+        )
+    lines.append("")
+    lines.append(
+        f"{summary['pairs']} pairs: {summary['direct']} direct, {summary['relayed']} relayed, "
+        f"{summary['failed']} failed; coordinated by {summary['via']}."
+    )
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+//! NAT traversal through a bootstrap on loopback (no NAT, no root): what a user of the CLI and an
+//! operator of a bootstrap see, and what a hostile client of the signalling stream gets.
+//!
+//! - `--connect PEER_ID --json --send-bytes N` reaches a registered peer directly; the bytes
+//!   arrive with the same SHA-256; the bootstrap's metrics count the registration, the punch and
+//!   the reported success; `/health` of the peer lists its bootstrap with the observed address;
+//! - `--connect` to a peer nobody registered fails with one line; so does connecting to oneself;
+//! - `--test` with one bootstrap: reachable, observed address, mapping unknown;
+//! - the signalling stream refuses a client without a certificate (`not_authenticated`),
+//!   answers a malformed frame with `malformed`, and rate-limits a flood (`rate_limited`, counted).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ant_quic::dataplane::{Application, ConnRef, ReadOutcome};
+use ant_quic::identity::Identity;
+use ant_quic::node::start_client;
+use ant_quic::tls::{self, CertifiedKey, ServerAuth, ALPN_ANT_QUIC};
+use ant_quic_control::nat::wire::{encode_frame, FrameReader};
+use ant_quic_control::nat::{ErrorCode, Message};
+use ant_quic_control::PeerId;
+use anyhow::{ensure, Context, Result};
+use common::{http_get, run, sample, NodeProcess, TempDir, NODE_BIN};
+use quinn_proto::StreamId;
+
+fn node(dir: &TempDir, name: &str, extra: &[&str]) -> Result<NodeProcess> {
+    let mut cmd = Command::new(NODE_BIN);
+    cmd.args(["--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"]).arg(dir.path().join(name)).args(extra);
+    let logs = dir.path().join(format!("{name}-logs"));
+    std::fs::create_dir_all(&logs)?;
+    NodeProcess::start(&mut cmd, &logs)
+}
+
+fn one_shot(dir: &TempDir, name: &str, args: &[&str]) -> Result<common::Finished> {
+    let mut cmd = Command::new(NODE_BIN);
+    cmd.args(["--cores", "1", "--data-dir"]).arg(dir.path().join(name)).args(args);
+    run(name, &mut cmd, dir.path(), Duration::from_secs(60))
+}
+
+fn admin(node: &NodeProcess) -> SocketAddr {
+    node.addr
+}
+
+/// Scrape `node` until `done` holds.
+fn metrics_until(node: &NodeProcess, done: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(admin(node), "/metrics");
+        if done(&body) {
+            return Ok(body);
+        }
+        ensure!(Instant::now() < deadline, "/metrics never showed what was expected:\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Poll `/health` of `node` until `done` holds on its JSON.
+fn health_until(node: &NodeProcess, done: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_get(admin(node), "/health");
+        let json: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("{status} {body}"))?;
+        if done(&json) {
+            return Ok(json);
+        }
+        ensure!(Instant::now() < deadline, "/health never showed what was expected: {json}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
+    let mut dir = TempDir::new("nat-loopback")?.keep_unless_passed();
+    let bootstrap = node(&dir, "bootstrap", &[])?;
+    let b_addr = bootstrap.addr.to_string();
+    let peer = node(&dir, "peer", &["--bootstrap", &b_addr])?;
+
+    let health = health_until(&peer, |h| h["bootstraps"][0]["observed"].is_string())?;
+    assert_eq!(health["peer_id"], peer.peer_id.as_str());
+    assert_eq!(health["bootstraps"][0]["address"], b_addr.as_str());
+    assert_eq!(health["bootstraps"][0]["registered"], true);
+    assert_eq!(health["bootstraps"][0]["observed"], peer.addr.to_string().as_str(), "no NAT on loopback");
+
+    // Reach the peer by its ID and send 8 MB over the connection.
+    let out = one_shot(
+        &dir,
+        "client",
+        &["--bootstrap", &b_addr, "--connect", &peer.peer_id, "--json", "--send-bytes", "8000000"],
+    )?;
+    ensure!(out.status.success(), "--connect failed: {}", out.stderr);
+    let line: serde_json::Value = serde_json::from_str(out.stdout.trim()).context("one JSON line")?;
+    assert_eq!(line["path"], "direct", "{line}");
+    assert_eq!(line["remote"], peer.addr.to_string().as_str(), "{line}");
+    assert_eq!(line["bytes"], 8_000_000, "{line}");
+    assert_eq!(line["verified"], true, "the receiver's SHA-256 differs: {line}");
+    assert!(line["connect_ms"].as_f64().is_some_and(|ms| ms > 0.0 && ms < 5000.0), "{line}");
+    assert!(line["rtt_ms"].as_f64().is_some(), "{line}");
+
+    // The bootstrap counted the registrations, the punch and the initiator's report.
+    let metrics = metrics_until(&bootstrap, |m| {
+        sample(m, "nat_traversal_attempts_total{outcome=\"connected\",path=\"direct\"}") >= 1.0
+            && sample(m, "nat_punches_coordinated_total") >= 1.0
+    })?;
+    assert_eq!(sample(&metrics, "nat_traversal_success_rate"), 1.0);
+    assert!(sample(&metrics, "nat_traversal_time_to_direct_seconds_count") >= 1.0);
+    if common::have("promtool") {
+        common::promtool_check_metrics(&metrics);
+    }
+
+    // Nobody registered this ID: one line, non-zero exit.
+    let stranger = PeerId([7; 32]).to_string();
+    let out = one_shot(&dir, "client", &["--bootstrap", &b_addr, "--connect", &stranger, "--timeout", "10"])?;
+    ensure!(!out.status.success(), "connected to a peer nobody registered: {}", out.stdout);
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    ensure!(errors.len() == 1 && errors[0].contains("unknown_peer"), "{}", out.stderr);
+
+    // --test: reachable, observed address, mapping unknown with one bootstrap.
+    let out = one_shot(&dir, "tester", &["--bootstrap", &b_addr, "--test", "--json"])?;
+    ensure!(out.status.success(), "--test failed: {}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(report["reachable"], true);
+    assert!(report["observed"].as_str().is_some_and(|o| o.starts_with("127.0.0.1:")), "{report}");
+    assert!(report["mapping"].as_str().is_some_and(|m| m.starts_with("unknown")), "{report}");
+
+    dir.passed();
+    Ok(())
+}
+
+/// Opens the signalling stream, sends `frames`, collects the answers for a while.
+struct Signaller {
+    frames: Vec<Vec<u8>>,
+    reader: FrameReader,
+    stream: Option<StreamId>,
+    answers: mpsc::Sender<Message>,
+}
+
+impl Application for Signaller {
+    fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
+        let stream = conn.open_bi().unwrap();
+        let mut bytes = vec![b'S'];
+        for frame in &self.frames {
+            bytes.extend_from_slice(frame);
+        }
+        assert_eq!(conn.write(stream, &bytes).unwrap(), bytes.len());
+        self.stream = Some(stream);
+    }
+
+    fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        let mut chunks = Vec::new();
+        let outcome = conn.read(stream, &mut |c| chunks.push(c));
+        for chunk in chunks {
+            self.reader.push(&chunk);
+        }
+        while let Some(Ok(message)) = self.reader.next_message() {
+            let _ = self.answers.send(message);
+        }
+        let _ = outcome.map(|o| o == ReadOutcome::Finished);
+    }
+}
+
+fn signal(server: SocketAddr, identity: Option<&Identity>, frames: Vec<Vec<u8>>, want: usize) -> Result<Vec<Message>> {
+    let (tx, rx) = mpsc::channel();
+    let app = Signaller { frames, reader: FrameReader::new(), stream: None, answers: tx };
+    let client = start_client(None, app)?;
+    let certified = identity.map(CertifiedKey::of_identity);
+    let config = tls::client_config_with(ServerAuth::Insecure, &[ALPN_ANT_QUIC], certified.as_ref())?;
+    let request = ant_quic::dataplane::ConnectRequest {
+        remote: server,
+        server_name: tls::default_server_name().to_owned(),
+        config,
+        tag: 0,
+    };
+    client.connect(request, Some(0))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answers = Vec::new();
+    while answers.len() < want {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(message) => answers.push(message),
+            Err(_) => break,
+        }
+    }
+    client.shutdown();
+    let _ = client.join();
+    Ok(answers)
+}
+
+fn error_codes(answers: &[Message]) -> Vec<ErrorCode> {
+    answers.iter().filter_map(|m| if let Message::Error { code, .. } = m { Some(*code) } else { None }).collect()
+}
+
+#[test]
+fn the_signalling_stream_refuses_anonymous_malformed_and_flooding_clients() -> Result<()> {
+    let mut dir = TempDir::new("nat-signalling")?.keep_unless_passed();
+    let bootstrap = node(&dir, "bootstrap", &[])?;
+    let request = |n: u64| encode_frame(&Message::ConnectRequest { request: n, target: PeerId([9; 32]) });
+
+    // No client certificate: no peer ID, so it cannot register or ask for anything.
+    let answers = signal(bootstrap.addr, None, vec![request(1)], 2)?;
+    ensure!(error_codes(&answers).contains(&ErrorCode::NotAuthenticated), "{answers:?}");
+    ensure!(!answers.iter().any(|m| matches!(m, Message::ObservedAddress { .. })), "{answers:?}");
+
+    // Authenticated: registered (observed address), and a malformed message is answered as such.
+    let identity = Identity::ephemeral()?;
+    let bad = vec![0u8, 4, 1, 0x7f, 0, 0]; // a 4-byte frame: version 1, unknown type 0x7f
+    let answers = signal(bootstrap.addr, Some(&identity), vec![bad, request(2)], 3)?;
+    ensure!(answers.iter().any(|m| matches!(m, Message::ObservedAddress { .. })), "{answers:?}");
+    ensure!(error_codes(&answers).contains(&ErrorCode::Malformed), "{answers:?}");
+    ensure!(error_codes(&answers).contains(&ErrorCode::UnknownPeer), "{answers:?}");
+
+    // A flood of requests: the excess is refused and counted.
+    let flood: Vec<Vec<u8>> = (10..110).map(request).collect();
+    let answers = signal(bootstrap.addr, Some(&identity), flood, 60)?;
+    let codes = error_codes(&answers);
+    ensure!(codes.contains(&ErrorCode::RateLimited), "no rate limit in {} answers: {codes:?}", answers.len());
+    let unknown = codes.iter().filter(|c| **c == ErrorCode::UnknownPeer).count();
+    ensure!(unknown < 100, "every one of 100 requests was served ({unknown})");
+    // The coordinator's counts are published every second.
+    metrics_until(&bootstrap, |m| {
+        sample(m, "nat_signalling_rejected_total{reason=\"rate_limited\"}") >= 1.0
+            && sample(m, "nat_signalling_rejected_total{reason=\"malformed\"}") >= 1.0
+    })?;
+    ensure!(!bootstrap.stderr().contains("panicked"), "{}", bootstrap.stderr());
+    dir.passed();
+    Ok(())
+}

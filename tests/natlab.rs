@@ -1,0 +1,143 @@
+//! NAT traversal of the node on real kernel NATs (`scripts/natlab/`): bootstraps in b1 and b2, a
+//! long-lived peer behind every NAT type, and every pair of peers reaching each other by peer ID
+//! with `ant-quic --bootstrap ... --connect PEER_ID --json --send-bytes N`.
+//!
+//! Asserted, as a user would see it:
+//! - direct for every pair where raw UDP simultaneous open works (any pair with a public,
+//!   full-cone or address-restricted side, port-restricted pairs, the two peers behind one NAT);
+//!   connected (direct, or through the relay) for port-restricted ↔ symmetric and symmetric ↔
+//!   symmetric; 100 MB sent over each connection arrive with the same SHA-256;
+//! - with 10 % loss and 100 ms added each way on the path to the coordinating bootstrap (b2),
+//!   coordination still succeeds for a pair of each kind;
+//! - `--test` reports the NAT mapping behaviour found with two bootstraps (endpoint-dependent
+//!   behind a symmetric NAT, endpoint-independent behind a port-restricted one), and fails with
+//!   one line when no bootstrap answers.
+//!
+//! Needs root, `ip`, `nft`, `python3` and /dev/net/tun (scripts/test.sh installs the tools);
+//! without them it says why and passes. The lab is always removed; every command has a deadline.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use common::natlab::{expected_direct, parse_report, skip_reason, Lab, Report, Up, PEERS, TRAVERSE};
+use common::{run, Process, TempDir, NODE_BIN};
+
+/// Bytes sent over every connection of the clean matrix.
+const MATRIX_BYTES: &str = "100000000";
+
+#[test]
+fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
+    if let Some(why) = skip_reason() {
+        eprintln!("natlab: skipped: {why}");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut dir = TempDir::new("natlab-traversal")?.keep_unless_passed();
+    let lab = match Lab::up("aqn", dir.path(), &["--impair-loss", "10", "--impair-delay-ms", "100"])? {
+        Up::Ready(lab) => lab,
+        Up::NotPermitted(why) => {
+            eprintln!("natlab: skipped: cannot create network namespaces here: {why}");
+            return Ok(());
+        }
+    };
+
+    // Every pair, coordinated by the clean bootstrap, 100 MB each.
+    let table = dir.path().join("matrix.md");
+    let table_arg = table.to_string_lossy().into_owned();
+    let args = ["--binary", NODE_BIN, "--bytes", MATRIX_BYTES, "--via", "b1", "--table", &table_arg];
+    let out = run("traverse-b1", &mut lab.command(TRAVERSE, &args), dir.path(), Duration::from_secs(1200))?;
+    let report = parse_report("traverse b1", &out)?;
+    let rows = report.at("rows")?.list()?;
+    ensure!(rows.len() == PEERS.len() * (PEERS.len() - 1) / 2, "{} pairs reported\n{}", rows.len(), out.stderr);
+    let mut paths = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for row in rows {
+        let pair = row.at("pair")?.text()?;
+        let (a, b) = pair.split_once('-').context("pair a-b")?;
+        let connected = row.at("result")?.text()? == "connected";
+        let path = row.at("path")?.text()?;
+        let intact = row.at("verified")?.flag()? && row.at("bytes")?.num()? == 100_000_000.0;
+        let as_expected = connected && intact && (path == "direct" || (!expected_direct(a, b) && path == "relayed"));
+        *paths.entry(path.to_owned()).or_insert(0) += 1;
+        if !as_expected {
+            wrong.push(format!("{pair}: {row}"));
+        }
+    }
+    eprintln!("{}", std::fs::read_to_string(&table).unwrap_or_default());
+    ensure!(wrong.is_empty(), "pairs not connected as their NATs allow:\n{}\n{}", wrong.join("\n"), out.stderr);
+    eprintln!("clean matrix: {paths:?}");
+
+    // Coordination through the impaired bootstrap: 10 % loss, 100 ms each way. Relayed pairs
+    // carry their data over that path too (about 19 % loss per round trip through the relay), so
+    // only 64 KiB cross each connection here.
+    let pairs = "fc1-fc2,pr1-pr2,ar1-sy1,pr1-sy1,sy1-sy2,pr1-pr1b";
+    let args = ["--binary", NODE_BIN, "--bytes", "65536", "--via", "b2", "--pairs", pairs];
+    let out = run("traverse-b2", &mut lab.command(TRAVERSE, &args), dir.path(), Duration::from_secs(600))?;
+    let report = parse_report("traverse b2", &out)?;
+    let mut wrong = Vec::new();
+    for row in report.at("rows")?.list()? {
+        let pair = row.at("pair")?.text()?;
+        let (a, b) = pair.split_once('-').context("pair a-b")?;
+        let path = row.at("path")?.text()?;
+        let connected = row.at("result")?.text()? == "connected" && row.at("verified")?.flag()?;
+        // The request and PUNCH_ME_NOW cross the impaired path: at least one 200 ms round trip.
+        let connect_ms = row.at("connect_ms")?.num().unwrap_or(0.0);
+        let ok = connected && (path == "direct" || !expected_direct(a, b)) && connect_ms >= 200.0;
+        if !ok {
+            wrong.push(format!("{pair}: {row}"));
+        }
+    }
+    ensure!(wrong.is_empty(), "coordination through the impaired bootstrap failed:\n{}\n{}", wrong.join("\n"), out.stderr);
+
+    connectivity_checks(&lab, &dir)?;
+
+    drop(lab);
+    eprintln!("natlab: {:.1} s including up and down", started.elapsed().as_secs_f64());
+    dir.passed();
+    Ok(())
+}
+
+/// `--test` from behind a symmetric and a port-restricted NAT, with both bootstraps; and with
+/// none answering.
+fn connectivity_checks(lab: &Lab, dir: &TempDir) -> Result<()> {
+    let mut bootstraps = Vec::new();
+    for (node, addr) in [("b1", "198.18.0.11:9000"), ("b2", "198.18.0.12:9000")] {
+        let data = dir.path().join(format!("{node}.data"));
+        let mut cmd = lab.exec(node, NODE_BIN);
+        cmd.args(["--listen", addr, "--cores", "1", "--data-dir"]).arg(&data);
+        let mut process = Process::spawn(node, &mut cmd, dir.path())?;
+        process.stdout_line(Duration::from_secs(20), |l| l.contains("listening on").then_some(()))?;
+        bootstraps.push(process);
+    }
+    for (peer, mapping) in [("sy1", "endpoint-dependent"), ("pr1", "endpoint-independent")] {
+        let data = dir.path().join(format!("{peer}.test"));
+        let mut cmd = lab.exec(peer, NODE_BIN);
+        cmd.args(["--cores", "1", "--bootstrap", "198.18.0.11:9000", "--bootstrap", "198.18.0.12:9000"]);
+        cmd.args(["--test", "--json", "--timeout", "20", "--data-dir"]).arg(&data);
+        let out = run(&format!("test-{peer}"), &mut cmd, dir.path(), Duration::from_secs(40))?;
+        ensure!(out.status.success(), "--test from {peer} failed: {}", out.stderr);
+        let report = parse_report("--test", &out)?;
+        ensure!(report.at("reachable")?.flag()?, "{peer}: {report}");
+        ensure!(report.at("mapping")?.text()? == mapping, "{peer}: expected {mapping}: {report}");
+        let observed = report.at("observed")?.text()?;
+        ensure!(observed.starts_with("198.18.0.10"), "{peer} observed at {observed}, not its router's address");
+    }
+    // Nothing listens on this port: one line saying so, non-zero exit.
+    let mut cmd = lab.exec("pr1", NODE_BIN);
+    cmd.args(["--cores", "1", "--bootstrap", "198.18.0.11:9999", "--test", "--timeout", "3", "--data-dir"]);
+    cmd.arg(dir.path().join("pr1.unreachable"));
+    let out = run("test-unreachable", &mut cmd, dir.path(), Duration::from_secs(30))?;
+    ensure!(!out.status.success(), "--test succeeded with no bootstrap: {}", out.stdout);
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    ensure!(
+        errors.len() == 1 && errors[0].contains("198.18.0.11:9999"),
+        "expected one error line naming the bootstrap: {}",
+        out.stderr
+    );
+    ensure!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    drop(bootstraps);
+    Ok(())
+}

@@ -241,11 +241,12 @@ impl Metrics {
             &mut out,
             "ant_quic_core_control_datagrams_total",
             "counter",
-            "Control datagrams (NAT traversal probes) received: delivered to the control thread, or dropped.",
+            "Control datagrams (NAT traversal probes): received and delivered to the control thread or dropped, or dropped before sending (too many waiting for a congested socket).",
             &|c| {
                 vec![
                     ("outcome", "delivered", read(&c.control_datagrams_in)),
                     ("outcome", "dropped", read(&c.control_datagrams_dropped)),
+                    ("outcome", "send_dropped", read(&c.send_datagrams_dropped)),
                 ]
             },
         );

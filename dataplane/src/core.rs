@@ -36,6 +36,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 const TRANSMIT_BUDGET: usize = 16;
 /// Largest UDP payload one GSO send may carry (65 535 minus the IPv4 and UDP headers).
 const MAX_GSO_BYTES: usize = 65_507;
+/// Datagrams from `Node::send_datagram` a core holds while its socket is back-pressured.
+const DEFERRED_CAPACITY: usize = 4096;
 /// Capacity of each core's command and hand-off queues.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 /// Least time between two RTT samples of one connection.
@@ -184,6 +186,9 @@ pub(crate) struct Core<B: Backend> {
     received: Vec<(RecvMeta, BytesMut)>,
     /// A batch the kernel refused for back-pressure; sent before anything else.
     blocked: Option<OutBatch>,
+    /// Datagrams other threads asked this core to send (`Node::send_datagram`) that arrived while
+    /// the socket applied back-pressure: sent, in order, once it takes data again.
+    deferred: std::collections::VecDeque<OutBatch>,
     /// Cores to wake after this turn's hand-offs (bit per core).
     wake_mask: Vec<bool>,
     response_buf: Vec<u8>,
@@ -230,6 +235,7 @@ impl<B: Backend> Core<B> {
             dirty: Vec::new(),
             received: Vec::new(),
             blocked: None,
+            deferred: std::collections::VecDeque::new(),
             wake_mask: vec![false; cores],
             response_buf: Vec::new(),
             draining_since: None,
@@ -330,6 +336,16 @@ impl<B: Backend> Core<B> {
                 Command::SendDatagram(destination, payload) => {
                     let batch =
                         OutBatch { destination, ecn: None, src_ip: None, segment_size: payload.len(), buf: payload };
+                    if self.blocked.is_some() || !self.deferred.is_empty() {
+                        // Bursts (hundreds of probes at once) exceed the backend's send slots:
+                        // keep them for the next turns rather than drop them.
+                        if self.deferred.len() < DEFERRED_CAPACITY {
+                            self.deferred.push_back(batch);
+                        } else {
+                            bump(&self.shared.stats.send_datagrams_dropped, 1);
+                        }
+                        continue;
+                    }
                     transmit_out(
                         &mut self.backend,
                         &mut self.blocked,
@@ -662,6 +678,20 @@ impl<B: Backend> Core<B> {
                 self.blocked = Some(batch);
                 return;
             }
+        }
+        while self.blocked.is_none() {
+            let Some(batch) = self.deferred.pop_front() else { break };
+            transmit_out(
+                &mut self.backend,
+                &mut self.blocked,
+                &self.paths,
+                &self.shared.stats,
+                self.ipv6_socket,
+                batch,
+            );
+        }
+        if self.blocked.is_some() {
+            return;
         }
         let dirty = std::mem::take(&mut self.dirty);
         for &index in &dirty {

@@ -101,6 +101,9 @@ pub struct CoreStats {
     pub control_datagrams_in: AtomicU64,
     /// Control datagrams dropped: no receiver configured, or its channel full or gone.
     pub control_datagrams_dropped: AtomicU64,
+    /// Datagrams from `Node::send_datagram` dropped because too many waited for a back-pressured
+    /// socket.
+    pub send_datagrams_dropped: AtomicU64,
     /// Datagrams to a path alias sent in relay frames (each GSO segment counts).
     pub alias_sent_relay: AtomicU64,
     /// Datagrams to a path alias sent straight to its direct address.

@@ -129,7 +129,7 @@ def main():
             for a, b in pairs:
                 natlab.ns_name(args.prefix, a), natlab.ns_name(args.prefix, b)
         peers = sorted({p for pair in pairs for p in pair}, key=natlab.PEER_ORDER.index)
-        # The coordinating bootstrap first: the node asks the first one it registered with.
+        # The coordinating bootstrap first: a node asks the first bootstrap it connected to.
         bootstraps = [args.via] + [b for b in ("b1", "b2") if b != args.via]
         workdir = tempfile.mkdtemp(prefix="ant-quic-traverse-")
         nodes = []
@@ -155,9 +155,9 @@ def main():
                 # Each --connect runs on a fresh port, so no NAT state of one case serves another;
                 # the long-lived peers keep theirs, as deployed nodes do.
                 expect_direct = natlab.expected_direct(a, b)
-                # The connecting side registers with the coordinating bootstrap only, so that it is
-                # the one that coordinates (a node asks the first bootstrap that answered).
-                got = connect(args.prefix, binary, workdir, a, ids[b], [args.via], args.bytes, args.timeout)
+                # The connecting side registers with both bootstraps, so that each knows its mapping
+                # (RFC 4787) from two observations; the one given first coordinates.
+                got = connect(args.prefix, binary, workdir, a, ids[b], bootstraps, args.bytes, args.timeout)
                 path = got.get("path", "none")
                 verified = got.get("verified", not args.bytes)
                 ok = got["result"] == "connected" and verified and (path == "direct" or not expect_direct)

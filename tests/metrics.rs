@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 mod common;
 
 use ant_quic::client::{BulkApp, BulkPayload};
-use common::{have, http_get, promtool_check_metrics, sample};
 use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, ServerNode};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
 use ant_quic_control::{AdminServer, NodeView};
+use common::{have, http_get, promtool_check_metrics, sample};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

@@ -90,7 +90,12 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
             wrong.push(format!("{pair}: {row}"));
         }
     }
-    ensure!(wrong.is_empty(), "coordination through the impaired bootstrap failed:\n{}\n{}", wrong.join("\n"), out.stderr);
+    ensure!(
+        wrong.is_empty(),
+        "coordination through the impaired bootstrap failed:\n{}\n{}",
+        wrong.join("\n"),
+        out.stderr
+    );
 
     connectivity_checks(&lab, &dir)?;
 

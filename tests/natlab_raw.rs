@@ -81,11 +81,7 @@ fn nat_lab_types_raw_matrix_and_impairment() -> Result<()> {
         }
     }
     ensure!(mismatches.is_empty(), "raw matrix differs from the expected one:\n{}", mismatches.join("\n"));
-    eprintln!(
-        "raw matrix: {direct} of {} pairs direct, as expected ({} s)",
-        pairs.len(),
-        raw.at("elapsed_s")?.num()?
-    );
+    eprintln!("raw matrix: {direct} of {} pairs direct, as expected ({} s)", pairs.len(), raw.at("elapsed_s")?.num()?);
 
     // The impairment on the way to b2.
     let imp = lab.json("impair-check", Duration::from_secs(90))?;

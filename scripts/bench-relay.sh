@@ -7,7 +7,8 @@
 # (defaults: 5 rounds, 3 s of sending per run, 1200- and 1452-byte datagrams, the relay on both
 # backends). Prints the markdown table on stdout, progress on stderr.
 # Extra arguments go to `relay-rate`, e.g. --runs 7, --sizes 1200, --backends io-uring,
-# --offered-mpps 0.5 (pace the sender instead of overloading), --json.
+# --offered-mpps 0.5 (pace the sender instead of overloading), --pin (relay core or forwarder on
+# one CPU, sender and receiver on the other), --json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p ant-quic-perf

@@ -61,6 +61,11 @@ pub struct RelayRateArgs {
     /// takes them, which overloads every path but the ceiling).
     #[arg(long)]
     offered_mpps: Option<f64>,
+    /// Pin the threads: the box in the middle (relay core, forwarder thread; the receiver in a
+    /// ceiling run) to the first allowed CPU, the sender and the receiver to the last. Default:
+    /// nothing pinned, the scheduler places all three.
+    #[arg(long)]
+    pin: bool,
     /// Leave out the minimal forwarder runs.
     #[arg(long)]
     no_forwarder: bool,
@@ -195,6 +200,8 @@ struct Report {
     runs_per_kind: usize,
     /// Million datagrams per second offered; `None`: as fast as the kernel took them.
     offered_mpps: Option<f64>,
+    /// (CPU of the middle box, CPU of the sender and receiver) when pinned.
+    pinned: Option<(usize, usize)>,
     load_start: Option<f64>,
     load_end: Option<f64>,
     skipped: Vec<String>,
@@ -258,6 +265,19 @@ pub fn run(args: &RelayRateArgs) -> Result<()> {
         kinds.push(Kind::Relay(backend));
     }
 
+    let pins = if args.pin {
+        let cpus = ant_quic_dataplane::socket::allowed_cpus();
+        match (cpus.first(), cpus.last()) {
+            (Some(&middle), Some(&ends)) if middle != ends => Some(Pins { middle, ends }),
+            _ => {
+                skipped.push("pinning: fewer than two CPUs allowed".to_owned());
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let load_start = loadavg();
     let mut runs = Vec::new();
     let mut errors = Vec::new();
@@ -268,7 +288,7 @@ pub fn run(args: &RelayRateArgs) -> Result<()> {
                 seq += 1;
                 let what = format!("{} {} {size} B, run {repetition}/{}", kind.name(), backend_label(kind), args.runs);
                 eprintln!("[relay-rate] {what} …");
-                let load = Load { size, duration, offered: args.offered_mpps.map(|m| m * 1e6) };
+                let load = Load { size, duration, offered: args.offered_mpps.map(|m| m * 1e6), pins };
                 match run_once(kind, load) {
                     Ok(mut r) => {
                         r.seq = seq;
@@ -314,6 +334,7 @@ pub fn run(args: &RelayRateArgs) -> Result<()> {
         seconds: args.seconds,
         runs_per_kind: args.runs,
         offered_mpps: args.offered_mpps,
+        pinned: pins.map(|p| (p.middle, p.ends)),
         load_start,
         load_end,
         skipped,
@@ -349,6 +370,24 @@ struct Load {
     duration: Duration,
     /// Datagrams per second offered; `None`: as fast as the kernel takes them.
     offered: Option<f64>,
+    /// CPUs to pin to, when pinning.
+    pins: Option<Pins>,
+}
+
+/// Where the threads of a run go when pinned.
+#[derive(Debug, Clone, Copy)]
+struct Pins {
+    /// The relay core or the forwarder thread (the receiver in a ceiling run).
+    middle: usize,
+    /// The sender and the receiver.
+    ends: usize,
+}
+
+/// Pins the calling thread to `cpu`, when given (a failure leaves it unpinned).
+fn pin(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        let _ = ant_quic_dataplane::socket::pin_current_thread(cpu);
+    }
 }
 
 fn run_once(kind: Kind, load: Load) -> Result<RateRun> {
@@ -373,7 +412,7 @@ fn run_once(kind: Kind, load: Load) -> Result<RateRun> {
             (sent, received, None, None)
         }
         Kind::Forwarder => {
-            let middle = Forwarder::start(receiver_addr)?;
+            let middle = Forwarder::start(receiver_addr, load.pins.map(|p| p.middle))?;
             let via = middle.address;
             let result = transfer(ends, via, load);
             let counters = middle.stop()?;
@@ -381,7 +420,7 @@ fn run_once(kind: Kind, load: Load) -> Result<RateRun> {
             (sent, received, Some(counters), None)
         }
         Kind::Relay(backend) => {
-            let node = start_relay(backend, sender_addr, receiver_addr)?;
+            let node = start_relay(backend, sender_addr, receiver_addr, load.pins.map(|p| p.middle))?;
             let via = node.local_addr();
             let result = transfer(ends, via, load);
             let counters = relay_counters(&node);
@@ -444,17 +483,21 @@ struct Ends {
 /// (datagrams sent, what the receiver got).
 fn transfer(ends: Ends, to: SocketAddr, load: Load) -> Result<(u64, Received)> {
     let Ends { sender, tx_state, receiver, rx_state, segments } = ends;
+    let receiver_addr = receiver.local_addr()?;
     let sending = Arc::new(AtomicBool::new(true));
     let flag = Arc::clone(&sending);
     let send = thread::Builder::new().name("relay-rate-tx".into()).spawn(move || {
+        pin(load.pins.map(|p| p.ends));
         let result = send_frames(&sender, &tx_state, to, segments, load);
         flag.store(false, Ordering::Release);
         result
     })?;
     let flag = Arc::clone(&sending);
-    let receive = thread::Builder::new()
-        .name("relay-rate-rx".into())
-        .spawn(move || recv_loop(&receiver, &rx_state, load.size, load.duration, &flag))?;
+    let receive = thread::Builder::new().name("relay-rate-rx".into()).spawn(move || {
+        // Straight from the sender, the receiver takes the middle box's CPU.
+        pin(load.pins.map(|p| if to == receiver_addr { p.middle } else { p.ends }));
+        recv_loop(&receiver, &rx_state, load.size, load.duration, &flag)
+    })?;
     let sent = send.join().map_err(|_| anyhow!("sender thread panicked"))?;
     let received = receive.join().map_err(|_| anyhow!("receiver thread panicked"))?;
     Ok((sent?, received?))
@@ -581,7 +624,7 @@ struct Forwarder {
 
 impl Forwarder {
     /// A thread that receives with GRO and sends every batch on to `to` with GSO, unchanged.
-    fn start(to: SocketAddr) -> Result<Self> {
+    fn start(to: SocketAddr, cpu: Option<usize>) -> Result<Self> {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the forwarder")?;
         let state = UdpSocketState::new((&socket).into()).context("forwarder socket state")?;
         // As large as the relay node's own buffers would be allowed to be here.
@@ -591,9 +634,10 @@ impl Forwarder {
         let address = socket.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = thread::Builder::new()
-            .name("relay-rate-fwd".into())
-            .spawn(move || forward_loop(&socket, &state, to, &flag))?;
+        let thread = thread::Builder::new().name("relay-rate-fwd".into()).spawn(move || {
+            pin(cpu);
+            forward_loop(&socket, &state, to, &flag)
+        })?;
         Ok(Self { address, stop, thread })
     }
 
@@ -649,11 +693,13 @@ fn forward_loop(
 struct Idle;
 impl Application for Idle {}
 
-fn start_relay(backend: BackendKind, a: SocketAddr, b: SocketAddr) -> Result<Node> {
+fn start_relay(backend: BackendKind, a: SocketAddr, b: SocketAddr, cpu: Option<usize>) -> Result<Node> {
     let mut config = NodeConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), None);
     // One flow from one source socket reaches one core whatever their number (SO_REUSEPORT
     // hashes the 4-tuple), so one core is what forwards it.
     config.cores = Some(1);
+    config.pin_threads = cpu.is_some();
+    config.cpus = cpu.map(|cpu| vec![cpu]);
     config.backend = Some(backend);
     let node = Node::start(config, Arc::new(|_core: usize| -> Box<dyn Application> { Box::new(Idle) }))
         .map_err(|e| anyhow!("starting the relay node: {e}"))?;
@@ -816,9 +862,17 @@ fn markdown(r: &Report) -> String {
     let _ = writeln!(
         s,
         "- Runs: {} per kind and datagram size, {} s of sending each, kinds alternated in every round; \
-         one flow over 127.0.0.1; relay node: 1 core, pinned",
+         one flow over 127.0.0.1; relay node: 1 data-plane core",
         r.runs_per_kind, r.seconds
     );
+    let _ = match r.pinned {
+        Some((middle, ends)) => writeln!(
+            s,
+            "- Threads pinned: relay core or forwarder on CPU {middle} (the receiver in ceiling runs), sender and \
+             receiver on CPU {ends}"
+        ),
+        None => writeln!(s, "- Threads not pinned: the scheduler places sender, middle box and receiver"),
+    };
     let _ = match r.offered_mpps {
         Some(m) => writeln!(s, "- Offered load: {m} million datagrams per second, paced"),
         None => writeln!(

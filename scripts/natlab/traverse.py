@@ -95,6 +95,8 @@ def connect(prefix, binary, workdir, src, dst_id, bootstraps, nbytes, timeout):
         return {"result": "hung", "error": f"no exit within {timeout + 15} s"}
     elapsed = time.monotonic() - started
     line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    with open(os.path.join(workdir, f"{src}.client.log"), "a") as log:
+        log.write(proc.stderr)
     if proc.returncode == 0 and line.startswith("{"):
         out = json.loads(line)
         out["result"] = "connected"
@@ -113,6 +115,7 @@ def main():
     parser.add_argument("--pairs", default="all", help="comma-separated a-b pairs, or all")
     parser.add_argument("--table", default=None, help="write a Markdown table here")
     parser.add_argument("--timeout", type=int, default=60)
+    parser.add_argument("--logs", default=None, help="keep the nodes' output in this directory")
     args = parser.parse_args()
 
     try:
@@ -131,7 +134,8 @@ def main():
         peers = sorted({p for pair in pairs for p in pair}, key=natlab.PEER_ORDER.index)
         # The coordinating bootstrap first: a node asks the first bootstrap it connected to.
         bootstraps = [args.via] + [b for b in ("b1", "b2") if b != args.via]
-        workdir = tempfile.mkdtemp(prefix="ant-quic-traverse-")
+        workdir = args.logs or tempfile.mkdtemp(prefix="ant-quic-traverse-")
+        os.makedirs(workdir, exist_ok=True)
         nodes = []
         try:
             for b in ("b1", "b2"):
@@ -184,9 +188,10 @@ def main():
                     file=sys.stderr,
                 )
         finally:
-            for n in nodes:
+            for n in reversed(nodes):  # peers first, so that they do not see their bootstraps go
                 n.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
+            if not args.logs:
+                shutil.rmtree(workdir, ignore_errors=True)
         summary = {
             "via": args.via,
             "bytes": args.bytes,

@@ -168,6 +168,7 @@ impl Nat {
         let sprays = Sprays::new(node.local_addr(), spray_events_tx);
         let mut driver = Driver {
             node,
+            routes: HashMap::new(),
             certified,
             local_peer: identity.peer_id(),
             coordinator: Coordinator::new(options.coordinator.clone(), seed()),
@@ -289,6 +290,8 @@ struct Attempt {
 
 struct Driver {
     node: NodeHandle,
+    /// Whether this host has a route to an address (looked up once per address).
+    routes: HashMap<std::net::IpAddr, bool>,
     certified: CertifiedKey,
     local_peer: PeerId,
     coordinator: Coordinator,
@@ -598,7 +601,11 @@ impl Driver {
                 TraversalAction::SendProbe { to, probe } => {
                     let mut datagram = Vec::with_capacity(64);
                     probe.emit(&mut datagram);
-                    if self.outbox.len() >= PROBE_OUTBOX {
+                    if !self.routable(to) {
+                        // A host candidate of another network: no route from here (RFC 8445 pairs
+                        // it anyway). Not sent, so not counted as a failed send.
+                        tracing::debug!(%to, "no route to the candidate: probe not sent");
+                    } else if self.outbox.len() >= PROBE_OUTBOX {
                         tracing::debug!(%to, "probe outbox full: probe dropped");
                     } else if matches!(probe.kind, ProbeKind::Ack { .. }) {
                         // An ack is what the other side waits for: ahead of our own probes.
@@ -726,6 +733,22 @@ impl Driver {
                 tracing::info!(%peer, %address, "relayed connection upgraded to a direct path");
             }
         }
+    }
+
+    /// Whether the kernel has a route to `to`: connecting an unbound UDP socket asks it without
+    /// sending anything.
+    fn routable(&mut self, to: SocketAddr) -> bool {
+        if ant_quic_dataplane::is_alias(&to) {
+            return true; // routed by the data plane, through the relay or a bridge
+        }
+        if self.routes.len() > 4096 {
+            self.routes.clear();
+        }
+        *self.routes.entry(to.ip()).or_insert_with(|| {
+            let any: SocketAddr =
+                if to.is_ipv4() { SocketAddr::from(([0, 0, 0, 0], 0)) } else { SocketAddr::from(([0u16; 8], 0)) };
+            UdpSocket::bind(any).and_then(|socket| socket.connect(to)).is_ok()
+        })
     }
 
     fn signal(&self, session: u64, message: &Message) {

@@ -111,6 +111,11 @@ fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
         common::promtool_check_metrics(&metrics);
     }
 
+    // The peer punched too (as responder): it probed and answered the client's probes.
+    metrics_until(&peer, |m| {
+        sample(m, "nat_probes_total{kind=\"sent\"}") >= 1.0 && sample(m, "nat_probes_total{kind=\"answered\"}") >= 1.0
+    })?;
+
     // Nobody registered this ID: one line, non-zero exit.
     let stranger = PeerId([7; 32]).to_string();
     let out = one_shot(&dir, "client", &["--bootstrap", &b_addr, "--connect", &stranger, "--timeout", "10"])?;

@@ -103,6 +103,27 @@ impl Metrics {
         out.family("nat_signalling_rejected_total", "counter", "Signalling messages refused, by reason.");
         out.sample("nat_signalling_rejected_total", &[("reason", "rate_limited")], coordinator.rate_limited);
         out.sample("nat_signalling_rejected_total", &[("reason", "malformed")], coordinator.malformed);
+        out.family("nat_relay_renewals_total", "counter", "Relay allocations this node renewed for live connections.");
+        out.sample("nat_relay_renewals_total", &[], snapshot.as_ref().map_or(0, |s| s.relays_renewed));
+        let traversal = snapshot.as_ref().map(|s| s.traversal).unwrap_or_default();
+        out.family(
+            "nat_probes_total",
+            "counter",
+            "Connectivity-check datagrams of this node's hole punching: probes sent (from the node socket, from extra sockets of many-probe rounds, to guessed ports), probes answered, acks received, and datagrams with an unknown token (ignored).",
+        );
+        out.sample("nat_probes_total", &[("kind", "sent")], traversal.probes_sent);
+        out.sample("nat_probes_total", &[("kind", "sent_extra_socket")], traversal.spray_probes_sent);
+        out.sample("nat_probes_total", &[("kind", "sent_guessed_port")], traversal.guesses_sent);
+        out.sample("nat_probes_total", &[("kind", "answered")], traversal.probes_received);
+        out.sample("nat_probes_total", &[("kind", "acked")], traversal.probes_acked);
+        out.sample("nat_probes_total", &[("kind", "unknown_token")], traversal.unknown_token);
+        out.family(
+            "nat_many_probe_rounds_total",
+            "counter",
+            "Many-probe (birthday) rounds this node sprayed from extra sockets, and those an extra socket won.",
+        );
+        out.sample("nat_many_probe_rounds_total", &[("outcome", "sprayed")], traversal.spray_rounds);
+        out.sample("nat_many_probe_rounds_total", &[("outcome", "won")], traversal.spray_wins);
         if let Some(histogram) = snapshot.as_ref().and_then(|s| s.time_to_direct.as_ref()) {
             out.histogram(
                 "nat_traversal_time_to_direct_seconds",

@@ -768,6 +768,7 @@ impl Driver {
             rate_limited: stats.rate_limited,
             malformed: stats.malformed,
         });
+        self.metrics.set_traversal(self.traversal.stats(), stats.relays_renewed);
         if let Ok(mut status) = self.status.lock() {
             status.registered_peers = stats.registered;
             status.relay_allocations = stats.active_relays;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::traversal::TraversalStats;
 use super::Outcome;
 
 /// Shortest and longest time-to-connect recorded (others are clamped), in nanoseconds.
@@ -27,6 +28,8 @@ pub struct NatMetrics {
     rejected_rate: AtomicU64,
     rejected_malformed: AtomicU64,
     time_to_direct: Mutex<Option<Histogram<u64>>>,
+    traversal: Mutex<TraversalStats>,
+    relays_renewed: AtomicU64,
 }
 
 /// What the coordinator of this node has done, as last published.
@@ -55,6 +58,10 @@ pub struct NatSnapshot {
     pub coordinator: CoordinatorCounts,
     /// Time to a direct connection, in nanoseconds.
     pub time_to_direct: Option<Histogram<u64>>,
+    /// This node's own traversal: probes, many-probe rounds.
+    pub traversal: TraversalStats,
+    /// Relay allocations renewed by the coordinator.
+    pub relays_renewed: u64,
 }
 
 impl NatSnapshot {
@@ -117,6 +124,14 @@ impl NatMetrics {
         self.rejected_malformed.store(counts.malformed, Ordering::Relaxed);
     }
 
+    /// Publish this node's traversal counters and the coordinator's renewals.
+    pub fn set_traversal(&self, stats: TraversalStats, relays_renewed: u64) {
+        if let Ok(mut slot) = self.traversal.lock() {
+            *slot = stats;
+        }
+        self.relays_renewed.store(relays_renewed, Ordering::Relaxed);
+    }
+
     /// The values for one scrape.
     pub fn snapshot(&self) -> NatSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -133,6 +148,8 @@ impl NatMetrics {
                 malformed: load(&self.rejected_malformed),
             },
             time_to_direct: self.time_to_direct.lock().ok().and_then(|h| h.clone()),
+            traversal: self.traversal.lock().map(|t| *t).unwrap_or_default(),
+            relays_renewed: load(&self.relays_renewed),
         }
     }
 }

@@ -11,6 +11,8 @@ use quinn_udp::{RecvMeta as UdpRecvMeta, Transmit, UdpSockRef, UdpSocketState, B
 use super::{Backend, BackendKind, BackendParams, OutBatch, RecvMeta, SendRefused};
 use crate::stats::{bump, CoreStats};
 
+/// recvmmsg calls per loop turn at most.
+const MAX_RECV_CALLS_PER_TURN: usize = 16;
 /// Largest buffer one GRO receive can fill.
 const RECV_BUF_SIZE: usize = 64 * 1024;
 /// Buffers kept for reuse by senders.
@@ -111,7 +113,9 @@ impl Backend for PortableBackend {
     }
 
     fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, &[u8])) -> io::Result<()> {
-        loop {
+        // Bounded per loop turn: under a flood the core still gets to send, fire timers and take
+        // commands (poll(2) is level-triggered, so what is left wakes the next turn at once).
+        for _ in 0..MAX_RECV_CALLS_PER_TURN {
             let mut slices: Vec<IoSliceMut<'_>> =
                 self.recv_storage.chunks_mut(RECV_BUF_SIZE).map(IoSliceMut::new).collect();
             let received = match self.state.recv(UdpSockRef::from(&self.socket), &mut slices, &mut self.recv_meta) {
@@ -140,6 +144,7 @@ impl Backend for PortableBackend {
                 );
             }
         }
+        Ok(())
     }
 
     fn send(&mut self, batch: OutBatch) -> Result<(), SendRefused> {

@@ -78,6 +78,7 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
     let out = run("traverse-b2", &mut lab.command(TRAVERSE, &args), dir.path(), Duration::from_secs(600))?;
     let report = parse_report("traverse b2", &out)?;
     let mut wrong = Vec::new();
+    let mut relayed_instead_of_direct = Vec::new();
     for row in report.at("rows")?.list()? {
         let pair = row.at("pair")?.text()?;
         let (a, b) = pair.split_once('-').context("pair a-b")?;
@@ -85,11 +86,21 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
         let connected = row.at("result")?.text()? == "connected" && row.at("verified")?.flag()?;
         // The request and PUNCH_ME_NOW cross the impaired path: at least one 200 ms round trip.
         let connect_ms = row.at("connect_ms")?.num().unwrap_or(0.0);
-        let ok = connected && (path == "direct" || !expected_direct(a, b)) && connect_ms >= 200.0;
-        if !ok {
+        if !connected || connect_ms < 200.0 {
             wrong.push(format!("{pair}: {row}"));
+        } else if path != "direct" && expected_direct(a, b) {
+            relayed_instead_of_direct.push(format!("{pair}: {row}"));
         }
     }
+    // A PUNCH_ME_NOW lost three times in a row on the 10 % path (about 0.1 % of messages) reaches
+    // its peer after the 3 s punch window: that pair connects through the relay instead (and would
+    // move to a direct path in the background). More than one such pair is not chance.
+    ensure!(
+        relayed_instead_of_direct.len() <= 1,
+        "pairs that raw simultaneous open connects went through the relay:\n{}\n{}",
+        relayed_instead_of_direct.join("\n"),
+        out.stderr
+    );
     ensure!(
         wrong.is_empty(),
         "coordination through the impaired bootstrap failed:\n{}\n{}",

@@ -935,8 +935,12 @@ impl Backend for UringBackend {
 
     fn send(&mut self, batch: OutBatch) -> Result<(), SendRefused> {
         if self.free.is_empty() {
-            // Collect finished sends; receive completions wait in the backlog for `recv`.
-            if self.run_task_work().is_err() || self.reap(None).is_err() {
+            // Every slot is queued or in flight. Submit what is queued (UDP sends complete while
+            // the kernel takes them), then collect finished sends; receive completions wait in the
+            // backlog for `recv`. An extra kernel entry, but only when a turn sends more than the
+            // slots hold (a relay forwarding a burst): refusing would drop the datagrams.
+            self.push_unpushed();
+            if self.submit().is_err() || self.run_task_work().is_err() || self.reap(None).is_err() {
                 return Err(SendRefused::WouldBlock(batch));
             }
         }

@@ -43,10 +43,13 @@ pub struct TraversalConfig {
     /// Pause between two rounds of probes to the pairs not yet valid (RFC 8445 §14.2 `Ta`-like
     /// pacing). Default 50 ms.
     pub probe_interval: Duration,
-    /// How long a punch probes before it gives up; also how long a bootstrap may take to answer a
-    /// request, and how long a finished round keeps answering the other peer's probes.
-    /// Default 3 s.
+    /// How long a punch probes before it gives up; also how long a finished round keeps
+    /// answering the other peer's probes. Default 3 s.
     pub punch_timeout: Duration,
+    /// How long a bootstrap may take to answer a request (PUNCH_ME_NOW, RELAY_GRANT). The answer
+    /// travels on a QUIC stream, so it arrives unless the connection dies; on a lossy path a few
+    /// losses in a row back QUIC's retransmission timer off to seconds. Default 10 s.
+    pub answer_timeout: Duration,
     /// Whether an attempt whose punch found no valid pair asks for a relay. Default true.
     pub relay_fallback: bool,
     /// While a peer is reached through the relay, punching is retried this often. Default 10 s.
@@ -69,6 +72,7 @@ impl Default for TraversalConfig {
         Self {
             probe_interval: Duration::from_millis(50),
             punch_timeout: Duration::from_secs(3),
+            answer_timeout: Duration::from_secs(10),
             relay_fallback: true,
             upgrade_interval: Duration::from_secs(10),
             upgrade_attempts: 6,
@@ -864,7 +868,7 @@ impl Traversal {
         let id = self.next_attempt;
         self.next_attempt += 1;
         let request = self.fresh_request();
-        let deadline = now + self.config.punch_timeout;
+        let deadline = now + self.config.answer_timeout;
         self.attempts.insert(
             id,
             Attempt {
@@ -1290,7 +1294,7 @@ impl Traversal {
             return;
         }
         let request = self.fresh_request();
-        let deadline = now + self.config.punch_timeout;
+        let deadline = now + self.config.answer_timeout;
         if let Some(state) = self.attempts.get_mut(&attempt) {
             state.request = request;
             state.phase = Phase::AwaitingRelay { deadline };
@@ -2173,6 +2177,18 @@ mod tests {
         assert_eq!((outcome, reason), (Outcome::Direct, None));
         assert!(connect > Duration::from_secs(1), "connected only once B started probing: {connect:?}");
         assert!(connect < Duration::from_secs(3), "within the punch timeout: {connect:?}");
+    }
+
+    #[test]
+    fn an_answer_delayed_by_retransmissions_still_connects() {
+        // On a lossy path to the bootstrap, QUIC may take seconds to deliver PUNCH_ME_NOW (a few
+        // losses in a row back its retransmission timer off): the request must not give up first.
+        let mut w = pair(4, NatKind::FullCone, NatKind::FullCone);
+        w.nodes[0].punch_delay = Duration::from_secs(5);
+        let b = w.nodes[1].id;
+        let (outcome, _, connect, reason) = w.connect(0, b);
+        assert_eq!((outcome, reason), (Outcome::Direct, None));
+        assert!(connect > Duration::from_secs(5), "connected once the answer arrived: {connect:?}");
     }
 
     #[test]

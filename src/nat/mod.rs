@@ -464,7 +464,10 @@ impl Driver {
                     tracing::debug!(?conn, %error, "malformed signalling message");
                     self.coordinator.handle_malformed(now, session_of(conn));
                 }
-                (Some(SignalRole::Peer), Ok(message)) => self.traversal.handle_signal(now, session_of(conn), message),
+                (Some(SignalRole::Peer), Ok(message)) => {
+                    tracing::debug!(?conn, ?message, "signalling message from a bootstrap");
+                    self.traversal.handle_signal(now, session_of(conn), message);
+                }
                 (Some(SignalRole::Peer), Err(error)) => {
                     tracing::warn!(?conn, %error, "malformed signalling message from a bootstrap");
                 }
@@ -533,7 +536,10 @@ impl Driver {
 
     fn on_datagram(&mut self, now: Instant, datagram: &ControlDatagram) {
         match Probe::parse(&datagram.bytes) {
-            Ok(probe) => self.traversal.handle_probe(now, datagram.source, probe),
+            Ok(probe) => {
+                tracing::trace!(from = %datagram.source, ?probe, "probe received");
+                self.traversal.handle_probe(now, datagram.source, probe);
+            }
             Err(error) => tracing::debug!(from = %datagram.source, %error, "malformed probe datagram dropped"),
         }
     }
@@ -596,9 +602,13 @@ impl Driver {
             }
         }
         while let Some(action) = self.traversal.poll_action() {
+            if !matches!(action, TraversalAction::SendProbe { .. } | TraversalAction::SprayProbe { .. }) {
+                tracing::debug!(?action, "traversal action");
+            }
             match action {
                 TraversalAction::Signal { session, message } => self.signal(session, &message),
                 TraversalAction::SendProbe { to, probe } => {
+                    tracing::trace!(%to, ?probe, "probe");
                     let mut datagram = Vec::with_capacity(64);
                     probe.emit(&mut datagram);
                     if !self.routable(to) {
@@ -711,6 +721,7 @@ impl Driver {
                 }
             }
             TraversalEvent::AttemptFinished { attempt, peer, outcome, remote, connect, reason } => {
+                tracing::debug!(attempt, %peer, ?outcome, ?remote, ?connect, ?reason, "attempt finished");
                 self.metrics.attempt(outcome, connect);
                 let Some(mut entry) = self.attempts.remove(&attempt) else { return };
                 let result = match (outcome, entry.conn, remote) {

@@ -32,6 +32,10 @@ pub struct CoordinatorConfig {
     /// Added to the longer one-way delay when scheduling a punch, so that neither peer is asked to
     /// start before its PUNCH_ME_NOW can have arrived. Default 30 ms.
     pub punch_margin: Duration,
+    /// RTTs above this are taken as this when scheduling a punch. A young connection's estimate,
+    /// or one inflated by lost acknowledgements on a lossy path, can be seconds; uncapped, it
+    /// would delay the other peer's start past this peer's punch window. Default 1 s.
+    pub max_compensated_rtt: Duration,
     /// How long a relay allocation lives. Default 10 minutes.
     pub relay_lifetime: Duration,
     /// Bytes one relay allocation may carry in all. Default 2 GiB.
@@ -55,6 +59,7 @@ impl Default for CoordinatorConfig {
             max_candidates: MAX_CANDIDATES,
             candidate_lifetime: Duration::from_secs(600),
             punch_margin: Duration::from_millis(30),
+            max_compensated_rtt: Duration::from_secs(1),
             relay_lifetime: Duration::from_secs(600),
             relay_byte_limit: 2 << 30,
             relay_rate_limit: 50_000_000,
@@ -546,7 +551,8 @@ impl Coordinator {
             self.send_error(session, request, ErrorCode::UnknownPeer, "the target peer is not registered here");
             return;
         };
-        let rtt_of = |s: SessionId| self.sessions.get(&s).map_or(Duration::ZERO, |s| s.rtt);
+        let cap = self.config.max_compensated_rtt;
+        let rtt_of = |s: SessionId| self.sessions.get(&s).map_or(Duration::ZERO, |s| s.rtt.min(cap));
         let (rtt_a, rtt_b) = (rtt_of(session), rtt_of(target_session));
         // Both peers start at send time + D: each gets its PUNCH_ME_NOW rtt/2 later and waits
         // D − rtt/2 more (docs/nat-traversal.md, "Coordinate").
@@ -836,6 +842,25 @@ mod tests {
         assert_eq!(error_codes(&sent_to(&drain(&mut c), 9)), [(0, ErrorCode::NotAuthenticated)]);
         c.handle(now, 9, Message::ConnectRequest { request: 5, target: A });
         assert_eq!(error_codes(&sent_to(&drain(&mut c), 9)), [(5, ErrorCode::NotRegistered)]);
+    }
+
+    #[test]
+    fn an_inflated_rtt_estimate_does_not_push_the_other_start_past_the_punch_window() {
+        // A young connection over a lossy path can report an RTT of seconds (late acks).
+        let now = Instant::now();
+        let mut c = Coordinator::new(CoordinatorConfig::default(), 7);
+        c.session_opened(now, 1, Some(A), addr("198.18.0.10:40000"), Duration::from_secs(8));
+        c.session_opened(now, 2, Some(B), addr("198.18.0.20:50000"), Duration::from_millis(200));
+        drain(&mut c);
+        c.handle(now, 1, Message::ConnectRequest { request: 1, target: B });
+        let actions = drain(&mut c);
+        let start = |to: &[Message]| match to {
+            [Message::PunchMeNow { start_in_ms, .. }] => *start_in_ms,
+            other => panic!("expected one PUNCH_ME_NOW, got {other:?}"),
+        };
+        let (a, b) = (start(&sent_to(&actions, 1)), start(&sent_to(&actions, 2)));
+        // Capped at 1 s: D = 0.5 s + 30 ms; B waits 430 ms instead of 3.93 s.
+        assert_eq!((a, b), (30, 430));
     }
 
     #[test]

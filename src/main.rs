@@ -558,17 +558,36 @@ fn one_shot(
 }
 
 /// Wait until a bootstrap told us our observed address (all of them, when `all`), or the deadline.
-fn wait_registered(nat: &ant_quic::nat::Nat, all: bool, deadline: Instant) -> ant_quic::nat::NatStatus {
+/// Which bootstraps must have told us our observed address before going on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Registered {
+    /// Any one of them.
+    Any,
+    /// The first one given (it coordinates: its connection is the oldest).
+    First,
+    /// All of them.
+    All,
+}
+
+/// Wait until `enough` bootstraps told us our observed address, or the deadline.
+fn wait_registered(nat: &ant_quic::nat::Nat, enough: Registered, deadline: Instant) -> ant_quic::nat::NatStatus {
     loop {
         let status = nat.status();
-        let observed = status.bootstraps.iter().filter(|b| b.observed.is_some()).count();
-        let done = if all { observed == status.bootstraps.len() } else { observed > 0 };
+        let observed = |b: &ant_quic::nat::BootstrapStatus| b.observed.is_some();
+        let done = match enough {
+            Registered::Any => status.bootstraps.iter().any(observed),
+            Registered::First => status.bootstraps.first().is_some_and(observed),
+            Registered::All => status.bootstraps.iter().all(observed),
+        };
         if done || Instant::now() >= deadline {
             return status;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// How long `--connect` waits for the first bootstrap before letting another one coordinate.
+const FIRST_BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 
 fn unreachable_reason(status: &ant_quic::nat::NatStatus, waited: Duration) -> String {
     let reasons: Vec<String> = status
@@ -591,7 +610,13 @@ fn connect_to_peer(
     args: &NodeArgs,
     deadline: Instant,
 ) -> Result<String, String> {
-    let status = wait_registered(&server.nat, false, deadline);
+    // The first bootstrap given coordinates when it answers (on a lossy path its handshake may
+    // take seconds); after a while any registered one will do.
+    let first_deadline = deadline.min(Instant::now() + FIRST_BOOTSTRAP_WAIT);
+    let mut status = wait_registered(&server.nat, Registered::First, first_deadline);
+    if !status.bootstraps.first().is_some_and(|b| b.observed.is_some()) {
+        status = wait_registered(&server.nat, Registered::Any, deadline);
+    }
     if !status.bootstraps.iter().any(|b| b.observed.is_some()) {
         return Err(unreachable_reason(&status, Duration::from_secs(args.timeout)));
     }
@@ -661,7 +686,7 @@ fn connectivity_test(
     args: &NodeArgs,
     deadline: Instant,
 ) -> Result<String, String> {
-    let status = wait_registered(&server.nat, true, deadline);
+    let status = wait_registered(&server.nat, Registered::All, deadline);
     let observed: Vec<SocketAddr> = status.bootstraps.iter().filter_map(|b| b.observed).collect();
     let Some(first) = observed.first().copied() else {
         return Err(unreachable_reason(&status, Duration::from_secs(args.timeout)));

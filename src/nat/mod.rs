@@ -576,7 +576,9 @@ impl Driver {
     }
 
     fn start_attempt(&mut self, now: Instant, target: PeerId, reply: Sender<Result<PeerConnection, String>>) {
-        match self.traversal.connect(now, target) {
+        // The first bootstrap given (and connected) coordinates.
+        let preferred = self.bootstraps.iter().find_map(|b| b.conn).map(session_of);
+        match self.traversal.connect_via(now, target, preferred) {
             Ok(attempt) => {
                 self.attempts.insert(attempt, Attempt { target, started: now, reply: Some(reply), conn: None });
             }

@@ -594,10 +594,24 @@ impl Traversal {
     /// with [`TraversalEvent::AttemptFinished`]. An attempt to the same target already under way is
     /// returned instead of starting a second one.
     pub fn connect(&mut self, now: Instant, target: PeerId) -> Result<AttemptId, TraversalError> {
+        self.connect_via(now, target, None)
+    }
+
+    /// [`Traversal::connect`], coordinated by bootstrap `preferred` when it is connected (the
+    /// operator's first choice), by another connected one otherwise.
+    pub fn connect_via(
+        &mut self,
+        now: Instant,
+        target: PeerId,
+        preferred: Option<SessionId>,
+    ) -> Result<AttemptId, TraversalError> {
         if let Some((id, _)) = self.attempts.iter().find(|(_, a)| a.peer == target && !a.upgrade) {
             return Ok(*id);
         }
-        let session = *self.bootstraps.keys().next().ok_or(TraversalError::NoBootstrap)?;
+        let session = preferred
+            .filter(|s| self.bootstraps.contains_key(s))
+            .or_else(|| self.bootstraps.keys().next().copied())
+            .ok_or(TraversalError::NoBootstrap)?;
         Ok(self.start_attempt(now, session, target, false))
     }
 

@@ -614,7 +614,7 @@ fn connect_to_peer(
     // take seconds); after a while any registered one will do.
     let first_deadline = deadline.min(Instant::now() + FIRST_BOOTSTRAP_WAIT);
     let mut status = wait_registered(&server.nat, Registered::First, first_deadline);
-    if !status.bootstraps.first().is_some_and(|b| b.observed.is_some()) {
+    if status.bootstraps.first().is_none_or(|b| b.observed.is_none()) {
         status = wait_registered(&server.nat, Registered::Any, deadline);
     }
     if !status.bootstraps.iter().any(|b| b.observed.is_some()) {

@@ -95,8 +95,11 @@ impl Lab {
     }
 }
 
-/// The last line of `out`'s stdout as JSON.
+/// `out`'s stdout as one JSON document, or else its last line that is one (after progress lines).
 pub fn parse_report(name: &str, out: &Finished) -> Result<serde_json::Value> {
+    if let Ok(report) = serde_json::from_str(&out.stdout) {
+        return Ok(report);
+    }
     let line = out.stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or_default();
     serde_json::from_str(line)
         .with_context(|| format!("{name}: no JSON report (exit {})\nstderr:\n{}", out.status, out.stderr))

@@ -87,14 +87,14 @@ struct Run {
 }
 
 #[derive(Debug, Serialize)]
-struct Machine {
-    cpu: String,
-    cores: usize,
-    kernel: String,
+pub(crate) struct Machine {
+    pub(crate) cpu: String,
+    pub(crate) cores: usize,
+    pub(crate) kernel: String,
 }
 
 /// /proc/loadavg's 1-minute figure: how busy the (shared) machine was.
-fn loadavg() -> Option<f64> {
+pub(crate) fn loadavg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
@@ -368,16 +368,18 @@ fn summarize(runs: &[Run], direction: Direction, implementation: Impl) -> Summar
     }
 }
 
-fn median(sorted: &[f64]) -> Option<f64> {
+/// The median of sorted values; `None` when there are none.
+pub(crate) fn median(sorted: &[f64]) -> Option<f64> {
     let n = sorted.len();
     match n {
         0 => None,
-        _ if n % 2 == 1 => Some(sorted[n / 2]),
-        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+        _ if n % 2 == 1 => sorted.get(n / 2).copied(),
+        _ => Some((sorted.get(n / 2 - 1)? + sorted.get(n / 2)?) / 2.0),
     }
 }
 
-fn machine() -> Machine {
+/// The CPU model, core count and kernel, for a result's machine line.
+pub(crate) fn machine() -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -28,6 +28,8 @@ use ant_quic_dataplane::relay::RelayDrop;
 use ant_quic_dataplane::stats::{read, CoreStats};
 use ant_quic_dataplane::{Application, BackendKind, Node, NodeConfig, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER};
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::compare::{loadavg, machine, median, Machine};
 use clap::Args;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use serde::Serialize;
@@ -183,13 +185,6 @@ struct Summary {
     of_forwarder: Option<f64>,
     /// Median share of the sent datagrams that did not arrive.
     median_loss: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
-struct Machine {
-    cpu: String,
-    cores: usize,
-    kernel: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -762,37 +757,6 @@ fn rcvbuf_errors() -> Option<u64> {
     let (names, values) = (udp.next()?, udp.next()?);
     let index = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
     values.split_whitespace().nth(index)?.parse().ok()
-}
-
-/// /proc/loadavg's 1-minute figure: how busy the (shared) machine was.
-fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
-}
-
-fn machine() -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
-    let cores = thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned());
-    Machine { cpu, cores, kernel }
-}
-
-fn median(sorted: &[f64]) -> Option<f64> {
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => sorted.get(n / 2).copied(),
-        _ => Some((sorted.get(n / 2 - 1)? + sorted.get(n / 2)?) / 2.0),
-    }
 }
 
 fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {

@@ -6,13 +6,18 @@
 //! - `udp-ceiling`: raw UDP over loopback with GSO and GRO, the ceiling for both;
 //! - `relay-rate`: relay forwarding rate of a relay node, against the raw UDP ceiling and a
 //!   minimal forwarder at the same datagram size, alternating, with a markdown table (or JSON);
-//! - `compare`: runs the three above as child processes, alternating, and prints a table.
+//! - `server` / `client`: load workloads (bulk over many connections, request/response latency
+//!   at a fixed rate, handshake rate, idle connections) with either implementation (`load.rs`);
+//! - `compare`: runs the above as child processes, alternating, and prints a table.
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
 mod ant_bulk;
+mod ant_load;
 mod compare;
+mod load;
 mod quinn_bulk;
+mod quinn_load;
 mod relay_rate;
 mod tls;
 mod udp_ceiling;
@@ -116,6 +121,11 @@ enum Cmd {
     /// the raw UDP ceiling and a minimal forwarder at the same datagram size, alternating; print a
     /// markdown table (or JSON).
     RelayRate(relay_rate::RelayRateArgs),
+    /// Serve the `ant-quic/1` operations with either implementation until stdin closes; prints
+    /// one JSON line (address, pid, pinned identity) when ready.
+    Server(load::ServerArgs),
+    /// Run one load workload against a `server`; prints a table (or one JSON line).
+    Client(load::ClientArgs),
     /// Run ant-quic and quinn alternately in fresh child processes, plus the UDP ceiling at the
     /// start and the end; print a markdown table (or JSON).
     Compare(compare::CompareArgs),
@@ -150,6 +160,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::RelayRate(args) => relay_rate::run(&args)?,
+        Cmd::Server(args) => match args.implementation {
+            load::Implementation::AntQuic => ant_load::serve(&args)?,
+            load::Implementation::Quinn => quinn_load::serve(&args)?,
+        },
+        Cmd::Client(args) => {
+            args.validate()?;
+            let result = match args.implementation {
+                load::Implementation::AntQuic => ant_load::run(&args)?,
+                load::Implementation::Quinn => quinn_load::run(&args)?,
+            };
+            load::print(&result, args.json)?;
+        }
         Cmd::Compare(args) => compare::run(&args)?,
     }
     Ok(())

@@ -46,6 +46,8 @@ pub struct CompareArgs {
     /// Print JSON instead of the markdown table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    suite: crate::suite::SuiteArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -129,6 +131,8 @@ struct Report {
     /// ant-quic median / quinn median, per direction (None when either is missing).
     ratios: Vec<(Direction, Option<f64>)>,
     runs: Vec<Run>,
+    /// The other rows (`suite.rs`).
+    suite: Option<crate::suite::SuiteReport>,
 }
 
 pub fn run(args: &CompareArgs) -> Result<()> {
@@ -156,7 +160,9 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     };
 
     let mut runs = Vec::new();
-    for &direction in &args.directions {
+    let bulk = args.suite.rows.contains(&crate::suite::RowKind::Bulk);
+    let directions: &[Direction] = if bulk { &args.directions } else { &[] };
+    for &direction in directions {
         for pair in 1..=args.pairs {
             for implementation in [Impl::AntQuic, Impl::Quinn] {
                 let child_args = bulk_args(args, implementation, direction);
@@ -176,6 +182,12 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         }
     }
 
+    let suite = if args.suite.rows.iter().any(|r| *r != crate::suite::RowKind::Bulk) {
+        Some(crate::suite::run(exe, &args.suite, timeout)?)
+    } else {
+        None
+    };
+
     progress(format_args!("udp ceiling (end)"));
     let ceiling_end = match child_json::<CeilingResult>(exe, &ceiling_args, timeout) {
         Ok(c) => Some(c),
@@ -188,7 +200,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let load_end = loadavg();
     let mut summaries = Vec::new();
     let mut ratios = Vec::new();
-    for &direction in &args.directions {
+    for &direction in directions {
         let a = summarize(&runs, direction, Impl::AntQuic);
         let q = summarize(&runs, direction, Impl::Quinn);
         let ratio = match (a.median_gbps, q.median_gbps) {
@@ -213,6 +225,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         summaries,
         ratios,
         runs,
+        suite,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -248,7 +261,7 @@ impl Drop for PrivateExe {
     }
 }
 
-fn progress(msg: std::fmt::Arguments<'_>) {
+pub(crate) fn progress(msg: std::fmt::Arguments<'_>) {
     eprintln!("[compare] {msg}");
 }
 
@@ -288,7 +301,21 @@ fn bulk_args(args: &CompareArgs, implementation: Impl, direction: Direction) -> 
 
 /// Runs this executable with `args`, kills it after `timeout`, parses the last JSON line of its
 /// standard output.
-fn child_json<T: serde::de::DeserializeOwned>(exe: &std::path::Path, args: &[String], timeout: Duration) -> Result<T> {
+pub(crate) fn child_json<T: serde::de::DeserializeOwned>(
+    exe: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<T> {
+    child_json_watching(exe, args, timeout, &mut || {})
+}
+
+/// Like [`child_json`], calling `watch` every 20 ms while the child runs.
+pub(crate) fn child_json_watching<T: serde::de::DeserializeOwned>(
+    exe: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+    watch: &mut dyn FnMut(),
+) -> Result<T> {
     let mut child = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -309,6 +336,7 @@ fn child_json<T: serde::de::DeserializeOwned>(exe: &std::path::Path, args: &[Str
             let _ = child.wait();
             break None;
         }
+        watch();
         thread::sleep(Duration::from_millis(20));
     };
     let out = stdout.join().map_err(|_| anyhow!("stdout reader panicked"))?;
@@ -427,6 +455,15 @@ fn markdown(r: &Report) -> String {
          pairs (ant-quic, quinn) per direction, each run a fresh process.",
         r.bytes, r.pairs
     );
+    if r.runs.is_empty() {
+        // Only the other rows were asked for.
+        let ceiling =
+            [&r.ceiling_start, &r.ceiling_end].iter().filter_map(|c| c.as_ref().map(|c| c.gbps)).reduce(f64::max);
+        if let Some(suite) = &r.suite {
+            s.push_str(&crate::suite::markdown(suite, ceiling));
+        }
+        return s;
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
@@ -510,6 +547,9 @@ fn markdown(r: &Report) -> String {
     }
     for e in &r.ceiling_errors {
         let _ = writeln!(s, "- UDP ceiling {e}");
+    }
+    if let Some(suite) = &r.suite {
+        s.push_str(&crate::suite::markdown(suite, ceiling));
     }
     let ciphers: Vec<&str> = r.summaries.iter().filter_map(|x| x.cipher.as_deref()).collect();
     if ciphers.windows(2).any(|w| w[0] != w[1]) {

@@ -4,6 +4,7 @@
 //! - `quinn-bulk`: the baseline, quinn 0.11 on tokio, one connection, one stream;
 //! - `ant-quic-bulk`: the same transfer through ant-quic's library;
 //! - `udp-ceiling`: raw UDP over loopback with GSO and GRO, the ceiling for both;
+//! - `aead-ceiling`: packet crypto (seal + open of 1200-byte packets) on one core;
 //! - `relay-rate`: relay forwarding rate of a relay node, against the raw UDP ceiling and a
 //!   minimal forwarder at the same datagram size, alternating, with a markdown table (or JSON);
 //! - `server` / `client`: load workloads (bulk over many connections, request/response latency
@@ -12,6 +13,7 @@
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
+mod aead_ceiling;
 mod ant_bulk;
 mod ant_load;
 mod compare;
@@ -19,6 +21,7 @@ mod load;
 mod quinn_bulk;
 mod quinn_load;
 mod relay_rate;
+mod suite;
 mod tls;
 mod udp_ceiling;
 
@@ -117,6 +120,12 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Packet crypto on one core: seal and open 1200-byte packets with the negotiated suite.
+    AeadCeiling {
+        /// How long to run.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
     /// Relay forwarding over loopback: a relay node between a sender and a receiver socket, against
     /// the raw UDP ceiling and a minimal forwarder at the same datagram size, alternating; print a
     /// markdown table (or JSON).
@@ -157,6 +166,13 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--seconds must be between 0.1 and 60");
             }
             let r = udp_ceiling::run(Duration::from_secs_f64(seconds))?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::AeadCeiling { seconds } => {
+            if !(0.01..=60.0).contains(&seconds) {
+                anyhow::bail!("--seconds must be between 0.01 and 60");
+            }
+            let r = aead_ceiling::run(Duration::from_secs_f64(seconds))?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::RelayRate(args) => relay_rate::run(&args)?,

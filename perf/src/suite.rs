@@ -1,0 +1,669 @@
+//! The rows of `compare` beyond single-connection bulk: many connections, handshake rate,
+//! request/response latency, memory per idle connection, relay forwarding, the packet-crypto
+//! ceiling, and the cost curve. Every row runs ant-quic and quinn alternately, each run a fresh
+//! `server` process and a fresh `client` process (`load.rs`), at each core count asked for.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::aead_ceiling::AeadResult;
+use crate::compare::{child_json_watching, median, progress};
+use crate::load::{Implementation, LoadResult, ServerInfo};
+
+/// Rows `compare` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RowKind {
+    /// Single connection bulk throughput, both directions (the first table).
+    Bulk,
+    /// 64 concurrent connections, aggregate download throughput.
+    Conns,
+    /// New connections per second, full 1-RTT handshake, no resumption.
+    Handshakes,
+    /// Request/response latency at a fixed rate.
+    Rr,
+    /// Server memory per idle connection over 10 000 connections.
+    Idle,
+    /// Relay forwarding through a relay node against the raw UDP ceiling.
+    Relay,
+    /// Packet crypto (seal + open) on one core.
+    Aead,
+    /// Throughput and handshake rate as connections grow (1, 64, 1 000, 10 000).
+    Curve,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SuiteArgs {
+    /// Rows to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bulk,conns,handshakes,rr,idle,relay,aead,curve")]
+    pub rows: Vec<RowKind>,
+    /// Alternating (ant-quic, quinn) pairs per load row.
+    #[arg(long, default_value_t = 5)]
+    pub row_pairs: usize,
+    /// Alternating pairs per point of the cost curve.
+    #[arg(long, default_value_t = 3)]
+    pub curve_pairs: usize,
+    /// Core counts (server and client each) the load rows run at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub core_counts: Vec<usize>,
+    /// Connections of the idle-memory row.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: usize,
+    /// Requests per second of the latency row.
+    #[arg(long, default_value_t = 5_000)]
+    pub rr_rate: u64,
+}
+
+/// What a row measures, and which way is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Metric {
+    Gbps,
+    PerSecond,
+    P50Micros,
+    P99Micros,
+    /// Server RSS growth per established connection, in KB.
+    RssKbPerConnection,
+}
+
+impl Metric {
+    fn unit(self) -> &'static str {
+        match self {
+            Metric::Gbps => "Gbit/s",
+            Metric::PerSecond => "/s",
+            Metric::P50Micros | Metric::P99Micros => "µs",
+            Metric::RssKbPerConnection => "KB/conn",
+        }
+    }
+
+    fn higher_is_better(self) -> bool {
+        matches!(self, Metric::Gbps | Metric::PerSecond)
+    }
+}
+
+/// One load configuration, run for both implementations.
+#[derive(Debug, Clone, Serialize)]
+struct Point {
+    /// What the table calls it.
+    label: String,
+    /// Which row or curve it belongs to.
+    group: &'static str,
+    cores: usize,
+    /// Client arguments after `--impl` and `--server`.
+    client_args: Vec<String>,
+    metrics: Vec<Metric>,
+    /// ant-quic / quinn must reach at least (higher is better) or at most (lower) this.
+    target: Option<f64>,
+    /// Connections whose server RSS growth is measured (idle rows).
+    rss_connections: Option<usize>,
+    pairs: usize,
+}
+
+/// One client run.
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    seq: usize,
+    label: String,
+    cores: usize,
+    #[serde(rename = "impl")]
+    implementation: &'static str,
+    pair: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<LoadResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_kb_per_connection: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Median and spread of one metric of one implementation at one point.
+#[derive(Debug, Clone, Serialize)]
+struct Figure {
+    median: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    ok: usize,
+    runs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Line {
+    label: String,
+    group: &'static str,
+    cores: usize,
+    metric: Metric,
+    ant_quic: Figure,
+    quinn: Figure,
+    /// ant-quic median / quinn median.
+    ratio: Option<f64>,
+    target: Option<f64>,
+    met: Option<bool>,
+    cipher: Option<String>,
+}
+
+/// Everything the suite measured.
+#[derive(Debug, Serialize)]
+pub struct SuiteReport {
+    lines: Vec<Line>,
+    aead: Option<AeadResult>,
+    relay: Option<serde_json::Value>,
+    errors: Vec<String>,
+    runs: Vec<Run>,
+}
+
+const MIB: u64 = 1 << 20;
+
+fn points(args: &SuiteArgs) -> Vec<Point> {
+    let mut out = Vec::new();
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    for &cores in &args.core_counts {
+        if args.rows.contains(&RowKind::Conns) {
+            out.push(Point {
+                label: "64 connections, aggregate download (16 MiB each)".into(),
+                group: "rows",
+                cores,
+                client_args: s(&["--workload", "bulk", "--connections", "64", "--bytes", &(16 * MIB).to_string()]),
+                metrics: vec![Metric::Gbps],
+                target: Some(3.0),
+                rss_connections: None,
+                pairs: args.row_pairs,
+            });
+        }
+        if args.rows.contains(&RowKind::Handshakes) {
+            out.push(Point {
+                label: "new connections per second (full handshake, 16 in flight)".into(),
+                group: "rows",
+                cores,
+                client_args: s(&["--workload", "handshakes", "--concurrency", "16", "--seconds", "3"]),
+                metrics: vec![Metric::PerSecond],
+                target: Some(2.0),
+                rss_connections: None,
+                pairs: args.row_pairs,
+            });
+        }
+        if args.rows.contains(&RowKind::Rr) {
+            let rate = args.rr_rate.to_string();
+            out.push(Point {
+                label: format!("request/response at {rate}/s over 16 connections (1 KiB responses)"),
+                group: "rows",
+                cores,
+                client_args: s(&[
+                    "--workload",
+                    "rr",
+                    "--connections",
+                    "16",
+                    "--rate",
+                    &rate,
+                    "--response-bytes",
+                    "1024",
+                    "--seconds",
+                    "5",
+                ]),
+                metrics: vec![Metric::P50Micros, Metric::P99Micros],
+                target: Some(1.0),
+                rss_connections: None,
+                pairs: args.row_pairs,
+            });
+        }
+        if args.rows.contains(&RowKind::Idle) {
+            let n = args.idle_connections.to_string();
+            out.push(Point {
+                label: format!("server memory per idle connection ({n} connections)"),
+                group: "rows",
+                cores,
+                client_args: s(&["--workload", "idle", "--connections", &n, "--concurrency", "64", "--hold", "1"]),
+                metrics: vec![Metric::RssKbPerConnection],
+                target: Some(1.0),
+                rss_connections: Some(args.idle_connections),
+                pairs: args.row_pairs,
+            });
+        }
+        if args.rows.contains(&RowKind::Curve) {
+            for n in [1u64, 64, 1000, 10_000] {
+                // About 1 GiB in all, at least 64 KiB per connection.
+                let each = ((1u64 << 30) / n).max(64 * 1024);
+                out.push(Point {
+                    label: format!("throughput, {n} connections ({} KiB each)", each / 1024),
+                    group: "curve",
+                    cores,
+                    client_args: s(&[
+                        "--workload",
+                        "bulk",
+                        "--connections",
+                        &n.to_string(),
+                        "--bytes",
+                        &each.to_string(),
+                    ]),
+                    metrics: vec![Metric::Gbps],
+                    target: None,
+                    rss_connections: None,
+                    pairs: args.curve_pairs,
+                });
+            }
+            for n in [1u64, 64, 1000, 10_000] {
+                out.push(Point {
+                    label: format!("handshakes, {n} in flight"),
+                    group: "curve",
+                    cores,
+                    client_args: s(&["--workload", "handshakes", "--concurrency", &n.to_string(), "--seconds", "3"]),
+                    metrics: vec![Metric::PerSecond],
+                    target: None,
+                    rss_connections: None,
+                    pairs: args.curve_pairs,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs the rows asked for (other than `bulk`, which `compare` runs itself).
+pub fn run(exe: &Path, args: &SuiteArgs, timeout: Duration) -> Result<SuiteReport> {
+    if args.row_pairs == 0 || args.row_pairs > 100 || args.curve_pairs == 0 || args.curve_pairs > 100 {
+        anyhow::bail!("--row-pairs and --curve-pairs must be between 1 and 100");
+    }
+    if args.core_counts.iter().any(|&c| c == 0 || c > 256) {
+        anyhow::bail!("--core-counts must be between 1 and 256");
+    }
+    let mut errors = Vec::new();
+    let aead = if args.rows.contains(&RowKind::Aead) {
+        progress(format_args!("aead ceiling"));
+        let aead_args = vec!["aead-ceiling".to_owned(), "--seconds".to_owned(), "2".to_owned()];
+        match crate::compare::child_json::<AeadResult>(exe, &aead_args, timeout) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errors.push(format!("aead ceiling: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut runs = Vec::new();
+    let points = points(args);
+    for (i, point) in points.iter().enumerate() {
+        for pair in 1..=point.pairs {
+            for implementation in [Implementation::AntQuic, Implementation::Quinn] {
+                progress(format_args!(
+                    "[{}/{}] {} at {} core(s), {} pair {pair}/{}",
+                    i + 1,
+                    points.len(),
+                    point.label,
+                    point.cores,
+                    implementation.name(),
+                    point.pairs
+                ));
+                let run = run_once(exe, point, implementation, timeout);
+                let (result, rss, error) = match run {
+                    Ok((r, rss)) => {
+                        progress(format_args!("  {}", brief(&r, rss)));
+                        (Some(r), rss, None)
+                    }
+                    Err(e) => {
+                        progress(format_args!("  failed: {e:#}"));
+                        (None, None, Some(format!("{e:#}")))
+                    }
+                };
+                runs.push(Run {
+                    seq: runs.len() + 1,
+                    label: point.label.clone(),
+                    cores: point.cores,
+                    implementation: implementation.name(),
+                    pair,
+                    result,
+                    rss_kb_per_connection: rss,
+                    error,
+                });
+            }
+        }
+    }
+
+    let relay = if args.rows.contains(&RowKind::Relay) {
+        progress(format_args!("relay forwarding (relay-rate)"));
+        let relay_args: Vec<String> =
+            ["relay-rate", "--json", "--runs", "3", "--sizes", "1200", "--backends", "io-uring", "--seconds", "2"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        match crate::compare::child_json::<serde_json::Value>(exe, &relay_args, timeout * 4) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                errors.push(format!("relay-rate: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut lines = Vec::new();
+    for point in &points {
+        for &metric in &point.metrics {
+            lines.push(line(point, metric, &runs));
+        }
+    }
+    Ok(SuiteReport { lines, aead, relay, errors, runs })
+}
+
+fn brief(r: &LoadResult, rss: Option<f64>) -> String {
+    let mut s = format!("{} done, {:.1}/s, {:.3} Gbit/s, {} errors", r.completed, r.per_second, r.gbps, r.errors);
+    if let Some(l) = &r.latency_us {
+        s.push_str(&format!(", p50 {} µs, p99 {} µs", l.p50, l.p99));
+    }
+    if let Some(kb) = rss {
+        s.push_str(&format!(", server RSS {kb:.1} KB/conn"));
+    }
+    s
+}
+
+fn metric_of(run: &Run, metric: Metric) -> Option<f64> {
+    let r = run.result.as_ref()?;
+    // A run with failed operations does not count: its figure would flatter it.
+    if r.errors > 0 || r.completed == 0 {
+        return None;
+    }
+    match metric {
+        Metric::Gbps => Some(r.gbps),
+        Metric::PerSecond => Some(r.per_second),
+        Metric::P50Micros => r.latency_us.map(|l| l.p50 as f64),
+        Metric::P99Micros => r.latency_us.map(|l| l.p99 as f64),
+        Metric::RssKbPerConnection => run.rss_kb_per_connection,
+    }
+}
+
+fn figure(point: &Point, implementation: &str, metric: Metric, runs: &[Run]) -> Figure {
+    let mine: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.label == point.label && r.cores == point.cores && r.implementation == implementation)
+        .collect();
+    let mut v: Vec<f64> = mine.iter().filter_map(|r| metric_of(r, metric)).collect();
+    v.sort_by(f64::total_cmp);
+    Figure { median: median(&v), min: v.first().copied(), max: v.last().copied(), ok: v.len(), runs: mine.len() }
+}
+
+fn line(point: &Point, metric: Metric, runs: &[Run]) -> Line {
+    let ant_quic = figure(point, "ant-quic", metric, runs);
+    let quinn = figure(point, "quinn", metric, runs);
+    let ratio = match (ant_quic.median, quinn.median) {
+        (Some(a), Some(q)) if q > 0.0 => Some(a / q),
+        _ => None,
+    };
+    let met = match (ratio, point.target) {
+        (Some(r), Some(t)) if metric.higher_is_better() => Some(r >= t),
+        (Some(r), Some(t)) => Some(r <= t),
+        _ => None,
+    };
+    let cipher =
+        runs.iter().filter(|r| r.label == point.label).find_map(|r| r.result.as_ref().map(|x| x.cipher.clone()));
+    Line {
+        label: point.label.clone(),
+        group: point.group,
+        cores: point.cores,
+        metric,
+        ant_quic,
+        quinn,
+        ratio,
+        target: point.target,
+        met,
+        cipher,
+    }
+}
+
+/// A `server` child; dropping it closes its stdin (it exits) and reaps it.
+struct ServerChild {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    line: String,
+    info: ServerInfo,
+}
+
+impl ServerChild {
+    fn start(exe: &Path, implementation: Implementation, cores: usize) -> Result<Self> {
+        let mut child = Command::new(exe)
+            .args(["server", "--impl", implementation.name(), "--cores", &cores.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning the server")?;
+        let stdin = child.stdin.take();
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no server stderr"))?;
+        let (err_tx, err_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no server stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut server = ServerChild { child, stdin, line: String::new(), info: placeholder_info() };
+        server.line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let said: Vec<String> = err_rx.try_iter().collect();
+                let last = said.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+                anyhow::bail!("the server printed no ready line ({last})");
+            }
+        };
+        server.info = serde_json::from_str(&server.line).with_context(|| format!("server line {}", server.line))?;
+        Ok(server)
+    }
+}
+
+fn placeholder_info() -> ServerInfo {
+    ServerInfo {
+        implementation: String::new(),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        pid: 0,
+        peer_id: None,
+        cert_der_hex: None,
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.flush();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // Only this child, by its own handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident set size of `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn run_once(
+    exe: &Path,
+    point: &Point,
+    implementation: Implementation,
+    timeout: Duration,
+) -> Result<(LoadResult, Option<f64>)> {
+    let server = ServerChild::start(exe, implementation, point.cores)?;
+    let ready_file = point.rss_connections.map(|_| ready_path());
+    let mut args = vec![
+        "client".to_owned(),
+        "--impl".to_owned(),
+        implementation.name().to_owned(),
+        "--server".to_owned(),
+        server.line.clone(),
+        "--cores".to_owned(),
+        point.cores.to_string(),
+        "--json".to_owned(),
+        "--timeout".to_owned(),
+        timeout.as_secs().to_string(),
+    ];
+    args.extend(point.client_args.iter().cloned());
+    if let Some(path) = &ready_file {
+        let _ = std::fs::remove_file(path);
+        args.push("--ready-file".to_owned());
+        args.push(path.display().to_string());
+    }
+    // Let the server settle before its baseline reading.
+    thread::sleep(Duration::from_millis(200));
+    let rss_before = rss_kib(server.info.pid);
+    let mut rss_ready = None;
+    let result = child_json_watching::<LoadResult>(exe, &args, timeout + Duration::from_secs(30), &mut || {
+        if rss_ready.is_none() && ready_file.as_ref().is_some_and(|p| p.exists()) {
+            rss_ready = rss_kib(server.info.pid);
+        }
+    });
+    if let Some(path) = &ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(server);
+    let result = result?;
+    let rss = match (point.rss_connections, rss_before, rss_ready) {
+        (Some(n), Some(before), Some(ready)) if result.completed > 0 => {
+            Some(ready.saturating_sub(before) as f64 * 1024.0 / n.max(1) as f64 / 1000.0)
+        }
+        (Some(_), _, _) => anyhow::bail!("no server RSS reading once the connections were established"),
+        _ => None,
+    };
+    Ok((result, rss))
+}
+
+fn ready_path() -> PathBuf {
+    std::env::temp_dir().join(format!("ant-quic-perf-ready-{}", std::process::id()))
+}
+
+fn fmt_figure(f: &Figure, metric: Metric) -> String {
+    let digits = match metric {
+        Metric::Gbps => 2,
+        Metric::RssKbPerConnection => 1,
+        _ => 0,
+    };
+    match (f.median, f.min, f.max) {
+        (Some(m), Some(a), Some(b)) => {
+            let ok = if f.ok < f.runs { format!(", {}/{} ok", f.ok, f.runs) } else { String::new() };
+            format!("{m:.digits$} ({a:.digits$}–{b:.digits$}{ok})")
+        }
+        _ => format!("— (0/{} ok)", f.runs),
+    }
+}
+
+/// The suite's markdown tables.
+pub fn markdown(r: &SuiteReport, udp_ceiling_gbps: Option<f64>) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for (group, title) in [("rows", "Rows"), ("curve", "Cost curve")] {
+        let lines: Vec<&Line> = r.lines.iter().filter(|l| l.group == group).collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "\n#### {title}\n");
+        let _ = writeln!(
+            s,
+            "| row | cores | unit | ant-quic median (min–max) | quinn 0.11 median (min–max) | ant-quic / quinn | target | met |"
+        );
+        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for l in lines {
+            let target = match l.target {
+                Some(t) if l.metric.higher_is_better() => format!("≥ {t}×"),
+                Some(t) => format!("≤ {t}×"),
+                None => "—".to_owned(),
+            };
+            let met = match l.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            };
+            let what = match l.metric {
+                Metric::P50Micros => format!("{} — p50", l.label),
+                Metric::P99Micros => format!("{} — p99", l.label),
+                _ => l.label.clone(),
+            };
+            let _ = writeln!(
+                s,
+                "| {what} | {} | {} | {} | {} | {} | {target} | {met} |",
+                l.cores,
+                l.metric.unit(),
+                fmt_figure(&l.ant_quic, l.metric),
+                fmt_figure(&l.quinn, l.metric),
+                l.ratio.map_or_else(|| "—".to_owned(), |x| format!("**{x:.2}**")),
+            );
+        }
+    }
+    if let Some(a) = &r.aead {
+        let _ = writeln!(s, "\n#### Ceilings\n");
+        let _ = writeln!(
+            s,
+            "- Packet crypto, one core: {:.2} Gbit/s of {}-byte packets sealed and opened ({:.2} Gbit/s sealing alone), {}.",
+            a.gbps, a.packet, a.seal_gbps, a.cipher
+        );
+        if let Some(c) = udp_ceiling_gbps {
+            let _ = writeln!(s, "- Raw UDP over loopback (GSO/GRO, best of the run): {c:.2} Gbit/s.");
+        }
+    }
+    if let Some(v) = &r.relay {
+        if let Some(sums) = v.get("summaries").and_then(|x| x.as_array()) {
+            let _ = writeln!(s, "\n#### Relay forwarding (one relay core, 1200-byte frames)\n");
+            let _ = writeln!(s, "| path | median Mframes/s | min–max | of the raw UDP ceiling |");
+            let _ = writeln!(s, "| --- | --- | --- | --- |");
+            for sum in sums {
+                let f = |k: &str| sum.get(k).and_then(|x| x.as_f64());
+                let kind = sum.get("kind").and_then(|x| x.as_str()).unwrap_or("?");
+                let backend =
+                    sum.get("backend").and_then(|x| x.as_str()).map(|b| format!(" ({b})")).unwrap_or_default();
+                let m = |x: Option<f64>| x.map_or_else(|| "—".to_owned(), |x| format!("{:.2}", x / 1e6));
+                let _ = writeln!(
+                    s,
+                    "| {kind}{backend} | {} | {}–{} | {} |",
+                    m(f("median_frames_per_sec")),
+                    m(f("min_frames_per_sec")),
+                    m(f("max_frames_per_sec")),
+                    f("of_ceiling").map_or_else(|| "—".to_owned(), |x| format!("{:.2}", x)),
+                );
+            }
+        }
+    }
+    for e in &r.errors {
+        let _ = writeln!(s, "- {e}");
+    }
+    let failed: Vec<&Run> = r.runs.iter().filter(|x| x.error.is_some()).collect();
+    if !failed.is_empty() {
+        let _ = writeln!(s, "\nFailed runs:\n");
+        for x in failed {
+            let _ = writeln!(
+                s,
+                "- {} at {} core(s), {} pair {}: {}",
+                x.label,
+                x.cores,
+                x.implementation,
+                x.pair,
+                x.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    s
+}

@@ -286,6 +286,12 @@ fn serve(
         ant_quic::tls::provider_name()
     );
     println!("admin http on {} (/metrics /health /ready)", admin.local_addr());
+    #[cfg(feature = "profiling")]
+    println!(
+        "profiling build: pid {pid}; attach with `perf record -e cpu-clock --call-graph=dwarf -p {pid}` \
+         (core threads are ant-quic-core-N)",
+        pid = std::process::id()
+    );
     let _ = std::io::stdout().flush();
     systemd_notify(&[sd_notify::NotifyState::Ready]);
 

@@ -19,6 +19,7 @@ mod load;
 mod quinn_bulk;
 mod quinn_load;
 mod relay_rate;
+mod shutdown;
 mod tls;
 mod udp_ceiling;
 

@@ -21,6 +21,7 @@ mod load;
 mod quinn_bulk;
 mod quinn_load;
 mod relay_rate;
+mod shutdown;
 mod suite;
 mod tls;
 mod udp_ceiling;

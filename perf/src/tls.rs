@@ -1,10 +1,18 @@
 //! TLS for the quinn baseline: a self-signed certificate from rcgen, rustls on the aws-lc-rs
 //! provider with its default cipher suites and key exchange groups, TLS 1.3 only (QUIC).
+//!
+//! [`pair`] is the bulk benchmark's pair (the client trusts the certificate as its only root);
+//! [`load_server`] and [`pinned_client`] are the load server's and client's configurations
+//! (ALPN `ant-quic/1`, the client pins the server's certificate or ant-quic peer ID).
 
 use std::sync::Arc;
 
+use ant_quic::identity::PeerId;
 use anyhow::{anyhow, bail, Context, Result};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// A client and a server configuration that trust each other.
 #[derive(Debug)]
@@ -16,13 +24,27 @@ pub struct TlsPair {
 /// Server name in the certificate and in the client's connect call.
 pub const SERVER_NAME: &str = "localhost";
 
-/// Builds both configurations from a fresh self-signed certificate for [`SERVER_NAME`].
-pub fn pair() -> Result<TlsPair> {
+/// ALPN of ant-quic's own protocol, spoken by the load server and client.
+pub const ALPN_ANT_QUIC: &[u8] = b"ant-quic/1";
+
+/// The provider: aws-lc-rs with its defaults (cipher suites, key exchange groups).
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A fresh self-signed certificate for [`SERVER_NAME`] and its private key.
+pub fn self_signed() -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
     let ck = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
         .context("generating a self-signed certificate")?;
     let cert: CertificateDer<'static> = ck.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok((cert, key))
+}
+
+/// Builds both configurations from a fresh self-signed certificate for [`SERVER_NAME`].
+pub fn pair() -> Result<TlsPair> {
+    let (cert, key) = self_signed()?;
+    let provider = provider();
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).context("adding the certificate to the roots")?;
@@ -42,6 +64,106 @@ pub fn pair() -> Result<TlsPair> {
     server.max_early_data_size = u32::MAX;
 
     Ok(TlsPair { client: Arc::new(client), server: Arc::new(server) })
+}
+
+/// The load server: `cert`, ALPN `ant-quic/1`, no client authentication, no 0-RTT, rustls's
+/// other defaults (as quinn's own `perf` server builds it, on aws-lc-rs instead of ring).
+pub fn load_server(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Result<Arc<rustls::ServerConfig>> {
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with aws-lc-rs")?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .context("server certificate")?;
+    server.alpn_protocols = vec![ALPN_ANT_QUIC.to_vec()];
+    server.max_early_data_size = 0;
+    Ok(Arc::new(server))
+}
+
+/// What a load client accepts as the server's identity.
+#[derive(Debug, Clone)]
+pub enum Pin {
+    /// Exactly this certificate (a quinn load server's self-signed one).
+    Certificate(CertificateDer<'static>),
+    /// A certificate whose key is this ant-quic peer ID (an ant-quic server).
+    PeerId(PeerId),
+}
+
+/// The load client: ALPN `ant-quic/1`, the server authenticated by `pin` and by its TLS 1.3
+/// handshake signature (checked with the provider), no session resumption and so no 0-RTT:
+/// every connection is a full handshake.
+pub fn pinned_client(pin: Pin) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedServer { pin, provider: provider.clone() });
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with aws-lc-rs")?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![ALPN_ANT_QUIC.to_vec()];
+    client.resumption = rustls::client::Resumption::disabled();
+    client.enable_early_data = false;
+    Ok(Arc::new(client))
+}
+
+/// The cipher suite and key exchange group that a load client and a load server negotiate: the
+/// same configurations with a throwaway certificate (the choice does not depend on it).
+pub fn load_negotiated() -> Result<(String, String)> {
+    let (cert, key) = self_signed()?;
+    let pair = TlsPair { client: pinned_client(Pin::Certificate(cert.clone()))?, server: load_server(cert, key)? };
+    negotiated(&pair)
+}
+
+/// Accepts the pinned server identity only, and checks its handshake signature.
+#[derive(Debug)]
+struct PinnedServer {
+    pin: Pin,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let pinned = match &self.pin {
+            Pin::Certificate(cert) => cert.as_ref() == end_entity.as_ref(),
+            Pin::PeerId(id) => ant_quic::identity::peer_id_of_certificate(end_entity).as_ref() == Some(id),
+        };
+        if pinned {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // QUIC is TLS 1.3 only.
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The cipher suite and key exchange group that `pair`'s two configurations negotiate.

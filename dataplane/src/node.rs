@@ -169,9 +169,13 @@ impl Node {
             steer_group_to(first, index).map_err(|source| StartError::Bind { addr: local_addr, source })?;
         } else if let (true, Some(first), Ok(sockets)) = (config.cid_steering, sockets.first(), u32::try_from(count)) {
             if count > 1 {
-                if let Err(error) = steer_group_by_cid(first, sockets) {
+                match steer_group_by_cid(first, sockets) {
+                    Ok(()) => tracing::debug!(cores = count, "datagrams steered to cores by connection ID"),
                     // The hand-off path keeps every datagram correct without it, at a cost.
-                    tracing::warn!(%error, "cannot attach the CID steering program; the kernel hashes datagrams to cores");
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "cannot attach the CID steering program; the kernel hashes datagrams to cores"
+                    ),
                 }
             }
         }

@@ -229,6 +229,14 @@ mod tests {
         packet
     }
 
+    /// A QUIC v1 long-header packet of `kind` (0 Initial, 2 Handshake) to an 8-byte DCID
+    /// starting with `core`.
+    fn long_header(kind: u8, core: u8) -> Vec<u8> {
+        let mut packet = vec![0xc0 | (kind << 4), 0, 0, 0, 1, 8, core];
+        packet.extend_from_slice(&[9u8; 40]);
+        packet
+    }
+
     /// The index the program returns is the socket's place in bind order, i.e. its core.
     #[test]
     fn cid_steering_reaches_the_socket_bound_in_that_place() {
@@ -237,10 +245,13 @@ mod tests {
         let cores = [0u8, 1, 2, 2, 1, 0, 4];
         let packets: Vec<Vec<u8>> = cores.iter().map(|&core| short_header(core)).collect();
         assert_eq!(receivers(&group, &packets), vec![0, 1, 2, 2, 1, 0, 1]);
-        // Datagrams the program leaves to the hash (a control datagram here) still arrive, and
-        // all from one source reach the same socket.
-        let control: Vec<Vec<u8>> = (0..8).map(|i| vec![0x21, i, 0, 0, 0, 0, 0, 0, 0, 0]).collect();
-        let reached = receivers(&group, &control);
+        let handshakes: Vec<Vec<u8>> = cores.iter().map(|&core| long_header(2, core)).collect();
+        assert_eq!(receivers(&group, &handshakes), vec![0, 1, 2, 2, 1, 0, 1]);
+        // Datagrams the program leaves to the hash (control datagrams, Initials whatever their
+        // DCID) still arrive, and all from one source reach the same socket.
+        let mut hashed: Vec<Vec<u8>> = (0..8).map(|i| vec![0x21, i, 0, 0, 0, 0, 0, 0, 0, 0]).collect();
+        hashed.extend((0..3).map(|core| long_header(0, core)));
+        let reached = receivers(&group, &hashed);
         assert!(reached.iter().all(|&r| r == reached[0]), "hashed datagrams were spread: {reached:?}");
     }
 

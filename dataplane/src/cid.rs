@@ -9,9 +9,19 @@
 //! ```
 //!
 //! Any core can then find a datagram's owner from its destination connection ID without shared
-//! state, and a later reuseport BPF program can steer by byte 0 (as QUIC-LB, draft-ietf-quic-load-
-//! balancers, encodes a server ID in plaintext). Client-chosen IDs in Initial and 0-RTT packets
-//! fail the check and stay on the core that received them, which then owns the new connection.
+//! state (as QUIC-LB, draft-ietf-quic-load-balancers, encodes a server ID in plaintext). Client-
+//! chosen IDs in Initial and 0-RTT packets fail the check and stay on the core that received them,
+//! which then owns the new connection.
+//!
+//! Steering: on a node with more than one core a reuseport BPF program ([`crate::steering`]) has
+//! the kernel deliver short-header packets and Handshake packets to the socket of the core in byte
+//! 0 of their DCID, so they arrive where their connection lives even when the peer's address
+//! changes (NAT rebinding, migration) or the node opened the connection itself (every connection
+//! to one server then shares one 4-tuple). Everything else (Initial and 0-RTT, whose DCID the
+//! client picked, Retry, version negotiation, control and relay datagrams) is left to the
+//! kernel's 4-tuple hash, which is also all there is when the program cannot be attached (kernels
+//! before 4.5, `NodeConfig::cid_steering` off). Whatever lands on the wrong core is handed to its
+//! owner by [`route`] and a queue, so steering saves work and is never needed for correctness.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;

@@ -23,6 +23,7 @@ pub mod node;
 pub mod relay;
 pub mod socket;
 pub mod stats;
+pub mod steering;
 
 pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome};
 pub use backend::BackendKind;

@@ -16,7 +16,7 @@ use crate::core::{Command, ConnectRequest, Core, CoreShared};
 use crate::datagram::ControlDatagram;
 use crate::latency::LatencySet;
 use crate::relay::{is_alias, PathRoute, RelayAllocation};
-use crate::socket::{allowed_cpus, bind_reuseport_group, pin_current_thread, steer_group_to};
+use crate::socket::{allowed_cpus, bind_reuseport_group, pin_current_thread, steer_group_by_cid, steer_group_to};
 use crate::stats::{CoreStats, CoreStatus};
 
 /// Most cores one node runs: the owning core is one byte of each connection ID.
@@ -43,6 +43,12 @@ pub struct NodeConfig {
     /// datagrams for connections owned by other cores take the hand-off path. For tests.
     #[doc(hidden)]
     pub steer_all_to_core: Option<usize>,
+    /// With more than one core, have the kernel deliver each datagram to the socket of the core
+    /// that owns its connection, read from the destination connection ID (a reuseport BPF
+    /// program, [`crate::steering`]); otherwise the kernel hashes the 4-tuple and a datagram
+    /// for another core's connection is handed over through a queue. On by default; off to
+    /// compare the two.
+    pub cid_steering: bool,
     /// Where the cores pass the control datagrams they receive (first byte 0x21: NAT traversal
     /// probes). A core never waits: when the channel is full, or this is `None`, the datagram is
     /// dropped and counted.
@@ -68,6 +74,7 @@ impl NodeConfig {
             endpoint,
             server,
             steer_all_to_core: None,
+            cid_steering: true,
             control_datagrams: None,
         }
     }
@@ -160,6 +167,17 @@ impl Node {
         if let (Some(core), Some(first)) = (config.steer_all_to_core, sockets.first()) {
             let index = u32::try_from(core).map_err(|_| StartError::Cores(core))?;
             steer_group_to(first, index).map_err(|source| StartError::Bind { addr: local_addr, source })?;
+        } else if let (true, Some(first), Ok(sockets)) = (config.cid_steering, sockets.first(), u32::try_from(count)) {
+            if count > 1 {
+                match steer_group_by_cid(first, sockets) {
+                    Ok(()) => tracing::debug!(cores = count, "datagrams steered to cores by connection ID"),
+                    // The hand-off path keeps every datagram correct without it, at a cost.
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "cannot attach the CID steering program; the kernel hashes datagrams to cores"
+                    ),
+                }
+            }
         }
 
         let shared: Vec<Arc<CoreShared>> = (0..count)

@@ -61,12 +61,27 @@ fn exclusive_bind(addr: SocketAddr) -> io::Result<SocketAddr> {
 
 /// Steer every datagram of a reuseport group to the socket at `index` (a classic BPF program
 /// returning a constant). Used to force datagrams onto a chosen core, e.g. in tests of the
-/// hand-off path; a CID-steering program will use the same hook.
+/// hand-off path.
 pub fn steer_group_to(socket: &UdpSocket, index: u32) -> io::Result<()> {
     let program = [libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: index }];
-    let fprog = libc::sock_fprog { len: 1, filter: program.as_ptr().cast_mut() };
-    // SAFETY: `fprog` points at `program`, both live until setsockopt returns, which copies the
-    // program into the kernel; the length and the option size match the structures passed.
+    attach_reuseport_program(socket, &program)
+}
+
+/// Steer each datagram of a reuseport group of `sockets` sockets (bound in core order) to the
+/// core named in its destination connection ID ([`crate::steering`]). Fails on kernels without
+/// `SO_ATTACH_REUSEPORT_CBPF` (before 4.5); the kernel's hash then keeps choosing.
+pub fn steer_group_by_cid(socket: &UdpSocket, sockets: u32) -> io::Result<()> {
+    attach_reuseport_program(socket, &crate::steering::cid_steering_program(sockets))
+}
+
+/// Attach a classic BPF program choosing the socket of `socket`'s reuseport group
+/// (`SO_ATTACH_REUSEPORT_CBPF`); it replaces any program attached before.
+fn attach_reuseport_program(socket: &UdpSocket, program: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let fprog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
+    // SAFETY: `fprog` points at `program` with its exact length; both live until setsockopt
+    // returns, which copies the program into the kernel (the kernel never writes through the
+    // pointer); the option size matches the structure passed.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
@@ -182,5 +197,76 @@ mod tests {
         let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
         let err = bind_reuseport_group(holder.local_addr().unwrap(), 1).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    /// The socket each of `packets` reaches (its index in `group`), sent from one plain socket.
+    fn receivers(group: &[UdpSocket], packets: &[Vec<u8>]) -> Vec<usize> {
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = group[0].local_addr().unwrap();
+        let mut buf = [0u8; 2048];
+        packets
+            .iter()
+            .map(|packet| {
+                sender.send_to(packet, to).unwrap();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                loop {
+                    for (index, socket) in group.iter().enumerate() {
+                        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                            assert_eq!(&buf[..n], &packet[..]);
+                            return index;
+                        }
+                    }
+                    assert!(std::time::Instant::now() < deadline, "datagram never arrived");
+                    std::thread::yield_now();
+                }
+            })
+            .collect()
+    }
+
+    fn short_header(core: u8) -> Vec<u8> {
+        let mut packet = vec![0x40, core];
+        packet.extend_from_slice(&[7u8; 30]);
+        packet
+    }
+
+    /// A QUIC v1 long-header packet of `kind` (0 Initial, 2 Handshake) to an 8-byte DCID
+    /// starting with `core`.
+    fn long_header(kind: u8, core: u8) -> Vec<u8> {
+        let mut packet = vec![0xc0 | (kind << 4), 0, 0, 0, 1, 8, core];
+        packet.extend_from_slice(&[9u8; 40]);
+        packet
+    }
+
+    /// The index the program returns is the socket's place in bind order, i.e. its core.
+    #[test]
+    fn cid_steering_reaches_the_socket_bound_in_that_place() {
+        let group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        steer_group_by_cid(&group[0], 3).unwrap();
+        let cores = [0u8, 1, 2, 2, 1, 0, 4];
+        let packets: Vec<Vec<u8>> = cores.iter().map(|&core| short_header(core)).collect();
+        assert_eq!(receivers(&group, &packets), vec![0, 1, 2, 2, 1, 0, 1]);
+        let handshakes: Vec<Vec<u8>> = cores.iter().map(|&core| long_header(2, core)).collect();
+        assert_eq!(receivers(&group, &handshakes), vec![0, 1, 2, 2, 1, 0, 1]);
+        // Datagrams the program leaves to the hash (control datagrams, Initials whatever their
+        // DCID) still arrive, and all from one source reach the same socket.
+        let mut hashed: Vec<Vec<u8>> = (0..8).map(|i| vec![0x21, i, 0, 0, 0, 0, 0, 0, 0, 0]).collect();
+        hashed.extend((0..3).map(|core| long_header(0, core)));
+        let reached = receivers(&group, &hashed);
+        assert!(reached.iter().all(|&r| r == reached[0]), "hashed datagrams were spread: {reached:?}");
+    }
+
+    /// When a socket leaves the group the kernel moves the last one into its place
+    /// (`reuseport_detach_sock`), so indices stop matching cores: the hand-off path covers it.
+    #[test]
+    fn a_closed_socket_is_replaced_by_the_last_one() {
+        let mut group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        steer_group_by_cid(&group[0], 3).unwrap();
+        drop(group.remove(0));
+        // Now group[0] is core 1's socket and group[1] core 2's; the kernel's array is
+        // [core 2, core 1]. Byte 0 % 3 = 0 picks core 2's socket; byte 2 is beyond the two
+        // sockets left and falls back to the hash.
+        assert_eq!(receivers(&group, &[short_header(0), short_header(1)]), vec![1, 0]);
+        let hashed = receivers(&group, &[short_header(2)]);
+        assert_eq!(hashed.len(), 1);
     }
 }

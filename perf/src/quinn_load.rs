@@ -9,9 +9,11 @@
 //! with `--cores` workers. The only addition is a keep-alive for the idle workload, so that the
 //! held connections outlive the 30 s idle timeout.
 //!
-//! The server is a task per connection and a task per stream. The client pins the server's
-//! certificate (quinn server) or peer ID (ant-quic server) and verifies the handshake signature,
-//! without resumption or 0-RTT: every connection is a full handshake.
+//! The server is a task per connection and a task per stream. Its certificate is a fresh
+//! self-signed Ed25519 one, the signature algorithm of ant-quic's identities, so its line carries
+//! both the certificate and the peer ID of its key: either client can pin it. The client pins the
+//! server's certificate (quinn server) or peer ID (ant-quic server) and verifies the handshake
+//! signature, without resumption or 0-RTT: every connection is a full handshake.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -52,8 +54,10 @@ const ERR_UNKNOWN_OP: u32 = 3;
 
 /// `ant-quic-perf server --impl quinn`.
 pub fn serve(args: &ServerArgs) -> Result<()> {
-    let (cert, key) = tls::self_signed()?;
+    let (cert, key) = tls::self_signed_ed25519()?;
     let cert_der_hex = hex::encode(cert.as_ref());
+    // An Ed25519 key is an ant-quic peer ID too, so that ant-quic clients can pin this server.
+    let peer_id = ant_quic::identity::peer_id_of_certificate(&cert).map(|id| id.to_string());
     let crypto = QuicServerConfig::try_from(tls::load_server(cert, key)?).context("quinn server TLS config")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(quinn::TransportConfig::default()));
@@ -67,7 +71,7 @@ pub fn serve(args: &ServerArgs) -> Result<()> {
             implementation: load::Implementation::Quinn.name().into(),
             addr: endpoint.local_addr()?,
             pid: std::process::id(),
-            peer_id: None,
+            peer_id,
             cert_der_hex: Some(cert_der_hex),
         };
         let mut out = std::io::stdout().lock();

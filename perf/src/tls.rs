@@ -41,6 +41,19 @@ pub fn self_signed() -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)
     Ok((cert, key))
 }
 
+/// A fresh self-signed Ed25519 certificate for [`SERVER_NAME`] and its private key: the load
+/// server's, with the signature algorithm of ant-quic's identities, and so a peer ID that an
+/// ant-quic client can pin.
+pub fn self_signed_ed25519() -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).context("generating an Ed25519 key")?;
+    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()])
+        .context("certificate parameters")?
+        .self_signed(&key)
+        .context("self-signing the certificate")?;
+    let der: CertificateDer<'static> = cert.der().clone();
+    Ok((der, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))))
+}
+
 /// Builds both configurations from a fresh self-signed certificate for [`SERVER_NAME`].
 pub fn pair() -> Result<TlsPair> {
     let (cert, key) = self_signed()?;
@@ -110,7 +123,7 @@ pub fn pinned_client(pin: Pin) -> Result<Arc<rustls::ClientConfig>> {
 /// The cipher suite and key exchange group that a load client and a load server negotiate: the
 /// same configurations with a throwaway certificate (the choice does not depend on it).
 pub fn load_negotiated() -> Result<(String, String)> {
-    let (cert, key) = self_signed()?;
+    let (cert, key) = self_signed_ed25519()?;
     let pair = TlsPair { client: pinned_client(Pin::Certificate(cert.clone()))?, server: load_server(cert, key)? };
     negotiated(&pair)
 }

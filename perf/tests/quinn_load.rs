@@ -28,6 +28,8 @@ impl Server {
         let info: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(info["impl"], "quinn", "{line}");
         assert!(info["cert_der_hex"].as_str().is_some_and(|h| h.len() > 100), "{line}");
+        // Ed25519, so an ant-quic client can pin it by peer ID.
+        assert!(info["peer_id"].as_str().is_some_and(|id| id.len() == 64), "{line}");
         assert_eq!(info["pid"].as_u64(), Some(u64::from(child.id())), "{line}");
         Server { child, line: line.trim().to_owned() }
     }

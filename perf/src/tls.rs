@@ -27,9 +27,11 @@ pub const SERVER_NAME: &str = "localhost";
 /// ALPN of ant-quic's own protocol, spoken by the load server and client.
 pub const ALPN_ANT_QUIC: &[u8] = b"ant-quic/1";
 
-/// The provider: aws-lc-rs with its defaults (cipher suites, key exchange groups).
+/// The provider: the very one ant-quic uses (aws-lc-rs with its default cipher suites, the
+/// hybrid post-quantum key exchange X25519MLKEM768 preferred), so that a quinn handshake does the
+/// same cryptography as an ant-quic one. aws-lc-rs's own default would pick X25519 alone.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    ant_quic::tls::provider()
 }
 
 /// A fresh self-signed certificate for [`SERVER_NAME`] and its private key.

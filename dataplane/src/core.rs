@@ -181,6 +181,9 @@ pub(crate) struct Core<B: Backend> {
     endpoint: Endpoint,
     app: Box<dyn Application>,
     conns: Vec<Option<ConnState>>,
+    /// Live connections (`Some` slots of `conns`), kept as they come and go: counting the slots
+    /// on every change costs O(connections) per handshake.
+    active: usize,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     dirty: Vec<usize>,
     received: Vec<(RecvMeta, BytesMut)>,
@@ -231,6 +234,7 @@ impl<B: Backend> Core<B> {
             endpoint,
             app,
             conns: Vec::new(),
+            active: 0,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             received: Vec::new(),
@@ -276,8 +280,7 @@ impl<B: Backend> Core<B> {
             self.wake_peers();
 
             if let Some(since) = self.draining_since {
-                let open = self.conns.iter().filter(|c| c.is_some()).count();
-                if open == 0 || now.duration_since(since) > DRAIN_LIMIT {
+                if self.active == 0 || now.duration_since(since) > DRAIN_LIMIT {
                     // The last CONNECTION_CLOSE packets leave before the core does.
                     return self.backend.flush();
                 }
@@ -412,6 +415,9 @@ impl<B: Backend> Core<B> {
             self.conns.resize_with(index + 1, || None);
         }
         if let Some(slot) = self.conns.get_mut(index) {
+            if slot.is_none() {
+                self.active += 1;
+            }
             *slot = Some(ConnState {
                 conn,
                 tag,
@@ -428,8 +434,7 @@ impl<B: Backend> Core<B> {
     }
 
     fn publish_active(&self) {
-        let active = self.conns.iter().filter(|c| c.is_some()).count() as u64;
-        self.shared.stats.connections_active.store(active, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stats.connections_active.store(self.active as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn take_handoffs(&mut self, now: Instant) {
@@ -810,7 +815,9 @@ impl<B: Backend> Core<B> {
                 self.app.on_closed(id, state.tag, &ConnectionError::LocallyClosed);
             }
             if let Some(slot) = self.conns.get_mut(index) {
-                *slot = None;
+                if slot.take().is_some() {
+                    self.active = self.active.saturating_sub(1);
+                }
             }
             self.publish_active();
         }

@@ -5,6 +5,14 @@
 //! Cores open their own connections (through the node handle, so they can keep a number in
 //! flight without the main thread) and count into shared atomics; the main thread paces
 //! requests, watches the counts and, at the end, collects each core's histograms.
+//!
+//! - bulk: connections set up (64 handshakes in flight at most), then every transfer starts on
+//!   one signal; `seconds` runs from it to the last transfer done.
+//! - rr: the main thread sleeps to each request's due time and hands it to the owning core, so
+//!   a core wakes when it has work and never spins; latency counts from the due time.
+//! - handshakes: each core keeps its share of `--concurrency` attempts going, closing each
+//!   connection (code 0) as soon as it is established.
+//! - idle: `seconds` is the time to establish every connection (`per_second` their rate).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;

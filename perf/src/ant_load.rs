@@ -754,6 +754,7 @@ impl Driver<'_> {
         let cores = self.node.cores();
         let connections = args.connections;
         let errors_before = get(&self.counters.errors);
+        crate::load::fine_timer_slack();
         let start = Instant::now();
         let end = (start + Duration::from_secs_f64(args.seconds)).min(self.deadline);
         let due = |i: u64| start + Duration::from_secs_f64(i as f64 / args.rate as f64);

@@ -308,6 +308,16 @@ impl Default for Progress {
     }
 }
 
+/// Lets the calling thread's sleeps end within microseconds of their deadline (the default slack is
+/// 50 µs, a quarter of a request interval at 5000 requests a second). Both
+/// clients' request pacers call it, so that neither adds its wake-up lateness to the latencies.
+pub fn fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and changes only the calling thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+}
+
 /// Print a client's result as asked.
 pub fn print(result: &LoadResult, json: bool) -> Result<()> {
     if json {

@@ -463,7 +463,7 @@ async fn rr(client: &Client, args: &ClientArgs) -> Result<Measured> {
     std::thread::Builder::new()
         .name("rr-pacer".into())
         .spawn(move || {
-            fine_timer_slack();
+            crate::load::fine_timer_slack();
             for i in 0..total {
                 let at = t0 + due(i);
                 let now = Instant::now();
@@ -526,15 +526,6 @@ async fn rr(client: &Client, args: &ClientArgs) -> Result<Measured> {
     }
     close_all(&conns);
     Ok(Measured { seconds: args.seconds, tally, connections: args.connections })
-}
-
-/// Lets this thread's sleeps end within microseconds of their deadline (the default slack is
-/// 50 µs, a quarter of a request interval at 5000 requests a second).
-fn fine_timer_slack() {
-    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and changes only the calling thread.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
 }
 
 async fn handshakes(client: &Client, args: &ClientArgs) -> Result<Measured> {

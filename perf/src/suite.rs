@@ -74,6 +74,10 @@ enum Metric {
     P99Micros,
     /// Server RSS growth per established connection, in KB.
     RssKbPerConnection,
+    /// Server CPU time (user + system, all threads) per completed operation, in µs.
+    ServerCpuMicrosPerOp,
+    /// Server CPU time per GiB of payload, in seconds.
+    ServerCpuSecondsPerGib,
 }
 
 impl Metric {
@@ -83,6 +87,8 @@ impl Metric {
             Metric::PerSecond => "/s",
             Metric::P50Micros | Metric::P99Micros => "µs",
             Metric::RssKbPerConnection => "KB/conn",
+            Metric::ServerCpuMicrosPerOp => "server CPU µs/op",
+            Metric::ServerCpuSecondsPerGib => "server CPU s/GiB",
         }
     }
 
@@ -122,6 +128,9 @@ struct Run {
     result: Option<LoadResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rss_kb_per_connection: Option<f64>,
+    /// Server CPU seconds (user + system) while the client ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cpu_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -173,7 +182,7 @@ fn points(args: &SuiteArgs) -> Vec<Point> {
                 group: "rows",
                 cores,
                 client_args: s(&["--workload", "bulk", "--connections", "64", "--bytes", &(16 * MIB).to_string()]),
-                metrics: vec![Metric::Gbps],
+                metrics: vec![Metric::Gbps, Metric::ServerCpuSecondsPerGib],
                 target: Some(3.0),
                 rss_connections: None,
                 pairs: args.row_pairs,
@@ -185,7 +194,7 @@ fn points(args: &SuiteArgs) -> Vec<Point> {
                 group: "rows",
                 cores,
                 client_args: s(&["--workload", "handshakes", "--concurrency", "16", "--seconds", "3"]),
-                metrics: vec![Metric::PerSecond],
+                metrics: vec![Metric::PerSecond, Metric::ServerCpuMicrosPerOp],
                 target: Some(2.0),
                 rss_connections: None,
                 pairs: args.row_pairs,
@@ -305,14 +314,14 @@ pub fn run(exe: &Path, args: &SuiteArgs, timeout: Duration) -> Result<SuiteRepor
                     point.pairs
                 ));
                 let run = run_once(exe, point, implementation, timeout);
-                let (result, rss, error) = match run {
-                    Ok((r, rss)) => {
-                        progress(format_args!("  {}", brief(&r, rss)));
-                        (Some(r), rss, None)
+                let (result, rss, cpu, error) = match run {
+                    Ok(m) => {
+                        progress(format_args!("  {}", brief(&m.result, m.rss_kb_per_connection)));
+                        (Some(m.result), m.rss_kb_per_connection, m.server_cpu_seconds, None)
                     }
                     Err(e) => {
                         progress(format_args!("  failed: {e:#}"));
-                        (None, None, Some(format!("{e:#}")))
+                        (None, None, None, Some(format!("{e:#}")))
                     }
                 };
                 runs.push(Run {
@@ -323,6 +332,7 @@ pub fn run(exe: &Path, args: &SuiteArgs, timeout: Duration) -> Result<SuiteRepor
                     pair,
                     result,
                     rss_kb_per_connection: rss,
+                    server_cpu_seconds: cpu,
                     error,
                 });
             }
@@ -379,6 +389,11 @@ fn metric_of(run: &Run, metric: Metric) -> Option<f64> {
         Metric::P50Micros => r.latency_us.map(|l| l.p50 as f64),
         Metric::P99Micros => r.latency_us.map(|l| l.p99 as f64),
         Metric::RssKbPerConnection => run.rss_kb_per_connection,
+        Metric::ServerCpuMicrosPerOp => run.server_cpu_seconds.map(|c| c * 1e6 / r.completed as f64),
+        Metric::ServerCpuSecondsPerGib if r.bytes > 0 => {
+            run.server_cpu_seconds.map(|c| c / (r.bytes as f64 / (1u64 << 30) as f64))
+        }
+        Metric::ServerCpuSecondsPerGib => None,
     }
 }
 
@@ -399,7 +414,10 @@ fn line(point: &Point, metric: Metric, runs: &[Run]) -> Line {
         (Some(a), Some(q)) if q > 0.0 => Some(a / q),
         _ => None,
     };
-    let met = match (ratio, point.target) {
+    // The CPU figures explain a row; its target is on what a user sees.
+    let target =
+        point.target.filter(|_| !matches!(metric, Metric::ServerCpuMicrosPerOp | Metric::ServerCpuSecondsPerGib));
+    let met = match (ratio, target) {
         (Some(r), Some(t)) if metric.higher_is_better() => Some(r >= t),
         (Some(r), Some(t)) => Some(r <= t),
         _ => None,
@@ -414,7 +432,7 @@ fn line(point: &Point, metric: Metric, runs: &[Run]) -> Line {
         ant_quic,
         quinn,
         ratio,
-        target: point.target,
+        target,
         met,
         cipher,
     }
@@ -497,18 +515,33 @@ impl Drop for ServerChild {
     }
 }
 
+/// User + system CPU seconds of every thread of `pid` so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a configuration value and has no memory arguments.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
 /// Resident set size of `pid` in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-fn run_once(
-    exe: &Path,
-    point: &Point,
-    implementation: Implementation,
-    timeout: Duration,
-) -> Result<(LoadResult, Option<f64>)> {
+/// What one run of a point measured.
+struct Measured {
+    result: LoadResult,
+    rss_kb_per_connection: Option<f64>,
+    server_cpu_seconds: Option<f64>,
+}
+
+fn run_once(exe: &Path, point: &Point, implementation: Implementation, timeout: Duration) -> Result<Measured> {
     let server = ServerChild::start(exe, implementation, point.cores)?;
     let ready_file = point.rss_connections.map(|_| ready_path());
     let mut args = vec![
@@ -532,12 +565,14 @@ fn run_once(
     // Let the server settle before its baseline reading.
     thread::sleep(Duration::from_millis(200));
     let rss_before = rss_kib(server.info.pid);
+    let cpu_before = cpu_seconds(server.info.pid);
     let mut rss_ready = None;
     let result = child_json_watching::<LoadResult>(exe, &args, timeout + Duration::from_secs(30), &mut || {
         if rss_ready.is_none() && ready_file.as_ref().is_some_and(|p| p.exists()) {
             rss_ready = rss_kib(server.info.pid);
         }
     });
+    let cpu_after = cpu_seconds(server.info.pid);
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -550,7 +585,11 @@ fn run_once(
         (Some(_), _, _) => anyhow::bail!("no server RSS reading once the connections were established"),
         _ => None,
     };
-    Ok((result, rss))
+    let server_cpu_seconds = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    Ok(Measured { result, rss_kb_per_connection: rss, server_cpu_seconds })
 }
 
 fn ready_path() -> PathBuf {
@@ -559,7 +598,7 @@ fn ready_path() -> PathBuf {
 
 fn fmt_figure(f: &Figure, metric: Metric) -> String {
     let digits = match metric {
-        Metric::Gbps => 2,
+        Metric::Gbps | Metric::ServerCpuSecondsPerGib => 2,
         Metric::RssKbPerConnection => 1,
         _ => 0,
     };
@@ -601,6 +640,7 @@ pub fn markdown(r: &SuiteReport, udp_ceiling_gbps: Option<f64>) -> String {
             let what = match l.metric {
                 Metric::P50Micros => format!("{} — p50", l.label),
                 Metric::P99Micros => format!("{} — p99", l.label),
+                Metric::ServerCpuMicrosPerOp | Metric::ServerCpuSecondsPerGib => format!("{} — server CPU", l.label),
                 _ => l.label.clone(),
             };
             let _ = writeln!(

@@ -131,3 +131,24 @@ fn ant_quic_two_cores_on_both_sides() {
     assert_eq!(u(&bulk, "bytes"), 3 * 2_000_000, "{bulk}");
     server.stop();
 }
+
+/// Each client against the other implementation's server: both speak the same `ant-quic/1`
+/// operations on the same ALPN, and each pins the other's identity.
+#[test]
+fn each_client_works_against_the_other_server() {
+    for (server_impl, client_impl) in [("quinn", "ant-quic"), ("ant-quic", "quinn")] {
+        let server = Server::start(server_impl, 1);
+        let bulk = server.client(client_impl, &["--workload", "bulk", "--connections", "2", "--bytes", "3000000"]);
+        assert_eq!(u(&bulk, "bytes"), 2 * 3_000_000, "{client_impl} → {server_impl}: {bulk}");
+        let upload =
+            server.client(client_impl, &["--workload", "bulk", "--upload", "--connections", "1", "--bytes", "3000000"]);
+        assert_eq!(u(&upload, "bytes"), 3_000_000, "{client_impl} → {server_impl}: {upload}");
+        let rr = server.client(
+            client_impl,
+            &["--workload", "rr", "--connections", "2", "--rate", "200", "--seconds", "1", "--response-bytes", "5000"],
+        );
+        assert!(u(&rr, "completed") >= 180, "{client_impl} → {server_impl}: {rr}");
+        assert_eq!(u(&rr, "bytes"), u(&rr, "completed") * 5000, "{client_impl} → {server_impl}: {rr}");
+        server.stop();
+    }
+}

@@ -213,15 +213,18 @@ fn receive(side: &mut Side, from: SocketAddr, now: Instant, batch: &Batch) {
     }
 }
 
-/// Read every stream the peer opened to the end (or as far as it has arrived); bytes read.
+/// Read every stream the peer opened, as far as its data has arrived; bytes read.
 fn read_streams(conn: &mut Connection) -> usize {
     let mut bytes = 0;
     while let Some(event) = conn.poll() {
-        if !matches!(event, Event::Stream(StreamEvent::Opened { .. } | StreamEvent::Readable { .. })) {
-            continue;
-        }
-        while let Some(id) = conn.streams().accept(Dir::Uni) {
-            bytes += read_stream(conn, id);
+        match event {
+            Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
+                while let Some(id) = conn.streams().accept(Dir::Uni) {
+                    bytes += read_stream(conn, id);
+                }
+            }
+            Event::Stream(StreamEvent::Readable { id }) => bytes += read_stream(conn, id),
+            _ => {}
         }
     }
     bytes
@@ -436,25 +439,34 @@ use gungraun::{library_benchmark, library_benchmark_group, LibraryBenchmarkConfi
 #[library_benchmark]
 #[bench::payload_64k(setup = setup_receive)]
 fn receive_path(input: Receive) -> (Receive, usize) {
-    black_box(run_receive(input))
+    let (input, bytes) = black_box(run_receive(input));
+    assert_eq!(bytes, PAYLOAD, "the server read {bytes} bytes");
+    (input, bytes)
 }
 
 #[library_benchmark]
 #[bench::payload_64k(setup = setup_send)]
 fn send_batching(pair: Pair) -> (Pair, Vec<Batch>) {
-    black_box(run_send(pair))
+    let (pair, batches) = black_box(run_send(pair));
+    let sealed: usize = batches.iter().map(|b| b.data.len()).sum();
+    assert!(sealed > PAYLOAD && batches.len() > 1, "{} batches, {sealed} bytes", batches.len());
+    (pair, batches)
 }
 
 #[library_benchmark]
 #[bench::frames_100x4(setup = setup_signalling)]
 fn signalling_codec(input: Signalling) -> (Signalling, usize) {
-    black_box(run_signalling(input))
+    let (input, decoded) = black_box(run_signalling(input));
+    assert_eq!(decoded, input.messages.len() * input.rounds);
+    (input, decoded)
 }
 
 #[library_benchmark]
 #[bench::sets_16(setup = setup_pairing)]
 fn candidate_pairing(sets: Vec<(Vec<Candidate>, Vec<Candidate>)>) -> (Vec<(Vec<Candidate>, Vec<Candidate>)>, usize) {
-    black_box(run_pairing(sets))
+    let (sets, pairs) = black_box(run_pairing(sets));
+    assert!(pairs > 0);
+    (sets, pairs)
 }
 
 library_benchmark_group!(name = quic; benchmarks = receive_path, send_batching);

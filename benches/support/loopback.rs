@@ -2,6 +2,9 @@
 //! application connects on request, runs echo round trips on the `ant-quic/1` `E` operation and
 //! reports to the bench thread.
 
+// Each bench uses part of this module: what one leaves unused is used by another.
+#![allow(dead_code)]
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

@@ -418,11 +418,13 @@ fn run_signalling(input: Signalling) -> (Signalling, usize) {
 // pairing: check lists
 
 /// Candidate sets of one punch each: (local, remote), small to large.
-fn setup_pairing() -> Vec<(Vec<Candidate>, Vec<Candidate>)> {
+type CandidateSets = Vec<(Vec<Candidate>, Vec<Candidate>)>;
+
+fn setup_pairing() -> CandidateSets {
     (0..16u8).map(|i| (candidates(2 * i + 1, 1 + i % 8), candidates(2 * i + 2, 5 + i % 4))).collect()
 }
 
-fn run_pairing(sets: Vec<(Vec<Candidate>, Vec<Candidate>)>) -> (Vec<(Vec<Candidate>, Vec<Candidate>)>, usize) {
+fn run_pairing(sets: CandidateSets) -> (CandidateSets, usize) {
     let mut pairs = 0;
     for (local, remote) in &sets {
         pairs += check_list(black_box(local), black_box(remote), true).len();
@@ -463,7 +465,7 @@ fn signalling_codec(input: Signalling) -> (Signalling, usize) {
 
 #[library_benchmark]
 #[bench::sets_16(setup = setup_pairing)]
-fn candidate_pairing(sets: Vec<(Vec<Candidate>, Vec<Candidate>)>) -> (Vec<(Vec<Candidate>, Vec<Candidate>)>, usize) {
+fn candidate_pairing(sets: CandidateSets) -> (CandidateSets, usize) {
     let (sets, pairs) = black_box(run_pairing(sets));
     assert!(pairs > 0);
     (sets, pairs)

@@ -16,6 +16,10 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # promtool and prometheus, for the metrics tests (tests/metrics.rs)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
+# valgrind, for the instruction-count gate (scripts/bench-gate) unless it is skipped
+if [ "${ANT_QUIC_SKIP_BENCH_GATE:-0}" != 1 ]; then
+    command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         step "installing ${missing[*]}"
@@ -44,3 +48,15 @@ step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
 # The NAT lab matrices do not depend on the crypto provider and take minutes: run once, above.
 cargo test --release -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring,metrics -- \
     --skip every_pair_of_peers_connects_as_the_nats_allow --skip nat_lab_types_raw_matrix_and_impairment
+
+step "instruction-count gate (scripts/bench-gate --self-test)"
+# Callgrind counts of the hot paths against benches/baselines/instructions.json: fails on a
+# regression of more than 10 %, and checks that an injected slowdown trips it. About half a
+# minute once built; the first run also installs gungraun-runner (a few minutes of compiling).
+if [ "${ANT_QUIC_SKIP_BENCH_GATE:-0}" = 1 ]; then
+    echo "note: ANT_QUIC_SKIP_BENCH_GATE=1: instruction-count gate skipped; run scripts/bench-gate to check"
+elif ! command -v valgrind >/dev/null 2>&1; then
+    echo "note: valgrind missing and not installable here: instruction-count gate skipped" >&2
+else
+    python3 scripts/bench-gate --self-test --no-criterion
+fi

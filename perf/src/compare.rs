@@ -46,6 +46,10 @@ pub struct CompareArgs {
     /// Print JSON instead of the markdown table.
     #[arg(long)]
     json: bool,
+    /// Also write the markdown table into this file, between the lines `<!-- compare:begin -->`
+    /// and `<!-- compare:end -->` (e.g. BENCHMARKS.md).
+    #[arg(long)]
+    write: Option<std::path::PathBuf>,
     #[command(flatten)]
     suite: crate::suite::SuiteArgs,
 }
@@ -232,7 +236,25 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     } else {
         print!("{}", markdown(&report));
     }
+    if let Some(path) = &args.write {
+        let old = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let new = replace_marked(&old, &markdown(&report))
+            .with_context(|| format!("{}: no `{BEGIN_MARK}` … `{END_MARK}` section to replace", path.display()))?;
+        std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
+        progress(format_args!("wrote the table into {}", path.display()));
+    }
     Ok(())
+}
+
+/// The lines around the generated table in a markdown file (`--write`).
+const BEGIN_MARK: &str = "<!-- compare:begin -->";
+const END_MARK: &str = "<!-- compare:end -->";
+
+/// `text` with what lies between the two marks replaced by `table`; `None` without both marks.
+fn replace_marked(text: &str, table: &str) -> Option<String> {
+    let begin = text.find(BEGIN_MARK)? + BEGIN_MARK.len();
+    let end = begin + text.get(begin..)?.find(END_MARK)?;
+    Some(format!("{}\n{}\n{}", text.get(..begin)?, table.trim_end(), text.get(end..)?))
 }
 
 /// A copy of the running executable in a private directory, removed on drop.
@@ -559,4 +581,19 @@ fn markdown(r: &Report) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marked_section_is_replaced_and_the_rest_kept() {
+        let text = "head\n<!-- compare:begin -->\nold table\n<!-- compare:end -->\ntail\n";
+        let new = replace_marked(text, "| new |\n").unwrap();
+        assert_eq!(new, "head\n<!-- compare:begin -->\n| new |\n<!-- compare:end -->\ntail\n");
+        assert_eq!(replace_marked(&new, "| again |").unwrap().matches("compare:begin").count(), 1);
+        assert!(replace_marked("no marks here", "x").is_none());
+        assert!(replace_marked("<!-- compare:end --> <!-- compare:begin -->", "x").is_none());
+    }
 }

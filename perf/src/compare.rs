@@ -376,6 +376,11 @@ pub(crate) fn child_json_watching<T: serde::de::DeserializeOwned>(
     if !status.success() {
         bail!("exited with {status}: {tail}");
     }
+    // The whole output when it is one JSON document (relay-rate prints it pretty), else its last
+    // JSON line.
+    if let Ok(whole) = serde_json::from_str(out.trim()) {
+        return Ok(whole);
+    }
     let line = out
         .lines()
         .rev()

@@ -193,7 +193,7 @@ async fn client_side(
 }
 
 /// Writes `bytes` bytes of one static buffer, 1 MiB at a time.
-async fn send_bytes(send: &mut quinn::SendStream, bytes: u64) -> Result<()> {
+pub(crate) async fn send_bytes(send: &mut quinn::SendStream, bytes: u64) -> Result<()> {
     let chunk = Bytes::from_static(&DATA);
     let mut left = bytes;
     while left > 0 {

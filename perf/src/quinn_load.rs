@@ -28,11 +28,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::load::{self, ClientArgs, LoadResult, Progress, ServerArgs, ServerInfo, Workload};
-use crate::tls;
-
-/// Bulk streams are written in chunks of this size, all slices of one static buffer.
-const CHUNK: usize = 1024 * 1024;
-static DATA: [u8; CHUNK] = [0xAB; CHUNK];
+use crate::{quinn_bulk, tls};
 
 /// UDP socket buffers, as quinn's `perf` asks for.
 const SOCKET_BUFFER: usize = 2 * 1024 * 1024;
@@ -136,7 +132,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) 
         b'D' => {
             let mut len = [0u8; 8];
             recv.read_exact(&mut len).await?;
-            send_bytes(&mut send, u64::from_be_bytes(len)).await?;
+            quinn_bulk::send_bytes(&mut send, u64::from_be_bytes(len)).await?;
             send.finish()?;
             // The client's FIN (or anything it sent after the header).
             drain(&mut recv, None).await?;
@@ -410,7 +406,7 @@ async fn transfer(conn: &quinn::Connection, bytes: u64, upload: bool, moved: &At
     let (mut send, mut recv) = conn.open_bi().await.context("opening a stream")?;
     if upload {
         send.write_all(b"U").await.context("writing the request")?;
-        send_bytes(&mut send, bytes).await?;
+        quinn_bulk::send_bytes(&mut send, bytes).await?;
         send.finish()?;
         let answer = recv.read_to_end(8).await.context("reading the byte count")?;
         let end = Instant::now();
@@ -592,18 +588,6 @@ fn close_all(conns: &[quinn::Connection]) {
     for conn in conns {
         conn.close(0u32.into(), b"done");
     }
-}
-
-/// Writes `bytes` bytes, 1 MiB slices of one static buffer at a time.
-async fn send_bytes(send: &mut quinn::SendStream, bytes: u64) -> Result<()> {
-    let chunk = Bytes::from_static(&DATA);
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        send.write_chunk(chunk.slice(..n)).await.context("writing the stream")?;
-        left -= n as u64;
-    }
-    Ok(())
 }
 
 /// Reads a stream to its end, 32 chunks at a time; returns the byte count.

@@ -85,7 +85,7 @@ fn parse_backend(backend: Option<&str>) -> Result<Option<BackendKind>> {
 /// full 1-RTT handshake: rustls keeps session tickets by default (and a shared configuration
 /// would resume from them), so resumption is turned off; early data is off too (and the server
 /// refuses it). Idle connections send keep-alives so that the idle timeout never closes them.
-fn client_config(peer: PeerId, keep_alive: bool) -> Result<ClientConfig> {
+pub(crate) fn client_config(peer: PeerId, keep_alive: bool) -> Result<ClientConfig> {
     let mut tls = ant_quic::tls::rustls_client_config(ServerAuth::PeerId(peer), &[ALPN_ANT_QUIC])?;
     tls.resumption = rustls::client::Resumption::disabled();
     tls.enable_early_data = false;

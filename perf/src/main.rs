@@ -5,6 +5,8 @@
 //! - `ant-quic-bulk`: the same transfer through ant-quic's library;
 //! - `udp-ceiling`: raw UDP over loopback with GSO and GRO, the ceiling for both;
 //! - `aead-ceiling`: packet crypto (seal + open of 1200-byte packets) on one core;
+//! - `engine-ceiling`: quinn-proto and rustls with no I/O: CPU per full handshake on each side,
+//!   and the sender's and the receiver's throughput on one core each;
 //! - `relay-rate`: relay forwarding rate of a relay node, against the raw UDP ceiling and a
 //!   minimal forwarder at the same datagram size, alternating, with a markdown table (or JSON);
 //! - `server` / `client`: load workloads (bulk over many connections, request/response latency
@@ -17,6 +19,7 @@ mod aead_ceiling;
 mod ant_bulk;
 mod ant_load;
 mod compare;
+mod engine_ceiling;
 mod load;
 mod quinn_bulk;
 mod quinn_load;
@@ -127,6 +130,16 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
+    /// The shared QUIC engine (quinn-proto, rustls) with no I/O: CPU per full handshake on each
+    /// side, then one connection's sender and receiver throughput on one core each.
+    EngineCeiling {
+        /// Full handshakes to time (each then closed).
+        #[arg(long, default_value_t = 500)]
+        handshakes: u64,
+        /// Payload bytes to move on one stream.
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+    },
     /// Relay forwarding over loopback: a relay node between a sender and a receiver socket, against
     /// the raw UDP ceiling and a minimal forwarder at the same datagram size, alternating; print a
     /// markdown table (or JSON).
@@ -174,6 +187,13 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--seconds must be between 0.01 and 60");
             }
             let r = aead_ceiling::run(Duration::from_secs_f64(seconds))?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::EngineCeiling { handshakes, bytes } => {
+            if handshakes == 0 || bytes == 0 {
+                anyhow::bail!("--handshakes and --bytes must be at least 1");
+            }
+            let r = engine_ceiling::run(handshakes, bytes)?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::RelayRate(args) => relay_rate::run(&args)?,

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::aead_ceiling::AeadResult;
 use crate::compare::{child_json_watching, median, progress};
+use crate::engine_ceiling::EngineResult;
 use crate::load::{Implementation, LoadResult, ServerInfo};
 
 /// Rows `compare` can run.
@@ -38,6 +39,8 @@ pub enum RowKind {
     Relay,
     /// Packet crypto (seal + open) on one core.
     Aead,
+    /// The shared QUIC engine with no I/O: CPU per handshake, sender and receiver throughput.
+    Engine,
     /// Throughput and handshake rate as connections grow (1, 64, 1 000, 10 000).
     Curve,
 }
@@ -45,7 +48,12 @@ pub enum RowKind {
 #[derive(Debug, Clone, Args)]
 pub struct SuiteArgs {
     /// Rows to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "bulk,conns,handshakes,rr,idle,relay,aead,curve")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bulk,conns,handshakes,rr,idle,relay,aead,engine,curve"
+    )]
     pub rows: Vec<RowKind>,
     /// Alternating (ant-quic, quinn) pairs per load row.
     #[arg(long, default_value_t = 5)]
@@ -165,12 +173,15 @@ struct Line {
 pub struct SuiteReport {
     lines: Vec<Line>,
     aead: Option<AeadResult>,
+    engine: Option<EngineResult>,
     relay: Option<serde_json::Value>,
     errors: Vec<String>,
     runs: Vec<Run>,
 }
 
 const MIB: u64 = 1 << 20;
+/// Runs of `engine-ceiling`; the best of each figure is the ceiling.
+const ENGINE_RUNS: usize = 3;
 
 fn points(args: &SuiteArgs) -> Vec<Point> {
     let mut out = Vec::new();
@@ -339,6 +350,22 @@ pub fn run(exe: &Path, args: &SuiteArgs, timeout: Duration) -> Result<SuiteRepor
         }
     }
 
+    let engine = if args.rows.contains(&RowKind::Engine) {
+        // A ceiling is the best the engine did: a busy moment of the machine only lowers it.
+        let mut best: Option<EngineResult> = None;
+        for run in 1..=ENGINE_RUNS {
+            progress(format_args!("engine ceiling {run}/{ENGINE_RUNS}"));
+            let engine_args = vec!["engine-ceiling".to_owned()];
+            match crate::compare::child_json::<EngineResult>(exe, &engine_args, timeout) {
+                Ok(r) => best = Some(best.map_or_else(|| r.clone(), |b| b.best_of(&r))),
+                Err(e) => errors.push(format!("engine ceiling: {e:#}")),
+            }
+        }
+        best
+    } else {
+        None
+    };
+
     let relay = if args.rows.contains(&RowKind::Relay) {
         progress(format_args!("relay forwarding (relay-rate)"));
         let relay_args: Vec<String> =
@@ -363,7 +390,7 @@ pub fn run(exe: &Path, args: &SuiteArgs, timeout: Duration) -> Result<SuiteRepor
             lines.push(line(point, metric, &runs));
         }
     }
-    Ok(SuiteReport { lines, aead, relay, errors, runs })
+    Ok(SuiteReport { lines, aead, engine, relay, errors, runs })
 }
 
 fn brief(r: &LoadResult, rss: Option<f64>) -> String {
@@ -654,8 +681,10 @@ pub fn markdown(r: &SuiteReport, udp_ceiling_gbps: Option<f64>) -> String {
             );
         }
     }
-    if let Some(a) = &r.aead {
+    if r.aead.is_some() || r.engine.is_some() {
         let _ = writeln!(s, "\n#### Ceilings\n");
+    }
+    if let Some(a) = &r.aead {
         let _ = writeln!(
             s,
             "- Packet crypto, one core: {:.2} Gbit/s of {}-byte packets sealed and opened ({:.2} Gbit/s sealing alone), {}.",
@@ -664,6 +693,9 @@ pub fn markdown(r: &SuiteReport, udp_ceiling_gbps: Option<f64>) -> String {
         if let Some(c) = udp_ceiling_gbps {
             let _ = writeln!(s, "- Raw UDP over loopback (GSO/GRO, best of the run): {c:.2} Gbit/s.");
         }
+    }
+    if let Some(e) = &r.engine {
+        engine_markdown(&mut s, e, &r.lines);
     }
     if let Some(v) = &r.relay {
         if let Some(sums) = v.get("summaries").and_then(|x| x.as_array()) {
@@ -706,4 +738,44 @@ pub fn markdown(r: &SuiteReport, udp_ceiling_gbps: Option<f64>) -> String {
         }
     }
     s
+}
+
+/// The engine ceiling, and each row with a target measured against it: a target above the
+/// ceiling cannot be met by any stack built on this engine and crypto on this machine.
+fn engine_markdown(s: &mut String, e: &EngineResult, lines: &[Line]) {
+    use std::fmt::Write;
+    let cpus = ant_quic::dataplane::socket::allowed_cpus().len().max(1);
+    let _ = writeln!(
+        s,
+        "- The QUIC engine both stacks share (quinn-proto, rustls, {}), in memory with no I/O \
+         (`engine-ceiling`, one thread, each side timed apart, best of {} runs): a full handshake costs {:.0} µs of client CPU \
+         and {:.0} µs of server CPU; one connection's sender moves {:.2} Gbit/s and its receiver {:.2} Gbit/s \
+         on one core each.",
+        e.cipher, ENGINE_RUNS, e.client_us, e.server_us, e.send_gbps, e.recv_gbps
+    );
+    let mut checks = Vec::new();
+    for l in lines.iter().filter(|l| l.group == "rows") {
+        let (Some(target), Some(quinn)) = (l.target, l.quinn.median) else { continue };
+        let (ceiling, unit) = match l.metric {
+            Metric::PerSecond => (e.handshake_bound(l.cores, cpus), "/s"),
+            Metric::Gbps => (e.throughput_bound(l.cores, cpus), " Gbit/s"),
+            _ => continue,
+        };
+        let needed = target * quinn;
+        let verdict = if needed > ceiling {
+            "**above the ceiling**".to_owned()
+        } else {
+            format!("{:.0} % of the ceiling", 100.0 * needed / ceiling)
+        };
+        checks.push(format!(
+            "{} at {} core(s): {target}× quinn needs {needed:.0}{unit}; the ceiling is {ceiling:.0}{unit}: {verdict}",
+            l.label, l.cores
+        ));
+    }
+    if !checks.is_empty() {
+        let _ = writeln!(s, "- Targets against the engine ceiling ({cpus} CPUs shared by client and server):");
+        for c in checks {
+            let _ = writeln!(s, "  - {c}.");
+        }
+    }
 }

@@ -5,7 +5,6 @@
 //!   come from the `--www` directory only; anything else resets the stream.
 //! - `ant-quic/1`: the node's own protocol; see [`crate::wire`] for its stream operations.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -15,6 +14,7 @@ use ant_quic_dataplane::app::StreamReadError;
 use ant_quic_dataplane::quinn_proto::{StreamId, VarInt};
 use ant_quic_dataplane::{AppMessage, Application, ConnId, ConnRef, ReadOutcome};
 use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 
 use crate::tls::{ALPN_ANT_QUIC, ALPN_HQ_INTEROP};
@@ -75,7 +75,8 @@ enum StreamState {
     /// Send `remaining` bytes of filler, then FIN.
     Download { remaining: u64 },
     /// Count (and maybe hash) what arrives; answer at FIN.
-    Upload { received: u64, hash: Option<Sha256>, reply: Option<Bytes> },
+    /// (The hash state is boxed: it is most of the enum's size, and states move on every read.)
+    Upload { received: u64, hash: Option<Box<Sha256>>, reply: Option<Bytes> },
 }
 
 /// The per-core server application of a node.
@@ -83,9 +84,13 @@ pub struct ServiceApp {
     www: Option<Arc<WwwRoot>>,
     /// NAT traversal on this core (signalling streams, traversal connections), when the node runs it.
     link: Option<crate::nat::link::CoreLink>,
-    protocols: HashMap<ConnId, Protocol>,
-    streams: HashMap<(ConnId, StreamId), StreamState>,
+    // Looked up on every read: FxHash, not SipHash. The keys are our connection slots and stream
+    // IDs that quinn-proto bounds per connection, so a peer cannot grow a collision chain far.
+    protocols: FxHashMap<ConnId, Protocol>,
+    streams: FxHashMap<(ConnId, StreamId), StreamState>,
     filler: Bytes,
+    /// The chunks of one read, kept so that reads do not allocate.
+    incoming: Vec<Bytes>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -103,7 +108,14 @@ impl std::fmt::Debug for ServiceApp {
 impl ServiceApp {
     /// Services for one core; hq-interop serves `www` when given.
     pub fn new(www: Option<Arc<WwwRoot>>) -> Self {
-        Self { www, link: None, protocols: HashMap::new(), streams: HashMap::new(), filler: wire::filler() }
+        Self {
+            www,
+            link: None,
+            protocols: FxHashMap::default(),
+            streams: FxHashMap::default(),
+            filler: wire::filler(),
+            incoming: Vec::new(),
+        }
     }
 
     /// Services for one core of a node that runs NAT traversal: signalling streams are accepted
@@ -138,7 +150,7 @@ impl ServiceApp {
                 return;
             }
         }
-        let mut incoming: Vec<Bytes> = Vec::new();
+        let mut incoming = std::mem::take(&mut self.incoming);
         let outcome = match conn.read(stream, &mut |chunk| incoming.push(chunk)) {
             Ok(outcome) => outcome,
             // Already read to its end: the sending half may still be busy.
@@ -154,29 +166,21 @@ impl ServiceApp {
         };
         let finished = outcome == ReadOutcome::Finished;
         let mut keep = true;
-        for chunk in incoming {
-            state = match state {
-                StreamState::HqRequest(mut line) => {
-                    line.extend_from_slice(&chunk);
-                    StreamState::HqRequest(line)
-                }
-                StreamState::AqHeader(mut header) => {
-                    header.extend_from_slice(&chunk);
-                    StreamState::AqHeader(header)
-                }
-                StreamState::Echo { mut pending, fin } => {
-                    pending.push(chunk);
-                    StreamState::Echo { pending, fin }
-                }
-                StreamState::Upload { received, mut hash, reply } => {
+        for chunk in incoming.drain(..) {
+            match &mut state {
+                StreamState::HqRequest(line) => line.extend_from_slice(&chunk),
+                StreamState::AqHeader(header) => header.extend_from_slice(&chunk),
+                StreamState::Echo { pending, .. } => pending.push(chunk),
+                StreamState::Upload { received, hash, .. } => {
                     if let Some(h) = hash.as_mut() {
                         h.update(&chunk);
                     }
-                    StreamState::Upload { received: received + chunk.len() as u64, hash, reply }
+                    *received += chunk.len() as u64;
                 }
-                other => other, // data after a complete request is ignored
-            };
+                _ => {} // data after a complete request is ignored
+            }
         }
+        self.incoming = incoming;
         state = match state {
             StreamState::HqRequest(line) => self.start_hq(conn, stream, line, finished, &mut keep),
             StreamState::AqHeader(header) => self.start_aq(conn, stream, header, finished, &mut keep),
@@ -254,7 +258,7 @@ impl ServiceApp {
                     }
                     Op::Download(len) => StreamState::Download { remaining: len },
                     Op::Upload { hash } => {
-                        let mut h = hash.then(Sha256::new);
+                        let mut h = hash.then(|| Box::new(Sha256::new()));
                         if let Some(h) = h.as_mut() {
                             h.update(&rest);
                         }

@@ -10,16 +10,37 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Socket buffer size asked for; the kernel caps it at `net.core.{r,w}mem_max`.
 const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
-/// Bind `count` sockets to `addr` with `SO_REUSEPORT`. With port 0 the first socket picks the
-/// port and the others join it.
+/// Times a port picked for port 0 is picked again when something took it before the group did.
+const PORT_PICKS: usize = 8;
+
+/// Bind `count` sockets to `addr` with `SO_REUSEPORT`. With port 0 a free port is picked and every
+/// socket binds it.
 pub fn bind_reuseport_group(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+    if addr.port() != 0 {
+        return bind_group_at(addr, count);
+    }
     // With port 0 and SO_REUSEPORT the kernel may hand out a port that another reuseport socket
     // of the same user already holds (the two would then share its datagrams). An exclusive bind
-    // picks a port nobody holds; the group then binds it.
-    let addr = if addr.port() == 0 { SocketAddr::new(addr.ip(), exclusive_bind(addr)?.port()) } else { addr };
+    // picks a port nobody holds; the group then binds it. Between the two another socket can take
+    // the port (any ephemeral bind on the host): then pick again.
+    bind_group_picking(count, || exclusive_bind(addr))
+}
+
+/// Bind a group of `count` at the address `pick` returns, picking again while it is taken.
+fn bind_group_picking(count: usize, mut pick: impl FnMut() -> io::Result<SocketAddr>) -> io::Result<Vec<UdpSocket>> {
+    let mut picks = 1;
+    loop {
+        match bind_group_at(pick()?, count) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && picks < PORT_PICKS => picks += 1,
+            result => return result,
+        }
+    }
+}
+
+/// Bind `count` reuseport sockets to `addr`, which names a port.
+fn bind_group_at(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
     refuse_if_in_use(addr)?;
     let mut sockets = Vec::with_capacity(count);
-    let mut bound = addr;
     for _ in 0..count.max(1) {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
@@ -32,12 +53,7 @@ pub fn bind_reuseport_group(addr: SocketAddr, count: usize) -> io::Result<Vec<Ud
         // Larger buffers absorb bursts between loop turns; failure only means smaller ones.
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-        socket.bind(&bound.into())?;
-        if bound.port() == 0 {
-            if let Some(local) = socket.local_addr()?.as_socket() {
-                bound = local;
-            }
-        }
+        socket.bind(&addr.into())?;
         sockets.push(UdpSocket::from(socket));
     }
     Ok(sockets)
@@ -190,6 +206,41 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), groups.len(), "two groups were given the same port");
+    }
+
+    /// Regression: another socket could take the port picked for port 0 before the group bound it,
+    /// and the node failed to start with "Address already in use" (seen once in a parallel test run).
+    #[test]
+    fn a_picked_port_taken_in_between_is_picked_again() {
+        let thief = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let taken = thief.local_addr().unwrap();
+        // The first pick is a port the thief took after it was picked; the second is free.
+        let mut first = true;
+        let pick = || {
+            if std::mem::take(&mut first) {
+                Ok(taken)
+            } else {
+                exclusive_bind("127.0.0.1:0".parse().unwrap())
+            }
+        };
+        let group = bind_group_picking(2, pick).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert_ne!(port, taken.port());
+        assert_eq!(group[1].local_addr().unwrap().port(), port);
+    }
+
+    #[test]
+    fn a_picked_port_is_given_up_after_a_few_tries() {
+        let thief = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let taken = thief.local_addr().unwrap();
+        let mut tries = 0;
+        let err = bind_group_picking(1, || {
+            tries += 1;
+            Ok(taken)
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(tries, PORT_PICKS);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::batch::split_gro;
-use ant_quic::dataplane::cid::{CidKey, CoreCidGenerator};
+use ant_quic::dataplane::cid::{configure_core_endpoint, CidKey};
 use ant_quic::identity::Identity;
 use ant_quic::quinn_proto::congestion::CubicConfig;
 use ant_quic::quinn_proto::{
@@ -76,9 +76,7 @@ struct Batch {
 /// bit greasing.
 fn endpoint_config() -> Arc<EndpointConfig> {
     let mut config = EndpointConfig::default();
-    let key = CidKey::random();
-    config.cid_generator(move || Box::new(CoreCidGenerator::new(0, key.clone())));
-    config.grease_quic_bit(false);
+    configure_core_endpoint(&mut config, 0, &CidKey::random());
     Arc::new(config)
 }
 

@@ -26,7 +26,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
+use quinn_proto::{ConnectionId, ConnectionIdGenerator, EndpointConfig, InvalidCid};
 
 /// Length of every connection ID this node issues.
 pub const CID_LEN: usize = 8;
@@ -58,6 +58,16 @@ impl CidKey {
         let (body, check) = cid.split_at(BODY_LEN);
         (self.check(body) == check).then(|| usize::from(body[0]))
     }
+}
+
+/// Make `config` the endpoint settings of core `core`: connection IDs tagged with the core under
+/// `key`, and the QUIC fixed bit kept. Peers must keep it set (RFC 9287 §3: we do not advertise
+/// grease_quic_bit), so first bytes with both high bits clear stay free for relay frames and
+/// control datagrams on the same socket.
+pub fn configure_core_endpoint(config: &mut EndpointConfig, core: u8, key: &CidKey) {
+    let key = key.clone();
+    config.cid_generator(move || Box::new(CoreCidGenerator::new(core, key.clone())));
+    config.grease_quic_bit(false);
 }
 
 /// Issues connection IDs for one core.

@@ -11,7 +11,7 @@ use quinn_proto::{Endpoint, EndpointConfig, ServerConfig};
 use crate::app::{AppFactory, AppMessage};
 use crate::backend::portable::PortableBackend;
 use crate::backend::{Backend, BackendKind, BackendParams};
-use crate::cid::{CidKey, CoreCidGenerator};
+use crate::cid::{configure_core_endpoint, CidKey};
 use crate::core::{Command, ConnectRequest, Core, CoreShared};
 use crate::datagram::ControlDatagram;
 use crate::latency::LatencySet;
@@ -211,12 +211,7 @@ impl Node {
                             tracing::warn!(core = index, cpu, error = %e, "cannot pin core thread; running unpinned");
                         }
                     }
-                    let key = cid_key.clone();
-                    endpoint_config.cid_generator(move || Box::new(CoreCidGenerator::new(core_byte, key.clone())));
-                    // Peers must keep the QUIC fixed bit set (RFC 9287 §3: we do not advertise
-                    // grease_quic_bit), so first bytes with both high bits clear stay free for
-                    // relay frames and control datagrams on the same socket.
-                    endpoint_config.grease_quic_bit(false);
+                    configure_core_endpoint(&mut endpoint_config, core_byte, &cid_key);
                     let endpoint = Endpoint::new(Arc::new(endpoint_config), server, true, None);
                     let app = apps.create(index);
                     let Some(shared) = all.get(index).cloned() else { return Ok(()) };

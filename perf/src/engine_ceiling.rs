@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::batch::split_gro;
-use ant_quic::dataplane::cid::{CidKey, CoreCidGenerator};
+use ant_quic::dataplane::cid::{configure_core_endpoint, CidKey};
 use ant_quic::identity::Identity;
 use ant_quic::quinn_proto::{
     ClientConfig, Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamEvent,
@@ -95,9 +95,7 @@ struct Side {
 impl Side {
     fn new(server: Option<Arc<ant_quic::quinn_proto::ServerConfig>>, port: u16) -> Self {
         let mut config = EndpointConfig::default();
-        let key = CidKey::random();
-        config.cid_generator(move || Box::new(CoreCidGenerator::new(0, key.clone())));
-        config.grease_quic_bit(false);
+        configure_core_endpoint(&mut config, 0, &CidKey::random());
         Side {
             endpoint: Endpoint::new(Arc::new(config), server, true, None),
             conn: None,
@@ -246,7 +244,7 @@ impl Pair {
                 if done(self) {
                     return Ok(());
                 }
-                bail!("both sides went quiet before the step finished (client conn {} connected {}, server conn {} connected {})", self.client.conn.is_some(), self.client.connected, self.server.conn.is_some(), self.server.connected);
+                bail!("the exchange stalled: nothing to send and no timer set");
             };
             self.now = self.now.max(next);
             self.client.fire(self.now);

@@ -46,6 +46,16 @@ CertificateVerify signature is still checked by aioquic (it supports
 Ed25519, ECDSA and RSA-PSS signatures), so a server presenting a
 self-signed Ed25519 certificate must still prove possession of its key.
 
+Pacing: ``--max-rate BYTES`` keeps the connection's receive window (MAX_DATA) from growing
+faster than BYTES per second after the first ``max_data`` (1 MiB), so a large download lasts
+as long as a test needs it to; the server is slowed by flow control, not by loss.
+
+Many connections: ``--connections N --interval S`` fetches the requests over N separate
+connections (each its own UDP socket and handshake), the i-th started ``i * S`` seconds after
+the first. Each connection writes into ``DIR/conn-<i>/`` and its result lines are prefixed
+with ``CONN <i> `` (e.g. ``CONN 3 OK /a.bin 1024 <sha>``). The exit status is the worst of
+all connections'.
+
 Debugging: ``-v`` logs aioquic's DEBUG output to stderr, ``--qlog DIR``
 writes a qlog trace, ``--secrets-log FILE`` writes TLS keys (NSS key log
 format) for Wireshark.
@@ -66,6 +76,7 @@ from urllib.parse import urlsplit
 
 from aioquic.asyncio import QuicConnectionProtocol, connect
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import Limit
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -116,11 +127,52 @@ class Request:
         return f"ERROR {self.path} {reason}"
 
 
+class PacedLimit(Limit):
+    """A MAX_DATA limit that aioquic may raise (it doubles it as data arrives) only up to
+    ``initial + rate * elapsed``: the receive window, and so the sender, is held to ``rate``
+    bytes per second. It never goes below what was already granted."""
+
+    def __init__(self, base: Limit, rate: float) -> None:
+        self._start = time.monotonic()
+        self._initial = base.value
+        self._rate = rate
+        self._value = base.value
+        super().__init__(frame_type=base.frame_type, name=base.name, value=base.value)
+        self.sent = base.sent
+        self.used = base.used
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    @value.setter
+    def value(self, wanted: int) -> None:
+        allowed = self._initial + int(self._rate * (time.monotonic() - self._start))
+        self._value = max(self._value, min(wanted, allowed))
+
+
 class HqClientProtocol(QuicConnectionProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.requests: dict[int, Request] = {}
         self.terminated: str | None = None
+        self._pacer: asyncio.TimerHandle | None = None
+
+    def pace(self, rate: float) -> None:
+        """Hold the receive rate to ``rate`` bytes per second (see PacedLimit)."""
+        self._quic._local_max_data = PacedLimit(self._quic._local_max_data, rate)
+        self._tick()
+
+    def _tick(self) -> None:
+        # The window opens with time, not only when data arrives: a blocked sender sends
+        # nothing that would make us write the new MAX_DATA, so offer it every 10 ms.
+        self.transmit()
+        self._pacer = self._loop.call_later(0.01, self._tick)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._pacer is not None:
+            self._pacer.cancel()
+        super().connection_lost(exc)
 
     def fetch(self, req: Request) -> None:
         sid = self._quic.get_next_available_stream_id(is_unidirectional=False)
@@ -210,6 +262,7 @@ def parse_targets(args: argparse.Namespace) -> tuple[str, int, list[str]]:
 
 
 async def run(args: argparse.Namespace, host: str, port: int, requests: list[Request]) -> int:
+    """One connection fetching ``requests``: 0 all OK, 1 some stream failed, 2 connection failed."""
     config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN])
     config.idle_timeout = args.idle_timeout
     if args.insecure:
@@ -227,11 +280,36 @@ async def run(args: argparse.Namespace, host: str, port: int, requests: list[Req
     started = time.monotonic()
     async with connect(host, port, configuration=config, create_protocol=HqClientProtocol) as client:
         LOG.info("connected to %s:%d in %.3fs", host, port, time.monotonic() - started)
+        if args.max_rate:
+            client.pace(args.max_rate)
         for req in requests:
             client.fetch(req)
         await asyncio.gather(*(r.done for r in requests))
         LOG.info("all %d streams finished in %.3fs", len(requests), time.monotonic() - started)
     return 0 if all(r.status == "OK" for r in requests) else 1
+
+
+async def run_one(args: argparse.Namespace, host: str, port: int, requests: list[Request], delay: float) -> int:
+    """``run`` after ``delay`` seconds, with every failure turned into an exit code and result lines."""
+    await asyncio.sleep(delay)
+    try:
+        return await run(args, host, port, requests)
+    except ConnectionError as exc:
+        print(f"hq_client: connection failed: {exc!r}", file=sys.stderr)
+        reason = "connection-failed"
+    except Exception as exc:  # report, never hang
+        print(f"hq_client: error: {exc!r}", file=sys.stderr)
+        reason = type(exc).__name__
+    for r in requests:
+        r.finish("ERROR", reason)
+    return 2
+
+
+async def run_all(args: argparse.Namespace, host: str, port: int, batches: list[list[Request]]) -> int:
+    codes = await asyncio.gather(
+        *(run_one(args, host, port, batch, i * args.interval) for i, batch in enumerate(batches))
+    )
+    return max(codes)
 
 
 def main() -> int:
@@ -245,6 +323,12 @@ def main() -> int:
     parser.add_argument("--server-name", default=None, help="TLS server name (SNI / verification)")
     parser.add_argument("--timeout", type=float, default=60.0, help="overall time limit in seconds")
     parser.add_argument("--idle-timeout", type=float, default=30.0, help="QUIC idle timeout in seconds")
+    parser.add_argument("--max-rate", type=float, default=None, metavar="BYTES_PER_SEC",
+                        help="hold the receive rate to this many bytes per second (flow control)")
+    parser.add_argument("--connections", type=int, default=1, metavar="N",
+                        help="fetch the requests over N separate connections")
+    parser.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
+                        help="with --connections: start one connection every SECONDS")
     parser.add_argument("--qlog", default=None, help="directory for qlog traces")
     parser.add_argument("--secrets-log", default=None, help="file for TLS secrets (NSS key log)")
     parser.add_argument("-v", "--verbose", action="store_true", help="aioquic DEBUG logging on stderr")
@@ -257,33 +341,45 @@ def main() -> int:
     )
 
     host, port, paths = parse_targets(args)
+    if args.connections < 1:
+        raise SystemExit("--connections must be at least 1")
     output_dir = os.path.abspath(args.output)
     os.makedirs(output_dir, exist_ok=True)
-    requests = [Request(path=p, out_path=safe_output_path(output_dir, p)) for p in paths]
+    many = args.connections > 1
+    batches = [
+        [
+            Request(path=p, out_path=safe_output_path(os.path.join(output_dir, f"conn-{i}") if many else output_dir, p))
+            for p in paths
+        ]
+        for i in range(args.connections)
+    ]
 
     code = 2
     try:
-        code = asyncio.run(asyncio.wait_for(run(args, host, port, requests), timeout=args.timeout))
+        code = asyncio.run(asyncio.wait_for(run_all(args, host, port, batches), timeout=args.timeout))
     except asyncio.TimeoutError:
         print(f"hq_client: timed out after {args.timeout}s", file=sys.stderr)
-        for r in requests:
-            r.finish("ERROR", "timeout")
-    except ConnectionError as exc:
-        print(f"hq_client: connection failed: {exc!r}", file=sys.stderr)
-        for r in requests:
-            r.finish("ERROR", "connection-failed")
+        for batch in batches:
+            for r in batch:
+                r.finish("ERROR", "timeout")
     except Exception as exc:  # report, never hang
         print(f"hq_client: error: {exc!r}", file=sys.stderr)
-        for r in requests:
-            r.finish("ERROR", type(exc).__name__)
-    for r in requests:
-        if r.status == "PENDING":
-            r.finish("ERROR", "not-completed")
-        print(r.result_line())
-    ok = sum(1 for r in requests if r.status == "OK")
-    print(f"SUMMARY ok={ok} failed={len(requests) - ok}")
+        for batch in batches:
+            for r in batch:
+                r.finish("ERROR", type(exc).__name__)
+    ok = 0
+    total = 0
+    for i, batch in enumerate(batches):
+        for r in batch:
+            if r.status == "PENDING":
+                r.finish("ERROR", "not-completed")
+            print(f"CONN {i} {r.result_line()}" if many else r.result_line())
+            ok += r.status == "OK"
+            total += 1
+    print(f"SUMMARY ok={ok} failed={total - ok}")
     sys.stdout.flush()
-    if code == 0 and ok != len(requests):
+    requests = [r for batch in batches for r in batch]
+    if code == 0 and ok != total:
         code = 1
     if code != 2 and any(r.detail in ("timeout", "connection-failed", "connection-terminated") for r in requests):
         code = 2

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -351,4 +351,36 @@ pub fn promtool_check_metrics(body: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The python of the virtualenv with aioquic (`target/pyenv`, made by `scripts/python-env.sh`,
+/// which installs what is missing), built once per test process. An error, never a skip, when it
+/// cannot be made: the interop clients are a prerequisite of the tests that use them.
+pub fn aioquic_python() -> Result<PathBuf> {
+    static PYTHON: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let logs = repo.join("target");
+            std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+            let mut command = Command::new("bash");
+            command.arg(repo.join("scripts/python-env.sh")).current_dir(repo);
+            let done =
+                run("python-env", &mut command, &logs, Duration::from_secs(300)).map_err(|e| format!("{e:#}"))?;
+            if !done.status.success() {
+                return Err(format!("scripts/python-env.sh failed ({}):\n{}", done.status, done.stderr));
+            }
+            let python = done.stdout.lines().rev().find(|l| !l.trim().is_empty()).map(|l| PathBuf::from(l.trim()));
+            match python {
+                Some(python) if python.exists() => Ok(python),
+                other => Err(format!("scripts/python-env.sh printed no usable python path ({other:?})")),
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("aioquic python environment: {e}"))
+}
+
+/// A client script of `tests/interop/`.
+pub fn interop_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop").join(name)
 }

@@ -58,7 +58,7 @@ fn handshakes(c: &mut Criterion) {
 fn connection_ids(c: &mut Criterion) {
     let mut group = c.benchmark_group("connection_ids");
     let key = CidKey::random();
-    let mut generator = CoreCidGenerator::new(1, key.clone());
+    let mut generator = CoreCidGenerator::new(1, 1, key.clone());
     group.bench_function("generate", |b| b.iter(|| generator.generate_cid()));
     let cid = generator.generate_cid();
     group.bench_function("validate", |b| b.iter(|| generator.validate(black_box(&cid))));
@@ -68,10 +68,10 @@ fn connection_ids(c: &mut Criterion) {
     short.resize(1200, 0);
     let mut initial = vec![0xc0u8, 0, 0, 0, 1, 8, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
     initial.resize(1200, 0);
-    assert_eq!(route(&key, &short), Route::Core(1));
-    assert_eq!(route(&key, &initial), Route::Local);
-    group.bench_function("route_short_header", |b| b.iter(|| route(&key, black_box(&short))));
-    group.bench_function("route_initial", |b| b.iter(|| route(&key, black_box(&initial))));
+    assert_eq!(route(&key, 1, &short), Route::Core(1));
+    assert_eq!(route(&key, 1, &initial), Route::Local);
+    group.bench_function("route_short_header", |b| b.iter(|| route(&key, 1, black_box(&short))));
+    group.bench_function("route_initial", |b| b.iter(|| route(&key, 1, black_box(&initial))));
     group.finish();
 }
 

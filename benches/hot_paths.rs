@@ -76,7 +76,7 @@ struct Batch {
 /// bit greasing.
 fn endpoint_config() -> Arc<EndpointConfig> {
     let mut config = EndpointConfig::default();
-    configure_core_endpoint(&mut config, 0, &CidKey::random());
+    configure_core_endpoint(&mut config, 0, 1, &CidKey::random());
     Arc::new(config)
 }
 

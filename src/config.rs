@@ -80,11 +80,25 @@ pub struct NodeSection {
     pub www: Option<PathBuf>,
     /// Bootstrap peers, `HOST:PORT`.
     pub bootstrap: Vec<String>,
+    /// Seconds a process taken over (`--takeover`) keeps serving its live connections before it
+    /// closes what is left; 0: close at once.
+    pub drain_timeout: u64,
 }
+
+/// `[node] drain_timeout` when none is given.
+pub const DEFAULT_DRAIN_TIMEOUT: u64 = 60;
 
 impl Default for NodeSection {
     fn default() -> Self {
-        Self { listen: DEFAULT_LISTEN, cores: None, backend: None, data_dir: None, www: None, bootstrap: Vec::new() }
+        Self {
+            listen: DEFAULT_LISTEN,
+            cores: None,
+            backend: None,
+            data_dir: None,
+            www: None,
+            bootstrap: Vec::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
     }
 }
 
@@ -298,6 +312,10 @@ listen = "0.0.0.0:9000"
 # www = "/srv/ant-quic/www"
 # Bootstrap peers, HOST:PORT.
 bootstrap = []
+# Seconds a node taken over by `ant-quic --takeover` keeps serving its live connections before it
+# closes what is left with CONNECTION_CLOSE; 0 closes at once (--drain-timeout,
+# ANT_QUIC_NODE_DRAIN_TIMEOUT).
+drain_timeout = 60
 
 [metrics]
 # TCP port of /metrics, /health, /ready (default: the number of the UDP listen port).
@@ -388,6 +406,8 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `--bootstrap` (repeatable): replaces `[node] bootstrap` when given.
     pub bootstrap: Vec<String>,
+    /// `--drain-timeout`.
+    pub drain_timeout: Option<u64>,
 }
 
 /// A loaded, validated configuration.
@@ -679,6 +699,10 @@ fn apply_overrides(config: &mut Config, flags: &Overrides, origins: &mut HashMap
     if !flags.bootstrap.is_empty() {
         config.node.bootstrap = flags.bootstrap.clone();
         set("node.bootstrap", "--bootstrap");
+    }
+    if let Some(seconds) = flags.drain_timeout {
+        config.node.drain_timeout = seconds;
+        set("node.drain_timeout", "--drain-timeout");
     }
 }
 

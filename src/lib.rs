@@ -41,6 +41,7 @@ pub mod nat;
 pub mod node;
 pub mod perf;
 pub mod service;
+pub mod takeover;
 pub mod tls;
 pub mod wire;
 
@@ -77,4 +78,7 @@ pub enum Error {
     /// An argument was not valid.
     #[error("{0}")]
     Invalid(String),
+    /// A takeover of the port could not go ahead (the running node serves on).
+    #[error(transparent)]
+    Takeover(#[from] takeover::TakeoverError),
 }

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ant_quic_dataplane::cid::{CidKey, Generation};
 use ant_quic_dataplane::{AppFactory, Application, BackendKind, ConnectRequest, Node, NodeConfig};
 
 use crate::identity::Identity;
@@ -32,6 +33,19 @@ pub struct NodeOptions {
     pub cpus: Option<Vec<usize>>,
     /// NAT traversal: the bootstraps to register with, and the settings of both roles.
     pub nat: NatOptions,
+    /// Join the port of a running node (a takeover, [`crate::takeover`]); `None`: the port must
+    /// be free.
+    pub join: Option<JoinPort>,
+}
+
+/// What a process taking over a port joins with: its generation and the key every process on the
+/// port shares (from [`crate::takeover::Takeover`]).
+#[derive(Debug, Clone)]
+pub struct JoinPort {
+    /// This process's generation.
+    pub generation: Generation,
+    /// The connection-ID key.
+    pub cid_key: CidKey,
 }
 
 impl Default for NodeOptions {
@@ -44,6 +58,7 @@ impl Default for NodeOptions {
             www: None,
             cpus: None,
             nat: NatOptions::default(),
+            join: None,
         }
     }
 }
@@ -85,6 +100,11 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
     config.backend = options.backend;
     config.cpus = options.cpus.clone();
     config.control_datagrams = Some(datagrams);
+    if let Some(join) = &options.join {
+        config.generation = join.generation;
+        config.cid_key = Some(join.cid_key.clone());
+        config.join_group = true;
+    }
     let factory: Arc<dyn AppFactory> = Arc::new(move |_core: usize| {
         Box::new(ServiceApp::with_nat(www.clone(), events.clone())) as Box<dyn Application>
     });

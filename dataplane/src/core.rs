@@ -20,9 +20,10 @@ use quinn_proto::{
 use crate::app::{AppMessage, Application, ConnId, ConnRef};
 use crate::backend::{Backend, OutBatch, RecvMeta, SendRefused};
 use crate::batch::split_gro;
-use crate::cid::{route, CidKey, Route};
+use crate::cid::{route, CidKey, Generation, Route};
 use crate::datagram::{classify, ControlDatagram, DatagramKind};
 use crate::latency::{LatencySet, Recorder, LATENCY_QUEUE_CAPACITY};
+use crate::probe::SocketOwner;
 use crate::relay::{
     frame_segments, is_alias, normalize, ForwardingTable, PathRoute, PathTable, RelayAllocation, RelayDrop, RelayFrame,
     RELAY_HEADER_LEN,
@@ -64,6 +65,8 @@ pub(crate) enum Command {
     Connect(Box<ConnectRequest>),
     Message(AppMessage),
     Shutdown,
+    /// Refuse new connections from now on; live ones go on (a takeover's drain).
+    StopAccepting,
     /// Use these settings for connections accepted from now on (live ones keep theirs).
     SetServerConfig(Option<Arc<quinn_proto::ServerConfig>>),
     /// Test hook: block the core's thread for this long.
@@ -177,6 +180,8 @@ pub(crate) struct Core<B: Backend> {
     shared: Arc<CoreShared>,
     all: Arc<[Arc<CoreShared>]>,
     cid_key: CidKey,
+    /// This process's generation (`crate::cid`): datagrams for another one are counted and dropped.
+    generation: Generation,
     backend: B,
     endpoint: Endpoint,
     app: Box<dyn Application>,
@@ -196,6 +201,8 @@ pub(crate) struct Core<B: Backend> {
     wake_mask: Vec<bool>,
     response_buf: Vec<u8>,
     draining_since: Option<Instant>,
+    /// New connections are refused (a successor takes them), live ones go on.
+    refusing: bool,
     /// The socket is IPv6 (dual-stack): IPv4 peers are addressed as IPv4-mapped IPv6.
     ipv6_socket: bool,
     recorder: Recorder,
@@ -217,6 +224,7 @@ impl<B: Backend> Core<B> {
         index: usize,
         all: Arc<[Arc<CoreShared>]>,
         cid_key: CidKey,
+        generation: Generation,
         backend: B,
         endpoint: Endpoint,
         app: Box<dyn Application>,
@@ -230,6 +238,7 @@ impl<B: Backend> Core<B> {
             shared,
             all,
             cid_key,
+            generation,
             backend,
             endpoint,
             app,
@@ -243,6 +252,7 @@ impl<B: Backend> Core<B> {
             wake_mask: vec![false; cores],
             response_buf: Vec::new(),
             draining_since: None,
+            refusing: false,
             ipv6_socket,
             recorder: Recorder::new(),
             relays: ForwardingTable::new(),
@@ -318,6 +328,7 @@ impl<B: Backend> Core<B> {
                     self.app.on_message(&mut conns, message);
                 }
                 Command::Shutdown => self.start_draining(now),
+                Command::StopAccepting => self.refusing = true,
                 Command::SetServerConfig(config) => self.endpoint.set_server_config(config),
                 Command::Stall(duration) => {
                     tracing::warn!(core = self.index, ?duration, "core stalled on request (test hook)");
@@ -498,8 +509,23 @@ impl<B: Backend> Core<B> {
             }
             DatagramKind::Relay => self.handle_relay(now, meta, data),
             DatagramKind::Control => self.deliver_control(meta.remote, data),
+            DatagramKind::Probe => self.answer_probe(meta, &data),
             DatagramKind::NotQuic => self.shared.stats.drop_datagram(DropReason::NotQuic),
         }
+    }
+
+    /// A takeover's layout probe (`crate::probe`): say which generation and core read it.
+    fn answer_probe(&mut self, meta: RecvMeta, data: &[u8]) {
+        let owner = SocketOwner { generation: self.generation, core: self.index as u8 };
+        let Some(answer) = crate::probe::answer(&self.cid_key, data, owner) else {
+            self.shared.stats.drop_datagram(DropReason::NotQuic);
+            return;
+        };
+        let mut buf = self.backend.take_buffer();
+        buf.extend_from_slice(&answer);
+        let batch =
+            OutBatch { destination: meta.remote, ecn: None, src_ip: meta.local_ip, segment_size: buf.len(), buf };
+        send_raw(&mut self.backend, &mut self.blocked, self.ipv6_socket, batch);
     }
 
     /// A relay frame: from the relay of one of our aliases (peer role), or to forward between the
@@ -517,7 +543,7 @@ impl<B: Backend> Core<B> {
             match classify(&data) {
                 DatagramKind::Quic => self.handle_quic(now, meta, data),
                 DatagramKind::Control => self.deliver_control(alias, data),
-                DatagramKind::Relay | DatagramKind::NotQuic => {
+                DatagramKind::Relay | DatagramKind::Probe | DatagramKind::NotQuic => {
                     self.shared.stats.drop_datagram(DropReason::NotQuic);
                 }
             }
@@ -527,6 +553,10 @@ impl<B: Backend> Core<B> {
             // Forwarded unchanged, from the local address it arrived on, with its ECN codepoint
             // (as a TURN relay does, RFC 8656 §12), so congestion marks reach the peer.
             Ok(destination) => self.forward(destination, meta.ecn, meta.local_ip, &data),
+            // The high half of a channel names the generation that allocated it.
+            Err(RelayDrop::UnknownChannel) if (channel >> 16) as Generation != self.generation => {
+                bump(&self.shared.stats.foreign_generation, 1)
+            }
             Err(reason) => self.shared.stats.relay_drop(reason),
         }
     }
@@ -584,7 +614,17 @@ impl<B: Backend> Core<B> {
 
     /// A QUIC datagram: to the core that owns its connection, else to this core's endpoint.
     fn handle_quic(&mut self, now: Instant, meta: RecvMeta, data: BytesMut) {
-        if let Route::Core(owner) = route(&self.cid_key, &data) {
+        let owner = match route(&self.cid_key, self.generation, &data) {
+            Route::Core(owner) => Some(owner),
+            Route::OtherGeneration(_) => {
+                // Another process sharing the port owns it: the steering program sends its
+                // datagrams there, so this one was misrouted (or the other process is gone).
+                bump(&self.shared.stats.foreign_generation, 1);
+                return;
+            }
+            Route::Local => None,
+        };
+        if let Some(owner) = owner {
             if owner != self.index {
                 if let Some(peer) = self.all.get(owner) {
                     let handoff = Handoff { remote: meta.remote, local_ip: meta.local_ip, ecn: meta.ecn, data };
@@ -614,7 +654,7 @@ impl<B: Backend> Core<B> {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.draining_since.is_some() {
+                if self.draining_since.is_some() || self.refusing {
                     self.shared.stats.drop_datagram(DropReason::Refused);
                     let transmit = self.endpoint.refuse(incoming, &mut response);
                     self.send_response(&transmit, &response);

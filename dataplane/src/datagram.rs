@@ -24,6 +24,8 @@ pub enum DatagramKind {
     Relay,
     /// A control datagram ([`CONTROL_MARKER`]), for the control thread.
     Control,
+    /// A layout probe of a takeover ([`crate::probe::PROBE_MARKER`]), answered by the core.
+    Probe,
     /// Neither QUIC nor ours: empty, or a first byte with both high bits clear. quinn-proto would
     /// drop it too (the fixed bit is required, RFC 9000 §17.3.1).
     NotQuic,
@@ -35,6 +37,7 @@ pub fn classify(datagram: &[u8]) -> DatagramKind {
     match datagram.first() {
         Some(&RELAY_MARKER) => DatagramKind::Relay,
         Some(&CONTROL_MARKER) => DatagramKind::Control,
+        Some(&crate::probe::PROBE_MARKER) => DatagramKind::Probe,
         Some(&first) if first & 0xc0 != 0 => DatagramKind::Quic,
         _ => DatagramKind::NotQuic,
     }

@@ -20,6 +20,7 @@ pub mod datagram;
 pub mod latency;
 pub mod multisocket;
 pub mod node;
+pub mod probe;
 pub mod relay;
 pub mod socket;
 pub mod stats;

@@ -11,13 +11,16 @@ use quinn_proto::{Endpoint, EndpointConfig, ServerConfig};
 use crate::app::{AppFactory, AppMessage};
 use crate::backend::portable::PortableBackend;
 use crate::backend::{Backend, BackendKind, BackendParams};
-use crate::cid::{configure_core_endpoint, CidKey};
+use crate::cid::{configure_core_endpoint, CidKey, Generation};
 use crate::core::{Command, ConnectRequest, Core, CoreShared};
 use crate::datagram::ControlDatagram;
 use crate::latency::LatencySet;
 use crate::relay::{is_alias, PathRoute, RelayAllocation};
-use crate::socket::{allowed_cpus, bind_reuseport_group, pin_current_thread, steer_group_by_cid, steer_group_to};
+use crate::socket::{
+    allowed_cpus, bind_reuseport_group, join_reuseport_group, pin_current_thread, steer_group, steer_group_to,
+};
 use crate::stats::{CoreStats, CoreStatus};
+use crate::steering::SteeringTable;
 
 /// Most cores one node runs: the owning core is one byte of each connection ID.
 pub const MAX_CORES: usize = 256;
@@ -53,6 +56,16 @@ pub struct NodeConfig {
     /// probes). A core never waits: when the channel is full, or this is `None`, the datagram is
     /// dropped and counted.
     pub control_datagrams: Option<crossbeam_channel::Sender<ControlDatagram>>,
+    /// This process's generation, carried in its connection IDs (`crate::cid`); 1 unless it takes
+    /// the port over from a predecessor.
+    pub generation: Generation,
+    /// The key behind the connection IDs' check; `None`: a fresh one. A process taking the port
+    /// over uses its predecessor's.
+    pub cid_key: Option<CidKey>,
+    /// Join the reuseport group already on `listen` (a takeover) instead of refusing a port in use;
+    /// no steering program is attached: the caller steers with [`NodeHandle::steer`] once it knows
+    /// the group's layout.
+    pub join_group: bool,
 }
 
 impl NodeConfig {
@@ -76,6 +89,9 @@ impl NodeConfig {
             steer_all_to_core: None,
             cid_steering: true,
             control_datagrams: None,
+            generation: 1,
+            cid_key: None,
+            join_group: false,
         }
     }
 }
@@ -146,7 +162,14 @@ pub struct Node {
     next_core: AtomicUsize,
     /// Handed out by [`Node::handle`], which sends commands too.
     handle: NodeHandle,
+    /// Held here so that the duplicate closes with the node, not with the last handle.
+    _group_socket: Option<Arc<GroupSocket>>,
 }
+
+/// A duplicate of one of the node's sockets, through which a steering program is attached to the
+/// whole reuseport group.
+#[derive(Debug)]
+struct GroupSocket(std::net::UdpSocket);
 
 impl Node {
     /// Bind the sockets and start one thread per core, each with an application from `apps`.
@@ -158,18 +181,28 @@ impl Node {
         }
         let kind = choose_backend(config.backend)?;
 
-        let sockets = bind_reuseport_group(config.listen, count)
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let generation = config.generation;
+        let bound = if config.join_group {
+            join_reuseport_group(config.listen, count)
+        } else {
+            bind_reuseport_group(config.listen, count)
+        };
+        let sockets = bound.map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let local_addr = sockets
             .first()
             .and_then(|s| s.local_addr().ok())
             .ok_or_else(|| StartError::Core("no socket bound".into()))?;
+        let group_socket = sockets
+            .first()
+            .map(|first| first.try_clone().map(|s| Arc::new(GroupSocket(s))))
+            .transpose()
+            .map_err(|source| StartError::Bind { addr: local_addr, source })?;
         if let (Some(core), Some(first)) = (config.steer_all_to_core, sockets.first()) {
             let index = u32::try_from(core).map_err(|_| StartError::Cores(core))?;
             steer_group_to(first, index).map_err(|source| StartError::Bind { addr: local_addr, source })?;
-        } else if let (true, Some(first), Ok(sockets)) = (config.cid_steering, sockets.first(), u32::try_from(count)) {
+        } else if let (true, false, Some(first)) = (config.cid_steering, config.join_group, sockets.first()) {
             if count > 1 {
-                match steer_group_by_cid(first, sockets) {
+                match steer_group(first, &SteeringTable::single(generation, count)) {
                     Ok(()) => tracing::debug!(cores = count, "datagrams steered to cores by connection ID"),
                     // The hand-off path keeps every datagram correct without it, at a cost.
                     Err(error) => tracing::warn!(
@@ -185,7 +218,7 @@ impl Node {
             .collect::<Result<_, _>>()
             .map_err(|e| StartError::Core(e.to_string()))?;
         let all: Arc<[Arc<CoreShared>]> = shared.into();
-        let cid_key = CidKey::random();
+        let cid_key = config.cid_key.clone().unwrap_or_else(CidKey::random);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
 
         let mut threads = Vec::with_capacity(count);
@@ -211,7 +244,7 @@ impl Node {
                             tracing::warn!(core = index, cpu, error = %e, "cannot pin core thread; running unpinned");
                         }
                     }
-                    configure_core_endpoint(&mut endpoint_config, core_byte, &cid_key);
+                    configure_core_endpoint(&mut endpoint_config, core_byte, generation, &cid_key);
                     let endpoint = Endpoint::new(Arc::new(endpoint_config), server, true, None);
                     let app = apps.create(index);
                     let Some(shared) = all.get(index).cloned() else { return Ok(()) };
@@ -219,12 +252,12 @@ impl Node {
                     let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
                     match kind {
                         BackendKind::Portable => match PortableBackend::open(params) {
-                            Ok(backend) => run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, control, &ready),
+                            Ok(backend) => run_core(index, all, (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready),
                             Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
                         },
                         #[cfg(target_os = "linux")]
                         BackendKind::IoUring => match crate::backend::uring::UringBackend::open(params) {
-                            Ok(backend) => run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, control, &ready),
+                            Ok(backend) => run_core(index, all, (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready),
                             Err(mut error) => match error.take_socket() {
                                 // Chosen automatically: this core falls back rather than fail.
                                 Some(socket) if automatic => {
@@ -232,7 +265,7 @@ impl Node {
                                     let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
                                     match PortableBackend::open(params) {
                                         Ok(backend) => {
-                                            run_core(index, all, cid_key, backend, endpoint, app, ipv6_socket, control, &ready)
+                                            run_core(index, all, (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready)
                                         }
                                         Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
                                     }
@@ -266,9 +299,24 @@ impl Node {
         }
         drop(ready_tx);
 
-        let handle =
-            NodeHandle { cores: Arc::clone(&all), backend: kind, local_addr, next_core: Arc::new(AtomicUsize::new(0)) };
-        let node = Self { local_addr, backend: kind, cores: all, threads, next_core: AtomicUsize::new(0), handle };
+        let handle = NodeHandle {
+            cores: Arc::clone(&all),
+            backend: kind,
+            local_addr,
+            next_core: Arc::new(AtomicUsize::new(0)),
+            generation,
+            cid_key,
+            group_socket: group_socket.as_ref().map(Arc::downgrade),
+        };
+        let node = Self {
+            local_addr,
+            backend: kind,
+            cores: all,
+            threads,
+            next_core: AtomicUsize::new(0),
+            handle,
+            _group_socket: group_socket,
+        };
         for _ in 0..count {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -366,6 +414,12 @@ impl Node {
         push_command(&self.cores, core, command)
     }
 
+    /// Refuse new connections on every core from now on (CONNECTION_REFUSED); live connections
+    /// go on. A takeover's drain: the successor takes new connections.
+    pub fn stop_accepting(&self) -> Result<(), NodeError> {
+        self.handle.broadcast(|| Command::StopAccepting)
+    }
+
     /// Ask every core to close its connections (CONNECTION_CLOSE is sent) and stop.
     pub fn shutdown(&self) {
         for (core, shared) in self.cores.iter().enumerate() {
@@ -412,6 +466,9 @@ pub struct NodeHandle {
     local_addr: SocketAddr,
     /// The core that sends the next datagram (in turn).
     next_core: Arc<AtomicUsize>,
+    generation: Generation,
+    cid_key: CidKey,
+    group_socket: Option<std::sync::Weak<GroupSocket>>,
 }
 
 fn push_command(cores: &[Arc<CoreShared>], core: usize, command: Command) -> Result<(), NodeError> {
@@ -445,6 +502,35 @@ impl NodeHandle {
     /// The UDP address the node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// This process's generation (`crate::cid`).
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// The key behind the connection IDs' check, for a successor.
+    pub fn cid_key(&self) -> &CidKey {
+        &self.cid_key
+    }
+
+    /// Connections open on every core.
+    pub fn active_connections(&self) -> u64 {
+        self.cores.iter().map(|c| crate::stats::read(&c.stats.connections_active)).sum()
+    }
+
+    /// Relay allocations forwarded (the largest count on any core: each core has them all).
+    pub fn relay_allocations(&self) -> u64 {
+        self.cores.iter().map(|c| crate::stats::read(&c.stats.relay_allocations)).max().unwrap_or(0)
+    }
+
+    /// Attach the steering program for `table` to the reuseport group (replacing the one there,
+    /// whichever process attached it).
+    pub fn steer(&self, table: &SteeringTable) -> std::io::Result<()> {
+        match self.group_socket.as_ref().and_then(std::sync::Weak::upgrade) {
+            Some(socket) => steer_group(&socket.0, table),
+            None => Err(std::io::Error::other("the node has stopped")),
+        }
     }
 
     /// Open a connection from `core` (or the next core in turn), as [`Node::connect`] does.
@@ -505,7 +591,7 @@ impl NodeHandle {
     }
 
     /// Queue a command on every core; stops at the first core whose queue is full.
-    fn broadcast(&self, command: impl Fn() -> Command) -> Result<(), NodeError> {
+    pub(crate) fn broadcast(&self, command: impl Fn() -> Command) -> Result<(), NodeError> {
         (0..self.cores.len()).try_for_each(|core| push_command(&self.cores, core, command()))
     }
 
@@ -566,7 +652,7 @@ fn fail(ready: &mpsc::Sender<Result<(), StartError>>, error: StartError) -> std:
 fn run_core<B: Backend>(
     index: usize,
     all: Arc<[Arc<CoreShared>]>,
-    cid_key: CidKey,
+    (cid_key, generation): (CidKey, Generation),
     backend: B,
     endpoint: Endpoint,
     app: Box<dyn crate::app::Application>,
@@ -574,7 +660,7 @@ fn run_core<B: Backend>(
     control: Option<crossbeam_channel::Sender<ControlDatagram>>,
     ready: &mpsc::Sender<Result<(), StartError>>,
 ) -> std::io::Result<()> {
-    let Some(core) = Core::new(index, all, cid_key, backend, endpoint, app, ipv6_socket, control) else {
+    let Some(core) = Core::new(index, all, cid_key, generation, backend, endpoint, app, ipv6_socket, control) else {
         return fail(ready, StartError::Core(format!("core {index} has no shared state")));
     };
     core.stats().set_status(CoreStatus::Running);

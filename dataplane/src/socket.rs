@@ -14,9 +14,10 @@ const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 const PORT_PICKS: usize = 8;
 
 /// Bind `count` sockets to `addr` with `SO_REUSEPORT`. With port 0 a free port is picked and every
-/// socket binds it.
+/// socket binds it. A port something else holds is refused (`AddrInUse`).
 pub fn bind_reuseport_group(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
     if addr.port() != 0 {
+        refuse_if_in_use(addr)?;
         return bind_group_at(addr, count);
     }
     // With port 0 and SO_REUSEPORT the kernel may hand out a port that another reuseport socket
@@ -26,11 +27,19 @@ pub fn bind_reuseport_group(addr: SocketAddr, count: usize) -> io::Result<Vec<Ud
     bind_group_picking(count, || exclusive_bind(addr))
 }
 
+/// Bind `count` sockets to `addr` with `SO_REUSEPORT`, joining the reuseport group already there
+/// (a takeover: the sockets go to the end of the group). The kernel refuses (`AddrInUse`) when the
+/// sockets there belong to another user or lack `SO_REUSEPORT`.
+pub fn join_reuseport_group(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+    bind_group_at(addr, count)
+}
+
 /// Bind a group of `count` at the address `pick` returns, picking again while it is taken.
 fn bind_group_picking(count: usize, mut pick: impl FnMut() -> io::Result<SocketAddr>) -> io::Result<Vec<UdpSocket>> {
     let mut picks = 1;
     loop {
-        match bind_group_at(pick()?, count) {
+        let picked = pick()?;
+        match refuse_if_in_use(picked).and_then(|()| bind_group_at(picked, count)) {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && picks < PORT_PICKS => picks += 1,
             result => return result,
         }
@@ -39,7 +48,6 @@ fn bind_group_picking(count: usize, mut pick: impl FnMut() -> io::Result<SocketA
 
 /// Bind `count` reuseport sockets to `addr`, which names a port.
 fn bind_group_at(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
-    refuse_if_in_use(addr)?;
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -83,11 +91,41 @@ pub fn steer_group_to(socket: &UdpSocket, index: u32) -> io::Result<()> {
     attach_reuseport_program(socket, &program)
 }
 
-/// Steer each datagram of a reuseport group of `sockets` sockets (bound in core order) to the
-/// core named in its destination connection ID ([`crate::steering`]). Fails on kernels without
+/// Steer each datagram of `socket`'s reuseport group to the generation and core named in its
+/// destination connection ID, by `table` ([`crate::steering`]). Fails on kernels without
 /// `SO_ATTACH_REUSEPORT_CBPF` (before 4.5); the kernel's hash then keeps choosing.
-pub fn steer_group_by_cid(socket: &UdpSocket, sockets: u32) -> io::Result<()> {
-    attach_reuseport_program(socket, &crate::steering::cid_steering_program(sockets))
+pub fn steer_group(socket: &UdpSocket, table: &crate::steering::SteeringTable) -> io::Result<()> {
+    let program =
+        crate::steering::steering_program(table).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    attach_reuseport_program(socket, &program)
+}
+
+/// The effective user ID of this process.
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The user ID of the process at the other end of a connected Unix socket (`SO_PEERCRED`).
+pub fn peer_uid(socket: &impl AsRawFd) -> io::Result<u32> {
+    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `credentials` is a live ucred and `len` its exact size; the kernel writes at most
+    // `len` bytes into it and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut credentials).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(credentials.uid)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Attach a classic BPF program choosing the socket of `socket`'s reuseport group
@@ -274,16 +312,21 @@ mod tests {
             .collect()
     }
 
-    fn short_header(core: u8) -> Vec<u8> {
+    use crate::steering::{GenerationSockets, SteeringTable};
+
+    /// A short-header packet to an ID of `generation`'s `core`.
+    fn short_header(generation: u16, core: u8) -> Vec<u8> {
         let mut packet = vec![0x40, core];
+        packet.extend_from_slice(&generation.to_be_bytes());
         packet.extend_from_slice(&[7u8; 30]);
         packet
     }
 
-    /// A QUIC v1 long-header packet of `kind` (0 Initial, 2 Handshake) to an 8-byte DCID
-    /// starting with `core`.
-    fn long_header(kind: u8, core: u8) -> Vec<u8> {
-        let mut packet = vec![0xc0 | (kind << 4), 0, 0, 0, 1, 8, core];
+    /// A QUIC v1 long-header packet of `kind` (0 Initial, 2 Handshake) to a DCID of `len` bytes
+    /// naming `generation`'s `core`.
+    fn long_header(kind: u8, len: u8, generation: u16, core: u8) -> Vec<u8> {
+        let mut packet = vec![0xc0 | (kind << 4), 0, 0, 0, 1, len, core];
+        packet.extend_from_slice(&generation.to_be_bytes());
         packet.extend_from_slice(&[9u8; 40]);
         packet
     }
@@ -292,16 +335,16 @@ mod tests {
     #[test]
     fn cid_steering_reaches_the_socket_bound_in_that_place() {
         let group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
-        steer_group_by_cid(&group[0], 3).unwrap();
+        steer_group(&group[0], &SteeringTable::single(1, 3)).unwrap();
         let cores = [0u8, 1, 2, 2, 1, 0, 4];
-        let packets: Vec<Vec<u8>> = cores.iter().map(|&core| short_header(core)).collect();
+        let packets: Vec<Vec<u8>> = cores.iter().map(|&core| short_header(1, core)).collect();
         assert_eq!(receivers(&group, &packets), vec![0, 1, 2, 2, 1, 0, 1]);
-        let handshakes: Vec<Vec<u8>> = cores.iter().map(|&core| long_header(2, core)).collect();
+        let handshakes: Vec<Vec<u8>> = cores.iter().map(|&core| long_header(2, 10, 1, core)).collect();
         assert_eq!(receivers(&group, &handshakes), vec![0, 1, 2, 2, 1, 0, 1]);
-        // Datagrams the program leaves to the hash (control datagrams, Initials whatever their
-        // DCID) still arrive, and all from one source reach the same socket.
+        // Datagrams the program leaves to the hash (control datagrams, a client's first
+        // Initials) still arrive, and all from one source reach the same socket.
         let mut hashed: Vec<Vec<u8>> = (0..8).map(|i| vec![0x21, i, 0, 0, 0, 0, 0, 0, 0, 0]).collect();
-        hashed.extend((0..3).map(|core| long_header(0, core)));
+        hashed.extend((0..3).map(|core| long_header(0, 8, 1, core)));
         let reached = receivers(&group, &hashed);
         assert!(reached.iter().all(|&r| r == reached[0]), "hashed datagrams were spread: {reached:?}");
     }
@@ -311,13 +354,35 @@ mod tests {
     #[test]
     fn a_closed_socket_is_replaced_by_the_last_one() {
         let mut group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
-        steer_group_by_cid(&group[0], 3).unwrap();
+        steer_group(&group[0], &SteeringTable::single(1, 3)).unwrap();
         drop(group.remove(0));
         // Now group[0] is core 1's socket and group[1] core 2's; the kernel's array is
         // [core 2, core 1]. Byte 0 % 3 = 0 picks core 2's socket; byte 2 is beyond the two
         // sockets left and falls back to the hash.
-        assert_eq!(receivers(&group, &[short_header(0), short_header(1)]), vec![1, 0]);
-        let hashed = receivers(&group, &[short_header(2)]);
+        assert_eq!(receivers(&group, &[short_header(1, 0), short_header(1, 1)]), vec![1, 0]);
+        let hashed = receivers(&group, &[short_header(1, 2)]);
         assert_eq!(hashed.len(), 1);
+    }
+
+    /// A takeover relies on this: sockets that join a group go to its end, behind the sockets
+    /// already there, whose indices do not move.
+    #[test]
+    fn joining_sockets_go_to_the_end_of_the_group() {
+        let old = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = old[0].local_addr().unwrap();
+        assert_eq!(bind_reuseport_group(addr, 1).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        let new = join_reuseport_group(addr, 3).unwrap();
+        let table = SteeringTable {
+            generations: vec![GenerationSockets::contiguous(4, 0, 2), GenerationSockets::contiguous(5, 2, 3)],
+            hash_new_connections: false,
+        };
+        steer_group(&new[0], &table).unwrap();
+        let all: Vec<UdpSocket> = old.into_iter().chain(new).collect();
+        let packets =
+            [short_header(4, 0), short_header(4, 1), short_header(5, 0), short_header(5, 1), short_header(5, 2)];
+        assert_eq!(receivers(&all, &packets), vec![0, 1, 2, 3, 4]);
+        // A client's first Initials and control datagrams reach only the new sockets.
+        let new_connections: Vec<Vec<u8>> = (0..40u8).map(|b| long_header(0, 8, u16::from(b), b)).collect();
+        assert!(receivers(&all, &new_connections).iter().all(|&r| r >= 2));
     }
 }

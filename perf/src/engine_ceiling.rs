@@ -95,7 +95,7 @@ struct Side {
 impl Side {
     fn new(server: Option<Arc<ant_quic::quinn_proto::ServerConfig>>, port: u16) -> Self {
         let mut config = EndpointConfig::default();
-        configure_core_endpoint(&mut config, 0, &CidKey::random());
+        configure_core_endpoint(&mut config, 0, 1, &CidKey::random());
         Side {
             endpoint: Endpoint::new(Arc::new(config), server, true, None),
             conn: None,

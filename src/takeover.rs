@@ -514,6 +514,7 @@ impl Takeover {
             lineage: Arc::new(Mutex::new(lineage)),
             drain_timeout: self.drain_timeout,
             connections: self.predecessor_connections,
+            generation: self.lineage.members.last().map_or(0, |m| m.generation),
         })
     }
 }
@@ -548,6 +549,8 @@ pub struct Predecessor {
     pub drain_timeout: Duration,
     /// Its live connections when the takeover began.
     pub connections: u64,
+    /// Its generation.
+    pub generation: Generation,
 }
 
 /// What the predecessor last reported.

@@ -89,6 +89,9 @@ pub struct CoreStats {
     pub drops_refused: AtomicU64,
     /// Datagrams that were neither QUIC nor one of the node's own kinds ([`DropReason::NotQuic`]).
     pub drops_not_quic: AtomicU64,
+    /// Datagrams whose destination connection ID or relay channel names another generation of
+    /// this node (a predecessor or successor sharing the port during a takeover); dropped.
+    pub foreign_generation: AtomicU64,
     /// Relay frames forwarded to the other end of their allocation (bootstrap role).
     pub relay_forwarded: AtomicU64,
     /// Bytes of the relay frames forwarded (header included).

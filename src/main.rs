@@ -265,6 +265,8 @@ fn serve(
         log_lines_dropped: Some(Arc::new(ant_quic::logging::dropped_lines)),
         bootstraps: Some(server.nat.bootstraps_json()),
         nat: Some(server.nat.metrics()),
+        generation: 1,
+        previous: Default::default(),
     };
     let admin = match AdminServer::start(admin_addr, view) {
         Ok(admin) => admin,

@@ -298,11 +298,13 @@ fn serve(
         generation: node.handle().generation(),
         previous: Arc::clone(&previous),
     };
-    let admin = match if takeover.is_some() {
+    // A successor joins the predecessor's admin listener; the predecessor closes its own at the switch.
+    let admin_started = if takeover.is_some() {
         AdminServer::start_joining(admin_addr, view)
     } else {
         AdminServer::start(admin_addr, view)
-    } {
+    };
+    let admin = match admin_started {
         Ok(admin) => admin,
         Err(source) => {
             node.shutdown();

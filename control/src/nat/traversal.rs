@@ -568,14 +568,28 @@ impl Traversal {
     /// The registration on `new` (a new connection to the same bootstrap address, now served by
     /// the process that took over from `old`'s) replaces `old`, whose connection the driver closes
     /// next. Relay paths granted on `old` keep their route (the old process forwards them while it
-    /// drains) and renew through `new`: the successor's grant moves them to its channel. The rest
-    /// is as when `old` is lost.
+    /// drains) and renew through `new`: the successor's grant moves them to its channel. Attempts
+    /// coordinated through `old` go on through `new`; a request `old` has not answered yet is sent
+    /// again there (same number, same deadline). The rest is as when `old` is lost.
     pub fn bootstrap_handed_over(&mut self, now: Instant, old: SessionId, new: SessionId) {
         if !self.bootstraps.contains_key(&new) {
             return;
         }
         for path in self.relay_paths.values_mut().filter(|path| path.session == old) {
             path.session = new;
+        }
+        let mut again = Vec::new();
+        for attempt in self.attempts.values_mut().filter(|a| a.session == old) {
+            attempt.session = new;
+            let (request, target) = (attempt.request, attempt.peer);
+            match attempt.phase {
+                Phase::AwaitingPunch { .. } => again.push(Message::ConnectRequest { request, target }),
+                Phase::AwaitingRelay { .. } => again.push(Message::RelayRequest { request, target }),
+                _ => {}
+            }
+        }
+        for message in again {
+            self.signal(new, message);
         }
         self.bootstrap_lost(now, old);
     }
@@ -2194,6 +2208,39 @@ mod tests {
         // Losing the new connection now is an ordinary loss: its relay paths go.
         t.bootstrap_lost(now, 2);
         assert!(take_actions(&mut t).iter().any(|a| matches!(a, TraversalAction::RemovePath { .. })));
+    }
+
+    #[test]
+    fn a_request_in_flight_at_the_handover_is_sent_again_on_the_new_connection() {
+        let now = Instant::now();
+        let target = PeerId([0x99; 32]);
+        let mut t = Traversal::new(TraversalConfig::default(), 2);
+        t.bootstrap_connected(now, 1, BOOT);
+        let attempt = t.connect(now, target).unwrap();
+        let request = take_actions(&mut t)
+            .into_iter()
+            .find_map(|a| match a {
+                TraversalAction::Signal { session: 1, message: Message::ConnectRequest { request, .. } } => {
+                    Some(request)
+                }
+                _ => None,
+            })
+            .unwrap();
+        t.bootstrap_connected(now, 2, BOOT);
+        take_actions(&mut t);
+        t.bootstrap_handed_over(now, 1, 2);
+        let actions = take_actions(&mut t);
+        assert!(
+            actions.iter().any(|a| matches!(a, TraversalAction::Signal { session: 2, message: Message::ConnectRequest { request: r, target: p } } if *r == request && *p == target)),
+            "{actions:?}"
+        );
+        assert!(t.poll_event().is_none(), "the attempt goes on");
+        // The successor's answer, on the new connection, reaches the attempt.
+        t.handle_signal(now, 2, Message::Error { request, code: ErrorCode::UnknownPeer, reason: "no".into() });
+        assert!(matches!(
+            t.poll_event(),
+            Some(TraversalEvent::AttemptFinished { attempt: a, outcome: Outcome::Failed, .. }) if a == attempt
+        ));
     }
 
     #[test]

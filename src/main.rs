@@ -439,6 +439,8 @@ fn serve(
         if let Err(error) = node.stop_accepting() {
             tracing::warn!(%error, "a core did not take the stop-accepting request; it refuses nothing new");
         }
+        // Registered peers move to the successor, spread over the first half of the drain.
+        nat.begin_handover(drain_timeout / 2);
         drain(&handle, drain_timeout, signals, &successor, &mut pet_watchdog, &admin);
         if let Some(ready) = successor.lock().ok().as_mut().and_then(|s| s.as_mut()) {
             ready.leaving();

@@ -252,7 +252,15 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         return finish(one_shot(args, &options, &security));
     }
     if !args.takeover {
-        return finish(serve(&options, &security, &config, &args.loader(), &logging, &signals, None));
+        return match serve(&options, &security, &config, &args.loader(), &logging, &signals, None) {
+            Err(Error::Start(ant_quic::dataplane::StartError::Bind { addr, source }))
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                eprintln!("error: cannot bind UDP {addr}: {source}; to replace the node running there, add --takeover");
+                ExitCode::FAILURE
+            }
+            result => finish(result),
+        };
     }
     // A takeover that cannot go ahead leaves the running node as it was: one line, status 2.
     let takeover = match ant_quic::takeover::reach_incumbent(options.listen) {

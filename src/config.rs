@@ -87,6 +87,8 @@ pub struct NodeSection {
 
 /// `[node] drain_timeout` when none is given.
 pub const DEFAULT_DRAIN_TIMEOUT: u64 = 60;
+/// The longest `[node] drain_timeout`: a day.
+pub const MAX_DRAIN_TIMEOUT: u64 = 86_400;
 
 impl Default for NodeSection {
     fn default() -> Self {
@@ -714,6 +716,12 @@ fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Result<(), Co
     };
     if config.node.cores == Some(0) {
         return Err(fail("node.cores", "[node] cores must be at least 1".into()));
+    }
+    if config.node.drain_timeout > MAX_DRAIN_TIMEOUT {
+        return Err(fail(
+            "node.drain_timeout",
+            format!("[node] drain_timeout must be at most {MAX_DRAIN_TIMEOUT} seconds (a day)"),
+        ));
     }
     for peer in &config.node.bootstrap {
         let ok = peer.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());

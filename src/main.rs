@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{Fetched, GetApp};
@@ -14,8 +14,10 @@ use ant_quic::config::{Loader, Overrides};
 use ant_quic::dataplane::BackendKind;
 use ant_quic::identity::PeerId;
 use ant_quic::node::{connect_request, start_client, start_server_with, NodeOptions};
+use ant_quic::takeover::{Incumbent, Lineage, Successor, Takeover};
 use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
 use ant_quic::Error;
+use ant_quic_control::admin::PreviousGeneration;
 use ant_quic_control::{AdminServer, NodeView};
 use clap::{Parser, Subcommand};
 
@@ -75,6 +77,14 @@ struct NodeArgs {
     /// With --connect or --test: give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     timeout: u64,
+    /// Take the UDP port over from the node running on it: new connections come here from the
+    /// moment this node is ready, the old one drains its own and exits (just start when none runs).
+    #[arg(long, conflicts_with_all = ["connect", "test"])]
+    takeover: bool,
+    /// Seconds this node, once taken over, keeps serving its live connections before it closes
+    /// them (default 60; 0: at once).
+    #[arg(long, value_name = "SECONDS")]
+    drain_timeout: Option<u64>,
 }
 
 impl NodeArgs {
@@ -101,6 +111,7 @@ impl NodeArgs {
                 metrics_port: self.metrics_port,
                 log_level: self.log_level.clone(),
                 bootstrap: self.bootstrap.clone(),
+                drain_timeout: self.drain_timeout,
             },
         }
     }
@@ -227,7 +238,7 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         Ok(bootstraps) => bootstraps,
         Err(error) => return config_error(&error),
     };
-    let options = NodeOptions {
+    let mut options = NodeOptions {
         listen: config.node.listen,
         cores: config.node.cores,
         backend: config.node.backend.map(Into::into),
@@ -235,11 +246,35 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         www: config.node.www.clone(),
         cpus: None,
         nat: ant_quic::nat::NatOptions { bootstraps, ..Default::default() },
+        join: None,
     };
     if args.one_shot() {
         return finish(one_shot(args, &options, &security));
     }
-    finish(serve(&options, &security, &config, &args.loader(), &logging, &signals))
+    if !args.takeover {
+        return match serve(&options, &security, &config, &args.loader(), &logging, &signals, None) {
+            Err(Error::Start(ant_quic::dataplane::StartError::Bind { addr, source }))
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                eprintln!("error: cannot bind UDP {addr}: {source}; to replace the node running there, add --takeover");
+                ExitCode::FAILURE
+            }
+            result => finish(result),
+        };
+    }
+    // A takeover that cannot go ahead leaves the running node as it was: one line, status 2.
+    let takeover = match ant_quic::takeover::reach_incumbent(options.listen) {
+        Ok(takeover) => takeover,
+        Err(error) => return config_error(&error),
+    };
+    if let Some(takeover) = &takeover {
+        options.join =
+            Some(ant_quic::node::JoinPort { generation: takeover.generation, cid_key: takeover.cid_key.clone() });
+    }
+    match serve(&options, &security, &config, &args.loader(), &logging, &signals, takeover) {
+        Ok(code) => code,
+        Err(error) => config_error(&error),
+    }
 }
 
 fn serve(
@@ -249,6 +284,7 @@ fn serve(
     loader: &ant_quic::config::Loader,
     logging: &ant_quic::logging::Logging,
     signals: &ShutdownSignals,
+    takeover: Option<Takeover>,
 ) -> Result<ExitCode, Error> {
     let started = Instant::now();
     let server = start_server_with(options, security)?;
@@ -257,6 +293,8 @@ fn serve(
     // `curl localhost:9000/health`); with port 0 that is the port the node was given.
     let admin_port = config.metrics.port.unwrap_or(node.local_addr().port());
     let admin_addr = SocketAddr::new(config.metrics.bind, admin_port);
+    // The draining predecessor, as it last reported, for /health.
+    let previous: Arc<Mutex<Option<PreviousGeneration>>> = Arc::default();
     let view = NodeView {
         node: node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -265,8 +303,16 @@ fn serve(
         log_lines_dropped: Some(Arc::new(ant_quic::logging::dropped_lines)),
         bootstraps: Some(server.nat.bootstraps_json()),
         nat: Some(server.nat.metrics()),
+        generation: node.handle().generation(),
+        previous: Arc::clone(&previous),
     };
-    let admin = match AdminServer::start(admin_addr, view) {
+    // A successor joins the predecessor's admin listener; the predecessor closes its own at the switch.
+    let admin_started = if takeover.is_some() {
+        AdminServer::start_joining(admin_addr, view)
+    } else {
+        AdminServer::start(admin_addr, view)
+    };
+    let admin = match admin_started {
         Ok(admin) => admin,
         Err(source) => {
             node.shutdown();
@@ -277,6 +323,44 @@ fn serve(
             });
         }
     };
+    // From here on, with a predecessor, new connections come to this process.
+    let successor: Arc<Mutex<Option<Successor>>> = Arc::default();
+    let (lineage, predecessor) = match takeover {
+        Some(takeover) => match takeover.complete(&node.handle()) {
+            Ok(predecessor) => (Arc::clone(&predecessor.lineage), Some(predecessor)),
+            Err(error) => {
+                node.shutdown();
+                let _ = server.node.join();
+                return Err(error.into());
+            }
+        },
+        None => (Arc::new(Mutex::new(Lineage::alone(node.handle().generation(), node.cores()))), None),
+    };
+    if let Some(predecessor) = predecessor {
+        let (pid, drain) = (predecessor.pid, predecessor.drain_timeout.as_secs());
+        let connections = predecessor.connections;
+        let (new, old) = (node.handle().generation(), predecessor.generation);
+        println!(
+            "took over UDP {} from pid {pid}: generation {new} serves new connections; generation {old} drains \
+             {connections} connections for at most {drain} s",
+            node.local_addr(),
+        );
+        if let Ok(mut shown) = previous.lock() {
+            *shown = Some(PreviousGeneration { pid, generation: old, connections });
+        }
+        let report = move |status: Option<ant_quic::takeover::DrainReport>| {
+            if let Ok(mut shown) = previous.lock() {
+                match (status, shown.as_mut()) {
+                    (Some(status), Some(shown)) => shown.connections = status.connections,
+                    (Some(_), None) => {}
+                    (None, _) => *shown = None,
+                }
+            }
+        };
+        if let Err(error) = predecessor.follow(node.handle(), report, Arc::clone(&successor)) {
+            tracing::warn!(%error, "cannot follow the predecessor's drain; steering stays as set at the switch");
+        }
+    }
     println!("ant-quic {} peer id {}", env!("CARGO_PKG_VERSION"), server.identity.peer_id());
     println!(
         "listening on {} (udp, {} cores, backend {}, crypto {})",
@@ -295,21 +379,85 @@ fn serve(
     let _ = std::io::stdout().flush();
     systemd_notify(&[sd_notify::NotifyState::Ready]);
 
-    // With a systemd watchdog, wake at half its interval and pet it only while every core is alive.
-    let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
-    let signal = loop {
-        match signals.wait(watchdog) {
-            Some(libc::SIGHUP) => reload(&server, loader, logging),
-            Some(signal) => break signal,
-            None if admin.healthy() => systemd_notify(&[sd_notify::NotifyState::Watchdog]),
-            None => tracing::warn!("a core is not alive: withholding the systemd watchdog"),
+    let drain_timeout = Duration::from_secs(config.node.drain_timeout);
+    // A process on port 0 was given a port nobody else knows: nothing can take it over.
+    let incumbent = if options.listen.port() == 0 {
+        None
+    } else {
+        match Incumbent::start(node.handle(), Arc::clone(&lineage), drain_timeout) {
+            Ok(incumbent) => Some(incumbent),
+            Err(error) => {
+                tracing::warn!(%error, "cannot offer a takeover of this port (--takeover will not find this node)");
+                None
+            }
         }
     };
-    tracing::info!(signal, "shutting down: closing connections");
-    systemd_notify(&[sd_notify::NotifyState::Stopping]);
-    admin.set_draining();
-    let stats = server.node.stats();
+
+    // With a systemd watchdog, pet it at half its interval, and only while every core is alive.
+    let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
+    let mut last_pet = Instant::now();
+    let mut pet_watchdog = |admin: &AdminServer| {
+        if watchdog.is_some_and(|interval| last_pet.elapsed() >= interval) {
+            last_pet = Instant::now();
+            if admin.healthy() {
+                systemd_notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::warn!("a core is not alive: withholding the systemd watchdog");
+            }
+        }
+    };
+    let taken_over = loop {
+        match signals.wait(Some(TICK)) {
+            Some(libc::SIGHUP) => reload(&server, loader, logging),
+            Some(signal) => {
+                tracing::info!(signal, "shutting down: closing connections");
+                break None;
+            }
+            None => {
+                pet_watchdog(&admin);
+                if let Some(ready) = incumbent.as_ref().and_then(Incumbent::ready_successor) {
+                    break Some(ready);
+                }
+            }
+        }
+    };
+    // Releases the takeover socket's name: the successor takes it.
+    drop(incumbent);
     let mut nat = server.nat;
+    if let Some(ready) = taken_over {
+        let (pid, generation) = (ready.pid, ready.generation);
+        if let Ok(mut slot) = successor.lock() {
+            *slot = Some(ready);
+        }
+        let handle = node.handle();
+        tracing::info!(
+            pid,
+            generation,
+            connections = handle.active_connections(),
+            relay_allocations = handle.relay_allocations(),
+            drain_timeout_s = drain_timeout.as_secs(),
+            "taken over by pid {pid} (generation {generation}): draining"
+        );
+        systemd_notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status(&format!("taken over by pid {pid}: draining")),
+        ]);
+        admin.set_draining();
+        admin.close_listener();
+        if let Err(error) = node.stop_accepting() {
+            tracing::warn!(%error, "a core did not take the stop-accepting request; it refuses nothing new");
+        }
+        // Registered peers move to the successor, spread over the first half of the drain.
+        nat.begin_handover(drain_timeout / 2);
+        drain(&handle, drain_timeout, signals, &successor, &mut pet_watchdog, &admin);
+        if let Some(ready) = successor.lock().ok().as_mut().and_then(|s| s.as_mut()) {
+            ready.leaving();
+        }
+    } else {
+        systemd_notify(&[sd_notify::NotifyState::Stopping]);
+        admin.set_draining();
+    }
+    let stats = server.node.stats();
     nat.stop();
     server.node.shutdown();
     let joined = server.node.join();
@@ -317,6 +465,47 @@ fn serve(
     joined?;
     tracing::info!("stopped; {}", ant_quic_control::Totals::collect(&stats));
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often the main thread looks up from waiting for signals (watchdog, takeover, drain).
+const TICK: Duration = Duration::from_millis(50);
+
+/// A node taken over: serve the live connections until they end, the drain timeout passes, or a
+/// signal asks to stop; report to the successor as they go.
+fn drain(
+    node: &ant_quic::dataplane::NodeHandle,
+    timeout: Duration,
+    signals: &ShutdownSignals,
+    successor: &Mutex<Option<Successor>>,
+    pet_watchdog: &mut impl FnMut(&AdminServer),
+    admin: &AdminServer,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut next_report = Instant::now();
+    loop {
+        let (connections, relays) = (node.active_connections(), node.relay_allocations());
+        if Instant::now() >= next_report {
+            next_report = Instant::now() + Duration::from_secs(1);
+            if let Some(ready) = successor.lock().ok().as_mut().and_then(|s| s.as_mut()) {
+                ready.report(connections, relays);
+            }
+        }
+        if connections == 0 && relays == 0 {
+            tracing::info!("drained: every connection and relay allocation has ended");
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::info!(connections, relay_allocations = relays, "drain timeout: closing what is left");
+            return;
+        }
+        match signals.wait(Some(TICK)) {
+            Some(libc::SIGHUP) | None => pet_watchdog(admin),
+            Some(signal) => {
+                tracing::info!(signal, connections, "stopping the drain: closing what is left");
+                return;
+            }
+        }
+    }
 }
 
 /// SIGHUP: re-read the configuration; apply the log level and the TLS settings for new

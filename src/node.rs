@@ -109,7 +109,11 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
         Box::new(ServiceApp::with_nat(www.clone(), events.clone())) as Box<dyn Application>
     });
     let node = Node::start(config, factory)?;
-    let nat = match Nat::start(node.handle(), &identity, options.nat.clone(), events_rx, datagrams_rx) {
+    // Relay channels carry the generation that allocated them, as connection IDs do, so that a
+    // takeover's steering keeps each flow with its process.
+    let mut nat_options = options.nat.clone();
+    nat_options.coordinator.channel_prefix = node.handle().generation();
+    let nat = match Nat::start(node.handle(), &identity, nat_options, events_rx, datagrams_rx) {
         Ok(nat) => nat,
         Err(error) => {
             node.shutdown();

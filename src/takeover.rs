@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use ant_quic_dataplane::cid::{next_generation, CidKey, Generation};
 use ant_quic_dataplane::probe::{probe_group, probe_target, SocketOwner};
-use ant_quic_dataplane::socket::{current_uid, peer_uid};
+use ant_quic_dataplane::socket::{current_uid, peer_credentials};
 use ant_quic_dataplane::steering::{GenerationSockets, SteeringTable};
 use ant_quic_dataplane::NodeHandle;
 use serde::{Deserialize, Serialize};
@@ -263,15 +263,22 @@ fn serve_successors(
         };
         let _ = stream.set_nonblocking(false);
         let Ok(mut channel) = Channel::new(stream) else { continue };
-        if let Err(reason) = same_user(&channel, node.local_addr()) {
-            let _ = channel.send(&Message::Refused { reason });
-            continue;
-        }
-        let in_progress = busy.lock().ok().and_then(|b| *b);
-        if let Some(pid) = in_progress {
+        let caller = match same_user(&channel, node.local_addr()) {
+            Ok(pid) => pid,
+            Err(reason) => {
+                let _ = channel.send(&Message::Refused { reason });
+                continue;
+            }
+        };
+        // One takeover at a time: taken here, before the caller's thread starts, so that two
+        // callers arriving together cannot both be served.
+        let Ok(mut slot) = busy.lock() else { continue };
+        if let Some(pid) = *slot {
             let _ = channel.send(&Message::Busy { pid });
             continue;
         }
+        *slot = Some(caller);
+        drop(slot);
         let (node, lineage, ready, busy) = (node.clone(), Arc::clone(&lineage), ready.clone(), Arc::clone(&busy));
         current = std::thread::Builder::new()
             .name("ant-quic-takeover-peer".into())
@@ -281,11 +288,12 @@ fn serve_successors(
 }
 
 /// The successor must run as this process's user: the kernel would refuse it the port anyway.
-fn same_user(channel: &Channel, listen: SocketAddr) -> Result<(), String> {
+/// Its process ID when it does.
+fn same_user(channel: &Channel, listen: SocketAddr) -> Result<u32, String> {
     let ours = current_uid();
-    match peer_uid(channel.reader.get_ref()) {
-        Ok(theirs) if theirs == ours => Ok(()),
-        Ok(theirs) => Err(other_user_message(listen, ours, theirs)),
+    match peer_credentials(channel.reader.get_ref()) {
+        Ok((theirs, pid)) if theirs == ours => Ok(pid),
+        Ok((theirs, _)) => Err(other_user_message(listen, ours, theirs)),
         Err(error) => Err(format!("cannot tell which user asks for the takeover: {error}")),
     }
 }
@@ -311,11 +319,13 @@ fn serve_one(
             tracing::info!(pid, %version, "a successor asks to take over");
             pid
         }
-        _ => return false,
+        _ => {
+            if let Ok(mut slot) = busy.lock() {
+                *slot = None;
+            }
+            return false;
+        }
     };
-    if let Ok(mut slot) = busy.lock() {
-        *slot = Some(pid);
-    }
     let ready_successor = hand_over(channel, pid, node, lineage, drain_timeout, ready);
     if let Ok(mut slot) = busy.lock() {
         *slot = None;
@@ -514,6 +524,7 @@ impl Takeover {
             lineage: Arc::new(Mutex::new(lineage)),
             drain_timeout: self.drain_timeout,
             connections: self.predecessor_connections,
+            generation: self.lineage.members.last().map_or(0, |m| m.generation),
         })
     }
 }
@@ -548,6 +559,8 @@ pub struct Predecessor {
     pub drain_timeout: Duration,
     /// Its live connections when the takeover began.
     pub connections: u64,
+    /// Its generation.
+    pub generation: Generation,
 }
 
 /// What the predecessor last reported.

@@ -1,17 +1,19 @@
 //! The admin HTTP listener: `/health` follows the cores' liveness (503 while a core is stalled,
 //! 200 again after), `/ready` follows start and drain, and malformed or hostile requests get an
-//! error status or a closed connection while the node keeps serving QUIC.
+//! error status or a closed connection while the node keeps serving QUIC. In a takeover the new
+//! process joins the admin port and gets every request once the old one closes its listener.
 
+use std::io::ErrorKind;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::{mpsc, Arc};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{BulkApp, BulkPayload};
 use ant_quic::dataplane::{AppMessage, Application, Connections, Node, NodeConfig, NodeError};
 use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, ServerNode};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
-use ant_quic_control::{AdminServer, NodeView};
+use ant_quic_control::{AdminServer, NodeView, PreviousGeneration};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -23,7 +25,13 @@ fn server_with_admin(cores: usize) -> (ServerNode, AdminServer) {
         ..NodeOptions::default()
     })
     .unwrap();
-    let view = NodeView {
+    let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view_of(&server, 1)).unwrap();
+    (server, admin)
+}
+
+/// What the admin server of `server` shows, as generation `generation` with no predecessor.
+fn view_of(server: &ServerNode, generation: u16) -> NodeView {
+    NodeView {
         node: server.node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
         peer_id: server.identity.peer_id().to_string(),
@@ -31,9 +39,9 @@ fn server_with_admin(cores: usize) -> (ServerNode, AdminServer) {
         log_lines_dropped: None,
         bootstraps: None,
         nat: None,
-    };
-    let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view).unwrap();
-    (server, admin)
+        generation,
+        previous: Default::default(),
+    }
 }
 
 /// Send raw bytes, half-close, read the answer: (status or 0 when closed without one, body).
@@ -106,6 +114,8 @@ fn health_turns_503_while_a_core_stalls_and_200_after() {
     assert!(json["uptime_seconds"].is_u64());
     assert_eq!(json["cores"].as_array().map(Vec::len), Some(2));
     assert_eq!(json["cores"][1]["alive"], true);
+    assert_eq!(json["generation"], 1);
+    assert!(json["previous"].is_null(), "{body}");
 
     // Idle cores sleep in the kernel; the liveness wake-ups keep them healthy well past the
     // stall threshold.
@@ -140,6 +150,10 @@ fn ready_while_running_and_503_while_draining() {
     admin.set_draining();
     let body = wait_status(addr, "/ready", 503, Duration::from_secs(2));
     assert!(body.contains("draining"), "{body}");
+    let (status, body) = get(addr, "/health");
+    assert_eq!(status, 200, "a draining node is still healthy: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["status"], "draining", "{body}");
     server.node.shutdown();
     // Stopped cores: not ready and not healthy, with the reason.
     let body = wait_status(addr, "/health", 503, Duration::from_secs(5));
@@ -203,6 +217,8 @@ fn a_panic_on_a_core_is_caught_and_reported() {
         log_lines_dropped: None,
         bootstraps: None,
         nat: None,
+        generation: 1,
+        previous: Default::default(),
     };
     let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view).unwrap();
     let addr = admin.local_addr();
@@ -225,4 +241,95 @@ fn a_panic_on_a_core_is_caught_and_reported() {
         Err(NodeError::CoreFailed { core: 1, reason }) => assert!(reason.contains("deliberate panic"), "{reason}"),
         other => panic!("join should report core 1's panic, got {other:?}"),
     }
+}
+
+/// The generation that answered `GET /health` on `addr`, and the JSON it answered.
+fn health_generation(addr: SocketAddr) -> (u64, serde_json::Value) {
+    let (status, body) = get(addr, "/health");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (json["generation"].as_u64().unwrap(), json)
+}
+
+#[test]
+fn a_takeover_joins_the_admin_port_and_gets_every_request_once_the_old_listener_closes() {
+    let (server, old) = server_with_admin(1);
+    let addr = old.local_addr();
+    let previous = Arc::new(Mutex::new(Some(PreviousGeneration { pid: 4242, generation: 1, connections: 7 })));
+    let new =
+        AdminServer::start_joining(addr, NodeView { previous: Arc::clone(&previous), ..view_of(&server, 2) }).unwrap();
+    assert_eq!(new.local_addr(), addr);
+
+    // The kernel spreads connections over the group by their addresses: both processes answer.
+    let mut seen = [false; 2];
+    for _ in 0..400 {
+        let (generation, _) = health_generation(addr);
+        assert!(generation == 1 || generation == 2, "generation {generation}");
+        seen[usize::from(generation == 2)] = true;
+        if seen == [true; 2] {
+            break;
+        }
+    }
+    assert_eq!(seen, [true; 2], "both listeners of the group answer (old, new)");
+
+    let started = Instant::now();
+    old.close_listener();
+    assert!(started.elapsed() < Duration::from_millis(50), "close_listener took {:?}", started.elapsed());
+    for request in 0..50 {
+        let (generation, json) = health_generation(addr);
+        assert_eq!(generation, 2, "request {request} after close_listener reached the old process");
+        assert_eq!(json["previous"], serde_json::json!({ "pid": 4242, "generation": 1, "connections": 7 }));
+    }
+    // The binary updates what it knows of its predecessor; /health follows.
+    *previous.lock().unwrap() = None;
+    assert!(health_generation(addr).1["previous"].is_null());
+    let (_, metrics) = get(addr, "/metrics");
+    assert!(metrics.contains("\nant_quic_generation 2\n"), "{metrics}");
+    // The old control thread still watches its cores.
+    assert!(old.healthy());
+
+    old.shutdown();
+    assert_eq!(health_generation(addr).0, 2);
+    new.shutdown();
+    server.node.shutdown();
+    server.node.join().unwrap();
+}
+
+#[test]
+fn a_connection_queued_when_the_listener_closes_is_still_answered() {
+    let (server, admin) = server_with_admin(1);
+    let addr = admin.local_addr();
+    // The kernel completes the handshake at once; the thread accepts it now or while closing.
+    let mut queued = TcpStream::connect(addr).unwrap();
+    admin.close_listener();
+    queued.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    queued.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+    let mut response = String::new();
+    queued.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    // Alone in its group, a closed listener leaves nobody to connect to.
+    let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    admin.shutdown();
+    server.node.shutdown();
+    server.node.join().unwrap();
+}
+
+#[test]
+fn start_refuses_a_port_another_listener_holds() {
+    let (server, held) = server_with_admin(1);
+    let addr = held.local_addr();
+    // Another node given the same admin port fails as it did before SO_REUSEPORT.
+    let error = AdminServer::start(addr, view_of(&server, 1)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::AddrInUse, "{error}");
+    assert_eq!(get(addr, "/ready").0, 200, "the holder keeps serving");
+    held.shutdown();
+
+    // A listener without SO_REUSEPORT cannot be joined, not even by a takeover.
+    let plain = TcpListener::bind(SocketAddr::new(LOCALHOST, 0)).unwrap();
+    let error = AdminServer::start_joining(plain.local_addr().unwrap(), view_of(&server, 2)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::AddrInUse, "{error}");
+    drop(plain);
+    server.node.shutdown();
+    server.node.join().unwrap();
 }

@@ -37,6 +37,8 @@ fn server_with_admin() -> (ServerNode, AdminServer) {
         log_lines_dropped: Some(Arc::new(|| 0)),
         bootstraps: None,
         nat: Some(Arc::clone(&server.nat.metrics())),
+        generation: 2,
+        previous: Default::default(),
     };
     let admin = AdminServer::start(SocketAddr::new(LOCALHOST, 0), view).unwrap();
     (server, admin)
@@ -112,6 +114,10 @@ fn a_transfer_moves_counters_and_histograms() {
     assert_eq!(sample(&after, "nat_traversal_attempts_total{outcome=\"failed\",path=\"none\"}"), 0.0);
     assert!(after.contains("quic_errors_total{kind=\"timed_out\"}"));
     assert!(after.contains("ant_quic_log_lines_dropped_total 0"));
+    assert!(after.contains("\nant_quic_generation 2\n"), "the generation from NodeView:\n{after}");
+    // One node alone on its port: nothing of another generation reaches it.
+    assert!(after.contains("# TYPE ant_quic_foreign_generation_datagrams_total counter\n"));
+    assert!(after.contains("\nant_quic_foreign_generation_datagrams_total 0\n"), "{after}");
 
     if have("promtool") {
         promtool_check_metrics(&after);

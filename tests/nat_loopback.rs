@@ -7,7 +7,10 @@
 //! - `--connect` to a peer nobody registered fails with one line; so does connecting to oneself;
 //! - `--test` with one bootstrap: reachable, observed address, mapping unknown;
 //! - the signalling stream refuses a client without a certificate (`not_authenticated`),
-//!   answers a malformed frame with `malformed`, and rate-limits a flood (`rate_limited`, counted).
+//!   answers a malformed frame with `malformed`, and rate-limits a flood (`rate_limited`, counted);
+//! - a bootstrap handing over (`Nat::begin_handover`, as before a takeover) has its registered
+//!   peers open a new connection each and register there, the old connections close without
+//!   error, and both peers can still be reached by ID.
 
 mod common;
 
@@ -229,6 +232,91 @@ fn the_signalling_stream_refuses_anonymous_malformed_and_flooding_clients() -> R
             && sample(m, "nat_signalling_rejected_total{reason=\"malformed\"}") >= 1.0
     })?;
     ensure!(!bootstrap.stderr().contains("panicked"), "{}", bootstrap.stderr());
+    dir.passed();
+    Ok(())
+}
+
+/// Sum of one counter over a node's cores.
+fn total(node: &ant_quic::dataplane::Node, read: impl Fn(&ant_quic::dataplane::stats::CoreStats) -> u64) -> u64 {
+    node.stats().iter().map(|core| read(core)).sum()
+}
+
+fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        ensure!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[test]
+fn peers_re_register_when_their_bootstrap_hands_over() -> Result<()> {
+    use ant_quic::dataplane::stats::CloseClass;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let mut dir = TempDir::new("nat-handover")?.keep_unless_passed();
+    // In process, so that the test can call begin_handover as the binary will at a takeover. With
+    // no successor on the port, the new connections reach this same node: it registers them again
+    // and does not tell those peers twice.
+    let options = ant_quic::node::NodeOptions {
+        listen: "127.0.0.1:0".parse()?,
+        cores: Some(1),
+        ..ant_quic::node::NodeOptions::default()
+    };
+    let bootstrap = ant_quic::node::start_server(&options)?;
+    let b_addr = bootstrap.node.local_addr().to_string();
+    let peers = [node(&dir, "peer-a", &["--bootstrap", &b_addr])?, node(&dir, "peer-b", &["--bootstrap", &b_addr])?];
+    for peer in &peers {
+        health_until(peer, |h| h["bootstraps"][0]["observed"].is_string())?;
+    }
+    wait_for("two peers registered", Duration::from_secs(10), || bootstrap.nat.status().registered_peers == 2)?;
+    let node = &bootstrap.node;
+    let accepted = total(node, |c| c.connections_accepted.load(Relaxed));
+    let closed_by_peers = total(node, |c| c.closes(CloseClass::PeerApplication));
+    assert_eq!(total(node, |c| c.connections_active.load(Relaxed)), 2);
+
+    let window = Duration::from_secs(2);
+    let began = Instant::now();
+    bootstrap.nat.begin_handover(window);
+
+    // Each peer hears the message, connects again and registers there, then closes the old
+    // connection with an application close.
+    for peer in &peers {
+        wait_for("the peer re-registers", Duration::from_secs(15), || {
+            peer.stderr().contains("re-registered with bootstrap")
+        })
+        .with_context(|| peer.stderr())?;
+        ensure!(peer.stderr().contains("bootstrap is being taken over"), "{}", peer.stderr());
+    }
+    assert!(began.elapsed() < window + Duration::from_secs(5), "re-registration took {:?}", began.elapsed());
+    wait_for("the old connections close", Duration::from_secs(10), || {
+        total(node, |c| c.connections_active.load(Relaxed)) == 2
+            && total(node, |c| c.closes(CloseClass::PeerApplication)) == closed_by_peers + 2
+    })?;
+    assert_eq!(total(node, |c| c.connections_accepted.load(Relaxed)), accepted + 2, "one new connection each");
+    for peer in &peers {
+        assert_eq!(peer.stderr().matches("re-registered with bootstrap").count(), 1, "told once: {}", peer.stderr());
+        let health = health_until(peer, |h| h["bootstraps"][0]["registered"] == true)?;
+        assert_eq!(health["bootstraps"][0]["observed"], peer.addr.to_string().as_str());
+    }
+    wait_for("both still registered", Duration::from_secs(5), || bootstrap.nat.status().registered_peers == 2)?;
+
+    // The registrations resolve: each peer is reached by its ID through the bootstrap.
+    for peer in &peers {
+        let out = one_shot(&dir, "client", &["--bootstrap", &b_addr, "--connect", &peer.peer_id, "--json"])?;
+        ensure!(out.status.success(), "--connect {} failed: {}", peer.peer_id, out.stderr);
+        let line: serde_json::Value = serde_json::from_str(out.stdout.trim()).context("one JSON line")?;
+        assert_eq!(line["peer"], peer.peer_id.as_str(), "{line}");
+        assert_eq!(line["remote"], peer.addr.to_string().as_str(), "{line}");
+    }
+    for peer in &peers {
+        ensure!(!peer.stderr().contains("panicked"), "{}", peer.stderr());
+    }
+    let ant_quic::node::ServerNode { node, mut nat, .. } = bootstrap;
+    nat.stop();
+    node.shutdown();
+    let _ = node.join();
     dir.passed();
     Ok(())
 }

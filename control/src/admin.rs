@@ -4,15 +4,22 @@
 //! each request is bounded in size ([`MAX_REQUEST`]) and time ([`REQUEST_DEADLINE`]), so a slow or
 //! hostile client cannot stall the thread; malformed requests get 400 and the connection is
 //! closed. Every response closes its connection (`Connection: close`).
+//!
+//! The listener is bound with `SO_REUSEPORT` so that a takeover (a newer process of the same user
+//! on the same port) can join it with [`AdminServer::start_joining`]; when the older process calls
+//! [`AdminServer::close_listener`] the kernel gives every new admin connection to the newer one.
+//! [`AdminServer::start`] first checks that no listener holds the port, so two unrelated nodes
+//! configured with one admin port still fail as they would without `SO_REUSEPORT`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ant_quic_dataplane::NodeHandle;
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::liveness::{CoreHealth, Liveness};
 use crate::metrics::{CounterFn, Metrics};
@@ -27,6 +34,11 @@ pub const MAX_CLIENTS: usize = 64;
 const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between polls when nothing happened.
 const IDLE_POLL: Duration = Duration::from_millis(10);
+/// Connections the kernel queues for the listener before the thread accepts them.
+const LISTEN_BACKLOG: i32 = 128;
+/// Longest [`AdminServer::close_listener`] waits for the thread to drop its listener (it does so
+/// within one [`IDLE_POLL`] unless it is busy writing to slow clients).
+const CLOSE_LISTENER_WAIT: Duration = Duration::from_secs(1);
 
 /// What the admin server shows about the node.
 #[derive(Clone)]
@@ -46,6 +58,23 @@ pub struct NodeView {
     pub bootstraps: Option<JsonFn>,
     /// NAT traversal counters, when the node runs NAT traversal.
     pub nat: Option<Arc<crate::nat::NatMetrics>>,
+    /// This process's generation on its port: 1 when started alone, the predecessor's + 1 after
+    /// a takeover.
+    pub generation: u16,
+    /// The predecessor still draining beside this process after a takeover, as it last reported
+    /// itself; the binary updates it (`None`: there is none, or it has exited).
+    pub previous: Arc<Mutex<Option<PreviousGeneration>>>,
+}
+
+/// The older process this one took the port over from, while it drains its connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousGeneration {
+    /// Its process ID.
+    pub pid: u32,
+    /// Its generation.
+    pub generation: u16,
+    /// Connections it still serves.
+    pub connections: u64,
 }
 
 /// A JSON value the binary provides at each request.
@@ -56,6 +85,7 @@ impl std::fmt::Debug for NodeView {
         f.debug_struct("NodeView")
             .field("version", &self.version)
             .field("peer_id", &self.peer_id)
+            .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +94,10 @@ impl std::fmt::Debug for NodeView {
 struct Flags {
     draining: AtomicBool,
     stop: AtomicBool,
+    /// Asked by [`AdminServer::close_listener`].
+    close_listener: AtomicBool,
+    /// Set by the thread once its listener is dropped.
+    listener_closed: AtomicBool,
     /// Every core alive at the last liveness tick (for the systemd watchdog).
     healthy: AtomicBool,
 }
@@ -77,10 +111,21 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Bind `bind` (TCP) and start the control thread.
+    /// Bind `bind` (TCP) and start the control thread. Fails with `AddrInUse` when any listener
+    /// holds the port already, as a bind without `SO_REUSEPORT` would.
     pub fn start(bind: SocketAddr, view: NodeView) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(bind)?;
-        listener.set_nonblocking(true)?;
+        // Port 0 needs no check: the kernel never picks a port that a reuseport group holds.
+        if bind.port() != 0 {
+            check_port_free(bind)?;
+        }
+        Self::start_joining(bind, view)
+    }
+
+    /// Like [`start`](Self::start), but join the `SO_REUSEPORT` listener another process of the
+    /// same user holds on `bind` (a takeover): both answer until the older one calls
+    /// [`close_listener`](Self::close_listener). Binds alone when no listener holds the port.
+    pub fn start_joining(bind: SocketAddr, view: NodeView) -> std::io::Result<Self> {
+        let listener = reuse_port_listener(bind)?;
         let local_addr = listener.local_addr()?;
         let flags = Arc::new(Flags::default());
         let thread_flags = Arc::clone(&flags);
@@ -96,9 +141,35 @@ impl AdminServer {
         self.local_addr
     }
 
-    /// From now on `/ready` answers 503 (the node is draining for shutdown).
+    /// From now on `/ready` answers 503 and `/health` says `draining` (the node is draining for
+    /// shutdown or after a takeover).
     pub fn set_draining(&self) {
         self.flags.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Stop accepting admin connections and drop the listener, so that from now on the kernel
+    /// gives every new one to the other listener of the `SO_REUSEPORT` group (the process that
+    /// took over). Connections already accepted or queued still get their answer, and the
+    /// liveness watch keeps running. Returns once the listener is dropped (within about
+    /// [`IDLE_POLL`]; at most [`CLOSE_LISTENER_WAIT`]).
+    pub fn close_listener(&self) {
+        self.flags.close_listener.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + CLOSE_LISTENER_WAIT;
+        while !self.flags.listener_closed.load(Ordering::Acquire) {
+            // A finished thread has dropped its listener with everything else.
+            if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    local_addr = %self.local_addr,
+                    "admin listener not closed yet (the control thread is busy); it closes at its next turn"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tracing::info!(local_addr = %self.local_addr, "admin listener closed; new admin connections go to the other process");
     }
 
     /// Every core was alive at the control thread's last liveness check (a few ms ago): the
@@ -135,7 +206,8 @@ struct Client {
 }
 
 struct ControlThread {
-    listener: TcpListener,
+    /// `None` once [`AdminServer::close_listener`] took effect.
+    listener: Option<TcpListener>,
     view: NodeView,
     flags: Arc<Flags>,
     metrics: Metrics,
@@ -159,7 +231,8 @@ impl ControlThread {
     fn new(listener: TcpListener, view: NodeView, flags: Arc<Flags>) -> Self {
         let metrics = Metrics::new(view.node.clone(), view.log_lines_dropped.clone()).with_nat(view.nat.clone());
         let liveness = Liveness::new(&view.node, Instant::now());
-        Self { listener, view, flags, metrics, liveness, clients: Vec::new() }
+        let metrics = metrics.with_generation(view.generation);
+        Self { listener: Some(listener), view, flags, metrics, liveness, clients: Vec::new() }
     }
 
     fn run(mut self) {
@@ -168,6 +241,9 @@ impl ControlThread {
             self.liveness.tick(&self.view.node, now);
             let healthy = self.liveness.unhealthy_reason().is_none();
             self.flags.healthy.store(healthy, Ordering::Relaxed);
+            if self.listener.is_some() && self.flags.close_listener.load(Ordering::Relaxed) {
+                self.close_listener(now);
+            }
             let busy = self.accept(now) | self.serve(now);
             if !busy {
                 std::thread::sleep(IDLE_POLL);
@@ -175,10 +251,23 @@ impl ControlThread {
         }
     }
 
+    fn close_listener(&mut self, now: Instant) {
+        // Linux resets the connections still queued on a listener that closes, unless
+        // net.ipv4.tcp_migrate_req=1 moves them to another listener of the reuseport group; so
+        // accept what is queued first (it is answered like any other request). A handshake that
+        // completes between this last accept and the close can still be reset.
+        self.accept(now);
+        self.listener = None;
+        self.flags.listener_closed.store(true, Ordering::Release);
+    }
+
     fn accept(&mut self, now: Instant) -> bool {
+        let Some(listener) = &self.listener else {
+            return false;
+        };
         let mut any = false;
         loop {
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok((stream, _)) => {
                     any = true;
                     if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
@@ -273,13 +362,31 @@ impl ControlThread {
                 serde_json::json!({ "core": core, "alive": health.is_alive(), "state": state })
             })
             .collect();
+        let status = if reason.is_some() {
+            "unhealthy"
+        } else if self.flags.draining.load(Ordering::Relaxed) {
+            "draining"
+        } else {
+            "ok"
+        };
+        // A poisoned lock still holds the last value the binary wrote: show it.
+        let previous = match self.view.previous.lock() {
+            Ok(previous) => previous.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let previous = previous.map_or(
+            serde_json::Value::Null,
+            |p| serde_json::json!({ "pid": p.pid, "generation": p.generation, "connections": p.connections }),
+        );
         let mut body = serde_json::json!({
-            "status": if reason.is_none() { "ok" } else { "unhealthy" },
+            "status": status,
             "version": self.view.version,
             "peer_id": self.view.peer_id,
             "uptime_seconds": self.view.started.elapsed().as_secs(),
             "backend": self.view.node.backend().name(),
             "cores": cores,
+            "generation": self.view.generation,
+            "previous": previous,
         });
         if let (Some(reason), Some(object)) = (&reason, body.as_object_mut()) {
             object.insert("reason".into(), serde_json::Value::String(reason.clone()));
@@ -293,6 +400,27 @@ impl ControlThread {
             body: format!("{body}\n"),
         }
     }
+}
+
+/// Fail with `AddrInUse` when any listener holds `bind`: a bind without `SO_REUSEPORT` conflicts
+/// with every listener, ours included. `SO_REUSEADDR` (as std sets it) lets the connections of
+/// answered requests still in TIME_WAIT pass. Bound but never listening, so no client lands on it.
+fn check_port_free(bind: SocketAddr) -> std::io::Result<()> {
+    let probe = Socket::new(Domain::for_address(bind), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&bind.into())
+}
+
+/// A non-blocking TCP listener on `bind` in the port's `SO_REUSEPORT` group (the kernel lets only
+/// sockets of the same user join it).
+fn reuse_port_listener(bind: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(bind), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&bind.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 enum Progress {

@@ -13,7 +13,7 @@ pub mod metrics;
 pub mod nat;
 mod peer_id;
 
-pub use admin::{AdminServer, NodeView};
+pub use admin::{AdminServer, NodeView, PreviousGeneration};
 pub use metrics::Metrics;
 pub use peer_id::{BadPeerId, PeerId};
 
@@ -51,6 +51,9 @@ pub struct Totals {
     pub opened: u64,
     /// Handshakes completed.
     pub handshakes: u64,
+    /// Datagrams dropped because they belong to another generation of this node (a predecessor
+    /// or successor sharing the port during a takeover).
+    pub foreign_generation: u64,
 }
 
 impl Totals {
@@ -70,6 +73,7 @@ impl Totals {
             accepted: t.accepted + read(&c.connections_accepted),
             opened: t.opened + read(&c.connections_opened),
             handshakes: t.handshakes + read(&c.handshakes_completed),
+            foreign_generation: t.foreign_generation + read(&c.foreign_generation),
         })
     }
 }
@@ -79,7 +83,8 @@ impl fmt::Display for Totals {
         write!(
             f,
             "connections accepted {} opened {} handshakes {}; received {} datagrams ({} bytes, {} GRO batches); \
-             sent {} datagrams ({} bytes, {} GSO batches, {} GSO fallbacks, {} failed); {} handed between cores; {} dropped",
+             sent {} datagrams ({} bytes, {} GSO batches, {} GSO fallbacks, {} failed); {} handed between cores; {} dropped; \
+             {} datagrams of another generation",
             self.accepted,
             self.opened,
             self.handshakes,
@@ -92,7 +97,8 @@ impl fmt::Display for Totals {
             self.gso_fallbacks,
             self.tx_errors,
             self.handoffs,
-            self.drops
+            self.drops,
+            self.foreign_generation
         )
     }
 }
@@ -110,11 +116,15 @@ mod tests {
             bump(&core.drops_malformed, 1);
             core.tx_batch.record(1);
             core.tx_batch.record(45);
+            bump(&core.foreign_generation, 2);
         }
         let totals = Totals::collect(&cores);
         assert_eq!(totals.rx_datagrams, 60);
         assert_eq!(totals.drops, 3);
         assert_eq!(totals.tx_batched, 3, "only multi-datagram sends count as batches");
-        assert!(totals.to_string().contains("received 60 datagrams"));
+        assert_eq!(totals.foreign_generation, 6);
+        let line = totals.to_string();
+        assert!(line.contains("received 60 datagrams"), "{line}");
+        assert!(line.ends_with("; 3 dropped; 6 datagrams of another generation"), "{line}");
     }
 }

@@ -52,6 +52,8 @@ pub struct Metrics {
     nat: Option<Arc<NatMetrics>>,
     latency: Option<LatencySet>,
     log_lines_dropped: Option<CounterFn>,
+    /// This process's generation on its port (1 unless it took over from a predecessor).
+    generation: u16,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -63,7 +65,13 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Metrics of `node`; `log_lines_dropped` reports lines the logger dropped under pressure.
     pub fn new(node: NodeHandle, log_lines_dropped: Option<CounterFn>) -> Self {
-        Self { node, nat: None, latency: LatencySet::new(), log_lines_dropped }
+        Self { node, nat: None, latency: LatencySet::new(), log_lines_dropped, generation: 1 }
+    }
+
+    /// Export `generation` as this process's generation (`ant_quic_generation`).
+    pub fn with_generation(mut self, generation: u16) -> Self {
+        self.generation = generation;
+        self
     }
 
     /// Include the NAT traversal series of `nat`.
@@ -229,6 +237,12 @@ impl Metrics {
         out.sample("ant_quic_backend_info", &[("backend", self.node.backend().name())], 1);
         out.family("ant_quic_cores", "gauge", "Data-plane cores.");
         out.sample("ant_quic_cores", &[], cores.len());
+        out.family(
+            "ant_quic_generation",
+            "gauge",
+            "This process's generation on its port: 1 when started alone, its predecessor's + 1 after a takeover.",
+        );
+        out.sample("ant_quic_generation", &[], self.generation);
         let per_core = |out: &mut Text, name: &str, kind: &str, help: &str, f: &PerCore| {
             out.family(name, kind, help);
             for (index, c) in cores.iter().enumerate() {
@@ -287,6 +301,12 @@ impl Metrics {
             "Datagrams to a path alias dropped because the alias had no route.",
         );
         out.sample("ant_quic_path_alias_dropped_total", &[], sum(&|c| read(&c.alias_dropped_no_route)));
+        out.family(
+            "ant_quic_foreign_generation_datagrams_total",
+            "counter",
+            "Datagrams whose connection ID or relay channel names another generation of this node (a predecessor or successor sharing the port during a takeover); dropped.",
+        );
+        out.sample("ant_quic_foreign_generation_datagrams_total", &[], sum(&|c| read(&c.foreign_generation)));
         per_core(
             &mut out,
             "ant_quic_core_handoffs_total",

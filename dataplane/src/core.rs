@@ -553,8 +553,8 @@ impl<B: Backend> Core<B> {
             // Forwarded unchanged, from the local address it arrived on, with its ECN codepoint
             // (as a TURN relay does, RFC 8656 §12), so congestion marks reach the peer.
             Ok(destination) => self.forward(destination, meta.ecn, meta.local_ip, &data),
-            // The high half of a channel names the generation that allocated it.
-            Err(RelayDrop::UnknownChannel) if (channel >> 16) as Generation != self.generation => {
+            // The high half of a channel names the generation that allocated it (0: none).
+            Err(RelayDrop::UnknownChannel) if ![0, self.generation].contains(&((channel >> 16) as Generation)) => {
                 bump(&self.shared.stats.foreign_generation, 1)
             }
             Err(reason) => self.shared.stats.relay_drop(reason),

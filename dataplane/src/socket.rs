@@ -106,8 +106,9 @@ pub fn current_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The user ID of the process at the other end of a connected Unix socket (`SO_PEERCRED`).
-pub fn peer_uid(socket: &impl AsRawFd) -> io::Result<u32> {
+/// The user ID and process ID of the process at the other end of a connected Unix socket
+/// (`SO_PEERCRED`).
+pub fn peer_credentials(socket: &impl AsRawFd) -> io::Result<(u32, u32)> {
     let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `credentials` is a live ucred and `len` its exact size; the kernel writes at most
@@ -122,7 +123,7 @@ pub fn peer_uid(socket: &impl AsRawFd) -> io::Result<u32> {
         )
     };
     if rc == 0 {
-        Ok(credentials.uid)
+        Ok((credentials.uid, u32::try_from(credentials.pid).unwrap_or(0)))
     } else {
         Err(io::Error::last_os_error())
     }

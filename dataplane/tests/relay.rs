@@ -91,7 +91,8 @@ fn assert_nothing_arrived(socket: &UdpSocket, what: &str) {
 fn forwards_between_two_sockets(backend: BackendKind) {
     let relay = idle_node(node(2, Some(backend), None));
     let (a, b, stranger) = (socket(), socket(), socket());
-    let channel = 0x0102_0304;
+    // Generation 1 (the node's) in the high half, as the coordinator allocates them.
+    let channel = 0x0001_0304;
     relay
         .install_relay(RelayAllocation {
             channel,
@@ -140,6 +141,10 @@ fn forwards_between_two_sockets(backend: BackendKind) {
     wait_for("the short frame to be dropped", || total(&relay, |s| s.relay_drops(RelayDrop::Malformed)) == 1);
     a.send_to(&frame(channel + 1, b"wrong channel"), relay.local_addr()).unwrap();
     wait_for("the unknown channel to be dropped", || total(&relay, |s| s.relay_drops(RelayDrop::UnknownChannel)) == 1);
+    // A channel of another generation (a process sharing the port in a takeover) is counted apart.
+    a.send_to(&frame(0x0002_0304, b"not this process's"), relay.local_addr()).unwrap();
+    wait_for("the other generation's frame", || total(&relay, |s| read(&s.foreign_generation)) == 1);
+    assert_eq!(total(&relay, |s| s.relay_drops(RelayDrop::UnknownChannel)), 1);
     assert_nothing_arrived(&a, "a");
     assert_nothing_arrived(&b, "b");
 

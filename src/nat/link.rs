@@ -77,8 +77,9 @@ pub(crate) enum NatEvent {
     PathSample { conn: ConnId, remote: SocketAddr, rtt: Duration },
     /// A connection we opened with a traversal tag completed its handshake.
     Connected { tag: u64, conn: ConnId, remote: SocketAddr, rtt: Duration },
-    /// A connection we opened with a traversal tag failed or ended.
-    Closed { tag: u64, reason: String },
+    /// A connection we opened with a traversal tag failed or ended (`conn`: `None` when it never
+    /// started). Several connections may carry one tag: a bootstrap's old and new one in a handover.
+    Closed { tag: u64, conn: Option<ConnId>, reason: String },
 }
 
 /// What the driver (or a caller of the node) asks of a core.
@@ -102,6 +103,14 @@ pub enum CoreRequest {
         bytes: u64,
         /// Where the result goes.
         report: Sender<UploadReport>,
+    },
+    /// Close `conn` with an application close without error (code 0): a bootstrap connection
+    /// whose registration moved to a new one.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Said in the CONNECTION_CLOSE, for the other side's logs.
+        reason: &'static str,
     },
     /// Report `conn`'s RTT and remote address.
     Describe {
@@ -400,6 +409,11 @@ impl CoreLink {
                 self.uploads.insert((conn, stream), upload);
                 self.send_upload(&mut c, stream);
             }
+            CoreRequest::Close { conn, reason } => {
+                if let Some(mut c) = conns.get(conn) {
+                    c.close(VarInt::from_u32(0), reason.as_bytes());
+                }
+            }
             CoreRequest::Describe { conn, report } => {
                 let answer = conns.get(conn).map(|mut c| (c.remote_address(), c.quic().rtt()));
                 let _ = report.send(answer);
@@ -418,14 +432,14 @@ impl CoreLink {
         }
         self.tags.remove(&id);
         if purpose(tag) != Purpose::Other {
-            self.emit(NatEvent::Closed { tag, reason: reason.to_string() });
+            self.emit(NatEvent::Closed { tag, conn: Some(id), reason: reason.to_string() });
         }
     }
 
     /// A connection we asked for could not start.
     pub(crate) fn on_connect_failed(&mut self, tag: u64, error: &ant_quic_dataplane::quinn_proto::ConnectError) {
         if purpose(tag) != Purpose::Other {
-            self.emit(NatEvent::Closed { tag, reason: format!("cannot connect: {error}") });
+            self.emit(NatEvent::Closed { tag, conn: None, reason: format!("cannot connect: {error}") });
         }
     }
 }

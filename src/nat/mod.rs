@@ -40,6 +40,9 @@ const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Longest wait before reconnecting to a lost bootstrap.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// Wait before trying again when the new connection of a re-registration fails (the old one still
+/// serves meanwhile).
+const REREGISTER_RETRY: Duration = Duration::from_secs(1);
 /// Capacity of the queue from the cores to the driver.
 pub(crate) const EVENT_QUEUE: usize = 16 * 1024;
 /// A connection request waits this long at most for every bootstrap to report where it observes
@@ -126,6 +129,7 @@ pub struct NatStatus {
 
 enum Request {
     Connect { target: PeerId, reply: Sender<Result<PeerConnection, String>> },
+    BeginHandover { window: Duration },
     Stop,
 }
 
@@ -176,6 +180,7 @@ impl Nat {
             bootstraps: options.bootstraps.iter().map(|&address| Bootstrap::new(address)).collect(),
             sessions: HashMap::new(),
             attempts: HashMap::new(),
+            retired: HashSet::new(),
             live: HashSet::new(),
             status: Arc::clone(&status),
             metrics: Arc::clone(&metrics),
@@ -201,6 +206,16 @@ impl Nat {
         match answer.recv_timeout(timeout) {
             Ok(result) => result,
             Err(_) => Err(format!("no connection to {target} within {} s", timeout.as_secs())),
+        }
+    }
+
+    /// This node is being taken over by a new process on its address: tells every peer registered
+    /// here to re-register (with the new process), spread over `window`, and every peer that
+    /// registers from now on too (see [`Coordinator::begin_handover`]). Returns at once; the NAT
+    /// thread does the work. Callable from any thread; does nothing once the node is stopping.
+    pub fn begin_handover(&self, window: Duration) {
+        if self.requests.send(Request::BeginHandover { window }).is_err() {
+            tracing::debug!("handover not begun: the NAT thread is stopping");
         }
     }
 
@@ -269,16 +284,40 @@ fn conn_of(session: u64) -> ConnId {
 
 struct Bootstrap {
     address: SocketAddr,
+    /// The connection registered there (during a handover, the old one until the new one is
+    /// confirmed).
     conn: Option<ConnId>,
     /// When to (re)connect; `None` while a connection is open or being opened.
     reconnect_at: Option<Instant>,
     delay: Duration,
+    /// A re-registration the bootstrap asked for (REREGISTER), under way.
+    handover: Option<Handover>,
 }
 
 impl Bootstrap {
     fn new(address: SocketAddr) -> Self {
-        Self { address, conn: None, reconnect_at: Some(Instant::now()), delay: Duration::from_secs(1) }
+        Self { address, conn: None, reconnect_at: Some(Instant::now()), delay: Duration::from_secs(1), handover: None }
     }
+
+    /// When the new connection of a re-registration is due, if one waits.
+    fn handover_due(&self) -> Option<Instant> {
+        match self.handover {
+            Some(Handover::Waiting { until }) => Some(until),
+            _ => None,
+        }
+    }
+}
+
+/// Where a re-registration with a bootstrap that is being taken over stands. The old connection
+/// serves until the new registration is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    /// Open the new connection at this time (the delay the bootstrap assigned).
+    Waiting { until: Instant },
+    /// The new connection is being opened (its Initial reaches the new process).
+    Connecting,
+    /// The new connection is up; its OBSERVED_ADDRESS confirms the registration.
+    Registering { new: ConnId },
 }
 
 struct Attempt {
@@ -300,6 +339,8 @@ struct Driver {
     /// Signalling sessions by connection: which role we play on it.
     sessions: HashMap<ConnId, SignalRole>,
     attempts: HashMap<u64, Attempt>,
+    /// Bootstrap connections closed on purpose after a handover: their end is no failure.
+    retired: HashSet<ConnId>,
     /// Attempts whose QUIC connection is up: when it closes, the traversal is told
     /// ([`Traversal::connection_closed`]) so that it drops the connection's relay path.
     live: HashSet<u64>,
@@ -334,6 +375,7 @@ impl Driver {
                 self.traversal.poll_timeout(),
                 Some(self.next_sample),
                 self.bootstraps.iter().filter_map(|b| b.reconnect_at).min(),
+                self.bootstraps.iter().filter_map(Bootstrap::handover_due).min(),
                 (!self.pending.is_empty()).then_some(self.started + REGISTRATION_GRACE),
                 self.next_burst,
             ]
@@ -359,6 +401,10 @@ impl Driver {
                 },
                 recv(requests) -> request => match request {
                     Ok(Request::Connect { target, reply }) => self.on_connect(Instant::now(), target, reply),
+                    Ok(Request::BeginHandover { window }) => {
+                        let told = self.coordinator.begin_handover(Instant::now(), window);
+                        tracing::info!(peers = told, ?window, "handing over: registered peers told to re-register");
+                    }
                     Ok(Request::Stop) | Err(_) => return,
                 },
                 default(timeout) => {}
@@ -388,6 +434,99 @@ impl Driver {
             let due = self.bootstraps.get(index).and_then(|b| b.reconnect_at).is_some_and(|at| at <= now);
             if due {
                 self.connect_bootstrap(now, index);
+            }
+            let handover_due = self.bootstraps.get(index).and_then(Bootstrap::handover_due).is_some_and(|at| at <= now);
+            if handover_due {
+                self.open_replacement(now, index);
+            }
+        }
+    }
+
+    /// Opens the new connection of a re-registration with bootstrap `index`. Same tag as the old
+    /// one: the events of both are told apart by connection.
+    fn open_replacement(&mut self, now: Instant, index: usize) {
+        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
+        bootstrap.handover = Some(Handover::Connecting);
+        let address = bootstrap.address;
+        let result = self
+            .client_request(address, ServerAuth::Insecure, bootstrap_tag(index))
+            .and_then(|request| Ok(self.node.connect(request, None)?));
+        if let Err(error) = result {
+            tracing::warn!(bootstrap = %address, %error, "cannot open the connection to re-register; retrying");
+            if let Some(bootstrap) = self.bootstraps.get_mut(index) {
+                bootstrap.handover = Some(Handover::Waiting { until: now + REREGISTER_RETRY });
+            }
+        }
+    }
+
+    /// Bootstrap `conn` asked this node to re-register (its process is being taken over).
+    fn on_reregister_requested(&mut self, now: Instant, conn: ConnId, delay: Duration) {
+        let Some(bootstrap) = self.bootstraps.iter_mut().find(|b| b.conn == Some(conn)) else { return };
+        if bootstrap.handover.is_some() {
+            return;
+        }
+        tracing::info!(bootstrap = %bootstrap.address, ?delay, "bootstrap is being taken over: re-registering");
+        bootstrap.handover = Some(Handover::Waiting { until: now + delay });
+    }
+
+    /// The new connection of a handover got its OBSERVED_ADDRESS: it replaces the old one, which
+    /// is closed without error. Whether `conn` was such a connection.
+    fn confirm_replacement(&mut self, now: Instant, conn: ConnId) -> bool {
+        let Some(bootstrap) =
+            self.bootstraps.iter_mut().find(|b| b.handover == Some(Handover::Registering { new: conn }))
+        else {
+            return false;
+        };
+        bootstrap.handover = None;
+        let old = bootstrap.conn.replace(conn);
+        tracing::info!(bootstrap = %bootstrap.address, "re-registered with bootstrap; closing the old connection");
+        if let Some(old) = old {
+            self.traversal.bootstrap_handed_over(now, session_of(old), session_of(conn));
+            self.retired.insert(old);
+            let close = CoreRequest::Close { conn: old, reason: "re-registered" };
+            if let Err(error) = self.node.send_message(old.core, Box::new(close)) {
+                tracing::debug!(?old, %error, "old bootstrap connection not closed");
+            }
+        }
+        true
+    }
+
+    /// A connection tagged for bootstrap `index` ended (`conn`: `None` when it never started).
+    fn bootstrap_closed(&mut self, now: Instant, index: usize, conn: Option<ConnId>, reason: String) {
+        if conn.is_some_and(|c| self.retired.remove(&c)) {
+            return;
+        }
+        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
+        let current = conn.is_some() && conn == bootstrap.conn;
+        match bootstrap.handover {
+            Some(Handover::Registering { new }) if current => {
+                // The old process went first: the new connection is registered, or about to be.
+                tracing::info!(bootstrap = %bootstrap.address, %reason, "old bootstrap connection ended during re-registration");
+                bootstrap.conn = Some(new);
+                bootstrap.handover = None;
+            }
+            Some(Handover::Registering { new }) if conn == Some(new) => {
+                tracing::warn!(bootstrap = %bootstrap.address, %reason, "new bootstrap connection failed; retrying");
+                bootstrap.handover = Some(Handover::Waiting { until: now + REREGISTER_RETRY });
+            }
+            Some(Handover::Connecting) if !current => {
+                tracing::warn!(bootstrap = %bootstrap.address, %reason, "new bootstrap connection failed; retrying");
+                bootstrap.handover = Some(Handover::Waiting { until: now + REREGISTER_RETRY });
+            }
+            Some(Handover::Connecting) => {
+                // The old connection ended while the new one is being opened: that one becomes
+                // the ordinary connection (no reconnect of our own).
+                bootstrap.conn = None;
+                bootstrap.handover = None;
+                if let Ok(mut status) = self.status.lock() {
+                    if let Some(entry) = status.bootstraps.get_mut(index) {
+                        entry.registered = false;
+                    }
+                }
+            }
+            _ => {
+                bootstrap.handover = None;
+                self.bootstrap_failed(now, index, reason);
             }
         }
     }
@@ -497,6 +636,11 @@ impl Driver {
             NatEvent::Connected { tag, conn, remote, rtt } => match purpose(tag) {
                 Purpose::Bootstrap(index) => {
                     if let Some(bootstrap) = self.bootstraps.get_mut(index) {
+                        if bootstrap.handover == Some(Handover::Connecting) && bootstrap.conn.is_some() {
+                            tracing::debug!(bootstrap = %remote, "new bootstrap connection up; registering");
+                            bootstrap.handover = Some(Handover::Registering { new: conn });
+                            return;
+                        }
                         bootstrap.conn = Some(conn);
                         bootstrap.delay = Duration::from_secs(1);
                     }
@@ -518,8 +662,8 @@ impl Driver {
                 }
                 Purpose::Other => {}
             },
-            NatEvent::Closed { tag, reason } => match purpose(tag) {
-                Purpose::Bootstrap(index) => self.bootstrap_failed(now, index, reason),
+            NatEvent::Closed { tag, conn, reason } => match purpose(tag) {
+                Purpose::Bootstrap(index) => self.bootstrap_closed(now, index, conn, reason),
                 Purpose::Attempt(attempt) => {
                     if self.live.remove(&attempt) {
                         tracing::debug!(attempt, %reason, "traversal connection closed");
@@ -679,7 +823,7 @@ impl Driver {
             }
         }
         while let Some(event) = self.traversal.poll_event() {
-            self.on_traversal_event(event);
+            self.on_traversal_event(now, event);
         }
         if self.next_burst.is_none() && !self.outbox.is_empty() {
             self.send_burst(now);
@@ -707,10 +851,14 @@ impl Driver {
         }
     }
 
-    fn on_traversal_event(&mut self, event: TraversalEvent) {
+    fn on_traversal_event(&mut self, now: Instant, event: TraversalEvent) {
         match event {
+            TraversalEvent::ReregisterRequested { session, delay } => {
+                self.on_reregister_requested(now, conn_of(session), delay);
+            }
             TraversalEvent::ObservedAddress { session, address } => {
                 let conn = conn_of(session);
+                self.confirm_replacement(now, conn);
                 if let Some(index) = self.bootstraps.iter().position(|b| b.conn == Some(conn)) {
                     if let Ok(mut status) = self.status.lock() {
                         if let Some(entry) = status.bootstraps.get_mut(index) {

@@ -9,7 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,10 @@ use crate::PeerId;
 
 /// The driver's name for one signalling stream (one authenticated connection to this bootstrap).
 pub type SessionId = u64;
+
+/// Delay in the REREGISTER sent to a peer that registers during a handover: its connection reached
+/// this process after the switch (its handshake was under way), so it moves on soon, alone.
+pub const LATE_REREGISTER_DELAY: Duration = Duration::from_millis(200);
 
 /// What the coordinator allows and how long things live. One source of truth for the bootstrap's
 /// NAT traversal limits.
@@ -51,6 +55,10 @@ pub struct CoordinatorConfig {
     pub signal_burst: u32,
     /// Peers registered at once; more are answered ERROR `not_registered`. Default 100 000.
     pub max_peers: usize,
+    /// The high 16 bits of every relay channel granted here: the node's generation, so that the
+    /// data plane of a successor on the same port can steer relay frames to the process that
+    /// granted their channel. The low 16 bits are random and never 0. Default 0.
+    pub channel_prefix: u16,
 }
 
 impl Default for CoordinatorConfig {
@@ -67,6 +75,7 @@ impl Default for CoordinatorConfig {
             signal_rate: 20,
             signal_burst: 40,
             max_peers: 100_000,
+            channel_prefix: 0,
         }
     }
 }
@@ -129,6 +138,8 @@ pub struct CoordinatorStats {
     pub rate_limited: u64,
     /// Messages that could not be decoded, that only a bootstrap sends, or with a bad field.
     pub malformed: u64,
+    /// REREGISTERs sent (one per peer during a handover).
+    pub reregisters_sent: u64,
 }
 
 /// A small deterministic generator (splitmix64) for tokens, channels and request numbers.
@@ -240,6 +251,8 @@ pub struct Coordinator {
     /// Deadlines; an entry whose object was refreshed or removed is skipped when it comes due.
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     next_round: u64,
+    /// Peers told to re-register, once [`Coordinator::begin_handover`] ran.
+    handover: Option<HashSet<PeerId>>,
     actions: VecDeque<CoordinatorAction>,
     stats: CoordinatorStats,
 }
@@ -259,6 +272,7 @@ impl Coordinator {
             relays: HashMap::new(),
             timers: BinaryHeap::new(),
             next_round,
+            handover: None,
             actions: VecDeque::new(),
             stats: CoordinatorStats::default(),
         }
@@ -292,6 +306,51 @@ impl Coordinator {
         self.peers.insert(peer, Registration { session, added: Vec::new() });
         self.move_relays(peer, observed);
         self.send(session, Message::ObservedAddress { sequence: 1, address: observed });
+        // A peer told before came back here (its new connection reached this process again):
+        // telling it again would only make it loop.
+        if self.handover.as_mut().is_some_and(|told| told.insert(peer)) {
+            self.send_reregister(session, LATE_REREGISTER_DELAY);
+        }
+    }
+
+    /// This process is being replaced on its address (a takeover): tells every registered peer to
+    /// re-register (REREGISTER), peer i of n, in an order drawn from the generator, after
+    /// `window·(i + ½)/n` (rounded down to the millisecond), so that the successor sees the
+    /// registrations arrive evenly over `window` rather than all at once. From then on a peer that
+    /// registers here is told too, after [`LATE_REREGISTER_DELAY`]; no peer is told twice. Relay
+    /// allocations outlive their peers' sessions: the connections they carry stay with this
+    /// process while it drains. Returns how many peers were told.
+    pub fn begin_handover(&mut self, _now: Instant, window: Duration) -> usize {
+        let told = self.handover.get_or_insert_with(HashSet::new);
+        let mut peers: Vec<(PeerId, SessionId)> = self
+            .peers
+            .iter()
+            .filter(|(peer, _)| !told.contains(*peer))
+            .map(|(peer, registration)| (*peer, registration.session))
+            .collect();
+        // Sorted first, so that the order depends on the generator only, not on the hash map's.
+        peers.sort_unstable();
+        for i in (1..peers.len()).rev() {
+            let j = usize::try_from(self.random.next_u64() % (i as u64 + 1)).unwrap_or(0);
+            peers.swap(i, j);
+        }
+        let n = peers.len() as u128;
+        for (i, (peer, session)) in peers.iter().enumerate() {
+            let nanos = window.as_nanos() * (2 * i as u128 + 1) / (2 * n);
+            let delay = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+            told.insert(*peer);
+            self.actions.push_back(CoordinatorAction::Send {
+                session: *session,
+                message: Message::Reregister { delay_ms: u32::try_from(delay.as_millis()).unwrap_or(u32::MAX) },
+            });
+        }
+        self.stats.reregisters_sent += peers.len() as u64;
+        peers.len()
+    }
+
+    /// Whether [`Coordinator::begin_handover`] ran.
+    pub fn is_handing_over(&self) -> bool {
+        self.handover.is_some()
     }
 
     /// The connection of `session` now comes from `observed` (the peer's NAT rebound or it moved):
@@ -328,6 +387,10 @@ impl Coordinator {
             return;
         }
         self.peers.remove(&peer);
+        if self.handover.is_some() {
+            // The peer moved to the successor; what it relays stays here until it lapses.
+            return;
+        }
         let mut channels: Vec<u32> =
             self.relays.iter().filter(|(_, relay)| relay.a == peer || relay.b == peer).map(|(c, _)| *c).collect();
         channels.sort_unstable();
@@ -346,7 +409,8 @@ impl Coordinator {
             Message::ObservedAddress { .. }
             | Message::PunchMeNow { .. }
             | Message::RelayGrant { .. }
-            | Message::Error { .. } => {
+            | Message::Error { .. }
+            | Message::Reregister { .. } => {
                 self.stats.malformed += 1;
                 self.send_error(session, request_of(&message), ErrorCode::Malformed, "only a bootstrap sends this");
             }
@@ -683,9 +747,24 @@ impl Coordinator {
         self.stats.relays_renewed += 1;
     }
 
+    /// A channel no allocation holds: the generation in the high 16 bits, a random non-zero low
+    /// half.
     fn fresh_channel(&mut self) -> Option<u32> {
-        // The channel space dwarfs the allocations, so a few draws always suffice in practice.
-        (0..16).map(|_| (self.random.next_u64() >> 32) as u32).find(|c| *c != 0 && !self.relays.contains_key(c))
+        let prefix = u32::from(self.config.channel_prefix) << 16;
+        let free =
+            |relays: &HashMap<u32, Relay>, low: u16| low != 0 && !relays.contains_key(&(prefix | u32::from(low)));
+        // Random draws find one at once unless the 65 535 are nearly all taken; then a scan does.
+        for _ in 0..16 {
+            let low = (self.random.next_u64() >> 48) as u16;
+            if free(&self.relays, low) {
+                return Some(prefix | u32::from(low));
+            }
+        }
+        let start = (self.random.next_u64() >> 48) as u16;
+        (0..=u16::MAX)
+            .map(|i| start.wrapping_add(i))
+            .find(|low| free(&self.relays, *low))
+            .map(|low| prefix | u32::from(low))
     }
 
     /// Re-installs `peer`'s relay allocations toward its new observed address.
@@ -722,6 +801,12 @@ impl Coordinator {
         self.actions.push_back(CoordinatorAction::Send { session, message });
     }
 
+    fn send_reregister(&mut self, session: SessionId, delay: Duration) {
+        let delay_ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        self.stats.reregisters_sent += 1;
+        self.send(session, Message::Reregister { delay_ms });
+    }
+
     fn send_error(&mut self, session: SessionId, request: u64, code: ErrorCode, reason: &str) {
         self.send(session, Message::Error { request, code, reason: reason.to_owned() });
     }
@@ -753,7 +838,10 @@ fn request_of(message: &Message) -> u64 {
         | Message::PunchMeNow { request, .. }
         | Message::RelayGrant { request, .. }
         | Message::Error { request, .. } => *request,
-        Message::ObservedAddress { .. } | Message::AddAddress { .. } | Message::RemoveAddress { .. } => 0,
+        Message::ObservedAddress { .. }
+        | Message::AddAddress { .. }
+        | Message::RemoveAddress { .. }
+        | Message::Reregister { .. } => 0,
     }
 }
 
@@ -1242,6 +1330,198 @@ mod tests {
         let stats = c.stats();
         assert_eq!((stats.reports_direct, stats.reports_relayed, stats.reports_failed), (2, 1, 1));
         assert_eq!(c.success_rate(), Some(0.75));
+    }
+
+    /// The REREGISTER delays sent, by session.
+    fn reregisters(actions: &[CoordinatorAction]) -> Vec<(SessionId, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                CoordinatorAction::Send { session, message: Message::Reregister { delay_ms } } => {
+                    Some((*session, *delay_ms))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A coordinator with `n` peers registered on sessions 1..=n.
+    fn many_peers(n: u8, seed: u64) -> (Coordinator, Instant) {
+        let now = Instant::now();
+        let mut c = Coordinator::new(CoordinatorConfig::default(), seed);
+        for i in 1..=n {
+            let address = addr(&format!("198.18.2.{i}:4000"));
+            c.session_opened(now, SessionId::from(i), Some(PeerId([i; 32])), address, Duration::ZERO);
+        }
+        drain(&mut c);
+        (c, now)
+    }
+
+    #[test]
+    fn handover_tells_every_registered_peer_once_spread_over_the_window() {
+        let (mut c, now) = many_peers(40, 3);
+        // A connection without a certificate is not registered: it is not told.
+        c.session_opened(now, 99, None, addr("198.18.3.1:4000"), Duration::ZERO);
+        drain(&mut c);
+        let window = Duration::from_secs(30);
+        assert_eq!(c.begin_handover(now, window), 40);
+        assert!(c.is_handing_over());
+        let sent = reregisters(&drain(&mut c));
+        let mut sessions: Vec<SessionId> = sent.iter().map(|(s, _)| *s).collect();
+        sessions.sort_unstable();
+        assert_eq!(sessions, (1..=40).collect::<Vec<SessionId>>(), "every peer exactly once");
+        // Peer i of 40 waits window·(i + ½)/40: 375 ms, then every 750 ms, the last 29 625 ms.
+        let mut delays: Vec<u32> = sent.iter().map(|(_, d)| *d).collect();
+        delays.sort_unstable();
+        let expected: Vec<u32> = (0..40).map(|i| 375 + 750 * i).collect();
+        assert_eq!(delays, expected);
+        assert!(delays.iter().all(|d| u128::from(*d) < window.as_millis()), "none beyond the window");
+        // The order is drawn, not the sessions' order.
+        let in_session_order: Vec<u32> = (1..=40).map(|s| sent.iter().find(|(t, _)| *t == s).unwrap().1).collect();
+        assert_ne!(in_session_order, expected);
+        assert_eq!(c.stats().reregisters_sent, 40);
+
+        // Again: nobody is told twice.
+        assert_eq!(c.begin_handover(now, window), 0);
+        assert!(reregisters(&drain(&mut c)).is_empty());
+    }
+
+    #[test]
+    fn handover_order_comes_from_the_seed() {
+        let order = |seed| {
+            let (mut c, now) = many_peers(10, seed);
+            c.begin_handover(now, Duration::from_secs(10));
+            let mut sent = reregisters(&drain(&mut c));
+            sent.sort_by_key(|(_, delay)| *delay);
+            sent.into_iter().map(|(session, _)| session).collect::<Vec<_>>()
+        };
+        assert_eq!(order(5), order(5), "deterministic for one seed");
+        assert_ne!(order(5), order(6));
+    }
+
+    #[test]
+    fn handover_delays_stay_within_a_short_window() {
+        // 3 peers over 10 ms: 1.67, 5, 8.33 ms, rounded down.
+        let (mut c, now) = many_peers(3, 1);
+        c.begin_handover(now, Duration::from_millis(10));
+        let mut delays: Vec<u32> = reregisters(&drain(&mut c)).into_iter().map(|(_, d)| d).collect();
+        delays.sort_unstable();
+        assert_eq!(delays, [1, 5, 8]);
+        // No peers: nothing to send, and a later registration is still told.
+        let mut empty = Coordinator::new(CoordinatorConfig::default(), 1);
+        assert_eq!(empty.begin_handover(now, Duration::ZERO), 0);
+        assert!(drain(&mut empty).is_empty());
+    }
+
+    #[test]
+    fn a_peer_registering_during_a_handover_is_told_soon_unless_it_came_back() {
+        let (mut c, now) = two_peers();
+        c.begin_handover(now, Duration::from_secs(30));
+        drain(&mut c);
+        // A new peer whose handshake was under way at the switch registers here.
+        c.session_opened(now, 3, Some(C), addr("198.18.0.30:40000"), Duration::ZERO);
+        let sent = sent_to(&drain(&mut c), 3);
+        assert_eq!(
+            sent,
+            [
+                Message::ObservedAddress { sequence: 1, address: addr("198.18.0.30:40000") },
+                Message::Reregister { delay_ms: LATE_REREGISTER_DELAY.as_millis() as u32 },
+            ]
+        );
+        // A told peer whose new connection reached this process again is not told again: that
+        // would only loop.
+        c.session_opened(now, 4, Some(A), addr("198.18.0.10:40001"), Duration::ZERO);
+        let sent = sent_to(&drain(&mut c), 4);
+        assert!(matches!(sent[..], [Message::ObservedAddress { .. }]), "{sent:?}");
+        assert_eq!(c.registered(), 3);
+    }
+
+    #[test]
+    fn relays_outlive_the_sessions_of_peers_that_moved_on() {
+        let (mut c, now) = two_peers();
+        c.handle(now, 1, Message::RelayRequest { request: 1, target: B });
+        let [(channel, ..)] = installs(&drain(&mut c))[..] else { panic!("no relay") };
+        c.begin_handover(now, Duration::from_secs(30));
+        drain(&mut c);
+        // Both peers re-registered elsewhere and closed their sessions here.
+        c.session_closed(now, 1);
+        c.session_closed(now, 2);
+        assert!(drain(&mut c).is_empty(), "the relayed connection still runs through this process");
+        assert_eq!(c.registered(), 0);
+        assert_eq!(c.stats().active_relays, 1);
+        // It lapses as any allocation does.
+        c.handle_timeout(now + Duration::from_secs(600));
+        assert_eq!(drain(&mut c), [CoordinatorAction::RemoveRelay { channel }]);
+    }
+
+    #[test]
+    fn a_peer_cannot_send_reregister() {
+        let (mut c, now) = two_peers();
+        c.handle(now, 1, Message::Reregister { delay_ms: 0 });
+        assert_eq!(error_codes(&sent_to(&drain(&mut c), 1)), [(0, ErrorCode::Malformed)]);
+        assert!(!c.is_handing_over());
+    }
+
+    #[test]
+    fn relay_channels_carry_the_generation_in_their_high_half() {
+        let now = Instant::now();
+        let config =
+            CoordinatorConfig { channel_prefix: 0x0203, max_relays_per_peer: 64, ..CoordinatorConfig::default() };
+        let mut c = Coordinator::new(config, 11);
+        c.session_opened(now, 1, Some(A), addr("198.18.0.10:40000"), Duration::ZERO);
+        let others: Vec<PeerId> = (0..64u8).map(|i| PeerId([0x40 + i; 32])).collect();
+        for (i, peer) in others.iter().enumerate() {
+            c.session_opened(
+                now,
+                10 + i as SessionId,
+                Some(*peer),
+                addr(&format!("198.18.4.{i}:4000")),
+                Duration::ZERO,
+            );
+        }
+        drain(&mut c);
+        for (request, peer) in (1..).zip(&others) {
+            c.handle(now + Duration::from_secs(request), 1, Message::RelayRequest { request, target: *peer });
+        }
+        let channels: HashSet<u32> = installs(&drain(&mut c)).into_iter().map(|(channel, ..)| channel).collect();
+        assert_eq!(channels.len(), 64, "distinct channels");
+        for channel in &channels {
+            assert_eq!(channel >> 16, 0x0203, "{channel:#010x}");
+            assert_ne!(channel & 0xffff, 0, "{channel:#010x}");
+        }
+        // The default prefix is 0: the channel is the random low half alone.
+        let (mut c, now) = two_peers();
+        c.handle(now, 1, Message::RelayRequest { request: 1, target: B });
+        let [(channel, ..)] = installs(&drain(&mut c))[..] else { panic!("no relay") };
+        assert!(channel != 0 && channel <= 0xffff, "{channel:#x}");
+    }
+
+    #[test]
+    fn the_last_free_channels_are_found() {
+        let now = Instant::now();
+        let mut c = Coordinator::new(CoordinatorConfig { channel_prefix: 7, ..CoordinatorConfig::default() }, 2);
+        // Every low half but two taken: random draws nearly always miss, the scan finds them.
+        for low in 1..=u16::MAX {
+            if low != 0x1234 && low != 0xfffe {
+                c.relays.insert(
+                    7 << 16 | u32::from(low),
+                    Relay { a: A, b: B, a_address: addr("192.0.2.1:1"), b_address: addr("192.0.2.2:2"), expires: now },
+                );
+            }
+        }
+        let first = c.fresh_channel().unwrap();
+        assert!(first == 0x0007_1234 || first == 0x0007_fffe, "{first:#x}");
+        c.relays.insert(
+            first,
+            Relay { a: A, b: B, a_address: addr("192.0.2.1:1"), b_address: addr("192.0.2.2:2"), expires: now },
+        );
+        let second = c.fresh_channel().unwrap();
+        assert!(second != first && (second == 0x0007_1234 || second == 0x0007_fffe), "{second:#x}");
+        c.relays.insert(
+            second,
+            Relay { a: A, b: B, a_address: addr("192.0.2.1:1"), b_address: addr("192.0.2.2:2"), expires: now },
+        );
+        assert_eq!(c.fresh_channel(), None, "all 65 535 taken");
     }
 
     #[test]

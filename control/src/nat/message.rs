@@ -169,4 +169,11 @@ pub enum Message {
         /// Milliseconds from the request to the connection.
         connect_ms: u32,
     },
+    /// Bootstrap → peer: this bootstrap's process is being replaced on the same address (a
+    /// takeover); open a new connection to it after `delay_ms` and register there, then close
+    /// this one. The bootstrap spreads the delays so that its successor is not hit at once.
+    Reregister {
+        /// Milliseconds to wait before opening the new connection.
+        delay_ms: u32,
+    },
 }

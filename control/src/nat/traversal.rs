@@ -242,6 +242,16 @@ pub enum TraversalEvent {
         /// Why it failed.
         reason: Option<String>,
     },
+    /// Bootstrap `session` is being taken over by a new process on its address (REREGISTER):
+    /// open a new connection to it after `delay`, and once that registration is confirmed (its
+    /// OBSERVED_ADDRESS), hand over with [`Traversal::bootstrap_handed_over`] and close the old
+    /// connection.
+    ReregisterRequested {
+        /// The bootstrap connection that asked.
+        session: SessionId,
+        /// How long to wait before connecting again.
+        delay: Duration,
+    },
     /// The relayed connection to `peer` now runs directly to `address`.
     Upgraded {
         /// The peer.
@@ -555,6 +565,35 @@ impl Traversal {
         }
     }
 
+    /// The registration on `new` (a new connection to the same bootstrap address, now served by
+    /// the process that took over from `old`'s) replaces `old`, whose connection the driver closes
+    /// next. Relay paths granted on `old` keep their route (the old process forwards them while it
+    /// drains) and renew through `new`: the successor's grant moves them to its channel. Attempts
+    /// coordinated through `old` go on through `new`; a request `old` has not answered yet is sent
+    /// again there (same number, same deadline). The rest is as when `old` is lost.
+    pub fn bootstrap_handed_over(&mut self, now: Instant, old: SessionId, new: SessionId) {
+        if !self.bootstraps.contains_key(&new) {
+            return;
+        }
+        for path in self.relay_paths.values_mut().filter(|path| path.session == old) {
+            path.session = new;
+        }
+        let mut again = Vec::new();
+        for attempt in self.attempts.values_mut().filter(|a| a.session == old) {
+            attempt.session = new;
+            let (request, target) = (attempt.request, attempt.peer);
+            match attempt.phase {
+                Phase::AwaitingPunch { .. } => again.push(Message::ConnectRequest { request, target }),
+                Phase::AwaitingRelay { .. } => again.push(Message::RelayRequest { request, target }),
+                _ => {}
+            }
+        }
+        for message in again {
+            self.signal(new, message);
+        }
+        self.bootstrap_lost(now, old);
+    }
+
     /// This node's host addresses (its own interfaces' addresses with the node socket's port), best
     /// first. Each gets a host candidate (RFC 8445 §5.1.1.1) with a local preference decreasing in
     /// this order, announced with ADD_ADDRESS to every bootstrap now and at every refresh; those no
@@ -653,6 +692,10 @@ impl Traversal {
                 if let Some(id) = attempt {
                     self.fail(now, id, format!("{}: {reason}", code_name(code)));
                 }
+            }
+            Message::Reregister { delay_ms } => {
+                let delay = Duration::from_millis(u64::from(delay_ms));
+                self.events.push_back(TraversalEvent::ReregisterRequested { session, delay });
             }
             // Only peers send these; a bootstrap that does is ignored.
             Message::AddAddress { .. }
@@ -1380,10 +1423,13 @@ impl Traversal {
 
     /// ADD_ADDRESS to bootstrap `session` for what the other bootstraps observed (bounded).
     fn share_reflexive_with(&mut self, session: SessionId) {
+        let to = self.bootstraps.get(&session).map(|b| b.address);
         let shared: Vec<(u64, SocketAddr)> = self
             .bootstraps
             .iter()
-            .filter(|(other, _)| **other != session)
+            // Another connection to the same address (a re-registration under way) saw the same
+            // mapping: it tells nothing about how the NAT maps.
+            .filter(|(other, b)| **other != session && Some(b.address) != to)
             .filter_map(|(_, b)| b.observed.map(|(_, address)| (b.shared_sequence, address)))
             // A host address seen as is means no NAT: nothing to tell, and the bootstrap would
             // replace the host candidate with it.
@@ -2091,6 +2137,110 @@ mod tests {
         world.add_node(b, ms(25));
         world.run_for(ms(200));
         world
+    }
+
+    fn take_actions(t: &mut Traversal) -> Vec<TraversalAction> {
+        std::iter::from_fn(|| t.poll_action()).collect()
+    }
+
+    #[test]
+    fn a_reregister_hands_the_registration_and_relay_paths_to_the_new_connection() {
+        let now = Instant::now();
+        let peer = PeerId([0x77; 32]);
+        let observed: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+        let mut t = Traversal::new(TraversalConfig::default(), 1);
+        t.set_host_candidates(now, vec!["10.0.0.2:4000".parse().unwrap()]);
+        t.bootstrap_connected(now, 1, BOOT);
+        t.handle_signal(now, 1, Message::ObservedAddress { sequence: 1, address: observed });
+        // The other peer's relayed connection to this one runs through the old process.
+        let grant = |channel| Message::RelayGrant {
+            request: 0,
+            peer,
+            channel,
+            lifetime_s: 600,
+            byte_limit: 1 << 30,
+            rate_limit: 1_000_000,
+        };
+        t.handle_signal(now, 1, grant(0x0001_0005));
+        let alias = match &take_actions(&mut t)[..] {
+            [.., TraversalAction::InstallRelayPath { alias, channel: 0x0001_0005, .. }] => *alias,
+            other => panic!("no relay path: {other:?}"),
+        };
+        while t.poll_event().is_some() {}
+
+        t.handle_signal(now, 1, Message::Reregister { delay_ms: 1500 });
+        assert_eq!(t.poll_event(), Some(TraversalEvent::ReregisterRequested { session: 1, delay: ms(1500) }));
+
+        // The new connection to the same address: the old one's observation is not shared there
+        // (same bootstrap address, it says nothing about the mapping).
+        t.bootstrap_connected(now, 2, BOOT);
+        let to_new: Vec<Message> = take_actions(&mut t)
+            .into_iter()
+            .filter_map(|a| match a {
+                TraversalAction::Signal { session: 2, message } => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            to_new
+                .iter()
+                .all(|m| matches!(m, Message::AddAddress { candidate, .. } if candidate.kind == CandidateKind::Host)),
+            "{to_new:?}"
+        );
+        t.handle_signal(now, 2, Message::ObservedAddress { sequence: 1, address: observed });
+        t.bootstrap_handed_over(now, 1, 2);
+        let actions = take_actions(&mut t);
+        assert!(!actions.iter().any(|a| matches!(a, TraversalAction::RemovePath { .. })), "{actions:?}");
+        // The old session is gone: requests go through the new one.
+        t.connect(now, PeerId([0x88; 32])).unwrap();
+        assert!(take_actions(&mut t)
+            .iter()
+            .any(|a| matches!(a, TraversalAction::Signal { session: 2, message: Message::ConnectRequest { .. } })));
+        // The successor's grant moves the path to its channel.
+        t.handle_signal(now, 2, grant(0x0002_0009));
+        let actions = take_actions(&mut t);
+        assert!(
+            actions.iter().any(
+                |a| matches!(a, TraversalAction::InstallRelayPath { alias: a, channel: 0x0002_0009, .. } if *a == alias)
+            ),
+            "{actions:?}"
+        );
+        // Losing the new connection now is an ordinary loss: its relay paths go.
+        t.bootstrap_lost(now, 2);
+        assert!(take_actions(&mut t).iter().any(|a| matches!(a, TraversalAction::RemovePath { .. })));
+    }
+
+    #[test]
+    fn a_request_in_flight_at_the_handover_is_sent_again_on_the_new_connection() {
+        let now = Instant::now();
+        let target = PeerId([0x99; 32]);
+        let mut t = Traversal::new(TraversalConfig::default(), 2);
+        t.bootstrap_connected(now, 1, BOOT);
+        let attempt = t.connect(now, target).unwrap();
+        let request = take_actions(&mut t)
+            .into_iter()
+            .find_map(|a| match a {
+                TraversalAction::Signal { session: 1, message: Message::ConnectRequest { request, .. } } => {
+                    Some(request)
+                }
+                _ => None,
+            })
+            .unwrap();
+        t.bootstrap_connected(now, 2, BOOT);
+        take_actions(&mut t);
+        t.bootstrap_handed_over(now, 1, 2);
+        let actions = take_actions(&mut t);
+        assert!(
+            actions.iter().any(|a| matches!(a, TraversalAction::Signal { session: 2, message: Message::ConnectRequest { request: r, target: p } } if *r == request && *p == target)),
+            "{actions:?}"
+        );
+        assert!(t.poll_event().is_none(), "the attempt goes on");
+        // The successor's answer, on the new connection, reaches the attempt.
+        t.handle_signal(now, 2, Message::Error { request, code: ErrorCode::UnknownPeer, reason: "no".into() });
+        assert!(matches!(
+            t.poll_event(),
+            Some(TraversalEvent::AttemptFinished { attempt: a, outcome: Outcome::Failed, .. }) if a == attempt
+        ));
     }
 
     #[test]

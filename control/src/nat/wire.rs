@@ -74,6 +74,8 @@ pub mod message_type {
     pub const ERROR: u8 = 0x08;
     /// REPORT.
     pub const REPORT: u8 = 0x09;
+    /// REREGISTER (the bootstrap is being taken over by a new process).
+    pub const REREGISTER: u8 = 0x0a;
 }
 
 /// Shortest message: version and type, no body.
@@ -142,6 +144,11 @@ mod field {
         pub const OUTCOME: usize = 10;
         pub const CONNECT_MS: std::ops::Range<usize> = 11..15;
         pub const LEN: usize = 15;
+    }
+    /// The one body without a leading u64: nothing to number, the delay is all it says.
+    pub mod reregister {
+        pub const DELAY_MS: std::ops::Range<usize> = super::BODY..6;
+        pub const LEN: usize = 6;
     }
     /// Within a candidate: kind, priority, then the address.
     pub mod candidate {
@@ -397,6 +404,7 @@ impl<T: AsRef<[u8]>> MessageView<T> {
                 Ok(field::error::REASON + usize::from(reason_len))
             }
             t::REPORT => Ok(field::report::LEN),
+            t::REREGISTER => Ok(field::reregister::LEN),
             other => Err(WireError::UnknownType(other)),
         }
     }
@@ -524,6 +532,7 @@ impl<T: AsRef<[u8]>> MessageView<T> {
                 outcome: outcome_from_wire(u8_at(buf, field::report::OUTCOME))?,
                 connect_ms: u32_at(buf, field::report::CONNECT_MS.start),
             },
+            t::REREGISTER => Message::Reregister { delay_ms: u32_at(buf, field::reregister::DELAY_MS.start) },
             other => return Err(WireError::UnknownType(other)),
         };
         Ok(message)
@@ -578,6 +587,7 @@ impl Message {
             Message::RelayGrant { .. } => t::RELAY_GRANT,
             Message::Error { .. } => t::ERROR,
             Message::Report { .. } => t::REPORT,
+            Message::Reregister { .. } => t::REREGISTER,
         }
     }
 
@@ -595,6 +605,7 @@ impl Message {
             Message::RelayGrant { .. } => field::relay_grant::LEN,
             Message::Error { reason, .. } => field::error::REASON + emitted_reason(reason).len(),
             Message::Report { .. } => field::report::LEN,
+            Message::Reregister { .. } => field::reregister::LEN,
         }
     }
 
@@ -658,6 +669,7 @@ impl Message {
                 out.push(outcome_to_wire(*outcome));
                 out.extend_from_slice(&connect_ms.to_be_bytes());
             }
+            Message::Reregister { delay_ms } => out.extend_from_slice(&delay_ms.to_be_bytes()),
         }
     }
 }
@@ -851,6 +863,7 @@ pub(crate) mod tests {
                 outcome,
                 connect_ms
             }),
+            any::<u32>().prop_map(|delay_ms| Message::Reregister { delay_ms }),
         ]
     }
 
@@ -958,6 +971,7 @@ pub(crate) mod tests {
                 Message::Report { request: 6, outcome: Outcome::Relayed, connect_ms: 1500 },
                 cat(&[&[1, 0x09], &[0, 0, 0, 0, 0, 0, 0, 6], &[1], &[0, 0, 0x05, 0xdc]]),
             ),
+            (Message::Reregister { delay_ms: 30_000 }, cat(&[&[1, 0x0a], &[0, 0, 0x75, 0x30]])),
         ]
     }
 
@@ -966,7 +980,7 @@ pub(crate) mod tests {
         let known = known_encodings();
         let mut types: Vec<u8> = known.iter().map(|(m, _)| m.message_type()).collect();
         types.dedup();
-        assert_eq!(types, (1..=9).collect::<Vec<u8>>(), "one vector per type, in type order");
+        assert_eq!(types, (1..=10).collect::<Vec<u8>>(), "one vector per type, in type order");
         for (message, bytes) in known {
             assert_eq!(encode(&message), bytes, "emit {message:?}");
             assert_eq!(message.encoded_len(), bytes.len(), "encoded_len {message:?}");
@@ -1020,7 +1034,7 @@ pub(crate) mod tests {
         assert_eq!(Message::parse(&[1]), Err(WireError::Truncated));
         assert_eq!(Message::parse(&[2, 3, 0, 0, 0, 0, 0, 0, 0, 0]), Err(WireError::UnknownVersion(2)));
         assert_eq!(Message::parse(&[1, 0]), Err(WireError::UnknownType(0)));
-        assert_eq!(Message::parse(&[1, 0x0a]), Err(WireError::UnknownType(0x0a)));
+        assert_eq!(Message::parse(&[1, 0x0b]), Err(WireError::UnknownType(0x0b)));
         assert_eq!(Message::parse(&vec![1; MAX_MESSAGE + 1]), Err(WireError::TooLong));
 
         let mut bad_family = known(t::OBSERVED_ADDRESS);
@@ -1051,6 +1065,23 @@ pub(crate) mod tests {
             bytes.push(0);
             assert_eq!(Message::parse(&bytes), Err(WireError::TrailingBytes));
         }
+    }
+
+    #[test]
+    fn reregister_is_exactly_a_delay() {
+        let bytes = known(message_type::REREGISTER);
+        assert_eq!(bytes.len(), 6);
+        assert_eq!(Message::parse(&bytes[..5]), Err(WireError::Truncated));
+        assert_eq!(Message::parse(&[1, 0x0a]), Err(WireError::Truncated), "no delay at all");
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(Message::parse(&longer), Err(WireError::TrailingBytes), "not a u64 delay");
+        let mut wrong_version = bytes.clone();
+        wrong_version[0] = 2;
+        assert_eq!(Message::parse(&wrong_version), Err(WireError::UnknownVersion(2)));
+        assert_eq!(MessageView::new_checked(&bytes).unwrap().request(), None, "it answers no request");
+        let longest = Message::Reregister { delay_ms: u32::MAX };
+        assert_eq!(Message::parse(&encode(&longest)), Ok(longest));
     }
 
     #[test]

@@ -148,19 +148,26 @@ struct TookOver {
     drain_seconds: u64,
 }
 
+/// The facts of the switch line. The contract words it
+/// `took over UDP ADDR from pid P (generation G); it drains N connections for at most D s`; the
+/// node prints `took over UDP ADDR from pid P: generation G serves new connections; generation G0
+/// drains N connections for at most D s`. Both are read (G is the new process's generation).
 fn parse_took_over(line: &str) -> Option<TookOver> {
     let rest = line.strip_prefix("took over UDP ")?;
     let (addr, rest) = rest.split_once(" from pid ")?;
-    let (pid, rest) = rest.split_once(" (generation ")?;
-    let (generation, rest) = rest.split_once("); it drains ")?;
-    let (connections, rest) = rest.split_once(" connections for at most ")?;
-    let drain = rest.strip_suffix(" s")?;
+    let (pid, rest) = rest.split_once([' ', ':'])?;
+    let generation = match rest.strip_prefix("(generation ") {
+        Some(contract) => contract.split_once(')')?.0,
+        None => rest.strip_prefix(" generation ")?.split_once(" serves new connections")?.0,
+    };
+    let (head, drain) = rest.split_once(" connections for at most ")?;
+    let connections = head.rsplit(' ').next()?;
     Some(TookOver {
         addr: addr.parse().ok()?,
         pid: pid.parse().ok()?,
         generation: generation.parse().ok()?,
         connections: connections.parse().ok()?,
-        drain_seconds: drain.parse().ok()?,
+        drain_seconds: drain.strip_suffix(" s")?.parse().ok()?,
     })
 }
 
@@ -1182,7 +1189,12 @@ fn taking_over_twice_keeps_live_transfers() -> Result<()> {
     a.wait_received(4 << 20, Duration::from_secs(20))?;
 
     let mut gen2 = Generation::start("gen2", &mut flags.takeover(), &logs)?;
-    ensure!(gen2.took_over.as_ref().is_some_and(|t| t.pid == gen1.pid() && t.generation == 2), "{:?}", gen2.took_over);
+    ensure!(
+        gen2.took_over.as_ref().is_some_and(|t| t.pid == gen1.pid() && t.generation == 2),
+        "the first takeover's line: {:?}\n{}",
+        gen2.took_over,
+        gen2.banner.join("\n")
+    );
     let mut b = Download::start(
         "download-b",
         &python,
@@ -1440,6 +1452,9 @@ fn took_over_line_parses() {
             drain_seconds: 90
         })
     );
+    let printed = "took over UDP 127.0.0.1:9000 from pid 4242: generation 3 serves new connections; generation 2 \
+                   drains 51 connections for at most 90 s";
+    assert_eq!(parse_took_over(printed), parse_took_over(line));
     assert_eq!(parse_took_over("listening on 127.0.0.1:9000 (udp, 2 cores)"), None);
     let stopped = "2025-01-01T00:00:00Z INFO ant_quic: stopped; connections accepted 51 opened 0 handshakes 51; \
                    received 10 datagrams (1 bytes, 0 GRO batches); sent 1 datagrams (1 bytes, 0 GSO batches, 0 GSO \

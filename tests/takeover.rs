@@ -1739,7 +1739,7 @@ fn bench_takeover() -> Result<()> {
         machine()
     ));
     table.push_str(
-        "| mode | ready after (ms) | first new connection served by the new process (ms) | failed connections (of ~600, one every 5 ms) | longest gap between completed connections (ms) | bulk throughput in the second around the switch / the 2 s before | bulk before (Gbit/s) |\n",
+        "| mode | ready after (ms) | first new connection served by the new process (ms) | failed connections (of those started 1 s before the switch to 2 s after ready, one every 5 ms) | longest gap between completed connections (ms) | bulk throughput in the second around the switch / the 2 s before | bulk before (Gbit/s) |\n",
     );
     table.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
     for mode in modes {

@@ -18,6 +18,8 @@
 //! - `taking_over_twice_keeps_live_transfers` (rollback is the same operation): a transfer on
 //!   generation 1 and one on generation 2 both survive generation 3 taking over.
 //! - `two_concurrent_takeovers_one_wins`: the loser exits 2 with the contract's one line.
+//! - `drain_timeout_closes_what_is_left`: a connection still open at the drain timeout is closed
+//!   by the old process (the client hears CONNECTION_CLOSE), which exits 0.
 //! - `takeover_without_a_running_node_just_starts`.
 //! - `takeover_from_another_user_is_refused` (root only, with user `nobody`).
 //!
@@ -1392,6 +1394,41 @@ fn takeover_without_a_running_node_just_starts() -> Result<()> {
     still_serving_alone(&mut node, &flags, &small, &scratch, "get-alone")?;
     no_panics(&[&node])?;
     node.process.stop_with(libc::SIGTERM, PATIENCE)?;
+    scratch.passed();
+    Ok(())
+}
+
+/// A connection still open at the drain timeout: the old process closes it and exits 0.
+#[test]
+fn drain_timeout_closes_what_is_left() -> Result<()> {
+    let _serial = serial();
+    let mut scratch = TempDir::new("takeover-drain-timeout")?.keep_unless_passed();
+    let logs = scratch.subdir("logs")?;
+    let (flags, small) = small_site(&scratch, 2)?;
+    let mut old = Generation::start("gen1", &mut flags.command(), &logs)?;
+    let echoes = Echoes::start(old.addr, 1, Duration::from_millis(50))?;
+    echoes.wait_all_echoed(PATIENCE)?;
+
+    let mut new = Generation::start("gen2", &mut flags.takeover(), &logs)?;
+    let status = old.wait_exit(Duration::from_secs(2 + 8)).context("the old process outlived its drain timeout")?;
+    let took = new.ready.elapsed();
+    ensure!(status.success(), "the old process exited {status}\n{}", tail(&old.stderr(), 20));
+    ensure!(
+        took >= Duration::from_millis(1500),
+        "the old process left {took:?} after the switch, before its 2 s drain timeout"
+    );
+    // The echo connection was closed by the old process, not left to time out.
+    let failure =
+        poll("the echo connection closed", PATIENCE, || Ok(echoes.fleet.lock().unwrap().conns[0].failure.clone()))?;
+    ensure!(
+        failure.contains(" by peer: "),
+        "the connection left at the drain timeout ended with `{failure}`, want a CONNECTION_CLOSE from the node"
+    );
+    eprintln!("drain timeout: old exited 0 {took:?} after the switch; the client saw `{failure}`");
+    echoes.close();
+    get_succeeds("get-after-drain", flags.port, "/small.bin", &small, &new.peer_id, scratch.path())?;
+    no_panics(&[&old, &new])?;
+    new.process.stop_with(libc::SIGTERM, PATIENCE)?;
     scratch.passed();
     Ok(())
 }

@@ -1433,6 +1433,60 @@ fn drain_timeout_closes_what_is_left() -> Result<()> {
     Ok(())
 }
 
+/// Every notification line a process sent to `socket` within `limit`, until `until` holds.
+fn notifications(
+    socket: &std::os::unix::net::UnixDatagram,
+    limit: Duration,
+    until: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !until(&seen) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+        socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        match socket.recv(&mut buf) {
+            Ok(n) => seen.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_owned)),
+            Err(_) => break,
+        }
+    }
+    seen
+}
+
+/// What systemd hears (each process has its own NOTIFY_SOCKET here, as two units of a blue-green
+/// pair would): the new process says READY=1 once it serves new connections; the old one then
+/// says STOPPING=1 with a STATUS naming its successor.
+#[test]
+fn systemd_hears_ready_from_the_new_process_and_stopping_from_the_old() -> Result<()> {
+    use std::os::unix::net::UnixDatagram;
+    let _serial = serial();
+    let mut scratch = TempDir::new("takeover-systemd")?.keep_unless_passed();
+    let logs = scratch.subdir("logs")?;
+    let (flags, _small) = small_site(&scratch, 2)?;
+    let old_socket = UnixDatagram::bind(scratch.path().join("old.notify"))?;
+    let new_socket = UnixDatagram::bind(scratch.path().join("new.notify"))?;
+    let mut old =
+        Generation::start("gen1", flags.command().env("NOTIFY_SOCKET", scratch.path().join("old.notify")), &logs)?;
+    let seen = notifications(&old_socket, PATIENCE, |s| s.iter().any(|l| l == "READY=1"));
+    ensure!(seen.iter().any(|l| l == "READY=1"), "the old process never said READY=1: {seen:?}");
+
+    let new =
+        Generation::start("gen2", flags.takeover().env("NOTIFY_SOCKET", scratch.path().join("new.notify")), &logs)?;
+    let seen_new = notifications(&new_socket, PATIENCE, |s| s.iter().any(|l| l == "READY=1"));
+    ensure!(seen_new.iter().any(|l| l == "READY=1"), "the new process never said READY=1: {seen_new:?}");
+    let seen_old = notifications(&old_socket, PATIENCE, |s| s.iter().any(|l| l == "STOPPING=1"));
+    ensure!(seen_old.iter().any(|l| l == "STOPPING=1"), "the old process never said STOPPING=1: {seen_old:?}");
+    let status = format!("STATUS=taken over by pid {}: draining", new.pid());
+    ensure!(seen_old.iter().any(|l| *l == status), "no `{status}` from the old process: {seen_old:?}");
+    let exited = old.wait_exit(PATIENCE)?;
+    ensure!(exited.success(), "the old process exited {exited}");
+    no_panics(&[&old, &new])?;
+    let mut new = new;
+    new.process.stop_with(libc::SIGTERM, PATIENCE)?;
+    scratch.passed();
+    Ok(())
+}
+
 /// `nobody`'s uid and gid, from /etc/passwd.
 fn nobody() -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;

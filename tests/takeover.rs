@@ -1477,7 +1477,7 @@ fn systemd_hears_ready_from_the_new_process_and_stopping_from_the_old() -> Resul
     let seen_old = notifications(&old_socket, PATIENCE, |s| s.iter().any(|l| l == "STOPPING=1"));
     ensure!(seen_old.iter().any(|l| l == "STOPPING=1"), "the old process never said STOPPING=1: {seen_old:?}");
     let status = format!("STATUS=taken over by pid {}: draining", new.pid());
-    ensure!(seen_old.iter().any(|l| *l == status), "no `{status}` from the old process: {seen_old:?}");
+    ensure!(seen_old.contains(&status), "no `{status}` from the old process: {seen_old:?}");
     let exited = old.wait_exit(PATIENCE)?;
     ensure!(exited.success(), "the old process exited {exited}");
     no_panics(&[&old, &new])?;

@@ -306,6 +306,8 @@ fn serve(
         generation: node.handle().generation(),
         previous: Arc::clone(&previous),
     };
+    // Kept to serve admin HTTP again if a successor dies after the switch.
+    let admin_view = view.clone();
     // A successor joins the predecessor's admin listener; the predecessor closes its own at the switch.
     let admin_started = if takeover.is_some() {
         AdminServer::start_joining(admin_addr, view)
@@ -406,25 +408,31 @@ fn serve(
             }
         }
     };
-    let taken_over = loop {
-        match signals.wait(Some(TICK)) {
-            Some(libc::SIGHUP) => reload(&server, loader, logging),
-            Some(signal) => {
-                tracing::info!(signal, "shutting down: closing connections");
-                break None;
-            }
-            None => {
-                pet_watchdog(&admin);
-                if let Some(ready) = incumbent.as_ref().and_then(Incumbent::ready_successor) {
-                    break Some(ready);
+    let mut admin = admin;
+    let mut incumbent = incumbent;
+    loop {
+        let taken_over = loop {
+            match signals.wait(Some(TICK)) {
+                Some(libc::SIGHUP) => reload(&server, loader, logging),
+                Some(signal) => {
+                    tracing::info!(signal, "shutting down: closing connections");
+                    break None;
+                }
+                None => {
+                    pet_watchdog(&admin);
+                    if let Some(ready) = incumbent.as_ref().and_then(Incumbent::ready_successor) {
+                        break Some(ready);
+                    }
                 }
             }
-        }
-    };
-    // Releases the takeover socket's name: the successor takes it.
-    drop(incumbent);
-    let mut nat = server.nat;
-    if let Some(ready) = taken_over {
+        };
+        // Releases the takeover socket's name: the successor takes it.
+        drop(incumbent.take());
+        let Some(ready) = taken_over else {
+            systemd_notify(&[sd_notify::NotifyState::Stopping]);
+            admin.set_draining();
+            break;
+        };
         let (pid, generation) = (ready.pid, ready.generation);
         if let Ok(mut slot) = successor.lock() {
             *slot = Some(ready);
@@ -444,20 +452,50 @@ fn serve(
         ]);
         admin.set_draining();
         admin.close_listener();
-        if let Err(error) = node.stop_accepting() {
+        if let Err(error) = node.set_accepting(false) {
             tracing::warn!(%error, "a core did not take the stop-accepting request; it refuses nothing new");
         }
         // Registered peers move to the successor, spread over the first half of the drain.
-        nat.begin_handover(drain_timeout / 2);
-        drain(&handle, drain_timeout, signals, &successor, &mut pet_watchdog, &admin);
-        if let Some(ready) = successor.lock().ok().as_mut().and_then(|s| s.as_mut()) {
-            ready.leaving();
+        server.nat.begin_handover(drain_timeout / 2);
+        match drain(&handle, drain_timeout, signals, &successor, &mut pet_watchdog, &admin) {
+            DrainEnd::Finished => {
+                if let Some(ready) = successor.lock().ok().as_mut().and_then(|s| s.as_mut()) {
+                    ready.leaving();
+                }
+                break;
+            }
+            DrainEnd::SuccessorLost => {
+                // The successor died after it said ready: new connections are steered to sockets
+                // that are gone. Serve everything again rather than leave the port dark.
+                tracing::error!(pid, "the successor is gone after the switch; taking new connections back");
+                if let Ok(mut slot) = successor.lock() {
+                    *slot = None;
+                }
+                ant_quic::takeover::steer_by_probes(&node.handle(), &lineage);
+                if let Err(error) = node.set_accepting(true) {
+                    tracing::warn!(%error, "a core did not take the accept request");
+                }
+                admin.shutdown();
+                admin = match AdminServer::start_joining(admin_addr, admin_view.clone()) {
+                    Ok(admin) => admin,
+                    Err(source) => {
+                        return Err(Error::Io {
+                            context: format!("cannot serve admin HTTP on TCP {admin_addr} again"),
+                            source,
+                        })
+                    }
+                };
+                incumbent = Incumbent::start(node.handle(), Arc::clone(&lineage), drain_timeout).ok();
+                tracing::info!("serving new connections again");
+                systemd_notify(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status("serving again: the successor died after the switch"),
+                ]);
+            }
         }
-    } else {
-        systemd_notify(&[sd_notify::NotifyState::Stopping]);
-        admin.set_draining();
     }
     let stats = server.node.stats();
+    let mut nat = server.nat;
     nat.stop();
     server.node.shutdown();
     let joined = server.node.join();
@@ -470,6 +508,14 @@ fn serve(
 /// How often the main thread looks up from waiting for signals (watchdog, takeover, drain).
 const TICK: Duration = Duration::from_millis(50);
 
+/// How a drain ended.
+enum DrainEnd {
+    /// Every connection is gone, the drain timeout passed, or a signal asked to stop.
+    Finished,
+    /// The successor went away: nobody serves new connections.
+    SuccessorLost,
+}
+
 /// A node taken over: serve the live connections until they end, the drain timeout passes, or a
 /// signal asks to stop; report to the successor as they go.
 fn drain(
@@ -479,30 +525,32 @@ fn drain(
     successor: &Mutex<Option<Successor>>,
     pet_watchdog: &mut impl FnMut(&AdminServer),
     admin: &AdminServer,
-) {
+) -> DrainEnd {
     let deadline = Instant::now() + timeout;
     let mut next_report = Instant::now();
     loop {
         let (connections, relays) = (node.active_connections(), node.relay_allocations());
         if Instant::now() >= next_report {
             next_report = Instant::now() + Duration::from_secs(1);
-            if let Some(ready) = successor.lock().ok().as_mut().and_then(|s| s.as_mut()) {
-                ready.report(connections, relays);
+            let alive =
+                successor.lock().ok().as_mut().and_then(|s| s.as_mut()).is_some_and(|s| s.report(connections, relays));
+            if !alive {
+                return DrainEnd::SuccessorLost;
             }
         }
         if connections == 0 && relays == 0 {
             tracing::info!("drained: every connection and relay allocation has ended");
-            return;
+            return DrainEnd::Finished;
         }
         if Instant::now() >= deadline {
             tracing::info!(connections, relay_allocations = relays, "drain timeout: closing what is left");
-            return;
+            return DrainEnd::Finished;
         }
         match signals.wait(Some(TICK)) {
             Some(libc::SIGHUP) | None => pet_watchdog(admin),
             Some(signal) => {
                 tracing::info!(signal, connections, "stopping the drain: closing what is left");
-                return;
+                return DrainEnd::Finished;
             }
         }
     }

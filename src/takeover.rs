@@ -168,9 +168,10 @@ pub struct Successor {
 }
 
 impl Successor {
-    /// Tell the successor how many connections and relay allocations are left.
-    pub fn report(&mut self, connections: u64, relay_allocations: u64) {
-        let _ = self.channel.send(&Message::Status { connections, relay_allocations });
+    /// Tell the successor how many connections and relay allocations are left; false when it
+    /// is gone (it holds the connection for as long as it lives).
+    pub fn report(&mut self, connections: u64, relay_allocations: u64) -> bool {
+        self.channel.send(&Message::Status { connections, relay_allocations }).is_ok()
     }
 
     /// Tell the successor that this process's sockets close now.
@@ -627,6 +628,12 @@ impl Predecessor {
             }
         })
     }
+}
+
+/// Probe the port's layout for the members of `lineage` and steer by what answers: a process that
+/// serves new connections again after its successor died.
+pub fn steer_by_probes(node: &NodeHandle, lineage: &Mutex<Lineage>) {
+    settle(node, lineage, &[], &Mutex::new(None));
 }
 
 /// Members `departed` left (or none, for a periodic check): probe until the layout of those that

@@ -1487,6 +1487,48 @@ fn systemd_hears_ready_from_the_new_process_and_stopping_from_the_old() -> Resul
     Ok(())
 }
 
+/// A successor killed after it said ready (a crash of the new version just after the switch): the
+/// old process, still draining, notices within seconds and serves new connections again, with its
+/// admin port and its live connections intact.
+#[test]
+fn a_successor_killed_after_the_switch_leaves_the_old_node_serving() -> Result<()> {
+    let _serial = serial();
+    let mut scratch = TempDir::new("takeover-successor-dies")?.keep_unless_passed();
+    let logs = scratch.subdir("logs")?;
+    let (flags, small) = small_site(&scratch, 60)?;
+    let mut old = Generation::start("gen1", &mut flags.command(), &logs)?;
+    let echoes = Echoes::start(old.addr, 1, Duration::from_millis(50))?;
+    echoes.wait_all_echoed(PATIENCE)?;
+
+    let mut new = Generation::start("gen2", &mut flags.takeover(), &logs)?;
+    poll("the old process to start draining", PATIENCE, || Ok(old.stderr().contains("draining").then_some(())))?;
+    // SAFETY: kill(2) with a pid this test spawned and still owns (not yet reaped).
+    let rc = unsafe { libc::kill(new.pid(), libc::SIGKILL) };
+    ensure!(rc == 0, "cannot kill the successor: {}", std::io::Error::last_os_error());
+    let killed = Instant::now();
+    poll("the old process to serve again", Duration::from_secs(10), || {
+        Ok(old.stderr().contains("serving new connections again").then_some(()))
+    })?;
+    eprintln!("the old process served again {:?} after the successor was killed", killed.elapsed());
+    ensure!(old.process.exited()?.is_none(), "the old process exited\n{}", tail(&old.stderr(), 30));
+    let before = metric(flags.admin(), "quic_connections_total")?;
+    get_succeeds("get-after-successor-died", flags.port, "/small.bin", &small, &old.peer_id, scratch.path())?;
+    let after = metric(flags.admin(), "quic_connections_total")?;
+    ensure!(after > before, "the old process did not count the new connection ({before} -> {after})");
+    let (status, json) = health(flags.admin())?;
+    ensure!(status == 200 && json["status"] == "ok" && json["generation"] == 1, "/health: {status} {json}");
+    // The connection it held all along still echoes.
+    let echoed = echoes.fleet.lock().unwrap().conns[0].done.len();
+    poll("the held connection to echo again", PATIENCE, || {
+        Ok((echoes.fleet.lock().unwrap().conns[0].done.len() > echoed).then_some(()))
+    })?;
+    echoes.close();
+    let _ = new.process.exited();
+    old.process.stop_with(libc::SIGTERM, PATIENCE)?;
+    scratch.passed();
+    Ok(())
+}
+
 /// `nobody`'s uid and gid, from /etc/passwd.
 fn nobody() -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;

@@ -65,8 +65,8 @@ pub(crate) enum Command {
     Connect(Box<ConnectRequest>),
     Message(AppMessage),
     Shutdown,
-    /// Refuse new connections from now on; live ones go on (a takeover's drain).
-    StopAccepting,
+    /// Refuse new connections (`false`: a takeover's drain; live ones go on) or accept them again.
+    SetAccepting(bool),
     /// Use these settings for connections accepted from now on (live ones keep theirs).
     SetServerConfig(Option<Arc<quinn_proto::ServerConfig>>),
     /// Test hook: block the core's thread for this long.
@@ -328,7 +328,7 @@ impl<B: Backend> Core<B> {
                     self.app.on_message(&mut conns, message);
                 }
                 Command::Shutdown => self.start_draining(now),
-                Command::StopAccepting => self.refusing = true,
+                Command::SetAccepting(accepting) => self.refusing = !accepting,
                 Command::SetServerConfig(config) => self.endpoint.set_server_config(config),
                 Command::Stall(duration) => {
                     tracing::warn!(core = self.index, ?duration, "core stalled on request (test hook)");

@@ -414,10 +414,11 @@ impl Node {
         push_command(&self.cores, core, command)
     }
 
-    /// Refuse new connections on every core from now on (CONNECTION_REFUSED); live connections
-    /// go on. A takeover's drain: the successor takes new connections.
-    pub fn stop_accepting(&self) -> Result<(), NodeError> {
-        self.handle.broadcast(|| Command::StopAccepting)
+    /// Refuse new connections on every core from now on (CONNECTION_REFUSED; `false`), live
+    /// connections going on, as in a takeover's drain while the successor takes new connections;
+    /// or accept them again (`true`).
+    pub fn set_accepting(&self, accepting: bool) -> Result<(), NodeError> {
+        self.handle.broadcast(|| Command::SetAccepting(accepting))
     }
 
     /// Ask every core to close its connections (CONNECTION_CLOSE is sent) and stop.

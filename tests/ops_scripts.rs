@@ -293,3 +293,22 @@ fn nat_stress_reaches_every_peer_through_one_bootstrap() -> Result<()> {
     dir.passed();
     Ok(())
 }
+
+#[test]
+fn fuzz_short_runs_every_fuzz_target() -> Result<()> {
+    let mut dir = TempDir::new("ops-fuzz-short")?.keep_unless_passed();
+    let out = bash(&dir, "fuzz-short.sh", &["--list"], Duration::from_secs(30))?;
+    ensure!(out.status.success(), "{}", out.stderr);
+    let mut listed: Vec<&str> = out.stdout.lines().collect();
+    listed.sort_unstable();
+    let mut files: Vec<String> = std::fs::read_dir(Path::new(REPO).join("fuzz/fuzz_targets"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".rs").map(str::to_owned))
+        .collect();
+    files.sort_unstable();
+    assert_eq!(listed, files, "fuzz/Cargo.toml and fuzz/fuzz_targets/ disagree");
+
+    let out = bash(&dir, "fuzz-short.sh", &["--seconds", "0"], Duration::from_secs(30))?;
+    ensure!(!out.status.success() && out.stderr.contains("--seconds must be"), "{}", out.stderr);
+    dir.passed();
+    Ok(())
+}

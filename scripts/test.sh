@@ -16,6 +16,10 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # promtool and prometheus, for the metrics tests (tests/metrics.rs)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
+# shellcheck (the workflow check lints the scripts workflows call) and curl (do-performance-test.sh
+# --ssh), for tests/ops_scripts.rs
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # valgrind, for the instruction-count gate (scripts/bench-gate) unless it is skipped
 if [ "${ANT_QUIC_SKIP_BENCH_GATE:-0}" != 1 ]; then
     command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
@@ -40,6 +44,10 @@ step "panic-free production code (clippy policy)"
 cargo clippy --all-features --lib --bins -- \
     -D clippy::panic -D clippy::unwrap_used -D clippy::expect_used -D warnings
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "workflows and Dockerfile (actionlint, hadolint: PyPI wheels in target/lint-venv; no image is built)"
+bash scripts/check-workflows.sh
+bash scripts/check-dockerfile.sh
 
 step "tests, default build (aws-lc-rs, post-quantum key exchange)"
 cargo test --release --workspace

@@ -30,8 +30,9 @@ done
 
 readonly triple=x86_64-unknown-linux-gnu
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
-release="$target_dir/release/ant-quic"
-if [ "$build" = 1 ]; then
+# ANT_QUIC_BIN: the release binary to use instead of the one in the target directory (a test's).
+release=${ANT_QUIC_BIN:-$target_dir/release/ant-quic}
+if [ "$build" = 1 ] && [ -z "${ANT_QUIC_BIN:-}" ]; then
     echo "package: cargo build --release --locked -p ant-quic" >&2
     cargo build --release --locked -p ant-quic >&2 || fail "cargo build --release failed"
 fi

@@ -281,6 +281,7 @@ cmd_setup() {
     local rc=0
     bash "$from/setup-server.sh" --root "$root" --from "$from" --firewall "$firewall" || rc=$?
     [ -z "$tmp" ] || rm -rf "$tmp"
+    case "$artifact" in "$root/incoming/"*) rm -f "$artifact" "$artifact.sha256" ;; esac
     [ "$rc" = 0 ] || die "setup-server.sh failed"
 }
 
@@ -348,6 +349,7 @@ cmd_deploy_blue() {
     install -m 755 "$releases/$version/bin/ant-quic" "$bin/.ant-quic.new.tmp"
     mv -fT "$bin/.ant-quic.new.tmp" "$bin/ant-quic.new"
     rm -f "$releases/.tested"
+    case "$artifact" in "$root/incoming/"*) rm -f "$artifact" "$artifact.sha256" ;; esac
     say "installed $bin/ant-quic.new ($version); the serving node is untouched"
 }
 
@@ -360,6 +362,18 @@ cmd_test_blue() {
     say "testing $new ($version)"
     say "config check $config"
     "$new" config check "$config" >/dev/null 2>&1 || die "the new version rejects $config ($new config check $config)"
+    # systemd kills a draining node at TimeoutStopSec (STOPPING=1 arms it): the drain must end first.
+    local drain stop_usec stop_s
+    drain=$("$new" config check "$config" 2>/dev/null | awk '/^\[/ { s = $0 } s == "[node]" && $1 == "drain_timeout" { print $3 }')
+    stop_usec=$(systemctl show -p TimeoutStopUSec --value "$(unit blue)" 2>/dev/null || true)
+    # "1min 30s" -> 90 (systemd prints spans with h, min, s, ms; "infinity" never kills)
+    stop_s=$(awk '{ t = 0; for (i = 1; i <= NF; i++) { v = $i + 0; u = $i; sub(/^[0-9.]+/, "", u);
+        t += (u == "h") ? v * 3600 : (u == "min") ? v * 60 : (u == "s") ? v : (u == "ms") ? v / 1000 : 0 }
+        print int(t) }' <<<"$stop_usec")
+    if [ "$stop_usec" != infinity ] && [ -n "$drain" ] && [ "${stop_s:-0}" -gt 0 ] && [ "$drain" -ge "$stop_s" ]; then
+        die "[node] drain_timeout = $drain is not below the unit's TimeoutStopSec ($stop_usec): raise it in a drop-in (systemctl edit ant-quic@)"
+    fi
+    say "drain_timeout ${drain:-?} s, below the unit's TimeoutStopSec ($stop_usec)"
     scratch=$(mktemp -d)
     chmod 755 "$scratch"
     stop_scratch() {

@@ -31,6 +31,8 @@ fail() { echo "deploy-test: FAILED: $*" >&2; exit 1; }
 cleanup() {
     local rc=$?
     [ -z "${download_pid:-}" ] || kill "$download_pid" 2>/dev/null || true
+    pkill -P "$backstop" 2>/dev/null || true
+    kill "$backstop" 2>/dev/null || true
     if [ "$rc" != 0 ] && [ -f "$run/leader.pid" ]; then
         echo "--- journal of the units (last 40 lines) ---" >&2
         bash "$lab" exec "$run" journalctl -u 'ant-quic@*' -n 40 --no-pager >&2 || true
@@ -40,6 +42,10 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
+# A backstop under the test harness's own limit, so that the cleanup (lab.sh down) always runs.
+(sleep "${ANT_QUIC_DEPLOY_TEST_LIMIT:-1500}" && echo "deploy-test: FAILED: still running after ${ANT_QUIC_DEPLOY_TEST_LIMIT:-1500} s" >&2 && kill -TERM $$) 2>/dev/null &
+backstop=$!
 
 net() { bash "$lab" net "$run" "$@"; }
 inside() { bash "$lab" exec "$run" "$@"; }
@@ -149,11 +155,18 @@ big_sha=$(inside sha256sum /opt/ant-quic/www/big.bin | cut -d' ' -f1)
 
 step "1. deploy-blue, test-blue, switch-to-blue: the node runs under systemd"
 deploy deploy-blue --artifact "$p1"
-deploy test-blue
+deploy_log test-blue
+scratch_backend=$(grep -o '"backend":"[^"]*"' "$work/last.log" | head -1 | cut -d'"' -f4)
 deploy switch-to-blue --window 5
 deploy health
-deploy status
+# The runbook's secrets as the workflow passes them: the key itself in DO_SSH_KEY, no --host.
+DO_HOST=127.0.0.1:22 DO_USER=root DO_SSH_KEY="$(cat "$run/id_ed25519")" \
+    net bash "$repo/scripts/deploy-do.sh" status
 expect_serving 1
+backend=$(health | field backend)
+[ "$backend" = "$scratch_backend" ] ||
+    fail "under the hardened unit the node runs backend '$backend', unconfined it ran '$scratch_backend'"
+echo "backend under the unit: $backend (as unconfined)"
 color=$(serving_color)
 watchdog=$(inside systemctl show -p WatchdogUSec --value "ant-quic@$color")
 [ "$watchdog" = 10s ] || fail "systemctl show: WatchdogUSec=$watchdog, expected 10s"

@@ -37,6 +37,7 @@ cleanup() {
         echo "--- journal of the units (last 40 lines) ---" >&2
         bash "$lab" exec "$run" journalctl -u 'ant-quic@*' -n 40 --no-pager >&2 || true
     fi
+    [ -z "${outside:-}" ] || ip netns del "$outside" 2>/dev/null || true
     bash "$lab" down "$run" || rc=1
     rm -rf "$work"
     exit "$rc"
@@ -175,6 +176,40 @@ peer=$(health | field peer_id)
 echo "peer id $peer"
 deploy backup
 [ -n "$(inside find /opt/ant-quic/backups -mindepth 3 -maxdepth 3 -path '*/data/*' -print -quit)" ] || fail "backup holds no data/ (identity key)"
+
+step "firewall: from another namespace, UDP 9000 and TCP 22 pass; other ports and the admin port do not"
+# A veth pair between the container's namespace and a namespace made here: nothing else is touched.
+outside="aq-out-$$"
+ip netns add "$outside"
+ip link add "aqi$$" type veth peer name "aqo$$"
+ip link set "aqi$$" netns "$(cat "$run/leader.pid")"
+ip link set "aqo$$" netns "$outside"
+net ip addr add 10.213.0.1/30 dev "aqi$$"
+net ip link set "aqi$$" up
+ip -n "$outside" addr add 10.213.0.2/30 dev "aqo$$"
+ip -n "$outside" link set "aqo$$" up
+ip -n "$outside" link set lo up
+out() { ip netns exec "$outside" "$@"; }
+inside systemd-run -q --unit=firewall-probe python3 -m http.server 8081 --bind 0.0.0.0
+for _ in $(seq 1 50); do net curl -fs --max-time 1 -o /dev/null http://127.0.0.1:8081/ && break; sleep 0.1; done
+net curl -fs --max-time 2 -o /dev/null http://127.0.0.1:8081/ || fail "probe listener on TCP 8081 does not answer on loopback"
+if out curl -s --max-time 3 -o /dev/null http://10.213.0.1:8081/; then fail "TCP 8081 is reachable from outside: the firewall lets it in"; fi
+# ... and it is the firewall that drops it: without the table it answers.
+inside nft delete table inet ant_quic
+out curl -fs --max-time 3 -o /dev/null http://10.213.0.1:8081/ || fail "TCP 8081 unreachable from outside even without the firewall: the probe proves nothing"
+inside nft -f /etc/nftables.d/ant-quic.nft
+echo "TCP 8081 (listening on 0.0.0.0): answers on loopback, dropped from outside by table inet ant_quic"
+if out curl -s --max-time 3 -o /dev/null http://10.213.0.1:9000/health; then fail "the admin port answers from outside"; fi
+echo "admin port 9000/tcp: not reachable from outside"
+out ssh -q -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 \
+    -i "$run/id_ed25519" -o IdentitiesOnly=yes root@10.213.0.1 true </dev/null || fail "SSH (TCP 22) is blocked from outside"
+echo "TCP 22: SSH from outside works"
+out "$binary" --bootstrap 10.213.0.1:9000 --test --timeout 10 --data-dir "$work/probe-id" >"$work/probe.log" 2>&1 ||
+    { tail -3 "$work/probe.log" >&2; fail "ant-quic --test over UDP 9000 from outside failed"; }
+echo "UDP 9000: ant-quic --bootstrap 10.213.0.1:9000 --test from outside: ok"
+inside systemctl stop firewall-probe
+ip netns del "$outside"
+outside=""
 
 step "2. package 2 switched in during a 300 MB download"
 p2=$(package 2)

@@ -108,24 +108,31 @@ cmd_up() {
         --system-call-filter='io_uring_setup io_uring_enter io_uring_register' \
         --bind-ro="$run/id_ed25519.pub:/root/.ssh/authorized_keys" \
         </dev/null >"$run/console.log" 2>&1 &
-    local nspawn=$! pid=""
+    local nspawn=$! pid="" child
     echo "$nspawn" >"$run/nspawn.pid"
-    for _ in $(seq 1 100); do
-        pid=$(pgrep -P "$nspawn" | head -1 || true)
+    # The container's init: a child of systemd-nspawn that is pid 1 in its own pid namespace
+    # (nspawn forks short-lived helpers too).
+    for _ in $(seq 1 300); do
+        for child in $(pgrep -P "$nspawn" || true); do
+            if awk '/^NSpid:/ { found = (NF > 2 && $NF == 1) } END { exit !found }' "/proc/$child/status" 2>/dev/null; then
+                pid=$child
+                break
+            fi
+        done
         [ -n "$pid" ] && break
         kill -0 "$nspawn" 2>/dev/null || { tail -5 "$run/console.log" >&2; fail "systemd-nspawn exited"; }
         sleep 0.1
     done
-    [ -n "$pid" ] || fail "no container process under systemd-nspawn (pid $nspawn)"
+    [ -n "$pid" ] || fail "no container init (pid 1 of its namespace) under systemd-nspawn (pid $nspawn) after 30 s"
     echo "$pid" >"$run/leader.pid"
     local state=""
-    for _ in $(seq 1 90); do
+    for _ in $(seq 1 180); do
         state=$(nsenter -t "$pid" -a systemctl is-system-running 2>/dev/null || true)
         case "$state" in running | degraded) break ;; esac
         kill -0 "$nspawn" 2>/dev/null || { tail -5 "$run/console.log" >&2; fail "the container stopped while booting"; }
         sleep 1
     done
-    case "$state" in running | degraded) ;; *) fail "systemd in the container is '$state' after 90 s" ;; esac
+    case "$state" in running | degraded) ;; *) fail "systemd in the container is '${state:-unreachable}' after 180 s" ;; esac
     [ "$state" = running ] || say "note: system state degraded: $(nsenter -t "$pid" -a systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
     for _ in $(seq 1 30); do
         if nsenter -t "$pid" -n ssh -q -o BatchMode=yes -o StrictHostKeyChecking=accept-new \

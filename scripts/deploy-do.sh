@@ -210,7 +210,7 @@ healthy_now() {
 # Starts COLOR: it takes the port over from whatever serves it (or just starts).
 start_color() {
     local color=$1 limit
-    limit=$(($(drain_timeout) + 30))
+    limit=$((${drain_s:-60} + 30))
     if ! wait_stopped "$color" 1; then
         say "ant-quic@$color is still draining from an earlier switch: waiting for it (up to ${limit}s)"
         wait_stopped "$color" "$limit" || { say "ant-quic@$color still $(state "$color") after ${limit}s"; return 1; }
@@ -435,9 +435,11 @@ cmd_switch_to_blue() {
     require_setup
     local port from to old_peer old_gen body new_peer
     port=$(admin_port)
+    drain_s=$(drain_timeout)
     from=$(serving_color) || from=""
     if [ ! -e "$bin/ant-quic.new" ]; then
-        if [ -n "$from" ] && [ "$(readlink "/proc/$(main_pid "$from")/exe" 2>/dev/null)" = "$bin/ant-quic" ]; then
+        if [ -n "$from" ] && [ -e "$bin/ant-quic" ] &&
+            [ "$(stat -L -c %d:%i "/proc/$(main_pid "$from")/exe" 2>/dev/null)" = "$(stat -c %d:%i "$bin/ant-quic")" ]; then
             say "nothing to switch: ant-quic@$from already runs bin/ant-quic ($(version_of "$bin/ant-quic"))"
             return 0
         fi
@@ -505,6 +507,7 @@ cmd_rollback() {
     require_setup
     local port from to
     port=$(admin_port)
+    drain_s=$(drain_timeout)
     [ -e "$bin/ant-quic.backup" ] || die "nothing to roll back to: no bin/ant-quic.backup"
     from=$(serving_color) || from=""
     to=blue

@@ -211,6 +211,9 @@ inside systemctl stop firewall-probe
 ip netns del "$outside"
 outside=""
 
+if ! deploy_log switch-to-blue; then fail "switch-to-blue run again after a switch failed"; fi
+grep -q 'nothing to switch' "$work/last.log" || fail "switch-to-blue run again did something"
+
 step "2. package 2 switched in during a 300 MB download"
 p2=$(package 2)
 deploy deploy-blue --artifact "$p2"
@@ -238,6 +241,26 @@ grep -q 'rolled back by itself' "$work/last.log" || fail "switch-to-blue --force
 expect_download_intact three
 expect_serving 2
 [ "$(health | field peer_id)" = "$peer" ] || fail "the peer id changed across the failed switch"
+inside rm -f /opt/ant-quic/bin/ant-quic.new
+expect_bin 2 1
+
+step "3b. a build that takes the port over, then dies: switch-to-blue --force rolls back by itself"
+# It runs the previous binary for 4 s, then is killed; systemd restarts it, and again.
+printf '#!/bin/sh\n(sleep 4; kill -9 $$) &\nexec /opt/ant-quic/bin/ant-quic.backup "$@"\n' >"$work/ant-quic-3b"
+chmod 755 "$work/ant-quic-3b"
+p3b=$(package 3b "$work/ant-quic-3b")
+deploy deploy-blue --artifact "$p3b"
+before=$(inside systemctl show -p MainPID --value ant-quic@green)
+start_download three-b
+if deploy_log switch-to-blue --force --window 10; then fail "switch-to-blue --force reported success with a build that dies"; fi
+grep -q 'was taken over: starting it again' "$work/last.log" || fail "the dying build never took the port over: this step tests nothing"
+grep -q 'rolled back by itself' "$work/last.log" || fail "switch-to-blue --force failed without rolling back by itself"
+expect_download_intact three-b
+expect_serving 2
+after=$(inside systemctl show -p MainPID --value ant-quic@green)
+[ "$after" != "$before" ] || fail "ant-quic@green still runs pid $before: it was never taken over and restarted"
+echo "ant-quic@green: pid $before (taken over, drained) -> pid $after (the rollback)"
+[ "$(health | field peer_id)" = "$peer" ] || fail "the peer id changed across the rollback"
 inside rm -f /opt/ant-quic/bin/ant-quic.new
 expect_bin 2 1
 

@@ -20,6 +20,13 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # --ssh), for tests/ops_scripts.rs
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# debootstrap, systemd-nspawn, systemd-analyze, ssh, pgrep: the deployment tests
+# (tests/deploy_systemd.rs: scripts/check-unit.sh and the systemd lab, scripts/systemd-lab/)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 # valgrind, for the instruction-count gate (scripts/bench-gate) unless it is skipped
 if [ "${ANT_QUIC_SKIP_BENCH_GATE:-0}" != 1 ]; then
     command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
@@ -49,15 +56,20 @@ step "workflows and Dockerfile (actionlint, hadolint: PyPI wheels in target/lint
 bash scripts/check-workflows.sh
 bash scripts/check-dockerfile.sh
 
+step "deployment scripts (shellcheck)"
+shellcheck scripts/check-unit.sh scripts/package.sh scripts/setup-server.sh scripts/deploy-do.sh scripts/systemd-lab/*.sh
+
 step "tests, default build (aws-lc-rs, post-quantum key exchange)"
 cargo test --release --workspace
 
 step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
-# The NAT lab matrices and the ops script checks do not depend on the crypto provider: run once, above.
+# The NAT lab matrices, the ops script checks and the systemd lab do not depend on the crypto
+# provider: run once, above.
 cargo test --release -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring,metrics -- \
     --skip every_pair_of_peers_connects_as_the_nats_allow --skip nat_lab_types_raw_matrix_and_impairment \
     --skip every_workflow_passes --skip the_dockerfile_passes --skip do_performance_test_measures \
-    --skip nat_success_rate_comes --skip nat_stress_reaches --skip fuzz_short_runs
+    --skip nat_success_rate_comes --skip nat_stress_reaches --skip fuzz_short_runs \
+    --skip blue_green_switch_rollback_and_restart_under_real_systemd_over_ssh
 
 step "instruction-count gate (scripts/bench-gate --self-test)"
 # Callgrind counts of the hot paths against benches/baselines/instructions.json: fails on a

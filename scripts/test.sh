@@ -16,7 +16,7 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # promtool and prometheus, for the metrics tests (tests/metrics.rs)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
-# shellcheck (the workflow check lints the scripts workflows call) and curl (do-performance-test.sh
+# ShellCheck (the workflow check lints the scripts workflows call) and curl (do-performance-test.sh
 # --ssh), for tests/ops_scripts.rs
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v curl >/dev/null 2>&1 || missing+=(curl)

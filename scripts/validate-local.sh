@@ -3,14 +3,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# cargo-deny, pinned: installed once into the target directory's tools/ (as scripts/bench-gate
-# installs gungraun-runner), so CI and developers run the same version.
+# cargo-deny and cargo-audit, pinned: installed once into the target directory's tools/ (as
+# scripts/bench-gate installs gungraun-runner), so CI and developers run the same versions.
 DENY_VERSION=0.20.2
+AUDIT_VERSION=0.22.2
 TOOLS="${CARGO_TARGET_DIR:-target}/tools"
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/validate-local.sh [--quick | --deny | --help]
+Usage: scripts/validate-local.sh [--quick | --deny | --advisories | --help]
 
   (none)    what CI runs (.ci/run): the dependency policy (--deny), then bash scripts/test.sh:
             formatting, the panic-free clippy policy, every test with both crypto builds, the
@@ -21,7 +22,12 @@ Usage: scripts/validate-local.sh [--quick | --deny | --help]
             (scripts/install-hooks.sh), a minute or two once built.
   --deny    licences, banned crates and sources: cargo deny check licenses bans sources
             (deny.toml). Installs cargo-deny into ${CARGO_TARGET_DIR:-target}/tools the first time
-            (about 4 minutes of CPU). Advisories need the RustSec database and run in CI only.
+            (about 4 minutes of CPU).
+  --advisories
+            known vulnerabilities: cargo deny check advisories and cargo audit. Both fetch the
+            RustSec advisory database from GitHub, so this runs in a GitHub workflow, not in
+            scripts/test.sh (the test machines cannot reach GitHub). Installs cargo-audit
+            into the same tools/ the first time.
   --help    this text.
 USAGE
 }
@@ -47,12 +53,24 @@ clippy_policy() {
         cargo clippy --all-features --lib --bins -- -D clippy::panic -D clippy::unwrap_used -D clippy::expect_used -D warnings
 }
 
-deny() {
-    if ! "$TOOLS/bin/cargo-deny" --version 2>/dev/null | grep -qx "cargo-deny $DENY_VERSION"; then
-        check "installing cargo-deny $DENY_VERSION into $TOOLS (once)" \
-            cargo install cargo-deny --locked --version "$DENY_VERSION" --root "$TOOLS"
+# Install cargo subcommand $1 at version $2 into $TOOLS unless it is there.
+tool() {
+    if ! cargo install --list --root "$TOOLS" 2>/dev/null | grep -qx "$1 v$2:"; then
+        check "installing $1 $2 into $TOOLS (once)" cargo install "$1" --locked --version "$2" --root "$TOOLS"
     fi
+}
+
+deny() {
+    tool cargo-deny "$DENY_VERSION"
     check "dependency policy (deny.toml)" env PATH="$TOOLS/bin:$PATH" cargo deny check licenses bans sources
+}
+
+advisories() {
+    tool cargo-deny "$DENY_VERSION"
+    tool cargo-audit "$AUDIT_VERSION"
+    check "advisories (cargo deny, RustSec database from GitHub)" \
+        env PATH="$TOOLS/bin:$PATH" cargo deny check advisories
+    check "advisories (cargo audit, RustSec database from GitHub)" env PATH="$TOOLS/bin:$PATH" cargo audit
 }
 
 case "${1:-}" in
@@ -67,6 +85,9 @@ case "${1:-}" in
         ;;
     --deny)
         deny
+        ;;
+    --advisories)
+        advisories
         ;;
     "")
         # Once scripts/test.sh runs the dependency policy itself, it is not run twice.

@@ -433,3 +433,85 @@ fn every_alert_has_a_test_where_it_fires_and_one_where_it_stays_quiet() {
         assert!(quiet, "alerts_test.yml has no case where {alert} stays quiet");
     }
 }
+
+// ---------------------------------------------------------------- pre-commit hook
+
+fn git(dir: &Path, args: &[&str]) -> std::process::Output {
+    Process::new("git")
+        .args(["-c", "user.name=runbook", "-c", "user.email=runbook@invalid", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .output()
+        .unwrap()
+}
+
+/// scripts/install-hooks.sh run from a linked worktree installs into the repository's shared
+/// hooks directory; the hook then gates commits in every worktree on scripts/validate-local.sh
+/// --quick (a stand-in here that passes or fails on demand, so the test needs no cargo build).
+#[test]
+fn the_pre_commit_hook_installs_from_a_worktree_and_blocks_a_failing_commit() {
+    if !have("git") {
+        skip_or_fail("git not installed");
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("ant-quic-hooks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let repo = scratch.join("repo");
+    std::fs::create_dir_all(repo.join("scripts/hooks")).unwrap();
+    for file in ["scripts/install-hooks.sh", "scripts/hooks/pre-commit"] {
+        std::fs::copy(root().join(file), repo.join(file)).unwrap();
+    }
+    // Fails while a file named FAIL exists, as the real checks fail on bad code.
+    std::fs::write(
+        repo.join("scripts/validate-local.sh"),
+        "#!/usr/bin/env bash\n[ \"$1\" = --quick ] || exit 3\nif [ -e FAIL ]; then echo 'validate-local: FAILED: stand-in' >&2; exit 1; fi\n",
+    )
+    .unwrap();
+    let ok = |output: std::process::Output, what: &str| {
+        assert!(output.status.success(), "{what}: {}", shown(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    ok(git(&repo, &["init", "-q"]), "git init");
+    ok(git(&repo, &["add", "."]), "git add");
+    ok(git(&repo, &["commit", "-q", "-m", "scripts"]), "git commit");
+    ok(git(&repo, &["worktree", "add", "-q", "../wt", "-b", "wt"]), "git worktree add");
+    let worktree = scratch.join("wt");
+
+    let install = |dir: &Path, args: &[&str]| {
+        Process::new("bash").arg("scripts/install-hooks.sh").args(args).current_dir(dir).output().unwrap()
+    };
+    let said = ok(install(&worktree, &[]), "install-hooks.sh from the worktree");
+    let hook = repo.join(".git/hooks/pre-commit");
+    assert!(said.contains("installed"), "{said}");
+    assert_eq!(std::fs::read(&hook).unwrap(), std::fs::read(root().join("scripts/hooks/pre-commit")).unwrap());
+    assert!(ok(install(&worktree, &[]), "second run").contains("up to date"));
+
+    // A failing check refuses the commit, in the worktree and in the main checkout alike.
+    for dir in [&worktree, &repo] {
+        std::fs::write(dir.join("FAIL"), "").unwrap();
+        ok(git(dir, &["add", "FAIL"]), "git add");
+        let refused = git(dir, &["commit", "-q", "-m", "bad"]);
+        assert!(!refused.status.success(), "a failing check did not block the commit in {}", dir.display());
+        assert!(shown(&refused).contains("pre-commit: checks failed"), "{}", shown(&refused));
+        ok(git(dir, &["rm", "-q", "--cached", "FAIL"]), "git rm");
+        std::fs::remove_file(dir.join("FAIL")).unwrap();
+        std::fs::write(dir.join("good"), dir.display().to_string()).unwrap();
+        ok(git(dir, &["add", "good"]), "git add");
+        let passed = git(dir, &["commit", "-q", "-m", "good"]);
+        assert!(passed.status.success(), "passing checks blocked the commit: {}", shown(&passed));
+        assert!(shown(&passed).contains("Pre-commit checks passed!"), "{}", shown(&passed));
+    }
+
+    // A hook it did not install is left alone; its own is removed on request.
+    ok(install(&repo, &["--uninstall"]), "--uninstall");
+    assert!(!hook.exists());
+    std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+    let refused = install(&repo, &[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", shown(&refused));
+    assert!(shown(&refused).contains("was not installed by this script"), "{}", shown(&refused));
+    assert_eq!(std::fs::read_to_string(&hook).unwrap(), "#!/bin/sh\nexit 0\n");
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

@@ -7,7 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # scripts/bench-gate installs gungraun-runner), so CI and developers run the same versions.
 DENY_VERSION=0.20.2
 AUDIT_VERSION=0.22.2
-TOOLS="${CARGO_TARGET_DIR:-target}/tools"
+TOOLS="$(realpath -m "${CARGO_TARGET_DIR:-target}")/tools"
+export PATH="$TOOLS/bin:$PATH"
 
 usage() {
     cat <<'USAGE'
@@ -62,15 +63,14 @@ tool() {
 
 deny() {
     tool cargo-deny "$DENY_VERSION"
-    check "dependency policy (deny.toml)" env PATH="$TOOLS/bin:$PATH" cargo deny check licenses bans sources
+    check "dependency policy (deny.toml)" cargo deny check licenses bans sources
 }
 
 advisories() {
     tool cargo-deny "$DENY_VERSION"
     tool cargo-audit "$AUDIT_VERSION"
-    check "advisories (cargo deny, RustSec database from GitHub)" \
-        env PATH="$TOOLS/bin:$PATH" cargo deny check advisories
-    check "advisories (cargo audit, RustSec database from GitHub)" env PATH="$TOOLS/bin:$PATH" cargo audit
+    check "advisories (cargo deny, RustSec database from GitHub)" cargo deny check advisories
+    check "advisories (cargo audit, RustSec database from GitHub)" cargo audit
 }
 
 case "${1:-}" in

@@ -984,3 +984,47 @@ fn connectivity_test(
 fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e4).round() / 10.0
 }
+
+#[cfg(test)]
+#[path = "../tests/runbook/commands.rs"]
+mod runbook_commands;
+
+/// Every `ant-quic` command the runbook (docs/operations.md) quotes parses with this CLI: flags,
+/// values, subcommands, and what requires or excludes what, by clap's own parser. Nothing runs.
+/// tests/runbook.rs checks the runbook's other commands.
+#[cfg(test)]
+mod runbook {
+    use super::runbook_commands::{commands, Command};
+    use super::Cli;
+    use clap::error::ErrorKind;
+    use clap::Parser;
+
+    const RUNBOOK_TEXT: &str = include_str!("../docs/operations.md");
+
+    fn parses(command: &Command) -> Result<(), String> {
+        match Cli::try_parse_from(command.argv()) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => Ok(()),
+            Err(e) => Err(format!("{}\n{}", command.at(), e.render())),
+        }
+    }
+
+    #[test]
+    fn every_ant_quic_command_in_the_runbook_parses() {
+        let all = commands(RUNBOOK_TEXT).unwrap();
+        let ours: Vec<&Command> = all.iter().filter(|c| c.program() == "ant-quic").collect();
+        assert!(ours.len() >= 5, "only {} ant-quic commands found in the runbook", ours.len());
+        let failures: Vec<String> = ours.iter().filter_map(|c| parses(c).err()).collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// The check is not vacuous: what clap refuses, it refuses.
+    #[test]
+    fn a_flag_that_does_not_exist_or_lacks_what_it_requires_is_refused() {
+        let bad = "```sh\nant-quic --no-such-flag\nant-quic --test\nant-quic --cores many\nant-quic config frob\n\
+                   ant-quic --bootstrap b:9000 --test --connect 00\n```\n";
+        for command in commands(bad).unwrap() {
+            assert!(parses(&command).is_err(), "accepted: {}", command.text);
+        }
+    }
+}

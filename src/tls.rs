@@ -24,14 +24,24 @@ pub const ALPN_HQ_INTEROP: &[u8] = b"hq-interop";
 #[error("TLS configuration: {0}")]
 pub struct TlsError(String);
 
-/// The crypto provider of this build. With aws-lc-rs, the hybrid post-quantum key exchange
-/// X25519MLKEM768 is offered first, classical groups after it for peers without it.
+#[cfg(not(any(feature = "aws-lc-rs", feature = "rustls-ring")))]
+compile_error!(
+    "ant-quic needs a crypto provider: enable feature `aws-lc-rs` (the default, with `pqc`) or `rustls-ring`"
+);
+
+/// The crypto provider of this build. With feature `pqc` (on by default; it implies aws-lc-rs),
+/// the hybrid post-quantum key exchange X25519MLKEM768 is offered first, classical groups after
+/// it for peers without it; without `pqc`, classical groups only.
 pub fn provider() -> Arc<CryptoProvider> {
     #[cfg(feature = "aws-lc-rs")]
     {
         use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
         let mut provider = default_provider();
-        provider.kx_groups = vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+        provider.kx_groups = Vec::with_capacity(4);
+        // draft-ietf-tls-ecdhe-mlkem: the hybrid group X25519MLKEM768 (codepoint 0x11ec).
+        #[cfg(feature = "pqc")]
+        provider.kx_groups.push(kx_group::X25519MLKEM768);
+        provider.kx_groups.extend([kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1]);
         Arc::new(provider)
     }
     #[cfg(all(feature = "rustls-ring", not(feature = "aws-lc-rs")))]
@@ -40,10 +50,12 @@ pub fn provider() -> Arc<CryptoProvider> {
     }
 }
 
-/// Name of the crypto provider this build uses.
+/// Name of the crypto provider this build uses, and its preferred key exchange.
 pub fn provider_name() -> &'static str {
-    if cfg!(feature = "aws-lc-rs") {
+    if cfg!(feature = "pqc") {
         "aws-lc-rs (X25519MLKEM768 preferred)"
+    } else if cfg!(feature = "aws-lc-rs") {
+        "aws-lc-rs (classical key exchange)"
     } else {
         "ring"
     }
@@ -439,14 +451,65 @@ mod tests {
         assert!(handshake(anonymous, server_tls()).is_ok());
     }
 
-    #[cfg(feature = "aws-lc-rs")]
+    /// The group the server picked, as both sides see it.
+    fn negotiated_group(client: rustls::ClientConfig, server: rustls::ServerConfig) -> rustls::NamedGroup {
+        let conn = handshake(client, server).unwrap();
+        conn.negotiated_key_exchange_group().unwrap().name()
+    }
+
+    #[cfg(feature = "pqc")]
     #[test]
     fn post_quantum_key_exchange_is_negotiated() {
         let server = Identity::ephemeral().unwrap();
+        assert_eq!(provider().kx_groups[0].name(), rustls::NamedGroup::X25519MLKEM768, "not offered first");
         let client = rustls_client_config(ServerAuth::PeerId(server.peer_id()), &[ALPN_ANT_QUIC]).unwrap();
-        let conn = handshake(client, rustls_server_config(&server, &[ALPN_ANT_QUIC]).unwrap()).unwrap();
-        let group = conn.negotiated_key_exchange_group().unwrap().name();
-        assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
+        let server_tls = rustls_server_config(&server, &[ALPN_ANT_QUIC]).unwrap();
+        assert_eq!(negotiated_group(client, server_tls), rustls::NamedGroup::X25519MLKEM768);
+        assert_eq!(provider_name(), "aws-lc-rs (X25519MLKEM768 preferred)");
+    }
+
+    /// A pqc node still talks to peers without ML-KEM (an older build, `--no-default-features`):
+    /// both ways, they agree on X25519.
+    #[cfg(feature = "pqc")]
+    #[test]
+    fn post_quantum_node_falls_back_to_x25519_with_a_classical_peer() {
+        use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+        let classical = || {
+            let mut p = default_provider();
+            p.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1];
+            Arc::new(p)
+        };
+        let server = Identity::ephemeral().unwrap();
+        let classical_client = rustls::ClientConfig::builder_with_provider(classical())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PeerIdVerifier {
+                expected: ServerAuth::Insecure,
+                provider: classical(),
+            }))
+            .with_no_client_auth();
+        let server_tls = rustls_server_config(&server, &[]).unwrap();
+        assert_eq!(negotiated_group(classical_client, server_tls), rustls::NamedGroup::X25519);
+
+        let classical_server = rustls::ServerConfig::builder_with_provider(classical())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![server.certificate()], server.private_key())
+            .unwrap();
+        let client = rustls_client_config(ServerAuth::Insecure, &[]).unwrap();
+        assert_eq!(negotiated_group(client, classical_server), rustls::NamedGroup::X25519);
+    }
+
+    #[cfg(all(feature = "aws-lc-rs", not(feature = "pqc")))]
+    #[test]
+    fn aws_lc_rs_without_pqc_uses_classical_key_exchange() {
+        assert!(provider().kx_groups.iter().all(|g| g.name() != rustls::NamedGroup::X25519MLKEM768));
+        let server = Identity::ephemeral().unwrap();
+        let client = rustls_client_config(ServerAuth::Insecure, &[ALPN_ANT_QUIC]).unwrap();
+        let server_tls = rustls_server_config(&server, &[ALPN_ANT_QUIC]).unwrap();
+        assert_eq!(negotiated_group(client, server_tls), rustls::NamedGroup::X25519);
     }
 
     #[cfg(not(feature = "aws-lc-rs"))]

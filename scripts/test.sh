@@ -52,6 +52,10 @@ cargo clippy --all-features --lib --bins -- \
     -D clippy::panic -D clippy::unwrap_used -D clippy::expect_used -D warnings
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "dependency policy: licences, bans, sources (deny.toml; advisories run in deploy-do.yml)"
+# Installs cargo-deny 0.20.2 into target/tools the first time (about 4 CPU-minutes).
+bash scripts/validate-local.sh --deny
+
 step "workflows and Dockerfile (actionlint, hadolint: PyPI wheels in target/lint-venv; no image is built)"
 bash scripts/check-workflows.sh
 bash scripts/check-dockerfile.sh

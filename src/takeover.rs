@@ -252,7 +252,7 @@ fn serve_successors(
         }
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }

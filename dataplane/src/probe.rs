@@ -118,7 +118,12 @@ pub fn probe_group(
         for (index, owner) in found.iter().enumerate() {
             let Ok(index) = u16::try_from(index) else { continue };
             if let (None, Some(nonce)) = (owner, nonces.get(&index)) {
-                socket.send_to(&probe(key, index, *nonce), target)?;
+                // A probe lost to a full buffer or a signal is sent again next round.
+                if let Err(e) = socket.send_to(&probe(key, index, *nonce), target) {
+                    if !matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) {
+                        return Err(e);
+                    }
+                }
             }
         }
         let round_end = (Instant::now() + Duration::from_millis(50)).min(deadline);
@@ -127,6 +132,8 @@ pub fn probe_group(
             let len = match socket.recv_from(&mut buf) {
                 Ok((len, _)) => len,
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break,
+                // A signal (the process's own, or a debugger's) cuts the wait short: wait on.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
             let Some((index, nonce, owner)) = buf.get(..len).and_then(|d| read_answer(key, d)) else { continue };

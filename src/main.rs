@@ -287,6 +287,10 @@ fn serve(
     takeover: Option<Takeover>,
 ) -> Result<ExitCode, Error> {
     let started = Instant::now();
+    // Under systemd a node taken over is on its way out (STOPPING=1 arms the stop timeout), and
+    // the unit's restart policy or the deploy's rollback replaces a successor that dies: it only
+    // drains. On its own it serves again when its successor dies.
+    let supervised = std::env::var_os("NOTIFY_SOCKET").is_some();
     let server = start_server_with(options, security)?;
     let node = &server.node;
     // The admin listener takes the UDP port's number unless told otherwise (the runbook's
@@ -457,7 +461,7 @@ fn serve(
         }
         // Registered peers move to the successor, spread over the first half of the drain.
         server.nat.begin_handover(drain_timeout / 2);
-        match drain(&handle, drain_timeout, signals, &successor, &mut pet_watchdog, &admin) {
+        match drain(&handle, drain_timeout, signals, &successor, &mut pet_watchdog, &admin, supervised) {
             DrainEnd::Finished => {
                 if let Some(ready) = successor.lock().ok().as_mut().and_then(|s| s.as_mut()) {
                     ready.leaving();
@@ -525,17 +529,25 @@ fn drain(
     successor: &Mutex<Option<Successor>>,
     pet_watchdog: &mut impl FnMut(&AdminServer),
     admin: &AdminServer,
+    supervised: bool,
 ) -> DrainEnd {
     let deadline = Instant::now() + timeout;
     let mut next_report = Instant::now();
+    let mut successor_lost = false;
     loop {
         let (connections, relays) = (node.active_connections(), node.relay_allocations());
         if Instant::now() >= next_report {
             next_report = Instant::now() + Duration::from_secs(1);
             let alive =
                 successor.lock().ok().as_mut().and_then(|s| s.as_mut()).is_some_and(|s| s.report(connections, relays));
-            if !alive {
+            if !alive && !supervised {
                 return DrainEnd::SuccessorLost;
+            }
+            if !alive && !successor_lost {
+                successor_lost = true;
+                tracing::error!(
+                    "the successor is gone after the switch; draining on (systemd or the deploy replaces it)"
+                );
             }
         }
         if connections == 0 && relays == 0 {

@@ -23,7 +23,9 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 lab=${ANT_QUIC_LAB_DIR:-${CARGO_TARGET_DIR:-$repo/target}/systemd-lab}
-readonly packages=systemd,systemd-sysv,dbus,openssh-server,curl,python3,nftables,procps,iproute2
+# netbase: /etc/protocols, which nft needs to read protocol names (minbase leaves it out;
+# every Debian server has it).
+readonly packages=systemd,systemd-sysv,dbus,openssh-server,curl,python3,nftables,procps,iproute2,netbase
 readonly tree_version="bookworm minbase $packages v1"
 tree="$lab/bookworm"
 

@@ -75,7 +75,8 @@ remove_tree() {
     local dir=$1 m
     [ -e "$dir" ] || return 0
     dir=$(cd "$dir" && pwd -P)
-    awk '{print $2}' /proc/mounts | grep -F "$dir/" | sort -r | while read -r m; do umount -l "$m" || true; done
+    # awk, not grep: a tree with nothing mounted under it is no failure (pipefail).
+    awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do umount -l "$m" || true; done
     rm -rf "$dir"
 }
 

@@ -155,6 +155,14 @@ impl Assembler {
         }
     }
 
+    /// X = the core byte at `core_at`, A = the generation at `generation_at`, then to `dispatch`.
+    fn dispatch_on(&mut self, core_at: u32, generation_at: u32, dispatch: Label) {
+        self.stmt(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, core_at);
+        self.stmt(libc::BPF_MISC | libc::BPF_TAX, 0);
+        self.stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, generation_at);
+        self.goto(dispatch);
+    }
+
     /// The program, or `None` if a label was never placed or lies behind its jump (classic BPF
     /// only jumps forward).
     fn finish(mut self) -> Option<Vec<sock_filter>> {
@@ -199,10 +207,7 @@ pub fn steering_program(table: &SteeringTable) -> Result<Vec<sock_filter>, Steer
     asm.place(short);
     asm.stmt(BPF_MISC | BPF_TXA, 0);
     asm.branch(BPF_JGE, 1 + cid_len, None, Some(default));
-    asm.stmt(BPF_LD | BPF_B | BPF_ABS, 1);
-    asm.stmt(BPF_MISC | BPF_TAX, 0);
-    asm.stmt(BPF_LD | BPF_H | BPF_ABS, 1 + generation_at);
-    asm.goto(dispatch);
+    asm.dispatch_on(1, 1 + generation_at, dispatch);
 
     // Long header: a DCID of our length at offset 6 (after version and DCID length).
     asm.place(long);
@@ -210,19 +215,13 @@ pub fn steering_program(table: &SteeringTable) -> Result<Vec<sock_filter>, Steer
     asm.branch(BPF_JGE, 6 + cid_len, None, Some(default));
     asm.stmt(BPF_LD | BPF_B | BPF_ABS, 5);
     asm.branch(BPF_JEQ, cid_len, None, Some(default));
-    asm.stmt(BPF_LD | BPF_B | BPF_ABS, 6);
-    asm.stmt(BPF_MISC | BPF_TAX, 0);
-    asm.stmt(BPF_LD | BPF_H | BPF_ABS, 6 + generation_at);
-    asm.goto(dispatch);
+    asm.dispatch_on(6, 6 + generation_at, dispatch);
 
     // Relay frame: channel at 1..5, generation in its high half, core from its low byte.
     asm.place(relay);
     asm.stmt(BPF_MISC | BPF_TXA, 0);
     asm.branch(BPF_JGE, RELAY_HEADER_LEN as u32, None, Some(default));
-    asm.stmt(BPF_LD | BPF_B | BPF_ABS, 4);
-    asm.stmt(BPF_MISC | BPF_TAX, 0);
-    asm.stmt(BPF_LD | BPF_H | BPF_ABS, 1);
-    asm.goto(dispatch);
+    asm.dispatch_on(4, 1, dispatch);
 
     // Probe: the index it asks for.
     asm.place(probe);

@@ -1,600 +1,17 @@
-//! An in-memory network: one coordinator (or two), peers behind toy NATs, signalling with
-//! per-peer latency, probes with latency, loss and lateness, all in simulated time.
+//! The traversal's tests: unit tests of one state machine, and whole traversals in the
+//! in-memory NAT world of [`crate::nat::sim`].
 
 use super::spray::{PortGuesser, GUESS_PORTS};
 use super::*;
 use crate::nat::candidate::{self, Mapping};
-use crate::nat::coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig};
+use crate::nat::coordinator::CoordinatorConfig;
 use crate::nat::message::{CandidateKind, ErrorCode};
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-
-const BOOT: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 443));
-/// The second bootstrap of worlds that have one.
-const BOOT2: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 443));
+use crate::nat::sim::{NatKind, Socket, World, BOOTSTRAP};
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
 
 fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
-}
-
-/// RFC 4787 behaviours, as `/work/shared/natlab.md` builds them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NatKind {
-    /// Endpoint-independent mapping and filtering.
-    FullCone,
-    /// Endpoint-independent mapping, address-and-port-dependent filtering.
-    PortRestricted,
-    /// Endpoint-dependent mapping, address-and-port-dependent filtering.
-    Symmetric,
-}
-
-/// An inside socket of a peer: 0 is the node socket, others are extra (spray) sockets.
-type Socket = u32;
-
-#[derive(Debug)]
-struct Nat {
-    kind: NatKind,
-    public: Ipv4Addr,
-    base_port: u16,
-    /// Symmetric: (inside socket, destination) → public port, taken at random.
-    mappings: HashMap<(Socket, SocketAddr), u16>,
-    /// Public port → the inside socket it maps to.
-    owners: HashMap<u16, Socket>,
-    random: SplitMix64,
-    /// (public port, destination) pairs the inside host has sent to.
-    sent: HashSet<(u16, SocketAddr)>,
-    /// Public ports that sent anything (full cone filtering).
-    used: HashSet<u16>,
-}
-
-impl Nat {
-    fn new(kind: NatKind, public: Ipv4Addr, seed: u64) -> Self {
-        Self {
-            kind,
-            public,
-            base_port: 40000,
-            mappings: HashMap::new(),
-            owners: HashMap::new(),
-            random: SplitMix64::new(seed),
-            sent: HashSet::new(),
-            used: HashSet::new(),
-        }
-    }
-
-    fn port_for(&mut self, socket: Socket, to: SocketAddr) -> u16 {
-        let port = match self.kind {
-            // One mapping per inside socket, whatever the destination.
-            NatKind::FullCone | NatKind::PortRestricted => self.base_port.wrapping_add(socket as u16),
-            NatKind::Symmetric => {
-                if let Some(port) = self.mappings.get(&(socket, to)) {
-                    return *port;
-                }
-                // The node socket's first destination (the bootstrap) gets the base port, so that
-                // turning the NAT into a cone keeps the observed address; every other mapping
-                // takes a free random port (`masquerade random`).
-                let port = if self.mappings.is_empty() && socket == 0 {
-                    self.base_port
-                } else {
-                    loop {
-                        let port = 1024 + (self.random.next_u64() % 64512) as u16;
-                        if port != self.base_port && !self.owners.contains_key(&port) {
-                            break port;
-                        }
-                    }
-                };
-                self.mappings.insert((socket, to), port);
-                port
-            }
-        };
-        self.owners.insert(port, socket);
-        port
-    }
-
-    /// An outgoing datagram from inside `socket` to `to`: its public source, and the filter
-    /// state it opens.
-    fn outbound(&mut self, socket: Socket, to: SocketAddr) -> SocketAddr {
-        let port = self.port_for(socket, to);
-        self.sent.insert((port, to));
-        self.used.insert(port);
-        SocketAddr::new(self.public.into(), port)
-    }
-
-    /// The inside socket a datagram from `from` to public `port` reaches, if it gets in.
-    fn inbound(&self, from: SocketAddr, port: u16) -> Option<Socket> {
-        let allowed = match self.kind {
-            NatKind::FullCone => self.used.contains(&port),
-            NatKind::PortRestricted | NatKind::Symmetric => self.sent.contains(&(port, from)),
-        };
-        allowed.then(|| self.owners.get(&port).copied()).flatten()
-    }
-}
-
-/// The extra sockets of one many-probe round on a node.
-#[derive(Debug)]
-struct SpraySet {
-    first: Socket,
-    count: u16,
-    kept: Option<u16>,
-    closed: bool,
-}
-
-impl SpraySet {
-    /// Whether the set's socket `index` is open.
-    fn open(&self, index: u16) -> bool {
-        index < self.count && !self.closed && self.kept.is_none_or(|k| k == index)
-    }
-}
-
-struct Node {
-    id: PeerId,
-    traversal: Traversal,
-    nat: Nat,
-    inner: SocketAddr,
-    session: SessionId,
-    /// One-way signalling latency to the bootstrap.
-    one_way: Duration,
-    /// Extra delay of every PUNCH_ME_NOW to this node.
-    punch_delay: Duration,
-    events: Vec<TraversalEvent>,
-    signals_received: Vec<Message>,
-    probes_to: Vec<SocketAddr>,
-    first_probe: Option<Instant>,
-    connects_direct: Vec<SocketAddr>,
-    relay_paths: Vec<(PeerId, SocketAddr, SocketAddr, u32)>,
-    direct_paths: Vec<(SocketAddr, SocketAddr)>,
-    removed_paths: Vec<SocketAddr>,
-    /// The session with the second bootstrap, if the world has one.
-    second_session: Option<SessionId>,
-    sprays: HashMap<[u8; 16], SpraySet>,
-    next_socket: Socket,
-    /// SprayKeep actions: (token, socket, remote).
-    kept: Vec<([u8; 16], u16, SocketAddr)>,
-    /// ConnectBridged remotes.
-    connects_bridged: Vec<SocketAddr>,
-    /// SetPathBridged actions: (alias, address).
-    bridged_paths: Vec<(SocketAddr, SocketAddr)>,
-}
-
-/// A [`TraversalEvent::AttemptFinished`], unpacked.
-#[derive(Debug)]
-struct Finished {
-    attempt: AttemptId,
-    outcome: Outcome,
-    remote: Option<SocketAddr>,
-    connect: Duration,
-    reason: Option<String>,
-}
-
-enum Delivery {
-    ToCoordinator { session: SessionId, message: Message },
-    ToNode { node: usize, session: SessionId, message: Message },
-    Datagram { from: SocketAddr, to: SocketAddr, probe: Probe },
-    DirectResult { node: usize, attempt: AttemptId, address: SocketAddr, socket: Socket },
-    RelayedResult { node: usize, attempt: AttemptId, peer: PeerId },
-}
-
-struct World {
-    now: Instant,
-    coordinator: Coordinator,
-    /// The bootstrap at [`BOOT2`], if any: peers register with both and connect through the first.
-    second: Option<Coordinator>,
-    nodes: Vec<Node>,
-    /// Session → (node, whether it is with the second bootstrap).
-    sessions: HashMap<SessionId, (usize, bool)>,
-    next_session: SessionId,
-    queue: BTreeMap<(Instant, u64), Delivery>,
-    sequence: u64,
-    random: SplitMix64,
-    traversal: TraversalConfig,
-    /// Share of probe datagrams lost.
-    loss: f64,
-    /// Share of probe datagrams delayed by `late_by` more.
-    late: f64,
-    late_by: Duration,
-    p2p_latency: Duration,
-    dropped: u64,
-    relays: BTreeMap<u32, (SocketAddr, SocketAddr)>,
-}
-
-impl World {
-    fn new(seed: u64) -> Self {
-        Self::with(seed, CoordinatorConfig::default(), TraversalConfig::default())
-    }
-
-    fn with(seed: u64, coordinator: CoordinatorConfig, traversal: TraversalConfig) -> Self {
-        Self {
-            now: Instant::now(),
-            coordinator: Coordinator::new(coordinator, seed),
-            second: None,
-            nodes: Vec::new(),
-            sessions: HashMap::new(),
-            next_session: 1,
-            queue: BTreeMap::new(),
-            sequence: 0,
-            random: SplitMix64::new(seed ^ 0x5eed),
-            traversal,
-            loss: 0.0,
-            late: 0.0,
-            late_by: ms(80),
-            p2p_latency: ms(15),
-            dropped: 0,
-            relays: BTreeMap::new(),
-        }
-    }
-
-    /// A world whose peers also register with a second bootstrap, so that the bootstraps can
-    /// tell endpoint-dependent mapping from endpoint-independent.
-    fn with_second_bootstrap(mut self) -> Self {
-        let seed = self.random.next_u64();
-        self.second = Some(Coordinator::new(CoordinatorConfig::default(), seed));
-        self
-    }
-
-    /// A peer behind a NAT of `kind`, registered with the bootstrap (both, if there are two).
-    fn add_node(&mut self, kind: NatKind, one_way: Duration) -> usize {
-        let index = self.nodes.len();
-        let octet = u8::try_from(index).unwrap();
-        let seed = self.random.next_u64();
-        let mut node = Node {
-            id: PeerId([octet + 1; 32]),
-            traversal: Traversal::new(self.traversal.clone(), seed),
-            nat: Nat::new(kind, Ipv4Addr::new(198, 18, 0, 10 + octet), seed ^ 0x4a7),
-            inner: SocketAddr::new(Ipv4Addr::new(10, octet, 0, 2).into(), 5000),
-            session: 0,
-            one_way,
-            punch_delay: Duration::ZERO,
-            events: Vec::new(),
-            signals_received: Vec::new(),
-            probes_to: Vec::new(),
-            first_probe: None,
-            connects_direct: Vec::new(),
-            relay_paths: Vec::new(),
-            direct_paths: Vec::new(),
-            removed_paths: Vec::new(),
-            second_session: None,
-            sprays: HashMap::new(),
-            next_socket: 1,
-            kept: Vec::new(),
-            connects_bridged: Vec::new(),
-            bridged_paths: Vec::new(),
-        };
-        node.traversal.set_host_candidates(self.now, vec![node.inner]);
-        self.nodes.push(node);
-        self.open_session(index);
-        if self.second.is_some() {
-            let session = self.next_session;
-            self.next_session += 1;
-            self.sessions.insert(session, (index, true));
-            let n = &mut self.nodes[index];
-            n.second_session = Some(session);
-            let observed = n.nat.outbound(0, BOOT2);
-            if let Some(second) = self.second.as_mut() {
-                second.session_opened(self.now, session, Some(n.id), observed, 2 * n.one_way);
-            }
-            n.traversal.bootstrap_connected(self.now, session, BOOT2);
-        }
-        index
-    }
-
-    /// Opens a (new) signalling session for `node`, as a new connection to the bootstrap does.
-    fn open_session(&mut self, node: usize) -> SessionId {
-        let session = self.next_session;
-        self.next_session += 1;
-        self.sessions.insert(session, (node, false));
-        let n = &mut self.nodes[node];
-        n.session = session;
-        let observed = n.nat.outbound(0, BOOT);
-        self.coordinator.session_opened(self.now, session, Some(n.id), observed, 2 * n.one_way);
-        n.traversal.bootstrap_connected(self.now, session, BOOT);
-        session
-    }
-
-    fn observed(&self, node: usize) -> SocketAddr {
-        let nat = &self.nodes[node].nat;
-        let port = match nat.kind {
-            NatKind::Symmetric => nat.mappings.get(&(0, BOOT)).copied().unwrap_or(nat.base_port),
-            _ => nat.base_port,
-        };
-        SocketAddr::new(nat.public.into(), port)
-    }
-
-    fn schedule(&mut self, at: Instant, delivery: Delivery) {
-        self.sequence += 1;
-        self.queue.insert((at, self.sequence), delivery);
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        (self.random.next_u64() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
-    }
-
-    /// Carries out every pending action and collects every event.
-    fn pump(&mut self) {
-        let now = self.now;
-        // The second bootstrap only signals: connections go through the first.
-        while let Some(action) = self.second.as_mut().and_then(Coordinator::poll_action) {
-            if let CoordinatorAction::Send { session, message } = action {
-                let Some(&(node, _)) = self.sessions.get(&session) else { continue };
-                let at = now + self.nodes[node].one_way;
-                self.schedule(at, Delivery::ToNode { node, session, message });
-            }
-        }
-        while let Some(action) = self.coordinator.poll_action() {
-            match action {
-                CoordinatorAction::Send { session, message } => {
-                    let Some(&(node, _)) = self.sessions.get(&session) else { continue };
-                    let mut delay = self.nodes[node].one_way;
-                    if matches!(message, Message::PunchMeNow { .. }) {
-                        delay += self.nodes[node].punch_delay;
-                    }
-                    self.schedule(now + delay, Delivery::ToNode { node, session, message });
-                }
-                CoordinatorAction::InstallRelay { channel, a, b, .. } => {
-                    self.relays.insert(channel, (a, b));
-                }
-                CoordinatorAction::RemoveRelay { channel } => {
-                    self.relays.remove(&channel);
-                }
-            }
-        }
-        for index in 0..self.nodes.len() {
-            while let Some(action) = self.nodes[index].traversal.poll_action() {
-                self.carry_out(index, action);
-            }
-            while let Some(event) = self.nodes[index].traversal.poll_event() {
-                self.nodes[index].events.push(event);
-            }
-        }
-    }
-
-    fn carry_out(&mut self, index: usize, action: TraversalAction) {
-        let now = self.now;
-        let node = &mut self.nodes[index];
-        match action {
-            TraversalAction::Signal { session, message } => {
-                let at = now + node.one_way;
-                self.schedule(at, Delivery::ToCoordinator { session, message });
-            }
-            TraversalAction::SendProbe { to, probe } => {
-                if probe.kind == ProbeKind::Probe {
-                    node.first_probe.get_or_insert(now);
-                }
-                node.probes_to.push(to);
-                let from = node.nat.outbound(0, to);
-                self.send_datagram(from, to, probe);
-            }
-            TraversalAction::ConnectDirect { attempt, address, .. } => {
-                node.connects_direct.push(address);
-                let result = Delivery::DirectResult { node: index, attempt, address, socket: 0 };
-                self.schedule(now + 2 * self.p2p_latency, result);
-            }
-            TraversalAction::InstallRelayPath { peer, alias, relay, channel } => {
-                node.relay_paths.push((peer, alias, relay, channel));
-            }
-            TraversalAction::ConnectRelayed { attempt, peer, .. } => {
-                let at = now + 4 * node.one_way + ms(200);
-                self.schedule(at, Delivery::RelayedResult { node: index, attempt, peer });
-            }
-            TraversalAction::SetPathDirect { alias, address } => node.direct_paths.push((alias, address)),
-            TraversalAction::RemovePath { alias } => node.removed_paths.push(alias),
-            TraversalAction::SprayOpen { token, sockets } => {
-                let first = node.next_socket;
-                node.next_socket += Socket::from(sockets);
-                assert!(
-                    node.sprays.insert(token, SpraySet { first, count: sockets, kept: None, closed: false }).is_none(),
-                    "a round opens its sockets once"
-                );
-            }
-            TraversalAction::SprayProbe { token, to, first_transaction } => {
-                let set = node.sprays.get(&token).expect("probes from sockets that were opened");
-                let open: Vec<u16> = (0..set.count).filter(|&i| set.open(i)).collect();
-                let first = set.first;
-                let mut datagrams = Vec::with_capacity(open.len());
-                for index in open {
-                    let from = node.nat.outbound(first + Socket::from(index), to);
-                    let transaction = first_transaction.wrapping_add(u64::from(index));
-                    datagrams.push((from, Probe { kind: ProbeKind::Probe, token, transaction }));
-                }
-                for (from, probe) in datagrams {
-                    self.send_datagram(from, to, probe);
-                }
-            }
-            TraversalAction::SprayAck { token, socket, to, probe } => {
-                let set = node.sprays.get(&token).expect("acks from sockets that were opened");
-                assert!(set.open(socket), "an ack from a closed socket");
-                let from = node.nat.outbound(set.first + Socket::from(socket), to);
-                self.send_datagram(from, to, probe);
-            }
-            TraversalAction::SprayKeep { token, socket, remote } => {
-                let set = node.sprays.get_mut(&token).expect("keeps a socket that was opened");
-                assert!(set.open(socket) && set.kept.is_none(), "keeps one open socket, once");
-                set.kept = Some(socket);
-                node.kept.push((token, socket, remote));
-            }
-            TraversalAction::SprayClose { token } => {
-                let set = node.sprays.get_mut(&token).expect("closes sockets that were opened");
-                assert!(!set.closed && set.kept.is_none(), "closes once, and never a kept socket");
-                set.closed = true;
-            }
-            TraversalAction::ConnectBridged { attempt, token, remote, .. } => {
-                let set = node.sprays.get(&token).expect("a bridge over an opened socket");
-                let socket = set.first + Socket::from(set.kept.expect("the bridge's socket was kept"));
-                node.connects_bridged.push(remote);
-                let result = Delivery::DirectResult { node: index, attempt, address: remote, socket };
-                self.schedule(now + 2 * self.p2p_latency, result);
-            }
-            TraversalAction::SetPathBridged { alias, token, address } => {
-                assert!(node.sprays.get(&token).is_some_and(|s| s.kept.is_some()), "a bridge needs a kept socket");
-                node.bridged_paths.push((alias, address));
-                node.direct_paths.push((alias, address));
-            }
-        }
-    }
-
-    /// A probe datagram on the network: lost, late or on time.
-    fn send_datagram(&mut self, from: SocketAddr, to: SocketAddr, probe: Probe) {
-        if self.chance(self.loss) {
-            self.dropped += 1;
-            return;
-        }
-        let late = if self.chance(self.late) { self.late_by } else { Duration::ZERO };
-        self.schedule(self.now + self.p2p_latency + late, Delivery::Datagram { from, to, probe });
-    }
-
-    fn node_at(&self, ip: IpAddr) -> Option<usize> {
-        self.nodes.iter().position(|n| IpAddr::from(n.nat.public) == ip)
-    }
-
-    /// Whether inside `socket` of `node` is open: the node socket, or an open extra socket.
-    fn socket_open(&self, node: usize, socket: Socket) -> Option<([u8; 16], u16)> {
-        if socket == 0 {
-            return Some(([0; 16], 0));
-        }
-        self.nodes[node].sprays.iter().find_map(|(token, set)| {
-            let index = u16::try_from(socket.checked_sub(set.first)?).ok()?;
-            set.open(index).then_some((*token, index))
-        })
-    }
-
-    fn deliver(&mut self, delivery: Delivery) {
-        let now = self.now;
-        match delivery {
-            Delivery::ToCoordinator { session, message } => match self.sessions.get(&session) {
-                Some((_, true)) => {
-                    if let Some(second) = self.second.as_mut() {
-                        second.handle(now, session, message);
-                    }
-                }
-                _ => self.coordinator.handle(now, session, message),
-            },
-            Delivery::ToNode { node, session, message } => {
-                self.nodes[node].signals_received.push(message.clone());
-                self.nodes[node].traversal.handle_signal(now, session, message);
-            }
-            Delivery::Datagram { from, to, probe } => {
-                let Some(node) = self.node_at(to.ip()) else { return };
-                let Some(socket) = self.nodes[node].nat.inbound(from, to.port()) else { return };
-                match self.socket_open(node, socket) {
-                    Some((_, _)) if socket == 0 => self.nodes[node].traversal.handle_probe(now, from, probe),
-                    Some((token, index)) => {
-                        self.nodes[node].traversal.handle_spray_probe(now, token, index, from, probe);
-                    }
-                    None => {}
-                }
-            }
-            Delivery::DirectResult { node, attempt, address, socket } => {
-                // A QUIC handshake needs both directions: our packets in through their NAT to a
-                // socket that is open, their answers back from the address we sent to, in
-                // through ours.
-                let source = self.nodes[node].nat.outbound(socket, address);
-                let connected = self.node_at(address.ip()).is_some_and(|other| {
-                    let Some(theirs) = self.nodes[other].nat.inbound(source, address.port()) else { return false };
-                    if self.socket_open(other, theirs).is_none() {
-                        return false;
-                    }
-                    let reply = self.nodes[other].nat.outbound(theirs, source);
-                    reply == address && self.nodes[node].nat.inbound(reply, source.port()) == Some(socket)
-                });
-                self.nodes[node].traversal.connection_result(now, attempt, connected);
-            }
-            Delivery::RelayedResult { node, attempt, peer } => {
-                let connected = self.relay_works(node, peer);
-                self.nodes[node].traversal.connection_result(now, attempt, connected);
-            }
-        }
-    }
-
-    /// Both ends installed a path on one channel, and the bootstrap relays that channel between
-    /// their observed addresses.
-    fn relay_works(&self, node: usize, peer: PeerId) -> bool {
-        let Some(other) = self.nodes.iter().position(|n| n.id == peer) else { return false };
-        let me = self.nodes[node].id;
-        let mine = self.nodes[node].relay_paths.iter().rev().find(|p| p.0 == peer).map(|p| p.3);
-        let theirs = self.nodes[other].relay_paths.iter().rev().find(|p| p.0 == me).map(|p| p.3);
-        let ends = [self.observed(node), self.observed(other)];
-        match (mine, theirs) {
-            (Some(c), Some(d)) if c == d => {
-                self.relays.get(&c).is_some_and(|(a, b)| [*a, *b] == ends || [*b, *a] == ends)
-            }
-            _ => false,
-        }
-    }
-
-    fn next_instant(&self) -> Option<Instant> {
-        let queued = self.queue.keys().next().map(|(at, _)| *at);
-        let nodes = self.nodes.iter().filter_map(|n| n.traversal.poll_timeout());
-        let second = self.second.as_ref().and_then(Coordinator::poll_timeout);
-        queued.into_iter().chain(self.coordinator.poll_timeout()).chain(second).chain(nodes).min()
-    }
-
-    /// Runs until `done` holds (true) or `limit` of simulated time passed (false).
-    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&World) -> bool) -> bool {
-        let deadline = self.now + limit;
-        for _ in 0..1_000_000 {
-            self.pump();
-            if done(self) {
-                return true;
-            }
-            match self.next_instant() {
-                Some(next) if next <= deadline => self.now = self.now.max(next),
-                _ => {
-                    self.now = deadline;
-                    return false;
-                }
-            }
-            while let Some(entry) = self.queue.first_entry() {
-                if entry.key().0 > self.now {
-                    break;
-                }
-                let delivery = entry.remove();
-                self.deliver(delivery);
-                self.pump();
-            }
-            let now = self.now;
-            if let Some(second) = self.second.as_mut().filter(|c| c.poll_timeout().is_some_and(|t| t <= now)) {
-                second.handle_timeout(now);
-            }
-            if self.coordinator.poll_timeout().is_some_and(|t| t <= now) {
-                self.coordinator.handle_timeout(now);
-            }
-            for node in &mut self.nodes {
-                if node.traversal.poll_timeout().is_some_and(|t| t <= now) {
-                    node.traversal.handle_timeout(now);
-                }
-            }
-        }
-        panic!("the simulation does not settle");
-    }
-
-    fn run_for(&mut self, duration: Duration) {
-        self.run_until(duration, |_| false);
-    }
-
-    fn finished(&self, node: usize) -> Vec<Finished> {
-        self.nodes[node]
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                TraversalEvent::AttemptFinished { attempt, outcome, remote, connect, reason, .. } => Some(Finished {
-                    attempt: *attempt,
-                    outcome: *outcome,
-                    remote: *remote,
-                    connect: *connect,
-                    reason: reason.clone(),
-                }),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// `from` connects to `to`; waits for the attempt to end and returns how.
-    fn connect(&mut self, from: usize, to: PeerId) -> (Outcome, Option<SocketAddr>, Duration, Option<String>) {
-        let attempt = self.nodes[from].traversal.connect(self.now, to).unwrap();
-        let ended = |w: &World| w.finished(from).iter().any(|f| f.attempt == attempt);
-        assert!(self.run_until(Duration::from_secs(30), ended), "attempt {attempt} never ended");
-        let Finished { outcome, remote, connect, reason, .. } =
-            self.finished(from).into_iter().find(|f| f.attempt == attempt).unwrap();
-        (outcome, remote, connect, reason)
-    }
 }
 
 /// Two registered peers behind `a` and `b`, signalling settled.
@@ -617,7 +34,7 @@ fn a_reregister_hands_the_registration_and_relay_paths_to_the_new_connection() {
     let observed: SocketAddr = "203.0.113.9:4000".parse().unwrap();
     let mut t = Traversal::new(TraversalConfig::default(), 1);
     t.set_host_candidates(now, vec!["10.0.0.2:4000".parse().unwrap()]);
-    t.bootstrap_connected(now, 1, BOOT);
+    t.bootstrap_connected(now, 1, BOOTSTRAP);
     t.handle_signal(now, 1, Message::ObservedAddress { sequence: 1, address: observed });
     // The other peer's relayed connection to this one runs through the old process.
     let grant = |channel| Message::RelayGrant {
@@ -640,7 +57,7 @@ fn a_reregister_hands_the_registration_and_relay_paths_to_the_new_connection() {
 
     // The new connection to the same address: the old one's observation is not shared there
     // (same bootstrap address, it says nothing about the mapping).
-    t.bootstrap_connected(now, 2, BOOT);
+    t.bootstrap_connected(now, 2, BOOTSTRAP);
     let to_new: Vec<Message> = take_actions(&mut t)
         .into_iter()
         .filter_map(|a| match a {
@@ -682,7 +99,7 @@ fn a_request_in_flight_at_the_handover_is_sent_again_on_the_new_connection() {
     let now = Instant::now();
     let target = PeerId([0x99; 32]);
     let mut t = Traversal::new(TraversalConfig::default(), 2);
-    t.bootstrap_connected(now, 1, BOOT);
+    t.bootstrap_connected(now, 1, BOOTSTRAP);
     let attempt = t.connect(now, target).unwrap();
     let request = take_actions(&mut t)
         .into_iter()
@@ -691,7 +108,7 @@ fn a_request_in_flight_at_the_handover_is_sent_again_on_the_new_connection() {
             _ => None,
         })
         .unwrap();
-    t.bootstrap_connected(now, 2, BOOT);
+    t.bootstrap_connected(now, 2, BOOTSTRAP);
     take_actions(&mut t);
     t.bootstrap_handed_over(now, 1, 2);
     let actions = take_actions(&mut t);
@@ -745,7 +162,7 @@ fn every_nat_pair_connects_like_raw_simultaneous_open_or_through_the_relay() {
             let no_direct_path =
                 matches!((a, b), (Symmetric, PortRestricted | Symmetric) | (PortRestricted, Symmetric));
             if no_direct_path {
-                assert_eq!((outcome, remote), (Outcome::Relayed, Some(BOOT)), "{a:?} -> {b:?}: {reason:?}");
+                assert_eq!((outcome, remote), (Outcome::Relayed, Some(BOOTSTRAP)), "{a:?} -> {b:?}: {reason:?}");
             } else {
                 assert_eq!(outcome, Outcome::Direct, "{a:?} -> {b:?}: {reason:?}");
                 assert_eq!(remote.map(|r| r.ip()), Some(IpAddr::from(w.nodes[1].nat.public)), "{a:?} -> {b:?}");
@@ -759,7 +176,7 @@ fn symmetric_to_port_restricted_falls_back_to_the_relay_between_observed_address
     let mut w = pair(3, NatKind::Symmetric, NatKind::PortRestricted);
     let (a, b) = (w.nodes[0].id, w.nodes[1].id);
     let (outcome, remote, connect, reason) = w.connect(0, b);
-    assert_eq!((outcome, remote, reason), (Outcome::Relayed, Some(BOOT), None));
+    assert_eq!((outcome, remote, reason), (Outcome::Relayed, Some(BOOTSTRAP), None));
     assert!(connect >= Duration::from_secs(3), "the punch had its full time: {connect:?}");
 
     let relays: Vec<_> = w.relays.iter().map(|(c, ends)| (*c, *ends)).collect();
@@ -767,11 +184,11 @@ fn symmetric_to_port_restricted_falls_back_to_the_relay_between_observed_address
     assert_eq!(ends, (w.observed(0), w.observed(1)), "the relay sends only to observed addresses");
 
     let [(peer, alias, relay, ch)] = w.nodes[0].relay_paths[..] else { panic!("{:?}", w.nodes[0].relay_paths) };
-    assert_eq!((peer, relay, ch), (b, BOOT, channel));
+    assert_eq!((peer, relay, ch), (b, BOOTSTRAP, channel));
     let IpAddr::V4(ip) = alias.ip() else { panic!("alias {alias}") };
     assert_eq!(ip.octets()[0] & 0xF0, 240, "aliases live in 240.0.0.0/4");
     let [(peer, _, relay, ch)] = w.nodes[1].relay_paths[..] else { panic!("{:?}", w.nodes[1].relay_paths) };
-    assert_eq!((peer, relay, ch), (a, BOOT, channel), "the responder can accept through the relay");
+    assert_eq!((peer, relay, ch), (a, BOOTSTRAP, channel), "the responder can accept through the relay");
     w.run_for(ms(100));
     assert_eq!(w.coordinator.stats().reports_relayed, 1);
 }
@@ -1205,7 +622,7 @@ fn a_spray_that_misses_falls_back_to_the_relay() {
     let traversal = TraversalConfig { spray_sockets: 16, spray_guesses: 16, ..TraversalConfig::default() };
     let direct = spray_trials(100..150, &traversal, |w, seed, _, outcome, remote, connect| {
         if outcome == Outcome::Relayed {
-            assert_eq!(remote, Some(BOOT), "seed {seed}");
+            assert_eq!(remote, Some(BOOTSTRAP), "seed {seed}");
             assert!(connect >= Duration::from_secs(3), "seed {seed}: the spray had its full time: {connect:?}");
             let set = w.nodes[0].sprays.values().next().unwrap();
             assert!(set.closed && set.kept.is_none(), "seed {seed}: a missed spray closes its sockets");
@@ -1230,7 +647,7 @@ fn symmetric_pairs_and_unknown_mappings_do_not_spray() {
             if two { pair_with_two_bootstraps(seed, TraversalConfig::default(), a, b) } else { pair(seed, a, b) };
         let target = w.nodes[1].id;
         let (outcome, remote, ..) = w.connect(0, target);
-        assert_eq!((outcome, remote), (Outcome::Relayed, Some(BOOT)), "{a:?} -> {b:?}");
+        assert_eq!((outcome, remote), (Outcome::Relayed, Some(BOOTSTRAP)), "{a:?} -> {b:?}");
         for node in 0..2 {
             assert!(w.nodes[node].sprays.is_empty(), "{a:?} -> {b:?}: node {node} opened sockets");
             let other = w.nodes[1 - node].nat.public;

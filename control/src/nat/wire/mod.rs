@@ -540,7 +540,7 @@ impl<T: AsRef<[u8]>> MessageView<T> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The repr.
+// The owned form: [`Message`] parsed from and emitted to bytes.
 
 /// The longest prefix of `reason` that fits [`MAX_REASON`] bytes and ends on a char boundary.
 fn emitted_reason(reason: &str) -> &str {

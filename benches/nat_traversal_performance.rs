@@ -4,7 +4,9 @@
 //!
 //! Everything runs without sockets: messages and probes are handed from one state machine to the
 //! other and time is advanced synthetically, so a figure is the CPU time of the work, never time
-//! spent waiting for a start instant or a probe interval.
+//! spent waiting for a start instant or a probe interval. Whole traversals run in the simulated
+//! NAT world of the traversal's tests (`ant_quic_control::nat::sim`); a figure includes its
+//! bookkeeping (NAT mappings and filters, the record of what each peer did).
 //!
 //! ```sh
 //! cargo bench --bench nat_traversal_performance            # all groups (well under 2 minutes)
@@ -12,16 +14,16 @@
 //! cargo bench --bench nat_traversal_performance -- coordinator   # one group
 //! ```
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use ant_quic_control::nat::candidate::{check_list, pair_priority, priority};
 use ant_quic_control::nat::coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig, SessionId};
-use ant_quic_control::nat::traversal::{Traversal, TraversalAction, TraversalConfig, TraversalEvent};
+use ant_quic_control::nat::sim::{NatKind, World};
+use ant_quic_control::nat::traversal::TraversalEvent;
 use ant_quic_control::nat::wire::{encode_frame, FrameReader};
-use ant_quic_control::nat::{Candidate, CandidateKind, Message, Outcome, Probe, PunchRole};
+use ant_quic_control::nat::{Candidate, CandidateKind, Message, Outcome, PunchRole};
 use ant_quic_control::PeerId;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 
@@ -273,172 +275,42 @@ fn coordinator(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // Whole traversals in memory
 
-const BOOTSTRAP: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 443));
-/// One-way delay of a probe between the peers.
-const P2P: Duration = Duration::from_millis(15);
-
-enum Delivery {
-    ToCoordinator { session: SessionId, message: Message },
-    ToPeer { peer: usize, message: Message },
-    Probe { to_peer: usize, from: SocketAddr, probe: Probe },
-    ConnectionResult { peer: usize, attempt: u64, connected: bool },
+/// Two peers in the simulated NAT world, registered with one coordinator, their host candidates
+/// (one IPv4 and one IPv6 address each) added and their observed addresses known: the state
+/// before a connection attempt. Not timed. With `direct`, both NATs are full cones and every
+/// probe to the other peer's public address gets in; without, both are symmetric, which filter
+/// everything the other sends: every probe is lost and the attempt falls back to the relay.
+fn settled_world(direct: bool, seed: u64) -> World {
+    let kind = if direct { NatKind::FullCone } else { NatKind::Symmetric };
+    let mut world = World::new(seed);
+    for (index, one_way) in [(0u16, 10), (1, 25)] {
+        let node = world.add_node(kind, Duration::from_millis(one_way));
+        let (now, inner) = (world.now, world.nodes[node].inner);
+        world.nodes[node].traversal.set_host_candidates(now, vec![inner, v6(index, 5000)]);
+    }
+    world.run_for(Duration::from_millis(200));
+    world
 }
 
-struct Peer {
-    id: PeerId,
-    traversal: Traversal,
-    session: SessionId,
-    /// Where the bootstrap (and the other peer, through the NAT) sees this peer.
-    public: SocketAddr,
-    one_way: Duration,
-    finished: Option<Outcome>,
-}
-
-/// One coordinator and two peers behind NATs that map endpoint-independently. When `direct` is
-/// false the NATs filter everything unsolicited (as two symmetric NATs do for each other): every
-/// probe is lost and the attempt falls back to the relay.
-struct World {
-    now: Instant,
-    coordinator: Coordinator,
-    peers: [Peer; 2],
-    direct: bool,
-    queue: BTreeMap<(Instant, u64), Delivery>,
-    sequence: u64,
-}
-
-impl World {
-    /// Both peers registered, their host candidates added, their observed addresses known: the
-    /// state before a connection attempt. Not timed.
-    fn new(direct: bool, seed: u64) -> Self {
-        let now = Instant::now();
-        let coordinator = Coordinator::new(CoordinatorConfig::default(), seed);
-        let make = |n: u8, one_way: u64| Peer {
-            id: PeerId([n; 32]),
-            traversal: Traversal::new(TraversalConfig::default(), seed ^ u64::from(n)),
-            session: SessionId::from(n),
-            public: v4(198, 18, 0, 10 * n, 40000),
-            one_way: Duration::from_millis(one_way),
-            finished: None,
-        };
-        let mut world =
-            Self { now, coordinator, peers: [make(1, 10), make(2, 25)], direct, queue: BTreeMap::new(), sequence: 0 };
-        for index in 0..2 {
-            let p = &mut world.peers[index];
-            p.traversal.set_host_candidates(now, vec![v4(10, index as u8, 0, 2, 5000), v6(index as u16, 5000)]);
-            world.coordinator.session_opened(now, p.session, Some(p.id), p.public, 2 * p.one_way);
-            p.traversal.bootstrap_connected(now, p.session, BOOTSTRAP);
-        }
-        world.run_until(|w| w.coordinator.poll_timeout().is_some() && w.queue.is_empty());
-        world
-    }
-
-    fn schedule(&mut self, delay: Duration, delivery: Delivery) {
-        self.sequence += 1;
-        self.queue.insert((self.now + delay, self.sequence), delivery);
-    }
-
-    fn pump(&mut self) {
-        while let Some(action) = self.coordinator.poll_action() {
-            if let CoordinatorAction::Send { session, message } = action {
-                let peer = self.peers.iter().position(|p| p.session == session).unwrap();
-                let delay = self.peers[peer].one_way;
-                self.schedule(delay, Delivery::ToPeer { peer, message });
-            }
-        }
-        for index in 0..2 {
-            while let Some(action) = self.peers[index].traversal.poll_action() {
-                let other = 1 - index;
-                match action {
-                    TraversalAction::Signal { session, message } => {
-                        let delay = self.peers[index].one_way;
-                        self.schedule(delay, Delivery::ToCoordinator { session, message });
-                    }
-                    // Only the other peer's public address leads anywhere (private addresses are
-                    // on another network), and only when the NATs let it through; other probes
-                    // are lost (the last arm).
-                    TraversalAction::SendProbe { to, probe } if self.direct && to == self.peers[other].public => {
-                        let from = self.peers[index].public;
-                        self.schedule(P2P, Delivery::Probe { to_peer: other, from, probe });
-                    }
-                    TraversalAction::ConnectDirect { attempt, address, .. } => {
-                        let connected = address == self.peers[other].public;
-                        self.schedule(2 * P2P, Delivery::ConnectionResult { peer: index, attempt, connected });
-                    }
-                    TraversalAction::ConnectRelayed { attempt, .. } => {
-                        let delay = 4 * self.peers[index].one_way;
-                        self.schedule(delay, Delivery::ConnectionResult { peer: index, attempt, connected: true });
-                    }
-                    // Lost probes, path bookkeeping for the data plane, and the extra sockets of
-                    // many-probe rounds (neither peer's mapping is known as endpoint-dependent
-                    // here, so none is opened): nothing for this model to carry out.
-                    _ => {}
-                }
-            }
-            while let Some(event) = self.peers[index].traversal.poll_event() {
-                if let TraversalEvent::AttemptFinished { outcome, .. } = event {
-                    self.peers[index].finished = Some(outcome);
-                }
-            }
-        }
-    }
-
-    fn deliver(&mut self, delivery: Delivery) {
-        let now = self.now;
-        match delivery {
-            Delivery::ToCoordinator { session, message } => self.coordinator.handle(now, session, message),
-            Delivery::ToPeer { peer, message } => {
-                let p = &mut self.peers[peer];
-                p.traversal.handle_signal(now, p.session, message);
-            }
-            Delivery::Probe { to_peer, from, probe } => self.peers[to_peer].traversal.handle_probe(now, from, probe),
-            Delivery::ConnectionResult { peer, attempt, connected } => {
-                self.peers[peer].traversal.connection_result(now, attempt, connected)
-            }
-        }
-    }
-
-    /// Delivers what is due, runs timers and advances time to the next event until `done` holds.
-    fn run_until(&mut self, done: impl Fn(&World) -> bool) {
-        for _ in 0..100_000 {
-            self.pump();
-            if done(self) {
-                return;
-            }
-            let queued = self.queue.keys().next().map(|(at, _)| *at);
-            let timers = self.peers.iter().filter_map(|p| p.traversal.poll_timeout());
-            let Some(next) = queued.into_iter().chain(timers).min() else { panic!("nothing left to happen") };
-            self.now = self.now.max(next);
-            while let Some(entry) = self.queue.first_entry() {
-                if entry.key().0 > self.now {
-                    break;
-                }
-                let delivery = entry.remove();
-                self.deliver(delivery);
-                self.pump();
-            }
-            let now = self.now;
-            for p in &mut self.peers {
-                if p.traversal.poll_timeout().is_some_and(|t| t <= now) {
-                    p.traversal.handle_timeout(now);
-                }
-            }
-        }
-        panic!("the traversal does not settle");
-    }
-
-    /// A connects to B; runs until A's attempt ended with `expected` and the bootstrap has its
-    /// REPORT (and, when direct, B's own probe was answered too).
-    fn connect(&mut self, expected: Outcome) {
-        let target = self.peers[1].id;
-        self.peers[0].traversal.connect(self.now, target).unwrap();
-        self.run_until(|w| {
-            let stats = w.coordinator.stats();
-            let reported = stats.reports_direct + stats.reports_relayed + stats.reports_failed == 1;
-            let responder_done = expected != Outcome::Direct || w.peers[1].traversal.stats().probes_acked > 0;
-            w.peers[0].finished.is_some() && reported && responder_done
-        });
-        assert_eq!(self.peers[0].finished, Some(expected));
-    }
+/// A connects to B; runs until A's attempt ended with `expected` and the bootstrap has its REPORT
+/// (and, when direct, B's own probe was answered too).
+fn connect(world: &mut World, expected: Outcome) {
+    let (now, target) = (world.now, world.nodes[1].id);
+    world.nodes[0].traversal.connect(now, target).unwrap();
+    let finished = |w: &World| {
+        w.nodes[0].events.iter().find_map(|e| match e {
+            TraversalEvent::AttemptFinished { outcome, .. } => Some(*outcome),
+            _ => None,
+        })
+    };
+    let settled = world.run_until(Duration::from_secs(30), |w| {
+        let stats = w.coordinator.stats();
+        let reported = stats.reports_direct + stats.reports_relayed + stats.reports_failed == 1;
+        let responder_done = expected != Outcome::Direct || w.nodes[1].traversal.stats().probes_acked > 0;
+        finished(w).is_some() && reported && responder_done
+    });
+    assert!(settled, "the traversal does not settle");
+    assert_eq!(finished(world), Some(expected));
 }
 
 fn traversal(c: &mut Criterion) {
@@ -447,12 +319,20 @@ fn traversal(c: &mut Criterion) {
     // CONNECT_REQUEST → PUNCH_ME_NOW to both → probes and acks both ways → the QUIC connection on
     // the valid pair → REPORT: every state machine step of one successful punch.
     group.bench_function("direct_punch", |b| {
-        b.iter_batched(|| World::new(true, 7), |mut world| world.connect(Outcome::Direct), BatchSize::SmallInput)
+        b.iter_batched(
+            || settled_world(true, 7),
+            |mut world| connect(&mut world, Outcome::Direct),
+            BatchSize::SmallInput,
+        )
     });
     // The same attempt when nothing gets through: 3 s (synthetic) of probe rounds every 50 ms to
     // all of B's candidates, then RELAY_REQUEST → RELAY_GRANT to both → the relayed connection.
     group.bench_function("failed_punch_relay_fallback", |b| {
-        b.iter_batched(|| World::new(false, 7), |mut world| world.connect(Outcome::Relayed), BatchSize::SmallInput)
+        b.iter_batched(
+            || settled_world(false, 7),
+            |mut world| connect(&mut world, Outcome::Relayed),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

@@ -9,6 +9,8 @@ pub mod coordinator;
 pub mod message;
 pub mod metrics;
 pub mod probe;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod traversal;
 pub mod wire;
 

@@ -4,7 +4,7 @@
 use ant_quic_dataplane::backend::BackendKind;
 use anyhow::{anyhow, Context, Result};
 
-use crate::BulkResult;
+use crate::harness::{direction_name, BulkResult};
 
 /// Runs one transfer through ant-quic.
 pub fn run(bytes: u64, upload: bool, backend: Option<&str>, cores: usize) -> Result<BulkResult> {
@@ -18,7 +18,7 @@ pub fn run(bytes: u64, upload: bool, backend: Option<&str>, cores: usize) -> Res
         seconds,
         gbps: BulkResult::gbps(report.bytes, seconds),
         cipher: report.cipher,
-        direction: crate::direction_name(upload).into(),
+        direction: direction_name(upload).into(),
         kx: None,
         mtu: Some(report.mtu),
         backend: Some(report.backend),

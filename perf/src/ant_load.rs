@@ -656,7 +656,7 @@ pub fn run(args: &ClientArgs) -> Result<LoadResult> {
         cores,
         seconds,
         bytes,
-        gbps: crate::BulkResult::gbps(bytes, seconds),
+        gbps: crate::harness::BulkResult::gbps(bytes, seconds),
         completed,
         per_second,
         errors: get(&counters.errors),

@@ -29,10 +29,11 @@ use ant_quic_dataplane::stats::{read, CoreStats};
 use ant_quic_dataplane::{Application, BackendKind, Node, NodeConfig, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER};
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::compare::{loadavg, machine, median, Machine};
 use clap::Args;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use serde::Serialize;
+
+use crate::harness::{command_line, fmt_opt, loadavg, machine, median, sorted, write_header, Machine};
 
 /// Most UDP payload bytes one send may carry (the UDP length field, less the IPv4 and UDP headers).
 const MAX_UDP_SEND: usize = 65_535 - 20 - 8;
@@ -322,7 +323,7 @@ pub fn run(args: &RelayRateArgs) -> Result<()> {
         summaries.extend(of_size);
     }
 
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = command_line();
     let report = Report {
         command,
         machine: machine(),
@@ -759,12 +760,6 @@ fn rcvbuf_errors() -> Option<u64> {
     values.split_whitespace().nth(index)?.parse().ok()
 }
 
-fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    v
-}
-
 fn summarize(runs: &[RateRun], kind: Kind, size: usize, planned: usize) -> Summary {
     let mine: Vec<&RateRun> = runs
         .iter()
@@ -789,10 +784,6 @@ fn summarize(runs: &[RateRun], kind: Kind, size: usize, planned: usize) -> Summa
     }
 }
 
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.digits$}"))
-}
-
 fn label(kind: &str, backend: Option<&str>) -> String {
     match (kind, backend) {
         ("relay", Some(b)) => format!("ant-quic relay ({b})"),
@@ -805,24 +796,7 @@ fn label(kind: &str, backend: Option<&str>) -> String {
 fn markdown(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "- Machine: {}, {} cores, Linux {}", r.machine.cpu, r.machine.cores, r.machine.kernel);
-    let _ = writeln!(
-        s,
-        "- Load average (1 min) before / after: {} / {} (the machine is shared)",
-        fmt_opt(r.load_start, 2),
-        fmt_opt(r.load_end, 2)
-    );
-    match std::env::var("ANT_QUIC_PERF_VIA") {
-        Ok(via) => {
-            let _ = writeln!(s, "- Command: `{}` (which runs `{}`)", via.trim(), r.command);
-        }
-        Err(_) => {
-            let _ = writeln!(s, "- Command: `{}`", r.command);
-        }
-    }
-    if let Ok(source) = std::env::var("ANT_QUIC_PERF_SOURCE") {
-        let _ = writeln!(s, "- Source: {source}");
-    }
+    write_header(&mut s, &r.machine, (r.load_start, r.load_end), &r.command);
     let _ = writeln!(
         s,
         "- Runs: {} per kind and datagram size, {} s of sending each, kinds alternated in every round; \

@@ -1,5 +1,5 @@
 //! Bulk throughput of the whole engine over loopback: a server node and a client node in this
-//! process (`ant_quic::perf::bulk_transfer`), 64 MiB per transfer, each direction.
+//! process (`ant_quic::bulk::bulk_transfer`), 64 MiB per transfer, each direction.
 //!
 //! The figure is the transfer itself, from opening the stream to its last byte (the nodes'
 //! start, handshake and shutdown are excluded); criterion reports it as bytes per second.
@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use ant_quic::perf::{bulk_transfer, BulkOptions};
+use ant_quic::bulk::{bulk_transfer, BulkOptions};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 const BYTES: u64 = 64 * 1024 * 1024;

@@ -33,13 +33,13 @@
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
+pub mod bulk;
 pub mod client;
 pub mod config;
 pub mod identity;
 pub mod logging;
 pub mod nat;
 pub mod node;
-pub mod perf;
 pub mod service;
 pub mod takeover;
 pub mod tls;

@@ -1,5 +1,6 @@
 //! TLS 1.3 for QUIC (RFC 9001) with rustls: the crypto provider chosen at build time, server and
-//! client configurations, and the verifier that authenticates a peer by its peer ID.
+//! client configurations, and the verifiers that authenticate a peer by its peer ID (or a server
+//! by any other [`ServerPin`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -190,7 +191,8 @@ pub fn rustls_server_config_with(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?;
     let builder = match &security.client_auth {
-        ClientAuth::None => builder.with_client_cert_verifier(Arc::new(PeerIdClientVerifier(Arc::clone(&provider)))),
+        ClientAuth::None => builder
+            .with_client_cert_verifier(Arc::new(PeerIdClientVerifier(HandshakeSignatures(Arc::clone(&provider))))),
         ClientAuth::Optional(roots) | ClientAuth::Required(roots) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), provider);
             let verifier = if matches!(security.client_auth, ClientAuth::Optional(_)) {
@@ -249,7 +251,7 @@ pub fn rustls_client_config_with(
     identity: Option<&CertifiedKey>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PeerIdVerifier { expected: auth, provider: Arc::clone(&provider) });
+    let verifier = Arc::new(PinnedServerVerifier::new(auth, Arc::clone(&provider)));
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?
@@ -270,14 +272,48 @@ pub fn default_server_name() -> &'static str {
     CERT_NAME
 }
 
-/// Authenticates a server by the key in its certificate instead of a CA chain.
-#[derive(Debug)]
-struct PeerIdVerifier {
-    expected: ServerAuth,
-    provider: Arc<CryptoProvider>,
+/// What a client accepts as the server's end-entity certificate; the handshake signature is
+/// checked apart from it, by [`PinnedServerVerifier`].
+pub trait ServerPin: std::fmt::Debug + Send + Sync {
+    /// Accept the server's end-entity certificate, or say why not.
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error>;
 }
 
-impl ServerCertVerifier for PeerIdVerifier {
+impl ServerPin for ServerAuth {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        match self {
+            ServerAuth::Insecure => Ok(()),
+            ServerAuth::PeerId(expected) => match proven_peer_id(end_entity)? {
+                actual if actual == *expected => Ok(()),
+                _ => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)),
+            },
+        }
+    }
+}
+
+/// The peer ID whose key `end_entity` carries; a certificate that names no peer is refused as
+/// one of an unknown issuer.
+fn proven_peer_id(end_entity: &CertificateDer<'_>) -> Result<PeerId, rustls::Error> {
+    crate::identity::peer_id_of_certificate(end_entity)
+        .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
+}
+
+/// Authenticates a server by its [`ServerPin`] instead of a CA chain, and checks its TLS 1.3
+/// handshake signature with the provider's algorithms.
+#[derive(Debug)]
+pub struct PinnedServerVerifier<P> {
+    pin: P,
+    signatures: HandshakeSignatures,
+}
+
+impl<P: ServerPin> PinnedServerVerifier<P> {
+    /// Accept the server that `pin` accepts, its signatures checked with `provider`.
+    pub fn new(pin: P, provider: Arc<CryptoProvider>) -> Self {
+        Self { pin, signatures: HandshakeSignatures(provider) }
+    }
+}
+
+impl<P: ServerPin> ServerCertVerifier for PinnedServerVerifier<P> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -286,16 +322,7 @@ impl ServerCertVerifier for PeerIdVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.expected {
-            ServerAuth::Insecure => Ok(ServerCertVerified::assertion()),
-            ServerAuth::PeerId(expected) => match crate::identity::peer_id_of_certificate(end_entity) {
-                Some(actual) if actual == expected => Ok(ServerCertVerified::assertion()),
-                Some(_) => {
-                    Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
-                }
-                None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
-            },
-        }
+        self.pin.check(end_entity).map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -304,8 +331,7 @@ impl ServerCertVerifier for PeerIdVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // QUIC requires TLS 1.3 (RFC 9001 §4.2).
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        HandshakeSignatures::refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -314,11 +340,11 @@ impl ServerCertVerifier for PeerIdVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        self.signatures.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -326,7 +352,7 @@ impl ServerCertVerifier for PeerIdVerifier {
 /// possession of a key, and the peer ID is that key's hash. Not mandatory, so anonymous clients
 /// are still served.
 #[derive(Debug)]
-struct PeerIdClientVerifier(Arc<CryptoProvider>);
+struct PeerIdClientVerifier(HandshakeSignatures);
 
 impl rustls::server::danger::ClientCertVerifier for PeerIdClientVerifier {
     fn client_auth_mandatory(&self) -> bool {
@@ -344,10 +370,7 @@ impl rustls::server::danger::ClientCertVerifier for PeerIdClientVerifier {
         _now: UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         // Only keys that name a peer are useful; anything else is refused rather than ignored.
-        match crate::identity::peer_id_of_certificate(end_entity) {
-            Some(_) => Ok(rustls::server::danger::ClientCertVerified::assertion()),
-            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
-        }
+        proven_peer_id(end_entity).map(|_| rustls::server::danger::ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -356,7 +379,7 @@ impl rustls::server::danger::ClientCertVerifier for PeerIdClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        HandshakeSignatures::refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -365,10 +388,34 @@ impl rustls::server::danger::ClientCertVerifier for PeerIdClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        self.0.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.schemes()
+    }
+}
+
+/// The handshake-signature half that every verifier here shares, server and client side.
+#[derive(Debug)]
+struct HandshakeSignatures(Arc<CryptoProvider>);
+
+impl HandshakeSignatures {
+    /// QUIC requires TLS 1.3 (RFC 9001 §4.2).
+    fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+    }
+
+    fn verify_tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
@@ -484,10 +531,7 @@ mod tests {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PeerIdVerifier {
-                expected: ServerAuth::Insecure,
-                provider: classical(),
-            }))
+            .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(ServerAuth::Insecure, classical())))
             .with_no_client_auth();
         let server_tls = rustls_server_config(&server, &[]).unwrap();
         assert_eq!(negotiated_group(classical_client, server_tls), rustls::NamedGroup::X25519);

@@ -6,8 +6,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use ant_quic::bulk::{bulk_transfer_checked, BulkOptions};
 use ant_quic::dataplane::BackendKind;
-use ant_quic::perf::{bulk_transfer_checked, BulkOptions};
 use common::{random_bytes, sha256_hex, NodeProcess, TempDir, NODE_BIN};
 
 fn size() -> u64 {

@@ -1,21 +1,18 @@
 //! `compare`: ant-quic against quinn, alternating, each run in a fresh child process, with the raw
 //! UDP ceiling measured at the start and at the end of the same run.
 
-use std::{
-    io::Read,
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use crate::{udp_ceiling::CeilingResult, BulkResult};
-
-/// 1 GiB, as quinn's own bulk benchmark.
-pub const DEFAULT_BYTES: u64 = 1 << 30;
+use crate::harness::{
+    child_json, command_line, fmt_opt, loadavg, machine, median, progress, sorted, write_header, BulkResult, Machine,
+    DEFAULT_BYTES,
+};
+use crate::suite::{self, RowKind, SuiteArgs, SuiteReport};
+use crate::udp_ceiling::CeilingResult;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -51,7 +48,7 @@ pub struct CompareArgs {
     #[arg(long)]
     write: Option<std::path::PathBuf>,
     #[command(flatten)]
-    suite: crate::suite::SuiteArgs,
+    suite: SuiteArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -93,18 +90,6 @@ struct Run {
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct Machine {
-    pub(crate) cpu: String,
-    pub(crate) cores: usize,
-    pub(crate) kernel: String,
-}
-
-/// /proc/loadavg's 1-minute figure: how busy the (shared) machine was.
-pub(crate) fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
-}
-
-#[derive(Debug, Serialize)]
 struct Summary {
     direction: Direction,
     #[serde(rename = "impl")]
@@ -136,7 +121,7 @@ struct Report {
     ratios: Vec<(Direction, Option<f64>)>,
     runs: Vec<Run>,
     /// The other rows (`suite.rs`).
-    suite: Option<crate::suite::SuiteReport>,
+    suite: Option<SuiteReport>,
 }
 
 pub fn run(args: &CompareArgs) -> Result<()> {
@@ -148,7 +133,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let private = PrivateExe::new()?;
     let exe = private.path.as_path();
     let timeout = Duration::from_secs(args.timeout);
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = command_line();
     let machine = machine();
     let load_start = loadavg();
 
@@ -164,7 +149,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     };
 
     let mut runs = Vec::new();
-    let bulk = args.suite.rows.contains(&crate::suite::RowKind::Bulk);
+    let bulk = args.suite.rows.contains(&RowKind::Bulk);
     let directions: &[Direction] = if bulk { &args.directions } else { &[] };
     for &direction in directions {
         for pair in 1..=args.pairs {
@@ -186,8 +171,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         }
     }
 
-    let suite = if args.suite.rows.iter().any(|r| *r != crate::suite::RowKind::Bulk) {
-        Some(crate::suite::run(exe, &args.suite, timeout)?)
+    let suite = if args.suite.rows.iter().any(|r| *r != RowKind::Bulk) {
+        Some(suite::run(exe, &args.suite, timeout)?)
     } else {
         None
     };
@@ -283,10 +268,6 @@ impl Drop for PrivateExe {
     }
 }
 
-pub(crate) fn progress(msg: std::fmt::Arguments<'_>) {
-    eprintln!("[compare] {msg}");
-}
-
 fn impl_name(i: Impl) -> &'static str {
     match i {
         Impl::AntQuic => "ant-quic",
@@ -321,93 +302,11 @@ fn bulk_args(args: &CompareArgs, implementation: Impl, direction: Direction) -> 
     v
 }
 
-/// Runs this executable with `args`, kills it after `timeout`, parses the last JSON line of its
-/// standard output.
-pub(crate) fn child_json<T: serde::de::DeserializeOwned>(
-    exe: &std::path::Path,
-    args: &[String],
-    timeout: Duration,
-) -> Result<T> {
-    child_json_watching(exe, args, timeout, &mut || {})
-}
-
-/// Like [`child_json`], calling `watch` every 20 ms while the child runs.
-pub(crate) fn child_json_watching<T: serde::de::DeserializeOwned>(
-    exe: &std::path::Path,
-    args: &[String],
-    timeout: Duration,
-    watch: &mut dyn FnMut(),
-) -> Result<T> {
-    let mut child = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {}", args.join(" ")))?;
-    let stdout = reader(&mut child, true)?;
-    let stderr = reader(&mut child, false)?;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if start.elapsed() > timeout {
-            // Only this child, by its own handle.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        watch();
-        thread::sleep(Duration::from_millis(20));
-    };
-    let out = stdout.join().map_err(|_| anyhow!("stdout reader panicked"))?;
-    let err = stderr.join().map_err(|_| anyhow!("stderr reader panicked"))?;
-    let tail = err
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("Error:"))
-        .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()))
-        .unwrap_or("");
-    let status = match status {
-        Some(s) => s,
-        None => bail!("timed out after {timeout:?} and was killed ({tail})"),
-    };
-    if !status.success() {
-        bail!("exited with {status}: {tail}");
-    }
-    // The whole output when it is one JSON document (relay-rate prints it pretty), else its last
-    // JSON line.
-    if let Ok(whole) = serde_json::from_str(out.trim()) {
-        return Ok(whole);
-    }
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .ok_or_else(|| anyhow!("no JSON line in the output"))?;
-    serde_json::from_str(line).with_context(|| format!("parsing {line}"))
-}
-
-fn reader(child: &mut Child, stdout: bool) -> Result<thread::JoinHandle<String>> {
-    let mut pipe: Box<dyn Read + Send> = if stdout {
-        Box::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?)
-    } else {
-        Box::new(child.stderr.take().ok_or_else(|| anyhow!("no stderr pipe"))?)
-    };
-    Ok(thread::spawn(move || {
-        let mut s = String::new();
-        let _ = pipe.read_to_string(&mut s);
-        s
-    }))
-}
-
 fn summarize(runs: &[Run], direction: Direction, implementation: Impl) -> Summary {
     let mine: Vec<&Run> =
         runs.iter().filter(|r| r.direction == direction && r.implementation == implementation).collect();
     let ok: Vec<&BulkResult> = mine.iter().filter_map(|r| r.result.as_ref()).collect();
-    let mut g: Vec<f64> = ok.iter().map(|r| r.gbps).collect();
-    g.sort_by(f64::total_cmp);
+    let g = sorted(ok.iter().map(|r| r.gbps));
     let first = ok.first();
     Summary {
         direction,
@@ -423,59 +322,10 @@ fn summarize(runs: &[Run], direction: Direction, implementation: Impl) -> Summar
     }
 }
 
-/// The median of sorted values; `None` when there are none.
-pub(crate) fn median(sorted: &[f64]) -> Option<f64> {
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => sorted.get(n / 2).copied(),
-        _ => Some((sorted.get(n / 2 - 1)? + sorted.get(n / 2)?) / 2.0),
-    }
-}
-
-/// The CPU model, core count and kernel, for a result's machine line.
-pub(crate) fn machine() -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
-    let cores = thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned());
-    Machine { cpu, cores, kernel }
-}
-
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}"))
-}
-
 fn markdown(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "- Machine: {}, {} cores, Linux {}", r.machine.cpu, r.machine.cores, r.machine.kernel);
-    let _ = writeln!(
-        s,
-        "- Load average (1 min) before / after: {} / {} (the machine is shared)",
-        fmt_opt(r.load_start),
-        fmt_opt(r.load_end)
-    );
-    match std::env::var("ANT_QUIC_PERF_VIA") {
-        Ok(via) => {
-            let _ = writeln!(s, "- Command: `{}` (which runs `{}`)", via.trim(), r.command);
-        }
-        Err(_) => {
-            let _ = writeln!(s, "- Command: `{}`", r.command);
-        }
-    }
-    if let Ok(source) = std::env::var("ANT_QUIC_PERF_SOURCE") {
-        let _ = writeln!(s, "- Source: {source}");
-    }
+    write_header(&mut s, &r.machine, (r.load_start, r.load_end), &r.command);
     let _ = writeln!(
         s,
         "- Payload: {} bytes on one stream of one connection over 127.0.0.1; {} alternating \
@@ -487,7 +337,7 @@ fn markdown(r: &Report) -> String {
         let ceiling =
             [&r.ceiling_start, &r.ceiling_end].iter().filter_map(|c| c.as_ref().map(|c| c.gbps)).reduce(f64::max);
         if let Some(suite) = &r.suite {
-            s.push_str(&crate::suite::markdown(suite, ceiling));
+            s.push_str(&suite::markdown(suite, ceiling));
         }
         return s;
     }
@@ -524,7 +374,7 @@ fn markdown(r: &Report) -> String {
         let median_cell = if sum.ok == 0 && sum.implementation == Impl::AntQuic {
             "pending".to_owned()
         } else {
-            fmt_opt(sum.median_gbps)
+            fmt_opt(sum.median_gbps, 2)
         };
         let _ = writeln!(
             s,
@@ -576,7 +426,7 @@ fn markdown(r: &Report) -> String {
         let _ = writeln!(s, "- UDP ceiling {e}");
     }
     if let Some(suite) = &r.suite {
-        s.push_str(&crate::suite::markdown(suite, ceiling));
+        s.push_str(&suite::markdown(suite, ceiling));
     }
     let ciphers: Vec<&str> = r.summaries.iter().filter_map(|x| x.cipher.as_deref()).collect();
     if ciphers.windows(2).any(|w| w[0] != w[1]) {

@@ -20,6 +20,7 @@ mod ant_bulk;
 mod ant_load;
 mod compare;
 mod engine_ceiling;
+mod harness;
 mod load;
 mod quinn_bulk;
 mod quinn_load;
@@ -33,54 +34,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use serde::{Deserialize, Serialize};
-
-/// What one bulk run prints: one JSON line on stdout.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BulkResult {
-    /// "quinn" or "ant-quic".
-    #[serde(rename = "impl")]
-    pub implementation: String,
-    /// Payload bytes moved on the stream.
-    pub bytes: u64,
-    /// From the client opening the stream to the receiver reading the last byte.
-    pub seconds: f64,
-    /// `bytes * 8 / seconds / 1e9`.
-    pub gbps: f64,
-    /// The negotiated TLS 1.3 cipher suite.
-    pub cipher: String,
-    /// "download" (server sends) or "upload" (client sends).
-    pub direction: String,
-    /// The negotiated key exchange group, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kx: Option<String>,
-    /// The path MTU (UDP payload bytes) at the end of the transfer, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u16>,
-    /// The I/O backend, when the implementation has a choice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
-}
-
-impl BulkResult {
-    /// Gbit/s (10^9 bits per second) for `bytes` moved in `seconds`.
-    pub fn gbps(bytes: u64, seconds: f64) -> f64 {
-        if seconds > 0.0 {
-            bytes as f64 * 8.0 / seconds / 1e9
-        } else {
-            0.0
-        }
-    }
-}
-
-/// "download" or "upload".
-pub fn direction_name(upload: bool) -> &'static str {
-    if upload {
-        "upload"
-    } else {
-        "download"
-    }
-}
 
 #[derive(Debug, Parser)]
 #[command(name = "ant-quic-perf", about = "ant-quic throughput benchmarks over loopback")]
@@ -94,7 +47,7 @@ enum Cmd {
     /// quinn 0.11 (tokio, quinn-udp): one connection, one stream, server sends (or receives) N bytes.
     QuinnBulk {
         /// Bytes to transfer.
-        #[arg(long, default_value_t = compare::DEFAULT_BYTES)]
+        #[arg(long, default_value_t = harness::DEFAULT_BYTES)]
         bytes: u64,
         /// Client sends to the server instead of the server sending to the client.
         #[arg(long)]
@@ -106,7 +59,7 @@ enum Cmd {
     /// ant-quic: one connection, one stream, server sends (or receives) N bytes.
     AntQuicBulk {
         /// Bytes to transfer.
-        #[arg(long, default_value_t = compare::DEFAULT_BYTES)]
+        #[arg(long, default_value_t = harness::DEFAULT_BYTES)]
         bytes: u64,
         /// Client sends to the server instead of the server sending to the client.
         #[arg(long)]

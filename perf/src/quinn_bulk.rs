@@ -15,7 +15,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use crate::{tls, BulkResult};
+use crate::harness::{direction_name, BulkResult};
+use crate::tls;
 
 /// Bound on one side's whole run, so that a stuck transfer ends on its own.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(110);
@@ -78,7 +79,7 @@ pub fn run(bytes: u64, upload: bool, pin: bool) -> Result<BulkResult> {
         seconds,
         gbps: BulkResult::gbps(bytes, seconds),
         cipher,
-        direction: crate::direction_name(upload).into(),
+        direction: direction_name(upload).into(),
         kx: Some(kx),
         mtu: Some(client.mtu),
         backend: Some(if pin { "quinn-udp, pinned" } else { "quinn-udp" }.into()),

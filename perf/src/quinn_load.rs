@@ -201,7 +201,7 @@ pub fn run(args: &ClientArgs) -> Result<LoadResult> {
             cores: args.cores,
             seconds,
             bytes: tally.bytes,
-            gbps: crate::BulkResult::gbps(tally.bytes, seconds),
+            gbps: crate::harness::BulkResult::gbps(tally.bytes, seconds),
             completed: tally.completed,
             per_second,
             errors: tally.errors,

@@ -24,15 +24,19 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ant_quic_dataplane::relay::RelayDrop;
-use ant_quic_dataplane::stats::{read, CoreStats};
-use ant_quic_dataplane::{Application, BackendKind, Node, NodeConfig, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER};
+use ant_quic_dataplane::{BackendKind, RELAY_HEADER_LEN, RELAY_MARKER};
 use anyhow::{anyhow, bail, Context, Result};
-
-use crate::compare::{loadavg, machine, median, Machine};
 use clap::Args;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use serde::Serialize;
+
+use crate::harness::{command_line, fmt_opt, loadavg, machine, median, sorted, write_header, Machine};
+
+mod forwarder;
+mod relay_node;
+
+use forwarder::{Forwarder, ForwarderCounters};
+use relay_node::{relay_counters, start_relay, RelayCounters};
 
 /// Most UDP payload bytes one send may carry (the UDP length field, less the IPv4 and UDP headers).
 const MAX_UDP_SEND: usize = 65_535 - 20 - 8;
@@ -125,46 +129,6 @@ pub struct RateRun {
     /// Why the run does not count (nothing arrived); its counters are kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
-}
-
-/// The relay node's counters after a run, summed over its cores.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RelayCounters {
-    /// Data-plane cores of the node.
-    pub cores: usize,
-    /// Datagrams the node received.
-    pub rx_datagrams: u64,
-    /// Receive completions or calls that carried more than one datagram (GRO).
-    pub rx_batched: u64,
-    /// Frames forwarded.
-    pub forwarded: u64,
-    /// Frame bytes forwarded.
-    pub forwarded_bytes: u64,
-    /// Sends that carried more than one datagram (GSO).
-    pub tx_batched: u64,
-    /// Frames not forwarded, by reason (every reason listed, zeros included).
-    pub drops: Vec<(String, u64)>,
-    /// Times the receive path ran out of buffers (io_uring).
-    pub rx_no_buffers: u64,
-    /// Send errors other than back-pressure.
-    pub tx_errors: u64,
-    /// Datagrams dropped as neither QUIC nor the node's own, or malformed (should stay 0).
-    pub other_drops: u64,
-    /// Loop turns of the core.
-    pub loop_turns: u64,
-}
-
-/// The minimal forwarder's counters after a run.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ForwarderCounters {
-    /// Datagrams received.
-    pub received: u64,
-    /// Receive calls that returned data.
-    pub receives: u64,
-    /// Datagrams sent on.
-    pub sent: u64,
-    /// Sends the kernel refused (their datagrams were dropped).
-    pub send_errors: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -322,7 +286,7 @@ pub fn run(args: &RelayRateArgs) -> Result<()> {
         summaries.extend(of_size);
     }
 
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = command_line();
     let report = Report {
         command,
         machine: machine(),
@@ -407,7 +371,8 @@ fn run_once(kind: Kind, load: Load) -> Result<RateRun> {
             (sent, received, None, None)
         }
         Kind::Forwarder => {
-            let middle = Forwarder::start(receiver_addr, load.pins.map(|p| p.middle))?;
+            let cpu = load.pins.map(|p| p.middle);
+            let middle = Forwarder::start(receiver_addr, move || pin(cpu))?;
             let via = middle.address;
             let result = transfer(ends, via, load);
             let counters = middle.stop()?;
@@ -415,7 +380,7 @@ fn run_once(kind: Kind, load: Load) -> Result<RateRun> {
             (sent, received, Some(counters), None)
         }
         Kind::Relay(backend) => {
-            let node = start_relay(backend, sender_addr, receiver_addr, load.pins.map(|p| p.middle))?;
+            let node = start_relay(backend, CHANNEL, sender_addr, receiver_addr, load.pins.map(|p| p.middle))?;
             let via = node.local_addr();
             let result = transfer(ends, via, load);
             let counters = relay_counters(&node);
@@ -609,146 +574,7 @@ fn recv_loop(
 }
 
 // ---------------------------------------------------------------------------------------------
-// The minimal forwarder
-
-struct Forwarder {
-    address: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<Result<ForwarderCounters>>,
-}
-
-impl Forwarder {
-    /// A thread that receives with GRO and sends every batch on to `to` with GSO, unchanged.
-    fn start(to: SocketAddr, cpu: Option<usize>) -> Result<Self> {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the forwarder")?;
-        let state = UdpSocketState::new((&socket).into()).context("forwarder socket state")?;
-        // As large as the relay node's own buffers would be allowed to be here.
-        let _ = state.set_recv_buffer_size((&socket).into(), 16 << 20);
-        let _ = state.set_send_buffer_size((&socket).into(), 4 << 20);
-        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let address = socket.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = thread::Builder::new().name("relay-rate-fwd".into()).spawn(move || {
-            pin(cpu);
-            forward_loop(&socket, &state, to, &flag)
-        })?;
-        Ok(Self { address, stop, thread })
-    }
-
-    fn stop(self) -> Result<ForwarderCounters> {
-        self.stop.store(true, Ordering::Release);
-        self.thread.join().map_err(|_| anyhow!("forwarder thread panicked"))?
-    }
-}
-
-fn forward_loop(
-    socket: &UdpSocket,
-    state: &UdpSocketState,
-    to: SocketAddr,
-    stop: &AtomicBool,
-) -> Result<ForwarderCounters> {
-    let mut storage = vec![0u8; 64 * 1500];
-    let mut meta = [RecvMeta::default()];
-    let mut counters = ForwarderCounters::default();
-    // Bounded: the session's longest run is 30 s, plus the receiver's 5 s.
-    let give_up = Instant::now() + Duration::from_secs(40);
-    while !stop.load(Ordering::Acquire) && Instant::now() < give_up {
-        let mut bufs = [IoSliceMut::new(&mut storage)];
-        let n = match state.recv(socket.into(), &mut bufs, &mut meta) {
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
-            Err(e) => return Err(anyhow!("forwarder receive failed: {e}")),
-        };
-        for m in meta.iter().take(n) {
-            let stride = m.stride.max(1);
-            let datagrams = m.len.div_ceil(stride) as u64;
-            counters.receives += 1;
-            counters.received += datagrams;
-            let Some(contents) = storage.get(..m.len) else { continue };
-            let transmit = Transmit {
-                destination: to,
-                ecn: None,
-                contents,
-                segment_size: (m.len > stride).then_some(stride),
-                src_ip: None,
-            };
-            match state.try_send(socket.into(), &transmit) {
-                Ok(()) => counters.sent += datagrams,
-                Err(_) => counters.send_errors += 1,
-            }
-        }
-    }
-    Ok(counters)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The relay node
-
-struct Idle;
-impl Application for Idle {}
-
-fn start_relay(backend: BackendKind, a: SocketAddr, b: SocketAddr, cpu: Option<usize>) -> Result<Node> {
-    let mut config = NodeConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), None);
-    // One flow from one source socket reaches one core whatever their number (SO_REUSEPORT
-    // hashes the 4-tuple), so one core is what forwards it.
-    config.cores = Some(1);
-    config.pin_threads = cpu.is_some();
-    config.cpus = cpu.map(|cpu| vec![cpu]);
-    config.backend = Some(backend);
-    let node = Node::start(config, Arc::new(|_core: usize| -> Box<dyn Application> { Box::new(Idle) }))
-        .map_err(|e| anyhow!("starting the relay node: {e}"))?;
-    let allocation = RelayAllocation {
-        channel: CHANNEL,
-        a,
-        b,
-        expires: Instant::now() + Duration::from_secs(600),
-        // Limits out of the way: the figure is the forwarding path, not the policy.
-        byte_limit: u64::MAX,
-        rate_limit: u32::MAX,
-    };
-    let installed = node.install_relay(allocation).map_err(|e| anyhow!("installing the allocation: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let ready = installed.and_then(|()| loop {
-        if node.stats().iter().all(|s| read(&s.relay_allocations) == 1) {
-            break Ok(());
-        }
-        if Instant::now() >= deadline {
-            break Err(anyhow!("the relay node did not install the allocation within 5 s"));
-        }
-        thread::sleep(Duration::from_millis(1));
-    });
-    if let Err(e) = ready {
-        node.shutdown();
-        let _ = node.join();
-        return Err(e);
-    }
-    Ok(node)
-}
-
-fn relay_counters(node: &Node) -> RelayCounters {
-    let cores = node.stats();
-    let sum = |counter: &dyn Fn(&CoreStats) -> u64| cores.iter().map(|c| counter(c)).sum::<u64>();
-    RelayCounters {
-        cores: cores.len(),
-        rx_datagrams: sum(&|c| read(&c.rx_datagrams)),
-        rx_batched: sum(&|c| c.rx_batch.multi()),
-        forwarded: sum(&|c| read(&c.relay_forwarded)),
-        forwarded_bytes: sum(&|c| read(&c.relay_forwarded_bytes)),
-        tx_batched: sum(&|c| c.tx_batch.multi()),
-        drops: RelayDrop::ALL
-            .iter()
-            .map(|&reason| (reason.name().to_owned(), sum(&|c| c.relay_drops(reason))))
-            .collect(),
-        rx_no_buffers: sum(&|c| read(&c.rx_no_buffers)),
-        tx_errors: sum(&|c| read(&c.tx_errors)),
-        other_drops: sum(&|c| read(&c.drops_not_quic) + read(&c.drops_malformed) + read(&c.drops_handoff_full)),
-        loop_turns: sum(&|c| read(&c.loop_turns)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Machine, summaries, table
+// Summaries, table
 
 /// `RcvbufErrors` of the `Udp:` lines of /proc/net/snmp (the whole machine).
 fn rcvbuf_errors() -> Option<u64> {
@@ -757,12 +583,6 @@ fn rcvbuf_errors() -> Option<u64> {
     let (names, values) = (udp.next()?, udp.next()?);
     let index = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
     values.split_whitespace().nth(index)?.parse().ok()
-}
-
-fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    v
 }
 
 fn summarize(runs: &[RateRun], kind: Kind, size: usize, planned: usize) -> Summary {
@@ -789,10 +609,6 @@ fn summarize(runs: &[RateRun], kind: Kind, size: usize, planned: usize) -> Summa
     }
 }
 
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.digits$}"))
-}
-
 fn label(kind: &str, backend: Option<&str>) -> String {
     match (kind, backend) {
         ("relay", Some(b)) => format!("ant-quic relay ({b})"),
@@ -805,24 +621,7 @@ fn label(kind: &str, backend: Option<&str>) -> String {
 fn markdown(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "- Machine: {}, {} cores, Linux {}", r.machine.cpu, r.machine.cores, r.machine.kernel);
-    let _ = writeln!(
-        s,
-        "- Load average (1 min) before / after: {} / {} (the machine is shared)",
-        fmt_opt(r.load_start, 2),
-        fmt_opt(r.load_end, 2)
-    );
-    match std::env::var("ANT_QUIC_PERF_VIA") {
-        Ok(via) => {
-            let _ = writeln!(s, "- Command: `{}` (which runs `{}`)", via.trim(), r.command);
-        }
-        Err(_) => {
-            let _ = writeln!(s, "- Command: `{}`", r.command);
-        }
-    }
-    if let Ok(source) = std::env::var("ANT_QUIC_PERF_SOURCE") {
-        let _ = writeln!(s, "- Source: {source}");
-    }
+    write_header(&mut s, &r.machine, (r.load_start, r.load_end), &r.command);
     let _ = writeln!(
         s,
         "- Runs: {} per kind and datagram size, {} s of sending each, kinds alternated in every round; \

@@ -17,8 +17,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::aead_ceiling::AeadResult;
-use crate::compare::{child_json_watching, median, progress};
 use crate::engine_ceiling::EngineResult;
+use crate::harness::{child_json, child_json_watching, median, progress};
 use crate::load::{Implementation, LoadResult, ServerInfo};
 
 /// Rows `compare` can run.
@@ -299,7 +299,7 @@ pub fn run(exe: &Path, args: &SuiteArgs, timeout: Duration) -> Result<SuiteRepor
     let aead = if args.rows.contains(&RowKind::Aead) {
         progress(format_args!("aead ceiling"));
         let aead_args = vec!["aead-ceiling".to_owned(), "--seconds".to_owned(), "2".to_owned()];
-        match crate::compare::child_json::<AeadResult>(exe, &aead_args, timeout) {
+        match child_json::<AeadResult>(exe, &aead_args, timeout) {
             Ok(r) => Some(r),
             Err(e) => {
                 errors.push(format!("aead ceiling: {e:#}"));
@@ -356,7 +356,7 @@ pub fn run(exe: &Path, args: &SuiteArgs, timeout: Duration) -> Result<SuiteRepor
         for run in 1..=ENGINE_RUNS {
             progress(format_args!("engine ceiling {run}/{ENGINE_RUNS}"));
             let engine_args = vec!["engine-ceiling".to_owned()];
-            match crate::compare::child_json::<EngineResult>(exe, &engine_args, timeout) {
+            match child_json::<EngineResult>(exe, &engine_args, timeout) {
                 Ok(r) => best = Some(best.map_or_else(|| r.clone(), |b| b.best_of(&r))),
                 Err(e) => errors.push(format!("engine ceiling: {e:#}")),
             }
@@ -373,7 +373,7 @@ pub fn run(exe: &Path, args: &SuiteArgs, timeout: Duration) -> Result<SuiteRepor
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect();
-        match crate::compare::child_json::<serde_json::Value>(exe, &relay_args, timeout * 4) {
+        match child_json::<serde_json::Value>(exe, &relay_args, timeout * 4) {
             Ok(v) => Some(v),
             Err(e) => {
                 errors.push(format!("relay-rate: {e:#}"));

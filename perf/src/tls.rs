@@ -1,5 +1,6 @@
-//! TLS for the quinn baseline: a self-signed certificate from rcgen, rustls on the aws-lc-rs
-//! provider with its default cipher suites and key exchange groups, TLS 1.3 only (QUIC).
+//! TLS for the quinn baseline: a self-signed certificate from rcgen, rustls with ant-quic's very
+//! provider (aws-lc-rs, its default cipher suites, X25519MLKEM768 preferred) so that a quinn
+//! handshake does the same cryptography as an ant-quic one, TLS 1.3 only (QUIC).
 //!
 //! [`pair`] is the bulk benchmark's pair (the client trusts the certificate as its only root);
 //! [`load_server`] and [`pinned_client`] are the load server's and client's configurations
@@ -8,11 +9,9 @@
 use std::sync::Arc;
 
 use ant_quic::identity::PeerId;
+use ant_quic::tls::{provider, PinnedServerVerifier, ServerPin, ALPN_ANT_QUIC};
 use anyhow::{anyhow, bail, Context, Result};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
 /// A client and a server configuration that trust each other.
 #[derive(Debug)]
@@ -23,16 +22,6 @@ pub struct TlsPair {
 
 /// Server name in the certificate and in the client's connect call.
 pub const SERVER_NAME: &str = "localhost";
-
-/// ALPN of ant-quic's own protocol, spoken by the load server and client.
-pub const ALPN_ANT_QUIC: &[u8] = b"ant-quic/1";
-
-/// The provider: the very one ant-quic uses (aws-lc-rs with its default cipher suites, the
-/// hybrid post-quantum key exchange X25519MLKEM768 preferred), so that a quinn handshake does the
-/// same cryptography as an ant-quic one. aws-lc-rs's own default would pick X25519 alone.
-fn provider() -> Arc<CryptoProvider> {
-    ant_quic::tls::provider()
-}
 
 /// A fresh self-signed certificate for [`SERVER_NAME`] and its private key.
 pub fn self_signed() -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
@@ -105,11 +94,11 @@ pub enum Pin {
 }
 
 /// The load client: ALPN `ant-quic/1`, the server authenticated by `pin` and by its TLS 1.3
-/// handshake signature (checked with the provider), no session resumption and so no 0-RTT:
+/// handshake signature (checked with the provider, as ant-quic's own clients do), no session resumption and so no 0-RTT:
 /// every connection is a full handshake.
 pub fn pinned_client(pin: Pin) -> Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServer { pin, provider: provider.clone() });
+    let verifier = Arc::new(PinnedServerVerifier::new(pin, provider.clone()));
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with aws-lc-rs")?
@@ -130,54 +119,18 @@ pub fn load_negotiated() -> Result<(String, String)> {
     negotiated(&pair)
 }
 
-/// Accepts the pinned server identity only, and checks its handshake signature.
-#[derive(Debug)]
-struct PinnedServer {
-    pin: Pin,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let pinned = match &self.pin {
+/// Refuses every other certificate as failing application verification.
+impl ServerPin for Pin {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let pinned = match self {
             Pin::Certificate(cert) => cert.as_ref() == end_entity.as_ref(),
             Pin::PeerId(id) => ant_quic::identity::peer_id_of_certificate(end_entity).as_ref() == Some(id),
         };
         if pinned {
-            Ok(ServerCertVerified::assertion())
+            Ok(())
         } else {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // QUIC is TLS 1.3 only.
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -74,7 +74,7 @@ pub fn run(duration: Duration) -> Result<CeilingResult> {
     let (bytes_received, seconds, receives) = receiver.join().map_err(|_| anyhow!("receiver thread panicked"))??;
     Ok(CeilingResult {
         implementation: "udp".into(),
-        gbps: crate::BulkResult::gbps(bytes_received, seconds),
+        gbps: crate::harness::BulkResult::gbps(bytes_received, seconds),
         bytes_received,
         bytes_sent,
         seconds,

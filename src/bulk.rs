@@ -1,4 +1,4 @@
-//! In-process transfers between two nodes over loopback, for benchmarks and tests.
+//! In-process bulk transfers between two nodes over loopback, for benchmarks and tests.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc;

@@ -1,0 +1,251 @@
+//! What the commands share: the bulk result line, running a command as a child process and
+//! reading its JSON, medians, and the machine/load/command header of the markdown reports.
+
+use std::{
+    io::Read,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Bytes of one bulk transfer by default: 1 GiB, as quinn's own bulk benchmark.
+pub const DEFAULT_BYTES: u64 = 1 << 30;
+
+/// What one bulk run prints: one JSON line on stdout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BulkResult {
+    /// "quinn" or "ant-quic".
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    /// Payload bytes moved on the stream.
+    pub bytes: u64,
+    /// From the client opening the stream to the receiver reading the last byte.
+    pub seconds: f64,
+    /// `bytes * 8 / seconds / 1e9`.
+    pub gbps: f64,
+    /// The negotiated TLS 1.3 cipher suite.
+    pub cipher: String,
+    /// "download" (server sends) or "upload" (client sends).
+    pub direction: String,
+    /// The negotiated key exchange group, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kx: Option<String>,
+    /// The path MTU (UDP payload bytes) at the end of the transfer, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// The I/O backend, when the implementation has a choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+}
+
+impl BulkResult {
+    /// Gbit/s (10^9 bits per second) for `bytes` moved in `seconds`.
+    pub fn gbps(bytes: u64, seconds: f64) -> f64 {
+        if seconds > 0.0 {
+            bytes as f64 * 8.0 / seconds / 1e9
+        } else {
+            0.0
+        }
+    }
+}
+
+/// "download" or "upload".
+pub fn direction_name(upload: bool) -> &'static str {
+    if upload {
+        "upload"
+    } else {
+        "download"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/// One progress line of `compare` on stderr.
+pub fn progress(msg: std::fmt::Arguments<'_>) {
+    eprintln!("[compare] {msg}");
+}
+
+/// Runs this executable with `args`, kills it after `timeout`, parses the last JSON line of its
+/// standard output.
+pub fn child_json<T: serde::de::DeserializeOwned>(
+    exe: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<T> {
+    child_json_watching(exe, args, timeout, &mut || {})
+}
+
+/// Like [`child_json`], calling `watch` every 20 ms while the child runs.
+pub fn child_json_watching<T: serde::de::DeserializeOwned>(
+    exe: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+    watch: &mut dyn FnMut(),
+) -> Result<T> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {}", args.join(" ")))?;
+    let stdout = reader(&mut child, true)?;
+    let stderr = reader(&mut child, false)?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            // Only this child, by its own handle.
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        watch();
+        thread::sleep(Duration::from_millis(20));
+    };
+    let out = stdout.join().map_err(|_| anyhow!("stdout reader panicked"))?;
+    let err = stderr.join().map_err(|_| anyhow!("stderr reader panicked"))?;
+    let tail = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("Error:"))
+        .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or("");
+    let status = match status {
+        Some(s) => s,
+        None => bail!("timed out after {timeout:?} and was killed ({tail})"),
+    };
+    if !status.success() {
+        bail!("exited with {status}: {tail}");
+    }
+    // The whole output when it is one JSON document (relay-rate prints it pretty), else its last
+    // JSON line.
+    if let Ok(whole) = serde_json::from_str(out.trim()) {
+        return Ok(whole);
+    }
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow!("no JSON line in the output"))?;
+    serde_json::from_str(line).with_context(|| format!("parsing {line}"))
+}
+
+fn reader(child: &mut Child, stdout: bool) -> Result<thread::JoinHandle<String>> {
+    let mut pipe: Box<dyn Read + Send> = if stdout {
+        Box::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?)
+    } else {
+        Box::new(child.stderr.take().ok_or_else(|| anyhow!("no stderr pipe"))?)
+    };
+    Ok(thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+/// The values, sorted (NaN last).
+pub fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The median of sorted values; `None` when there are none.
+pub fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => sorted.get(n / 2).copied(),
+        _ => Some((sorted.get(n / 2 - 1)? + sorted.get(n / 2)?) / 2.0),
+    }
+}
+
+/// `v` with `digits` decimals, or a dash when there is none.
+pub fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report header
+
+/// The machine a report was measured on.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub kernel: String,
+}
+
+/// The CPU model, core count and kernel, for a result's machine line.
+pub fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    Machine { cpu, cores, kernel }
+}
+
+/// /proc/loadavg's 1-minute figure: how busy the (shared) machine was.
+pub fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// The command line of this process, as a report quotes it.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// The first lines of a markdown report: machine, load before and after, the command (and the
+/// wrapper that ran it, `ANT_QUIC_PERF_VIA`), the source (`ANT_QUIC_PERF_SOURCE`).
+pub fn write_header(s: &mut String, machine: &Machine, load: (Option<f64>, Option<f64>), command: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(s, "- Machine: {}, {} cores, Linux {}", machine.cpu, machine.cores, machine.kernel);
+    let _ = writeln!(
+        s,
+        "- Load average (1 min) before / after: {} / {} (the machine is shared)",
+        fmt_opt(load.0, 2),
+        fmt_opt(load.1, 2)
+    );
+    match std::env::var("ANT_QUIC_PERF_VIA") {
+        Ok(via) => {
+            let _ = writeln!(s, "- Command: `{}` (which runs `{command}`)", via.trim());
+        }
+        Err(_) => {
+            let _ = writeln!(s, "- Command: `{command}`");
+        }
+    }
+    if let Ok(source) = std::env::var("ANT_QUIC_PERF_SOURCE") {
+        let _ = writeln!(s, "- Source: {source}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[1.0, 2.0, 9.0]), Some(2.0));
+        assert_eq!(median(&sorted([4.0, 1.0, 2.0, 3.0].into_iter())), Some(2.5));
+    }
+}

@@ -1,0 +1,63 @@
+//! The commented config file that `ant-quic config default` prints.
+
+/// A commented config file holding every default (`ant-quic config default`).
+pub const DEFAULT_FILE: &str = r#"# ant-quic configuration. Every key is optional; each is shown with its default.
+# Precedence: defaults < this file < environment (ANT_QUIC_<SECTION>_<KEY>) < command-line flags.
+# Searched for at --config PATH, ./ant-quic.toml, /etc/ant-quic/ant-quic.toml, in that order.
+
+[node]
+# UDP address to listen on (--listen, ANT_QUIC_NODE_LISTEN).
+listen = "0.0.0.0:9000"
+# Data-plane cores (default: one per CPU this process may run on).
+# cores = 4
+# I/O backend: "io-uring" or "portable" (default: io-uring when the kernel allows it).
+# backend = "io-uring"
+# Directory holding the identity key (default: ~/.ant-quic).
+# data_dir = "/var/lib/ant-quic"
+# Serve the files of this directory over hq-interop.
+# www = "/srv/ant-quic/www"
+# Bootstrap peers, HOST:PORT.
+bootstrap = []
+# Seconds a node taken over by `ant-quic --takeover` keeps serving its live connections before it
+# closes what is left with CONNECTION_CLOSE; 0 closes at once (--drain-timeout,
+# ANT_QUIC_NODE_DRAIN_TIMEOUT).
+drain_timeout = 60
+
+[metrics]
+# TCP port of /metrics, /health, /ready (default: the number of the UDP listen port).
+# port = 9000
+# Address the admin listener binds.
+bind = "127.0.0.1"
+
+[logging]
+# Level (error, warn, info, debug, trace) or a RUST_LOG-style filter; RUST_LOG overrides it.
+level = "info"
+# "json" (one object per line, see docs/logging.md) or "text".
+format = "text"
+# Any of "stdout", "stderr", "file".
+outputs = ["stderr"]
+# Required when outputs has "file".
+# file_path = "/var/log/ant-quic/ant-quic.log"
+# "daily", "hourly", "minutely" or "never".
+rotation = "daily"
+# Rotated files older than this are deleted; 0 keeps them all.
+retention_days = 7
+
+[security]
+# PEM certificate chain and key presented to clients instead of the self-signed identity
+# certificate. Clients that authenticate the node by peer ID only accept it if the certificate
+# carries the node's identity key.
+# tls_cert = "/etc/ant-quic/cert.pem"
+# tls_key = "/etc/ant-quic/key.pem"
+# Refuse clients that present no certificate signed by client_ca.
+require_client_certs = false
+# PEM CA certificates client certificates must chain to; without require_client_certs a client
+# certificate is optional, but verified when presented.
+# client_ca = "/etc/ant-quic/client-ca.pem"
+
+[compatibility]
+# Accept keys renamed since older versions (e.g. [logging] log_level).
+support_deprecated_keys = true
+# Warn about each renamed key accepted.
+migration_warnings = true
+"#;

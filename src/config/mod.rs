@@ -1,0 +1,20 @@
+//! The node's configuration: one typed [`Config`] with its defaults, and the layers it is built
+//! from — defaults < TOML file < environment (`ANT_QUIC_<SECTION>_<KEY>`) < command-line flags.
+//!
+//! [`Loader::load`] does the whole job and is what a reload (SIGHUP) calls again: it re-reads the
+//! file, re-applies environment and flags, validates, and returns the new effective config or a
+//! one-line error, leaving the running config untouched.
+
+mod default_file;
+mod loader;
+mod origin;
+mod sections;
+mod validate;
+
+pub use default_file::DEFAULT_FILE;
+pub use loader::{load, Loaded, Loader, Overrides, RenamedKey, ENV_PREFIX, RENAMED_KEYS, SEARCH_PATHS};
+pub use origin::ConfigError;
+pub use sections::{
+    Backend, CompatibilitySection, Config, LogFormat, LogOutput, LogRotation, LoggingSection, MetricsSection,
+    NodeSection, SecuritySection, DEFAULT_DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT,
+};

@@ -1,0 +1,265 @@
+//! The typed configuration: [`Config`], its sections and their defaults.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use ant_quic_dataplane::BackendKind;
+
+use crate::node::NodeOptions;
+use crate::tls::{self, CertifiedKey, ClientAuth, ServerSecurity};
+
+/// The whole configuration. Every key is optional; `Default` holds every default.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`: the data plane.
+    pub node: NodeSection,
+    /// `[metrics]`: the admin HTTP listener.
+    pub metrics: MetricsSection,
+    /// `[logging]`.
+    pub logging: LoggingSection,
+    /// `[security]`: TLS certificate and client certificates.
+    pub security: SecuritySection,
+    /// `[compatibility]`: keys from older versions.
+    pub compatibility: CompatibilitySection,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Data-plane cores; `None`: one per CPU the process may run on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores: Option<usize>,
+    /// I/O backend; `None`: io_uring when the kernel allows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+    /// Directory of the identity key; `None`: `~/.ant-quic`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Serve this directory over hq-interop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub www: Option<PathBuf>,
+    /// Bootstrap peers, `HOST:PORT`.
+    pub bootstrap: Vec<String>,
+    /// Seconds a process taken over (`--takeover`) keeps serving its live connections before it
+    /// closes what is left; 0: close at once.
+    pub drain_timeout: u64,
+}
+
+/// `[node] drain_timeout` when none is given.
+pub const DEFAULT_DRAIN_TIMEOUT: u64 = 60;
+/// The longest `[node] drain_timeout`: a day.
+pub const MAX_DRAIN_TIMEOUT: u64 = 86_400;
+
+impl Default for NodeSection {
+    /// Listen address, cores and backend as a node runs without a config ([`NodeOptions`]).
+    fn default() -> Self {
+        let node = NodeOptions::default();
+        Self {
+            listen: node.listen,
+            cores: node.cores,
+            backend: node.backend.map(Backend::from),
+            data_dir: None,
+            www: None,
+            bootstrap: Vec::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// The I/O backend, as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// io_uring.
+    IoUring,
+    /// Portable (poll + sendmmsg).
+    Portable,
+}
+
+impl From<Backend> for BackendKind {
+    fn from(backend: Backend) -> Self {
+        match backend {
+            Backend::IoUring => BackendKind::IoUring,
+            Backend::Portable => BackendKind::Portable,
+        }
+    }
+}
+
+impl From<BackendKind> for Backend {
+    fn from(kind: BackendKind) -> Self {
+        match kind {
+            BackendKind::IoUring => Backend::IoUring,
+            // The portable backend runs everywhere; a backend added later maps here until named.
+            _ => Backend::Portable,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// TCP port of the admin HTTP listener; `None`: the UDP listen port's number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Address the admin HTTP listener binds.
+    pub bind: IpAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self { port: None, bind: IpAddr::V4(Ipv4Addr::LOCALHOST) }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingSection {
+    /// A level (`info`) or any `RUST_LOG`-style filter; `RUST_LOG` overrides it.
+    pub level: String,
+    /// Line format.
+    pub format: LogFormat,
+    /// Where lines go.
+    pub outputs: Vec<LogOutput>,
+    /// The log file, required when `outputs` has `file`. Rotated files are named
+    /// `STEM.DATE[-HOUR].EXT` next to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_path: Option<PathBuf>,
+    /// When the file rotates.
+    pub rotation: LogRotation,
+    /// Delete rotated files older than this many days; 0 keeps them all.
+    pub retention_days: u32,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+            outputs: vec![LogOutput::Stderr],
+            file_path: None,
+            rotation: LogRotation::Daily,
+            retention_days: 7,
+        }
+    }
+}
+
+/// `[logging] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (fields in docs/logging.md).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// One of `[logging] outputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogOutput {
+    /// Standard output.
+    Stdout,
+    /// Standard error (the default: stdout carries the node's announcements).
+    Stderr,
+    /// `file_path`, rotated.
+    File,
+}
+
+/// `[logging] rotation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    /// A new file every day (UTC).
+    Daily,
+    /// A new file every hour.
+    Hourly,
+    /// A new file every minute (for short debugging sessions and tests).
+    Minutely,
+    /// One file, never rotated.
+    Never,
+}
+
+/// `[security]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySection {
+    /// PEM certificate chain presented instead of the identity's self-signed certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by `client_ca`.
+    pub require_client_certs: bool,
+    /// PEM CA certificates that client certificates must chain to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[compatibility]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompatibilitySection {
+    /// Accept the renamed keys of [`RENAMED_KEYS`].
+    pub support_deprecated_keys: bool,
+    /// Warn about each renamed key accepted.
+    pub migration_warnings: bool,
+}
+
+impl Default for CompatibilitySection {
+    fn default() -> Self {
+        Self { support_deprecated_keys: true, migration_warnings: true }
+    }
+}
+
+impl Config {
+    /// The admin HTTP port: `[metrics] port`, else the UDP listen port's number.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics.port.unwrap_or(self.node.listen.port())
+    }
+
+    /// The data directory: `[node] data_dir`, else `~/.ant-quic`.
+    pub fn data_dir(&self) -> PathBuf {
+        match (&self.node.data_dir, std::env::var_os("HOME")) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(home)) => PathBuf::from(home).join(".ant-quic"),
+            (None, None) => PathBuf::from(".ant-quic"),
+        }
+    }
+
+    /// The config with the defaults that depend on other keys filled in, as `config check` prints it.
+    pub fn effective(&self) -> Config {
+        let mut config = self.clone();
+        config.metrics.port = Some(self.metrics_port());
+        config.node.data_dir = Some(self.data_dir());
+        config
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+
+    /// The TLS settings of `[security]`, with the files loaded.
+    pub fn server_security(&self) -> Result<ServerSecurity, tls::TlsError> {
+        let s = &self.security;
+        let certificate = match (&s.tls_cert, &s.tls_key) {
+            (Some(cert), Some(key)) => Some(CertifiedKey::from_pem_files(cert, key)?),
+            _ => None,
+        };
+        let client_auth = match (&s.client_ca, s.require_client_certs) {
+            (Some(ca), true) => ClientAuth::Required(tls::load_ca(ca)?),
+            (Some(ca), false) => ClientAuth::Optional(tls::load_ca(ca)?),
+            (None, _) => ClientAuth::None,
+        };
+        Ok(ServerSecurity { certificate, client_auth })
+    }
+}

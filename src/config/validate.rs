@@ -1,0 +1,87 @@
+//! The checks a configuration passes before it is used: files exist and parse, keys that go
+//! together.
+
+use std::collections::HashMap;
+
+use super::origin::{ConfigError, Origin};
+use super::sections::{Config, LogOutput, MAX_DRAIN_TIMEOUT};
+use crate::tls;
+
+/// Checks that need more than a type: files exist and parse, keys that go together.
+pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Result<(), ConfigError> {
+    let fail = |key: &str, message: String| ConfigError {
+        origin: origins.get(key).cloned().unwrap_or(Origin::Default).to_string(),
+        message,
+    };
+    if config.node.cores == Some(0) {
+        return Err(fail("node.cores", "[node] cores must be at least 1".into()));
+    }
+    if config.node.drain_timeout > MAX_DRAIN_TIMEOUT {
+        return Err(fail(
+            "node.drain_timeout",
+            format!("[node] drain_timeout must be at most {MAX_DRAIN_TIMEOUT} seconds (a day)"),
+        ));
+    }
+    for peer in &config.node.bootstrap {
+        let ok = peer.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            return Err(fail("node.bootstrap", format!("[node] bootstrap: '{peer}' is not HOST:PORT")));
+        }
+    }
+    let level = config.logging.level.trim();
+    let plain = !level.contains(['=', ',', '[', ':']);
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if plain && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+        return Err(fail(
+            "logging.level",
+            format!(
+                "[logging] level '{level}' is not one of off, error, warn, info, debug, trace (or a RUST_LOG filter)"
+            ),
+        ));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+        return Err(fail(
+            "logging.level",
+            format!("[logging] level '{}' is not a level or filter: {e}", config.logging.level),
+        ));
+    }
+    if config.logging.outputs.contains(&LogOutput::File) && config.logging.file_path.is_none() {
+        return Err(fail("logging.outputs", "[logging] outputs has \"file\" but file_path is not set".into()));
+    }
+    if let Some(path) = &config.logging.file_path {
+        if path.file_name().is_none() {
+            return Err(fail("logging.file_path", format!("[logging] file_path {} names no file", path.display())));
+        }
+    }
+    let s = &config.security;
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(_)) => {
+            tls::load_certificates(cert).map_err(|e| fail("security.tls_cert", format!("[security] tls_cert: {e}")))?;
+        }
+        (Some(_), None) => {
+            return Err(fail("security.tls_cert", "[security] tls_cert is set but tls_key is not".into()));
+        }
+        (None, Some(_)) => {
+            return Err(fail("security.tls_key", "[security] tls_key is set but tls_cert is not".into()))
+        }
+        (None, None) => {}
+    }
+    if s.require_client_certs && s.client_ca.is_none() {
+        return Err(fail(
+            "security.require_client_certs",
+            "[security] require_client_certs = true needs client_ca (the CA client certificates must chain to)".into(),
+        ));
+    }
+    if let Some(ca) = &s.client_ca {
+        tls::load_ca(ca).map_err(|e| fail("security.client_ca", format!("[security] client_ca: {e}")))?;
+    }
+    let security =
+        config.server_security().map_err(|e| fail("security.tls_key", format!("[security] tls_key: {e}")))?;
+    if security.certificate.is_some() {
+        // Catches a key that does not belong to the certificate.
+        let identity = crate::identity::Identity::ephemeral().map_err(|e| fail("security.tls_key", e.to_string()))?;
+        tls::rustls_server_config_with(&identity, &[], &security)
+            .map_err(|e| fail("security.tls_key", format!("[security] tls_key: {e}")))?;
+    }
+    Ok(())
+}

@@ -25,6 +25,7 @@ pub mod relay;
 pub mod socket;
 pub mod stats;
 pub mod steering;
+pub mod sys;
 
 pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome};
 pub use backend::BackendKind;

@@ -8,6 +8,9 @@
 //! `quinn_proto::Endpoint` decrypts it → the connection's [`Application`] runs on the same core →
 //! `poll_transmit` seals the answer into GSO batches ([`relay`] routes those to path aliases) →
 //! [`backend`] sends them.
+//!
+//! Every system call that needs `unsafe` is in [`sys`], behind safe functions; the crate denies
+//! unsafe code everywhere else.
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 

@@ -5,6 +5,9 @@
 //! The ring is set up with `IORING_SETUP_SINGLE_ISSUER` and `IORING_SETUP_DEFER_TASKRUN` when the
 //! kernel accepts them: only the thread that opened the backend may submit to it or wait on it.
 //! [`UringBackend`] is therefore neither `Send` nor `Sync`; open it on the core's own thread.
+//!
+//! The ring and the memory the kernel uses through it are owned by `crate::sys::uring::Ring`;
+//! this module decides what to receive and send, and counts it.
 
 use std::collections::VecDeque;
 use std::io;

@@ -4,7 +4,7 @@
 //!
 //! - [`socket`]: socket options the standard library and socket2 do not offer (reuseport BPF,
 //!   peer credentials).
-//! - [`cmsg`]: control messages of UDP sends and receives, and raw socket addresses.
+//! - `cmsg`: control messages of UDP sends and receives, and raw socket addresses.
 //! - [`poll`]: poll(2) and the eventfd [`poll::Waker`] that ends a wait.
 //! - [`thread`]: CPU affinity and timer slack of the calling thread.
 //! - [`signal`]: blocking signals and taking them synchronously.
@@ -13,7 +13,8 @@
 
 #![allow(unsafe_code)]
 
-pub mod cmsg;
+#[cfg(target_os = "linux")]
+pub(crate) mod cmsg;
 pub mod poll;
 pub mod process;
 pub mod signal;

@@ -9,8 +9,8 @@
 //! `poll_transmit` seals the answer into GSO batches ([`relay`] routes those to path aliases) →
 //! [`backend`] sends them.
 //!
-//! Every system call that needs `unsafe` is in [`sys`], behind safe functions; the crate denies
-//! unsafe code everywhere else.
+//! Raw system calls live in [`sys`] only, behind safe functions; the crate's lints keep them out
+//! of every other module.
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 

@@ -64,7 +64,7 @@ pub struct BulkRun {
 
 /// Like [`bulk_transfer`], returning the full outcome; `hash` makes both ends hash the payload.
 pub fn bulk_transfer_checked(options: &BulkOptions, hash: bool) -> Result<BulkRun, Error> {
-    let cpus = crate::dataplane::socket::allowed_cpus();
+    let cpus = crate::dataplane::sys::thread::allowed_cpus();
     let server_cpus: Vec<usize> = cpus.iter().copied().take(options.cores.max(1)).collect();
     let client_cpu = cpus.get(options.cores.max(1) % cpus.len().max(1)).copied().unwrap_or(0);
     let server = start_server(&NodeOptions {

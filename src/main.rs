@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use ant_quic::client::{Fetched, GetApp};
 use ant_quic::config::{Loader, Overrides};
+use ant_quic::dataplane::sys::signal::BlockedSignals;
 use ant_quic::dataplane::BackendKind;
 use ant_quic::identity::PeerId;
 use ant_quic::node::{connect_request, start_client, start_server_with, NodeOptions};
@@ -608,54 +609,18 @@ fn systemd_notify(states: &[sd_notify::NotifyState<'_>]) {
 }
 
 /// SIGINT, SIGTERM and SIGHUP, taken synchronously by the main thread.
-struct ShutdownSignals {
-    set: libc::sigset_t,
-}
+struct ShutdownSignals(BlockedSignals);
 
 impl ShutdownSignals {
     fn block() -> Result<Self, Error> {
-        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a live sigset_t; the signal numbers are valid; pthread_sigmask only
-        // reads `set` and changes this thread's mask.
-        let rc = unsafe {
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGHUP);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(Error::Io {
-                context: "blocking SIGINT/SIGTERM/SIGHUP".into(),
-                source: std::io::Error::from_raw_os_error(rc),
-            });
-        }
-        Ok(Self { set })
+        BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+            .map(Self)
+            .map_err(|source| Error::Io { context: "blocking SIGINT/SIGTERM/SIGHUP".into(), source })
     }
 
     /// Wait for one of the signals (returns its number), or until `timeout` passes (`None`).
     fn wait(&self, timeout: Option<Duration>) -> Option<i32> {
-        loop {
-            let rc = match timeout {
-                // SAFETY: `self.set` is an initialised sigset_t; no siginfo is asked for.
-                None => unsafe { libc::sigwaitinfo(&self.set, std::ptr::null_mut()) },
-                Some(timeout) => {
-                    let ts = libc::timespec {
-                        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-                        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-                    };
-                    // SAFETY: `self.set` and `ts` are initialised and outlive the call.
-                    unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) }
-                }
-            };
-            if rc > 0 {
-                return Some(rc);
-            }
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
-                return None;
-            }
-        }
+        self.0.wait(timeout)
     }
 }
 

@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use ant_quic_dataplane::cid::{next_generation, CidKey, Generation};
 use ant_quic_dataplane::probe::{probe_group, probe_target, SocketOwner};
-use ant_quic_dataplane::socket::{current_uid, peer_credentials};
 use ant_quic_dataplane::steering::{GenerationSockets, SteeringTable};
+use ant_quic_dataplane::sys::process::current_uid;
+use ant_quic_dataplane::sys::socket::peer_credentials;
 use ant_quic_dataplane::NodeHandle;
 use serde::{Deserialize, Serialize};
 

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
+use ant_quic::dataplane::sys::process::seccomp_filter_on_exec;
 use common::{NodeProcess, TempDir, NODE_BIN};
 
 /// Make `command` run with io_uring_setup refused with EPERM.
@@ -29,19 +29,7 @@ fn without_io_uring(command: &mut Command) -> &mut Command {
         },
         libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW },
     ];
-    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
-    // async-signal-safe; `filter` is moved into the closure and outlives both calls.
-    unsafe {
-        command.pre_exec(move || {
-            let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &raw const program) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    }
+    seccomp_filter_on_exec(command, filter.to_vec())
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ant_quic::dataplane::sys::process::send_signal;
 use ant_quic::dataplane::ReadOutcome;
 use ant_quic::dataplane::{AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections};
 use ant_quic::quinn_proto;
@@ -90,9 +91,9 @@ fn wait_stderr(node: &NodeProcess, what: &str, done: impl Fn(&str) -> bool) -> S
 }
 
 fn signal(node: &NodeProcess, signal: libc::c_int) {
-    // SAFETY: kill(2) with the pid of a child that has not been reaped (the Process owns it).
-    let rc = unsafe { libc::kill(node.pid(), signal) };
-    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    // The pid of a child that has not been reaped (the Process owns it).
+    let sent = send_signal(node.pid() as u32, signal);
+    assert!(sent.is_ok(), "kill: {sent:?}");
 }
 
 /// `ant-quic get` of `path` from `node`; the bytes received.

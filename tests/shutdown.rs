@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ant_quic::dataplane::sys::process::clock_ticks_per_second;
 use ant_quic::dataplane::{Application, BackendKind, ConnId, ConnRef, Node, ReadOutcome};
 use ant_quic::node::{connect_request, start_client};
 use ant_quic::quinn_proto::{ConnectionError, StreamId};
@@ -186,9 +187,7 @@ fn sigint_idle_portable() -> Result<()> {
 fn idle_cpu(backend: BackendKind) -> Result<()> {
     let dir = TempDir::new(&format!("idle-{backend}"))?;
     let mut node = start_node(&dir, &["--cores", "2", "--backend", backend.name()])?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ensure!(ticks_per_sec > 0, "sysconf(_SC_CLK_TCK) = {ticks_per_sec}");
+    let Some(ticks_per_sec) = clock_ticks_per_second() else { bail!("sysconf(_SC_CLK_TCK) gave no tick rate") };
     std::thread::sleep(Duration::from_secs(2));
     let before = cpu_ticks(node.pid())?;
     let started = Instant::now();

@@ -45,6 +45,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ant_quic::dataplane::sys::process::{current_uid, send_signal};
 use ant_quic::dataplane::{
     AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections, Node, NodeHandle, ReadOutcome,
 };
@@ -1502,9 +1503,9 @@ fn a_successor_killed_after_the_switch_leaves_the_old_node_serving() -> Result<(
 
     let mut new = Generation::start("gen2", &mut flags.takeover(), &logs)?;
     poll("the old process to start draining", PATIENCE, || Ok(old.stderr().contains("draining").then_some(())))?;
-    // SAFETY: kill(2) with a pid this test spawned and still owns (not yet reaped).
-    let rc = unsafe { libc::kill(new.pid(), libc::SIGKILL) };
-    ensure!(rc == 0, "cannot kill the successor: {}", std::io::Error::last_os_error());
+    // A pid this test spawned and still owns (not yet reaped).
+    let killed = send_signal(new.pid() as u32, libc::SIGKILL);
+    ensure!(killed.is_ok(), "cannot kill the successor: {killed:?}");
     let killed = Instant::now();
     poll("the old process to serve again", Duration::from_secs(10), || {
         Ok(old.stderr().contains("serving new connections again").then_some(()))
@@ -1541,8 +1542,7 @@ fn nobody() -> Option<(u32, u32)> {
 fn takeover_from_another_user_is_refused() -> Result<()> {
     use std::os::unix::process::CommandExt;
     let _serial = serial();
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = current_uid();
     let Some((uid, gid)) = nobody() else { return skip_or_fail("no user `nobody` to run the old node as") };
     if euid != 0 {
         return skip_or_fail("not root: cannot start the old node as another user");

@@ -4,7 +4,6 @@
 //! `/ready`), the [`liveness`] watch over the cores, and the [`metrics`] merge of what the cores
 //! recorded. [`Totals`] adds up the per-core counters (for the shutdown summary).
 
-#![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;

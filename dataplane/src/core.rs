@@ -28,8 +28,8 @@ use crate::relay::{
     frame_segments, is_alias, normalize, ForwardingTable, PathRoute, PathTable, RelayAllocation, RelayDrop, RelayFrame,
     RELAY_HEADER_LEN,
 };
-use crate::socket::Waker;
 use crate::stats::{bump, CloseClass, CoreStats, DropReason};
+use crate::sys::poll::Waker;
 
 /// How long a draining core waits for its connections to close before it exits.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);

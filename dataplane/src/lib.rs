@@ -8,6 +8,9 @@
 //! `quinn_proto::Endpoint` decrypts it → the connection's [`Application`] runs on the same core →
 //! `poll_transmit` seals the answer into GSO batches ([`relay`] routes those to path aliases) →
 //! [`backend`] sends them.
+//!
+//! Raw system calls live in [`sys`] only, behind safe functions; the crate's lints keep them out
+//! of every other module.
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
@@ -25,6 +28,7 @@ pub mod relay;
 pub mod socket;
 pub mod stats;
 pub mod steering;
+pub mod sys;
 
 pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome};
 pub use backend::BackendKind;

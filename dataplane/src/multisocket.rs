@@ -9,11 +9,11 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use crate::backend::portable::is_transient_recv_error;
-use crate::socket::Waker;
+use crate::sys::poll::{poll, readable, Waker};
 
 /// A datagram one socket of a [`MultiSocket`] received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,26 +121,19 @@ impl MultiSocket {
         let mut indices: Vec<usize> = Vec::with_capacity(self.sockets.len());
         for (index, socket) in self.sockets.iter().enumerate() {
             if let Some(socket) = socket {
-                fds.push(pollfd(socket.as_raw_fd()));
+                fds.push(readable(socket.as_raw_fd()));
                 indices.push(index);
             }
         }
         if let Some(waker) = wake {
-            fds.push(pollfd(waker.fd()));
+            fds.push(readable(waker.fd()));
         }
-        // Round up so that a short timeout never becomes a busy loop.
-        let timeout_ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-        // SAFETY: `fds` is a live, initialised array of pollfd structs and its exact length is
-        // passed with it; poll(2) writes only their `revents` fields before it returns.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        let result = poll(&mut fds, Some(timeout));
         self.ready.clear();
-        if rc < 0 {
-            let error = io::Error::last_os_error();
-            return if error.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(error) };
-        }
-        let readable = |fd: &libc::pollfd| fd.revents & (libc::POLLIN | libc::POLLERR) != 0;
-        self.ready.extend(indices.iter().zip(&fds).filter(|(_, fd)| readable(fd)).map(|(index, _)| *index));
-        let woken = wake.is_some() && fds.last().is_some_and(readable);
+        result?;
+        let ready = |fd: &libc::pollfd| fd.revents & (libc::POLLIN | libc::POLLERR) != 0;
+        self.ready.extend(indices.iter().zip(&fds).filter(|(_, fd)| ready(fd)).map(|(index, _)| *index));
+        let woken = wake.is_some() && fds.last().is_some_and(ready);
         if let Some(waker) = wake.filter(|_| woken) {
             waker.drain();
         }
@@ -191,10 +184,6 @@ impl MultiSocket {
             _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such socket in the set")),
         }
     }
-}
-
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
 }
 
 #[cfg(test)]

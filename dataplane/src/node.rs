@@ -16,11 +16,10 @@ use crate::core::{Command, ConnectRequest, Core, CoreShared};
 use crate::datagram::ControlDatagram;
 use crate::latency::LatencySet;
 use crate::relay::{is_alias, PathRoute, RelayAllocation};
-use crate::socket::{
-    allowed_cpus, bind_reuseport_group, join_reuseport_group, pin_current_thread, steer_group, steer_group_to,
-};
+use crate::socket::{bind_reuseport_group, join_reuseport_group, steer_group, steer_group_to};
 use crate::stats::{CoreStats, CoreStatus};
 use crate::steering::SteeringTable;
+use crate::sys::thread::{allowed_cpus, pin_current_thread};
 
 /// Most cores one node runs: the owning core is one byte of each connection ID.
 pub const MAX_CORES: usize = 256;

@@ -1,11 +1,12 @@
 //! The per-core UDP sockets: one per core, all bound to the listen address with `SO_REUSEPORT`,
-//! and the system calls around them (eventfd wakers, CPU affinity, reuseport steering).
+//! and the reuseport steering programs attached to their group.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::sys::socket::attach_reuseport_program;
 
 /// Socket buffer size asked for; the kernel caps it at `net.core.{r,w}mem_max`.
 const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
@@ -98,134 +99,6 @@ pub fn steer_group(socket: &UdpSocket, table: &crate::steering::SteeringTable) -
     let program =
         crate::steering::steering_program(table).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     attach_reuseport_program(socket, &program)
-}
-
-/// The effective user ID of this process.
-pub fn current_uid() -> u32 {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// The user ID and process ID of the process at the other end of a connected Unix socket
-/// (`SO_PEERCRED`).
-pub fn peer_credentials(socket: &impl AsRawFd) -> io::Result<(u32, u32)> {
-    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `credentials` is a live ucred and `len` its exact size; the kernel writes at most
-    // `len` bytes into it and updates `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut credentials).cast(),
-            &raw mut len,
-        )
-    };
-    if rc == 0 {
-        Ok((credentials.uid, u32::try_from(credentials.pid).unwrap_or(0)))
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Attach a classic BPF program choosing the socket of `socket`'s reuseport group
-/// (`SO_ATTACH_REUSEPORT_CBPF`); it replaces any program attached before.
-fn attach_reuseport_program(socket: &UdpSocket, program: &[libc::sock_filter]) -> io::Result<()> {
-    let len = u16::try_from(program.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let fprog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
-    // SAFETY: `fprog` points at `program` with its exact length; both live until setsockopt
-    // returns, which copies the program into the kernel (the kernel never writes through the
-    // pointer); the option size matches the structure passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&raw const fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// An eventfd other threads write to wake a core sleeping in its backend.
-#[derive(Debug)]
-pub struct Waker {
-    fd: OwnedFd,
-}
-
-impl Waker {
-    /// A new non-blocking eventfd.
-    pub fn new() -> io::Result<Self> {
-        // SAFETY: eventfd has no memory arguments; a non-negative result is a new fd we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
-    }
-
-    /// The fd a backend waits on.
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// Wake the core. Never blocks; a full counter means a wake-up is already pending.
-    pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
-    }
-
-    /// Reset the counter after waking.
-    pub fn drain(&self) {
-        let mut value: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live u64; the fd is non-blocking.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut value).cast(), 8) };
-    }
-}
-
-/// The CPUs this process may run on (`sched_getaffinity`), in ascending order.
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data for which all-zero is a valid (empty) set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a live cpu_set_t and its exact size is passed.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut set) };
-    if rc != 0 {
-        return vec![0];
-    }
-    // SAFETY: CPU_ISSET only reads the initialised set; indices stay below CPU_SETSIZE.
-    let cpus: Vec<usize> =
-        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect();
-    if cpus.is_empty() {
-        vec![0]
-    } else {
-        cpus
-    }
-}
-
-/// Pin the calling thread to `cpu`.
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data for which all-zero is a valid (empty) set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
-    }
-    // SAFETY: CPU_SET writes one bit of the live set; `cpu` is below CPU_SETSIZE (checked).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the calling thread; `set` is live and its size is passed.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

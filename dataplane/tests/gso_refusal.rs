@@ -12,10 +12,13 @@
 //!   `ip` (iproute2) and `ethtool`; skipped, saying so, when not root.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// The test drives the kernel directly (setns into its namespaces, SO_NO_CHECK on a socket), which
+// the production code never does, so those two calls stay here rather than in `sys`.
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +27,8 @@ use ant_quic_dataplane::backend::portable::PortableBackend;
 use ant_quic_dataplane::backend::uring::{self, UringBackend};
 use ant_quic_dataplane::backend::{Backend, BackendParams, OutBatch, SendRefused};
 use ant_quic_dataplane::stats::{read, CoreStats};
+use ant_quic_dataplane::sys::poll::Waker;
+use ant_quic_dataplane::sys::process::current_uid;
 
 const SENDER_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
 const RECEIVER_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 2);
@@ -38,8 +43,7 @@ struct Netns {
 impl Netns {
     /// `None` (and a skip message) when not root.
     fn create(tag: &str) -> Option<Self> {
-        // SAFETY: geteuid has no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if current_uid() != 0 {
             eprintln!("SKIP: the GSO-refusal test needs root (it creates network namespaces)");
             return None;
         }
@@ -86,14 +90,6 @@ fn run(program: &str, args: &[&str]) {
     assert!(status.success(), "{program} {args:?} failed: {status}");
 }
 
-fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd has no memory arguments; the result is checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
 /// Open a backend on `socket`; `None` (with a skip message) when that backend cannot run here.
 type Open<B> = fn(BackendParams<'_>) -> Option<B>;
 
@@ -134,8 +130,8 @@ fn send_batch_expecting_refusal<B: Backend>(
     let from = socket.local_addr().unwrap();
     receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let stats = Arc::new(CoreStats::default());
-    let waker = eventfd();
-    let Some(mut backend) = open(BackendParams { socket, wake_fd: waker.as_raw_fd(), stats: &stats }) else {
+    let waker = Waker::new().unwrap();
+    let Some(mut backend) = open(BackendParams { socket, wake_fd: waker.fd(), stats: &stats }) else {
         return;
     };
     assert!(backend.max_gso_segments() > 1, "{tag}: GSO must look available before the kernel refuses it");

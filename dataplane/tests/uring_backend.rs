@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use ant_quic_dataplane::backend::uring::{self, UringBackend};
 use ant_quic_dataplane::backend::{Backend, BackendParams, OutBatch, RecvMeta, SendRefused};
 use ant_quic_dataplane::batch::split_gro;
 use ant_quic_dataplane::stats::{read, CoreStats};
+use ant_quic_dataplane::sys::poll::Waker;
 use quinn_proto::EcnCodepoint;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -29,26 +29,11 @@ fn uring_available() -> bool {
     }
 }
 
-fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd has no memory arguments; the result is checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-fn wake(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live local array.
-    let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-    assert_eq!(n, 8);
-}
-
 struct Node<B> {
     backend: B,
     addr: SocketAddr,
     stats: Arc<CoreStats>,
-    _waker: OwnedFd,
+    _waker: Waker,
 }
 
 fn bind(ip: std::net::IpAddr) -> Option<UdpSocket> {
@@ -60,8 +45,8 @@ fn bind(ip: std::net::IpAddr) -> Option<UdpSocket> {
 fn uring_node(socket: UdpSocket) -> Node<UringBackend> {
     let addr = socket.local_addr().unwrap();
     let stats = Arc::new(CoreStats::default());
-    let waker = eventfd();
-    let backend = UringBackend::open(BackendParams { socket, wake_fd: waker.as_raw_fd(), stats: &stats })
+    let waker = Waker::new().unwrap();
+    let backend = UringBackend::open(BackendParams { socket, wake_fd: waker.fd(), stats: &stats })
         .unwrap_or_else(|e| panic!("open: {e}"));
     Node { backend, addr, stats, _waker: waker }
 }
@@ -69,8 +54,8 @@ fn uring_node(socket: UdpSocket) -> Node<UringBackend> {
 fn portable_node(socket: UdpSocket) -> Node<PortableBackend> {
     let addr = socket.local_addr().unwrap();
     let stats = Arc::new(CoreStats::default());
-    let waker = eventfd();
-    let backend = PortableBackend::open(BackendParams { socket, wake_fd: waker.as_raw_fd(), stats: &stats }).unwrap();
+    let waker = Waker::new().unwrap();
+    let backend = PortableBackend::open(BackendParams { socket, wake_fd: waker.fd(), stats: &stats }).unwrap();
     Node { backend, addr, stats, _waker: waker }
 }
 
@@ -328,8 +313,8 @@ fn waker_ends_a_long_wait() {
     }
     let socket = bind(Ipv4Addr::LOCALHOST.into()).unwrap();
     let stats = Arc::new(CoreStats::default());
-    let waker = Arc::new(eventfd());
-    let mut backend = UringBackend::open(BackendParams { socket, wake_fd: waker.as_raw_fd(), stats: &stats }).unwrap();
+    let waker = Arc::new(Waker::new().unwrap());
+    let mut backend = UringBackend::open(BackendParams { socket, wake_fd: waker.fd(), stats: &stats }).unwrap();
 
     // A plain timeout expires on time.
     let start = Instant::now();
@@ -341,7 +326,7 @@ fn waker_ends_a_long_wait() {
         let w = Arc::clone(&waker);
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
-            wake(&w);
+            w.wake();
         });
         let start = Instant::now();
         backend.wait(Some(Duration::from_secs(10))).unwrap();
@@ -355,10 +340,7 @@ fn waker_ends_a_long_wait() {
         assert!(start.elapsed() < Duration::from_secs(1), "wait blocked with a completion pending");
 
         // The core drains the eventfd; the backend must not have.
-        let mut value = [0u8; 8];
-        // SAFETY: reads 8 bytes into a live local array.
-        let n = unsafe { libc::read(waker.as_raw_fd(), value.as_mut_ptr().cast(), value.len()) };
-        assert_eq!(n, 8, "the eventfd was still readable");
+        assert!(waker.drain(), "the eventfd was still readable");
         backend.recv(&mut |_, _| panic!("no datagram was sent")).unwrap();
     }
 

@@ -124,7 +124,8 @@ pub fn run(args: &ClientArgs) -> Result<LoadResult> {
     // The server's cores take the allowed CPUs from the first; the client's take them from the
     // last, as the in-process bulk transfer places them. Unpinned, the scheduler tends to wake
     // the client on the server's CPU (it is woken from there), and both then share one CPU.
-    let cpus: Vec<usize> = ant_quic::dataplane::socket::allowed_cpus().into_iter().rev().take(args.cores).collect();
+    let cpus: Vec<usize> =
+        ant_quic::dataplane::sys::thread::allowed_cpus().into_iter().rev().take(args.cores).collect();
     let cpus = (!cpus.is_empty()).then_some(cpus);
     let node = start_client_on(SocketAddr::new(any, 0), args.cores, backend, cpus, factory)
         .context("starting the ant-quic client node")?;

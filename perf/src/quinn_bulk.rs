@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ant_quic_dataplane::sys::thread::{allowed_cpus, pin_current_thread};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -29,7 +30,7 @@ static DATA: [u8; CHUNK] = [0xAB; CHUNK];
 /// `pin`: server thread on the first allowed CPU, client thread on the second (quinn's own bench
 /// does not pin; ant-quic's in-process transfer does).
 pub fn run(bytes: u64, upload: bool, pin: bool) -> Result<BulkResult> {
-    let cpus = if pin { allowed_cpus()? } else { Vec::new() };
+    let cpus = if pin { allowed_cpus() } else { Vec::new() };
     let server_cpu = cpus.first().copied();
     let client_cpu = cpus.get(1 % cpus.len().max(1)).copied();
     let tls = tls::pair()?;
@@ -40,7 +41,7 @@ pub fn run(bytes: u64, upload: bool, pin: bool) -> Result<BulkResult> {
     let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
     let server = thread::Builder::new().name("quinn-server".into()).spawn(move || -> Result<Option<Instant>> {
         if let Some(cpu) = server_cpu {
-            pin_current_thread(cpu)?;
+            pin_current_thread(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
         }
         let rt = runtime()?;
         rt.block_on(async move {
@@ -51,7 +52,7 @@ pub fn run(bytes: u64, upload: bool, pin: bool) -> Result<BulkResult> {
     })?;
     let client = thread::Builder::new().name("quinn-client".into()).spawn(move || -> Result<ClientOutcome> {
         if let Some(cpu) = client_cpu {
-            pin_current_thread(cpu)?;
+            pin_current_thread(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
         }
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).context("server did not report its address")?;
         let rt = runtime()?;
@@ -84,35 +85,6 @@ pub fn run(bytes: u64, upload: bool, pin: bool) -> Result<BulkResult> {
         mtu: Some(client.mtu),
         backend: Some(if pin { "quinn-udp, pinned" } else { "quinn-udp" }.into()),
     })
-}
-
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Result<Vec<usize>> {
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed; pid 0 is this thread.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
-    }
-    Ok((0..libc::CPU_SETSIZE as usize)
-        // SAFETY: `cpu` is below CPU_SETSIZE, the size of `set`.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect())
-}
-
-/// Restricts the calling thread to `cpu`.
-fn pin_current_thread(cpu: usize) -> Result<()> {
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` comes from `allowed_cpus`, so it is below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning to CPU {cpu}"));
-    }
-    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -225,7 +225,7 @@ pub fn run(args: &RelayRateArgs) -> Result<()> {
     }
 
     let pins = if args.pin {
-        let cpus = ant_quic_dataplane::socket::allowed_cpus();
+        let cpus = ant_quic_dataplane::sys::thread::allowed_cpus();
         match (cpus.first(), cpus.last()) {
             (Some(&middle), Some(&ends)) if middle != ends => Some(Pins { middle, ends }),
             _ => {
@@ -345,7 +345,7 @@ struct Pins {
 /// Pins the calling thread to `cpu`, when given (a failure leaves it unpinned).
 fn pin(cpu: Option<usize>) {
     if let Some(cpu) = cpu {
-        let _ = ant_quic_dataplane::socket::pin_current_thread(cpu);
+        let _ = ant_quic_dataplane::sys::thread::pin_current_thread(cpu);
     }
 }
 

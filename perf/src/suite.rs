@@ -550,9 +550,8 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf reads a configuration value and has no memory arguments.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+    let per_second = ant_quic_dataplane::sys::process::clock_ticks_per_second()?;
+    Some(ticks as f64 / per_second as f64)
 }
 
 /// Resident set size of `pid` in KiB.
@@ -744,7 +743,7 @@ pub fn markdown(r: &SuiteReport, udp_ceiling_gbps: Option<f64>) -> String {
 /// ceiling cannot be met by any stack built on this engine and crypto on this machine.
 fn engine_markdown(s: &mut String, e: &EngineResult, lines: &[Line]) {
     use std::fmt::Write;
-    let cpus = ant_quic::dataplane::socket::allowed_cpus().len().max(1);
+    let cpus = ant_quic::dataplane::sys::thread::allowed_cpus().len().max(1);
     let _ = writeln!(
         s,
         "- The QUIC engine both stacks share (quinn-proto, rustls, {}), in memory with no I/O \

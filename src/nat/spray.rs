@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use ant_quic_control::nat::probe::MARKER as PROBE_MARKER;
 use ant_quic_control::nat::{Probe, ProbeKind};
-use ant_quic_dataplane::socket::Waker;
+use ant_quic_dataplane::sys::poll::Waker;
 use ant_quic_dataplane::MultiSocket;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 

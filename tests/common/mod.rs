@@ -14,7 +14,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use ant_quic::dataplane::sys::process::send_signal;
+use anyhow::{bail, Context, Result};
 
 pub mod natlab;
 
@@ -188,10 +189,8 @@ impl Process {
     }
 
     fn signal(&self, signal: libc::c_int) -> Result<()> {
-        // SAFETY: kill(2) with the pid of a child we have not reaped yet (it cannot be reused).
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        ensure!(rc == 0, "kill({}, {signal}): {}", self.pid(), std::io::Error::last_os_error());
-        Ok(())
+        // The pid of a child we have not reaped yet (it cannot be reused).
+        send_signal(self.child.id(), signal).with_context(|| format!("kill({}, {signal})", self.pid()))
     }
 
     /// Send `signal` and require exit status 0 within `limit`; returns how long it took.

@@ -92,20 +92,7 @@ impl Backend for PortableBackend {
             libc::pollfd { fd: self.socket.as_raw_fd(), events: socket_events, revents: 0 },
             libc::pollfd { fd: self.wake_fd, events: libc::POLLIN, revents: 0 },
         ];
-        let timeout_ms = match timeout {
-            None => -1,
-            // Round up so a timer never fires early and spins.
-            Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
-        };
-        // SAFETY: `fds` is a valid array of two initialised pollfd structs that outlives the call,
-        // and its length is passed alongside it.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        crate::sys::poll::poll(&mut fds, timeout)?;
         if fds[0].revents & libc::POLLOUT != 0 {
             self.send_blocked = false;
         }

@@ -3,9 +3,15 @@
 //! Every connection lives on one core, and so does the application code that reads and writes its
 //! streams: an [`Application`] is created per core by an [`AppFactory`] and called back on that
 //! core's thread, without locks, as the connection makes progress (as msquic calls back on its
-//! worker threads). Other threads reach it with [`crate::Node::send_message`].
+//! worker threads).
+//!
+//! Other threads reach it with [`crate::Messenger::send_message`]. The message type `M` is the
+//! application's own (an enum of its requests, `()` when it takes none): it travels by value
+//! in the core's command queue, in order with the node's own commands, so delivering one costs
+//! no allocation and no downcast, and a message of the wrong type does not compile. Only the
+//! [`crate::Node`] and its [`crate::Messenger`] carry `M`; the [`crate::NodeHandle`] that
+//! monitoring and control code holds does not, so it works for any application.
 
-use std::any::Any;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -23,11 +29,9 @@ pub struct ConnId {
     pub index: usize,
 }
 
-/// A message from another thread to a core's application.
-pub type AppMessage = Box<dyn Any + Send>;
-
-/// Per-core application code. Every method has a default that does nothing.
-pub trait Application {
+/// Per-core application code, taking messages of type `M` from other threads. Every method has a
+/// default that does nothing.
+pub trait Application<M = ()> {
     /// The handshake completed (both for connections we opened and ones we accepted).
     fn on_connected(&mut self, _conn: &mut ConnRef<'_>) {}
     /// The peer opened a stream.
@@ -46,21 +50,21 @@ pub trait Application {
     fn on_connect_failed(&mut self, _tag: u64, _error: &quinn_proto::ConnectError) {}
     /// The peer allows more streams to be opened (after `open_bi`/`open_uni` returned `None`).
     fn on_streams_available(&mut self, _conn: &mut ConnRef<'_>) {}
-    /// A message sent with `Node::send_message`, with this core's connections at hand.
-    fn on_message(&mut self, _conns: &mut crate::core::Connections<'_>, _message: AppMessage) {}
+    /// A message sent with `Messenger::send_message`, with this core's connections at hand.
+    fn on_message(&mut self, _conns: &mut crate::core::Connections<'_>, _message: M) {}
 }
 
 /// Creates one [`Application`] per core, on that core's thread.
-pub trait AppFactory: Send + Sync + 'static {
+pub trait AppFactory<M = ()>: Send + Sync + 'static {
     /// The application for `core`.
-    fn create(&self, core: usize) -> Box<dyn Application>;
+    fn create(&self, core: usize) -> Box<dyn Application<M>>;
 }
 
-impl<F> AppFactory for F
+impl<M, F> AppFactory<M> for F
 where
-    F: Fn(usize) -> Box<dyn Application> + Send + Sync + 'static,
+    F: Fn(usize) -> Box<dyn Application<M>> + Send + Sync + 'static,
 {
-    fn create(&self, core: usize) -> Box<dyn Application> {
+    fn create(&self, core: usize) -> Box<dyn Application<M>> {
         self(core)
     }
 }

@@ -17,7 +17,7 @@ use quinn_proto::{
     StreamEvent, Transmit,
 };
 
-use crate::app::{AppMessage, Application, ConnId, ConnRef};
+use crate::app::{Application, ConnId, ConnRef};
 use crate::backend::{Backend, OutBatch, RecvMeta, SendRefused};
 use crate::batch::split_gro;
 use crate::cid::{route, CidKey, Generation, Route};
@@ -60,10 +60,9 @@ pub struct ConnectRequest {
     pub tag: u64,
 }
 
-/// What other threads ask of a core.
+/// What other threads ask of a core, whatever its application.
 pub(crate) enum Command {
     Connect(Box<ConnectRequest>),
-    Message(AppMessage),
     Shutdown,
     /// Refuse new connections (`false`: a takeover's drain; live ones go on) or accept them again.
     SetAccepting(bool),
@@ -81,6 +80,29 @@ pub(crate) enum Command {
     SendDatagram(SocketAddr, Vec<u8>),
 }
 
+/// What arrives in a core's queue: a command, or a message for its application. One queue keeps
+/// them in the order they were sent.
+pub(crate) enum CoreInput<M> {
+    Command(Command),
+    Message(M),
+}
+
+/// A core's input queue, typed by its application's message.
+pub(crate) type Inbox<M> = ArrayQueue<CoreInput<M>>;
+
+/// A core's input queue as code that sends no messages sees it (the node handle does not know the
+/// message type). Commands come from control threads, never from the packet path.
+pub(crate) trait CommandQueue: Send + Sync {
+    /// Queue `command`; false when the queue is full.
+    fn push_command(&self, command: Command) -> bool;
+}
+
+impl<M: Send> CommandQueue for Inbox<M> {
+    fn push_command(&self, command: Command) -> bool {
+        self.push(CoreInput::Command(command)).is_ok()
+    }
+}
+
 /// A datagram received by one core for a connection owned by another.
 #[derive(Debug)]
 pub(crate) struct Handoff {
@@ -93,7 +115,8 @@ pub(crate) struct Handoff {
 /// What a core shares with the node handle and the other cores.
 pub(crate) struct CoreShared {
     pub(crate) waker: Waker,
-    pub(crate) commands: ArrayQueue<Command>,
+    /// The core's input queue; the core itself reads it typed.
+    pub(crate) commands: Arc<dyn CommandQueue>,
     pub(crate) handoffs: ArrayQueue<Handoff>,
     pub(crate) stats: Arc<CoreStats>,
     /// Latency histograms handed to the control thread.
@@ -111,10 +134,10 @@ impl std::fmt::Debug for CoreShared {
 }
 
 impl CoreShared {
-    pub(crate) fn new() -> std::io::Result<Self> {
+    pub(crate) fn new(commands: Arc<dyn CommandQueue>) -> std::io::Result<Self> {
         Ok(Self {
             waker: Waker::new()?,
-            commands: ArrayQueue::new(QUEUE_CAPACITY),
+            commands,
             handoffs: ArrayQueue::new(QUEUE_CAPACITY),
             stats: Arc::new(CoreStats::default()),
             latency: ArrayQueue::new(LATENCY_QUEUE_CAPACITY),
@@ -175,16 +198,18 @@ impl Connections<'_> {
 }
 
 /// One core's loop and everything it owns.
-pub(crate) struct Core<B: Backend> {
+pub(crate) struct Core<B: Backend, M> {
     index: usize,
     shared: Arc<CoreShared>,
+    /// The same queue as `shared.commands`, typed: commands and the application's messages.
+    inbox: Arc<Inbox<M>>,
     all: Arc<[Arc<CoreShared>]>,
     cid_key: CidKey,
     /// This process's generation (`crate::cid`): datagrams for another one are counted and dropped.
     generation: Generation,
     backend: B,
     endpoint: Endpoint,
-    app: Box<dyn Application>,
+    app: Box<dyn Application<M>>,
     conns: Vec<Option<ConnState>>,
     /// Live connections (`Some` slots of `conns`), kept as they come and go: counting the slots
     /// on every change costs O(connections) per handshake.
@@ -218,16 +243,17 @@ pub(crate) struct Core<B: Backend> {
     control: Option<Sender<ControlDatagram>>,
 }
 
-impl<B: Backend> Core<B> {
+impl<B: Backend, M> Core<B, M> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         index: usize,
         all: Arc<[Arc<CoreShared>]>,
+        inbox: Arc<Inbox<M>>,
         cid_key: CidKey,
         generation: Generation,
         backend: B,
         endpoint: Endpoint,
-        app: Box<dyn Application>,
+        app: Box<dyn Application<M>>,
         ipv6_socket: bool,
         control: Option<Sender<ControlDatagram>>,
     ) -> Option<Self> {
@@ -236,6 +262,7 @@ impl<B: Backend> Core<B> {
         Some(Self {
             index,
             shared,
+            inbox,
             all,
             cid_key,
             generation,
@@ -319,14 +346,18 @@ impl<B: Backend> Core<B> {
     }
 
     fn take_commands(&mut self, now: Instant) {
-        while let Some(command) = self.shared.commands.pop() {
-            match command {
-                Command::Connect(request) => self.connect(now, *request),
-                Command::Message(message) => {
+        while let Some(input) = self.inbox.pop() {
+            let command = match input {
+                CoreInput::Command(command) => command,
+                CoreInput::Message(message) => {
                     let mut conns =
                         Connections { core: self.index, now, conns: &mut self.conns, dirty: &mut self.dirty };
                     self.app.on_message(&mut conns, message);
+                    continue;
                 }
+            };
+            match command {
+                Command::Connect(request) => self.connect(now, *request),
                 Command::Shutdown => self.start_draining(now),
                 Command::SetAccepting(accepting) => self.refusing = !accepting,
                 Command::SetServerConfig(config) => self.endpoint.set_server_config(config),

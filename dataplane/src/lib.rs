@@ -26,12 +26,12 @@ pub mod socket;
 pub mod stats;
 pub mod steering;
 
-pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome};
+pub use app::{AppFactory, Application, ConnId, ConnRef, ReadOutcome};
 pub use backend::BackendKind;
 pub use core::{ConnectRequest, Connections};
 pub use datagram::ControlDatagram;
 pub use multisocket::MultiSocket;
-pub use node::{Node, NodeConfig, NodeError, NodeHandle, StartError};
+pub use node::{Messenger, Node, NodeConfig, NodeError, NodeHandle, StartError};
 pub use quinn_proto;
 pub use relay::{
     is_alias, PathRoute, RelayAllocation, RelayDrop, RelayFrame, RelayRepr, RELAY_HEADER_LEN, RELAY_MARKER,

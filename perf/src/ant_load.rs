@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use ant_quic::dataplane::quinn_proto::crypto::rustls::QuicClientConfig;
 use ant_quic::dataplane::quinn_proto::{ClientConfig, ConnectionError, StreamId, TransportConfig, VarInt};
 use ant_quic::dataplane::{
-    AppFactory, AppMessage, Application, BackendKind, ConnId, ConnRef, ConnectRequest, Connections, Node, NodeHandle,
-    ReadOutcome,
+    AppFactory, Application, BackendKind, ConnId, ConnRef, ConnectRequest, Connections, Node, NodeHandle, ReadOutcome,
 };
 use ant_quic::identity::PeerId;
 use ant_quic::node::{start_client_on, start_server, NodeOptions};
@@ -482,7 +481,7 @@ impl LoadApp {
     }
 }
 
-impl Application for LoadApp {
+impl Application<ToCore> for LoadApp {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         let tag = conn.tag();
         let Some(asked) = self.connecting.remove(&tag) else { return };
@@ -544,9 +543,8 @@ impl Application for LoadApp {
         self.attempt_failed(tag, || format!("cannot connect: {error}"));
     }
 
-    fn on_message(&mut self, conns: &mut Connections<'_>, message: AppMessage) {
-        let Ok(message) = message.downcast::<ToCore>() else { return };
-        match *message {
+    fn on_message(&mut self, conns: &mut Connections<'_>, message: ToCore) {
+        match message {
             ToCore::Start { handle, template, count, in_flight, until } => {
                 self.handle = Some(handle);
                 self.template = Some(template);
@@ -596,9 +594,9 @@ pub fn run(args: &ClientArgs) -> Result<LoadResult> {
         Spec { workload: args.workload, bytes: args.bytes, upload: args.upload, response_bytes: args.response_bytes };
     let counters = Arc::new(Counters::default());
     let histogram = latency_histogram()?;
-    let factory: Arc<dyn AppFactory> = {
+    let factory: Arc<dyn AppFactory<ToCore>> = {
         let counters = Arc::clone(&counters);
-        Arc::new(move |core: usize| -> Box<dyn Application> {
+        Arc::new(move |core: usize| -> Box<dyn Application<ToCore>> {
             Box::new(LoadApp::new(core, spec, Arc::clone(&counters), histogram.clone()))
         })
     };
@@ -678,7 +676,7 @@ struct Measured {
 
 /// The main thread's side of a run.
 struct Driver<'a> {
-    node: &'a Node,
+    node: &'a Node<ToCore>,
     args: &'a ClientArgs,
     template: Template,
     counters: &'a Counters,
@@ -787,7 +785,7 @@ impl Driver<'_> {
                 }
                 let batch = std::mem::take(batch);
                 let n = batch.len() as u64;
-                if let Err(e) = self.node.send_message(core, Box::new(ToCore::Requests(batch))) {
+                if let Err(e) = self.node.send_message(core, ToCore::Requests(batch)) {
                     self.counters.error(n, || format!("rr: requests not handed to core {core}: {e}"));
                 }
             }
@@ -865,7 +863,7 @@ impl Driver<'_> {
     fn send(&self, core: usize, message: impl Fn() -> ToCore) -> Result<()> {
         let give_up = Instant::now() + Duration::from_secs(1);
         loop {
-            match self.node.send_message(core, Box::new(message())) {
+            match self.node.send_message(core, message()) {
                 Ok(()) => return Ok(()),
                 Err(ant_quic::dataplane::NodeError::Busy(_)) if Instant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(1));

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use ant_quic_dataplane::app::StreamReadError;
+use ant_quic_dataplane::connection::StreamReadError;
 use ant_quic_dataplane::quinn_proto::{StreamId, VarInt};
 use ant_quic_dataplane::{Application, ConnId, ConnRef, ReadOutcome};
 use bytes::{Bytes, BytesMut};

@@ -13,14 +13,14 @@ use bytes::{Buf, BytesMut};
 use crossbeam_channel::Sender;
 use crossbeam_queue::ArrayQueue;
 use quinn_proto::{
-    ClientConfig, Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event,
-    StreamEvent, Transmit,
+    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent, Transmit,
 };
 
-use crate::app::{Application, ConnId, ConnRef};
+use crate::app::Application;
 use crate::backend::{Backend, OutBatch, RecvMeta, SendRefused};
 use crate::batch::split_gro;
 use crate::cid::{route, CidKey, Generation, Route};
+use crate::connection::{ConnId, ConnRef, ConnState, ConnectRequest, Connections};
 use crate::datagram::{classify, ControlDatagram, DatagramKind};
 use crate::latency::{LatencySet, Recorder, LATENCY_QUEUE_CAPACITY};
 use crate::probe::SocketOwner;
@@ -46,19 +46,6 @@ const RTT_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often expired relay allocations are swept from the forwarding table (until then their
 /// frames count as `expired`).
 const RELAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A request to open a connection, carried out on the chosen core.
-#[derive(Debug)]
-pub struct ConnectRequest {
-    /// Where to connect.
-    pub remote: SocketAddr,
-    /// The TLS server name (SNI) to send and, with a WebPKI verifier, to check.
-    pub server_name: String,
-    /// TLS and transport settings for this connection.
-    pub config: ClientConfig,
-    /// A value of the caller's choice, given back in callbacks for this connection.
-    pub tag: u64,
-}
 
 /// What other threads ask of a core, whatever its application.
 pub(crate) enum Command {
@@ -144,56 +131,6 @@ impl CoreShared {
             latency_spare: ArrayQueue::new(LATENCY_QUEUE_CAPACITY),
             latency_wanted: AtomicBool::new(false),
         })
-    }
-}
-
-struct ConnState {
-    conn: Connection,
-    tag: u64,
-    /// Earliest deadline already queued in the timer heap for this connection.
-    queued_deadline: Option<Instant>,
-    dirty: bool,
-    closed_reported: bool,
-    /// When the connection was created, for the handshake duration.
-    created: Instant,
-    /// The handshake completed.
-    connected: bool,
-    /// Next time the RTT may be sampled.
-    next_rtt_sample: Instant,
-}
-
-/// The connections of one core, lent to application code in [`Application::on_message`].
-pub struct Connections<'a> {
-    core: usize,
-    now: Instant,
-    conns: &'a mut Vec<Option<ConnState>>,
-    dirty: &'a mut Vec<usize>,
-}
-
-impl std::fmt::Debug for Connections<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connections").field("core", &self.core).finish_non_exhaustive()
-    }
-}
-
-impl Connections<'_> {
-    /// The connection `id`, if it is alive on this core.
-    pub fn get(&mut self, id: ConnId) -> Option<ConnRef<'_>> {
-        if id.core != self.core {
-            return None;
-        }
-        let state = self.conns.get_mut(id.index)?.as_mut()?;
-        if !state.dirty {
-            state.dirty = true;
-            self.dirty.push(id.index);
-        }
-        Some(ConnRef { id, tag: state.tag, now: self.now, inner: &mut state.conn })
-    }
-
-    /// The live connections on this core.
-    pub fn ids(&self) -> Vec<ConnId> {
-        let core = self.core;
-        self.conns.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(index, _)| ConnId { core, index }).collect()
     }
 }
 

@@ -782,8 +782,10 @@ impl UringBackend {
         if let Ok(out) = RecvMsgOut::parse(filled, &self.recv_hdr) {
             if out.is_payload_truncated() {
                 bump(&self.stats.rx_truncated, 1);
-            } else if let Some(remote) =
-                (!out.is_name_data_truncated()).then(|| parse_sockaddr(out.name_data())).flatten()
+            } else if let Some(remote) = (!out.is_name_data_truncated())
+                .then(|| parse_sockaddr(out.name_data()))
+                .flatten()
+                .map(crate::address::unmapped)
             {
                 let control = parse_control(out.control_data());
                 let payload = out.payload_data();

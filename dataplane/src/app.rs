@@ -33,7 +33,7 @@ pub trait Application<M = ()> {
     fn on_stopped(&mut self, _conn: &mut ConnRef<'_>, _stream: StreamId, _code: VarInt) {}
     /// The connection ended (closed by either side, timed out, or failed its handshake).
     fn on_closed(&mut self, _id: ConnId, _tag: u64, _reason: &ConnectionError) {}
-    /// A connection requested with `Node::connect` could not even be started.
+    /// A connection requested with `NodeHandle::connect` could not even be started.
     fn on_connect_failed(&mut self, _tag: u64, _error: &quinn_proto::ConnectError) {}
     /// The peer allows more streams to be opened (after `open_bi`/`open_uni` returned `None`).
     fn on_streams_available(&mut self, _conn: &mut ConnRef<'_>) {}

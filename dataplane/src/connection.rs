@@ -98,7 +98,7 @@ impl ConnRef<'_> {
         self.id
     }
 
-    /// The tag given to `Node::connect` (0 for accepted connections).
+    /// The tag given to `NodeHandle::connect` (0 for accepted connections).
     pub fn tag(&self) -> u64 {
         self.tag
     }

@@ -34,7 +34,7 @@ use crate::transmit::{to_batch, Transmitter, MAX_GSO_BYTES};
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// GSO batches one connection may send per loop turn before others get a turn.
 const TRANSMIT_BUDGET: usize = 16;
-/// Datagrams from `Node::send_datagram` a core holds while its socket is back-pressured.
+/// Datagrams from `NodeHandle::send_datagram` a core holds while its socket is back-pressured.
 const DEFERRED_CAPACITY: usize = 4096;
 /// Capacity of each core's command and hand-off queues.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
@@ -148,7 +148,7 @@ pub(crate) struct Core<B: Backend, M> {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     dirty: Vec<usize>,
     received: Vec<(RecvMeta, BytesMut)>,
-    /// Datagrams other threads asked this core to send (`Node::send_datagram`) that arrived while
+    /// Datagrams other threads asked this core to send (`NodeHandle::send_datagram`) that arrived while
     /// the socket applied back-pressure: sent, in order, once it takes data again.
     deferred: std::collections::VecDeque<OutBatch>,
     /// Cores to wake after this turn's hand-offs (bit per core).

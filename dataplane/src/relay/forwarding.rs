@@ -147,9 +147,9 @@ impl ForwardingTable {
         Self::default()
     }
 
-    /// Install or renew an allocation (its ends unmapped: they come from another thread). A renewal with the same two ends keeps the bytes already
-    /// carried and the buckets' state (a grant cannot be renewed to reset its limits); other ends
-    /// start afresh.
+    /// Install or renew an allocation (its ends unmapped: they come from another thread). A
+    /// renewal with the same two ends keeps the bytes already carried and the buckets' state (a
+    /// grant cannot be renewed to reset its limits); other ends start afresh.
     pub fn install(&mut self, allocation: RelayAllocation, now: Instant) {
         let allocation = RelayAllocation { a: unmapped(allocation.a), b: unmapped(allocation.b), ..allocation };
         let fresh = ForwardEntry {

@@ -851,7 +851,7 @@ fn connect_to_peer(
     if let Some(bytes) = args.send_bytes {
         let (report, reports) = crossbeam_channel::bounded(1);
         let request = ant_quic::nat::link::CoreRequest::Upload { conn: connection.conn, bytes, report };
-        server.node.send_message(core, Box::new(request)).map_err(|e| e.to_string())?;
+        server.node.send_message(core, request).map_err(|e| e.to_string())?;
         let upload = reports
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .map_err(|_| format!("the transfer of {bytes} bytes did not finish in time"))?;
@@ -869,7 +869,7 @@ fn connect_to_peer(
     // The RTT once the handshake (and any transfer) is done.
     let (report, reports) = crossbeam_channel::bounded(1);
     let describe = ant_quic::nat::link::CoreRequest::Describe { conn: connection.conn, report };
-    if server.node.send_message(core, Box::new(describe)).is_ok() {
+    if server.node.send_message(core, describe).is_ok() {
         if let Ok(Some((_, rtt))) = reports.recv_timeout(Duration::from_secs(2)) {
             if let Some(object) = line.as_object_mut() {
                 object.insert("rtt_ms".into(), millis(rtt).into());

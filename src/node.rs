@@ -8,6 +8,7 @@ use ant_quic_dataplane::cid::{CidKey, Generation};
 use ant_quic_dataplane::{AppFactory, Application, BackendKind, ConnectRequest, Node, NodeConfig};
 
 use crate::identity::Identity;
+use crate::nat::link::CoreRequest;
 use crate::nat::{Nat, NatOptions};
 use crate::service::{ServiceApp, WwwRoot};
 use crate::tls::{self, ServerAuth, ServerSecurity, ALPN_ANT_QUIC, ALPN_HQ_INTEROP};
@@ -66,8 +67,8 @@ impl Default for NodeOptions {
 /// A node serving `ant-quic/1` (and hq-interop), with its identity and its NAT traversal.
 #[derive(Debug)]
 pub struct ServerNode {
-    /// The data plane.
-    pub node: Node,
+    /// The data plane; its applications take the NAT driver's and the owner's requests.
+    pub node: Node<CoreRequest>,
     /// Who it is.
     pub identity: Identity,
     /// NAT traversal: coordinator for peers registered here, and this node's own registrations.
@@ -105,15 +106,15 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
         config.cid_key = Some(join.cid_key.clone());
         config.join_group = true;
     }
-    let factory: Arc<dyn AppFactory> = Arc::new(move |_core: usize| {
-        Box::new(ServiceApp::with_nat(www.clone(), events.clone())) as Box<dyn Application>
+    let factory: Arc<dyn AppFactory<CoreRequest>> = Arc::new(move |_core: usize| {
+        Box::new(ServiceApp::with_nat(www.clone(), events.clone())) as Box<dyn Application<CoreRequest>>
     });
     let node = Node::start(config, factory)?;
     // Relay channels carry the generation that allocated them, as connection IDs do, so that a
     // takeover's steering keeps each flow with its process.
     let mut nat_options = options.nat.clone();
     nat_options.coordinator.channel_prefix = node.handle().generation();
-    let nat = match Nat::start(node.handle(), &identity, nat_options, events_rx, datagrams_rx) {
+    let nat = match Nat::start(node.messenger(), &identity, nat_options, events_rx, datagrams_rx) {
         Ok(nat) => nat,
         Err(error) => {
             node.shutdown();
@@ -149,19 +150,22 @@ impl ServerNode {
 }
 
 /// Start a one-core client node on an ephemeral port (any address, IPv4 and IPv6) that runs `app`.
-pub fn start_client<A: Application + Send + 'static>(backend: Option<BackendKind>, app: A) -> Result<Node, Error> {
+pub fn start_client<M: Send + 'static, A: Application<M> + Send + 'static>(
+    backend: Option<BackendKind>,
+    app: A,
+) -> Result<Node<M>, Error> {
     start_client_app(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), backend, None, app)
 }
 
 /// Start a client-only node bound to `local` with `cores` cores, pinned to `cpus` if given and
 /// left to the scheduler otherwise (a client shares its host with other programs).
-pub fn start_client_on(
+pub fn start_client_on<M: Send + 'static>(
     local: SocketAddr,
     cores: usize,
     backend: Option<BackendKind>,
     cpus: Option<Vec<usize>>,
-    apps: Arc<dyn AppFactory>,
-) -> Result<Node, Error> {
+    apps: Arc<dyn AppFactory<M>>,
+) -> Result<Node<M>, Error> {
     let mut config = NodeConfig::new(local, None);
     config.cores = Some(cores);
     config.backend = backend;
@@ -172,15 +176,15 @@ pub fn start_client_on(
 
 /// Start a one-core client node bound to `local` that runs `app`: the usual shape of a client
 /// program (one application object, its connections on one core). `cpus`: pin it; `None`: don't.
-pub fn start_client_app<A: Application + Send + 'static>(
+pub fn start_client_app<M: Send + 'static, A: Application<M> + Send + 'static>(
     local: SocketAddr,
     backend: Option<BackendKind>,
     cpus: Option<Vec<usize>>,
     app: A,
-) -> Result<Node, Error> {
+) -> Result<Node<M>, Error> {
     // Taken once, when the core creates its application; never touched on the packet path.
     let slot = std::sync::Mutex::new(Some(app));
-    let factory = move |_core: usize| -> Box<dyn Application> {
+    let factory = move |_core: usize| -> Box<dyn Application<M>> {
         match slot.lock().ok().and_then(|mut slot| slot.take()) {
             Some(app) => Box::new(app),
             None => Box::new(NoApplication),
@@ -191,7 +195,7 @@ pub fn start_client_app<A: Application + Send + 'static>(
 
 /// Application of cores that have nothing to run.
 struct NoApplication;
-impl Application for NoApplication {}
+impl<M> Application<M> for NoApplication {}
 
 /// A request to connect to `remote`, authenticating it as `auth`, offering `alpns`.
 pub fn connect_request(

@@ -10,9 +10,9 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use ant_quic_dataplane::app::StreamReadError;
+use ant_quic_dataplane::connection::StreamReadError;
 use ant_quic_dataplane::quinn_proto::{StreamId, VarInt};
-use ant_quic_dataplane::{AppMessage, Application, ConnId, ConnRef, ReadOutcome};
+use ant_quic_dataplane::{Application, ConnId, ConnRef, ReadOutcome};
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
@@ -376,7 +376,7 @@ impl ServiceApp {
     }
 }
 
-impl Application for ServiceApp {
+impl Application<crate::nat::link::CoreRequest> for ServiceApp {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         if self.protocol(conn).is_none() {
             conn.close(VarInt::from_u32(0x10), b"no supported application protocol");
@@ -437,11 +437,9 @@ impl Application for ServiceApp {
         }
     }
 
-    fn on_message(&mut self, conns: &mut ant_quic_dataplane::Connections<'_>, message: AppMessage) {
+    fn on_message(&mut self, conns: &mut ant_quic_dataplane::Connections<'_>, request: crate::nat::link::CoreRequest) {
         let Some(link) = self.link.as_mut() else { return };
-        if let Ok(request) = message.downcast::<crate::nat::link::CoreRequest>() {
-            link.on_request(conns, *request);
-        }
+        link.on_request(conns, request);
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{BulkApp, BulkPayload};
-use ant_quic::dataplane::{AppMessage, Application, Connections, Node, NodeConfig, NodeError};
+use ant_quic::dataplane::{Application, Connections, Node, NodeConfig, NodeError};
 use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, ServerNode};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
 use ant_quic_control::{AdminServer, NodeView, PreviousGeneration};
@@ -198,7 +198,7 @@ fn malformed_requests_are_refused_and_the_node_keeps_serving() {
 /// Panics on any message: a bug on a core thread.
 struct Panicky;
 impl Application for Panicky {
-    fn on_message(&mut self, _conns: &mut Connections<'_>, _message: AppMessage) {
+    fn on_message(&mut self, _conns: &mut Connections<'_>, _message: ()) {
         panic!("deliberate panic on the core (test)");
     }
 }
@@ -224,7 +224,7 @@ fn a_panic_on_a_core_is_caught_and_reported() {
     let addr = admin.local_addr();
     wait_status(addr, "/health", 200, Duration::from_secs(5));
 
-    node.send_message(1, Box::new(())).unwrap();
+    node.send_message(1, ()).unwrap();
     let body = wait_status(addr, "/health", 503, Duration::from_secs(5));
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["cores"][1]["state"], "failed", "{body}");

@@ -237,8 +237,8 @@ fn the_signalling_stream_refuses_anonymous_malformed_and_flooding_clients() -> R
 }
 
 /// Sum of one counter over a node's cores.
-fn total(node: &ant_quic::dataplane::Node, read: impl Fn(&ant_quic::dataplane::stats::CoreStats) -> u64) -> u64 {
-    node.stats().iter().map(|core| read(core)).sum()
+fn total(node: &ant_quic::dataplane::NodeHandle, read: impl Fn(&ant_quic::dataplane::stats::CoreStats) -> u64) -> u64 {
+    node.all_stats().map(read).sum()
 }
 
 fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) -> Result<()> {

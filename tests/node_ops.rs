@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::sys::process::send_signal;
 use ant_quic::dataplane::ReadOutcome;
-use ant_quic::dataplane::{AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections};
+use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections};
 use ant_quic::quinn_proto;
 use ant_quic::tls::{self, ServerAuth, ALPN_ANT_QUIC};
 use common::{random_bytes, run, NodeProcess, TempDir, NODE_BIN};
@@ -281,7 +281,7 @@ struct CertProbe {
     received: Vec<u8>,
 }
 
-impl Application for CertProbe {
+impl Application<EchoAll> for CertProbe {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         let cert = conn.peer_certificates().and_then(|chain| chain.first().map(|c| c.to_vec())).unwrap_or_default();
         self.tags.push((conn.id(), conn.tag()));
@@ -295,7 +295,7 @@ impl Application for CertProbe {
         }
     }
 
-    fn on_message(&mut self, conns: &mut Connections<'_>, _message: AppMessage) {
+    fn on_message(&mut self, conns: &mut Connections<'_>, _message: EchoAll) {
         for (id, _) in &self.tags {
             if let Some(mut conn) = conns.get(*id) {
                 if let Some(stream) = conn.open_bi() {
@@ -391,7 +391,7 @@ fn sighup_with_a_new_certificate_is_used_by_the_next_handshake() {
     }
 
     // The connection opened before the reload is untouched: it still answers.
-    client.send_message(0, Box::new(EchoAll)).unwrap();
+    client.send_message(0, EchoAll).unwrap();
     let mut echoed = Vec::new();
     while echoed.len() < 2 {
         match next_seen(&events) {

@@ -46,9 +46,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::sys::process::{current_uid, send_signal};
-use ant_quic::dataplane::{
-    AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections, Node, NodeHandle, ReadOutcome,
-};
+use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections, Messenger, Node, ReadOutcome};
 use ant_quic::nat::link::{CoreRequest, UploadReport};
 use ant_quic::nat::{NatOptions, PathKind};
 use ant_quic::node::{start_client, start_server_with, NodeOptions, ServerNode};
@@ -493,10 +491,10 @@ impl Drop for Ticker {
 }
 
 /// A client node in this process; shut down and joined when dropped.
-struct ClientNode(Option<Node>);
+struct ClientNode<M = ()>(Option<Node<M>>);
 
-impl ClientNode {
-    fn node(&self) -> &Node {
+impl<M> ClientNode<M> {
+    fn node(&self) -> &Node<M> {
         self.0.as_ref().expect("client node present until dropped")
     }
 
@@ -508,7 +506,7 @@ impl ClientNode {
     }
 }
 
-impl Drop for ClientNode {
+impl<M> Drop for ClientNode<M> {
     fn drop(&mut self) {
         self.stop();
     }
@@ -566,7 +564,7 @@ fn start_round(conn: &mut ConnRef<'_>, entry: &mut EchoConn) {
     entry.received.clear();
 }
 
-impl Application for EchoFleet {
+impl Application<Tick> for EchoFleet {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         let mut fleet = self.0.lock().unwrap();
         let Some(entry) = fleet.conns.get_mut(conn.tag() as usize) else { return };
@@ -600,7 +598,7 @@ impl Application for EchoFleet {
         }
     }
 
-    fn on_message(&mut self, conns: &mut Connections<'_>, _message: AppMessage) {
+    fn on_message(&mut self, conns: &mut Connections<'_>, _message: Tick) {
         let mut fleet = self.0.lock().unwrap();
         for entry in &mut fleet.conns {
             if let (Some(id), None, None) = (entry.id, entry.stream, &entry.failure) {
@@ -631,7 +629,7 @@ impl Application for EchoFleet {
 /// `count` ant-quic/1 connections to `server`, each echoing a round every `period`.
 struct Echoes {
     fleet: Arc<Mutex<Fleet>>,
-    client: ClientNode,
+    client: ClientNode<Tick>,
     ticker: Ticker,
 }
 
@@ -650,9 +648,9 @@ impl Echoes {
             };
             client.node().connect(request, Some(0))?;
         }
-        let handle = client.node().handle();
+        let handle = client.node().messenger();
         let ticker = Ticker::start(period, Duration::from_secs(600), move |_| {
-            let _ = handle.send_message(0, Box::new(Tick));
+            let _ = handle.send_message(0, Tick);
         });
         Ok(Self { fleet, client, ticker })
     }
@@ -943,11 +941,16 @@ impl Drop for Peer {
 
 /// Uploads (`H`: the receiver reports the count and SHA-256) one after another on a connection:
 /// when each ended and how.
-fn upload_loop(peer: &NodeHandle, conn: ConnId, stop: &AtomicBool, log: &Mutex<Vec<(Instant, UploadReport)>>) {
+fn upload_loop(
+    peer: &Messenger<CoreRequest>,
+    conn: ConnId,
+    stop: &AtomicBool,
+    log: &Mutex<Vec<(Instant, UploadReport)>>,
+) {
     while !stop.load(Ordering::Acquire) {
         let (report, reports) = crossbeam_channel::bounded(1);
         let request = CoreRequest::Upload { conn, bytes: 512 * 1024, report };
-        if peer.send_message(conn.core, Box::new(request)).is_err() {
+        if peer.send_message(conn.core, request).is_err() {
             return;
         }
         let outcome = reports.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| UploadReport {
@@ -1003,7 +1006,7 @@ fn relayed_flow_keeps_forwarding_across_a_takeover() -> Result<()> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let uploads = {
         let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
-        let (handle, conn) = (a.server().node.handle(), connection.conn);
+        let (handle, conn) = (a.server().node.messenger(), connection.conn);
         std::thread::spawn(move || upload_loop(&handle, conn, &stop, &log))
     };
     poll("uploads through the relay", Duration::from_secs(20), || Ok((log.lock().unwrap().len() >= 3).then_some(())))?;

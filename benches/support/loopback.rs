@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ant_quic::dataplane::{AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections, Node, ReadOutcome};
+use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections, Node, ReadOutcome};
 use ant_quic::node::{start_client_app, start_server, NodeOptions, ServerNode};
 use ant_quic::quinn_proto::{ClientConfig, ConnectError, ConnectionError, StreamId, VarInt};
 use ant_quic::tls::{self, ServerAuth, ALPN_ANT_QUIC};
@@ -57,7 +57,7 @@ impl BenchClient {
     }
 }
 
-impl Application for BenchClient {
+impl Application<EchoRounds> for BenchClient {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         if self.close_on_connect {
             conn.close(VarInt::from_u32(0), b"bench");
@@ -90,8 +90,7 @@ impl Application for BenchClient {
         }
     }
 
-    fn on_message(&mut self, conns: &mut Connections<'_>, message: AppMessage) {
-        let Ok(echo) = message.downcast::<EchoRounds>() else { return };
+    fn on_message(&mut self, conns: &mut Connections<'_>, echo: EchoRounds) {
         let Some(mut conn) = self.conn.and_then(|id| conns.get(id)) else {
             let _ = self.reports.send(Report::Failed("no connection to echo on".into()));
             return;
@@ -116,7 +115,7 @@ impl Application for BenchClient {
 /// A one-core server and a one-core client on loopback.
 pub struct Loopback {
     server: ServerNode,
-    client: Node,
+    client: Node<EchoRounds>,
     client_config: ClientConfig,
     reports: mpsc::Receiver<Report>,
     next_tag: u64,
@@ -165,7 +164,7 @@ impl Loopback {
     /// time from asking the client core to hearing back from it.
     pub fn echo(&mut self, rounds: u64, payload: &[u8]) -> Result<Duration, String> {
         let started = Instant::now();
-        let message: AppMessage = Box::new(EchoRounds { rounds, payload: payload.to_vec() });
+        let message = EchoRounds { rounds, payload: payload.to_vec() };
         self.client.send_message(0, message).map_err(|e| e.to_string())?;
         self.expect(|r| matches!(r, Report::Echoed))?;
         Ok(started.elapsed())

@@ -6,19 +6,22 @@
 //! forwarded or unwrapped by [`relay`], control datagrams go to the control thread) →
 //! [`cid::route`] tells which core owns it (others are handed over through a queue) → the core's
 //! `quinn_proto::Endpoint` decrypts it → the connection's [`Application`] runs on the same core →
-//! `poll_transmit` seals the answer into GSO batches ([`relay`] routes those to path aliases) →
-//! [`backend`] sends them.
+//! `poll_transmit` seals the answer into GSO batches, which leave through the core's transmitter
+//! (`transmit.rs`: path aliases routed direct or framed for the relay) → [`backend`] sends them.
+//! Sources are unmapped to plain IPv4 as datagrams enter ([`address`]).
 //!
 //! Raw system calls live in [`sys`] only, behind safe functions; the crate's lints keep them out
 //! of every other module.
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
+pub mod address;
 pub mod app;
 pub mod backend;
 pub mod batch;
 pub mod cid;
-mod core;
+pub mod connection;
+mod core_loop;
 pub mod datagram;
 pub mod latency;
 pub mod multisocket;
@@ -29,16 +32,17 @@ pub mod socket;
 pub mod stats;
 pub mod steering;
 pub mod sys;
+mod transmit;
 
-pub use app::{AppFactory, AppMessage, Application, ConnId, ConnRef, ReadOutcome};
+pub use app::{AppFactory, Application};
 pub use backend::BackendKind;
-pub use core::{ConnectRequest, Connections};
+pub use connection::{ConnId, ConnRef, ConnectRequest, Connections, ReadOutcome};
 pub use datagram::ControlDatagram;
 pub use multisocket::MultiSocket;
-pub use node::{Node, NodeConfig, NodeError, NodeHandle, StartError};
+pub use node::{Messenger, Node, NodeConfig, NodeError, NodeHandle, StartError};
 pub use quinn_proto;
 pub use relay::{
-    is_alias, PathRoute, RelayAllocation, RelayDrop, RelayFrame, RelayRepr, RELAY_HEADER_LEN, RELAY_MARKER,
+    is_alias, PathRoute, RelayAllocation, RelayDrop, RelayFrame, RelayFrameView, RELAY_HEADER_LEN, RELAY_MARKER,
 };
 
 /// Most datagrams put in one GSO send.

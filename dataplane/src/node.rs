@@ -1,6 +1,12 @@
 //! Starting, addressing and stopping the cores of a node.
+//!
+//! Three handles, each adding to the one below it through `Deref`, so every operation has one
+//! implementation: [`NodeHandle`] (counters, wake-ups, connections, relays, paths, datagrams: what
+//! any thread may touch, whatever the application), [`Messenger`] (also delivers the
+//! application's messages of type `M`), and [`Node`] (also owns the threads: `shutdown`, `join`).
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -8,11 +14,12 @@ use std::time::Duration;
 
 use quinn_proto::{Endpoint, EndpointConfig, ServerConfig};
 
-use crate::app::{AppFactory, AppMessage};
+use crate::app::AppFactory;
 use crate::backend::portable::PortableBackend;
 use crate::backend::{Backend, BackendKind, BackendParams};
 use crate::cid::{configure_core_endpoint, CidKey, Generation};
-use crate::core::{Command, ConnectRequest, Core, CoreShared};
+use crate::connection::ConnectRequest;
+use crate::core_loop::{Command, CommandQueue, Core, CoreInput, CoreShared, Inbox, QUEUE_CAPACITY};
 use crate::datagram::ControlDatagram;
 use crate::latency::LatencySet;
 use crate::relay::{is_alias, PathRoute, RelayAllocation};
@@ -151,18 +158,27 @@ pub enum NodeError {
     },
 }
 
-/// A running node: its cores, and the way to reach them.
-#[derive(Debug)]
-pub struct Node {
-    local_addr: SocketAddr,
-    backend: BackendKind,
-    cores: Arc<[Arc<CoreShared>]>,
+/// A running node: its cores' threads, and (through `Deref` to its [`Messenger`] and
+/// [`NodeHandle`]) every way to reach them. `M` is the type of the applications' messages.
+pub struct Node<M = ()> {
     threads: Vec<JoinHandle<std::io::Result<()>>>,
-    next_core: AtomicUsize,
-    /// Handed out by [`Node::handle`], which sends commands too.
-    handle: NodeHandle,
+    messenger: Messenger<M>,
     /// Held here so that the duplicate closes with the node, not with the last handle.
     _group_socket: Option<Arc<GroupSocket>>,
+}
+
+impl<M> std::fmt::Debug for Node<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("handle", &self.messenger.handle).finish_non_exhaustive()
+    }
+}
+
+impl<M> Deref for Node<M> {
+    type Target = Messenger<M>;
+
+    fn deref(&self) -> &Messenger<M> {
+        &self.messenger
+    }
 }
 
 /// A duplicate of one of the node's sockets, through which a steering program is attached to the
@@ -170,9 +186,9 @@ pub struct Node {
 #[derive(Debug)]
 struct GroupSocket(std::net::UdpSocket);
 
-impl Node {
+impl<M: Send + 'static> Node<M> {
     /// Bind the sockets and start one thread per core, each with an application from `apps`.
-    pub fn start(config: NodeConfig, apps: Arc<dyn AppFactory>) -> Result<Self, StartError> {
+    pub fn start(config: NodeConfig, apps: Arc<dyn AppFactory<M>>) -> Result<Self, StartError> {
         let cpus = config.cpus.clone().filter(|c| !c.is_empty()).unwrap_or_else(allowed_cpus);
         let count = config.cores.unwrap_or(cpus.len());
         if count == 0 || count > MAX_CORES {
@@ -212,8 +228,10 @@ impl Node {
             }
         }
 
-        let shared: Vec<Arc<CoreShared>> = (0..count)
-            .map(|_| CoreShared::new().map(Arc::new))
+        let inboxes: Arc<[Arc<Inbox<M>>]> = (0..count).map(|_| Arc::new(Inbox::new(QUEUE_CAPACITY))).collect();
+        let shared: Vec<Arc<CoreShared>> = inboxes
+            .iter()
+            .map(|inbox| CoreShared::new(Arc::clone(inbox) as Arc<dyn CommandQueue>).map(Arc::new))
             .collect::<Result<_, _>>()
             .map_err(|e| StartError::Core(e.to_string()))?;
         let all: Arc<[Arc<CoreShared>]> = shared.into();
@@ -223,6 +241,7 @@ impl Node {
         let mut threads = Vec::with_capacity(count);
         for (index, socket) in sockets.into_iter().enumerate() {
             let all = Arc::clone(&all);
+            let inbox = inboxes.get(index).cloned().ok_or(StartError::Cores(count))?;
             let apps = Arc::clone(&apps);
             let cid_key = cid_key.clone();
             let ready = ready_tx.clone();
@@ -251,12 +270,12 @@ impl Node {
                     let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
                     match kind {
                         BackendKind::Portable => match PortableBackend::open(params) {
-                            Ok(backend) => run_core(index, all, (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready),
+                            Ok(backend) => run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready),
                             Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
                         },
                         #[cfg(target_os = "linux")]
                         BackendKind::IoUring => match crate::backend::uring::UringBackend::open(params) {
-                            Ok(backend) => run_core(index, all, (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready),
+                            Ok(backend) => run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready),
                             Err(mut error) => match error.take_socket() {
                                 // Chosen automatically: this core falls back rather than fail.
                                 Some(socket) if automatic => {
@@ -264,7 +283,7 @@ impl Node {
                                     let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
                                     match PortableBackend::open(params) {
                                         Ok(backend) => {
-                                            run_core(index, all, (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready)
+                                            run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready)
                                         }
                                         Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
                                     }
@@ -299,23 +318,16 @@ impl Node {
         drop(ready_tx);
 
         let handle = NodeHandle {
-            cores: Arc::clone(&all),
+            cores: all,
             backend: kind,
             local_addr,
             next_core: Arc::new(AtomicUsize::new(0)),
+            next_connect_core: Arc::new(AtomicUsize::new(0)),
             generation,
             cid_key,
             group_socket: group_socket.as_ref().map(Arc::downgrade),
         };
-        let node = Self {
-            local_addr,
-            backend: kind,
-            cores: all,
-            threads,
-            next_core: AtomicUsize::new(0),
-            handle,
-            _group_socket: group_socket,
-        };
+        let node = Self { threads, messenger: Messenger { handle, inboxes }, _group_socket: group_socket };
         for _ in 0..count {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -333,107 +345,36 @@ impl Node {
         }
         Ok(node)
     }
+}
 
-    /// The bound UDP address (with the real port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The backend every core runs.
-    pub fn backend(&self) -> BackendKind {
-        self.backend
-    }
-
-    /// How many cores run.
-    pub fn cores(&self) -> usize {
-        self.cores.len()
-    }
-
-    /// Each core's counters, by core index.
+impl<M> Node<M> {
+    /// Each core's counters, by core index; they outlive the node.
     pub fn stats(&self) -> Vec<Arc<CoreStats>> {
-        self.cores.iter().map(|c| Arc::clone(&c.stats)).collect()
+        self.messenger.handle.cores.iter().map(|c| Arc::clone(&c.stats)).collect()
     }
 
-    /// A cheap, cloneable view of the cores for the control thread: counters, latency
-    /// histograms, wake-ups, relay and path commands, datagrams to send. It outlives nothing: it
-    /// only keeps the shared state alive.
+    /// A cheap, cloneable handle for other threads that send no messages: counters, latency
+    /// histograms, wake-ups, connections, relay and path commands, datagrams to send. It outlives
+    /// nothing: it only keeps the shared state alive.
     pub fn handle(&self) -> NodeHandle {
-        self.handle.clone()
+        self.messenger.handle.clone()
     }
 
-    /// Forward relay frames on `allocation` (install, or renew with a later expiry), on every
-    /// core. See [`NodeHandle::install_relay`].
-    pub fn install_relay(&self, allocation: RelayAllocation) -> Result<(), NodeError> {
-        self.handle.install_relay(allocation)
-    }
-
-    /// Stop forwarding relay frames on `channel`, on every core.
-    pub fn remove_relay(&self, channel: u32) -> Result<(), NodeError> {
-        self.handle.remove_relay(channel)
-    }
-
-    /// Route the path alias `alias`, or forget it (`None`). See [`NodeHandle::set_path`].
-    pub fn set_path(&self, alias: SocketAddr, route: Option<PathRoute>) -> Result<(), NodeError> {
-        self.handle.set_path(alias, route)
-    }
-
-    /// Send `payload` as one UDP datagram from the node's socket. See [`NodeHandle::send_datagram`].
-    pub fn send_datagram(&self, destination: SocketAddr, payload: Vec<u8>) -> Result<(), NodeError> {
-        self.handle.send_datagram(destination, payload)
-    }
-
-    /// Test hook: make `core` block its thread for `duration` (as a stuck core would), for
-    /// liveness tests. Not for production use.
-    #[doc(hidden)]
-    pub fn stall_core(&self, core: usize, duration: Duration) -> Result<(), NodeError> {
-        self.command(core, Command::Stall(duration))
-    }
-
-    /// Accept new connections with `config` on every core (for a certificate reload); live
-    /// connections keep the settings they were accepted with.
-    pub fn set_server_config(&self, config: Arc<ServerConfig>) -> Result<(), NodeError> {
-        (0..self.cores.len())
-            .try_for_each(|core| self.command(core, Command::SetServerConfig(Some(Arc::clone(&config)))))
-    }
-
-    /// Open a connection from `core` (or the next core in turn). The outcome arrives at that
-    /// core's application: `on_connected`, `on_closed` or `on_connect_failed`, with `request.tag`.
-    pub fn connect(&self, request: ConnectRequest, core: Option<usize>) -> Result<usize, NodeError> {
-        let core = core.unwrap_or_else(|| self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores.len());
-        self.command(core, Command::Connect(Box::new(request)))?;
-        Ok(core)
-    }
-
-    /// Deliver `message` to the application of `core`.
-    pub fn send_message(&self, core: usize, message: AppMessage) -> Result<(), NodeError> {
-        self.command(core, Command::Message(message))
-    }
-
-    fn command(&self, core: usize, command: Command) -> Result<(), NodeError> {
-        push_command(&self.cores, core, command)
-    }
-
-    /// Refuse new connections on every core from now on (CONNECTION_REFUSED; `false`), live
-    /// connections going on, as in a takeover's drain while the successor takes new connections;
-    /// or accept them again (`true`).
-    pub fn set_accepting(&self, accepting: bool) -> Result<(), NodeError> {
-        self.handle.broadcast(|| Command::SetAccepting(accepting))
+    /// A cheap, cloneable handle that also delivers messages to the cores' applications.
+    pub fn messenger(&self) -> Messenger<M> {
+        self.messenger.clone()
     }
 
     /// Ask every core to close its connections (CONNECTION_CLOSE is sent) and stop.
     pub fn shutdown(&self) {
-        for (core, shared) in self.cores.iter().enumerate() {
+        for (core, shared) in self.messenger.handle.cores.iter().enumerate() {
             // A full queue is drained soon; keep trying briefly rather than lose the request.
-            let mut command = Command::Shutdown;
             for _ in 0..1000 {
-                match shared.commands.push(command) {
-                    Ok(()) => break,
-                    Err(back) => {
-                        command = back;
-                        shared.waker.wake();
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
+                if shared.commands.push_command(Command::Shutdown) {
+                    break;
                 }
+                shared.waker.wake();
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
             shared.waker.wake();
             tracing::debug!(core, "shutdown requested");
@@ -458,7 +399,47 @@ impl Node {
     }
 }
 
-/// What the control thread may touch of a running node; never makes a core wait.
+/// A [`NodeHandle`] that also delivers messages of type `M` to the cores' applications
+/// ([`crate::Application::on_message`]). Cheap to clone.
+pub struct Messenger<M> {
+    handle: NodeHandle,
+    /// Each core's input queue, typed; the same queues as `handle`'s.
+    inboxes: Arc<[Arc<Inbox<M>>]>,
+}
+
+impl<M> Clone for Messenger<M> {
+    fn clone(&self) -> Self {
+        Self { handle: self.handle.clone(), inboxes: Arc::clone(&self.inboxes) }
+    }
+}
+
+impl<M> std::fmt::Debug for Messenger<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messenger").field("handle", &self.handle).finish_non_exhaustive()
+    }
+}
+
+impl<M> Deref for Messenger<M> {
+    type Target = NodeHandle;
+
+    fn deref(&self) -> &NodeHandle {
+        &self.handle
+    }
+}
+
+impl<M> Messenger<M> {
+    /// Deliver `message` to the application of `core`, in order with the commands sent to it.
+    pub fn send_message(&self, core: usize, message: M) -> Result<(), NodeError> {
+        let (inbox, shared) =
+            self.inboxes.get(core).zip(self.handle.cores.get(core)).ok_or(NodeError::NoSuchCore(core))?;
+        inbox.push(CoreInput::Message(message)).map_err(|_| NodeError::Busy(core))?;
+        shared.waker.wake();
+        Ok(())
+    }
+}
+
+/// What any thread may touch of a running node, whatever its application; never makes a core
+/// wait.
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
     cores: Arc<[Arc<CoreShared>]>,
@@ -466,6 +447,8 @@ pub struct NodeHandle {
     local_addr: SocketAddr,
     /// The core that sends the next datagram (in turn).
     next_core: Arc<AtomicUsize>,
+    /// The core that opens the next connection not given one (in turn).
+    next_connect_core: Arc<AtomicUsize>,
     generation: Generation,
     cid_key: CidKey,
     group_socket: Option<std::sync::Weak<GroupSocket>>,
@@ -473,7 +456,9 @@ pub struct NodeHandle {
 
 fn push_command(cores: &[Arc<CoreShared>], core: usize, command: Command) -> Result<(), NodeError> {
     let shared = cores.get(core).ok_or(NodeError::NoSuchCore(core))?;
-    shared.commands.push(command).map_err(|_| NodeError::Busy(core))?;
+    if !shared.commands.push_command(command) {
+        return Err(NodeError::Busy(core));
+    }
     shared.waker.wake();
     Ok(())
 }
@@ -533,16 +518,33 @@ impl NodeHandle {
         }
     }
 
-    /// Open a connection from `core` (or the next core in turn), as [`Node::connect`] does.
+    /// Open a connection from `core` (or the next core in turn). The outcome arrives at that
+    /// core's application: `on_connected`, `on_closed` or `on_connect_failed`, with `request.tag`.
     pub fn connect(&self, request: ConnectRequest, core: Option<usize>) -> Result<usize, NodeError> {
-        let core = core.unwrap_or_else(|| self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores.len().max(1));
+        let core =
+            core.unwrap_or_else(|| self.next_connect_core.fetch_add(1, Ordering::Relaxed) % self.cores.len().max(1));
         push_command(&self.cores, core, Command::Connect(Box::new(request)))?;
         Ok(core)
     }
 
-    /// Deliver `message` to the application of `core`, as [`Node::send_message`] does.
-    pub fn send_message(&self, core: usize, message: AppMessage) -> Result<(), NodeError> {
-        push_command(&self.cores, core, Command::Message(message))
+    /// Accept new connections with `config` on every core (for a certificate reload); live
+    /// connections keep the settings they were accepted with.
+    pub fn set_server_config(&self, config: Arc<ServerConfig>) -> Result<(), NodeError> {
+        self.broadcast(|| Command::SetServerConfig(Some(Arc::clone(&config))))
+    }
+
+    /// Refuse new connections on every core from now on (CONNECTION_REFUSED; `false`), live
+    /// connections going on, as in a takeover's drain while the successor takes new connections;
+    /// or accept them again (`true`).
+    pub fn set_accepting(&self, accepting: bool) -> Result<(), NodeError> {
+        self.broadcast(|| Command::SetAccepting(accepting))
+    }
+
+    /// Test hook: make `core` block its thread for `duration` (as a stuck core would), for
+    /// liveness tests. Not for production use.
+    #[doc(hidden)]
+    pub fn stall_core(&self, core: usize, duration: Duration) -> Result<(), NodeError> {
+        push_command(&self.cores, core, Command::Stall(duration))
     }
 
     /// Forward relay frames on `allocation` (bootstrap role): a frame on its channel from one
@@ -591,7 +593,7 @@ impl NodeHandle {
     }
 
     /// Queue a command on every core; stops at the first core whose queue is full.
-    pub(crate) fn broadcast(&self, command: impl Fn() -> Command) -> Result<(), NodeError> {
+    fn broadcast(&self, command: impl Fn() -> Command) -> Result<(), NodeError> {
         (0..self.cores.len()).try_for_each(|core| push_command(&self.cores, core, command()))
     }
 
@@ -649,18 +651,19 @@ fn fail(ready: &mpsc::Sender<Result<(), StartError>>, error: StartError) -> std:
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_core<B: Backend>(
+fn run_core<B: Backend, M>(
     index: usize,
-    all: Arc<[Arc<CoreShared>]>,
+    (all, inbox): (Arc<[Arc<CoreShared>]>, Arc<Inbox<M>>),
     (cid_key, generation): (CidKey, Generation),
     backend: B,
     endpoint: Endpoint,
-    app: Box<dyn crate::app::Application>,
+    app: Box<dyn crate::app::Application<M>>,
     ipv6_socket: bool,
     control: Option<crossbeam_channel::Sender<ControlDatagram>>,
     ready: &mpsc::Sender<Result<(), StartError>>,
 ) -> std::io::Result<()> {
-    let Some(core) = Core::new(index, all, cid_key, generation, backend, endpoint, app, ipv6_socket, control) else {
+    let Some(core) = Core::new(index, all, inbox, cid_key, generation, backend, endpoint, app, ipv6_socket, control)
+    else {
         return fail(ready, StartError::Core(format!("core {index} has no shared state")));
     };
     core.stats().set_status(CoreStatus::Running);

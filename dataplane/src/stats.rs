@@ -104,7 +104,7 @@ pub struct CoreStats {
     pub control_datagrams_in: AtomicU64,
     /// Control datagrams dropped: no receiver configured, or its channel full or gone.
     pub control_datagrams_dropped: AtomicU64,
-    /// Datagrams from `Node::send_datagram` dropped because too many waited for a back-pressured
+    /// Datagrams from `NodeHandle::send_datagram` dropped because too many waited for a back-pressured
     /// socket.
     pub send_datagrams_dropped: AtomicU64,
     /// Datagrams to a path alias sent in relay frames (each GSO segment counts).

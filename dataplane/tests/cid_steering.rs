@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use ant_quic_dataplane::quinn_proto::{ClientConfig, ConnectionError, ServerConfig, StreamId};
 use ant_quic_dataplane::stats::{read, CoreStats};
 use ant_quic_dataplane::{
-    AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections, MultiSocket, Node, NodeConfig, ReadOutcome,
+    Application, ConnId, ConnRef, ConnectRequest, Connections, MultiSocket, Node, NodeConfig, NodeHandle, ReadOutcome,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -50,8 +50,8 @@ fn config(cores: usize, steering: bool, server: Option<Arc<ServerConfig>>) -> No
     config
 }
 
-fn total(node: &Node, counter: impl Fn(&CoreStats) -> u64) -> u64 {
-    node.stats().iter().map(|s| counter(s)).sum()
+fn total(node: &NodeHandle, counter: impl Fn(&CoreStats) -> u64) -> u64 {
+    node.all_stats().map(counter).sum()
 }
 
 /// Poll `done` until it holds; fail with `what` at the deadline.
@@ -155,7 +155,7 @@ impl Uploader {
     }
 }
 
-impl Application for Uploader {
+impl Application<SendRest> for Uploader {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         let stream = conn.open_bi().unwrap();
         self.uploads.insert(conn.id(), Upload { stream, sent: 0, finished: false, answer: Vec::new() });
@@ -166,14 +166,12 @@ impl Application for Uploader {
         self.pump(conn);
     }
 
-    fn on_message(&mut self, conns: &mut Connections<'_>, message: AppMessage) {
-        if message.downcast::<SendRest>().is_ok() {
-            self.allowed = u64::MAX;
-            let ids: Vec<ConnId> = self.uploads.keys().copied().collect();
-            for id in ids {
-                if let Some(mut conn) = conns.get(id) {
-                    self.pump(&mut conn);
-                }
+    fn on_message(&mut self, conns: &mut Connections<'_>, _message: SendRest) {
+        self.allowed = u64::MAX;
+        let ids: Vec<ConnId> = self.uploads.keys().copied().collect();
+        for id in ids {
+            if let Some(mut conn) = conns.get(id) {
+                self.pump(&mut conn);
             }
         }
     }
@@ -241,11 +239,11 @@ fn server(steering: bool, server_config: Arc<ServerConfig>) -> (Node, Arc<Atomic
     (node, received, remote)
 }
 
-fn client(cores: usize, steering: bool, size: u64, allowed: u64, done: &mpsc::Sender<Outcome>) -> Node {
+fn client(cores: usize, steering: bool, size: u64, allowed: u64, done: &mpsc::Sender<Outcome>) -> Node<SendRest> {
     let done = Mutex::new(done.clone());
     Node::start(
         config(cores, steering, None),
-        Arc::new(move |_core: usize| -> Box<dyn Application> {
+        Arc::new(move |_core: usize| -> Box<dyn Application<SendRest>> {
             Box::new(Uploader::new(size, allowed, done.lock().unwrap().clone()))
         }),
     )
@@ -264,7 +262,8 @@ fn many_uploads(steering: bool) -> (u64, u64) {
     let (server_config, client_config) = tls();
     let (server, _, _) = server(steering, server_config);
     let (done_tx, done_rx) = mpsc::channel();
-    let clients: Vec<Node> = (0..CLIENT_NODES).map(|_| client(2, steering, UPLOAD_BYTES, u64::MAX, &done_tx)).collect();
+    let clients: Vec<Node<SendRest>> =
+        (0..CLIENT_NODES).map(|_| client(2, steering, UPLOAD_BYTES, u64::MAX, &done_tx)).collect();
     for (n, node) in clients.iter().enumerate() {
         for c in 0..CONNECTIONS_PER_NODE {
             let request = ConnectRequest {
@@ -280,11 +279,11 @@ fn many_uploads(steering: bool) -> (u64, u64) {
     expect_uploads(&done_rx, CLIENT_NODES * CONNECTIONS_PER_NODE, UPLOAD_BYTES);
 
     // Late datagrams (ACKs, closes) may still sit in a hand-off queue; none is lost.
-    for node in clients.iter().chain([&server]) {
+    for node in clients.iter().map(|c| c.handle()).chain([server.handle()]) {
         wait_for("hand-offs in flight to arrive", || {
-            total(node, |s| read(&s.handoffs_out)) == total(node, |s| read(&s.handoffs_in))
+            total(&node, |s| read(&s.handoffs_out)) == total(&node, |s| read(&s.handoffs_in))
         });
-        assert_eq!(total(node, |s| read(&s.drops_handoff_full)), 0);
+        assert_eq!(total(&node, |s| read(&s.drops_handoff_full)), 0);
     }
     let accepted: Vec<u64> = server.stats().iter().map(|s| read(&s.connections_accepted)).collect();
     let server_handoffs = total(&server, |s| read(&s.handoffs_out));
@@ -297,10 +296,12 @@ fn many_uploads(steering: bool) -> (u64, u64) {
         CLIENT_NODES * CONNECTIONS_PER_NODE,
         total(&server, |s| read(&s.rx_datagrams)),
     );
-    for node in clients.into_iter().chain([server]) {
+    for node in clients {
         node.shutdown();
         node.join().unwrap();
     }
+    server.shutdown();
+    server.join().unwrap();
     (server_handoffs, client_handoffs)
 }
 
@@ -410,7 +411,7 @@ fn upload_across_rebinding(steering: bool) -> (u64, u64) {
     rebind_tx.send(second).unwrap();
 
     wait_for("the whole first phase", || received.load(Ordering::Relaxed) >= PHASE_BYTES);
-    client.send_message(0, Box::new(SendRest)).unwrap();
+    client.send_message(0, SendRest).unwrap();
     expect_uploads(&done_rx, 1, REBIND_BYTES);
     assert_eq!(*remote.lock().unwrap(), Some(second_addr), "the server follows the client to its new port");
     let handoffs_after = total(&server, |s| read(&s.handoffs_out)) - handoffs_before;
@@ -423,10 +424,10 @@ fn upload_across_rebinding(steering: bool) -> (u64, u64) {
 
     drop(rebind_tx);
     proxy.join().unwrap();
-    for node in [client, server] {
-        node.shutdown();
-        node.join().unwrap();
-    }
+    client.shutdown();
+    client.join().unwrap();
+    server.shutdown();
+    server.join().unwrap();
     (handoffs_before, handoffs_after)
 }
 

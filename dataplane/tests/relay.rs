@@ -19,8 +19,8 @@ use ant_quic_dataplane::quinn_proto::{ClientConfig, ServerConfig, StreamId};
 use ant_quic_dataplane::relay::RelayDrop;
 use ant_quic_dataplane::stats::{read, CoreStats};
 use ant_quic_dataplane::{
-    AppMessage, Application, BackendKind, ConnId, ConnRef, ConnectRequest, Connections, ControlDatagram, Node,
-    NodeConfig, NodeError, PathRoute, ReadOutcome, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER,
+    Application, BackendKind, ConnId, ConnRef, ConnectRequest, Connections, ControlDatagram, Node, NodeConfig,
+    NodeError, NodeHandle, PathRoute, ReadOutcome, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -28,7 +28,7 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Idle;
-impl Application for Idle {}
+impl<M> Application<M> for Idle {}
 
 fn node(cores: usize, backend: Option<BackendKind>, server: Option<Arc<ServerConfig>>) -> NodeConfig {
     let mut config = NodeConfig::new(SocketAddr::new(LOCALHOST, 0), server);
@@ -50,8 +50,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn total(node: &Node, counter: impl Fn(&CoreStats) -> u64) -> u64 {
-    node.stats().iter().map(|s| counter(s)).sum()
+fn total(node: &NodeHandle, counter: impl Fn(&CoreStats) -> u64) -> u64 {
+    node.all_stats().map(counter).sum()
 }
 
 fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
@@ -235,7 +235,7 @@ impl Uploader {
     }
 }
 
-impl Application for Uploader {
+impl Application<SendRest> for Uploader {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         let stream = conn.open_bi().unwrap();
         self.stream = Some((conn.id(), stream));
@@ -246,13 +246,11 @@ impl Application for Uploader {
         self.pump(conn);
     }
 
-    fn on_message(&mut self, conns: &mut Connections<'_>, message: AppMessage) {
-        if message.downcast::<SendRest>().is_ok() {
-            self.allowed = TOTAL_BYTES;
-            if let Some((id, _)) = self.stream {
-                if let Some(mut conn) = conns.get(id) {
-                    self.pump(&mut conn);
-                }
+    fn on_message(&mut self, conns: &mut Connections<'_>, _message: SendRest) {
+        self.allowed = TOTAL_BYTES;
+        if let Some((id, _)) = self.stream {
+            if let Some(mut conn) = conns.get(id) {
+                self.pump(&mut conn);
             }
         }
     }
@@ -348,7 +346,7 @@ fn connection_through_relay_moves_to_direct_path_mid_transfer() {
     x_config.steer_all_to_core = Some(0);
     let x = Node::start(
         x_config,
-        Arc::new(move |core: usize| -> Box<dyn Application> {
+        Arc::new(move |core: usize| -> Box<dyn Application<SendRest>> {
             match if core == 1 { uploader.lock().unwrap().take() } else { None } {
                 Some(app) => Box::new(app),
                 None => Box::new(Idle),
@@ -393,7 +391,7 @@ fn connection_through_relay_moves_to_direct_path_mid_transfer() {
     wait_for("all of the first phase", || received.load(Ordering::Relaxed) >= PHASE_BYTES);
     // What was in flight through the relay at the switch has arrived by now.
     let relay_bytes_at_release = total(&relay, |s| read(&s.relay_forwarded_bytes));
-    x.send_message(1, Box::new(SendRest)).unwrap();
+    x.send_message(1, SendRest).unwrap();
 
     let answer = done_rx.recv_timeout(DEADLINE).expect("the transfer did not finish").unwrap();
     let count = u64::from_be_bytes(answer[..8].try_into().unwrap());
@@ -424,9 +422,9 @@ fn connection_through_relay_moves_to_direct_path_mid_transfer() {
     assert!(total(&y, |s| read(&s.alias_received_direct)) > 0);
     assert!(total(&y, |s| read(&s.alias_received_relay)) > 0);
     assert!(total(&x, |s| read(&s.handoffs_out)) > 0, "X's datagrams were handed to the owning core");
-    for n in [&x, &y] {
-        assert_eq!(total(n, |s| read(&s.alias_dropped_no_route)), 0);
-        assert_eq!(total(n, |s| read(&s.tx_errors)), 0);
+    for n in [x.handle(), y.handle()] {
+        assert_eq!(total(&n, |s| read(&s.alias_dropped_no_route)), 0);
+        assert_eq!(total(&n, |s| read(&s.tx_errors)), 0);
     }
     for reason in RelayDrop::ALL.into_iter().filter(|r| *r != RelayDrop::SendBlocked) {
         assert_eq!(total(&relay, |s| s.relay_drops(reason)), 0, "relay dropped frames: {}", reason.name());
@@ -440,7 +438,9 @@ fn connection_through_relay_moves_to_direct_path_mid_transfer() {
          {relay_bytes_second_phase} in the second phase; X sent {relay_sent} datagrams relayed, {direct_sent} direct"
     );
 
-    for n in [x, y, relay] {
+    x.shutdown();
+    x.join().unwrap();
+    for n in [y, relay] {
         n.shutdown();
         n.join().unwrap();
     }

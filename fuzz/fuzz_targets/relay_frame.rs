@@ -4,8 +4,8 @@
 //! Oracle:
 //! - `datagram::classify` never panics and calls a datagram a relay frame exactly when its first
 //!   byte is the relay marker;
-//! - the `RelayFrame` view refuses exactly the inputs shorter than the header, and
-//!   `RelayRepr::parse` refuses exactly those without the marker;
+//! - the `RelayFrameView` refuses exactly the inputs shorter than the header, and
+//!   `RelayFrame::parse` refuses exactly those without the marker;
 //! - a frame that parses, emitted again (header from its repr, the same payload), is the input
 //!   byte for byte, and parses again to the same repr;
 //! - `frame_segments` on a buffer cut into segments (size and channel taken from the input) puts
@@ -15,7 +15,7 @@
 #![no_main]
 
 use ant_quic_dataplane::datagram::{classify, DatagramKind};
-use ant_quic_dataplane::relay::{frame_segments, FrameError, RelayFrame, RelayRepr};
+use ant_quic_dataplane::relay::{frame_segments, FrameError, RelayFrame, RelayFrameView};
 use ant_quic_dataplane::{RELAY_HEADER_LEN, RELAY_MARKER};
 use libfuzzer_sys::fuzz_target;
 
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
 fn check_frame(data: &[u8]) {
     let kind = classify(data);
     assert_eq!(kind == DatagramKind::Relay, data.first() == Some(&RELAY_MARKER));
-    let frame = match RelayFrame::new_checked(data) {
+    let frame = match RelayFrameView::new_checked(data) {
         Ok(frame) => frame,
         Err(e) => {
             assert_eq!(e, FrameError::Truncated);
@@ -37,7 +37,7 @@ fn check_frame(data: &[u8]) {
     };
     assert!(data.len() >= RELAY_HEADER_LEN);
     assert_eq!(frame.payload(), &data[RELAY_HEADER_LEN..]);
-    let repr = match RelayRepr::parse(&frame) {
+    let repr = match RelayFrame::parse(&frame) {
         Ok(repr) => repr,
         Err(e) => {
             assert_eq!(e, FrameError::NotRelay);
@@ -50,12 +50,12 @@ fn check_frame(data: &[u8]) {
     assert_eq!(repr.header()[..], data[..RELAY_HEADER_LEN]);
 
     let mut out = vec![0u8; repr.buffer_len(frame.payload().len())];
-    let mut view = RelayFrame::new_checked(&mut out[..]).expect("buffer_len covers the header");
+    let mut view = RelayFrameView::new_checked(&mut out[..]).expect("buffer_len covers the header");
     repr.emit(&mut view);
     view.payload_mut().copy_from_slice(frame.payload());
     assert_eq!(out, data, "re-emitting differs from the input");
-    let again = RelayFrame::new_checked(&out[..]).expect("re-emitted frame is long enough");
-    assert_eq!(RelayRepr::parse(&again), Ok(repr));
+    let again = RelayFrameView::new_checked(&out[..]).expect("re-emitted frame is long enough");
+    assert_eq!(RelayFrame::parse(&again), Ok(repr));
 }
 
 /// Input: segment size (u16), channel (u32), then the GSO buffer.
@@ -72,8 +72,8 @@ fn check_framing(data: &[u8]) {
     let segments = body.chunks(segment);
     assert_eq!(buf.len(), body.len() + segments.len() * RELAY_HEADER_LEN);
     for (original, framed) in segments.zip(buf.chunks(framed)) {
-        let frame = RelayFrame::new_checked(framed).expect("every framed segment holds a header");
-        assert_eq!(RelayRepr::parse(&frame), Ok(RelayRepr { channel }));
+        let frame = RelayFrameView::new_checked(framed).expect("every framed segment holds a header");
+        assert_eq!(RelayFrame::parse(&frame), Ok(RelayFrame { channel }));
         assert_eq!(frame.payload(), original, "a segment moved or changed");
         assert_eq!(classify(framed), DatagramKind::Relay);
     }

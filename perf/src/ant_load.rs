@@ -114,9 +114,9 @@ pub fn run(args: &ClientArgs) -> Result<LoadResult> {
         Spec { workload: args.workload, bytes: args.bytes, upload: args.upload, response_bytes: args.response_bytes };
     let counters = Arc::new(Counters::default());
     let histogram = latency_histogram()?;
-    let factory: Arc<dyn AppFactory> = {
+    let factory: Arc<dyn AppFactory<ToCore>> = {
         let counters = Arc::clone(&counters);
-        Arc::new(move |core: usize| -> Box<dyn Application> {
+        Arc::new(move |core: usize| -> Box<dyn Application<ToCore>> {
             Box::new(LoadApp::new(core, spec, Arc::clone(&counters), histogram.clone()))
         })
     };
@@ -197,7 +197,7 @@ struct Measured {
 
 /// The main thread's side of a run.
 struct Driver<'a> {
-    node: &'a Node,
+    node: &'a Node<ToCore>,
     args: &'a ClientArgs,
     template: Template,
     counters: &'a Counters,
@@ -306,7 +306,7 @@ impl Driver<'_> {
                 }
                 let batch = std::mem::take(batch);
                 let n = batch.len() as u64;
-                if let Err(e) = self.node.send_message(core, Box::new(ToCore::Requests(batch))) {
+                if let Err(e) = self.node.send_message(core, ToCore::Requests(batch)) {
                     self.counters.error(n, || format!("rr: requests not handed to core {core}: {e}"));
                 }
             }
@@ -384,7 +384,7 @@ impl Driver<'_> {
     fn send(&self, core: usize, message: impl Fn() -> ToCore) -> Result<()> {
         let give_up = Instant::now() + Duration::from_secs(1);
         loop {
-            match self.node.send_message(core, Box::new(message())) {
+            match self.node.send_message(core, message()) {
                 Ok(()) => return Ok(()),
                 Err(ant_quic::dataplane::NodeError::Busy(_)) if Instant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(1));

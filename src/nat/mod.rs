@@ -25,7 +25,7 @@ use ant_quic_control::nat::CoordinatorCounts;
 use ant_quic_control::nat::{Message, Outcome, Probe, ProbeKind};
 use ant_quic_control::PeerId;
 use ant_quic_dataplane::relay::{PathRoute, RelayAllocation};
-use ant_quic_dataplane::{ConnId, ControlDatagram, NodeHandle};
+use ant_quic_dataplane::{ConnId, ControlDatagram, Messenger};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::identity::Identity;
@@ -145,7 +145,7 @@ pub struct Nat {
 impl Nat {
     /// Start the driver for `node`, taking the cores' events and probe datagrams.
     pub(crate) fn start(
-        node: NodeHandle,
+        node: Messenger<CoreRequest>,
         identity: &Identity,
         options: NatOptions,
         events: Receiver<NatEvent>,
@@ -328,7 +328,7 @@ struct Attempt {
 }
 
 struct Driver {
-    node: NodeHandle,
+    node: Messenger<CoreRequest>,
     /// Whether this host has a route to an address (looked up once per address).
     routes: HashMap<std::net::IpAddr, bool>,
     certified: CertifiedKey,
@@ -426,7 +426,7 @@ impl Driver {
         if now >= self.next_sample {
             self.next_sample = now + SAMPLE_INTERVAL;
             for core in 0..self.node.cores() {
-                let _ = self.node.send_message(core, Box::new(CoreRequest::Sample));
+                let _ = self.node.send_message(core, CoreRequest::Sample);
             }
             self.publish();
         }
@@ -484,7 +484,7 @@ impl Driver {
             self.traversal.bootstrap_handed_over(now, session_of(old), session_of(conn));
             self.retired.insert(old);
             let close = CoreRequest::Close { conn: old, reason: "re-registered" };
-            if let Err(error) = self.node.send_message(old.core, Box::new(close)) {
+            if let Err(error) = self.node.send_message(old.core, close) {
                 tracing::debug!(?old, %error, "old bootstrap connection not closed");
             }
         }
@@ -915,7 +915,7 @@ impl Driver {
     fn signal(&self, session: u64, message: &Message) {
         let conn = conn_of(session);
         let frame = encode_frame(message);
-        if let Err(error) = self.node.send_message(conn.core, Box::new(CoreRequest::Signal { conn, frame })) {
+        if let Err(error) = self.node.send_message(conn.core, CoreRequest::Signal { conn, frame }) {
             tracing::debug!(?conn, %error, "signalling message not queued");
         }
     }

@@ -121,7 +121,7 @@ impl Backend for PortableBackend {
                 let Some(data) = buf.get(..meta.len) else { continue };
                 sink(
                     RecvMeta {
-                        remote: meta.addr,
+                        remote: crate::address::unmapped(meta.addr),
                         len: meta.len,
                         stride,
                         ecn: meta.ecn.map(from_udp_ecn),

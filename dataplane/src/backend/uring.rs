@@ -414,8 +414,10 @@ impl UringBackend {
         if let Some(out) = self.ring.received(&buffer, len) {
             if out.is_payload_truncated() {
                 bump(&self.stats.rx_truncated, 1);
-            } else if let Some(remote) =
-                (!out.is_name_data_truncated()).then(|| parse_sockaddr(out.name_data())).flatten()
+            } else if let Some(remote) = (!out.is_name_data_truncated())
+                .then(|| parse_sockaddr(out.name_data()))
+                .flatten()
+                .map(crate::address::unmapped)
             {
                 let control = parse_control(out.control_data());
                 let payload = out.payload_data();

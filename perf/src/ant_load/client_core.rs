@@ -9,9 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use ant_quic::dataplane::quinn_proto::{ClientConfig, ConnectionError, StreamId, VarInt};
-use ant_quic::dataplane::{
-    AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections, NodeHandle, ReadOutcome,
-};
+use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections, NodeHandle, ReadOutcome};
 use ant_quic::wire::{self, Op};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -401,7 +399,7 @@ impl LoadApp {
     }
 }
 
-impl Application for LoadApp {
+impl Application<ToCore> for LoadApp {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         let tag = conn.tag();
         let Some(asked) = self.connecting.remove(&tag) else { return };
@@ -463,9 +461,8 @@ impl Application for LoadApp {
         self.attempt_failed(tag, || format!("cannot connect: {error}"));
     }
 
-    fn on_message(&mut self, conns: &mut Connections<'_>, message: AppMessage) {
-        let Ok(message) = message.downcast::<ToCore>() else { return };
-        match *message {
+    fn on_message(&mut self, conns: &mut Connections<'_>, message: ToCore) {
+        match message {
             ToCore::Start { handle, template, count, in_flight, until } => {
                 self.handle = Some(handle);
                 self.template = Some(template);

@@ -9,61 +9,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use crossbeam_channel::Sender;
 use crossbeam_queue::ArrayQueue;
 use quinn_proto::{
-    ClientConfig, Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event,
-    StreamEvent, Transmit,
+    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent, Transmit,
 };
 
-use crate::app::{AppMessage, Application, ConnId, ConnRef};
-use crate::backend::{Backend, OutBatch, RecvMeta, SendRefused};
+use crate::app::Application;
+use crate::backend::{Backend, OutBatch, RecvMeta};
 use crate::batch::split_gro;
 use crate::cid::{route, CidKey, Generation, Route};
+use crate::connection::{ConnId, ConnRef, ConnState, ConnectRequest, Connections};
 use crate::datagram::{classify, ControlDatagram, DatagramKind};
 use crate::latency::{LatencySet, Recorder, LATENCY_QUEUE_CAPACITY};
 use crate::probe::SocketOwner;
-use crate::relay::{
-    frame_segments, is_alias, normalize, ForwardingTable, PathRoute, PathTable, RelayAllocation, RelayDrop, RelayFrame,
-    RELAY_HEADER_LEN,
-};
+use crate::relay::io::{Received, RelayIo};
+use crate::relay::{is_alias, PathRoute, RelayAllocation, RELAY_HEADER_LEN};
 use crate::stats::{bump, CloseClass, CoreStats, DropReason};
 use crate::sys::poll::Waker;
+use crate::transmit::{to_batch, Transmitter, MAX_GSO_BYTES};
 
 /// How long a draining core waits for its connections to close before it exits.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// GSO batches one connection may send per loop turn before others get a turn.
 const TRANSMIT_BUDGET: usize = 16;
-/// Largest UDP payload one GSO send may carry (65 535 minus the IPv4 and UDP headers).
-const MAX_GSO_BYTES: usize = 65_507;
-/// Datagrams from `Node::send_datagram` a core holds while its socket is back-pressured.
+/// Datagrams from `NodeHandle::send_datagram` a core holds while its socket is back-pressured.
 const DEFERRED_CAPACITY: usize = 4096;
 /// Capacity of each core's command and hand-off queues.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 /// Least time between two RTT samples of one connection.
 const RTT_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
-/// How often expired relay allocations are swept from the forwarding table (until then their
-/// frames count as `expired`).
-const RELAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A request to open a connection, carried out on the chosen core.
-#[derive(Debug)]
-pub struct ConnectRequest {
-    /// Where to connect.
-    pub remote: SocketAddr,
-    /// The TLS server name (SNI) to send and, with a WebPKI verifier, to check.
-    pub server_name: String,
-    /// TLS and transport settings for this connection.
-    pub config: ClientConfig,
-    /// A value of the caller's choice, given back in callbacks for this connection.
-    pub tag: u64,
-}
-
-/// What other threads ask of a core.
+/// What other threads ask of a core, whatever its application.
 pub(crate) enum Command {
     Connect(Box<ConnectRequest>),
-    Message(AppMessage),
     Shutdown,
     /// Refuse new connections (`false`: a takeover's drain; live ones go on) or accept them again.
     SetAccepting(bool),
@@ -81,6 +60,29 @@ pub(crate) enum Command {
     SendDatagram(SocketAddr, Vec<u8>),
 }
 
+/// What arrives in a core's queue: a command, or a message for its application. One queue keeps
+/// them in the order they were sent.
+pub(crate) enum CoreInput<M> {
+    Command(Command),
+    Message(M),
+}
+
+/// A core's input queue, typed by its application's message.
+pub(crate) type Inbox<M> = ArrayQueue<CoreInput<M>>;
+
+/// A core's input queue as code that sends no messages sees it (the node handle does not know the
+/// message type). Commands come from control threads, never from the packet path.
+pub(crate) trait CommandQueue: Send + Sync {
+    /// Queue `command`; false when the queue is full.
+    fn push_command(&self, command: Command) -> bool;
+}
+
+impl<M: Send> CommandQueue for Inbox<M> {
+    fn push_command(&self, command: Command) -> bool {
+        self.push(CoreInput::Command(command)).is_ok()
+    }
+}
+
 /// A datagram received by one core for a connection owned by another.
 #[derive(Debug)]
 pub(crate) struct Handoff {
@@ -93,7 +95,8 @@ pub(crate) struct Handoff {
 /// What a core shares with the node handle and the other cores.
 pub(crate) struct CoreShared {
     pub(crate) waker: Waker,
-    pub(crate) commands: ArrayQueue<Command>,
+    /// The core's input queue; the core itself reads it typed.
+    pub(crate) commands: Arc<dyn CommandQueue>,
     pub(crate) handoffs: ArrayQueue<Handoff>,
     pub(crate) stats: Arc<CoreStats>,
     /// Latency histograms handed to the control thread.
@@ -111,10 +114,10 @@ impl std::fmt::Debug for CoreShared {
 }
 
 impl CoreShared {
-    pub(crate) fn new() -> std::io::Result<Self> {
+    pub(crate) fn new(commands: Arc<dyn CommandQueue>) -> std::io::Result<Self> {
         Ok(Self {
             waker: Waker::new()?,
-            commands: ArrayQueue::new(QUEUE_CAPACITY),
+            commands,
             handoffs: ArrayQueue::new(QUEUE_CAPACITY),
             stats: Arc::new(CoreStats::default()),
             latency: ArrayQueue::new(LATENCY_QUEUE_CAPACITY),
@@ -124,67 +127,20 @@ impl CoreShared {
     }
 }
 
-struct ConnState {
-    conn: Connection,
-    tag: u64,
-    /// Earliest deadline already queued in the timer heap for this connection.
-    queued_deadline: Option<Instant>,
-    dirty: bool,
-    closed_reported: bool,
-    /// When the connection was created, for the handshake duration.
-    created: Instant,
-    /// The handshake completed.
-    connected: bool,
-    /// Next time the RTT may be sampled.
-    next_rtt_sample: Instant,
-}
-
-/// The connections of one core, lent to application code in [`Application::on_message`].
-pub struct Connections<'a> {
-    core: usize,
-    now: Instant,
-    conns: &'a mut Vec<Option<ConnState>>,
-    dirty: &'a mut Vec<usize>,
-}
-
-impl std::fmt::Debug for Connections<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connections").field("core", &self.core).finish_non_exhaustive()
-    }
-}
-
-impl Connections<'_> {
-    /// The connection `id`, if it is alive on this core.
-    pub fn get(&mut self, id: ConnId) -> Option<ConnRef<'_>> {
-        if id.core != self.core {
-            return None;
-        }
-        let state = self.conns.get_mut(id.index)?.as_mut()?;
-        if !state.dirty {
-            state.dirty = true;
-            self.dirty.push(id.index);
-        }
-        Some(ConnRef { id, tag: state.tag, now: self.now, inner: &mut state.conn })
-    }
-
-    /// The live connections on this core.
-    pub fn ids(&self) -> Vec<ConnId> {
-        let core = self.core;
-        self.conns.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(index, _)| ConnId { core, index }).collect()
-    }
-}
-
 /// One core's loop and everything it owns.
-pub(crate) struct Core<B: Backend> {
+pub(crate) struct Core<B: Backend, M> {
     index: usize,
     shared: Arc<CoreShared>,
+    /// The same queue as `shared.commands`, typed: commands and the application's messages.
+    inbox: Arc<Inbox<M>>,
     all: Arc<[Arc<CoreShared>]>,
     cid_key: CidKey,
     /// This process's generation (`crate::cid`): datagrams for another one are counted and dropped.
     generation: Generation,
-    backend: B,
+    /// Every send goes through it; it owns the backend and the path aliases' routes.
+    tx: Transmitter<B>,
     endpoint: Endpoint,
-    app: Box<dyn Application>,
+    app: Box<dyn Application<M>>,
     conns: Vec<Option<ConnState>>,
     /// Live connections (`Some` slots of `conns`), kept as they come and go: counting the slots
     /// on every change costs O(connections) per handshake.
@@ -192,9 +148,7 @@ pub(crate) struct Core<B: Backend> {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     dirty: Vec<usize>,
     received: Vec<(RecvMeta, BytesMut)>,
-    /// A batch the kernel refused for back-pressure; sent before anything else.
-    blocked: Option<OutBatch>,
-    /// Datagrams other threads asked this core to send (`Node::send_datagram`) that arrived while
+    /// Datagrams other threads asked this core to send (`NodeHandle::send_datagram`) that arrived while
     /// the socket applied back-pressure: sent, in order, once it takes data again.
     deferred: std::collections::VecDeque<OutBatch>,
     /// Cores to wake after this turn's hand-offs (bit per core).
@@ -203,43 +157,39 @@ pub(crate) struct Core<B: Backend> {
     draining_since: Option<Instant>,
     /// New connections are refused (a successor takes them), live ones go on.
     refusing: bool,
-    /// The socket is IPv6 (dual-stack): IPv4 peers are addressed as IPv4-mapped IPv6.
-    ipv6_socket: bool,
     recorder: Recorder,
-    /// Relay allocations this core forwards (bootstrap role).
-    relays: ForwardingTable,
-    /// Forwarded relay frames being gathered into one GSO send (same destination and size);
-    /// sent once the received batch is handled.
-    forwarding: Option<OutBatch>,
-    next_relay_sweep: Instant,
-    /// Routes of path aliases (peer role).
-    paths: PathTable,
+    /// Relay frames this core forwards (bootstrap role) or unwraps (peer role).
+    relay: RelayIo,
     /// Where control datagrams go; `None`: they are dropped.
     control: Option<Sender<ControlDatagram>>,
 }
 
-impl<B: Backend> Core<B> {
+impl<B: Backend, M> Core<B, M> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         index: usize,
         all: Arc<[Arc<CoreShared>]>,
+        inbox: Arc<Inbox<M>>,
         cid_key: CidKey,
         generation: Generation,
         backend: B,
         endpoint: Endpoint,
-        app: Box<dyn Application>,
+        app: Box<dyn Application<M>>,
         ipv6_socket: bool,
         control: Option<Sender<ControlDatagram>>,
     ) -> Option<Self> {
         let shared = Arc::clone(all.get(index)?);
         let cores = all.len();
+        let stats = Arc::clone(&shared.stats);
         Some(Self {
             index,
             shared,
+            inbox,
             all,
             cid_key,
             generation,
-            backend,
+            tx: Transmitter::new(backend, Arc::clone(&stats), ipv6_socket),
+            relay: RelayIo::new(stats, generation),
             endpoint,
             app,
             conns: Vec::new(),
@@ -247,18 +197,12 @@ impl<B: Backend> Core<B> {
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             received: Vec::new(),
-            blocked: None,
             deferred: std::collections::VecDeque::new(),
             wake_mask: vec![false; cores],
             response_buf: Vec::new(),
             draining_since: None,
             refusing: false,
-            ipv6_socket,
             recorder: Recorder::new(),
-            relays: ForwardingTable::new(),
-            forwarding: None,
-            next_relay_sweep: Instant::now(),
-            paths: PathTable::new(),
             control,
         })
     }
@@ -282,7 +226,7 @@ impl<B: Backend> Core<B> {
             bump(&self.shared.stats.loop_turns, 1);
             self.shared.waker.drain();
             self.take_commands(now);
-            self.sweep_relays(now);
+            self.relay.sweep(now);
             self.take_handoffs(now);
             self.receive(now)?;
             self.fire_timers(now);
@@ -292,7 +236,7 @@ impl<B: Backend> Core<B> {
             if let Some(since) = self.draining_since {
                 if self.active == 0 || now.duration_since(since) > DRAIN_LIMIT {
                     // The last CONNECTION_CLOSE packets leave before the core does.
-                    return self.backend.flush();
+                    return self.tx.backend.flush();
                 }
             }
 
@@ -302,7 +246,7 @@ impl<B: Backend> Core<B> {
                 && self.shared.latency_wanted.swap(false, Ordering::Relaxed);
             self.recorder.maybe_publish(end, &self.shared.latency, &self.shared.latency_spare, wanted);
 
-            let timeout = if self.blocked.is_none() && !self.dirty.is_empty() {
+            let timeout = if !self.tx.is_blocked() && !self.dirty.is_empty() {
                 Some(Duration::ZERO)
             } else {
                 let next = self.timers.peek().map(|Reverse((at, _))| *at);
@@ -311,22 +255,26 @@ impl<B: Backend> Core<B> {
             };
             // One submission per turn: `wait` submits what is queued before it sleeps.
             if timeout == Some(Duration::ZERO) {
-                self.backend.flush()?;
+                self.tx.backend.flush()?;
             } else {
-                self.backend.wait(timeout)?;
+                self.tx.backend.wait(timeout)?;
             }
         }
     }
 
     fn take_commands(&mut self, now: Instant) {
-        while let Some(command) = self.shared.commands.pop() {
-            match command {
-                Command::Connect(request) => self.connect(now, *request),
-                Command::Message(message) => {
+        while let Some(input) = self.inbox.pop() {
+            let command = match input {
+                CoreInput::Command(command) => command,
+                CoreInput::Message(message) => {
                     let mut conns =
                         Connections { core: self.index, now, conns: &mut self.conns, dirty: &mut self.dirty };
                     self.app.on_message(&mut conns, message);
+                    continue;
                 }
+            };
+            match command {
+                Command::Connect(request) => self.connect(now, *request),
                 Command::Shutdown => self.start_draining(now),
                 Command::SetAccepting(accepting) => self.refusing = !accepting,
                 Command::SetServerConfig(config) => self.endpoint.set_server_config(config),
@@ -334,23 +282,17 @@ impl<B: Backend> Core<B> {
                     tracing::warn!(core = self.index, ?duration, "core stalled on request (test hook)");
                     std::thread::sleep(duration);
                 }
-                Command::InstallRelay(allocation) => {
-                    self.relays.install(allocation, now);
-                    self.publish_relays();
-                }
-                Command::RemoveRelay(channel) => {
-                    self.relays.remove(channel);
-                    self.publish_relays();
-                }
+                Command::InstallRelay(allocation) => self.relay.install(allocation, now),
+                Command::RemoveRelay(channel) => self.relay.remove(channel),
                 Command::SetPath(alias, route) => {
-                    if !self.paths.set(alias, route) {
+                    if !self.tx.paths.set(alias, route) {
                         tracing::warn!(core = self.index, %alias, ?route, "path alias refused");
                     }
                 }
                 Command::SendDatagram(destination, payload) => {
                     let batch =
                         OutBatch { destination, ecn: None, src_ip: None, segment_size: payload.len(), buf: payload };
-                    if self.blocked.is_some() || !self.deferred.is_empty() {
+                    if self.tx.is_blocked() || !self.deferred.is_empty() {
                         // Bursts (hundreds of probes at once) exceed the backend's send slots:
                         // keep them for the next turns rather than drop them.
                         if self.deferred.len() < DEFERRED_CAPACITY {
@@ -360,31 +302,10 @@ impl<B: Backend> Core<B> {
                         }
                         continue;
                     }
-                    transmit_out(
-                        &mut self.backend,
-                        &mut self.blocked,
-                        &self.paths,
-                        &self.shared.stats,
-                        self.ipv6_socket,
-                        batch,
-                    );
+                    self.tx.transmit(batch);
                 }
             }
         }
-    }
-
-    fn sweep_relays(&mut self, now: Instant) {
-        if now < self.next_relay_sweep || self.relays.is_empty() {
-            return;
-        }
-        self.next_relay_sweep = now + RELAY_SWEEP_INTERVAL;
-        if self.relays.purge_expired(now) > 0 {
-            self.publish_relays();
-        }
-    }
-
-    fn publish_relays(&self) {
-        self.shared.stats.relay_allocations.store(self.relays.len() as u64, Ordering::Relaxed);
     }
 
     fn start_draining(&mut self, now: Instant) {
@@ -466,22 +387,14 @@ impl<B: Backend> Core<B> {
     fn receive(&mut self, now: Instant) -> std::io::Result<()> {
         let received = &mut self.received;
         let stats = &self.shared.stats;
-        self.backend.recv(&mut |meta, data| {
-            // Peers are known by their plain IPv4 address even on a dual-stack socket.
-            let remote = match meta.remote {
-                SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-                    Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-                    None => meta.remote,
-                },
-                v4 => v4,
-            };
+        self.tx.backend.recv(&mut |meta, data| {
             // One copy into memory the endpoint can own; GRO segments then split off it.
             let mut buf = BytesMut::from(data);
             for segment in split_gro(data, meta.stride) {
                 let datagram = buf.split_to(segment.len());
                 bump(&stats.rx_datagrams, 1);
                 bump(&stats.rx_bytes, segment.len() as u64);
-                received.push((RecvMeta { remote, len: segment.len(), stride: segment.len(), ..meta }, datagram));
+                received.push((RecvMeta { len: segment.len(), stride: segment.len(), ..meta }, datagram));
             }
         })?;
         let mut batch = std::mem::take(&mut self.received);
@@ -489,7 +402,7 @@ impl<B: Backend> Core<B> {
             self.handle_datagram(now, meta, data);
         }
         self.received = batch;
-        self.flush_forwarding();
+        self.relay.flush(&mut self.tx);
         Ok(())
     }
 
@@ -498,16 +411,19 @@ impl<B: Backend> Core<B> {
     fn handle_datagram(&mut self, now: Instant, mut meta: RecvMeta, data: BytesMut) {
         match classify(&data) {
             DatagramKind::Quic => {
-                if !self.paths.is_empty() {
+                if !self.tx.paths.is_empty() {
                     // The direct path of an alias: the connection knows the peer by its alias.
-                    if let Some(alias) = self.paths.alias_for_direct(meta.remote) {
+                    if let Some(alias) = self.tx.paths.alias_for_direct(meta.remote) {
                         bump(&self.shared.stats.alias_received_direct, 1);
                         meta.remote = alias;
                     }
                 }
                 self.handle_quic(now, meta, data);
             }
-            DatagramKind::Relay => self.handle_relay(now, meta, data),
+            DatagramKind::Relay => match self.relay.receive(now, meta, data, &mut self.tx) {
+                Received::Handled => {}
+                Received::FromAlias(meta, data) => self.handle_from_alias(now, meta, data),
+            },
             DatagramKind::Control => self.deliver_control(meta.remote, data),
             DatagramKind::Probe => self.answer_probe(meta, &data),
             DatagramKind::NotQuic => self.shared.stats.drop_datagram(DropReason::NotQuic),
@@ -521,85 +437,23 @@ impl<B: Backend> Core<B> {
             self.shared.stats.drop_datagram(DropReason::NotQuic);
             return;
         };
-        let mut buf = self.backend.take_buffer();
+        let mut buf = self.tx.backend.take_buffer();
         buf.extend_from_slice(&answer);
         let batch =
             OutBatch { destination: meta.remote, ecn: None, src_ip: meta.local_ip, segment_size: buf.len(), buf };
-        send_raw(&mut self.backend, &mut self.blocked, self.ipv6_socket, batch);
+        self.tx.send_raw(batch);
     }
 
-    /// A relay frame: from the relay of one of our aliases (peer role), or to forward between the
-    /// ends of an allocation (bootstrap role).
-    fn handle_relay(&mut self, now: Instant, meta: RecvMeta, mut data: BytesMut) {
-        let Ok(channel) = RelayFrame::new_checked(&data[..]).map(|frame| frame.channel()) else {
-            self.shared.stats.relay_drop(RelayDrop::Malformed);
-            return;
-        };
-        if let Some(alias) = self.paths.alias_for_relay(meta.remote, channel) {
-            bump(&self.shared.stats.alias_received_relay, 1);
-            data.advance(RELAY_HEADER_LEN);
-            let meta = RecvMeta { remote: alias, len: data.len(), stride: data.len(), ..meta };
-            // One level only: a relay frame inside a relay frame is not unwrapped again.
-            match classify(&data) {
-                DatagramKind::Quic => self.handle_quic(now, meta, data),
-                DatagramKind::Control => self.deliver_control(alias, data),
-                DatagramKind::Relay | DatagramKind::Probe | DatagramKind::NotQuic => {
-                    self.shared.stats.drop_datagram(DropReason::NotQuic);
-                }
-            }
-            return;
-        }
-        match self.relays.forward(now, meta.remote, channel, data.len()) {
-            // Forwarded unchanged, from the local address it arrived on, with its ECN codepoint
-            // (as a TURN relay does, RFC 8656 §12), so congestion marks reach the peer.
-            Ok(destination) => self.forward(destination, meta.ecn, meta.local_ip, &data),
-            // The high half of a channel names the generation that allocated it (0: none).
-            Err(RelayDrop::UnknownChannel) if ![0, self.generation].contains(&((channel >> 16) as Generation)) => {
-                bump(&self.shared.stats.foreign_generation, 1)
-            }
-            Err(reason) => self.shared.stats.relay_drop(reason),
-        }
-    }
-
-    /// Queue a frame to forward. A peer's frames come in bursts of equal size (full packets), so
-    /// consecutive frames to one destination share a GSO send, as the core's own transmits do:
-    /// one send per burst rather than per frame keeps the backend's send slots free.
-    fn forward(&mut self, destination: SocketAddr, ecn: Option<EcnCodepoint>, src_ip: Option<IpAddr>, frame: &[u8]) {
-        let max_segments = self.backend.max_gso_segments();
-        if let Some(batch) = &mut self.forwarding {
-            let joins = batch.destination == destination
-                && batch.ecn == ecn
-                && batch.src_ip == src_ip
-                && frame.len() <= batch.segment_size
-                // Only the last segment may be shorter: the batch must end on a full one.
-                && batch.buf.len() % batch.segment_size.max(1) == 0
-                && batch.segments() < max_segments
-                && batch.buf.len() + frame.len() <= MAX_GSO_BYTES;
-            if joins {
-                batch.buf.extend_from_slice(frame);
-                return;
+    /// The datagram a relay frame from an alias's relay carried. One level only: a relay frame
+    /// inside a relay frame is not unwrapped again.
+    fn handle_from_alias(&mut self, now: Instant, meta: RecvMeta, data: BytesMut) {
+        match classify(&data) {
+            DatagramKind::Quic => self.handle_quic(now, meta, data),
+            DatagramKind::Control => self.deliver_control(meta.remote, data),
+            DatagramKind::Relay | DatagramKind::Probe | DatagramKind::NotQuic => {
+                self.shared.stats.drop_datagram(DropReason::NotQuic);
             }
         }
-        self.flush_forwarding();
-        let mut buf = self.backend.take_buffer();
-        buf.extend_from_slice(frame);
-        self.forwarding = Some(OutBatch { destination, ecn, src_ip, segment_size: frame.len(), buf });
-    }
-
-    fn flush_forwarding(&mut self) {
-        let Some(batch) = self.forwarding.take() else { return };
-        let (frames, bytes) = (batch.segments() as u64, batch.buf.len() as u64);
-        let stats = &self.shared.stats;
-        if self.blocked.is_some() {
-            if let Some(counter) = stats.relay_drops.get(RelayDrop::SendBlocked.index()) {
-                bump(counter, frames);
-            }
-            return;
-        }
-        // Counted before the send, so a reader who saw the datagram arrive also sees the count.
-        bump(&stats.relay_forwarded, frames);
-        bump(&stats.relay_forwarded_bytes, bytes);
-        send_raw(&mut self.backend, &mut self.blocked, self.ipv6_socket, batch);
     }
 
     /// Pass a control datagram to the control thread, never waiting for it.
@@ -682,11 +536,11 @@ impl<B: Backend> Core<B> {
 
     fn send_response(&mut self, transmit: &Transmit, buf: &[u8]) {
         let Some(contents) = buf.get(..transmit.size) else { return };
-        let mut out = self.backend.take_buffer();
+        let mut out = self.tx.backend.take_buffer();
         out.extend_from_slice(contents);
         let batch = to_batch(transmit, out);
         // Endpoint responses under back-pressure are dropped: the peer retransmits.
-        transmit_out(&mut self.backend, &mut self.blocked, &self.paths, &self.shared.stats, self.ipv6_socket, batch);
+        self.tx.transmit(batch);
     }
 
     fn fire_timers(&mut self, now: Instant) {
@@ -718,24 +572,14 @@ impl<B: Backend> Core<B> {
     }
 
     fn drive_dirty(&mut self, now: Instant) {
-        if let Some(batch) = self.blocked.take() {
-            if let Err(SendRefused::WouldBlock(batch)) = self.backend.send(batch) {
-                self.blocked = Some(batch);
-                return;
-            }
+        if !self.tx.retry_blocked() {
+            return;
         }
-        while self.blocked.is_none() {
+        while !self.tx.is_blocked() {
             let Some(batch) = self.deferred.pop_front() else { break };
-            transmit_out(
-                &mut self.backend,
-                &mut self.blocked,
-                &self.paths,
-                &self.shared.stats,
-                self.ipv6_socket,
-                batch,
-            );
+            self.tx.transmit(batch);
         }
-        if self.blocked.is_some() {
+        if self.tx.is_blocked() {
             return;
         }
         let dirty = std::mem::take(&mut self.dirty);
@@ -813,16 +657,16 @@ impl<B: Backend> Core<B> {
         // A relayed datagram grows by the relay header: leave room for it in every segment.
         let overhead = if is_alias(&state.conn.remote_address()) { RELAY_HEADER_LEN } else { 0 };
         let mtu = usize::from(state.conn.current_mtu()).max(1);
-        let max_segments = self.backend.max_gso_segments().min(MAX_GSO_BYTES / (mtu + overhead)).max(1);
+        let max_segments = self.tx.backend.max_gso_segments().min(MAX_GSO_BYTES / (mtu + overhead)).max(1);
         let mut budget = TRANSMIT_BUDGET;
         loop {
-            if self.blocked.is_some() || budget == 0 {
+            if self.tx.is_blocked() || budget == 0 {
                 // More may be waiting: come back next turn.
                 state.dirty = true;
                 self.dirty.push(index);
                 break;
             }
-            let mut buf = self.backend.take_buffer();
+            let mut buf = self.tx.backend.take_buffer();
             if overhead > 0 {
                 // Room for the relay headers too, so framing in place never reallocates (a no-op
                 // once recycled buffers have grown).
@@ -831,14 +675,7 @@ impl<B: Backend> Core<B> {
             let Some(transmit) = state.conn.poll_transmit(now, max_segments, &mut buf) else { break };
             buf.truncate(transmit.size);
             let batch = to_batch(&transmit, buf);
-            transmit_out(
-                &mut self.backend,
-                &mut self.blocked,
-                &self.paths,
-                &self.shared.stats,
-                self.ipv6_socket,
-                batch,
-            );
+            self.tx.transmit(batch);
             budget -= 1;
         }
 
@@ -872,106 +709,4 @@ impl<B: Backend> Core<B> {
             }
         }
     }
-}
-
-/// A batch for `transmit`, still addressed as quinn-proto addressed it (perhaps to an alias).
-fn to_batch(transmit: &Transmit, buf: Vec<u8>) -> OutBatch {
-    OutBatch {
-        destination: transmit.destination,
-        ecn: transmit.ecn,
-        src_ip: transmit.src_ip,
-        segment_size: transmit.segment_size.unwrap_or(transmit.size),
-        buf,
-    }
-}
-
-/// Send a batch addressed as quinn-proto (or the control thread) addressed it: a path alias goes
-/// by its route, through the relay or direct. Returns false when the batch was dropped (no route
-/// for the alias, or the socket is applying back-pressure to an earlier batch).
-fn transmit_out<B: Backend>(
-    backend: &mut B,
-    blocked: &mut Option<OutBatch>,
-    paths: &PathTable,
-    stats: &CoreStats,
-    ipv6_socket: bool,
-    mut batch: OutBatch,
-) -> bool {
-    if is_alias(&batch.destination) {
-        let segments = batch.segments() as u64;
-        match paths.route(&normalize(batch.destination)) {
-            None => {
-                bump(&stats.alias_dropped_no_route, segments);
-                return false;
-            }
-            Some(PathRoute::Direct(to)) => {
-                bump(&stats.alias_sent_direct, segments);
-                batch.destination = to;
-            }
-            Some(PathRoute::Relay { relay, channel }) => {
-                bump(&stats.alias_sent_relay, segments);
-                return send_relayed(backend, blocked, ipv6_socket, batch, relay, channel);
-            }
-        }
-    }
-    send_raw(backend, blocked, ipv6_socket, batch)
-}
-
-/// Send a batch in relay frames to `relay`: a header in front of every segment, and no more
-/// segments per send than fit the kernel's 64 KiB GSO limit once they have grown.
-fn send_relayed<B: Backend>(
-    backend: &mut B,
-    blocked: &mut Option<OutBatch>,
-    ipv6_socket: bool,
-    mut batch: OutBatch,
-    relay: SocketAddr,
-    channel: u32,
-) -> bool {
-    let (ecn, src_ip) = (batch.ecn, batch.src_ip);
-    let segment = if batch.segment_size == 0 { batch.buf.len().max(1) } else { batch.segment_size };
-    // The core sizes its batches to leave room for the headers; this only splits batches built
-    // for a larger segment than the path's (never seen), rather than have the kernel refuse them.
-    let per_send = (MAX_GSO_BYTES / (segment + RELAY_HEADER_LEN)).max(1) * segment;
-    let mut all_sent = true;
-    loop {
-        let rest = (batch.buf.len() > per_send).then(|| {
-            let mut rest = backend.take_buffer();
-            rest.extend_from_slice(batch.buf.get(per_send..).unwrap_or_default());
-            batch.buf.truncate(per_send);
-            rest
-        });
-        let segment_size = frame_segments(&mut batch.buf, segment, channel);
-        all_sent &= send_raw(
-            backend,
-            blocked,
-            ipv6_socket,
-            OutBatch { destination: relay, ecn, src_ip, segment_size, buf: batch.buf },
-        );
-        match rest {
-            Some(buf) => batch = OutBatch { destination: relay, ecn, src_ip, segment_size: segment, buf },
-            None => return all_sent,
-        }
-    }
-}
-
-/// Hand a batch to the backend as it is (its destination made IPv4-mapped on a dual-stack
-/// socket). A batch refused for back-pressure is kept and sent first next turn; while one is
-/// kept, others are dropped (UDP: QUIC retransmits). Returns false when dropped.
-fn send_raw<B: Backend>(
-    backend: &mut B,
-    blocked: &mut Option<OutBatch>,
-    ipv6_socket: bool,
-    mut batch: OutBatch,
-) -> bool {
-    if blocked.is_some() {
-        return false;
-    }
-    if let SocketAddr::V4(v4) = batch.destination {
-        if ipv6_socket {
-            batch.destination = SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port());
-        }
-    }
-    if let Err(SendRefused::WouldBlock(batch)) = backend.send(batch) {
-        *blocked = Some(batch);
-    }
-    true
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use quinn_proto::Transmit;
 
+use crate::address::unmapped;
 use crate::backend::{Backend, OutBatch, SendRefused};
 use crate::relay::{frame_segments, is_alias, PathRoute, PathTable, RELAY_HEADER_LEN};
 use crate::stats::{bump, CoreStats};
@@ -54,7 +55,8 @@ impl<B: Backend> Transmitter<B> {
     pub(crate) fn transmit(&mut self, mut batch: OutBatch) -> bool {
         if is_alias(&batch.destination) {
             let segments = batch.segments() as u64;
-            match self.paths.route(&batch.destination) {
+            // An alias given to `connect` may be written IPv4-mapped; the table keeps it plain.
+            match self.paths.route(&unmapped(batch.destination)) {
                 None => {
                     bump(&self.stats.alias_dropped_no_route, segments);
                     return false;

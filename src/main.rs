@@ -19,7 +19,7 @@ use ant_quic::takeover::{Incumbent, Lineage, Successor, Takeover};
 use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
 use ant_quic::Error;
 use ant_quic_control::admin::PreviousGeneration;
-use ant_quic_control::{AdminServer, NodeView};
+use ant_quic_control::{AdminServer, AdminView};
 use clap::{Parser, Subcommand};
 
 /// A QUIC node for peer-to-peer networks behind NATs.
@@ -300,7 +300,7 @@ fn serve(
     let admin_addr = SocketAddr::new(config.metrics.bind, admin_port);
     // The draining predecessor, as it last reported, for /health.
     let previous: Arc<Mutex<Option<PreviousGeneration>>> = Arc::default();
-    let view = NodeView {
+    let view = AdminView {
         node: node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
         peer_id: server.identity.peer_id().to_string(),
@@ -571,11 +571,7 @@ fn drain(
 
 /// SIGHUP: re-read the configuration; apply the log level and the TLS settings for new
 /// handshakes. A configuration that does not validate changes nothing.
-fn reload(
-    server: &ant_quic::node::ServerNode,
-    loader: &ant_quic::config::Loader,
-    logging: &ant_quic::logging::Logging,
-) {
+fn reload(server: &ant_quic::node::Server, loader: &ant_quic::config::Loader, logging: &ant_quic::logging::Logging) {
     let loaded = match loader.load() {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -825,7 +821,7 @@ fn unreachable_reason(status: &ant_quic::nat::NatStatus, waited: Duration) -> St
 }
 
 fn connect_to_peer(
-    server: &ant_quic::node::ServerNode,
+    server: &ant_quic::node::Server,
     target: PeerId,
     args: &NodeArgs,
     deadline: Instant,
@@ -901,11 +897,7 @@ fn connect_to_peer(
     }
 }
 
-fn connectivity_test(
-    server: &ant_quic::node::ServerNode,
-    args: &NodeArgs,
-    deadline: Instant,
-) -> Result<String, String> {
+fn connectivity_test(server: &ant_quic::node::Server, args: &NodeArgs, deadline: Instant) -> Result<String, String> {
     let status = wait_registered(&server.nat, Registered::All, deadline);
     let observed: Vec<SocketAddr> = status.bootstraps.iter().filter_map(|b| b.observed).collect();
     let Some(first) = observed.first().copied() else {

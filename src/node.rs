@@ -66,7 +66,7 @@ impl Default for NodeOptions {
 
 /// A node serving `ant-quic/1` (and hq-interop), with its identity and its NAT traversal.
 #[derive(Debug)]
-pub struct ServerNode {
+pub struct Server {
     /// The data plane; its applications take the NAT driver's and the owner's requests.
     pub node: Node<CoreRequest>,
     /// Who it is.
@@ -76,13 +76,13 @@ pub struct ServerNode {
 }
 
 /// Start a node that accepts connections and serves its protocols.
-pub fn start_server(options: &NodeOptions) -> Result<ServerNode, Error> {
+pub fn start_server(options: &NodeOptions) -> Result<Server, Error> {
     start_server_with(options, &ServerSecurity::default())
 }
 
 /// [`start_server`] with the `[security]` settings: the certificate to present and the client
 /// certificate policy.
-pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Result<ServerNode, Error> {
+pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Result<Server, Error> {
     let identity = match &options.data_dir {
         Some(dir) => Identity::load_or_create(dir)?,
         None => Identity::ephemeral()?,
@@ -122,7 +122,7 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
             return Err(error);
         }
     };
-    Ok(ServerNode { node, identity, nat })
+    Ok(Server { node, identity, nat })
 }
 
 /// The server's QUIC/TLS settings for `security`, warning when the certificate is not the identity's.
@@ -139,7 +139,7 @@ fn server_tls(identity: &Identity, security: &ServerSecurity) -> Result<quinn_pr
     Ok(tls::server_config_with(identity, &[ALPN_ANT_QUIC, ALPN_HQ_INTEROP], security)?)
 }
 
-impl ServerNode {
+impl Server {
     /// Use new `[security]` settings (certificate, client authentication) for the handshakes that
     /// start from now on; live connections are not touched.
     pub fn reload_security(&self, security: &ServerSecurity) -> Result<(), Error> {

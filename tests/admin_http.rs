@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use ant_quic::client::{BulkApp, BulkPayload};
 use ant_quic::dataplane::{Application, Connections, Node, NodeConfig, NodeError};
-use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, ServerNode};
+use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, Server};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
-use ant_quic_control::{AdminServer, NodeView, PreviousGeneration};
+use ant_quic_control::{AdminServer, AdminView, PreviousGeneration};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn server_with_admin(cores: usize) -> (ServerNode, AdminServer) {
+fn server_with_admin(cores: usize) -> (Server, AdminServer) {
     let server = start_server(&NodeOptions {
         listen: SocketAddr::new(LOCALHOST, 0),
         cores: Some(cores),
@@ -30,8 +30,8 @@ fn server_with_admin(cores: usize) -> (ServerNode, AdminServer) {
 }
 
 /// What the admin server of `server` shows, as generation `generation` with no predecessor.
-fn view_of(server: &ServerNode, generation: u16) -> NodeView {
-    NodeView {
+fn view_of(server: &Server, generation: u16) -> AdminView {
+    AdminView {
         node: server.node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
         peer_id: server.identity.peer_id().to_string(),
@@ -78,7 +78,7 @@ fn wait_status(addr: SocketAddr, path: &str, want: u16, limit: Duration) -> Stri
 }
 
 /// A 1 MiB upload to `server` completes intact.
-fn transfer_works(server: &ServerNode) {
+fn transfer_works(server: &Server) {
     let (tx, rx) = mpsc::channel();
     let data = ant_quic::wire::filler();
     let repeat = (1u64 << 20).div_ceil(data.len() as u64);
@@ -209,7 +209,7 @@ fn a_panic_on_a_core_is_caught_and_reported() {
     config.cores = Some(2);
     config.pin_threads = false;
     let node = Node::start(config, Arc::new(|_core: usize| -> Box<dyn Application> { Box::new(Panicky) })).unwrap();
-    let view = NodeView {
+    let view = AdminView {
         node: node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
         peer_id: "test".into(),
@@ -257,7 +257,7 @@ fn a_takeover_joins_the_admin_port_and_gets_every_request_once_the_old_listener_
     let addr = old.local_addr();
     let previous = Arc::new(Mutex::new(Some(PreviousGeneration { pid: 4242, generation: 1, connections: 7 })));
     let new =
-        AdminServer::start_joining(addr, NodeView { previous: Arc::clone(&previous), ..view_of(&server, 2) }).unwrap();
+        AdminServer::start_joining(addr, AdminView { previous: Arc::clone(&previous), ..view_of(&server, 2) }).unwrap();
     assert_eq!(new.local_addr(), addr);
 
     // The kernel spreads connections over the group by their addresses: both processes answer.

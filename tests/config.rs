@@ -324,7 +324,7 @@ fn echo(server: SocketAddr, auth: ServerAuth, identity: Option<&CertifiedKey>) -
 }
 
 /// A server started from a `[security]` section, through the config loader.
-fn server_from_config(dir: &Path, security: &str) -> ant_quic::node::ServerNode {
+fn server_from_config(dir: &Path, security: &str) -> ant_quic::node::Server {
     let file = write(dir, "security.toml", &format!("[security]\n{security}"));
     let loaded = load(Some(&file), Vec::new(), &Overrides::default()).unwrap();
     let security = loaded.config.server_security().unwrap();
@@ -337,7 +337,7 @@ fn server_from_config(dir: &Path, security: &str) -> ant_quic::node::ServerNode 
     start_server_with(&options, &security).unwrap()
 }
 
-fn stop(server: ant_quic::node::ServerNode) {
+fn stop(server: ant_quic::node::Server) {
     server.node.shutdown();
     let _ = server.node.join();
 }

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 mod common;
 
 use ant_quic::client::{BulkApp, BulkPayload};
-use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, ServerNode};
+use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, Server};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
-use ant_quic_control::{AdminServer, NodeView};
+use ant_quic_control::{AdminServer, AdminView};
 use common::{have, http_get, promtool_check_metrics, sample};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn server_with_admin() -> (ServerNode, AdminServer) {
+fn server_with_admin() -> (Server, AdminServer) {
     let server = start_server(&NodeOptions {
         listen: SocketAddr::new(LOCALHOST, 0),
         cores: Some(1),
@@ -29,7 +29,7 @@ fn server_with_admin() -> (ServerNode, AdminServer) {
         ..NodeOptions::default()
     })
     .unwrap();
-    let view = NodeView {
+    let view = AdminView {
         node: server.node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
         peer_id: server.identity.peer_id().to_string(),
@@ -45,7 +45,7 @@ fn server_with_admin() -> (ServerNode, AdminServer) {
 }
 
 /// Upload about `bytes` to `server` from a fresh client node; returns the payload bytes moved.
-fn upload(server: &ServerNode, bytes: u64) -> u64 {
+fn upload(server: &Server, bytes: u64) -> u64 {
     let (tx, rx) = mpsc::channel();
     let data = ant_quic::wire::filler();
     let repeat = bytes.div_ceil(data.len() as u64);
@@ -114,7 +114,7 @@ fn a_transfer_moves_counters_and_histograms() {
     assert_eq!(sample(&after, "nat_traversal_attempts_total{outcome=\"failed\",path=\"none\"}"), 0.0);
     assert!(after.contains("quic_errors_total{kind=\"timed_out\"}"));
     assert!(after.contains("ant_quic_log_lines_dropped_total 0"));
-    assert!(after.contains("\nant_quic_generation 2\n"), "the generation from NodeView:\n{after}");
+    assert!(after.contains("\nant_quic_generation 2\n"), "the generation from AdminView:\n{after}");
     // One node alone on its port: nothing of another generation reaches it.
     assert!(after.contains("# TYPE ant_quic_foreign_generation_datagrams_total counter\n"));
     assert!(after.contains("\nant_quic_foreign_generation_datagrams_total 0\n"), "{after}");

@@ -313,7 +313,7 @@ fn peers_re_register_when_their_bootstrap_hands_over() -> Result<()> {
     for peer in &peers {
         ensure!(!peer.stderr().contains("panicked"), "{}", peer.stderr());
     }
-    let ant_quic::node::ServerNode { node, mut nat, .. } = bootstrap;
+    let ant_quic::node::Server { node, mut nat, .. } = bootstrap;
     nat.stop();
     node.shutdown();
     let _ = node.join();

@@ -49,7 +49,7 @@ use ant_quic::dataplane::sys::process::{current_uid, send_signal};
 use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections, Messenger, Node, ReadOutcome};
 use ant_quic::nat::link::{CoreRequest, UploadReport};
 use ant_quic::nat::{NatOptions, PathKind};
-use ant_quic::node::{start_client, start_server_with, NodeOptions, ServerNode};
+use ant_quic::node::{start_client, start_server_with, NodeOptions, Server};
 use ant_quic::quinn_proto::{ConnectError, ConnectionError, StreamId, VarInt};
 use ant_quic::tls::{self, ServerAuth, ServerSecurity, ALPN_ANT_QUIC};
 use ant_quic_control::nat::traversal::TraversalConfig;
@@ -901,7 +901,7 @@ fn takeover_keeps_every_connection_io_uring() -> Result<()> {
 /// A peer node in this process registered with one bootstrap. Hole punching is switched off
 /// (no probing time, no spraying, no upgrades), so that on loopback, where any punch works, its
 /// connections to other peers go through the bootstrap's relay.
-struct Peer(Option<ServerNode>);
+struct Peer(Option<Server>);
 
 impl Peer {
     fn start(bootstrap: SocketAddr) -> Result<Self> {
@@ -920,7 +920,7 @@ impl Peer {
         Ok(Self(Some(start_server_with(&options, &ServerSecurity::default())?)))
     }
 
-    fn server(&self) -> &ServerNode {
+    fn server(&self) -> &Server {
         self.0.as_ref().expect("peer present until dropped")
     }
 

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections, Node, ReadOutcome};
-use ant_quic::node::{start_client_app, start_server, NodeOptions, ServerNode};
+use ant_quic::node::{start_client_app, start_server, NodeOptions, Server};
 use ant_quic::quinn_proto::{ClientConfig, ConnectError, ConnectionError, StreamId, VarInt};
 use ant_quic::tls::{self, ServerAuth, ALPN_ANT_QUIC};
 use ant_quic::wire::{encode_op, Op};
@@ -114,7 +114,7 @@ impl Application<EchoRounds> for BenchClient {
 
 /// A one-core server and a one-core client on loopback.
 pub struct Loopback {
-    server: ServerNode,
+    server: Server,
     client: Node<EchoRounds>,
     client_config: ClientConfig,
     reports: mpsc::Receiver<Report>,

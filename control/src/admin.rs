@@ -42,7 +42,7 @@ const CLOSE_LISTENER_WAIT: Duration = Duration::from_secs(1);
 
 /// What the admin server shows about the node.
 #[derive(Clone)]
-pub struct NodeView {
+pub struct AdminView {
     /// The data plane.
     pub node: NodeHandle,
     /// The node's version (e.g. `env!("CARGO_PKG_VERSION")`).
@@ -80,9 +80,9 @@ pub struct PreviousGeneration {
 /// A JSON value the binary provides at each request.
 pub type JsonFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-impl std::fmt::Debug for NodeView {
+impl std::fmt::Debug for AdminView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeView")
+        f.debug_struct("AdminView")
             .field("version", &self.version)
             .field("peer_id", &self.peer_id)
             .field("generation", &self.generation)
@@ -113,7 +113,7 @@ pub struct AdminServer {
 impl AdminServer {
     /// Bind `bind` (TCP) and start the control thread. Fails with `AddrInUse` when any listener
     /// holds the port already, as a bind without `SO_REUSEPORT` would.
-    pub fn start(bind: SocketAddr, view: NodeView) -> std::io::Result<Self> {
+    pub fn start(bind: SocketAddr, view: AdminView) -> std::io::Result<Self> {
         // Port 0 needs no check: the kernel never picks a port that a reuseport group holds.
         if bind.port() != 0 {
             check_port_free(bind)?;
@@ -124,7 +124,7 @@ impl AdminServer {
     /// Like [`start`](Self::start), but join the `SO_REUSEPORT` listener another process of the
     /// same user holds on `bind` (a takeover): both answer until the older one calls
     /// [`close_listener`](Self::close_listener). Binds alone when no listener holds the port.
-    pub fn start_joining(bind: SocketAddr, view: NodeView) -> std::io::Result<Self> {
+    pub fn start_joining(bind: SocketAddr, view: AdminView) -> std::io::Result<Self> {
         let listener = reuse_port_listener(bind)?;
         let local_addr = listener.local_addr()?;
         let flags = Arc::new(Flags::default());
@@ -208,7 +208,7 @@ struct Client {
 struct ControlThread {
     /// `None` once [`AdminServer::close_listener`] took effect.
     listener: Option<TcpListener>,
-    view: NodeView,
+    view: AdminView,
     flags: Arc<Flags>,
     metrics: Metrics,
     liveness: Liveness,
@@ -228,7 +228,7 @@ impl Response {
 }
 
 impl ControlThread {
-    fn new(listener: TcpListener, view: NodeView, flags: Arc<Flags>) -> Self {
+    fn new(listener: TcpListener, view: AdminView, flags: Arc<Flags>) -> Self {
         let metrics = Metrics::new(view.node.clone(), view.log_lines_dropped.clone()).with_nat(view.nat.clone());
         let liveness = Liveness::new(&view.node, Instant::now());
         let metrics = metrics.with_generation(view.generation);

@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod nat;
 mod peer_id;
 
-pub use admin::{AdminServer, NodeView, PreviousGeneration};
+pub use admin::{AdminServer, AdminView, PreviousGeneration};
 pub use metrics::Metrics;
 pub use peer_id::{BadPeerId, PeerId};
 

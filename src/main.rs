@@ -825,10 +825,14 @@ enum Registered {
 }
 
 /// Wait until `enough` bootstraps told us our observed address, or the deadline.
-fn wait_registered(nat: &ant_quic::nat::Nat, enough: Registered, deadline: Instant) -> ant_quic::nat::NatStatus {
+fn wait_registered(
+    nat: &ant_quic::nat::Nat,
+    enough: Registered,
+    deadline: Instant,
+) -> ant_quic_control::nat::agent::NatStatus {
     loop {
         let status = nat.status();
-        let observed = |b: &ant_quic::nat::BootstrapStatus| b.observed.is_some();
+        let observed = |b: &ant_quic_control::nat::agent::BootstrapStatus| b.observed.is_some();
         let done = match enough {
             Registered::Any => status.bootstraps.iter().any(observed),
             Registered::First => status.bootstraps.first().is_some_and(observed),
@@ -844,7 +848,7 @@ fn wait_registered(nat: &ant_quic::nat::Nat, enough: Registered, deadline: Insta
 /// How long `--connect` waits for the first bootstrap before letting another one coordinate.
 const FIRST_BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 
-fn unreachable_reason(status: &ant_quic::nat::NatStatus, waited: Duration) -> String {
+fn unreachable_reason(status: &ant_quic_control::nat::agent::NatStatus, waited: Duration) -> String {
     let reasons: Vec<String> = status
         .bootstraps
         .iter()

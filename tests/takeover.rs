@@ -49,10 +49,11 @@ use ant_quic::dataplane::{
     AppMessage, Application, ConnId, ConnRef, ConnectRequest, Connections, Node, NodeHandle, ReadOutcome,
 };
 use ant_quic::nat::link::{CoreRequest, UploadReport};
-use ant_quic::nat::{NatOptions, PathKind};
+use ant_quic::nat::NatOptions;
 use ant_quic::node::{start_client, start_server_with, NodeOptions, ServerNode};
 use ant_quic::quinn_proto::{ConnectError, ConnectionError, StreamId, VarInt};
 use ant_quic::tls::{self, ServerAuth, ServerSecurity, ALPN_ANT_QUIC};
+use ant_quic_control::nat::agent::PathKind;
 use ant_quic_control::nat::traversal::TraversalConfig;
 use anyhow::{bail, ensure, Context, Result};
 use common::{aioquic_python, interop_script, parse_listening, random_bytes, sha256_hex, Process, TempDir, NODE_BIN};

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ant_quic_control::nat::agent::{ConnPurpose, SignalRole};
 use ant_quic_control::nat::wire::FrameReader;
 use ant_quic_control::nat::Message;
 use ant_quic_control::PeerId;
@@ -19,51 +20,6 @@ use sha2::{Digest, Sha256};
 
 use crate::wire::{self, Op};
 
-/// Tags of connections the traversal opens: the kind in the top bits, an index below.
-const TAG_KIND_SHIFT: u32 = 60;
-const TAG_BOOTSTRAP: u64 = 1;
-const TAG_ATTEMPT: u64 = 2;
-const TAG_INDEX_MASK: u64 = (1 << TAG_KIND_SHIFT) - 1;
-
-/// Tag of the connection to the bootstrap at `index` in the node's list.
-pub(crate) fn bootstrap_tag(index: usize) -> u64 {
-    (TAG_BOOTSTRAP << TAG_KIND_SHIFT) | (index as u64 & TAG_INDEX_MASK)
-}
-
-/// Tag of the connection opened for traversal attempt `attempt`.
-pub(crate) fn attempt_tag(attempt: u64) -> u64 {
-    (TAG_ATTEMPT << TAG_KIND_SHIFT) | (attempt & TAG_INDEX_MASK)
-}
-
-/// What a connection's tag says it is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Purpose {
-    /// Accepted, or opened by someone else.
-    Other,
-    /// Our connection to bootstrap number `0`.
-    Bootstrap(usize),
-    /// The connection of traversal attempt `0`.
-    Attempt(u64),
-}
-
-pub(crate) fn purpose(tag: u64) -> Purpose {
-    let index = tag & TAG_INDEX_MASK;
-    match tag >> TAG_KIND_SHIFT {
-        TAG_BOOTSTRAP => Purpose::Bootstrap(usize::try_from(index).unwrap_or(usize::MAX)),
-        TAG_ATTEMPT => Purpose::Attempt(index),
-        _ => Purpose::Other,
-    }
-}
-
-/// Which side of a signalling stream this node is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SignalRole {
-    /// A peer opened it to us: we coordinate for it.
-    Coordinator,
-    /// We opened it to a bootstrap: we are registered there.
-    Peer,
-}
-
 /// What the cores tell the driver.
 #[derive(Debug)]
 pub(crate) enum NatEvent {
@@ -75,11 +31,11 @@ pub(crate) enum NatEvent {
     SignalClosed { conn: ConnId },
     /// Where `conn`'s peer is seen from now, and its RTT (sampled on request).
     PathSample { conn: ConnId, remote: SocketAddr, rtt: Duration },
-    /// A connection we opened with a traversal tag completed its handshake.
-    Connected { tag: u64, conn: ConnId, remote: SocketAddr, rtt: Duration },
-    /// A connection we opened with a traversal tag failed or ended (`conn`: `None` when it never
-    /// started). Several connections may carry one tag: a bootstrap's old and new one in a handover.
-    Closed { tag: u64, conn: Option<ConnId>, reason: String },
+    /// A connection the NAT agent opened completed its handshake.
+    Connected { purpose: ConnPurpose, conn: ConnId, remote: SocketAddr, rtt: Duration },
+    /// A connection the NAT agent opened failed or ended (`conn`: `None` when it never started).
+    /// Several connections may have one purpose: a bootstrap's old and new one in a handover.
+    Closed { purpose: ConnPurpose, conn: Option<ConnId>, reason: String },
 }
 
 /// What the driver (or a caller of the node) asks of a core.
@@ -158,7 +114,6 @@ pub(crate) struct CoreLink {
     events: Sender<NatEvent>,
     signals: HashMap<ConnId, SignalStream>,
     uploads: HashMap<(ConnId, StreamId), Upload>,
-    tags: HashMap<ConnId, u64>,
 }
 
 impl std::fmt::Debug for CoreLink {
@@ -172,7 +127,7 @@ const MAX_SIGNAL_BACKLOG: usize = 256 * 1024;
 
 impl CoreLink {
     pub(crate) fn new(events: Sender<NatEvent>) -> Self {
-        Self { events, signals: HashMap::new(), uploads: HashMap::new(), tags: HashMap::new() }
+        Self { events, signals: HashMap::new(), uploads: HashMap::new() }
     }
 
     fn emit(&self, event: NatEvent) {
@@ -182,10 +137,9 @@ impl CoreLink {
 
     /// A connection completed its handshake.
     pub(crate) fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
-        let tag = conn.tag();
-        match purpose(tag) {
-            Purpose::Other => return,
-            Purpose::Bootstrap(_) => {
+        let Some(purpose) = ConnPurpose::of_tag(conn.tag()) else { return };
+        match purpose {
+            ConnPurpose::Bootstrap(_) => {
                 let Some(stream) = conn.open_bi() else {
                     conn.close(VarInt::from_u32(0x11), b"no stream for signalling");
                     return;
@@ -203,10 +157,10 @@ impl CoreLink {
                     rtt: conn.quic().rtt(),
                 });
             }
-            Purpose::Attempt(_) => {}
+            ConnPurpose::Attempt(_) => {}
         }
-        self.tags.insert(conn.id(), tag);
-        self.emit(NatEvent::Connected { tag, conn: conn.id(), remote: conn.remote_address(), rtt: conn.quic().rtt() });
+        let (remote, rtt) = (conn.remote_address(), conn.quic().rtt());
+        self.emit(NatEvent::Connected { purpose, conn: conn.id(), remote, rtt });
     }
 
     /// A peer opened a signalling stream to us (`S`); `rest` followed the operation byte.
@@ -430,16 +384,15 @@ impl CoreLink {
         for stream in uploads {
             self.finish_upload(id, stream, Some(format!("connection closed: {reason}")));
         }
-        self.tags.remove(&id);
-        if purpose(tag) != Purpose::Other {
-            self.emit(NatEvent::Closed { tag, conn: Some(id), reason: reason.to_string() });
+        if let Some(purpose) = ConnPurpose::of_tag(tag) {
+            self.emit(NatEvent::Closed { purpose, conn: Some(id), reason: reason.to_string() });
         }
     }
 
     /// A connection we asked for could not start.
     pub(crate) fn on_connect_failed(&mut self, tag: u64, error: &ant_quic_dataplane::quinn_proto::ConnectError) {
-        if purpose(tag) != Purpose::Other {
-            self.emit(NatEvent::Closed { tag, conn: None, reason: format!("cannot connect: {error}") });
+        if let Some(purpose) = ConnPurpose::of_tag(tag) {
+            self.emit(NatEvent::Closed { purpose, conn: None, reason: format!("cannot connect: {error}") });
         }
     }
 }
@@ -455,17 +408,4 @@ fn random_block() -> Bytes {
         }
     }
     Bytes::from(block)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_carry_their_purpose() {
-        assert_eq!(purpose(0), Purpose::Other);
-        assert_eq!(purpose(7), Purpose::Other);
-        assert_eq!(purpose(bootstrap_tag(3)), Purpose::Bootstrap(3));
-        assert_eq!(purpose(attempt_tag(42)), Purpose::Attempt(42));
-    }
 }

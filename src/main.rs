@@ -945,16 +945,16 @@ fn connectivity_test(
     args: &NodeArgs,
     deadline: Instant,
 ) -> Result<String, String> {
+    use ant_quic_control::nat::candidate::Mapping;
     let status = wait_registered(&server.nat, Registered::All, deadline);
     let observed: Vec<SocketAddr> = status.bootstraps.iter().filter_map(|b| b.observed).collect();
     let Some(first) = observed.first().copied() else {
         return Err(unreachable_reason(&status, Duration::from_secs(args.timeout)));
     };
-    // RFC 4787 §4.1: the same mapping toward two destinations is endpoint-independent.
-    let mapping = match observed.get(1) {
-        None => "unknown (give two --bootstrap to detect it)",
-        Some(_) if observed.iter().all(|o| *o == first) => "endpoint-independent",
-        Some(_) => "endpoint-dependent",
+    let mapping = match status.mapping() {
+        Mapping::Unknown => "unknown (give two --bootstrap to detect it)",
+        Mapping::EndpointIndependent => "endpoint-independent",
+        Mapping::EndpointDependent => "endpoint-dependent",
     };
     let rtt = status.bootstraps.iter().filter_map(|b| b.rtt).min();
     let bootstraps: Vec<serde_json::Value> = status

@@ -13,7 +13,7 @@ use ant_quic_dataplane::{Application, ConnId, ConnRef, ReadOutcome};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{self, Op};
+use crate::protocol::{self, Op};
 
 /// The outcome of one file of `ant-quic get`.
 #[derive(Debug, Clone)]
@@ -362,7 +362,7 @@ impl Application for BulkApp {
             BulkPayload::Download(len) => Op::Download(*len),
             BulkPayload::Upload { hash, .. } => Op::Upload { hash: *hash },
         };
-        let _ = conn.write(stream, &wire::encode_op(op));
+        let _ = conn.write(stream, &protocol::encode_op(op));
         match self.payload {
             BulkPayload::Download(_) => {
                 let _ = conn.finish(stream);

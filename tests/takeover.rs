@@ -1667,7 +1667,7 @@ struct Bulk(Arc<AtomicU64>);
 impl Application for Bulk {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         if let Some(stream) = conn.open_bi() {
-            let _ = conn.write(stream, &ant_quic::wire::encode_op(ant_quic::wire::Op::Download(1 << 50)));
+            let _ = conn.write(stream, &ant_quic::protocol::encode_op(ant_quic::protocol::Op::Download(1 << 50)));
             let _ = conn.finish(stream);
         }
     }

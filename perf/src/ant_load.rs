@@ -29,8 +29,8 @@ use ant_quic::dataplane::{
 };
 use ant_quic::identity::PeerId;
 use ant_quic::node::{start_client_on, start_server, NodeOptions};
+use ant_quic::protocol::{self, Op};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
-use ant_quic::wire::{self, Op};
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -223,8 +223,8 @@ impl LoadApp {
             core,
             spec,
             counters,
-            filler: wire::filler(),
-            rr_header: wire::encode_op(Op::Download(spec.response_bytes)),
+            filler: protocol::filler(),
+            rr_header: protocol::encode_op(Op::Download(spec.response_bytes)),
             handle: None,
             template: None,
             to_open: 0,
@@ -299,7 +299,7 @@ impl LoadApp {
         } else {
             (Op::Download(self.spec.bytes), 0)
         };
-        if !matches!(conn.write(stream, &wire::encode_op(op)), Ok(n) if n > 0) {
+        if !matches!(conn.write(stream, &protocol::encode_op(op)), Ok(n) if n > 0) {
             self.counters.error(1, || "bulk: the request header was not taken".into());
             return;
         }

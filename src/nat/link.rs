@@ -18,7 +18,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{self, Op};
+use crate::protocol::{self, Op, AQ_BAD_OP};
 
 /// What the cores tell the driver.
 #[derive(Debug)]
@@ -144,7 +144,7 @@ impl CoreLink {
                     conn.close(VarInt::from_u32(0x11), b"no stream for signalling");
                     return;
                 };
-                let _ = conn.write(stream, &wire::encode_op(Op::Signal));
+                let _ = conn.write(stream, &protocol::encode_op(Op::Signal));
                 self.signals.insert(
                     conn.id(),
                     SignalStream { stream, reader: FrameReader::default(), outgoing: VecDeque::new() },
@@ -167,8 +167,8 @@ impl CoreLink {
     pub(crate) fn accept_signal_stream(&mut self, conn: &mut ConnRef<'_>, stream: StreamId, rest: &[u8]) {
         if self.signals.contains_key(&conn.id()) {
             // One signalling stream per connection.
-            let _ = conn.reset(stream, crate::service::AQ_BAD_OP);
-            let _ = conn.stop(stream, crate::service::AQ_BAD_OP);
+            let _ = conn.reset(stream, AQ_BAD_OP);
+            let _ = conn.stop(stream, AQ_BAD_OP);
             return;
         }
         let peer = crate::tls::client_peer_id(conn.peer_certificates().as_deref());
@@ -209,8 +209,8 @@ impl CoreLink {
             if poisoned || !matches!(outcome, Ok(ReadOutcome::Pending)) {
                 // A stream that can no longer be delimited, or that ended, ends the signalling.
                 if poisoned {
-                    let _ = conn.stop(stream, crate::service::AQ_BAD_OP);
-                    let _ = conn.reset(stream, crate::service::AQ_BAD_OP);
+                    let _ = conn.stop(stream, AQ_BAD_OP);
+                    let _ = conn.reset(stream, AQ_BAD_OP);
                 }
                 self.signals.remove(&id);
                 self.emit(NatEvent::SignalClosed { conn: id });
@@ -349,7 +349,7 @@ impl CoreLink {
                 };
                 let Some(mut c) = conns.get(conn) else { return fail("the connection is gone") };
                 let Some(stream) = c.open_bi() else { return fail("no stream available") };
-                let _ = c.write(stream, &wire::encode_op(Op::Upload { hash: true }));
+                let _ = c.write(stream, &protocol::encode_op(Op::Upload { hash: true }));
                 let upload = Upload {
                     total: bytes,
                     sent: 0,

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use sha2::{Digest, Sha256};
 
+use crate::client::UploadWriter;
 use crate::protocol::{self, Op, AQ_BAD_OP};
 
 /// What the cores tell the driver.
@@ -99,10 +100,7 @@ struct SignalStream {
 }
 
 struct Upload {
-    total: u64,
-    sent: u64,
-    block: Bytes,
-    pending: Option<Bytes>,
+    writer: UploadWriter,
     hash: Sha256,
     answer: Vec<u8>,
     started: Instant,
@@ -269,29 +267,8 @@ impl CoreLink {
 
     fn send_upload(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
         let Some(upload) = self.uploads.get_mut(&(conn.id(), stream)) else { return };
-        loop {
-            if upload.pending.is_none() {
-                if upload.sent >= upload.total {
-                    let _ = conn.finish(stream);
-                    return;
-                }
-                let len = usize::try_from(upload.total - upload.sent).unwrap_or(usize::MAX).min(upload.block.len());
-                let chunk = upload.block.slice(..len);
-                upload.hash.update(&chunk);
-                upload.sent += len as u64;
-                upload.pending = Some(chunk);
-            }
-            let Some(chunk) = upload.pending.as_mut() else { return };
-            let mut chunks = [chunk.clone()];
-            match conn.quic().send_stream(stream).write_chunks(&mut chunks) {
-                Ok(written) if written.bytes == chunk.len() => upload.pending = None,
-                Ok(written) => {
-                    let _ = chunk.split_to(written.bytes);
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
+        let hash = &mut upload.hash;
+        upload.writer.write(conn, stream, |chunk| hash.update(chunk));
     }
 
     fn finish_upload(&mut self, id: ConnId, stream: StreamId, error: Option<String>) {
@@ -299,12 +276,13 @@ impl CoreLink {
         let sha256: [u8; 32] = upload.hash.finalize().into();
         let count = upload.answer.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
         let remote_sha = upload.answer.get(8..40);
-        let verified = error.is_none() && count == Some(upload.sent) && remote_sha == Some(&sha256[..]);
+        let sent = upload.writer.sent();
+        let verified = error.is_none() && count == Some(sent) && remote_sha == Some(&sha256[..]);
         let error = error.or_else(|| {
             (!verified).then(|| format!("the other side reported {count:?} bytes and a different SHA-256"))
         });
         let _ = upload.report.send(UploadReport {
-            bytes: upload.sent,
+            bytes: sent,
             elapsed: upload.started.elapsed(),
             sha256: hex::encode(sha256),
             verified,
@@ -351,10 +329,7 @@ impl CoreLink {
                 let Some(stream) = c.open_bi() else { return fail("no stream available") };
                 let _ = c.write(stream, &protocol::encode_op(Op::Upload { hash: true }));
                 let upload = Upload {
-                    total: bytes,
-                    sent: 0,
-                    block: random_block(),
-                    pending: None,
+                    writer: UploadWriter::new(random_block(), bytes),
                     hash: Sha256::new(),
                     answer: Vec::new(),
                     started: Instant::now(),

@@ -354,6 +354,10 @@ impl Driver {
                         let _ = reply.send(result);
                     }
                 }
+                AgentAction::Abandon { request } => {
+                    // Dropping the sender tells the waiting caller at once.
+                    self.replies.remove(&request);
+                }
                 AgentAction::Sample { coordinator, traversal, relays_renewed } => {
                     for core in 0..self.node.cores() {
                         let _ = self.node.send_message(core, Box::new(CoreRequest::Sample));

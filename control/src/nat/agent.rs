@@ -381,7 +381,10 @@ impl NatAgent {
         let preferred = self.bootstraps.iter().find_map(|b| b.conn).map(session_of);
         match self.traversal.connect_via(now, target, preferred) {
             Ok(attempt) => {
-                self.attempts.insert(attempt, Attempt { request, conn: None });
+                // A request for a peer already being reached takes the attempt over.
+                if let Some(earlier) = self.attempts.insert(attempt, Attempt { request, conn: None }) {
+                    self.actions.push_back(AgentAction::Abandon { request: earlier.request });
+                }
             }
             Err(error) => self.actions.push_back(AgentAction::Reply { request, result: Err(error.to_string()) }),
         }

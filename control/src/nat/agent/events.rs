@@ -138,6 +138,9 @@ pub enum AgentAction {
     SprayClose { token: [u8; 16] },
     /// The answer to connection request `request`.
     Reply { request: RequestId, result: Result<PeerConnection, String> },
+    /// No answer will come for connection request `request`: a later request for the same peer
+    /// took its attempt over.
+    Abandon { request: RequestId },
     /// Ask every core for its signalling connections' addresses and RTTs
     /// ([`AgentEvent::PathSample`]), and publish these counters.
     Sample { coordinator: CoordinatorCounts, traversal: TraversalStats, relays_renewed: u64 },

@@ -319,3 +319,21 @@ fn probes_go_out_in_paced_bursts_acks_first_and_the_outbox_is_bounded() {
     }
     assert_eq!(sent, PROBE_OUTBOX, "5000 guesses, the outbox holds {PROBE_OUTBOX}");
 }
+
+#[test]
+fn a_second_request_for_the_same_peer_takes_the_attempt_over() {
+    let start = Instant::now();
+    let bootstrap = addr("192.0.2.1:9000");
+    let mut agent = agent(start, &[bootstrap]);
+    agent.handle_timeout(start);
+    register(&mut agent, start, 0, conn(1), bootstrap);
+    observe(&mut agent, start, conn(1), 1, addr("203.0.113.1:5000"));
+    actions(&mut agent);
+
+    agent.handle(start, AgentEvent::Connect { request: 1, target: OTHER });
+    assert_eq!(connect_requests(&actions(&mut agent)), [conn(1)]);
+    agent.handle(start, AgentEvent::Connect { request: 2, target: OTHER });
+    let second = actions(&mut agent);
+    assert!(second.contains(&AgentAction::Abandon { request: 1 }), "{second:?}");
+    assert!(connect_requests(&second).is_empty(), "one attempt per peer");
+}

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use ant_quic::dataplane::{Application, ConnId, ConnRef, ReadOutcome};
 use ant_quic::node::{connect_request, start_client};
+use ant_quic::protocol::{encode_op, Op};
 use ant_quic::quinn_proto::{ConnectionError, StreamId, VarInt};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
-use ant_quic::wire::{encode_op, Op};
 
 /// Runs on the core that owns the connection.
 struct Echo {

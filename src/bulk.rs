@@ -76,7 +76,7 @@ pub fn bulk_transfer_checked(options: &BulkOptions, hash: bool) -> Result<BulkRu
     })?;
     let (tx, rx) = mpsc::channel();
     let payload = if options.upload {
-        let data = crate::wire::filler();
+        let data = crate::protocol::filler();
         let repeat = options.bytes.div_ceil(data.len() as u64);
         BulkPayload::Upload { data, repeat, hash }
     } else {

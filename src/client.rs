@@ -13,7 +13,7 @@ use ant_quic_dataplane::{Application, ConnId, ConnRef, ReadOutcome};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{self, Op};
+use crate::protocol::{self, Op};
 
 /// The outcome of one file of `ant-quic get`.
 #[derive(Debug, Clone)]
@@ -251,8 +251,8 @@ pub struct BulkApp {
     report: mpsc::Sender<BulkOutcome>,
     stream: Option<StreamId>,
     started: Instant,
-    sent: u64,
-    pending: Option<Bytes>,
+    /// The upload under way (uploads only).
+    upload: Option<UploadWriter>,
     received: Vec<u8>,
     bytes: u64,
     hash: Sha256,
@@ -276,8 +276,7 @@ impl BulkApp {
             report,
             stream: None,
             started: Instant::now(),
-            sent: 0,
-            pending: None,
+            upload: None,
             received: Vec::new(),
             bytes: 0,
             hash: Sha256::new(),
@@ -288,31 +287,13 @@ impl BulkApp {
     }
 
     fn send_more(&mut self, conn: &mut ConnRef<'_>) {
-        let (Some(stream), BulkPayload::Upload { data, repeat, .. }) = (self.stream, &self.payload) else { return };
-        let total = data.len() as u64 * repeat;
-        loop {
-            if self.pending.is_none() {
-                if self.sent >= total {
-                    let _ = conn.finish(stream);
-                    return;
-                }
-                self.pending = Some(data.clone());
-                self.sent += data.len() as u64;
-                if self.hash_local {
-                    self.hash.update(data);
-                }
+        let (Some(stream), Some(upload)) = (self.stream, self.upload.as_mut()) else { return };
+        let (hash_local, hash) = (self.hash_local, &mut self.hash);
+        upload.write(conn, stream, |chunk| {
+            if hash_local {
+                hash.update(chunk);
             }
-            let Some(chunk) = self.pending.as_mut() else { return };
-            let mut chunks = [chunk.clone()];
-            match conn.quic().send_stream(stream).write_chunks(&mut chunks) {
-                Ok(written) if written.bytes == chunk.len() => self.pending = None,
-                Ok(written) => {
-                    let _ = chunk.split_to(written.bytes);
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
+        });
     }
 
     fn report(&mut self, error: Option<String>) {
@@ -331,7 +312,7 @@ impl BulkApp {
         };
         let bytes = match self.payload {
             BulkPayload::Download(_) => self.bytes,
-            BulkPayload::Upload { .. } => self.sent,
+            BulkPayload::Upload { .. } => self.upload.as_ref().map_or(0, UploadWriter::sent),
         };
         let _ = self.report.send(BulkOutcome {
             bytes,
@@ -362,12 +343,15 @@ impl Application for BulkApp {
             BulkPayload::Download(len) => Op::Download(*len),
             BulkPayload::Upload { hash, .. } => Op::Upload { hash: *hash },
         };
-        let _ = conn.write(stream, &wire::encode_op(op));
+        let _ = conn.write(stream, &protocol::encode_op(op));
         match self.payload {
             BulkPayload::Download(_) => {
                 let _ = conn.finish(stream);
             }
-            BulkPayload::Upload { .. } => self.send_more(conn),
+            BulkPayload::Upload { ref data, repeat, .. } => {
+                self.upload = Some(UploadWriter::new(data.clone(), data.len() as u64 * repeat));
+                self.send_more(conn);
+            }
         }
     }
 
@@ -412,5 +396,57 @@ impl Application for BulkApp {
 
     fn on_connect_failed(&mut self, _tag: u64, error: &ant_quic_dataplane::quinn_proto::ConnectError) {
         self.report(Some(format!("cannot connect: {error}")));
+    }
+}
+
+/// Writes `total` bytes on a stream as repeats of one block (the last one cut short), then FIN.
+/// What flow control does not take now is written on the next call.
+#[derive(Debug)]
+pub(crate) struct UploadWriter {
+    block: Bytes,
+    total: u64,
+    sent: u64,
+    /// Queued but not yet accepted by flow control.
+    pending: Option<Bytes>,
+}
+
+impl UploadWriter {
+    /// `total` bytes of `block` repeated (none when `block` is empty).
+    pub(crate) fn new(block: Bytes, total: u64) -> Self {
+        let total = if block.is_empty() { 0 } else { total };
+        Self { block, total, sent: 0, pending: None }
+    }
+
+    /// Bytes handed to the stream so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Writes as much as flow control takes, and FIN once all was written; `on_chunk` sees each
+    /// chunk once, when it is queued.
+    pub(crate) fn write(&mut self, conn: &mut ConnRef<'_>, stream: StreamId, mut on_chunk: impl FnMut(&[u8])) {
+        loop {
+            if self.pending.is_none() {
+                if self.sent >= self.total {
+                    let _ = conn.finish(stream);
+                    return;
+                }
+                let len = usize::try_from(self.total - self.sent).unwrap_or(usize::MAX).min(self.block.len());
+                let chunk = self.block.slice(..len);
+                on_chunk(&chunk);
+                self.sent += len as u64;
+                self.pending = Some(chunk);
+            }
+            let Some(chunk) = self.pending.as_mut() else { return };
+            let mut chunks = [chunk.clone()];
+            match conn.quic().send_stream(stream).write_chunks(&mut chunks) {
+                Ok(written) if written.bytes == chunk.len() => self.pending = None,
+                Ok(written) => {
+                    let _ = chunk.split_to(written.bytes);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
     }
 }

@@ -40,10 +40,10 @@ pub mod identity;
 pub mod logging;
 pub mod nat;
 pub mod node;
+pub mod protocol;
 pub mod service;
 pub mod takeover;
 pub mod tls;
-pub mod wire;
 
 pub use ant_quic_dataplane as dataplane;
 pub use ant_quic_dataplane::quinn_proto;

@@ -786,10 +786,14 @@ enum Registered {
 }
 
 /// Wait until `enough` bootstraps told us our observed address, or the deadline.
-fn wait_registered(nat: &ant_quic::nat::Nat, enough: Registered, deadline: Instant) -> ant_quic::nat::NatStatus {
+fn wait_registered(
+    nat: &ant_quic::nat::Nat,
+    enough: Registered,
+    deadline: Instant,
+) -> ant_quic_control::nat::agent::NatStatus {
     loop {
         let status = nat.status();
-        let observed = |b: &ant_quic::nat::BootstrapStatus| b.observed.is_some();
+        let observed = |b: &ant_quic_control::nat::agent::BootstrapStatus| b.observed.is_some();
         let done = match enough {
             Registered::Any => status.bootstraps.iter().any(observed),
             Registered::First => status.bootstraps.first().is_some_and(observed),
@@ -805,7 +809,7 @@ fn wait_registered(nat: &ant_quic::nat::Nat, enough: Registered, deadline: Insta
 /// How long `--connect` waits for the first bootstrap before letting another one coordinate.
 const FIRST_BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 
-fn unreachable_reason(status: &ant_quic::nat::NatStatus, waited: Duration) -> String {
+fn unreachable_reason(status: &ant_quic_control::nat::agent::NatStatus, waited: Duration) -> String {
     let reasons: Vec<String> = status
         .bootstraps
         .iter()
@@ -898,16 +902,16 @@ fn connect_to_peer(
 }
 
 fn connectivity_test(server: &ant_quic::node::Server, args: &NodeArgs, deadline: Instant) -> Result<String, String> {
+    use ant_quic_control::nat::candidate::Mapping;
     let status = wait_registered(&server.nat, Registered::All, deadline);
     let observed: Vec<SocketAddr> = status.bootstraps.iter().filter_map(|b| b.observed).collect();
     let Some(first) = observed.first().copied() else {
         return Err(unreachable_reason(&status, Duration::from_secs(args.timeout)));
     };
-    // RFC 4787 §4.1: the same mapping toward two destinations is endpoint-independent.
-    let mapping = match observed.get(1) {
-        None => "unknown (give two --bootstrap to detect it)",
-        Some(_) if observed.iter().all(|o| *o == first) => "endpoint-independent",
-        Some(_) => "endpoint-dependent",
+    let mapping = match status.mapping() {
+        Mapping::Unknown => "unknown (give two --bootstrap to detect it)",
+        Mapping::EndpointIndependent => "endpoint-independent",
+        Mapping::EndpointDependent => "endpoint-dependent",
     };
     let rtt = status.bootstraps.iter().filter_map(|b| b.rtt).min();
     let bootstraps: Vec<serde_json::Value> = status

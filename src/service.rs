@@ -3,7 +3,7 @@
 //! - `hq-interop`: HTTP/0.9 over QUIC as in the QUIC interop runner. A request is one
 //!   bidirectional stream carrying `GET /path\r\n`; the answer is the file's bytes, then FIN. Files
 //!   come from the `--www` directory only; anything else resets the stream.
-//! - `ant-quic/1`: the node's own protocol; see [`crate::wire`] for its stream operations.
+//! - `ant-quic/1`: the node's own protocol; see [`crate::protocol`] for its stream operations.
 
 use std::fs::File;
 use std::io::Read;
@@ -17,15 +17,8 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 
+use crate::protocol::{self, Op, AQ_BAD_OP, HQ_BAD_REQUEST, HQ_NOT_FOUND};
 use crate::tls::{ALPN_ANT_QUIC, ALPN_HQ_INTEROP};
-use crate::wire::{self, Op};
-
-/// hq-interop stream error: the requested path does not name a servable file.
-pub const HQ_NOT_FOUND: VarInt = VarInt::from_u32(0x1);
-/// hq-interop stream error: the request was not `GET /path`.
-pub const HQ_BAD_REQUEST: VarInt = VarInt::from_u32(0x2);
-/// ant-quic/1 stream error: unknown operation.
-pub const AQ_BAD_OP: VarInt = VarInt::from_u32(0x3);
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 4096;
@@ -113,7 +106,7 @@ impl ServiceApp {
             link: None,
             protocols: FxHashMap::default(),
             streams: FxHashMap::default(),
-            filler: wire::filler(),
+            filler: protocol::filler(),
             incoming: Vec::new(),
         }
     }
@@ -239,7 +232,7 @@ impl ServiceApp {
         finished: bool,
         keep: &mut bool,
     ) -> StreamState {
-        match wire::parse_op(&header) {
+        match protocol::parse_op(&header) {
             Ok(Some((op, used))) => {
                 let rest = header.get(used..).map(Bytes::copy_from_slice).unwrap_or_default();
                 match op {

@@ -80,7 +80,7 @@ fn wait_status(addr: SocketAddr, path: &str, want: u16, limit: Duration) -> Stri
 /// A 1 MiB upload to `server` completes intact.
 fn transfer_works(server: &Server) {
     let (tx, rx) = mpsc::channel();
-    let data = ant_quic::wire::filler();
+    let data = ant_quic::protocol::filler();
     let repeat = (1u64 << 20).div_ceil(data.len() as u64);
     let client = start_client_app(
         SocketAddr::new(LOCALHOST, 0),

@@ -62,7 +62,7 @@ fn a_stalled_log_sink_drops_lines_and_never_blocks_transfers() {
     let mut dropped = 0.0;
     for _ in 0..20 {
         let (tx, rx) = mpsc::channel();
-        let payload = BulkPayload::Upload { data: ant_quic::wire::filler(), repeat: 128, hash: false };
+        let payload = BulkPayload::Upload { data: ant_quic::protocol::filler(), repeat: 128, hash: false };
         let client = start_client(None, BulkApp::new(payload, false, tx)).unwrap();
         client.connect(connect_request(udp, ServerAuth::Insecure, &[ALPN_ANT_QUIC], 0).unwrap(), Some(0)).unwrap();
         let outcome = rx.recv_timeout(Duration::from_secs(30)).expect("a transfer did not finish: blocked by logging?");

@@ -47,7 +47,7 @@ fn server_with_admin() -> (Server, AdminServer) {
 /// Upload about `bytes` to `server` from a fresh client node; returns the payload bytes moved.
 fn upload(server: &Server, bytes: u64) -> u64 {
     let (tx, rx) = mpsc::channel();
-    let data = ant_quic::wire::filler();
+    let data = ant_quic::protocol::filler();
     let repeat = bytes.div_ceil(data.len() as u64);
     let client = start_client_app(
         SocketAddr::new(LOCALHOST, 0),

@@ -48,10 +48,11 @@ use std::time::{Duration, Instant};
 use ant_quic::dataplane::sys::process::{current_uid, send_signal};
 use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections, Messenger, Node, ReadOutcome};
 use ant_quic::nat::link::{CoreRequest, UploadReport};
-use ant_quic::nat::{NatOptions, PathKind};
+use ant_quic::nat::NatOptions;
 use ant_quic::node::{start_client, start_server_with, NodeOptions, Server};
 use ant_quic::quinn_proto::{ConnectError, ConnectionError, StreamId, VarInt};
 use ant_quic::tls::{self, ServerAuth, ServerSecurity, ALPN_ANT_QUIC};
+use ant_quic_control::nat::agent::PathKind;
 use ant_quic_control::nat::traversal::TraversalConfig;
 use anyhow::{bail, ensure, Context, Result};
 use common::{aioquic_python, interop_script, parse_listening, random_bytes, sha256_hex, Process, TempDir, NODE_BIN};
@@ -1669,7 +1670,7 @@ struct Bulk(Arc<AtomicU64>);
 impl Application for Bulk {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         if let Some(stream) = conn.open_bi() {
-            let _ = conn.write(stream, &ant_quic::wire::encode_op(ant_quic::wire::Op::Download(1 << 50)));
+            let _ = conn.write(stream, &ant_quic::protocol::encode_op(ant_quic::protocol::Op::Download(1 << 50)));
             let _ = conn.finish(stream);
         }
     }

@@ -28,7 +28,7 @@ fn transfer_through_wrong_core(backend: BackendKind) {
     .unwrap();
 
     let (tx, rx) = mpsc::channel();
-    let data = ant_quic::wire::filler();
+    let data = ant_quic::protocol::filler();
     let app = Mutex::new(Some(BulkApp::new(BulkPayload::Upload { data, repeat: 160, hash: true }, true, tx)));
     let mut config = NodeConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0), None);
     config.cores = Some(2);

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections, Node, ReadOutcome};
 use ant_quic::node::{start_client_app, start_server, NodeOptions, Server};
+use ant_quic::protocol::{encode_op, Op};
 use ant_quic::quinn_proto::{ClientConfig, ConnectError, ConnectionError, StreamId, VarInt};
 use ant_quic::tls::{self, ServerAuth, ALPN_ANT_QUIC};
-use ant_quic::wire::{encode_op, Op};
 
 /// How long any single step may take before the bench gives up.
 const STEP_LIMIT: Duration = Duration::from_secs(20);

@@ -1,6 +1,6 @@
 //! Load workloads, shared by both implementations: a `server` process and a `client` process.
 //!
-//! The server serves the `ant-quic/1` stream operations (see `src/wire.rs` of the ant-quic
+//! The server serves the `ant-quic/1` stream operations (see `src/protocol.rs` of the ant-quic
 //! crate: `D` + u64 BE length → that many bytes; `U` → byte count; `E` → echo) on ALPN
 //! `ant-quic/1`, whichever implementation runs it, so either client can talk to either server.
 //! It prints one JSON line ([`ServerInfo`]) on stdout, then serves until its standard input

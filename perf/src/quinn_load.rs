@@ -45,7 +45,7 @@ const RR_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for closes to reach the peer at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Stream error for an unknown operation (`src/wire.rs`).
+/// Stream error for an unknown operation (`src/protocol.rs`).
 const ERR_UNKNOWN_OP: u32 = 3;
 
 /// `ant-quic-perf server --impl quinn`.

@@ -134,7 +134,7 @@ fn every_workload_against_a_quinn_server() {
 
 #[test]
 fn unknown_operation_is_refused_and_echo_echoes() {
-    // The server speaks the operations of `src/wire.rs`; the quinn client only issues `D` and
+    // The server speaks the operations of `src/protocol.rs`; the quinn client only issues `D` and
     // `U`, so `E` and an unknown byte are checked here with a minimal quinn client.
     let server = Server::start();
     let info: Value = serde_json::from_str(&server.line).unwrap();

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ant_quic_control::nat::agent::{ConnPurpose, SignalRole};
 use ant_quic_control::nat::wire::FrameReader;
 use ant_quic_control::nat::Message;
 use ant_quic_control::PeerId;
@@ -17,52 +18,8 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{self, Op};
-
-/// Tags of connections the traversal opens: the kind in the top bits, an index below.
-const TAG_KIND_SHIFT: u32 = 60;
-const TAG_BOOTSTRAP: u64 = 1;
-const TAG_ATTEMPT: u64 = 2;
-const TAG_INDEX_MASK: u64 = (1 << TAG_KIND_SHIFT) - 1;
-
-/// Tag of the connection to the bootstrap at `index` in the node's list.
-pub(crate) fn bootstrap_tag(index: usize) -> u64 {
-    (TAG_BOOTSTRAP << TAG_KIND_SHIFT) | (index as u64 & TAG_INDEX_MASK)
-}
-
-/// Tag of the connection opened for traversal attempt `attempt`.
-pub(crate) fn attempt_tag(attempt: u64) -> u64 {
-    (TAG_ATTEMPT << TAG_KIND_SHIFT) | (attempt & TAG_INDEX_MASK)
-}
-
-/// What a connection's tag says it is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Purpose {
-    /// Accepted, or opened by someone else.
-    Other,
-    /// Our connection to bootstrap number `0`.
-    Bootstrap(usize),
-    /// The connection of traversal attempt `0`.
-    Attempt(u64),
-}
-
-pub(crate) fn purpose(tag: u64) -> Purpose {
-    let index = tag & TAG_INDEX_MASK;
-    match tag >> TAG_KIND_SHIFT {
-        TAG_BOOTSTRAP => Purpose::Bootstrap(usize::try_from(index).unwrap_or(usize::MAX)),
-        TAG_ATTEMPT => Purpose::Attempt(index),
-        _ => Purpose::Other,
-    }
-}
-
-/// Which side of a signalling stream this node is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SignalRole {
-    /// A peer opened it to us: we coordinate for it.
-    Coordinator,
-    /// We opened it to a bootstrap: we are registered there.
-    Peer,
-}
+use crate::client::UploadWriter;
+use crate::protocol::{self, Op, AQ_BAD_OP};
 
 /// What the cores tell the driver.
 #[derive(Debug)]
@@ -75,11 +32,11 @@ pub(crate) enum NatEvent {
     SignalClosed { conn: ConnId },
     /// Where `conn`'s peer is seen from now, and its RTT (sampled on request).
     PathSample { conn: ConnId, remote: SocketAddr, rtt: Duration },
-    /// A connection we opened with a traversal tag completed its handshake.
-    Connected { tag: u64, conn: ConnId, remote: SocketAddr, rtt: Duration },
-    /// A connection we opened with a traversal tag failed or ended (`conn`: `None` when it never
-    /// started). Several connections may carry one tag: a bootstrap's old and new one in a handover.
-    Closed { tag: u64, conn: Option<ConnId>, reason: String },
+    /// A connection the NAT agent opened completed its handshake.
+    Connected { purpose: ConnPurpose, conn: ConnId, remote: SocketAddr, rtt: Duration },
+    /// A connection the NAT agent opened failed or ended (`conn`: `None` when it never started).
+    /// Several connections may have one purpose: a bootstrap's old and new one in a handover.
+    Closed { purpose: ConnPurpose, conn: Option<ConnId>, reason: String },
 }
 
 /// What the driver (or a caller of the node) asks of a core.
@@ -143,10 +100,7 @@ struct SignalStream {
 }
 
 struct Upload {
-    total: u64,
-    sent: u64,
-    block: Bytes,
-    pending: Option<Bytes>,
+    writer: UploadWriter,
     hash: Sha256,
     answer: Vec<u8>,
     started: Instant,
@@ -158,7 +112,6 @@ pub(crate) struct CoreLink {
     events: Sender<NatEvent>,
     signals: HashMap<ConnId, SignalStream>,
     uploads: HashMap<(ConnId, StreamId), Upload>,
-    tags: HashMap<ConnId, u64>,
 }
 
 impl std::fmt::Debug for CoreLink {
@@ -172,7 +125,7 @@ const MAX_SIGNAL_BACKLOG: usize = 256 * 1024;
 
 impl CoreLink {
     pub(crate) fn new(events: Sender<NatEvent>) -> Self {
-        Self { events, signals: HashMap::new(), uploads: HashMap::new(), tags: HashMap::new() }
+        Self { events, signals: HashMap::new(), uploads: HashMap::new() }
     }
 
     fn emit(&self, event: NatEvent) {
@@ -182,15 +135,14 @@ impl CoreLink {
 
     /// A connection completed its handshake.
     pub(crate) fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
-        let tag = conn.tag();
-        match purpose(tag) {
-            Purpose::Other => return,
-            Purpose::Bootstrap(_) => {
+        let Some(purpose) = ConnPurpose::of_tag(conn.tag()) else { return };
+        match purpose {
+            ConnPurpose::Bootstrap(_) => {
                 let Some(stream) = conn.open_bi() else {
                     conn.close(VarInt::from_u32(0x11), b"no stream for signalling");
                     return;
                 };
-                let _ = conn.write(stream, &wire::encode_op(Op::Signal));
+                let _ = conn.write(stream, &protocol::encode_op(Op::Signal));
                 self.signals.insert(
                     conn.id(),
                     SignalStream { stream, reader: FrameReader::default(), outgoing: VecDeque::new() },
@@ -203,18 +155,18 @@ impl CoreLink {
                     rtt: conn.quic().rtt(),
                 });
             }
-            Purpose::Attempt(_) => {}
+            ConnPurpose::Attempt(_) => {}
         }
-        self.tags.insert(conn.id(), tag);
-        self.emit(NatEvent::Connected { tag, conn: conn.id(), remote: conn.remote_address(), rtt: conn.quic().rtt() });
+        let (remote, rtt) = (conn.remote_address(), conn.quic().rtt());
+        self.emit(NatEvent::Connected { purpose, conn: conn.id(), remote, rtt });
     }
 
     /// A peer opened a signalling stream to us (`S`); `rest` followed the operation byte.
     pub(crate) fn accept_signal_stream(&mut self, conn: &mut ConnRef<'_>, stream: StreamId, rest: &[u8]) {
         if self.signals.contains_key(&conn.id()) {
             // One signalling stream per connection.
-            let _ = conn.reset(stream, crate::service::AQ_BAD_OP);
-            let _ = conn.stop(stream, crate::service::AQ_BAD_OP);
+            let _ = conn.reset(stream, AQ_BAD_OP);
+            let _ = conn.stop(stream, AQ_BAD_OP);
             return;
         }
         let peer = crate::tls::client_peer_id(conn.peer_certificates().as_deref());
@@ -255,8 +207,8 @@ impl CoreLink {
             if poisoned || !matches!(outcome, Ok(ReadOutcome::Pending)) {
                 // A stream that can no longer be delimited, or that ended, ends the signalling.
                 if poisoned {
-                    let _ = conn.stop(stream, crate::service::AQ_BAD_OP);
-                    let _ = conn.reset(stream, crate::service::AQ_BAD_OP);
+                    let _ = conn.stop(stream, AQ_BAD_OP);
+                    let _ = conn.reset(stream, AQ_BAD_OP);
                 }
                 self.signals.remove(&id);
                 self.emit(NatEvent::SignalClosed { conn: id });
@@ -315,29 +267,8 @@ impl CoreLink {
 
     fn send_upload(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
         let Some(upload) = self.uploads.get_mut(&(conn.id(), stream)) else { return };
-        loop {
-            if upload.pending.is_none() {
-                if upload.sent >= upload.total {
-                    let _ = conn.finish(stream);
-                    return;
-                }
-                let len = usize::try_from(upload.total - upload.sent).unwrap_or(usize::MAX).min(upload.block.len());
-                let chunk = upload.block.slice(..len);
-                upload.hash.update(&chunk);
-                upload.sent += len as u64;
-                upload.pending = Some(chunk);
-            }
-            let Some(chunk) = upload.pending.as_mut() else { return };
-            let mut chunks = [chunk.clone()];
-            match conn.quic().send_stream(stream).write_chunks(&mut chunks) {
-                Ok(written) if written.bytes == chunk.len() => upload.pending = None,
-                Ok(written) => {
-                    let _ = chunk.split_to(written.bytes);
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
+        let hash = &mut upload.hash;
+        upload.writer.write(conn, stream, |chunk| hash.update(chunk));
     }
 
     fn finish_upload(&mut self, id: ConnId, stream: StreamId, error: Option<String>) {
@@ -345,12 +276,13 @@ impl CoreLink {
         let sha256: [u8; 32] = upload.hash.finalize().into();
         let count = upload.answer.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
         let remote_sha = upload.answer.get(8..40);
-        let verified = error.is_none() && count == Some(upload.sent) && remote_sha == Some(&sha256[..]);
+        let sent = upload.writer.sent();
+        let verified = error.is_none() && count == Some(sent) && remote_sha == Some(&sha256[..]);
         let error = error.or_else(|| {
             (!verified).then(|| format!("the other side reported {count:?} bytes and a different SHA-256"))
         });
         let _ = upload.report.send(UploadReport {
-            bytes: upload.sent,
+            bytes: sent,
             elapsed: upload.started.elapsed(),
             sha256: hex::encode(sha256),
             verified,
@@ -395,12 +327,9 @@ impl CoreLink {
                 };
                 let Some(mut c) = conns.get(conn) else { return fail("the connection is gone") };
                 let Some(stream) = c.open_bi() else { return fail("no stream available") };
-                let _ = c.write(stream, &wire::encode_op(Op::Upload { hash: true }));
+                let _ = c.write(stream, &protocol::encode_op(Op::Upload { hash: true }));
                 let upload = Upload {
-                    total: bytes,
-                    sent: 0,
-                    block: random_block(),
-                    pending: None,
+                    writer: UploadWriter::new(random_block(), bytes),
                     hash: Sha256::new(),
                     answer: Vec::new(),
                     started: Instant::now(),
@@ -430,16 +359,15 @@ impl CoreLink {
         for stream in uploads {
             self.finish_upload(id, stream, Some(format!("connection closed: {reason}")));
         }
-        self.tags.remove(&id);
-        if purpose(tag) != Purpose::Other {
-            self.emit(NatEvent::Closed { tag, conn: Some(id), reason: reason.to_string() });
+        if let Some(purpose) = ConnPurpose::of_tag(tag) {
+            self.emit(NatEvent::Closed { purpose, conn: Some(id), reason: reason.to_string() });
         }
     }
 
     /// A connection we asked for could not start.
     pub(crate) fn on_connect_failed(&mut self, tag: u64, error: &ant_quic_dataplane::quinn_proto::ConnectError) {
-        if purpose(tag) != Purpose::Other {
-            self.emit(NatEvent::Closed { tag, conn: None, reason: format!("cannot connect: {error}") });
+        if let Some(purpose) = ConnPurpose::of_tag(tag) {
+            self.emit(NatEvent::Closed { purpose, conn: None, reason: format!("cannot connect: {error}") });
         }
     }
 }
@@ -455,17 +383,4 @@ fn random_block() -> Bytes {
         }
     }
     Bytes::from(block)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_carry_their_purpose() {
-        assert_eq!(purpose(0), Purpose::Other);
-        assert_eq!(purpose(7), Purpose::Other);
-        assert_eq!(purpose(bootstrap_tag(3)), Purpose::Bootstrap(3));
-        assert_eq!(purpose(attempt_tag(42)), Purpose::Attempt(42));
-    }
 }

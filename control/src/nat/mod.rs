@@ -4,6 +4,7 @@
 //! Nothing here owns a socket or reads a clock: time comes in as `now`, and what must be sent or
 //! installed comes out as actions for the driver (`ant_quic::nat`).
 
+pub mod agent;
 pub mod candidate;
 pub mod coordinator;
 pub mod message;

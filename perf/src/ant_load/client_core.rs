@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use ant_quic::dataplane::quinn_proto::{ClientConfig, ConnectionError, StreamId, VarInt};
 use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections, NodeHandle, ReadOutcome};
-use ant_quic::wire::{self, Op};
+use ant_quic::protocol::{self, Op};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
@@ -140,8 +140,8 @@ impl LoadApp {
             core,
             spec,
             counters,
-            filler: wire::filler(),
-            rr_header: wire::encode_op(Op::Download(spec.response_bytes)),
+            filler: protocol::filler(),
+            rr_header: protocol::encode_op(Op::Download(spec.response_bytes)),
             handle: None,
             template: None,
             to_open: 0,
@@ -216,7 +216,7 @@ impl LoadApp {
         } else {
             (Op::Download(self.spec.bytes), 0)
         };
-        if !matches!(conn.write(stream, &wire::encode_op(op)), Ok(n) if n > 0) {
+        if !matches!(conn.write(stream, &protocol::encode_op(op)), Ok(n) if n > 0) {
             self.counters.error(1, || "bulk: the request header was not taken".into());
             return;
         }

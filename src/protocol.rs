@@ -1,7 +1,7 @@
-//! Stream operations of the `ant-quic/1` protocol (version 1).
+//! The opcodes and error codes of the application protocols spoken on a node's streams.
 //!
-//! Each operation is one bidirectional stream opened by the client. Its first byte names the
-//! operation; then:
+//! `ant-quic/1` (version 1): each operation is one bidirectional stream opened by the client.
+//! Its first byte names the operation; then:
 //!
 //! | op  | header after the op byte | client then sends | server answers |
 //! | --- | --- | --- | --- |
@@ -11,9 +11,21 @@
 //! | `H` | nothing | any bytes, then FIN | byte count (u64 BE) and their SHA-256 (32 bytes), then FIN |
 //! | `S` | nothing | signalling frames (`docs/nat-traversal.md`) | signalling frames |
 //!
-//! Unknown operations are refused with stream error `0x3` (`RESET_STREAM` and `STOP_SENDING`).
+//! Unknown operations are refused with stream error [`AQ_BAD_OP`] (`RESET_STREAM` and
+//! `STOP_SENDING`).
+//!
+//! `hq-interop` (HTTP/0.9 as in the QUIC interop runner) has no opcodes, only its stream errors
+//! [`HQ_NOT_FOUND`] and [`HQ_BAD_REQUEST`].
 
 use bytes::Bytes;
+use quinn_proto::VarInt;
+
+/// hq-interop stream error: the requested path does not name a servable file.
+pub const HQ_NOT_FOUND: VarInt = VarInt::from_u32(0x1);
+/// hq-interop stream error: the request was not `GET /path`.
+pub const HQ_BAD_REQUEST: VarInt = VarInt::from_u32(0x2);
+/// ant-quic/1 stream error: unknown operation.
+pub const AQ_BAD_OP: VarInt = VarInt::from_u32(0x3);
 
 /// A decoded operation header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,679 @@
+//! The NAT agent: a node's NAT traversal policy, sans-IO. It owns both state machines — the
+//! [`Coordinator`] (peers registered here) and the [`Traversal`] (this node's registrations and
+//! connections) — and decides what the driver (`ant_quic::nat`) does around them: connecting to
+//! the bootstraps and reconnecting with backoff, re-registering when a bootstrap hands over,
+//! holding connection requests until the bootstraps observed this node, pacing probe datagrams,
+//! keeping the books of attempts, and what goes into [`NatStatus`].
+//!
+//! Time comes in as `now`, inputs as [`AgentEvent`]s, and everything the driver must do comes out
+//! of [`NatAgent::poll_action`]; [`NatAgent::poll_timeout`] says when to call
+//! [`NatAgent::handle_timeout`]. The agent opens no socket, reads no clock, locks nothing.
+//!
+//! Three things need the host and stay in the driver: TLS configurations, host-candidate
+//! discovery (the driver answers [`AgentAction::DiscoverHostCandidates`] with
+//! [`AgentEvent::HostCandidates`]), and whether the host has a route to a probe's destination.
+//! That last one is checked when the driver sends an [`AgentAction::SendProbe`] (an unroutable
+//! host candidate of another network is dropped there): it is a question about the host, not the
+//! protocol, and asking it at send time keeps the agent's pacing a pure function of its inputs.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ant_quic_dataplane::ConnId;
+
+use super::coordinator::{Coordinator, CoordinatorAction, SessionId};
+use super::metrics::CoordinatorCounts;
+use super::traversal::{AttemptId, Traversal, TraversalAction, TraversalEvent};
+use super::wire::encode_frame;
+use super::{Message, Outcome, Probe, ProbeKind};
+use crate::PeerId;
+
+mod events;
+mod status;
+
+pub use events::{AgentAction, AgentEvent, ConnPurpose, RequestId, SignalRole};
+pub use status::{BootstrapStatus, NatStatus, PathKind, PeerConnection};
+
+/// How often the cores report the signalling connections' addresses and RTTs.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// First wait before reconnecting to a lost bootstrap; doubles on each failure.
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Longest wait before reconnecting to a lost bootstrap.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// Wait before trying again when the new connection of a re-registration fails (the old one still
+/// serves meanwhile).
+const REREGISTER_RETRY: Duration = Duration::from_secs(1);
+/// A connection request waits this long at most for every bootstrap to report where it observes
+/// this node: until then bootstraps may not know this node's NAT mapping (EIM or EDM), which
+/// decides whether a punch sprays.
+const REGISTRATION_GRACE: Duration = Duration::from_secs(3);
+/// Probe datagrams handed to the cores at once. A core takes every queued command in one turn and
+/// can have only so many sends in flight (64 on io_uring); a many-probe round's 256 guesses at
+/// once would overflow that and most would be dropped, so they go out in bursts.
+const PROBE_BURST: usize = 32;
+/// Pause between two bursts of probe datagrams: a core turn, so that the sends complete.
+const PROBE_BURST_GAP: Duration = Duration::from_millis(1);
+/// Probe datagrams waiting for their burst at most; more are dropped, as a full network would.
+const PROBE_OUTBOX: usize = 4096;
+
+struct Bootstrap {
+    address: SocketAddr,
+    /// The connection registered there (during a handover, the old one until the new one is
+    /// confirmed).
+    conn: Option<ConnId>,
+    /// When to (re)connect; `None` while a connection is open or being opened.
+    reconnect_at: Option<Instant>,
+    delay: Duration,
+    /// A re-registration the bootstrap asked for (REREGISTER), under way.
+    handover: Option<Handover>,
+}
+
+impl Bootstrap {
+    /// When the new connection of a re-registration is due, if one waits.
+    fn handover_due(&self) -> Option<Instant> {
+        match self.handover {
+            Some(Handover::Waiting { until }) => Some(until),
+            _ => None,
+        }
+    }
+}
+
+/// Where a re-registration with a bootstrap that is being taken over stands. The old connection
+/// serves until the new registration is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    /// Open the new connection at this time (the delay the bootstrap assigned).
+    Waiting { until: Instant },
+    /// The new connection is being opened (its Initial reaches the new process).
+    Connecting,
+    /// The new connection is up; its OBSERVED_ADDRESS confirms the registration.
+    Registering { new: ConnId },
+}
+
+struct Attempt {
+    request: RequestId,
+    conn: Option<ConnId>,
+}
+
+/// The session id the state machines know a connection by.
+fn session_of(conn: ConnId) -> SessionId {
+    ((conn.core as u64) << 32) | (conn.index as u64 & 0xffff_ffff)
+}
+
+fn conn_of(session: SessionId) -> ConnId {
+    ConnId { core: (session >> 32) as usize, index: (session & 0xffff_ffff) as usize }
+}
+
+fn probe_datagram(probe: &Probe) -> Vec<u8> {
+    let mut datagram = Vec::with_capacity(64);
+    probe.emit(&mut datagram);
+    datagram
+}
+
+/// A node's NAT traversal policy around its coordinator and traversal; see the module doc.
+pub struct NatAgent {
+    local_peer: PeerId,
+    coordinator: Coordinator,
+    traversal: Traversal,
+    bootstraps: Vec<Bootstrap>,
+    /// Signalling sessions by connection: which role we play on it.
+    sessions: HashMap<ConnId, SignalRole>,
+    attempts: HashMap<AttemptId, Attempt>,
+    /// Bootstrap connections closed on purpose after a handover: their end is no failure.
+    retired: HashSet<ConnId>,
+    /// Attempts whose QUIC connection is up: when it closes, the traversal is told
+    /// ([`Traversal::connection_closed`]) so that it drops the connection's relay path.
+    live: HashSet<AttemptId>,
+    status: NatStatus,
+    status_changed: bool,
+    started: Instant,
+    next_sample: Instant,
+    /// Connection requests waiting for the bootstraps' observations (see [`REGISTRATION_GRACE`]).
+    pending: Vec<(PeerId, RequestId)>,
+    /// Probe datagrams for the node socket, sent [`PROBE_BURST`] at a time.
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// When the next burst is due, while the outbox is not empty.
+    next_burst: Option<Instant>,
+    actions: VecDeque<AgentAction>,
+}
+
+impl std::fmt::Debug for NatAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatAgent")
+            .field("status", &self.status)
+            .field("attempts", &self.attempts.len())
+            .field("outbox", &self.outbox.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatAgent {
+    /// An agent for node `local_peer` that registers with `bootstraps` (connecting at once) and
+    /// runs `coordinator` and `traversal` (seeded by the driver).
+    pub fn new(
+        now: Instant,
+        local_peer: PeerId,
+        bootstraps: &[SocketAddr],
+        coordinator: Coordinator,
+        traversal: Traversal,
+    ) -> Self {
+        let status = NatStatus {
+            bootstraps: bootstraps
+                .iter()
+                .map(|&address| BootstrapStatus {
+                    address,
+                    registered: false,
+                    observed: None,
+                    rtt: None,
+                    last_error: None,
+                })
+                .collect(),
+            ..NatStatus::default()
+        };
+        Self {
+            local_peer,
+            coordinator,
+            traversal,
+            bootstraps: bootstraps
+                .iter()
+                .map(|&address| Bootstrap {
+                    address,
+                    conn: None,
+                    reconnect_at: Some(now),
+                    delay: FIRST_RECONNECT_DELAY,
+                    handover: None,
+                })
+                .collect(),
+            sessions: HashMap::new(),
+            attempts: HashMap::new(),
+            retired: HashSet::new(),
+            live: HashSet::new(),
+            status,
+            status_changed: false,
+            started: now,
+            next_sample: now,
+            pending: Vec::new(),
+            outbox: VecDeque::new(),
+            next_burst: None,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// What the driver publishes.
+    pub fn status(&self) -> &NatStatus {
+        &self.status
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_action(&mut self) -> Option<AgentAction> {
+        if let Some(action) = self.actions.pop_front() {
+            return Some(action);
+        }
+        std::mem::take(&mut self.status_changed).then_some(AgentAction::StatusChanged)
+    }
+
+    /// When [`NatAgent::handle_timeout`] is due at the latest.
+    pub fn poll_timeout(&self) -> Instant {
+        [
+            self.coordinator.poll_timeout(),
+            self.traversal.poll_timeout(),
+            self.bootstraps.iter().filter_map(|b| b.reconnect_at).min(),
+            self.bootstraps.iter().filter_map(Bootstrap::handover_due).min(),
+            (!self.pending.is_empty()).then_some(self.started + REGISTRATION_GRACE),
+            self.next_burst,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_sample, Instant::min)
+    }
+
+    /// Time passed: run what is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.coordinator.handle_timeout(now);
+        self.traversal.handle_timeout(now);
+        if self.next_burst.is_some_and(|at| at <= now) {
+            self.send_burst(now);
+        }
+        if now >= self.next_sample {
+            self.next_sample = now + SAMPLE_INTERVAL;
+            self.sample();
+        }
+        for index in 0..self.bootstraps.len() {
+            let due = self.bootstraps.get(index).and_then(|b| b.reconnect_at).is_some_and(|at| at <= now);
+            if due {
+                self.connect_bootstrap(index);
+            }
+            let handover_due = self.bootstraps.get(index).and_then(Bootstrap::handover_due).is_some_and(|at| at <= now);
+            if handover_due {
+                self.open_replacement(index);
+            }
+        }
+        self.drain(now);
+    }
+
+    /// Something happened.
+    pub fn handle(&mut self, now: Instant, event: AgentEvent<'_>) {
+        match event {
+            AgentEvent::SignalOpened { conn, role, peer, remote, rtt } => {
+                self.sessions.insert(conn, role);
+                match role {
+                    SignalRole::Coordinator => {
+                        self.coordinator.session_opened(now, session_of(conn), peer, remote, rtt)
+                    }
+                    SignalRole::Peer => self.traversal.bootstrap_connected(now, session_of(conn), remote),
+                }
+            }
+            AgentEvent::Signal { conn, message } => match self.sessions.get(&conn) {
+                Some(SignalRole::Coordinator) => {
+                    if let Message::Report { outcome, connect_ms, .. } = &message {
+                        let connect = Duration::from_millis(u64::from(*connect_ms));
+                        self.actions.push_back(AgentAction::CountReported { outcome: *outcome, connect });
+                    }
+                    self.coordinator.handle(now, session_of(conn), message);
+                }
+                Some(SignalRole::Peer) => {
+                    tracing::debug!(?conn, ?message, "signalling message from a bootstrap");
+                    self.traversal.handle_signal(now, session_of(conn), message);
+                }
+                None => {}
+            },
+            AgentEvent::MalformedSignal { conn, error } => match self.sessions.get(&conn) {
+                Some(SignalRole::Coordinator) => {
+                    tracing::debug!(?conn, %error, "malformed signalling message");
+                    self.coordinator.handle_malformed(now, session_of(conn));
+                }
+                Some(SignalRole::Peer) => {
+                    tracing::warn!(?conn, %error, "malformed signalling message from a bootstrap")
+                }
+                None => {}
+            },
+            AgentEvent::SignalClosed { conn } => match self.sessions.remove(&conn) {
+                Some(SignalRole::Coordinator) => self.coordinator.session_closed(now, session_of(conn)),
+                Some(SignalRole::Peer) => self.traversal.bootstrap_lost(now, session_of(conn)),
+                None => {}
+            },
+            AgentEvent::PathSample { conn, remote, rtt } => match self.sessions.get(&conn) {
+                Some(SignalRole::Coordinator) => {
+                    self.coordinator.rtt_sample(session_of(conn), rtt);
+                    self.coordinator.observed_changed(now, session_of(conn), remote);
+                }
+                Some(SignalRole::Peer) => {
+                    if let Some(index) = self.bootstrap_of(conn) {
+                        self.update_bootstrap_status(index, |entry| entry.rtt = Some(rtt));
+                    }
+                }
+                None => {}
+            },
+            AgentEvent::Connected { purpose: ConnPurpose::Bootstrap(index), conn, remote, rtt } => {
+                self.bootstrap_connected(index, conn, remote, rtt);
+            }
+            AgentEvent::Connected { purpose: ConnPurpose::Attempt(attempt), conn, .. } => {
+                if let Some(entry) = self.attempts.get_mut(&attempt) {
+                    entry.conn = Some(conn);
+                }
+                self.live.insert(attempt);
+                self.traversal.connection_result(now, attempt, true);
+            }
+            AgentEvent::Closed { purpose: ConnPurpose::Bootstrap(index), conn, reason } => {
+                self.bootstrap_closed(now, index, conn, reason);
+            }
+            AgentEvent::Closed { purpose: ConnPurpose::Attempt(attempt), reason, .. } => {
+                if self.live.remove(&attempt) {
+                    tracing::debug!(attempt, %reason, "traversal connection closed");
+                    self.traversal.connection_closed(now, attempt);
+                } else {
+                    tracing::debug!(attempt, %reason, "traversal connection failed");
+                    self.traversal.connection_result(now, attempt, false);
+                }
+            }
+            AgentEvent::ProbeDatagram { from, bytes } => match Probe::parse(bytes) {
+                Ok(probe) => {
+                    tracing::trace!(%from, ?probe, "probe received");
+                    self.traversal.handle_probe(now, from, probe);
+                }
+                Err(error) => tracing::debug!(%from, %error, "malformed probe datagram dropped"),
+            },
+            AgentEvent::SprayProbe { token, socket, from, bytes } => match Probe::parse(bytes) {
+                Ok(probe) => self.traversal.handle_spray_probe(now, token, socket, from, probe),
+                Err(error) => tracing::debug!(%from, %error, "malformed probe datagram dropped"),
+            },
+            AgentEvent::Connect { request, target } => self.on_connect(now, request, target),
+            AgentEvent::BeginHandover { window } => {
+                let told = self.coordinator.begin_handover(now, window);
+                tracing::info!(peers = told, ?window, "handing over: registered peers told to re-register");
+            }
+            AgentEvent::HostCandidates { addresses } => self.traversal.set_host_candidates(now, addresses),
+        }
+        self.drain(now);
+    }
+
+    fn bootstrap_of(&self, conn: ConnId) -> Option<usize> {
+        self.bootstraps.iter().position(|b| b.conn == Some(conn))
+    }
+
+    fn update_bootstrap_status(&mut self, index: usize, update: impl FnOnce(&mut BootstrapStatus)) {
+        if let Some(entry) = self.status.bootstraps.get_mut(index) {
+            update(entry);
+            self.status_changed = true;
+        }
+    }
+
+    /// Whether every bootstrap told us where it sees us (or failed, or the grace time passed).
+    fn registration_settled(&self, now: Instant) -> bool {
+        now >= self.started + REGISTRATION_GRACE
+            || self.status.bootstraps.iter().all(|b| b.observed.is_some() || b.last_error.is_some())
+    }
+
+    fn on_connect(&mut self, now: Instant, request: RequestId, target: PeerId) {
+        if target == self.local_peer {
+            let result = Err("that peer ID is this node's own".into());
+            self.actions.push_back(AgentAction::Reply { request, result });
+        } else if !self.registration_settled(now) {
+            self.pending.push((target, request));
+        } else {
+            self.start_attempt(now, target, request);
+        }
+    }
+
+    fn start_attempt(&mut self, now: Instant, target: PeerId, request: RequestId) {
+        // The first bootstrap given (and connected) coordinates.
+        let preferred = self.bootstraps.iter().find_map(|b| b.conn).map(session_of);
+        match self.traversal.connect_via(now, target, preferred) {
+            Ok(attempt) => {
+                // A request for a peer already being reached takes the attempt over.
+                if let Some(earlier) = self.attempts.insert(attempt, Attempt { request, conn: None }) {
+                    self.actions.push_back(AgentAction::Abandon { request: earlier.request });
+                }
+            }
+            Err(error) => self.actions.push_back(AgentAction::Reply { request, result: Err(error.to_string()) }),
+        }
+    }
+
+    fn sample(&mut self) {
+        let stats = self.coordinator.stats();
+        self.actions.push_back(AgentAction::Sample {
+            coordinator: CoordinatorCounts {
+                registered_peers: stats.registered as u64,
+                punches: stats.punches_coordinated,
+                relay_grants: stats.relays_granted,
+                rate_limited: stats.rate_limited,
+                malformed: stats.malformed,
+            },
+            traversal: self.traversal.stats(),
+            relays_renewed: stats.relays_renewed,
+        });
+        if (self.status.registered_peers, self.status.relay_allocations) != (stats.registered, stats.active_relays) {
+            self.status.registered_peers = stats.registered;
+            self.status.relay_allocations = stats.active_relays;
+            self.status_changed = true;
+        }
+    }
+
+    fn connect_bootstrap(&mut self, index: usize) {
+        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
+        bootstrap.reconnect_at = None;
+        self.actions.push_back(AgentAction::OpenBootstrap { index, remote: bootstrap.address });
+        // Host candidates: the address this host would use toward each bootstrap, with our port.
+        let bootstraps = self.bootstraps.iter().map(|b| b.address).collect();
+        self.actions.push_back(AgentAction::DiscoverHostCandidates { bootstraps });
+    }
+
+    /// Opens the new connection of a re-registration with bootstrap `index`. Same purpose as the
+    /// old one: the events of both are told apart by connection.
+    fn open_replacement(&mut self, index: usize) {
+        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
+        bootstrap.handover = Some(Handover::Connecting);
+        self.actions.push_back(AgentAction::OpenBootstrap { index, remote: bootstrap.address });
+    }
+
+    fn bootstrap_connected(&mut self, index: usize, conn: ConnId, remote: SocketAddr, rtt: Duration) {
+        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
+        if bootstrap.handover == Some(Handover::Connecting) && bootstrap.conn.is_some() {
+            tracing::debug!(bootstrap = %remote, "new bootstrap connection up; registering");
+            bootstrap.handover = Some(Handover::Registering { new: conn });
+            return;
+        }
+        bootstrap.conn = Some(conn);
+        bootstrap.delay = FIRST_RECONNECT_DELAY;
+        self.update_bootstrap_status(index, |entry| {
+            entry.registered = true;
+            entry.rtt = Some(rtt);
+            entry.last_error = None;
+        });
+        tracing::info!(bootstrap = %remote, "connected to bootstrap");
+    }
+
+    /// Bootstrap `conn` asked this node to re-register (its process is being taken over).
+    fn on_reregister_requested(&mut self, now: Instant, conn: ConnId, delay: Duration) {
+        let Some(bootstrap) = self.bootstraps.iter_mut().find(|b| b.conn == Some(conn)) else { return };
+        if bootstrap.handover.is_some() {
+            return;
+        }
+        tracing::info!(bootstrap = %bootstrap.address, ?delay, "bootstrap is being taken over: re-registering");
+        bootstrap.handover = Some(Handover::Waiting { until: now + delay });
+    }
+
+    /// The new connection of a handover got its OBSERVED_ADDRESS: it replaces the old one, which
+    /// is closed without error.
+    fn confirm_replacement(&mut self, now: Instant, conn: ConnId) {
+        let Some(bootstrap) =
+            self.bootstraps.iter_mut().find(|b| b.handover == Some(Handover::Registering { new: conn }))
+        else {
+            return;
+        };
+        bootstrap.handover = None;
+        let old = bootstrap.conn.replace(conn);
+        tracing::info!(bootstrap = %bootstrap.address, "re-registered with bootstrap; closing the old connection");
+        if let Some(old) = old {
+            self.traversal.bootstrap_handed_over(now, session_of(old), session_of(conn));
+            self.retired.insert(old);
+            self.actions.push_back(AgentAction::Close { conn: old, reason: "re-registered" });
+        }
+    }
+
+    /// A connection for bootstrap `index` ended (`conn`: `None` when it never started).
+    fn bootstrap_closed(&mut self, now: Instant, index: usize, conn: Option<ConnId>, reason: String) {
+        if conn.is_some_and(|c| self.retired.remove(&c)) {
+            return;
+        }
+        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
+        let current = conn.is_some() && conn == bootstrap.conn;
+        match bootstrap.handover {
+            Some(Handover::Registering { new }) if current => {
+                // The old process went first: the new connection is registered, or about to be.
+                tracing::info!(bootstrap = %bootstrap.address, %reason, "old bootstrap connection ended during re-registration");
+                bootstrap.conn = Some(new);
+                bootstrap.handover = None;
+            }
+            Some(Handover::Registering { new }) if conn == Some(new) => {
+                tracing::warn!(bootstrap = %bootstrap.address, %reason, "new bootstrap connection failed; retrying");
+                bootstrap.handover = Some(Handover::Waiting { until: now + REREGISTER_RETRY });
+            }
+            Some(Handover::Connecting) if !current => {
+                tracing::warn!(bootstrap = %bootstrap.address, %reason, "new bootstrap connection failed; retrying");
+                bootstrap.handover = Some(Handover::Waiting { until: now + REREGISTER_RETRY });
+            }
+            Some(Handover::Connecting) => {
+                // The old connection ended while the new one is being opened: that one becomes
+                // the ordinary connection (no reconnect of our own).
+                bootstrap.conn = None;
+                bootstrap.handover = None;
+                self.update_bootstrap_status(index, |entry| entry.registered = false);
+            }
+            _ => {
+                bootstrap.handover = None;
+                self.bootstrap_failed(now, index, reason);
+            }
+        }
+    }
+
+    fn bootstrap_failed(&mut self, now: Instant, index: usize, reason: String) {
+        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
+        tracing::warn!(bootstrap = %bootstrap.address, %reason, "bootstrap unreachable; retrying in {:?}", bootstrap.delay);
+        bootstrap.conn = None;
+        bootstrap.reconnect_at = Some(now + bootstrap.delay);
+        bootstrap.delay = (bootstrap.delay * 2).min(MAX_RECONNECT_DELAY);
+        self.update_bootstrap_status(index, |entry| {
+            entry.registered = false;
+            entry.last_error = Some(reason);
+        });
+    }
+
+    /// Turns what the state machines want into actions, until they want nothing more; starts the
+    /// connection requests that waited once registration settled.
+    fn drain(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(action) = self.coordinator.poll_action() {
+                progressed = true;
+                self.on_coordinator_action(action);
+            }
+            while let Some(action) = self.traversal.poll_action() {
+                progressed = true;
+                self.on_traversal_action(action);
+            }
+            while let Some(event) = self.traversal.poll_event() {
+                progressed = true;
+                self.on_traversal_event(now, event);
+            }
+            if !progressed && !self.pending.is_empty() && self.registration_settled(now) {
+                progressed = true;
+                for (target, request) in std::mem::take(&mut self.pending) {
+                    self.start_attempt(now, target, request);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.next_burst.is_none() && !self.outbox.is_empty() {
+            self.send_burst(now);
+        }
+    }
+
+    fn on_coordinator_action(&mut self, action: CoordinatorAction) {
+        let action = match action {
+            CoordinatorAction::Send { session, message } => {
+                AgentAction::Signal { conn: conn_of(session), frame: encode_frame(&message) }
+            }
+            CoordinatorAction::InstallRelay { channel, a, b, expires, byte_limit, rate_limit } => {
+                AgentAction::InstallRelay { channel, a, b, expires, byte_limit, rate_limit }
+            }
+            CoordinatorAction::RemoveRelay { channel } => AgentAction::RemoveRelay { channel },
+        };
+        self.actions.push_back(action);
+    }
+
+    fn on_traversal_action(&mut self, action: TraversalAction) {
+        if !matches!(action, TraversalAction::SendProbe { .. } | TraversalAction::SprayProbe { .. }) {
+            tracing::debug!(?action, "traversal action");
+        }
+        let action = match action {
+            TraversalAction::Signal { session, message } => {
+                AgentAction::Signal { conn: conn_of(session), frame: encode_frame(&message) }
+            }
+            TraversalAction::SendProbe { to, probe } => {
+                tracing::trace!(%to, ?probe, "probe");
+                self.queue_probe(to, &probe);
+                return;
+            }
+            TraversalAction::ConnectDirect { attempt, peer, address } => {
+                AgentAction::OpenPeer { attempt, peer, remote: address }
+            }
+            TraversalAction::ConnectRelayed { attempt, peer, alias } => {
+                AgentAction::OpenPeer { attempt, peer, remote: alias }
+            }
+            TraversalAction::InstallRelayPath { alias, relay, channel, .. } => {
+                AgentAction::SetRelayPath { alias, relay, channel }
+            }
+            TraversalAction::SetPathDirect { alias, address } => {
+                tracing::info!(%alias, %address, "relayed connection moves to a direct path");
+                AgentAction::SetDirectPath { alias, address }
+            }
+            TraversalAction::RemovePath { alias } => {
+                tracing::debug!(%alias, "path alias removed");
+                AgentAction::RemovePath { alias }
+            }
+            TraversalAction::SprayOpen { token, sockets } => AgentAction::SprayOpen { token, sockets },
+            TraversalAction::SprayProbe { token, to, first_transaction } => {
+                AgentAction::SprayProbe { token, to, first_transaction }
+            }
+            TraversalAction::SprayAck { token, socket, to, probe } => {
+                AgentAction::SprayAck { token, socket, to, datagram: probe_datagram(&probe) }
+            }
+            TraversalAction::SprayKeep { token, socket, remote } => AgentAction::SprayKeep { token, socket, remote },
+            TraversalAction::SprayClose { token } => AgentAction::SprayClose { token },
+            TraversalAction::ConnectBridged { attempt, peer, token, remote } => {
+                AgentAction::OpenBridged { attempt, peer, token, remote }
+            }
+            TraversalAction::SetPathBridged { alias, token, address } => {
+                AgentAction::SetBridgedPath { alias, token, address }
+            }
+        };
+        self.actions.push_back(action);
+    }
+
+    /// Queues a probe datagram for the node socket: acks first (the other side waits for them),
+    /// at most [`PROBE_OUTBOX`].
+    fn queue_probe(&mut self, to: SocketAddr, probe: &Probe) {
+        if self.outbox.len() >= PROBE_OUTBOX {
+            tracing::debug!(%to, "probe outbox full: probe dropped");
+        } else if matches!(probe.kind, ProbeKind::Ack { .. }) {
+            self.outbox.push_front((to, probe_datagram(probe)));
+        } else {
+            self.outbox.push_back((to, probe_datagram(probe)));
+        }
+    }
+
+    /// Hands the next [`PROBE_BURST`] probe datagrams to the driver.
+    fn send_burst(&mut self, now: Instant) {
+        for _ in 0..PROBE_BURST {
+            let Some((to, datagram)) = self.outbox.pop_front() else { break };
+            self.actions.push_back(AgentAction::SendProbe { to, datagram });
+        }
+        self.next_burst = (!self.outbox.is_empty()).then(|| now + PROBE_BURST_GAP);
+    }
+
+    fn on_traversal_event(&mut self, now: Instant, event: TraversalEvent) {
+        match event {
+            TraversalEvent::ReregisterRequested { session, delay } => {
+                self.on_reregister_requested(now, conn_of(session), delay);
+            }
+            TraversalEvent::ObservedAddress { session, address } => {
+                let conn = conn_of(session);
+                self.confirm_replacement(now, conn);
+                if let Some(index) = self.bootstrap_of(conn) {
+                    self.update_bootstrap_status(index, |entry| {
+                        if entry.observed != Some(address) {
+                            tracing::info!(bootstrap = %entry.address, observed = %address, "observed address");
+                        }
+                        entry.observed = Some(address);
+                    });
+                }
+            }
+            TraversalEvent::AttemptFinished { attempt, peer, outcome, remote, connect, reason } => {
+                tracing::debug!(attempt, %peer, ?outcome, ?remote, ?connect, ?reason, "attempt finished");
+                self.actions.push_back(AgentAction::CountAttempt { outcome, connect });
+                let Some(entry) = self.attempts.remove(&attempt) else { return };
+                let path = match outcome {
+                    Outcome::Direct => Some(PathKind::Direct),
+                    Outcome::Relayed => Some(PathKind::Relayed),
+                    Outcome::Failed => None,
+                };
+                let result = match (path, entry.conn, remote) {
+                    (Some(path), Some(conn), Some(remote)) => Ok(PeerConnection { conn, path, remote, connect }),
+                    _ => Err(reason.unwrap_or_else(|| format!("no path to {peer}"))),
+                };
+                self.actions.push_back(AgentAction::Reply { request: entry.request, result });
+            }
+            TraversalEvent::Upgraded { peer, address, .. } => {
+                self.actions.push_back(AgentAction::CountUpgrade);
+                tracing::info!(%peer, %address, "relayed connection upgraded to a direct path");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -54,14 +54,7 @@ impl Coordinator {
         self.relays.insert(channel, Relay { a: requester, b: target, a_address, b_address, expires });
         // Anti-reflection: the relay only ever sends to where it observed a registered peer, never
         // to an address a peer merely claimed.
-        self.grant_relay(
-            channel,
-            (a_address, b_address),
-            expires,
-            (session, requester),
-            (target_session, target),
-            request,
-        );
+        self.grant_relay(channel, (session, requester), (target_session, target), request);
         self.stats.relays_granted += 1;
     }
 
@@ -92,29 +85,21 @@ impl Coordinator {
         let Some(relay) = self.relays.get_mut(&channel) else { return };
         relay.expires = expires;
         (relay.a_address, relay.b_address) = (a_address, b_address);
-        self.grant_relay(
-            channel,
-            (a_address, b_address),
-            expires,
-            (session, requester),
-            (target_session, target),
-            request,
-        );
+        self.grant_relay(channel, (session, requester), (target_session, target), request);
         self.stats.relays_renewed += 1;
     }
 
-    /// The allocation of `channel` between `a` and `b` holds until `expires`: schedule its expiry, tell
-    /// the data plane, and send RELAY_GRANT to both peers (the requester's answers `request`, the
-    /// target's is unsolicited).
+    /// The allocation of `channel`, just made or renewed: schedule its expiry, tell the data plane,
+    /// and send RELAY_GRANT to both peers (the requester's answers `request`, the target's is
+    /// unsolicited).
     fn grant_relay(
         &mut self,
         channel: u32,
-        (a, b): (SocketAddr, SocketAddr),
-        expires: Instant,
         (session, requester): (SessionId, PeerId),
         (target_session, target): (SessionId, PeerId),
         request: u64,
     ) {
+        let Some(&Relay { a_address: a, b_address: b, expires, .. }) = self.relays.get(&channel) else { return };
         self.timers.push(Reverse((expires, Timer::RelayExpiry { channel })));
         let (byte_limit, rate_limit) = (self.config.relay_byte_limit, self.config.relay_rate_limit);
         self.actions.push_back(CoordinatorAction::InstallRelay { channel, a, b, expires, byte_limit, rate_limit });

@@ -26,11 +26,11 @@ use std::time::Duration;
 use ant_quic_dataplane::{BackendKind, RELAY_HEADER_LEN, RELAY_MARKER};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use quinn_udp::{Transmit, UdpSocketState};
+use quinn_udp::UdpSocketState;
 use serde::Serialize;
 
 use crate::harness::{command_line, fmt_opt, loadavg, machine, median, print_report, sorted, write_header, Machine};
-use crate::udp_flow::{receive_until_quiet, send_for};
+use crate::udp_flow::{gso_transmit, receive_until_quiet, send_for};
 
 mod forwarder;
 mod relay_node;
@@ -474,13 +474,7 @@ fn send_frames(socket: &UdpSocket, state: &UdpSocketState, to: SocketAddr, segme
             *byte = if j == RELAY_HEADER_LEN { 0x40 } else { (i + j) as u8 };
         }
     }
-    let transmit = Transmit {
-        destination: to,
-        ecn: None,
-        contents: &buf,
-        segment_size: (segments > 1).then_some(size),
-        src_ip: None,
-    };
+    let transmit = gso_transmit(to, &buf, size);
     let accepted = send_for(socket, state, &transmit, load.duration, |elapsed, accepted| {
         let Some(rate) = load.offered else { return false };
         // Paced: the next batch leaves when the datagrams sent so far are due.

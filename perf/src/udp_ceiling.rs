@@ -14,10 +14,10 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use quinn_udp::{Transmit, UdpSocketState};
+use quinn_udp::UdpSocketState;
 use serde::{Deserialize, Serialize};
 
-use crate::udp_flow::{receive_until_quiet, send_for};
+use crate::udp_flow::{gso_transmit, receive_until_quiet, send_for};
 
 /// Datagram payload size.
 pub const DATAGRAM: usize = 1200;
@@ -95,13 +95,7 @@ fn send_loop(
     sending: &AtomicBool,
 ) -> Result<u64> {
     let buf = vec![0xA5u8; DATAGRAM * segments];
-    let transmit = Transmit {
-        destination: dest,
-        ecn: None,
-        contents: &buf,
-        segment_size: (segments > 1).then_some(DATAGRAM),
-        src_ip: None,
-    };
+    let transmit = gso_transmit(dest, &buf, DATAGRAM);
     let accepted = send_for(socket, state, &transmit, duration, |_, _| false);
     sending.store(false, Ordering::Release);
     Ok(accepted? * buf.len() as u64)

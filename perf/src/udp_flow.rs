@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, IoSliceMut},
-    net::UdpSocket,
+    net::{SocketAddr, UdpSocket},
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -11,6 +11,18 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+
+/// One send of `contents` to `destination`: datagrams of `datagram` bytes, as one GSO send when
+/// `contents` holds more than one.
+pub fn gso_transmit(destination: SocketAddr, contents: &[u8], datagram: usize) -> Transmit<'_> {
+    Transmit {
+        destination,
+        ecn: None,
+        contents,
+        segment_size: (contents.len() > datagram).then_some(datagram),
+        src_ip: None,
+    }
+}
 
 /// Sends `transmit` again and again for `duration`, as fast as the kernel takes it. Before each
 /// send, `hold(elapsed, accepted)` may wait and return `true` to skip this turn (pacing). Returns

@@ -271,15 +271,23 @@ struct Receive {
     batches: Vec<Batch>,
 }
 
-fn setup_receive() -> Receive {
-    let mut pair = match Pair::established(true) {
+/// An established pair, the payload queued on a stream of the client (`client_sends`) or the
+/// server, and 1 ms later. `bench` names the bench in a setup failure.
+fn pair_with_payload(client_sends: bool, bench: &str) -> Pair {
+    let mut pair = match Pair::established(client_sends) {
         Ok(pair) => pair,
-        Err(e) => panic!("receive setup: {e}"),
+        Err(e) => panic!("{bench} setup: {e}"),
     };
-    if let Err(e) = queue_payload(&mut pair.client) {
-        panic!("receive setup: {e}");
+    let sender = if client_sends { &mut pair.client } else { &mut pair.server };
+    if let Err(e) = queue_payload(sender) {
+        panic!("{bench} setup: {e}");
     }
     pair.now += Duration::from_millis(1);
+    pair
+}
+
+fn setup_receive() -> Receive {
+    let mut pair = pair_with_payload(true, "receive");
     let segments = pair.client.conn.as_ref().map_or(1, |(_, c)| gso_segments(c));
     let batches = drain(&mut pair.client, pair.now, segments);
     let sealed: usize = batches.iter().map(|b| b.data.len()).sum();
@@ -305,15 +313,7 @@ fn run_receive(mut input: Receive) -> (Receive, usize) {
 
 /// A server with the payload queued on a stream and nothing sent yet.
 fn setup_send() -> Pair {
-    let mut pair = match Pair::established(false) {
-        Ok(pair) => pair,
-        Err(e) => panic!("send setup: {e}"),
-    };
-    if let Err(e) = queue_payload(&mut pair.server) {
-        panic!("send setup: {e}");
-    }
-    pair.now += Duration::from_millis(1);
-    pair
+    pair_with_payload(false, "send")
 }
 
 fn run_send(mut pair: Pair) -> (Pair, Vec<Batch>) {

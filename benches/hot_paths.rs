@@ -22,8 +22,11 @@
 //! region of `signalling_codec` only (read during its setup): `scripts/bench-gate --self-test`
 //! uses it to prove the gate trips.
 
+#[path = "support/signalling.rs"]
+mod signalling;
+
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,11 +39,11 @@ use ant_quic::quinn_proto::{
     TransportConfig,
 };
 use ant_quic::tls::{self, ServerAuth, ALPN_ANT_QUIC};
-use ant_quic_control::nat::candidate::{check_list, priority};
+use ant_quic_control::nat::candidate::check_list;
 use ant_quic_control::nat::wire::{encode_frame, FrameReader};
-use ant_quic_control::nat::{Candidate, CandidateKind, Message, Outcome, PunchRole};
-use ant_quic_control::PeerId;
+use ant_quic_control::nat::{Candidate, CandidateKind, Message};
 use bytes::BytesMut;
+use signalling::{candidate, candidates, signalling_message, v4, PUNCH_ROUND};
 
 /// Payload the client sends in `receive` and the server sends in `send`.
 const PAYLOAD: usize = 64 * 1024;
@@ -268,15 +271,23 @@ struct Receive {
     batches: Vec<Batch>,
 }
 
-fn setup_receive() -> Receive {
-    let mut pair = match Pair::established(true) {
+/// An established pair, the payload queued on a stream of the client (`client_sends`) or the
+/// server, and 1 ms later. `bench` names the bench in a setup failure.
+fn pair_with_payload(client_sends: bool, bench: &str) -> Pair {
+    let mut pair = match Pair::established(client_sends) {
         Ok(pair) => pair,
-        Err(e) => panic!("receive setup: {e}"),
+        Err(e) => panic!("{bench} setup: {e}"),
     };
-    if let Err(e) = queue_payload(&mut pair.client) {
-        panic!("receive setup: {e}");
+    let sender = if client_sends { &mut pair.client } else { &mut pair.server };
+    if let Err(e) = queue_payload(sender) {
+        panic!("{bench} setup: {e}");
     }
     pair.now += Duration::from_millis(1);
+    pair
+}
+
+fn setup_receive() -> Receive {
+    let mut pair = pair_with_payload(true, "receive");
     let segments = pair.client.conn.as_ref().map_or(1, |(_, c)| gso_segments(c));
     let batches = drain(&mut pair.client, pair.now, segments);
     let sealed: usize = batches.iter().map(|b| b.data.len()).sum();
@@ -302,15 +313,7 @@ fn run_receive(mut input: Receive) -> (Receive, usize) {
 
 /// A server with the payload queued on a stream and nothing sent yet.
 fn setup_send() -> Pair {
-    let mut pair = match Pair::established(false) {
-        Ok(pair) => pair,
-        Err(e) => panic!("send setup: {e}"),
-    };
-    if let Err(e) = queue_payload(&mut pair.server) {
-        panic!("send setup: {e}");
-    }
-    pair.now += Duration::from_millis(1);
-    pair
+    pair_with_payload(false, "send")
 }
 
 fn run_send(mut pair: Pair) -> (Pair, Vec<Batch>) {
@@ -323,37 +326,11 @@ fn run_send(mut pair: Pair) -> (Pair, Vec<Batch>) {
 // ---------------------------------------------------------------------------------------------
 // signalling: emit and read frames
 
-fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port))
-}
-
-fn v6(last: u16, port: u16) -> SocketAddr {
-    SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last), port, 0, 0))
-}
-
-fn candidate(kind: CandidateKind, local_preference: u16, address: SocketAddr) -> Candidate {
-    Candidate { kind, priority: priority(kind, local_preference), address }
-}
-
-/// A peer's candidates: its observed address, `hosts` IPv4 host addresses, two IPv6 ones and a
-/// relayed one. `seed` varies the addresses.
-fn candidates(seed: u8, hosts: u8) -> Vec<Candidate> {
-    let mut list = vec![candidate(CandidateKind::ServerReflexive, u16::MAX, v4(198, 18, seed, 10, 40000))];
-    for i in 0..hosts {
-        list.push(candidate(CandidateKind::Host, u16::MAX - u16::from(i), v4(10, seed, i, 2, 5000)));
-    }
-    for i in 0..2u16 {
-        list.push(candidate(CandidateKind::Host, 60000 - i, v6(u16::from(seed) << 8 | i, 5000)));
-    }
+/// A peer's candidates (see [`candidates`]) and a relayed one.
+fn candidates_and_relayed(seed: u8, hosts: u8) -> Vec<Candidate> {
+    let mut list = candidates(seed, hosts);
     list.push(candidate(CandidateKind::Relayed, 1, v4(203, 0, 113, seed, 3478)));
     list
-}
-
-fn peer(n: u32) -> PeerId {
-    let mut id = [0u8; 32];
-    id[..4].copy_from_slice(&n.to_be_bytes());
-    id[31] = 0xa5;
-    PeerId(id)
 }
 
 /// 100 messages of the kinds a bootstrap reads and writes, in a fixed order.
@@ -365,28 +342,7 @@ struct Signalling {
 
 fn setup_signalling() -> Signalling {
     let rounds = if std::env::var_os("ANT_QUIC_BENCH_SLOWDOWN").is_some() { 5 } else { 4 };
-    let messages = (0..100u64)
-        .map(|i| match i % 10 {
-            0..=3 => Message::AddAddress {
-                sequence: i,
-                candidate: candidate(CandidateKind::Host, 65535, v4(10, 0, (i % 250) as u8, 2, 5000)),
-            },
-            4 | 5 => Message::ConnectRequest { request: i + 1, target: peer(i as u32) },
-            6 => Message::Report { request: i, outcome: Outcome::Direct, connect_ms: 85 },
-            7 => Message::RemoveAddress { sequence: i - 4 },
-            8 => Message::ObservedAddress { sequence: i, address: v4(198, 18, 0, 10, 40000) },
-            _ => Message::PunchMeNow {
-                round: 0x0123_4567_89ab + i,
-                request: 0xdead_beef,
-                peer: peer(7),
-                role: PunchRole::Initiator,
-                flags: 0,
-                start_in_ms: 70,
-                token: [0x5a; 16],
-                candidates: candidates(3, 5).into_iter().take(8).collect(),
-            },
-        })
-        .collect();
+    let messages = (0..100u64).map(|i| signalling_message(i, PUNCH_ROUND + i)).collect();
     Signalling { messages, rounds }
 }
 
@@ -419,7 +375,9 @@ fn run_signalling(input: Signalling) -> (Signalling, usize) {
 type CandidateSets = Vec<(Vec<Candidate>, Vec<Candidate>)>;
 
 fn setup_pairing() -> CandidateSets {
-    (0..16u8).map(|i| (candidates(2 * i + 1, 1 + i % 8), candidates(2 * i + 2, 5 + i % 4))).collect()
+    (0..16u8)
+        .map(|i| (candidates_and_relayed(2 * i + 1, 1 + i % 8), candidates_and_relayed(2 * i + 2, 5 + i % 4)))
+        .collect()
 }
 
 fn run_pairing(sets: CandidateSets) -> (CandidateSets, usize) {

@@ -14,8 +14,10 @@
 //! cargo bench --bench nat_traversal_performance -- coordinator   # one group
 //! ```
 
+#[path = "support/signalling.rs"]
+mod signalling;
+
 use std::hint::black_box;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use ant_quic_control::nat::candidate::{check_list, pair_priority, priority};
@@ -23,9 +25,9 @@ use ant_quic_control::nat::coordinator::{Coordinator, CoordinatorAction, Coordin
 use ant_quic_control::nat::sim::{NatKind, World};
 use ant_quic_control::nat::traversal::TraversalEvent;
 use ant_quic_control::nat::wire::{encode_frame, FrameReader};
-use ant_quic_control::nat::{Candidate, CandidateKind, Message, Outcome, PunchRole};
-use ant_quic_control::PeerId;
+use ant_quic_control::nat::{CandidateKind, Message, Outcome};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use signalling::{candidate, candidates, peer, punch_me_now, signalling_message, v4, v6, PUNCH_ROUND};
 
 /// Short runs: the whole bench stays well under two minutes on a 2-core machine.
 fn configured() -> Criterion {
@@ -36,46 +38,15 @@ fn configured() -> Criterion {
         .noise_threshold(0.05)
 }
 
-fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port))
-}
-
-fn v6(last: u16, port: u16) -> SocketAddr {
-    SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last), port, 0, 0))
-}
-
-fn candidate(kind: CandidateKind, local_preference: u16, address: SocketAddr) -> Candidate {
-    Candidate { kind, priority: priority(kind, local_preference), address }
-}
-
-/// Eight candidates as a peer with a few interfaces has them: its observed (server-reflexive)
-/// address, five IPv4 host addresses and two IPv6 ones. `seed` varies the addresses.
-fn eight_candidates(seed: u8) -> Vec<Candidate> {
-    let mut list = vec![candidate(CandidateKind::ServerReflexive, u16::MAX, v4(198, 18, seed, 10, 40000))];
-    for i in 0..5u8 {
-        list.push(candidate(CandidateKind::Host, u16::MAX - u16::from(i), v4(10, seed, i, 2, 5000)));
-    }
-    for i in 0..2u16 {
-        list.push(candidate(CandidateKind::Host, 60000 - i, v6(u16::from(seed) << 8 | i, 5000)));
-    }
-    list
-}
-
-fn peer(n: u32) -> PeerId {
-    let mut id = [0u8; 32];
-    id[..4].copy_from_slice(&n.to_be_bytes());
-    id[31] = 0xa5;
-    PeerId(id)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Candidate pairing
 
 fn candidate_pairing(c: &mut Criterion) {
     let mut group = c.benchmark_group("candidate_pairing");
-    let remote = eight_candidates(2);
+    // Eight candidates each, as a peer with a few interfaces has them.
+    let remote = candidates(2, 5);
     let one = vec![candidate(CandidateKind::Host, u16::MAX, v4(10, 1, 0, 2, 5000))];
-    let eight = eight_candidates(1);
+    let eight = candidates(1, 5);
     group.bench_function("check_list_1x8", |b| b.iter(|| check_list(black_box(&one), black_box(&remote), true)));
     group.bench_function("check_list_8x8", |b| b.iter(|| check_list(black_box(&eight), black_box(&remote), true)));
     // The RFC 8445 arithmetic alone: 16 candidate priorities and the 64 pair priorities of 8×8.
@@ -104,36 +75,13 @@ fn candidate_pairing(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // Signalling codec
 
-fn punch_me_now() -> Message {
-    Message::PunchMeNow {
-        round: 0x0123_4567_89ab,
-        request: 0xdead_beef,
-        peer: peer(7),
-        role: PunchRole::Initiator,
-        flags: 0,
-        start_in_ms: 70,
-        token: [0x5a; 16],
-        candidates: eight_candidates(3),
-    }
-}
-
 /// A signalling stream as a bootstrap reads it from busy peers: 100 frames of every kind a peer
 /// sends, and a few that only a bootstrap sends (it must still delimit and decode them).
 fn signalling_stream() -> (Vec<u8>, usize) {
     let mut stream = Vec::new();
     let mut frames = 0;
     for i in 0..100u64 {
-        let message = match i % 10 {
-            0..=3 => Message::AddAddress {
-                sequence: i,
-                candidate: candidate(CandidateKind::Host, 65535, v4(10, 0, (i % 250) as u8, 2, 5000)),
-            },
-            4 | 5 => Message::ConnectRequest { request: i + 1, target: peer(i as u32) },
-            6 => Message::Report { request: i, outcome: Outcome::Direct, connect_ms: 85 },
-            7 => Message::RemoveAddress { sequence: i - 4 },
-            8 => Message::ObservedAddress { sequence: i, address: v4(198, 18, 0, 10, 40000) },
-            _ => punch_me_now(),
-        };
+        let message = signalling_message(i, PUNCH_ROUND);
         stream.extend_from_slice(&encode_frame(&message));
         frames += 1;
     }
@@ -142,7 +90,7 @@ fn signalling_stream() -> (Vec<u8>, usize) {
 
 fn signalling_codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("signalling_codec");
-    let message = punch_me_now();
+    let message = punch_me_now(PUNCH_ROUND);
     let mut encoded = Vec::new();
     message.emit(&mut encoded);
     group.throughput(Throughput::Bytes(encoded.len() as u64));

@@ -8,8 +8,8 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::harness::{
-    child_json, command_line, fmt_opt, loadavg, machine, median, progress, sorted, write_header, BulkResult, Machine,
-    DEFAULT_BYTES,
+    child_json, command_line, fmt_opt, loadavg, machine, median, print_report, progress, sorted, write_header,
+    BulkResult, Machine, DEFAULT_BYTES,
 };
 use crate::suite::{self, RowKind, SuiteArgs, SuiteReport};
 use crate::udp_ceiling::CeilingResult;
@@ -139,14 +139,14 @@ pub fn run(args: &CompareArgs) -> Result<()> {
 
     let mut ceiling_errors = Vec::new();
     let ceiling_args = vec!["udp-ceiling".to_owned(), "--seconds".to_owned(), args.ceiling_seconds.to_string()];
-    progress(format_args!("udp ceiling (start)"));
-    let ceiling_start = match child_json::<CeilingResult>(exe, &ceiling_args, timeout) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            ceiling_errors.push(format!("start: {e:#}"));
-            None
-        }
+    // The ceiling is measured before and after the runs (`when`); a failure is kept as a note.
+    let mut ceiling = |when: &str| {
+        progress(format_args!("udp ceiling ({when})"));
+        child_json::<CeilingResult>(exe, &ceiling_args, timeout)
+            .map_err(|e| ceiling_errors.push(format!("{when}: {e:#}")))
+            .ok()
     };
+    let ceiling_start = ceiling("start");
 
     let mut runs = Vec::new();
     let bulk = args.suite.rows.contains(&RowKind::Bulk);
@@ -177,14 +177,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         None
     };
 
-    progress(format_args!("udp ceiling (end)"));
-    let ceiling_end = match child_json::<CeilingResult>(exe, &ceiling_args, timeout) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            ceiling_errors.push(format!("end: {e:#}"));
-            None
-        }
-    };
+    let ceiling_end = ceiling("end");
 
     let load_end = loadavg();
     let mut summaries = Vec::new();
@@ -216,11 +209,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         runs,
         suite,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", markdown(&report));
-    }
+    print_report(&report, args.json, markdown)?;
     if let Some(path) = &args.write {
         let old = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let new = replace_marked(&old, &markdown(&report))

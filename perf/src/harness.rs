@@ -1,5 +1,6 @@
 //! What the commands share: the bulk result line, running a command as a child process and
-//! reading its JSON, medians, and the machine/load/command header of the markdown reports.
+//! reading its JSON, medians, and printing a report (the machine/load/command header of the
+//! markdown ones).
 
 use std::{
     io::Read,
@@ -212,6 +213,16 @@ pub fn loadavg() -> Option<f64> {
 /// The command line of this process, as a report quotes it.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Print a report to stdout: pretty JSON with `json`, else as `markdown` renders it.
+pub fn print_report<R: Serialize>(report: &R, json: bool, markdown: impl FnOnce(&R) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", markdown(report));
+    }
+    Ok(())
 }
 
 /// The first lines of a markdown report: machine, load before and after, the command (and the

@@ -29,6 +29,7 @@ mod shutdown;
 mod suite;
 mod tls;
 mod udp_ceiling;
+mod udp_flow;
 
 use std::time::Duration;
 

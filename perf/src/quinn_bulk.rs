@@ -5,6 +5,7 @@
 //! One connection, one bidirectional stream.
 
 use std::{
+    future::Future,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{mpsc, Arc},
     thread,
@@ -39,28 +40,10 @@ pub fn run(bytes: u64, upload: bool, pin: bool) -> Result<BulkResult> {
     let client_crypto = Arc::new(QuicClientConfig::try_from(tls.client.clone()).context("quinn client TLS config")?);
 
     let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
-    let server = thread::Builder::new().name("quinn-server".into()).spawn(move || -> Result<Option<Instant>> {
-        if let Some(cpu) = server_cpu {
-            pin_current_thread(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
-        }
-        let rt = runtime()?;
-        rt.block_on(async move {
-            tokio::time::timeout(SIDE_TIMEOUT, server_side(server_crypto, bytes, upload, addr_tx))
-                .await
-                .map_err(|_| anyhow!("server timed out after {SIDE_TIMEOUT:?}"))?
-        })
-    })?;
-    let client = thread::Builder::new().name("quinn-client".into()).spawn(move || -> Result<ClientOutcome> {
-        if let Some(cpu) = client_cpu {
-            pin_current_thread(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
-        }
+    let server = spawn_side("server", server_cpu, move || Ok(server_side(server_crypto, bytes, upload, addr_tx)))?;
+    let client = spawn_side("client", client_cpu, move || {
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).context("server did not report its address")?;
-        let rt = runtime()?;
-        rt.block_on(async move {
-            tokio::time::timeout(SIDE_TIMEOUT, client_side(client_crypto, addr, bytes, upload))
-                .await
-                .map_err(|_| anyhow!("client timed out after {SIDE_TIMEOUT:?}"))?
-        })
+        Ok(client_side(client_crypto, addr, bytes, upload))
     })?;
 
     let client = client.join().map_err(|_| anyhow!("client thread panicked"))??;
@@ -85,6 +68,33 @@ pub fn run(bytes: u64, upload: bool, pin: bool) -> Result<BulkResult> {
         mtu: Some(client.mtu),
         backend: Some(if pin { "quinn-udp, pinned" } else { "quinn-udp" }.into()),
     })
+}
+
+/// Runs one side on a thread of its own, `quinn-{role}`, pinned to `cpu` if given: `side` (which
+/// may wait for what it needs first) makes the future, which runs in a runtime of the thread's own
+/// for at most [`SIDE_TIMEOUT`].
+fn spawn_side<T, F>(
+    role: &'static str,
+    cpu: Option<usize>,
+    side: impl FnOnce() -> Result<F> + Send + 'static,
+) -> Result<thread::JoinHandle<Result<T>>>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T>>,
+{
+    let thread = thread::Builder::new().name(format!("quinn-{role}")).spawn(move || -> Result<T> {
+        if let Some(cpu) = cpu {
+            pin_current_thread(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
+        }
+        let side = side()?;
+        let rt = runtime()?;
+        rt.block_on(async move {
+            tokio::time::timeout(SIDE_TIMEOUT, side)
+                .await
+                .map_err(|_| anyhow!("{role} timed out after {SIDE_TIMEOUT:?}"))?
+        })
+    })?;
+    Ok(thread)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

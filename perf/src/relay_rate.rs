@@ -17,20 +17,20 @@
 //! run's size (UDP payload, relay header included), in every kind of run. Loopback only; every
 //! loop is bounded in time and in count.
 
-use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ant_quic_dataplane::{BackendKind, RELAY_HEADER_LEN, RELAY_MARKER};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::UdpSocketState;
 use serde::Serialize;
 
-use crate::harness::{command_line, fmt_opt, loadavg, machine, median, sorted, write_header, Machine};
+use crate::harness::{command_line, fmt_opt, loadavg, machine, median, print_report, sorted, write_header, Machine};
+use crate::udp_flow::{gso_transmit, receive_until_quiet, send_for};
 
 mod forwarder;
 mod relay_node;
@@ -301,11 +301,7 @@ pub fn run(args: &RelayRateArgs) -> Result<()> {
         runs,
         errors,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", markdown(&report));
-    }
+    print_report(&report, args.json, markdown)?;
     Ok(())
 }
 
@@ -478,49 +474,23 @@ fn send_frames(socket: &UdpSocket, state: &UdpSocketState, to: SocketAddr, segme
             *byte = if j == RELAY_HEADER_LEN { 0x40 } else { (i + j) as u8 };
         }
     }
-    let transmit = Transmit {
-        destination: to,
-        ecn: None,
-        contents: &buf,
-        segment_size: (segments > 1).then_some(size),
-        src_ip: None,
-    };
-    let start = Instant::now();
-    let mut sent = 0u64;
-    let mut errors = 0u64;
-    // Bounded in time, and in count: even at 100 Gbit/s, 30 s is under 2^24 sends.
-    for _ in 0..(1u64 << 26) {
-        let elapsed = start.elapsed();
-        if elapsed >= load.duration {
-            break;
+    let transmit = gso_transmit(to, &buf, size);
+    let accepted = send_for(socket, state, &transmit, load.duration, |elapsed, accepted| {
+        let Some(rate) = load.offered else { return false };
+        // Paced: the next batch leaves when the datagrams sent so far are due.
+        let due = Duration::from_secs_f64((accepted * segments as u64) as f64 / rate);
+        if due <= elapsed {
+            return false;
         }
-        if let Some(rate) = load.offered {
-            // Paced: the next batch leaves when the datagrams sent so far are due.
-            let due = Duration::from_secs_f64(sent as f64 / rate);
-            if due > elapsed {
-                let ahead = due - elapsed;
-                if ahead > Duration::from_micros(200) {
-                    thread::sleep(ahead.min(Duration::from_millis(10)));
-                } else {
-                    thread::yield_now();
-                }
-                continue;
-            }
+        let ahead = due - elapsed;
+        if ahead > Duration::from_micros(200) {
+            thread::sleep(ahead.min(Duration::from_millis(10)));
+        } else {
+            thread::yield_now();
         }
-        match state.try_send(socket.into(), &transmit) {
-            Ok(()) => sent += segments as u64,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::yield_now(),
-            // Loopback answers a send to a closed port with ECONNREFUSED on the next call; the
-            // middle box may not be up yet or gone already. Count, and give up if it persists.
-            Err(e) => {
-                errors += 1;
-                if errors > 1000 {
-                    return Err(anyhow!("sendmsg keeps failing: {e}"));
-                }
-            }
-        }
-    }
-    Ok(sent)
+        true
+    })?;
+    Ok(accepted * segments as u64)
 }
 
 /// Counts datagrams until the sender has stopped and the socket has been quiet for one read
@@ -532,44 +502,23 @@ fn recv_loop(
     duration: Duration,
     sending: &AtomicBool,
 ) -> Result<Received> {
-    // One GRO super-datagram per call: at most 64 segments of at most 1500 bytes.
-    let mut storage = vec![0u8; 64 * 1500];
-    let mut meta = [RecvMeta::default()];
-    let mut first: Option<Instant> = None;
-    let mut last = Instant::now();
     let mut received = Received::default();
     let header = [RELAY_MARKER].into_iter().chain(CHANNEL.to_be_bytes()).collect::<Vec<u8>>();
-    let give_up = Instant::now() + duration + Duration::from_secs(5);
-    while Instant::now() < give_up {
-        let mut bufs = [IoSliceMut::new(&mut storage)];
-        match state.recv(socket.into(), &mut bufs, &mut meta) {
-            Ok(n) => {
-                let now = Instant::now();
-                first.get_or_insert(now);
-                last = now;
-                for m in meta.iter().take(n) {
-                    let stride = m.stride.max(1);
-                    let datagrams = m.len.div_ceil(stride) as u64;
-                    received.datagrams += datagrams;
-                    // Every datagram must be a whole frame of the size sent, header intact.
-                    let whole = m.len % stride == 0 && stride == size;
-                    let intact = storage
-                        .get(..m.len)
-                        .is_some_and(|data| data.chunks(stride).all(|d| d.get(..RELAY_HEADER_LEN) == Some(&header)));
-                    if !(whole && intact) {
-                        received.corrupt += datagrams;
-                    }
-                }
+    received.seconds = receive_until_quiet(socket, state, duration, sending, |meta, storage| {
+        for m in meta {
+            let stride = m.stride.max(1);
+            let datagrams = m.len.div_ceil(stride) as u64;
+            received.datagrams += datagrams;
+            // Every datagram must be a whole frame of the size sent, header intact.
+            let whole = m.len % stride == 0 && stride == size;
+            let intact = storage
+                .get(..m.len)
+                .is_some_and(|data| data.chunks(stride).all(|d| d.get(..RELAY_HEADER_LEN) == Some(&header)));
+            if !(whole && intact) {
+                received.corrupt += datagrams;
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                if !sending.load(Ordering::Acquire) {
-                    break;
-                }
-            }
-            Err(e) => return Err(anyhow!("receive failed: {e}")),
         }
-    }
-    received.seconds = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    })?;
     Ok(received)
 }
 

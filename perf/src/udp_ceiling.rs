@@ -4,19 +4,20 @@
 //! delivers to one receiving socket. The figure is measured at the receiver.
 
 use std::{
-    io::{self, IoSliceMut},
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{anyhow, Context, Result};
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::UdpSocketState;
 use serde::{Deserialize, Serialize};
+
+use crate::udp_flow::{gso_transmit, receive_until_quiet, send_for};
 
 /// Datagram payload size.
 pub const DATAGRAM: usize = 1200;
@@ -94,35 +95,10 @@ fn send_loop(
     sending: &AtomicBool,
 ) -> Result<u64> {
     let buf = vec![0xA5u8; DATAGRAM * segments];
-    let transmit = Transmit {
-        destination: dest,
-        ecn: None,
-        contents: &buf,
-        segment_size: (segments > 1).then_some(DATAGRAM),
-        src_ip: None,
-    };
-    let start = Instant::now();
-    let mut sent = 0u64;
-    let mut errors = 0u64;
-    // Bounded in time, and in count: even at 100 Gbit/s, 60 s is under 2^24 sends.
-    for _ in 0..(1u64 << 26) {
-        if start.elapsed() >= duration {
-            break;
-        }
-        match state.try_send(socket.into(), &transmit) {
-            Ok(()) => sent += buf.len() as u64,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::yield_now(),
-            Err(e) => {
-                errors += 1;
-                if errors > 1000 {
-                    sending.store(false, Ordering::Release);
-                    return Err(anyhow!("sendmsg keeps failing: {e}"));
-                }
-            }
-        }
-    }
+    let transmit = gso_transmit(dest, &buf, DATAGRAM);
+    let accepted = send_for(socket, state, &transmit, duration, |_, _| false);
     sending.store(false, Ordering::Release);
-    Ok(sent)
+    Ok(accepted? * buf.len() as u64)
 }
 
 /// Returns (bytes received, seconds from the first to the last datagram, receive calls).
@@ -132,34 +108,11 @@ fn recv_loop(
     duration: Duration,
     sending: &AtomicBool,
 ) -> Result<(u64, f64, u64)> {
-    // One GRO super-datagram per call: at most 64 segments of at most 1500 bytes.
-    let mut storage = vec![0u8; 64 * 1500];
-    let mut meta = [RecvMeta::default()];
-    let mut first: Option<Instant> = None;
-    let mut last = Instant::now();
     let mut received = 0u64;
     let mut receives = 0u64;
-    // Hard bound: the sender's time plus 5 s; otherwise stop once the sender has stopped and the
-    // socket has been quiet for one read timeout.
-    let give_up = Instant::now() + duration + Duration::from_secs(5);
-    while Instant::now() < give_up {
-        let mut bufs = [IoSliceMut::new(&mut storage)];
-        match state.recv(socket.into(), &mut bufs, &mut meta) {
-            Ok(n) => {
-                let now = Instant::now();
-                first.get_or_insert(now);
-                last = now;
-                receives += 1;
-                received += meta.iter().take(n).map(|m| m.len as u64).sum::<u64>();
-            }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                if !sending.load(Ordering::Acquire) {
-                    break;
-                }
-            }
-            Err(e) => return Err(anyhow!("receive failed: {e}")),
-        }
-    }
-    let seconds = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    let seconds = receive_until_quiet(socket, state, duration, sending, |meta, _| {
+        receives += 1;
+        received += meta.iter().map(|m| m.len as u64).sum::<u64>();
+    })?;
     Ok((received, seconds, receives))
 }

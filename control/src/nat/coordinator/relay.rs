@@ -52,22 +52,9 @@ impl Coordinator {
         let (Some(a_address), Some(b_address)) = (observed(session), observed(target_session)) else { return };
         let expires = now + self.config.relay_lifetime;
         self.relays.insert(channel, Relay { a: requester, b: target, a_address, b_address, expires });
-        self.timers.push(Reverse((expires, Timer::RelayExpiry { channel })));
-        let (byte_limit, rate_limit) = (self.config.relay_byte_limit, self.config.relay_rate_limit);
-        let lifetime_s = u32::try_from(self.config.relay_lifetime.as_secs()).unwrap_or(u32::MAX);
         // Anti-reflection: the relay only ever sends to where it observed a registered peer, never
         // to an address a peer merely claimed.
-        self.actions.push_back(CoordinatorAction::InstallRelay {
-            channel,
-            a: a_address,
-            b: b_address,
-            expires,
-            byte_limit,
-            rate_limit,
-        });
-        let grant = |request, peer| Message::RelayGrant { request, peer, channel, lifetime_s, byte_limit, rate_limit };
-        self.send(session, grant(request, target));
-        self.send(target_session, grant(0, requester));
+        self.grant_relay(channel, (session, requester), (target_session, target), request);
         self.stats.relays_granted += 1;
     }
 
@@ -98,21 +85,28 @@ impl Coordinator {
         let Some(relay) = self.relays.get_mut(&channel) else { return };
         relay.expires = expires;
         (relay.a_address, relay.b_address) = (a_address, b_address);
+        self.grant_relay(channel, (session, requester), (target_session, target), request);
+        self.stats.relays_renewed += 1;
+    }
+
+    /// The allocation of `channel`, just made or renewed: schedule its expiry, tell the data plane,
+    /// and send RELAY_GRANT to both peers (the requester's answers `request`, the target's is
+    /// unsolicited).
+    fn grant_relay(
+        &mut self,
+        channel: u32,
+        (session, requester): (SessionId, PeerId),
+        (target_session, target): (SessionId, PeerId),
+        request: u64,
+    ) {
+        let Some(&Relay { a_address: a, b_address: b, expires, .. }) = self.relays.get(&channel) else { return };
         self.timers.push(Reverse((expires, Timer::RelayExpiry { channel })));
         let (byte_limit, rate_limit) = (self.config.relay_byte_limit, self.config.relay_rate_limit);
-        self.actions.push_back(CoordinatorAction::InstallRelay {
-            channel,
-            a: a_address,
-            b: b_address,
-            expires,
-            byte_limit,
-            rate_limit,
-        });
+        self.actions.push_back(CoordinatorAction::InstallRelay { channel, a, b, expires, byte_limit, rate_limit });
         let lifetime_s = u32::try_from(self.config.relay_lifetime.as_secs()).unwrap_or(u32::MAX);
         let grant = |request, peer| Message::RelayGrant { request, peer, channel, lifetime_s, byte_limit, rate_limit };
         self.send(session, grant(request, target));
         self.send(target_session, grant(0, requester));
-        self.stats.relays_renewed += 1;
     }
 
     /// A channel no allocation holds: the generation in the high 16 bits, a random non-zero low

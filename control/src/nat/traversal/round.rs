@@ -1,5 +1,6 @@
 //! Punch rounds: one per PUNCH_ME_NOW, pairing the candidates into checks, probing them in
-//! priority order until a pair is valid (RFC 8445 §7.2), and learning peer-reflexive candidates.
+//! priority order until a pair is valid (RFC 8445 §7.2), learning peer-reflexive candidates, and
+//! taking what a many-probe round found (a guessed port that answered, an extra socket that won).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -258,5 +259,30 @@ impl Traversal {
                 *state = SprayState::Closed;
             }
         }
+    }
+
+    /// A guessed port of the EDM side answered: `address` is a mapping of one of its sockets.
+    pub(super) fn guess_hit(&mut self, now: Instant, token: [u8; 16], address: SocketAddr) {
+        let Some(round) = self.rounds.get_mut(&token) else { return };
+        if !round.checks.iter().any(|c| c.remote == address) {
+            let transaction = self.random.next_u64();
+            let priority = candidate::pair_priority(
+                candidate::priority(CandidateKind::PeerReflexive, u16::MAX),
+                candidate::priority(CandidateKind::PeerReflexive, u16::MAX),
+            );
+            round.checks.push(Check { remote: address, priority, transaction, last_sent: Some(now), valid: true });
+        }
+        self.pair_valid(token, address, false);
+    }
+
+    /// Extra socket `socket` of round `token` reached the other peer at `remote`.
+    pub(super) fn spray_won(&mut self, token: [u8; 16], socket: u16, remote: SocketAddr) {
+        let Some(Round { spray: Some(Spray::Sockets { state, .. }), .. }) = self.rounds.get_mut(&token) else {
+            return;
+        };
+        *state = SprayState::Kept { socket, remote };
+        self.stats.spray_wins += 1;
+        self.actions.push_back(TraversalAction::SprayKeep { token, socket, remote });
+        self.pair_valid(token, remote, true);
     }
 }

@@ -63,6 +63,10 @@ bash scripts/check-dockerfile.sh
 step "deployment scripts (shellcheck)"
 shellcheck scripts/check-unit.sh scripts/package.sh scripts/setup-server.sh scripts/deploy-do.sh scripts/systemd-lab/*.sh
 
+step "structure: no import circles between files, unsafe only in dataplane/src/sys/, no production file over 800 lines"
+python3 scripts/check-structure.py --self-test
+python3 scripts/check-structure.py
+
 step "tests, default build (aws-lc-rs, post-quantum key exchange)"
 cargo test --release --workspace
 

@@ -255,7 +255,7 @@ fn queue_payload(side: &mut Side) -> Result<(), String> {
     send.finish().map_err(|e| e.to_string())
 }
 
-/// The GSO segment count the core asks quinn-proto for (dataplane/src/core.rs).
+/// The GSO segment count the core asks quinn-proto for (dataplane/src/core_loop.rs).
 fn gso_segments(conn: &Connection) -> usize {
     let mtu = usize::from(conn.current_mtu()).max(1);
     GSO_SEGMENTS.min(MAX_GSO_BYTES / mtu).max(1)

@@ -26,7 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 
-/// The core's largest GSO send (dataplane/src/core.rs): 64 segments within 65 507 bytes.
+/// The core's largest GSO send (dataplane/src/transmit.rs): 64 segments within 65 507 bytes.
 const GSO_SEGMENTS: usize = 64;
 const MAX_GSO_BYTES: usize = 65_507;
 /// Synthetic time per hop: a loopback-like round trip.

@@ -2,8 +2,9 @@
 //! a ```sh block is checked here against what it names, or run when it can run here.
 //!
 //! - `ant-quic ...`: parsed by the CLI itself, with clap's full validation (flags, values,
-//!   subcommands, what requires or excludes what), in the unit test `runbook` of src/main.rs;
-//!   nothing is started. `ant-quic config ...` lines also run here, for real.
+//!   subcommands, what requires or excludes what), in the unit test `runbook` of
+//!   src/bin/ant-quic/main.rs; nothing is started. `ant-quic config ...` lines also run here, for
+//!   real.
 //! - `cargo ...`: the packages, features, profiles and bench/test/example targets they name exist
 //!   (`cargo metadata`, Cargo.toml); the clippy policy and `cargo deny` lines are the very lines
 //!   scripts/validate-local.sh and scripts/test.sh run.

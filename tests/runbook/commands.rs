@@ -1,6 +1,6 @@
 //! The shell commands quoted in a Markdown runbook: every line of its ```sh / ```bash blocks,
 //! split into words as the shell would. Shared by tests/runbook.rs and the CLI's own test of the
-//! runbook's `ant-quic` lines (src/main.rs), so both read the runbook the same way.
+//! runbook's `ant-quic` lines (src/bin/ant-quic/main.rs), so both read the runbook the same way.
 
 // Each of the two test crates uses part of this file.
 #![allow(dead_code)]

@@ -1,0 +1,123 @@
+//! `ant-quic get`: download files over hq-interop on one connection.
+
+use std::net::ToSocketAddrs;
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ant_quic::client::{Fetched, GetApp};
+use ant_quic::node::{connect_request, start_client};
+use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
+use ant_quic::Error;
+
+use crate::GetArgs;
+
+/// A parsed `https://HOST:PORT/PATH` URL.
+struct Url {
+    authority: String,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Url, Error> {
+    let bad = |why: &str| Error::Invalid(format!("bad URL '{url}': {why}; expected https://HOST:PORT/PATH"));
+    let rest = url.strip_prefix("https://").ok_or_else(|| bad("not https://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (rest.get(..i).unwrap_or_default(), rest.get(i..).unwrap_or("/")),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(bad("no host"));
+    }
+    let authority = if authority.contains(':') && !authority.ends_with(']') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:443")
+    };
+    Ok(Url { authority, path: path.to_owned() })
+}
+
+/// Where a fetched path is written under `output`; `None` if it would escape it.
+fn output_file(output: &Path, path: &str) -> Option<PathBuf> {
+    let relative = Path::new(path.trim_start_matches('/'));
+    if relative.as_os_str().is_empty() || relative.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    Some(output.join(relative))
+}
+
+pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
+    let urls = args.urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
+    let authority = urls.first().map(|u| u.authority.clone()).unwrap_or_default();
+    if let Some(other) = urls.iter().find(|u| u.authority != authority) {
+        return Err(Error::Invalid(format!(
+            "all URLs must name the same server (one connection): {} and {}",
+            authority, other.authority
+        )));
+    }
+    let remote = authority
+        .to_socket_addrs()
+        .map_err(|source| Error::Io { context: format!("resolving {authority}"), source })?
+        .next()
+        .ok_or_else(|| Error::Invalid(format!("{authority} has no address")))?;
+    let mut requests = Vec::new();
+    for url in &urls {
+        let file = output_file(&args.output, &url.path)
+            .ok_or_else(|| Error::Invalid(format!("cannot save '{}' under {}", url.path, args.output.display())))?;
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| Error::Io { context: format!("creating {}", parent.display()), source })?;
+        }
+        requests.push((url.path.clone(), file));
+    }
+    let auth = match (args.peer_id, args.insecure) {
+        (Some(id), _) => ServerAuth::PeerId(id),
+        (None, true) => ServerAuth::Insecure,
+        (None, false) => {
+            return Err(Error::Invalid("say how to authenticate the server: --peer-id ID or --insecure".into()));
+        }
+    };
+
+    let (tx, rx) = mpsc::channel::<Option<Fetched>>();
+    let expected = requests.len();
+    let node = start_client(args.backend, GetApp::new(requests, tx))?;
+    let started = Instant::now();
+    node.connect(connect_request(remote, auth, &[ALPN_HQ_INTEROP], 0)?, Some(0))?;
+
+    let deadline = started + Duration::from_secs(args.timeout);
+    let mut results = Vec::new();
+    while results.len() < expected {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Some(fetched)) => results.push(fetched),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    node.shutdown();
+    let _ = node.join();
+
+    let mut failed = expected.saturating_sub(results.len());
+    if failed > 0 {
+        eprintln!("error: {failed} file(s) got no answer within {} s", args.timeout);
+    }
+    for r in &results {
+        match &r.error {
+            None => {
+                let secs = r.elapsed.as_secs_f64().max(1e-9);
+                println!(
+                    "{}: {} bytes, sha256 {}, {:.3} s, {:.1} MB/s -> {}",
+                    r.path,
+                    r.bytes,
+                    r.sha256,
+                    secs,
+                    r.bytes as f64 / secs / 1e6,
+                    r.file.display()
+                );
+            }
+            Some(error) => {
+                failed += 1;
+                println!("{}: FAILED: {error}", r.path);
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,250 @@
+//! The `ant-quic` command: run a node, or fetch files over hq-interop.
+
+#![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
+
+mod get;
+mod peer;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ant_quic::config::{Loader, Overrides};
+use ant_quic::dataplane::BackendKind;
+use ant_quic::identity::PeerId;
+use ant_quic::Error;
+use clap::{Parser, Subcommand};
+
+use crate::get::get;
+use crate::serve::run_node;
+
+/// A QUIC node for peer-to-peer networks behind NATs.
+#[derive(Debug, Parser)]
+#[command(name = "ant-quic", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// Configuration file (default: ./ant-quic.toml, then /etc/ant-quic/ant-quic.toml, if present).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on (default: 0.0.0.0:9000).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data-plane cores (default: one per CPU this process may run on).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// I/O backend: io-uring or portable (default: io-uring when the kernel allows it).
+    #[arg(long)]
+    backend: Option<BackendKind>,
+    /// Directory holding the node's identity key (default: ~/.ant-quic).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Serve the files of this directory over hq-interop (HTTP/0.9 over QUIC).
+    #[arg(long)]
+    www: Option<PathBuf>,
+    /// TCP port of the admin HTTP listener (default: the number of the UDP listen port).
+    #[arg(long, value_name = "PORT")]
+    metrics_port: Option<u16>,
+    /// Log level or filter (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Register with this bootstrap node (repeatable; replaces `[node] bootstrap`).
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: Vec<String>,
+    /// Reach this peer through the bootstrap (direct when possible, relayed otherwise), report
+    /// the path and exit.
+    #[arg(long, value_name = "PEER_ID", requires = "bootstrap", conflicts_with = "test")]
+    connect: Option<PeerId>,
+    /// Connectivity check: reach the bootstraps, report the observed address, the NAT mapping
+    /// behaviour and the RTT; exit 0 when reachable.
+    #[arg(long, requires = "bootstrap")]
+    test: bool,
+    /// With --connect or --test: print one JSON line.
+    #[arg(long)]
+    json: bool,
+    /// With --connect: send this many random bytes over the connection and check their SHA-256.
+    #[arg(long, value_name = "BYTES", requires = "connect")]
+    send_bytes: Option<u64>,
+    /// With --connect or --test: give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    timeout: u64,
+    /// Take the UDP port over from the node running on it: new connections come here from the
+    /// moment this node is ready, the old one drains its own and exits (just start when none runs).
+    #[arg(long, conflicts_with_all = ["connect", "test"])]
+    takeover: bool,
+    /// Seconds this node, once taken over, keeps serving its live connections before it closes
+    /// them (default 60; 0: at once).
+    #[arg(long, value_name = "SECONDS")]
+    drain_timeout: Option<u64>,
+}
+
+impl NodeArgs {
+    /// A one-shot command (--connect, --test) rather than a long-running node.
+    fn one_shot(&self) -> bool {
+        self.connect.is_some() || self.test
+    }
+
+    fn loader(&self) -> Loader {
+        // A one-shot command takes any free port unless told otherwise, so that it runs beside a
+        // node on the same host.
+        let listen = match self.listen {
+            None if self.one_shot() => Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+            listen => listen,
+        };
+        Loader {
+            path: self.config.clone(),
+            overrides: Overrides {
+                listen,
+                cores: self.cores,
+                backend: self.backend,
+                data_dir: self.data_dir.clone(),
+                www: self.www.clone(),
+                metrics_port: self.metrics_port,
+                log_level: self.log_level.clone(),
+                bootstrap: self.bootstrap.clone(),
+                drain_timeout: self.drain_timeout,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Download files over hq-interop on one connection.
+    Get(GetArgs),
+    /// Check a configuration file, or print the default one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE (with the ANT_QUIC_* environment applied) and print the effective config.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Print a commented configuration file holding every default.
+    Default,
+}
+
+/// Exit status for a configuration that cannot be used (as clap uses for bad arguments).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, clap::Args)]
+struct GetArgs {
+    /// URLs of the form https://HOST:PORT/PATH, all on the same server.
+    #[arg(required = true)]
+    urls: Vec<String>,
+    /// Directory to write the files to (created if missing).
+    #[arg(long)]
+    output: PathBuf,
+    /// Accept any server certificate (the handshake signature is still verified).
+    #[arg(long, conflicts_with = "peer_id")]
+    insecure: bool,
+    /// Require the server to prove this peer ID (64 hex digits).
+    #[arg(long)]
+    peer_id: Option<PeerId>,
+    /// I/O backend: io-uring or portable.
+    #[arg(long)]
+    backend: Option<BackendKind>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Get(args)) => {
+            let _logging = match ant_quic::logging::init(&ant_quic::config::LoggingSection::default()) {
+                Ok(logging) => logging,
+                Err(error) => return config_error(&error),
+            };
+            finish(get(&args))
+        }
+        Some(Command::Config(ConfigCommand::Default)) => {
+            print!("{}", ant_quic::config::DEFAULT_FILE);
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            match ant_quic::config::load(Some(&file), std::env::vars(), &Overrides::default()) {
+                Ok(loaded) => {
+                    for warning in &loaded.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    print!("{}", loaded.config.effective().to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => config_error(&error),
+            }
+        }
+        None => run_node(&cli.node),
+    }
+}
+
+fn config_error(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn finish(result: Result<ExitCode, Error>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "../../../tests/runbook/commands.rs"]
+mod runbook_commands;
+
+/// Every `ant-quic` command the runbook (docs/operations.md) quotes parses with this CLI: flags,
+/// values, subcommands, and what requires or excludes what, by clap's own parser. Nothing runs.
+/// tests/runbook.rs checks the runbook's other commands.
+#[cfg(test)]
+mod runbook {
+    use super::runbook_commands::{commands, Command};
+    use super::Cli;
+    use clap::error::ErrorKind;
+    use clap::Parser;
+
+    const RUNBOOK_TEXT: &str = include_str!("../../../docs/operations.md");
+
+    fn parses(command: &Command) -> Result<(), String> {
+        match Cli::try_parse_from(command.argv()) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => Ok(()),
+            Err(e) => Err(format!("{}\n{}", command.at(), e.render())),
+        }
+    }
+
+    #[test]
+    fn every_ant_quic_command_in_the_runbook_parses() {
+        let all = commands(RUNBOOK_TEXT).unwrap();
+        let ours: Vec<&Command> = all.iter().filter(|c| c.program() == "ant-quic").collect();
+        assert!(ours.len() >= 5, "only {} ant-quic commands found in the runbook", ours.len());
+        let failures: Vec<String> = ours.iter().filter_map(|c| parses(c).err()).collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// The check is not vacuous: what clap refuses, it refuses.
+    #[test]
+    fn a_flag_that_does_not_exist_or_lacks_what_it_requires_is_refused() {
+        let bad = "```sh\nant-quic --no-such-flag\nant-quic --test\nant-quic --cores many\nant-quic config frob\n\
+                   ant-quic --bootstrap b:9000 --test --connect 00\n```\n";
+        for command in commands(bad).unwrap() {
+            assert!(parses(&command).is_err(), "accepted: {}", command.text);
+        }
+    }
+}

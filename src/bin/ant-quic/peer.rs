@@ -1,0 +1,240 @@
+//! Reaching peers through the bootstraps: resolving `--bootstrap`, and the one-shot `--connect`
+//! and `--test` runs.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use ant_quic::identity::PeerId;
+use ant_quic::node::{start_server_with, NodeOptions};
+use ant_quic::Error;
+
+use crate::NodeArgs;
+
+/// `[node] bootstrap` / `--bootstrap` entries resolved to addresses (the first address of each).
+pub(crate) fn resolve_bootstraps(entries: &[String]) -> Result<Vec<SocketAddr>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            entry
+                .to_socket_addrs()
+                .map_err(|e| format!("bootstrap '{entry}' cannot be resolved: {e}; give HOST:PORT"))?
+                .next()
+                .ok_or_else(|| format!("bootstrap '{entry}' has no address"))
+        })
+        .collect()
+}
+
+/// `--connect` and `--test`: start a node on its own port, register with the bootstraps, do the
+/// one thing, report, stop.
+pub(crate) fn one_shot(
+    args: &NodeArgs,
+    options: &NodeOptions,
+    security: &ant_quic::tls::ServerSecurity,
+) -> Result<ExitCode, Error> {
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let started = Instant::now();
+    let server = start_server_with(options, security)?;
+    let outcome = match args.connect {
+        Some(target) => connect_to_peer(&server, target, args, started + timeout),
+        None => connectivity_test(&server, args, started + timeout),
+    };
+    let mut nat = server.nat;
+    nat.stop();
+    server.node.shutdown();
+    let _ = server.node.join();
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(reason) => {
+            eprintln!("error: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Which bootstraps must have told us our observed address before going on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Registered {
+    /// Any one of them.
+    Any,
+    /// The first one given (it coordinates: its connection is the oldest).
+    First,
+    /// All of them.
+    All,
+}
+
+/// Wait until `enough` bootstraps told us our observed address, or the deadline.
+fn wait_registered(
+    nat: &ant_quic::nat::Nat,
+    enough: Registered,
+    deadline: Instant,
+) -> ant_quic_control::nat::agent::NatStatus {
+    loop {
+        let status = nat.status();
+        let observed = |b: &ant_quic_control::nat::agent::BootstrapStatus| b.observed.is_some();
+        let done = match enough {
+            Registered::Any => status.bootstraps.iter().any(observed),
+            Registered::First => status.bootstraps.first().is_some_and(observed),
+            Registered::All => status.bootstraps.iter().all(observed),
+        };
+        if done || Instant::now() >= deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long `--connect` waits for the first bootstrap before letting another one coordinate.
+const FIRST_BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
+
+fn unreachable_reason(status: &ant_quic_control::nat::agent::NatStatus, waited: Duration) -> String {
+    let reasons: Vec<String> = status
+        .bootstraps
+        .iter()
+        .map(|b| match &b.last_error {
+            Some(error) => format!("{}: {error}", b.address),
+            None => format!("{}: no answer within {} s", b.address, waited.as_secs()),
+        })
+        .collect();
+    format!(
+        "no bootstrap reachable ({}); check the address, that a node listens there, and that UDP is allowed",
+        reasons.join("; ")
+    )
+}
+
+fn connect_to_peer(
+    server: &ant_quic::node::Server,
+    target: PeerId,
+    args: &NodeArgs,
+    deadline: Instant,
+) -> Result<String, String> {
+    // The first bootstrap given coordinates when it answers (on a lossy path its handshake may
+    // take seconds); after a while any registered one will do.
+    let first_deadline = deadline.min(Instant::now() + FIRST_BOOTSTRAP_WAIT);
+    let mut status = wait_registered(&server.nat, Registered::First, first_deadline);
+    if status.bootstraps.first().is_none_or(|b| b.observed.is_none()) {
+        status = wait_registered(&server.nat, Registered::Any, deadline);
+    }
+    if !status.bootstraps.iter().any(|b| b.observed.is_some()) {
+        return Err(unreachable_reason(&status, Duration::from_secs(args.timeout)));
+    }
+    let connection = server.nat.connect(target, deadline.saturating_duration_since(Instant::now()))?;
+    let core = connection.conn.core;
+    let mut line = serde_json::json!({
+        "peer": target.to_string(),
+        "path": connection.path.name(),
+        "remote": connection.remote.to_string(),
+        "connect_ms": millis(connection.connect),
+    });
+    if let Some(bytes) = args.send_bytes {
+        let (report, reports) = crossbeam_channel::bounded(1);
+        let request = ant_quic::nat::link::CoreRequest::Upload { conn: connection.conn, bytes, report };
+        server.node.send_message(core, request).map_err(|e| e.to_string())?;
+        let upload = reports
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| format!("the transfer of {bytes} bytes did not finish in time"))?;
+        if let Some(error) = &upload.error {
+            return Err(format!("transfer failed: {error}"));
+        }
+        let secs = upload.elapsed.as_secs_f64().max(1e-9);
+        if let Some(object) = line.as_object_mut() {
+            object.insert("bytes".into(), upload.bytes.into());
+            object.insert("sha256".into(), upload.sha256.clone().into());
+            object.insert("verified".into(), upload.verified.into());
+            object.insert("mbit_s".into(), ((upload.bytes as f64 * 8.0 / secs / 1e6 * 10.0).round() / 10.0).into());
+        }
+    }
+    // The RTT once the handshake (and any transfer) is done.
+    let (report, reports) = crossbeam_channel::bounded(1);
+    let describe = ant_quic::nat::link::CoreRequest::Describe { conn: connection.conn, report };
+    if server.node.send_message(core, describe).is_ok() {
+        if let Ok(Some((_, rtt))) = reports.recv_timeout(Duration::from_secs(2)) {
+            if let Some(object) = line.as_object_mut() {
+                object.insert("rtt_ms".into(), millis(rtt).into());
+            }
+        }
+    }
+    if args.json {
+        Ok(line.to_string())
+    } else {
+        let get = |key: &str| line.get(key).map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
+        let mut text = format!(
+            "connected to {} {} via {} in {} ms (rtt {} ms)",
+            get("peer"),
+            get("path"),
+            get("remote"),
+            get("connect_ms"),
+            get("rtt_ms")
+        );
+        if args.send_bytes.is_some() {
+            text.push_str(&format!(
+                "; sent {} bytes, sha256 {}, verified {}, {} Mbit/s",
+                get("bytes"),
+                get("sha256"),
+                get("verified"),
+                get("mbit_s")
+            ));
+        }
+        Ok(text)
+    }
+}
+
+fn connectivity_test(server: &ant_quic::node::Server, args: &NodeArgs, deadline: Instant) -> Result<String, String> {
+    use ant_quic_control::nat::candidate::Mapping;
+    let status = wait_registered(&server.nat, Registered::All, deadline);
+    let observed: Vec<SocketAddr> = status.bootstraps.iter().filter_map(|b| b.observed).collect();
+    let Some(first) = observed.first().copied() else {
+        return Err(unreachable_reason(&status, Duration::from_secs(args.timeout)));
+    };
+    let mapping = match status.mapping() {
+        Mapping::Unknown => "unknown (give two --bootstrap to detect it)",
+        Mapping::EndpointIndependent => "endpoint-independent",
+        Mapping::EndpointDependent => "endpoint-dependent",
+    };
+    let rtt = status.bootstraps.iter().filter_map(|b| b.rtt).min();
+    let bootstraps: Vec<serde_json::Value> = status
+        .bootstraps
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "address": b.address.to_string(),
+                "reachable": b.observed.is_some(),
+                "observed": b.observed.map(|o| o.to_string()),
+                "rtt_ms": b.rtt.map(millis),
+                "error": if b.observed.is_some() { None } else { Some(b.last_error.clone().unwrap_or_else(|| "no answer".into())) },
+            })
+        })
+        .collect();
+    let line = serde_json::json!({
+        "reachable": true,
+        "observed": first.to_string(),
+        "mapping": mapping,
+        "rtt_ms": rtt.map(millis),
+        "bootstraps": bootstraps,
+    });
+    if args.json {
+        return Ok(line.to_string());
+    }
+    let mut text = format!(
+        "reachable: observed address {first}, NAT mapping {mapping}, rtt {}",
+        rtt.map(|r| format!("{:.1} ms", millis(r))).unwrap_or_else(|| "unknown".into())
+    );
+    for b in &status.bootstraps {
+        match b.observed {
+            Some(o) => text.push_str(&format!("\n  {}: observed {o}", b.address)),
+            None => text.push_str(&format!(
+                "\n  {}: unreachable ({})",
+                b.address,
+                b.last_error.as_deref().unwrap_or("no answer")
+            )),
+        }
+    }
+    Ok(text)
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e4).round() / 10.0
+}

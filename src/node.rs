@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ant_quic_dataplane::cid::{CidKey, Generation};
-use ant_quic_dataplane::{AppFactory, Application, BackendKind, ConnectRequest, Node, NodeConfig};
+use ant_quic_dataplane::{AdmissionConfig, AppFactory, Application, BackendKind, ConnectRequest, Node, NodeConfig};
 
 use crate::identity::Identity;
 use crate::nat::link::CoreRequest;
@@ -37,6 +37,8 @@ pub struct NodeOptions {
     /// Join the port of a running node (a takeover, [`crate::takeover`]); `None`: the port must
     /// be free.
     pub join: Option<JoinPort>,
+    /// Retry, the half-open cap and the handshake timeout (`[security]`).
+    pub admission: AdmissionConfig,
 }
 
 /// What a process taking over a port joins with: its generation and the key every process on the
@@ -60,6 +62,7 @@ impl Default for NodeOptions {
             cpus: None,
             nat: NatOptions::default(),
             join: None,
+            admission: AdmissionConfig::DEFAULT,
         }
     }
 }
@@ -101,6 +104,7 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
     config.backend = options.backend;
     config.cpus = options.cpus.clone();
     config.control_datagrams = Some(datagrams);
+    config.admission = options.admission.clone();
     if let Some(join) = &options.join {
         config.generation = join.generation;
         config.cid_key = Some(join.cid_key.clone());

@@ -18,6 +18,7 @@
 use std::fmt::{Display, Write as _};
 use std::sync::Arc;
 
+use ant_quic_dataplane::admission::RefuseReason;
 use ant_quic_dataplane::latency::LatencySet;
 use ant_quic_dataplane::stats::{read, CloseClass, CoreStats, BATCH_BUCKETS};
 use ant_quic_dataplane::{NodeHandle, RelayDrop};
@@ -189,6 +190,25 @@ impl Metrics {
         out.sample("quic_errors_total", &[("kind", "handshake_failed")], sum(&|c| read(&c.handshake_failures)));
         out.sample("quic_errors_total", &[("kind", "connect_failed")], sum(&|c| read(&c.connect_failures)));
         out.sample("quic_errors_total", &[("kind", "send_failed")], sum(&|c| read(&c.tx_errors)));
+        // Admission under load (dataplane::admission): Retry, the half-open cap, handshake timeouts.
+        out.family("quic_handshakes_in_flight", "gauge", "Accepted connections whose handshake has not completed.");
+        out.sample("quic_handshakes_in_flight", &[], sum(&|c| read(&c.handshakes_in_flight)));
+        out.family("quic_retry_sent_total", "counter", "Retry packets sent to make clients prove their address.");
+        out.sample("quic_retry_sent_total", &[], sum(&|c| read(&c.retry_sent)));
+        out.family("quic_handshakes_refused_total", "counter", "Connection attempts refused, by reason.");
+        for reason in RefuseReason::ALL {
+            out.sample(
+                "quic_handshakes_refused_total",
+                &[("reason", reason.label())],
+                sum(&|c| c.handshakes_refused(reason)),
+            );
+        }
+        out.family(
+            "quic_handshakes_timed_out_total",
+            "counter",
+            "Accepted connections dropped because their handshake did not complete within the handshake timeout.",
+        );
+        out.sample("quic_handshakes_timed_out_total", &[], sum(&|c| read(&c.handshakes_timed_out)));
         out.family("quic_connection_closes_total", "counter", "Connections ended, by how they ended.");
         for class in CloseClass::ALL {
             out.sample("quic_connection_closes_total", &[("reason", class.name())], sum(&|c| c.closes(class)));

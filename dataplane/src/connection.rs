@@ -44,6 +44,8 @@ pub(crate) struct ConnState {
     pub(crate) created: Instant,
     /// The handshake completed.
     pub(crate) connected: bool,
+    /// Accepted and still handshaking: counted by the core's admission ([`crate::admission`]).
+    pub(crate) half_open: bool,
     /// Next time the RTT may be sampled.
     pub(crate) next_rtt_sample: Instant,
 }

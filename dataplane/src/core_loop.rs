@@ -13,9 +13,11 @@ use bytes::BytesMut;
 use crossbeam_channel::Sender;
 use crossbeam_queue::ArrayQueue;
 use quinn_proto::{
-    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent, Transmit,
+    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, EndpointEvent, Event,
+    Incoming, StreamEvent, Transmit,
 };
 
+use crate::admission::{Admission, AdmissionConfig, Admit, Attempt, RefuseReason};
 use crate::app::Application;
 use crate::backend::{Backend, OutBatch, RecvMeta};
 use crate::batch::split_gro;
@@ -127,6 +129,15 @@ impl CoreShared {
     }
 }
 
+/// What a core is started with besides its socket, endpoint and application.
+pub(crate) struct CoreOptions {
+    /// The socket is IPv6 (dual-stack): IPv4 peers appear as mapped addresses.
+    pub(crate) ipv6_socket: bool,
+    /// Where control datagrams go; `None`: they are dropped.
+    pub(crate) control: Option<Sender<ControlDatagram>>,
+    pub(crate) admission: AdmissionConfig,
+}
+
 /// One core's loop and everything it owns.
 pub(crate) struct Core<B: Backend, M> {
     index: usize,
@@ -162,6 +173,8 @@ pub(crate) struct Core<B: Backend, M> {
     relay: RelayIo,
     /// Where control datagrams go; `None`: they are dropped.
     control: Option<Sender<ControlDatagram>>,
+    /// Retry, the half-open cap and the handshake deadlines of accepted connections.
+    admission: Admission,
 }
 
 impl<B: Backend, M> Core<B, M> {
@@ -175,8 +188,7 @@ impl<B: Backend, M> Core<B, M> {
         backend: B,
         endpoint: Endpoint,
         app: Box<dyn Application<M>>,
-        ipv6_socket: bool,
-        control: Option<Sender<ControlDatagram>>,
+        options: CoreOptions,
     ) -> Option<Self> {
         let shared = Arc::clone(all.get(index)?);
         let cores = all.len();
@@ -188,7 +200,7 @@ impl<B: Backend, M> Core<B, M> {
             all,
             cid_key,
             generation,
-            tx: Transmitter::new(backend, Arc::clone(&stats), ipv6_socket),
+            tx: Transmitter::new(backend, Arc::clone(&stats), options.ipv6_socket),
             relay: RelayIo::new(stats, generation),
             endpoint,
             app,
@@ -203,7 +215,8 @@ impl<B: Backend, M> Core<B, M> {
             draining_since: None,
             refusing: false,
             recorder: Recorder::new(),
-            control,
+            control: options.control,
+            admission: Admission::new(options.admission),
         })
     }
 
@@ -230,6 +243,7 @@ impl<B: Backend, M> Core<B, M> {
             self.take_handoffs(now);
             self.receive(now)?;
             self.fire_timers(now);
+            self.expire_handshakes(now);
             self.drive_dirty(now);
             self.wake_peers();
 
@@ -251,7 +265,12 @@ impl<B: Backend, M> Core<B, M> {
             } else {
                 let next = self.timers.peek().map(|Reverse((at, _))| *at);
                 let drain_tick = self.draining_since.map(|since| since + DRAIN_LIMIT);
-                [next, drain_tick].into_iter().flatten().min().map(|at| at.saturating_duration_since(Instant::now()))
+                let handshake_deadline = self.admission.next_deadline();
+                [next, drain_tick, handshake_deadline]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
             };
             // One submission per turn: `wait` submits what is queued before it sleeps.
             if timeout == Some(Duration::ZERO) {
@@ -332,7 +351,7 @@ impl<B: Backend, M> Core<B, M> {
         match self.endpoint.connect(now, request.config, request.remote, &request.server_name) {
             Ok((handle, conn)) => {
                 bump(&self.shared.stats.connections_opened, 1);
-                self.insert(now, handle, conn, request.tag);
+                self.insert(now, handle, conn, request.tag, false);
             }
             Err(error) => {
                 bump(&self.shared.stats.connect_failures, 1);
@@ -341,7 +360,7 @@ impl<B: Backend, M> Core<B, M> {
         }
     }
 
-    fn insert(&mut self, now: Instant, handle: ConnectionHandle, conn: Connection, tag: u64) {
+    fn insert(&mut self, now: Instant, handle: ConnectionHandle, conn: Connection, tag: u64, incoming: bool) {
         let index = handle.0;
         if self.conns.len() <= index {
             self.conns.resize_with(index + 1, || None);
@@ -358,9 +377,13 @@ impl<B: Backend, M> Core<B, M> {
                 closed_reported: false,
                 created: now,
                 connected: false,
+                half_open: incoming,
                 next_rtt_sample: now,
             });
             self.dirty.push(index);
+            if incoming {
+                self.admission.started(index, now);
+            }
         }
         self.publish_active();
     }
@@ -507,31 +530,72 @@ impl<B: Backend, M> Core<B, M> {
                     }
                 }
             }
-            Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.draining_since.is_some() || self.refusing {
-                    self.shared.stats.drop_datagram(DropReason::Refused);
-                    let transmit = self.endpoint.refuse(incoming, &mut response);
-                    self.send_response(&transmit, &response);
-                } else {
-                    match self.endpoint.accept(incoming, now, &mut response, None) {
-                        Ok((handle, conn)) => {
-                            bump(&self.shared.stats.connections_accepted, 1);
-                            self.insert(now, handle, conn, 0);
-                        }
-                        Err(error) => {
-                            self.shared.stats.drop_datagram(DropReason::Refused);
-                            tracing::debug!(cause = %error.cause, "incoming connection refused");
-                            if let Some(transmit) = error.response {
-                                self.send_response(&transmit, &response);
-                            }
-                        }
-                    }
-                }
-            }
+            Some(DatagramEvent::NewConnection(incoming)) => self.admit(now, incoming, &mut response),
             Some(DatagramEvent::Response(transmit)) => self.send_response(&transmit, &response),
             None => {}
         }
         self.response_buf = response;
+    }
+
+    /// Accept a connection attempt, ask it to Retry, or refuse it ([`crate::admission`]).
+    fn admit(&mut self, now: Instant, incoming: Incoming, response: &mut Vec<u8>) {
+        let attempt = Attempt { validated: incoming.remote_address_validated(), may_retry: incoming.may_retry() };
+        let accepting = self.draining_since.is_none() && !self.refusing;
+        match self.admission.decide(attempt, accepting) {
+            Admit::Retry => match self.endpoint.retry(incoming, response) {
+                Ok(transmit) => {
+                    bump(&self.shared.stats.retry_sent, 1);
+                    self.send_response(&transmit, response);
+                }
+                // `decide` only asks for a Retry where one may be sent; should that ever be
+                // wrong, the attempt is dropped without state and the client retransmits.
+                Err(error) => self.endpoint.ignore(error.into_incoming()),
+            },
+            Admit::Refuse(reason) => {
+                self.shared.stats.refuse_handshake(reason);
+                let transmit = self.endpoint.refuse(incoming, response);
+                self.send_response(&transmit, response);
+            }
+            Admit::Accept => match self.endpoint.accept(incoming, now, response, None) {
+                Ok((handle, conn)) => {
+                    bump(&self.shared.stats.connections_accepted, 1);
+                    self.insert(now, handle, conn, 0, true);
+                    self.publish_in_flight();
+                }
+                Err(error) => {
+                    self.shared.stats.refuse_handshake(RefuseReason::Rejected);
+                    tracing::debug!(cause = %error.cause, "incoming connection refused");
+                    if let Some(transmit) = error.response {
+                        self.send_response(&transmit, response);
+                    }
+                }
+            },
+        }
+    }
+
+    /// Drop accepted connections whose handshake did not complete in time, without an answer:
+    /// a flood's half-open connections must not live for the whole idle timeout.
+    fn expire_handshakes(&mut self, now: Instant) {
+        while let Some((index, created)) = self.admission.pop_expired(now) {
+            let Some(slot) = self.conns.get_mut(index) else { continue };
+            let Some(state) = slot.take_if(|state| state.half_open && state.created == created) else { continue };
+            // The endpoint forgets the connection's IDs (a drained connection gets no answer);
+            // nothing is sent.
+            let _ = self.endpoint.handle_event(ConnectionHandle(index), EndpointEvent::drained());
+            self.active = self.active.saturating_sub(1);
+            self.admission.finished();
+            let stats = &self.shared.stats;
+            bump(&stats.handshakes_timed_out, 1);
+            bump(&stats.handshake_failures, 1);
+            stats.count_close(CloseClass::of(&ConnectionError::TimedOut));
+            self.app.on_closed(ConnId { core: self.index, index }, state.tag, &ConnectionError::TimedOut);
+            self.publish_active();
+            self.publish_in_flight();
+        }
+    }
+
+    fn publish_in_flight(&self) {
+        self.shared.stats.handshakes_in_flight.store(self.admission.in_flight() as u64, Ordering::Relaxed);
     }
 
     fn send_response(&mut self, transmit: &Transmit, buf: &[u8]) {
@@ -617,6 +681,13 @@ impl<B: Backend, M> Core<B, M> {
                 Event::Connected => {
                     bump(&self.shared.stats.handshakes_completed, 1);
                     state.connected = true;
+                    if std::mem::take(&mut state.half_open) {
+                        self.admission.finished();
+                        self.shared
+                            .stats
+                            .handshakes_in_flight
+                            .store(self.admission.in_flight() as u64, Ordering::Relaxed);
+                    }
                     self.recorder.handshake(now.saturating_duration_since(state.created));
                     self.app.on_connected(&mut conn);
                 }
@@ -692,8 +763,12 @@ impl<B: Backend, M> Core<B, M> {
                 self.app.on_closed(id, state.tag, &ConnectionError::LocallyClosed);
             }
             if let Some(slot) = self.conns.get_mut(index) {
-                if slot.take().is_some() {
+                if let Some(state) = slot.take() {
                     self.active = self.active.saturating_sub(1);
+                    if state.half_open {
+                        self.admission.finished();
+                        self.publish_in_flight();
+                    }
                 }
             }
             self.publish_active();

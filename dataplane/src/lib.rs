@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
 pub mod address;
+pub mod admission;
 pub mod app;
 pub mod backend;
 pub mod batch;
@@ -34,6 +35,7 @@ pub mod steering;
 pub mod sys;
 mod transmit;
 
+pub use admission::{AdmissionConfig, RetryPolicy};
 pub use app::{AppFactory, Application};
 pub use backend::BackendKind;
 pub use connection::{ConnId, ConnRef, ConnectRequest, Connections, ReadOutcome};

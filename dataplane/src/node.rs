@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use quinn_proto::{Endpoint, EndpointConfig, ServerConfig};
 
+use crate::admission::AdmissionConfig;
 use crate::app::AppFactory;
 use crate::backend::portable::PortableBackend;
 use crate::backend::{Backend, BackendKind, BackendParams};
 use crate::cid::{configure_core_endpoint, CidKey, Generation};
 use crate::connection::ConnectRequest;
-use crate::core_loop::{Command, CommandQueue, Core, CoreInput, CoreShared, Inbox, QUEUE_CAPACITY};
+use crate::core_loop::{Command, CommandQueue, Core, CoreInput, CoreOptions, CoreShared, Inbox, QUEUE_CAPACITY};
 use crate::datagram::ControlDatagram;
 use crate::latency::LatencySet;
 use crate::relay::{is_alias, PathRoute, RelayAllocation};
@@ -72,6 +73,9 @@ pub struct NodeConfig {
     /// no steering program is attached: the caller steers with [`NodeHandle::steer`] once it knows
     /// the group's layout.
     pub join_group: bool,
+    /// Which connection attempts each core takes on: Retry, the half-open cap, the handshake
+    /// timeout ([`crate::admission`]).
+    pub admission: AdmissionConfig,
 }
 
 impl NodeConfig {
@@ -98,6 +102,7 @@ impl NodeConfig {
             generation: 1,
             cid_key: None,
             join_group: false,
+            admission: AdmissionConfig::DEFAULT,
         }
     }
 }
@@ -248,6 +253,7 @@ impl<M: Send + 'static> Node<M> {
             let mut endpoint_config = config.endpoint.clone();
             let server = config.server.clone();
             let control = config.control_datagrams.clone();
+            let admission = config.admission.clone();
             let automatic = config.backend.is_none();
             let cpu = config.pin_threads.then(|| cpus.get(index % cpus.len()).copied()).flatten();
             let core_byte = u8::try_from(index).map_err(|_| StartError::Cores(count))?;
@@ -266,16 +272,16 @@ impl<M: Send + 'static> Node<M> {
                     let endpoint = Endpoint::new(Arc::new(endpoint_config), server, true, None);
                     let app = apps.create(index);
                     let Some(shared) = all.get(index).cloned() else { return Ok(()) };
-                    let ipv6_socket = local_addr.is_ipv6();
+                    let options = CoreOptions { ipv6_socket: local_addr.is_ipv6(), control, admission };
                     let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
                     match kind {
                         BackendKind::Portable => match PortableBackend::open(params) {
-                            Ok(backend) => run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready),
+                            Ok(backend) => run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, options, &ready),
                             Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
                         },
                         #[cfg(target_os = "linux")]
                         BackendKind::IoUring => match crate::backend::uring::UringBackend::open(params) {
-                            Ok(backend) => run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready),
+                            Ok(backend) => run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, options, &ready),
                             Err(mut error) => match error.take_socket() {
                                 // Chosen automatically: this core falls back rather than fail.
                                 Some(socket) if automatic => {
@@ -283,7 +289,7 @@ impl<M: Send + 'static> Node<M> {
                                     let params = BackendParams { socket, wake_fd: shared.waker.fd(), stats: &shared.stats };
                                     match PortableBackend::open(params) {
                                         Ok(backend) => {
-                                            run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, ipv6_socket, control, &ready)
+                                            run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, options, &ready)
                                         }
                                         Err(e) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
                                     }
@@ -658,12 +664,10 @@ fn run_core<B: Backend, M>(
     backend: B,
     endpoint: Endpoint,
     app: Box<dyn crate::app::Application<M>>,
-    ipv6_socket: bool,
-    control: Option<crossbeam_channel::Sender<ControlDatagram>>,
+    options: CoreOptions,
     ready: &mpsc::Sender<Result<(), StartError>>,
 ) -> std::io::Result<()> {
-    let Some(core) = Core::new(index, all, inbox, cid_key, generation, backend, endpoint, app, ipv6_socket, control)
-    else {
+    let Some(core) = Core::new(index, all, inbox, cid_key, generation, backend, endpoint, app, options) else {
         return fail(ready, StartError::Core(format!("core {index} has no shared state")));
     };
     core.stats().set_status(CoreStatus::Running);

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use quinn_proto::{ConnectionError, TransportErrorCode};
 
+use crate::admission::RefuseReason;
 use crate::relay::RelayDrop;
 
 /// Upper bounds (inclusive) of the batch-size buckets: 1, 2, 4, 8, 16, 32, 64 and more.
@@ -133,6 +134,14 @@ pub struct CoreStats {
     pub handshake_failures: AtomicU64,
     /// Connection attempts the endpoint refused to start (bad server name, no CIDs, ...).
     pub connect_failures: AtomicU64,
+    /// Accepted connections whose handshake has not completed (a gauge).
+    pub handshakes_in_flight: AtomicU64,
+    /// Retry packets sent to make a client prove its address ([`crate::admission`]).
+    pub retry_sent: AtomicU64,
+    /// Connection attempts refused, by [`RefuseReason`] (index: `RefuseReason as usize`).
+    pub handshakes_refused: [AtomicU64; RefuseReason::ALL.len()],
+    /// Accepted connections dropped because their handshake did not complete in time.
+    pub handshakes_timed_out: AtomicU64,
     /// Where the core is in its life ([`CoreStatus`] as a byte).
     status: AtomicU8,
     /// Why the core thread failed (error or panic message), set once.
@@ -188,6 +197,19 @@ impl CoreStats {
             DropReason::NotQuic => &self.drops_not_quic,
         };
         bump(counter, 1);
+    }
+
+    /// Count a refused connection attempt.
+    pub fn refuse_handshake(&self, reason: RefuseReason) {
+        if let Some(counter) = self.handshakes_refused.get(reason as usize) {
+            bump(counter, 1);
+        }
+        self.drop_datagram(DropReason::Refused);
+    }
+
+    /// Connection attempts refused for `reason` so far.
+    pub fn handshakes_refused(&self, reason: RefuseReason) -> u64 {
+        self.handshakes_refused.get(reason as usize).map_or(0, read)
     }
 
     /// Count a relay frame that was not forwarded.

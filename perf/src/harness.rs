@@ -1,16 +1,20 @@
 //! What the commands share: the bulk result line, running a command as a child process and
-//! reading its JSON, medians, and printing a report (the machine/load/command header of the
+//! reading its JSON, a `server` child with its memory and CPU time, medians, and printing a report (the machine/load/command header of the
 //! markdown ones).
 
 use std::{
-    io::Read,
-    process::{Child, Command, Stdio},
+    io::{BufRead, BufReader, Read, Write},
+    path::Path,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::load::{Implementation, ServerInfo};
 
 /// Bytes of one bulk transfer by default: 1 GiB, as quinn's own bulk benchmark.
 pub const DEFAULT_BYTES: u64 = 1 << 30;
@@ -149,6 +153,107 @@ fn reader(child: &mut Child, stdout: bool) -> Result<thread::JoinHandle<String>>
         let _ = pipe.read_to_string(&mut s);
         s
     }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server children and what /proc says of them
+
+/// A `server` child; dropping it closes its stdin (it exits) and reaps it.
+pub struct ServerChild {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// The server's ready line, as clients take it (`--server`).
+    pub line: String,
+    /// The same, parsed.
+    pub info: ServerInfo,
+}
+
+impl ServerChild {
+    /// Start `exe server --impl implementation --cores cores` and wait for its ready line.
+    pub fn start(exe: &Path, implementation: Implementation, cores: usize) -> Result<Self> {
+        let mut child = Command::new(exe)
+            .args(["server", "--impl", implementation.name(), "--cores", &cores.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning the server")?;
+        let stdin = child.stdin.take();
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no server stderr"))?;
+        let (err_tx, err_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no server stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut server = ServerChild { child, stdin, line: String::new(), info: placeholder_info() };
+        server.line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let said: Vec<String> = err_rx.try_iter().collect();
+                let last = said.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+                anyhow::bail!("the server printed no ready line ({last})");
+            }
+        };
+        server.info = serde_json::from_str(&server.line).with_context(|| format!("server line {}", server.line))?;
+        Ok(server)
+    }
+}
+
+fn placeholder_info() -> ServerInfo {
+    ServerInfo {
+        implementation: String::new(),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        pid: 0,
+        peer_id: None,
+        cert_der_hex: None,
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.flush();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // Only this child, by its own handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU seconds of every thread of `pid` so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = ant_quic_dataplane::sys::process::clock_ticks_per_second()?;
+    Some(ticks as f64 / per_second as f64)
+}
+
+/// Resident set size of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------

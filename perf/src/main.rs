@@ -20,6 +20,8 @@ mod ant_bulk;
 mod ant_load;
 mod compare;
 mod engine_ceiling;
+mod flood;
+mod flood_compare;
 mod harness;
 mod load;
 mod quinn_bulk;
@@ -106,6 +108,12 @@ enum Cmd {
     /// Run ant-quic and quinn alternately in fresh child processes, plus the UDP ceiling at the
     /// start and the end; print a markdown table (or JSON).
     Compare(compare::CompareArgs),
+    /// A handshake flood on loopback: valid Initials from fresh connections at a fixed rate,
+    /// never answered; counts the server's answers (one JSON line with --json).
+    Flood(flood::FloodArgs),
+    /// Each implementation's server under the same flood, with a legitimate client's handshakes
+    /// and the server's memory measured; prints a markdown table (or JSON).
+    FloodCompare(flood_compare::FloodCompareArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -164,6 +172,15 @@ fn run(cli: Cli) -> Result<()> {
             load::print(&result, args.json)?;
         }
         Cmd::Compare(args) => compare::run(&args)?,
+        Cmd::Flood(args) => {
+            let result = flood::run(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print!("{}", result.summary());
+            }
+        }
+        Cmd::FloodCompare(args) => flood_compare::run(&args)?,
     }
     Ok(())
 }

@@ -157,8 +157,8 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) 
 }
 
 /// `ant-quic-perf client --impl quinn`.
-pub fn run(args: &ClientArgs) -> Result<LoadResult> {
-    let info = args.server_info()?;
+/// A quinn client for the server of `info`, pinning its certificate or peer ID.
+pub fn client_config(info: &ServerInfo) -> Result<quinn::ClientConfig> {
     let pin = match (&info.cert_der_hex, &info.peer_id) {
         (Some(hex), _) => {
             tls::Pin::Certificate(hex::decode(hex).context("the server line's cert_der_hex is not hexadecimal")?.into())
@@ -167,7 +167,12 @@ pub fn run(args: &ClientArgs) -> Result<LoadResult> {
         (None, None) => bail!("the server line has neither cert_der_hex nor peer_id to pin"),
     };
     let crypto = QuicClientConfig::try_from(tls::pinned_client(pin)?).context("quinn client TLS config")?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+pub fn run(args: &ClientArgs) -> Result<LoadResult> {
+    let info = args.server_info()?;
+    let mut config = client_config(&info)?;
     let mut transport = quinn::TransportConfig::default();
     if args.workload == Workload::Idle {
         transport.keep_alive_interval(Some(KEEP_ALIVE));

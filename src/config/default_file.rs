@@ -54,6 +54,17 @@ require_client_certs = false
 # PEM CA certificates client certificates must chain to; without require_client_certs a client
 # certificate is optional, but verified when presented.
 # client_ca = "/etc/ant-quic/client-ca.pem"
+# Under a flood of connection attempts: "auto" asks new clients to prove their address with a
+# Retry (one more round trip, no state kept until they do) once retry_threshold handshakes are in
+# flight on a core; "always" asks every new client; "never" never does.
+retry = "auto"
+retry_threshold = 64
+# Half-open connections (handshake not complete) one core holds at most; beyond, attempts are
+# refused and counted in quic_handshakes_refused_total{reason="half_open_limit"}.
+max_half_open = 1024
+# Seconds a connection has to complete its handshake before it is dropped (1 to 30).
+# These four keys are read at start; SIGHUP does not change them.
+handshake_timeout = 10
 
 [compatibility]
 # Accept keys renamed since older versions (e.g. [logging] log_level).

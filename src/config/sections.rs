@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use ant_quic_dataplane::BackendKind;
+use ant_quic_dataplane::{AdmissionConfig, BackendKind, RetryPolicy};
 
 use crate::node::NodeOptions;
 use crate::tls::{self, CertifiedKey, ClientAuth, ServerSecurity};
@@ -188,7 +188,7 @@ pub enum LogRotation {
 }
 
 /// `[security]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecuritySection {
     /// PEM certificate chain presented instead of the identity's self-signed certificate.
@@ -202,6 +202,63 @@ pub struct SecuritySection {
     /// PEM CA certificates that client certificates must chain to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    /// When to make new clients prove their address with a Retry before keeping state for them.
+    pub retry: Retry,
+    /// Handshakes in flight on one core from which `retry = "auto"` sends Retry.
+    pub retry_threshold: usize,
+    /// Half-open connections (handshake not complete) one core holds at most; attempts beyond
+    /// are refused.
+    pub max_half_open: usize,
+    /// Seconds an accepted connection has to complete its handshake before it is dropped.
+    pub handshake_timeout: u64,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        let admission = AdmissionConfig::DEFAULT;
+        Self {
+            tls_cert: None,
+            tls_key: None,
+            require_client_certs: false,
+            client_ca: None,
+            retry: Retry::Auto,
+            retry_threshold: admission.retry_threshold,
+            max_half_open: admission.max_half_open,
+            handshake_timeout: admission.handshake_timeout.as_secs(),
+        }
+    }
+}
+
+/// The longest `[security] handshake_timeout`, in seconds: the default idle timeout (a half-open
+/// connection never outlives it anyway).
+pub const MAX_HANDSHAKE_TIMEOUT: u64 = 30;
+
+/// `[security] retry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retry {
+    /// Once `retry_threshold` handshakes are in flight on a core.
+    Auto,
+    /// For every new client.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl SecuritySection {
+    /// The data plane's admission settings.
+    pub fn admission(&self) -> AdmissionConfig {
+        AdmissionConfig {
+            retry: match self.retry {
+                Retry::Auto => RetryPolicy::Auto,
+                Retry::Always => RetryPolicy::Always,
+                Retry::Never => RetryPolicy::Never,
+            },
+            retry_threshold: self.retry_threshold,
+            max_half_open: self.max_half_open,
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout),
+        }
+    }
 }
 
 /// `[compatibility]`.

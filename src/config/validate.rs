@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::origin::{ConfigError, Origin};
-use super::sections::{Config, LogOutput, MAX_DRAIN_TIMEOUT};
+use super::sections::{Config, LogOutput, MAX_DRAIN_TIMEOUT, MAX_HANDSHAKE_TIMEOUT};
 use crate::tls;
 
 /// Checks that need more than a type: files exist and parse, keys that go together.
@@ -54,6 +54,15 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
         }
     }
     let s = &config.security;
+    if s.max_half_open == 0 {
+        return Err(fail("security.max_half_open", "[security] max_half_open must be at least 1".into()));
+    }
+    if !(1..=MAX_HANDSHAKE_TIMEOUT).contains(&s.handshake_timeout) {
+        return Err(fail(
+            "security.handshake_timeout",
+            format!("[security] handshake_timeout must be between 1 and {MAX_HANDSHAKE_TIMEOUT} seconds"),
+        ));
+    }
     match (&s.tls_cert, &s.tls_key) {
         (Some(cert), Some(_)) => {
             tls::load_certificates(cert).map_err(|e| fail("security.tls_cert", format!("[security] tls_cert: {e}")))?;

@@ -57,6 +57,7 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
         cpus: None,
         nat: ant_quic::nat::NatOptions { bootstraps, ..Default::default() },
         join: None,
+        admission: config.security.admission(),
     };
     if args.one_shot() {
         return finish(one_shot(args, &options, &security));

@@ -108,6 +108,13 @@ fn bad_values_exit_2_with_one_line() {
             vec!["mtls-without-ca.toml:2", "client_ca"],
         ),
         ("level", "[logging]\nlevel = \"verbose\"\n".into(), vec!["level.toml:2", "level", "verbose"]),
+        ("retry", "[security]\nretry = \"sometimes\"\n".into(), vec!["retry.toml:2", "retry", "sometimes"]),
+        ("half-open", "[security]\nmax_half_open = 0\n".into(), vec!["half-open.toml:2", "max_half_open"]),
+        (
+            "handshake-timeout",
+            "[security]\nhandshake_timeout = 31\n".into(),
+            vec!["handshake-timeout.toml:2", "handshake_timeout", "30"],
+        ),
     ];
     for (name, body, needles) in cases {
         let file = write(d, &format!("{name}.toml"), &body);

@@ -442,3 +442,34 @@ fn sighup_changes_the_log_level() {
     assert!(stderr.contains("shutdown requested"), "no debug line after reloading at level debug:\n{stderr}");
     dir.passed();
 }
+
+#[test]
+fn retry_always_validates_every_client_and_is_counted() {
+    let mut dir = TempDir::new("node-ops-retry").unwrap().keep_unless_passed();
+    let www = dir.subdir("www").unwrap();
+    let content = random_bytes(100_000).unwrap();
+    std::fs::write(www.join("blob.bin"), &content).unwrap();
+    let file = write(dir.path(), "node.toml", "[node]\nlisten = \"127.0.0.1:0\"\n[security]\nretry = \"always\"\n");
+    let mut command = node_command(&dir, &["--config"]);
+    command.arg(&file).arg("--www").arg(&www);
+    let mut node = NodeProcess::start(&mut command, dir.path()).unwrap();
+    let admin = admin_addr(&mut node);
+
+    // `ant-quic get` follows the Retry and gets the file intact.
+    let fetched = fetch(&dir, &node, "/blob.bin", &["--peer-id", &node.peer_id.clone()], "get");
+    assert!(fetched == content, "the file fetched differs from the file served");
+    let (_, metrics) = http_get(admin, "/metrics");
+    // A first flight that spans two Initial datagrams (a post-quantum key share can) gets a Retry
+    // for each: the server keeps no state until a token comes back; the client follows the first.
+    let retries = sample(&metrics, "quic_retry_sent_total").unwrap_or(0);
+    assert!((1..=2).contains(&retries), "{retries} Retry packets for one client: {metrics}");
+    assert_eq!(sample(&metrics, "quic_connections_total"), Some(1), "{metrics}");
+    assert_eq!(sample(&metrics, "quic_handshakes_in_flight"), Some(0), "{metrics}");
+    for reason in ["draining", "half_open_limit", "rejected"] {
+        let series = format!("quic_handshakes_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&metrics, &series), Some(0), "{series}: {metrics}");
+    }
+    assert_eq!(sample(&metrics, "quic_handshakes_timed_out_total"), Some(0), "{metrics}");
+    node.stop_with(libc::SIGTERM, PATIENCE).unwrap();
+    dir.passed();
+}

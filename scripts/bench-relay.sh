@@ -10,12 +10,4 @@
 # --offered-mpps 0.5 (pace the sender instead of overloading), --pin (relay core or forwarder on
 # one CPU, sender and receiver on the other), --json.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo build --release -p ant-quic-perf
-source="commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-    source="$source, with uncommitted changes in the working tree"
-fi
-export ANT_QUIC_PERF_SOURCE="$source"
-export ANT_QUIC_PERF_VIA="scripts/bench-relay.sh $*"
-exec "${CARGO_TARGET_DIR:-target}/release/ant-quic-perf" relay-rate "$@"
+exec bash "$(dirname "$0")/perf-exec.sh" "scripts/bench-relay.sh $*" relay-rate "$@"

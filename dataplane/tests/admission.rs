@@ -6,6 +6,8 @@
 //! server afterwards. Every wait is bounded by a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,21 +18,9 @@ use ant_quic_dataplane::stats::{read, CoreStats};
 use ant_quic_dataplane::{
     AdmissionConfig, Application, ConnRef, ConnectRequest, Node, NodeConfig, NodeHandle, RetryPolicy,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use common::{tls, total, wait_for, DEADLINE};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn tls() -> (Arc<ServerConfig>, ClientConfig) {
-    let certified = rcgen::generate_simple_self_signed(vec!["server.test".to_owned()]).unwrap();
-    let cert = CertificateDer::from(certified.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
-    let server = ServerConfig::with_single_cert(vec![cert.clone()], key).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client = ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
-    (Arc::new(server), client)
-}
 
 /// Tells the test when a connection completes its handshake.
 struct Connected(Arc<Mutex<mpsc::Sender<()>>>);
@@ -51,18 +41,6 @@ fn start(server: Option<Arc<ServerConfig>>, admission: AdmissionConfig) -> (Node
         Node::start(config, Arc::new(move |_core: usize| Box::new(Connected(Arc::clone(&tx))) as Box<dyn Application>))
             .unwrap();
     (node, rx)
-}
-
-fn total(node: &NodeHandle, counter: impl Fn(&CoreStats) -> u64) -> u64 {
-    node.all_stats().map(counter).sum()
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A client node completes a handshake with `server`; the connection lives as long as the node.
@@ -126,7 +104,7 @@ fn is_retry(first: u8) -> bool {
 
 #[test]
 fn retry_always_makes_every_client_prove_its_address_first() {
-    let (server_tls, client_tls) = tls();
+    let (server_tls, client_tls) = tls("server.test");
     let admission = AdmissionConfig { retry: RetryPolicy::Always, ..AdmissionConfig::DEFAULT };
     let (server, _) = start(Some(server_tls), admission);
     let addr = server.local_addr();
@@ -149,7 +127,7 @@ fn retry_always_makes_every_client_prove_its_address_first() {
 
 #[test]
 fn auto_retries_only_once_the_threshold_is_in_flight() {
-    let (server_tls, client_tls) = tls();
+    let (server_tls, client_tls) = tls("server.test");
     let admission = AdmissionConfig { retry: RetryPolicy::Auto, retry_threshold: 3, ..AdmissionConfig::DEFAULT };
     let (server, _) = start(Some(server_tls), admission);
     let addr = server.local_addr();
@@ -176,7 +154,7 @@ fn auto_retries_only_once_the_threshold_is_in_flight() {
 
 #[test]
 fn the_half_open_cap_refuses_and_the_handshake_timeout_frees_the_state() {
-    let (server_tls, client_tls) = tls();
+    let (server_tls, client_tls) = tls("server.test");
     let admission = AdmissionConfig {
         retry: RetryPolicy::Never,
         max_half_open: 4,

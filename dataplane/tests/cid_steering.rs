@@ -16,6 +16,8 @@
 //! Every wait is bounded by a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,40 +29,15 @@ use ant_quic_dataplane::stats::{read, CoreStats};
 use ant_quic_dataplane::{
     Application, ConnId, ConnRef, ConnectRequest, Connections, MultiSocket, Node, NodeConfig, NodeHandle, ReadOutcome,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use common::{tls, total, wait_for, DEADLINE};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn tls() -> (Arc<ServerConfig>, ClientConfig) {
-    let certified = rcgen::generate_simple_self_signed(vec!["server.test".to_owned()]).unwrap();
-    let cert = CertificateDer::from(certified.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
-    let server = ServerConfig::with_single_cert(vec![cert.clone()], key).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client = ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
-    (Arc::new(server), client)
-}
 
 fn config(cores: usize, steering: bool, server: Option<Arc<ServerConfig>>) -> NodeConfig {
     let mut config = NodeConfig::new(SocketAddr::new(LOCALHOST, 0), server);
     config.cores = Some(cores);
     config.cid_steering = steering;
     config
-}
-
-fn total(node: &NodeHandle, counter: impl Fn(&CoreStats) -> u64) -> u64 {
-    node.all_stats().map(counter).sum()
-}
-
-/// Poll `done` until it holds; fail with `what` at the deadline.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// The byte at `offset` of an upload: not periodic over a packet, so misplaced data shows.
@@ -259,7 +236,7 @@ const UPLOAD_BYTES: u64 = 256 * 1024;
 
 /// Hand-offs counted after 64 uploads: (server, all client nodes).
 fn many_uploads(steering: bool) -> (u64, u64) {
-    let (server_config, client_config) = tls();
+    let (server_config, client_config) = tls("server.test");
     let (server, _, _) = server(steering, server_config);
     let (done_tx, done_rx) = mpsc::channel();
     let clients: Vec<Node<SendRest>> =
@@ -378,7 +355,7 @@ fn proxy(front: UdpSocket, upstream: UdpSocket, server: SocketAddr, rebind: mpsc
 /// Upload through the proxy, moving it to a source port the server's kernel hashes to the core
 /// that does not own the connection. Returns the server's hand-offs before and after the move.
 fn upload_across_rebinding(steering: bool) -> (u64, u64) {
-    let (server_config, client_config) = tls();
+    let (server_config, client_config) = tls("server.test");
     let (server, received, remote) = server(steering, server_config);
     let (done_tx, done_rx) = mpsc::channel();
     let client = client(1, steering, REBIND_BYTES, PHASE_BYTES, &done_tx);

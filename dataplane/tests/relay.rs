@@ -10,6 +10,8 @@
 //! Every wait is bounded by a deadline; nothing waits a fixed time to let something happen.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -22,10 +24,9 @@ use ant_quic_dataplane::{
     Application, BackendKind, ConnId, ConnRef, ConnectRequest, Connections, ControlDatagram, Node, NodeConfig,
     NodeError, NodeHandle, PathRoute, ReadOutcome, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use common::{tls, total, wait_for, DEADLINE};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Idle;
 impl<M> Application<M> for Idle {}
@@ -39,19 +40,6 @@ fn node(cores: usize, backend: Option<BackendKind>, server: Option<Arc<ServerCon
 
 fn idle_node(config: NodeConfig) -> Node {
     Node::start(config, Arc::new(|_core: usize| -> Box<dyn Application> { Box::new(Idle) })).unwrap()
-}
-
-/// Poll `done` until it holds; fail with `what` at the deadline.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn total(node: &NodeHandle, counter: impl Fn(&CoreStats) -> u64) -> u64 {
-    node.all_stats().map(counter).sum()
 }
 
 fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
@@ -188,17 +176,6 @@ fn pattern(offset: u64) -> u8 {
     (offset % 251) as u8 ^ (offset >> 13) as u8
 }
 
-fn tls() -> (Arc<ServerConfig>, ClientConfig) {
-    let certified = rcgen::generate_simple_self_signed(vec!["peer.test".to_owned()]).unwrap();
-    let cert = CertificateDer::from(certified.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
-    let server = ServerConfig::with_single_cert(vec![cert.clone()], key).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client = ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
-    (Arc::new(server), client)
-}
-
 /// Releases the second half of the upload.
 struct SendRest;
 
@@ -308,7 +285,7 @@ impl Application for Checker {
 
 #[test]
 fn connection_through_relay_moves_to_direct_path_mid_transfer() {
-    let (server_config, client_config) = tls();
+    let (server_config, client_config) = tls("peer.test");
     let relay = idle_node(node(1, None, None));
 
     // Y accepts; it knows X only as the alias x_alias.

@@ -15,12 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::ServerInfo;
 
-/// `ant-quic-perf flood`.
+/// The shape of a flood: how many Initials, how fast, from how many ports.
 #[derive(Debug, Clone, Args)]
-pub struct FloodArgs {
-    /// The server's JSON line as printed by `ant-quic-perf server` (its address and pin).
-    #[arg(long)]
-    pub server: String,
+pub struct FloodShape {
     /// Initials to send (one per fresh connection).
     #[arg(long, default_value_t = 20_000)]
     pub initials: u64,
@@ -30,6 +27,28 @@ pub struct FloodArgs {
     /// Source ports to spread them over (one socket each).
     #[arg(long, default_value_t = 256)]
     pub ports: usize,
+}
+
+impl FloodShape {
+    /// The same flags, for a child `flood` process.
+    pub fn args(&self) -> Vec<String> {
+        let flags = [
+            ("--initials", self.initials.to_string()),
+            ("--rate", self.rate.to_string()),
+            ("--ports", self.ports.to_string()),
+        ];
+        flags.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]).collect()
+    }
+}
+
+/// `ant-quic-perf flood`.
+#[derive(Debug, Clone, Args)]
+pub struct FloodArgs {
+    /// The server's JSON line as printed by `ant-quic-perf server` (its address and pin).
+    #[arg(long)]
+    pub server: String,
+    #[command(flatten)]
+    pub shape: FloodShape,
     /// After the last Initial, keep counting answers for this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub linger_ms: u64,
@@ -72,14 +91,15 @@ pub fn run(args: &FloodArgs) -> Result<FloodResult> {
     if !info.addr.ip().is_loopback() {
         bail!("--server {} is not a loopback address: the flood only targets this machine", info.addr);
     }
-    if args.rate == 0 || args.ports == 0 {
+    let shape = &args.shape;
+    if shape.rate == 0 || shape.ports == 0 {
         bail!("--rate and --ports must be at least 1");
     }
     let client = crate::quinn_load::client_config(&info)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let mut sockets = Vec::with_capacity(args.ports);
-        for _ in 0..args.ports {
+        let mut sockets = Vec::with_capacity(shape.ports);
+        for _ in 0..shape.ports {
             let socket = tokio::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
                 .await
                 .context("binding a flood socket")?;
@@ -104,11 +124,11 @@ pub fn run(args: &FloodArgs) -> Result<FloodResult> {
         // A client endpoint used only to build first flights: each connection is forgotten as
         // soon as its Initial is taken.
         let mut endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, false, None);
-        let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+        let interval = Duration::from_secs_f64(1.0 / shape.rate as f64);
         let start = Instant::now();
         let mut bytes_sent = 0u64;
         let mut buf = Vec::with_capacity(1500);
-        for i in 0..args.initials {
+        for i in 0..shape.initials {
             let due = start + interval.mul_f64(i as f64);
             tokio::time::sleep_until(due.into()).await;
             let now = Instant::now();
@@ -128,7 +148,7 @@ pub fn run(args: &FloodArgs) -> Result<FloodResult> {
         receivers.abort_all();
         let answer_bytes = answers.bytes.load(Ordering::Relaxed);
         Ok(FloodResult {
-            initials: args.initials,
+            initials: shape.initials,
             bytes_sent,
             seconds,
             answers: answers.datagrams.load(Ordering::Relaxed),

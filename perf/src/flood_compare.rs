@@ -10,22 +10,15 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use crate::flood::FloodResult;
+use crate::flood::{FloodResult, FloodShape};
 use crate::harness::{child_json, child_json_watching, loadavg, machine, print_report, progress, rss_kib, ServerChild};
 use crate::load::{Implementation, LoadResult};
 
 /// `ant-quic-perf flood-compare`.
 #[derive(Debug, Clone, Args)]
 pub struct FloodCompareArgs {
-    /// Initials in the flood.
-    #[arg(long, default_value_t = 20_000)]
-    pub initials: u64,
-    /// Initials per second.
-    #[arg(long, default_value_t = 3_000)]
-    pub rate: u64,
-    /// Source ports of the flood.
-    #[arg(long, default_value_t = 256)]
-    pub ports: usize,
+    #[command(flatten)]
+    pub shape: FloodShape,
     /// Server cores (ant-quic data-plane cores; quinn: tokio worker threads).
     #[arg(long, default_value_t = 1)]
     pub cores: usize,
@@ -79,16 +72,16 @@ pub fn run(args: &FloodCompareArgs) -> Result<()> {
         progress(format_args!(
             "{} server under a flood of {} Initials at {}/s",
             implementation.name(),
-            args.initials,
-            args.rate
+            args.shape.initials,
+            args.shape.rate
         ));
         runs.push(run_one(&exe, args, implementation)?);
     }
     let report = FloodReport {
         command: crate::harness::command_line(),
-        initials: args.initials,
-        rate: args.rate,
-        ports: args.ports,
+        initials: args.shape.initials,
+        rate: args.shape.rate,
+        ports: args.shape.ports,
         cores: args.cores,
         load_before,
         load_after: loadavg(),
@@ -111,20 +104,9 @@ fn run_one(exe: &Path, args: &FloodCompareArgs, implementation: Implementation) 
         child_json(exe, &handshakes(args.unloaded_seconds), Duration::from_secs(60)).context("unloaded handshakes")?;
     let rss_before = rss_kib(pid).ok_or_else(|| anyhow!("cannot read the server's RSS"))?;
 
-    let flood_seconds = args.initials.div_ceil(args.rate.max(1));
-    let flood_args: Vec<String> = [
-        "flood".to_owned(),
-        "--server".to_owned(),
-        server.line.clone(),
-        "--initials".to_owned(),
-        args.initials.to_string(),
-        "--rate".to_owned(),
-        args.rate.to_string(),
-        "--ports".to_owned(),
-        args.ports.to_string(),
-        "--json".to_owned(),
-    ]
-    .into();
+    let flood_seconds = args.shape.initials.div_ceil(args.shape.rate.max(1));
+    let mut flood_args = vec!["flood".to_owned(), "--server".to_owned(), server.line.clone(), "--json".to_owned()];
+    flood_args.extend(args.shape.args());
     let flood_exe = exe.to_owned();
     let timeout = Duration::from_secs(flood_seconds * 3 + 30);
     let flood = std::thread::spawn(move || child_json::<FloodResult>(&flood_exe, &flood_args, timeout));

@@ -27,6 +27,10 @@ pub struct FloodShape {
     /// Source ports to spread them over (one socket each).
     #[arg(long, default_value_t = 256)]
     pub ports: usize,
+    /// Send every datagram of each connection's first flight (a post-quantum ClientHello takes
+    /// two), so the server can start the TLS handshake; otherwise only the first datagram.
+    #[arg(long)]
+    pub whole_flight: bool,
 }
 
 impl FloodShape {
@@ -37,7 +41,11 @@ impl FloodShape {
             ("--rate", self.rate.to_string()),
             ("--ports", self.ports.to_string()),
         ];
-        flags.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]).collect()
+        let mut args: Vec<String> = flags.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]).collect();
+        if self.whole_flight {
+            args.push("--whole-flight".to_owned());
+        }
+        args
     }
 }
 
@@ -62,6 +70,8 @@ pub struct FloodArgs {
 pub struct FloodResult {
     /// Initials sent.
     pub initials: u64,
+    /// Datagrams sent (more than `initials` with a whole first flight).
+    pub datagrams_sent: u64,
     /// UDP payload bytes sent.
     pub bytes_sent: u64,
     /// Seconds from the first Initial to the last.
@@ -126,19 +136,24 @@ pub fn run(args: &FloodArgs) -> Result<FloodResult> {
         let mut endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, false, None);
         let interval = Duration::from_secs_f64(1.0 / shape.rate as f64);
         let start = Instant::now();
-        let mut bytes_sent = 0u64;
+        let (mut bytes_sent, mut datagrams_sent) = (0u64, 0u64);
         let mut buf = Vec::with_capacity(1500);
         for i in 0..shape.initials {
             let due = start + interval.mul_f64(i as f64);
             tokio::time::sleep_until(due.into()).await;
             let now = Instant::now();
             let (handle, mut conn) = endpoint.connect(now, client.clone(), info.addr, "localhost")?;
-            buf.clear();
-            if let Some(transmit) = conn.poll_transmit(now, 1, &mut buf) {
-                let socket = &sockets[(i as usize) % sockets.len()];
+            let socket = &sockets[(i as usize) % sockets.len()];
+            loop {
+                buf.clear();
+                let Some(transmit) = conn.poll_transmit(now, 1, &mut buf) else { break };
                 // Loopback drops under pressure like any path; a lost Initial is part of a flood.
                 if socket.send_to(&buf[..transmit.size], info.addr).await.is_ok() {
                     bytes_sent += transmit.size as u64;
+                    datagrams_sent += 1;
+                }
+                if !shape.whole_flight {
+                    break;
                 }
             }
             let _ = endpoint.handle_event(handle, EndpointEvent::drained());
@@ -149,6 +164,7 @@ pub fn run(args: &FloodArgs) -> Result<FloodResult> {
         let answer_bytes = answers.bytes.load(Ordering::Relaxed);
         Ok(FloodResult {
             initials: shape.initials,
+            datagrams_sent,
             bytes_sent,
             seconds,
             answers: answers.datagrams.load(Ordering::Relaxed),
@@ -168,9 +184,10 @@ impl FloodResult {
     /// The readable form.
     pub fn summary(&self) -> String {
         format!(
-            "flood: {} Initials in {:.2} s ({} bytes); answers: {} datagrams, {} bytes ({} Retry); amplification {:.3}\n",
+            "flood: {} connections' Initials in {:.2} s ({} datagrams, {} bytes); answers: {} datagrams, {} bytes ({} Retry); amplification {:.3}\n",
             self.initials,
             self.seconds,
+            self.datagrams_sent,
             self.bytes_sent,
             self.answers,
             self.answer_bytes,

@@ -57,6 +57,7 @@ pub struct FloodReport {
     pub initials: u64,
     pub rate: u64,
     pub ports: usize,
+    pub whole_flight: bool,
     pub cores: usize,
     pub load_before: Option<f64>,
     pub load_after: Option<f64>,
@@ -82,6 +83,7 @@ pub fn run(args: &FloodCompareArgs) -> Result<()> {
         initials: args.shape.initials,
         rate: args.shape.rate,
         ports: args.shape.ports,
+        whole_flight: args.shape.whole_flight,
         cores: args.cores,
         load_before,
         load_after: loadavg(),
@@ -171,8 +173,12 @@ fn markdown(r: &FloodReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\nFlood: {} Initials per run at {}/s, each a fresh connection, never answered, from {} source ports, against a server of {} core(s); the legitimate client is quinn's, one handshake at a time, for every server.",
-        r.initials, r.rate, r.ports, r.cores
+        "\nFlood: {} connections per run at {}/s, each fresh and never answered, sending {} of its first flight, from {} source ports, against a server of {} core(s); the legitimate client is quinn's, one handshake at a time, for every server. Answers per Initial: datagrams back per connection.",
+        r.initials,
+        r.rate,
+        if r.whole_flight { "every datagram" } else { "the first datagram" },
+        r.ports,
+        r.cores
     );
     s
 }

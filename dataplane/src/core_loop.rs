@@ -40,10 +40,21 @@ const DEFERRED_CAPACITY: usize = 4096;
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 /// Least time between two RTT samples of one connection.
 const RTT_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// How a core stops: either way every connection is closed (CONNECTION_CLOSE sent) first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Wait (at most [`DRAIN_LIMIT`]) until each connection's closing period is over, so that a
+    /// peer whose CONNECTION_CLOSE was lost is answered again (RFC 9000 §10.2.1).
+    Drain,
+    /// Stop once the CONNECTION_CLOSE packets are with the kernel: for a process that exits next
+    /// (RFC 9000 §10.2 lets an endpoint discard the state of a closing connection).
+    Immediate,
+}
+
 /// What other threads ask of a core, whatever its application.
 pub(crate) enum Command {
     Connect(Box<ConnectRequest>),
-    Shutdown,
+    Shutdown(Stop),
     /// Refuse new connections (`false`: a takeover's drain; live ones go on) or accept them again.
     SetAccepting(bool),
     /// Use these settings for connections accepted from now on (live ones keep theirs).
@@ -155,6 +166,8 @@ pub(crate) struct Core<B: Backend, M> {
     wake_mask: Vec<bool>,
     response_buf: Vec<u8>,
     draining_since: Option<Instant>,
+    /// Stop without waiting for closing periods ([`Stop::Immediate`]).
+    stop_immediately: bool,
     /// New connections are refused (a successor takes them), live ones go on.
     refusing: bool,
     recorder: Recorder,
@@ -201,6 +214,7 @@ impl<B: Backend, M> Core<B, M> {
             wake_mask: vec![false; cores],
             response_buf: Vec::new(),
             draining_since: None,
+            stop_immediately: false,
             refusing: false,
             recorder: Recorder::new(),
             control,
@@ -229,12 +243,17 @@ impl<B: Backend, M> Core<B, M> {
             self.relay.sweep(now);
             self.take_handoffs(now);
             self.receive(now)?;
+            // Read the clock again: the packets sent now must not carry the time before this
+            // turn's work (a handshake's first key generation can take tens of milliseconds),
+            // or the peer's acknowledgement yields an RTT sample, and a PTO, that large.
+            let now = Instant::now();
             self.fire_timers(now);
             self.drive_dirty(now);
             self.wake_peers();
 
             if let Some(since) = self.draining_since {
-                if self.active == 0 || now.duration_since(since) > DRAIN_LIMIT {
+                if self.active == 0 || self.closes_sent() || now.duration_since(since) > DRAIN_LIMIT {
+                    self.abandon_connections();
                     // The last CONNECTION_CLOSE packets leave before the core does.
                     return self.tx.backend.flush();
                 }
@@ -275,7 +294,10 @@ impl<B: Backend, M> Core<B, M> {
             };
             match command {
                 Command::Connect(request) => self.connect(now, *request),
-                Command::Shutdown => self.start_draining(now),
+                Command::Shutdown(stop) => {
+                    self.stop_immediately |= stop == Stop::Immediate;
+                    self.start_draining(now);
+                }
                 Command::SetAccepting(accepting) => self.refusing = !accepting,
                 Command::SetServerConfig(config) => self.endpoint.set_server_config(config),
                 Command::Stall(duration) => {
@@ -322,6 +344,30 @@ impl<B: Backend, M> Core<B, M> {
                 }
             }
         }
+    }
+
+    /// Stopping immediately, and every CONNECTION_CLOSE has left: none waits to be built, kept
+    /// from back-pressure, or in the kernel's hands still.
+    fn closes_sent(&self) -> bool {
+        self.stop_immediately
+            && self.dirty.is_empty()
+            && self.deferred.is_empty()
+            && !self.tx.is_blocked()
+            && self.tx.backend.sends_in_flight() == 0
+    }
+
+    /// The core stops with these connections still closing: each ends here, counted and reported
+    /// once, as if its closing period were over.
+    fn abandon_connections(&mut self) {
+        for (index, slot) in self.conns.iter_mut().enumerate() {
+            let Some(state) = slot.take() else { continue };
+            if !state.closed_reported {
+                self.shared.stats.count_close(CloseClass::Local);
+                self.app.on_closed(ConnId { core: self.index, index }, state.tag, &ConnectionError::LocallyClosed);
+            }
+        }
+        self.active = 0;
+        self.publish_active();
     }
 
     fn connect(&mut self, now: Instant, request: ConnectRequest) {

@@ -6,6 +6,9 @@
 #
 #   scripts/bench-get.sh [PAIRS] [BYTES]      defaults: 20 pairs, a 2048-byte file
 #
+# ANT_QUIC_GET_BIN=PATH measures `PATH get` instead of this tree's `ant-quic get` (an older build,
+# for a before/after); the node serving the file is always this tree's.
+#
 # Builds release binaries first (a no-op when they are current). Every run must print the file's
 # SHA-256; the node's close counters say whether every client's CONNECTION_CLOSE reached it.
 set -euo pipefail
@@ -40,7 +43,7 @@ done
 url="https://$addr/file.bin"
 metrics() { curl -s "http://$addr/metrics" | sed -n "s/^quic_connection_closes_total{reason=\"$1\"} //p"; }
 
-ant=("$bin/ant-quic" get "$url" --insecure --output "$work/out")
+ant=("${ANT_QUIC_GET_BIN:-$bin/ant-quic}" get "$url" --insecure --output "$work/out")
 quinn=("$bin/ant-quic-perf" quinn-get "$url" --insecure --output "$work/out")
 
 # Seconds one command takes, start to exit; fails unless it printed the file's hash.
@@ -54,6 +57,7 @@ run() {
     echo "$start $end" | awk '{ printf "%.4f\n", $2 - $1 }'
 }
 
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 run "${ant[@]}" >/dev/null && run "${quinn[@]}" >/dev/null # warm-up: page cache, the node's first handshake
 clean_before="$(metrics peer_application)"
 : >"$work/ant.times"
@@ -75,10 +79,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 echo "Machine: $(nproc) cores, $cpu, kernel $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)."
-echo "A $bytes-byte file over loopback from \`ant-quic --cores 1 --www\`, $pairs alternating pairs, wall time from process start to exit (\`scripts/bench-get.sh $pairs $bytes\`)."
+echo "A $bytes-byte file over loopback from \`ant-quic --cores 1 --www\`, $pairs alternating pairs, wall time from process start to exit (\`${ANT_QUIC_GET_BIN:+ANT_QUIC_GET_BIN=$ANT_QUIC_GET_BIN }scripts/bench-get.sh $pairs $bytes\`); load average before: $load_before."
 echo
 echo "| command | median | p90 | baseline (quinn-get) median | p90 | ratio median | ratio p90 |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
-echo "| \`ant-quic get URL --insecure --output DIR\` | $ant_median s | $ant_p90 s | $quinn_median s | $quinn_p90 s | $(ratio "$ant_median" "$quinn_median") | $(ratio "$ant_p90" "$quinn_p90") |"
+echo "| \`${ANT_QUIC_GET_BIN:-ant-quic} get URL --insecure --output DIR\` | $ant_median s | $ant_p90 s | $quinn_median s | $quinn_p90 s | $(ratio "$ant_median" "$quinn_median") | $(ratio "$ant_p90" "$quinn_p90") |"
 echo
+echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo "Connections the node saw end with the client's application close (CONNECTION_CLOSE received): $clean of $((2 * pairs))."

@@ -143,10 +143,9 @@ fn slow_turn_leaves_rtt_alone(backend: BackendKind) {
     let server = server(backend, None);
     let (tx, rtts) = mpsc::channel();
     let client = start_client(Some(backend), RttProbe(tx)).unwrap();
-    // The stall runs first in the turn that takes the connect request (queued while it sleeps),
-    // so that turn's start is CLIENT_STALL older than the Initial it sends.
+    // The queue is in order: the stall runs first in the turn that then takes the connect request
+    // (queued before or while it sleeps), so that turn began CLIENT_STALL before its Initial leaves.
     client.stall_core(0, CLIENT_STALL).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
     let request = connect_request(server.node.local_addr(), ServerAuth::Insecure, &[ALPN_ANT_QUIC], 0).unwrap();
     client.connect(request, Some(0)).unwrap();
     let rtt = rtts.recv_timeout(Duration::from_secs(20)).expect("no handshake");

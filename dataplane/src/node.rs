@@ -20,7 +20,7 @@ use crate::backend::portable::PortableBackend;
 use crate::backend::{Backend, BackendKind, BackendParams};
 use crate::cid::{configure_core_endpoint, CidKey, Generation};
 use crate::connection::ConnectRequest;
-use crate::core_loop::{Command, CommandQueue, Core, CoreInput, CoreOptions, CoreShared, Inbox, QUEUE_CAPACITY};
+use crate::core_loop::{Command, CommandQueue, Core, CoreInput, CoreOptions, CoreShared, Inbox, Stop, QUEUE_CAPACITY};
 use crate::datagram::ControlDatagram;
 use crate::latency::LatencySet;
 use crate::relay::{is_alias, PathRoute, RelayAllocation};
@@ -371,19 +371,33 @@ impl<M> Node<M> {
         self.messenger.clone()
     }
 
-    /// Ask every core to close its connections (CONNECTION_CLOSE is sent) and stop.
+    /// Ask every core to close its connections (CONNECTION_CLOSE is sent) and stop once they have
+    /// drained: each connection's closing period (three PTOs) is waited out, at most 2 s, so that a
+    /// peer whose CONNECTION_CLOSE was lost gets it again. What a server does.
     pub fn shutdown(&self) {
+        self.stop(Stop::Drain);
+    }
+
+    /// Ask every core to close its connections and stop as soon as the CONNECTION_CLOSE packets
+    /// are with the kernel, without waiting out closing periods. What a client program that exits
+    /// next does (`ant-quic get`): a peer that missed the close ends the connection on its idle
+    /// timeout instead. After [`Node::shutdown`], it cuts the drain short.
+    pub fn shutdown_now(&self) {
+        self.stop(Stop::Immediate);
+    }
+
+    fn stop(&self, stop: Stop) {
         for (core, shared) in self.messenger.handle.cores.iter().enumerate() {
             // A full queue is drained soon; keep trying briefly rather than lose the request.
             for _ in 0..1000 {
-                if shared.commands.push_command(Command::Shutdown) {
+                if shared.commands.push_command(Command::Shutdown(stop)) {
                     break;
                 }
                 shared.waker.wake();
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             shared.waker.wake();
-            tracing::debug!(core, "shutdown requested");
+            tracing::debug!(core, ?stop, "shutdown requested");
         }
     }
 

@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 
 use ant_quic_dataplane::admission::RefuseReason;
 use ant_quic_dataplane::quinn_proto::{ClientConfig, Endpoint, EndpointConfig, EndpointEvent, ServerConfig};
-use ant_quic_dataplane::stats::{read, CoreStats};
-use ant_quic_dataplane::{
-    AdmissionConfig, Application, ConnRef, ConnectRequest, Node, NodeConfig, NodeHandle, RetryPolicy,
-};
+use ant_quic_dataplane::stats::read;
+use ant_quic_dataplane::{AdmissionConfig, Application, ConnRef, ConnectRequest, Node, NodeConfig, RetryPolicy};
 use common::{tls, total, wait_for, DEADLINE};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

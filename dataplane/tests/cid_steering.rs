@@ -22,12 +22,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ant_quic_dataplane::quinn_proto::{ClientConfig, ConnectionError, ServerConfig, StreamId};
-use ant_quic_dataplane::stats::{read, CoreStats};
+use ant_quic_dataplane::quinn_proto::{ConnectionError, ServerConfig, StreamId};
+use ant_quic_dataplane::stats::read;
 use ant_quic_dataplane::{
-    Application, ConnId, ConnRef, ConnectRequest, Connections, MultiSocket, Node, NodeConfig, NodeHandle, ReadOutcome,
+    Application, ConnId, ConnRef, ConnectRequest, Connections, MultiSocket, Node, NodeConfig, ReadOutcome,
 };
 use common::{tls, total, wait_for, DEADLINE};
 

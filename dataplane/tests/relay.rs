@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ant_quic_dataplane::quinn_proto::{ClientConfig, ServerConfig, StreamId};
+use ant_quic_dataplane::quinn_proto::{ServerConfig, StreamId};
 use ant_quic_dataplane::relay::RelayDrop;
-use ant_quic_dataplane::stats::{read, CoreStats};
+use ant_quic_dataplane::stats::read;
 use ant_quic_dataplane::{
     Application, BackendKind, ConnId, ConnRef, ConnectRequest, Connections, ControlDatagram, Node, NodeConfig,
-    NodeError, NodeHandle, PathRoute, ReadOutcome, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER,
+    NodeError, PathRoute, ReadOutcome, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER,
 };
 use common::{tls, total, wait_for, DEADLINE};
 

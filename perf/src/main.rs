@@ -3,6 +3,7 @@
 //! Subcommands:
 //! - `quinn-bulk`: the baseline, quinn 0.11 on tokio, one connection, one stream;
 //! - `ant-quic-bulk`: the same transfer through ant-quic's library;
+//! - `quinn-get`: the baseline of `ant-quic get`, the same hq-interop download with quinn;
 //! - `udp-ceiling`: raw UDP over loopback with GSO and GRO, the ceiling for both;
 //! - `aead-ceiling`: packet crypto (seal + open of 1200-byte packets) on one core;
 //! - `engine-ceiling`: quinn-proto and rustls with no I/O: CPU per full handshake on each side,
@@ -25,6 +26,7 @@ mod flood_compare;
 mod harness;
 mod load;
 mod quinn_bulk;
+mod quinn_get;
 mod quinn_load;
 mod relay_rate;
 mod shutdown;
@@ -74,6 +76,10 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         cores: usize,
     },
+    /// quinn 0.11 doing what `ant-quic get` does: fetch files over hq-interop on one connection,
+    /// write them under `--output`, print one line per file; then close and wait for the endpoint
+    /// to be idle, as quinn's example client does.
+    QuinnGet(quinn_get::QuinnGetArgs),
     /// Raw UDP over loopback: 1200-byte datagrams, a GSO sender thread and a GRO receiver thread.
     UdpCeiling {
         /// How long the sender runs.
@@ -137,6 +143,7 @@ fn run(cli: Cli) -> Result<()> {
             let r = ant_bulk::run(bytes, upload, backend.as_deref(), cores)?;
             println!("{}", serde_json::to_string(&r)?);
         }
+        Cmd::QuinnGet(args) => quinn_get::run(&args)?,
         Cmd::UdpCeiling { seconds } => {
             if !(0.1..=60.0).contains(&seconds) {
                 anyhow::bail!("--seconds must be between 0.1 and 60");

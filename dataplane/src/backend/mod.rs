@@ -130,6 +130,9 @@ pub trait Backend {
 
     /// Push queued sends to the kernel (io_uring: submit), for a loop turn that does not wait.
     fn flush(&mut self) -> io::Result<()>;
+    /// Batches accepted by [`Backend::send`] that the kernel has not finished with: a core that
+    /// exits waits for none to be left, or they would be cancelled with the backend.
+    fn sends_in_flight(&self) -> usize;
 
     /// An empty buffer to build the next batch in, reusing one the kernel is done with.
     fn take_buffer(&mut self) -> Vec<u8>;

@@ -226,7 +226,7 @@ impl std::fmt::Debug for UringBackend {
             .field("socket", &self.socket)
             .field("features", &self.features)
             .field("gso_refused", &self.gso_refused)
-            .field("sends_in_flight", &(SEND_SLOTS - self.free.len()))
+            .field("sends_in_flight", &self.sends_in_flight())
             .finish_non_exhaustive()
     }
 }
@@ -602,6 +602,11 @@ impl Backend for UringBackend {
 
     fn take_buffer(&mut self) -> Vec<u8> {
         self.spare.pop().unwrap_or_default()
+    }
+
+    fn sends_in_flight(&self) -> usize {
+        // A slot is free again once its completion has been reaped.
+        SEND_SLOTS - self.free.len()
     }
 }
 

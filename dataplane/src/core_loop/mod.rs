@@ -13,11 +13,10 @@ use bytes::BytesMut;
 use crossbeam_channel::Sender;
 use crossbeam_queue::ArrayQueue;
 use quinn_proto::{
-    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, EndpointEvent, Event,
-    Incoming, StreamEvent, Transmit,
+    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent, Transmit,
 };
 
-use crate::admission::{Admission, AdmissionConfig, Admit, Attempt, RefuseReason};
+use crate::admission::{Admission, AdmissionConfig};
 use crate::app::Application;
 use crate::backend::{Backend, OutBatch, RecvMeta};
 use crate::batch::split_gro;
@@ -32,6 +31,8 @@ use crate::stats::{bump, CloseClass, CoreStats, DropReason};
 use crate::sys::poll::Waker;
 use crate::transmit::{to_batch, Transmitter, MAX_GSO_BYTES};
 
+mod admit;
+
 /// How long a draining core waits for its connections to close before it exits.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// GSO batches one connection may send per loop turn before others get a turn.
@@ -42,10 +43,21 @@ const DEFERRED_CAPACITY: usize = 4096;
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 /// Least time between two RTT samples of one connection.
 const RTT_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// How a core stops: either way every connection is closed (CONNECTION_CLOSE sent) first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Wait (at most [`DRAIN_LIMIT`]) until each connection's closing period is over, so that a
+    /// peer whose CONNECTION_CLOSE was lost is answered again (RFC 9000 §10.2.1).
+    Drain,
+    /// Stop once the CONNECTION_CLOSE packets are with the kernel: for a process that exits next
+    /// (RFC 9000 §10.2 lets an endpoint discard the state of a closing connection).
+    Immediate,
+}
+
 /// What other threads ask of a core, whatever its application.
 pub(crate) enum Command {
     Connect(Box<ConnectRequest>),
-    Shutdown,
+    Shutdown(Stop),
     /// Refuse new connections (`false`: a takeover's drain; live ones go on) or accept them again.
     SetAccepting(bool),
     /// Use these settings for connections accepted from now on (live ones keep theirs).
@@ -166,6 +178,8 @@ pub(crate) struct Core<B: Backend, M> {
     wake_mask: Vec<bool>,
     response_buf: Vec<u8>,
     draining_since: Option<Instant>,
+    /// Stop without waiting for closing periods ([`Stop::Immediate`]).
+    stop_immediately: bool,
     /// New connections are refused (a successor takes them), live ones go on.
     refusing: bool,
     recorder: Recorder,
@@ -213,6 +227,7 @@ impl<B: Backend, M> Core<B, M> {
             wake_mask: vec![false; cores],
             response_buf: Vec::new(),
             draining_since: None,
+            stop_immediately: false,
             refusing: false,
             recorder: Recorder::new(),
             control: options.control,
@@ -242,13 +257,18 @@ impl<B: Backend, M> Core<B, M> {
             self.relay.sweep(now);
             self.take_handoffs(now);
             self.receive(now)?;
+            // Read the clock again: the packets sent now must not carry the time before this
+            // turn's work (a handshake's first key generation can take tens of milliseconds),
+            // or the peer's acknowledgement yields an RTT sample, and a PTO, that large.
+            let now = Instant::now();
             self.fire_timers(now);
             self.expire_handshakes(now);
             self.drive_dirty(now);
             self.wake_peers();
 
             if let Some(since) = self.draining_since {
-                if self.active == 0 || now.duration_since(since) > DRAIN_LIMIT {
+                if self.active == 0 || self.closes_sent() || now.duration_since(since) > DRAIN_LIMIT {
+                    self.abandon_connections();
                     // The last CONNECTION_CLOSE packets leave before the core does.
                     return self.tx.backend.flush();
                 }
@@ -294,7 +314,10 @@ impl<B: Backend, M> Core<B, M> {
             };
             match command {
                 Command::Connect(request) => self.connect(now, *request),
-                Command::Shutdown => self.start_draining(now),
+                Command::Shutdown(stop) => {
+                    self.stop_immediately |= stop == Stop::Immediate;
+                    self.start_draining(now);
+                }
                 Command::SetAccepting(accepting) => self.refusing = !accepting,
                 Command::SetServerConfig(config) => self.endpoint.set_server_config(config),
                 Command::Stall(duration) => {
@@ -341,6 +364,30 @@ impl<B: Backend, M> Core<B, M> {
                 }
             }
         }
+    }
+
+    /// Stopping immediately, and every CONNECTION_CLOSE has left: none waits to be built, kept
+    /// from back-pressure, or in the kernel's hands still.
+    fn closes_sent(&self) -> bool {
+        self.stop_immediately
+            && self.dirty.is_empty()
+            && self.deferred.is_empty()
+            && !self.tx.is_blocked()
+            && self.tx.backend.sends_in_flight() == 0
+    }
+
+    /// The core stops with these connections still closing: each ends here, counted and reported
+    /// once, as if its closing period were over.
+    fn abandon_connections(&mut self) {
+        for (index, slot) in self.conns.iter_mut().enumerate() {
+            let Some(state) = slot.take() else { continue };
+            if !state.closed_reported {
+                self.shared.stats.count_close(CloseClass::Local);
+                self.app.on_closed(ConnId { core: self.index, index }, state.tag, &ConnectionError::LocallyClosed);
+            }
+        }
+        self.active = 0;
+        self.publish_active();
     }
 
     fn connect(&mut self, now: Instant, request: ConnectRequest) {
@@ -535,67 +582,6 @@ impl<B: Backend, M> Core<B, M> {
             None => {}
         }
         self.response_buf = response;
-    }
-
-    /// Accept a connection attempt, ask it to Retry, or refuse it ([`crate::admission`]).
-    fn admit(&mut self, now: Instant, incoming: Incoming, response: &mut Vec<u8>) {
-        let attempt = Attempt { validated: incoming.remote_address_validated(), may_retry: incoming.may_retry() };
-        let accepting = self.draining_since.is_none() && !self.refusing;
-        match self.admission.decide(attempt, accepting) {
-            Admit::Retry => match self.endpoint.retry(incoming, response) {
-                Ok(transmit) => {
-                    bump(&self.shared.stats.retry_sent, 1);
-                    self.send_response(&transmit, response);
-                }
-                // `decide` only asks for a Retry where one may be sent; should that ever be
-                // wrong, the attempt is dropped without state and the client retransmits.
-                Err(error) => self.endpoint.ignore(error.into_incoming()),
-            },
-            Admit::Refuse(reason) => {
-                self.shared.stats.refuse_handshake(reason);
-                let transmit = self.endpoint.refuse(incoming, response);
-                self.send_response(&transmit, response);
-            }
-            Admit::Accept => match self.endpoint.accept(incoming, now, response, None) {
-                Ok((handle, conn)) => {
-                    bump(&self.shared.stats.connections_accepted, 1);
-                    self.insert(now, handle, conn, 0, true);
-                    self.publish_in_flight();
-                }
-                Err(error) => {
-                    self.shared.stats.refuse_handshake(RefuseReason::Rejected);
-                    tracing::debug!(cause = %error.cause, "incoming connection refused");
-                    if let Some(transmit) = error.response {
-                        self.send_response(&transmit, response);
-                    }
-                }
-            },
-        }
-    }
-
-    /// Drop accepted connections whose handshake did not complete in time, without an answer:
-    /// a flood's half-open connections must not live for the whole idle timeout.
-    fn expire_handshakes(&mut self, now: Instant) {
-        while let Some((index, created)) = self.admission.pop_expired(now) {
-            let Some(slot) = self.conns.get_mut(index) else { continue };
-            let Some(state) = slot.take_if(|state| state.half_open && state.created == created) else { continue };
-            // The endpoint forgets the connection's IDs (a drained connection gets no answer);
-            // nothing is sent.
-            let _ = self.endpoint.handle_event(ConnectionHandle(index), EndpointEvent::drained());
-            self.active = self.active.saturating_sub(1);
-            self.admission.finished();
-            let stats = &self.shared.stats;
-            bump(&stats.handshakes_timed_out, 1);
-            bump(&stats.handshake_failures, 1);
-            stats.count_close(CloseClass::of(&ConnectionError::TimedOut));
-            self.app.on_closed(ConnId { core: self.index, index }, state.tag, &ConnectionError::TimedOut);
-            self.publish_active();
-            self.publish_in_flight();
-        }
-    }
-
-    fn publish_in_flight(&self) {
-        self.shared.stats.handshakes_in_flight.store(self.admission.in_flight() as u64, Ordering::Relaxed);
     }
 
     fn send_response(&mut self, transmit: &Transmit, buf: &[u8]) {

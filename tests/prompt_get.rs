@@ -1,0 +1,167 @@
+//! `ant-quic get` ends cleanly and promptly:
+//! - its CONNECTION_CLOSE reaches the server (counted there as the peer's application close, not as
+//!   an idle timeout), and the process exits without waiting out the connection's closing period
+//!   (three PTOs, RFC 9000 §10.2), which a program that exits next does not need;
+//! - a core's slow loop turn (the process's first key generation seeds the crypto library's random
+//!   generator for tens of milliseconds) does not enter the RTT estimate, and so the PTO: the
+//!   packets a turn sends carry the time they leave, not the time the turn began.
+//!
+//! To tell "exits at once" from "waits out the closing period" without a tight clock, the test
+//! makes that period long: the server's core is held for [`SERVER_STALL`] while the client's
+//! first Initial waits in its socket, so the client's first RTT sample, and with it every PTO of
+//! the connection, is at least about that long. A client that waited out the closing period would
+//! exit at least 2 s (the core's drain limit) after its close; the test allows 1 s.
+//!
+//! All traffic stays on 127.0.0.1; every wait has a deadline; the child is killed on every path.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ant_quic::dataplane::stats::{read, CloseClass};
+use ant_quic::dataplane::{Application, BackendKind, ConnRef};
+use ant_quic::node::{connect_request, start_client, start_server, NodeOptions, Server};
+use ant_quic::quinn_proto::VarInt;
+use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
+use common::{random_bytes, sha256_hex, Process, TempDir, NODE_BIN};
+
+/// How long the server's core is held while the client's first Initial waits: under the client's
+/// first PTO (about 1 s with quinn-proto's initial RTT of 333 ms), so the Initial is not resent.
+const SERVER_STALL: Duration = Duration::from_millis(600);
+/// What the client may take from its close reaching the server to its exit. Its closing period is
+/// three PTOs of at least SERVER_STALL less its start-up each; waiting it out takes 2 s or more.
+const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(1);
+/// Bound on the whole download.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Sum of one counter over the server's cores.
+fn total(server: &Server, counter: impl Fn(&ant_quic::dataplane::stats::CoreStats) -> u64) -> u64 {
+    server.node.handle().all_stats().map(counter).sum()
+}
+
+/// A one-core server on a loopback port, serving `www` if given.
+fn server(backend: BackendKind, www: Option<std::path::PathBuf>) -> Server {
+    start_server(&NodeOptions {
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        cores: Some(1),
+        backend: Some(backend),
+        www,
+        ..NodeOptions::default()
+    })
+    .unwrap()
+}
+
+fn stop(mut server: Server) {
+    server.nat.stop();
+    server.node.shutdown();
+    server.node.join().unwrap();
+}
+
+fn get_closes_and_exits_at_once(backend: BackendKind) {
+    let dir = TempDir::new(&format!("get-close-{backend}")).unwrap();
+    let www = dir.subdir("www").unwrap();
+    let payload = random_bytes(2048).unwrap();
+    std::fs::write(www.join("small.bin"), &payload).unwrap();
+    let server = server(backend, Some(www));
+    let url = format!("https://{}/small.bin", server.node.local_addr());
+    let out = dir.path().join("out");
+
+    server.node.stall_core(0, SERVER_STALL).unwrap();
+    let mut get = Process::spawn(
+        "get",
+        Command::new(NODE_BIN)
+            .args(["get", &url, "--insecure", "--backend", backend.name(), "--timeout", "20", "--output"])
+            .arg(&out),
+        dir.path(),
+    )
+    .unwrap();
+
+    // Watch both ends at once: when the server counts the client's close, and when the client exits.
+    let started = Instant::now();
+    let (mut close_seen, mut exit) = (None, None);
+    while (close_seen.is_none() || exit.is_none()) && started.elapsed() < RUN_LIMIT {
+        if close_seen.is_none() && total(&server, |c| c.closes(CloseClass::PeerApplication)) > 0 {
+            close_seen = Some(Instant::now());
+        }
+        if exit.is_none() {
+            exit = get.exited().unwrap().map(|status| (status, Instant::now()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stderr = get.stderr();
+    let (status, exited) = exit.unwrap_or_else(|| panic!("get still running after {RUN_LIMIT:?}\n{stderr}"));
+    assert!(status.success(), "get failed ({status}):\n{stderr}");
+    assert_eq!(sha256_hex(&std::fs::read(out.join("small.bin")).unwrap()), sha256_hex(&payload));
+
+    // (a) The close reached the server as the client's application close: no idle timeout, no
+    // reset, nothing else ended that connection.
+    let close_seen = close_seen.unwrap_or_else(|| panic!("the server never saw the client's close\n{stderr}"));
+    assert_eq!(total(&server, |c| c.closes(CloseClass::PeerApplication)), 1);
+    for class in CloseClass::ALL.into_iter().filter(|&c| c != CloseClass::PeerApplication) {
+        assert_eq!(total(&server, |c| c.closes(class)), 0, "server counted a close of class {}", class.name());
+    }
+    assert_eq!(total(&server, |c| read(&c.handshakes_completed)), 1);
+
+    // (b) The client did not wait out its closing period after sending the close.
+    let lingered = exited.saturating_duration_since(close_seen);
+    assert!(
+        lingered < EXIT_AFTER_CLOSE,
+        "get exited {lingered:?} after its close reached the server: it waited out the closing period\n{stderr}"
+    );
+
+    stop(server);
+}
+
+#[test]
+fn get_closes_and_exits_at_once_portable() {
+    get_closes_and_exits_at_once(BackendKind::Portable);
+}
+
+#[test]
+fn get_closes_and_exits_at_once_io_uring() {
+    get_closes_and_exits_at_once(BackendKind::IoUring);
+}
+
+/// How long the client's core is held in the turn that opens the connection: under the first PTO
+/// (about 1 s), so the Initial is not resent and the RTT sample comes from its acknowledgement.
+const CLIENT_STALL: Duration = Duration::from_millis(500);
+
+/// Reports the connection's smoothed RTT once the handshake is done, then closes.
+struct RttProbe(mpsc::Sender<Duration>);
+
+impl Application for RttProbe {
+    fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
+        let _ = self.0.send(conn.quic().rtt());
+        conn.close(VarInt::from_u32(0), b"done");
+    }
+}
+
+fn slow_turn_leaves_rtt_alone(backend: BackendKind) {
+    let server = server(backend, None);
+    let (tx, rtts) = mpsc::channel();
+    let client = start_client(Some(backend), RttProbe(tx)).unwrap();
+    // The queue is in order: the stall runs first in the turn that then takes the connect request
+    // (queued before or while it sleeps), so that turn began CLIENT_STALL before its Initial leaves.
+    client.stall_core(0, CLIENT_STALL).unwrap();
+    let request = connect_request(server.node.local_addr(), ServerAuth::Insecure, &[ALPN_ANT_QUIC], 0).unwrap();
+    client.connect(request, Some(0)).unwrap();
+    let rtt = rtts.recv_timeout(Duration::from_secs(20)).expect("no handshake");
+    client.shutdown_now();
+    client.join().unwrap();
+    stop(server);
+    // On loopback the RTT is well under a millisecond; half the stall leaves room for a busy machine.
+    assert!(rtt < CLIENT_STALL / 2, "RTT estimate {rtt:?} includes the {CLIENT_STALL:?} of the turn's other work");
+}
+
+#[test]
+fn slow_turn_leaves_rtt_alone_portable() {
+    slow_turn_leaves_rtt_alone(BackendKind::Portable);
+}
+
+#[test]
+fn slow_turn_leaves_rtt_alone_io_uring() {
+    slow_turn_leaves_rtt_alone(BackendKind::IoUring);
+}

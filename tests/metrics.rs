@@ -3,7 +3,7 @@
 //! server scrapes a node and answers the runbook's queries.
 //!
 //! promtool and prometheus come from Debian's `prometheus` package (scripts/test.sh installs it);
-//! without them the tests that need them say so and skip.
+//! without them the tests that need them fail under `CI=true` and are skipped elsewhere.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use ant_quic::client::{BulkApp, BulkPayload};
 use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, Server};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
 use ant_quic_control::{AdminServer, AdminView};
-use common::{have, http_get, promtool_check_metrics, sample};
+use common::{http_get, promtool_check_metrics, require_prometheus, sample};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -119,7 +119,7 @@ fn a_transfer_moves_counters_and_histograms() {
     assert!(after.contains("# TYPE ant_quic_foreign_generation_datagrams_total counter\n"));
     assert!(after.contains("\nant_quic_foreign_generation_datagrams_total 0\n"), "{after}");
 
-    if have("promtool") {
+    if require_prometheus("promtool").unwrap() {
         promtool_check_metrics(&after);
     }
     admin.shutdown();
@@ -129,7 +129,7 @@ fn a_transfer_moves_counters_and_histograms() {
 
 #[test]
 fn alert_rules_pass_promtool() {
-    if !have("promtool") {
+    if !require_prometheus("promtool").unwrap() {
         return;
     }
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
@@ -230,7 +230,7 @@ impl Drop for Prometheus {
 
 #[test]
 fn a_real_prometheus_scrapes_the_node() {
-    if !have("prometheus") {
+    if !require_prometheus("prometheus").unwrap() {
         return;
     }
     let (server, admin) = server_with_admin();

@@ -110,7 +110,7 @@ fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
     })?;
     assert_eq!(sample(&metrics, "nat_traversal_success_rate"), 1.0);
     assert!(sample(&metrics, "nat_traversal_time_to_direct_seconds_count") >= 1.0);
-    if common::have("promtool") {
+    if common::require_prometheus("promtool")? {
         common::promtool_check_metrics(&metrics);
     }
 

@@ -18,6 +18,10 @@ use ant_quic::dataplane::sys::process::send_signal;
 use anyhow::{bail, Context, Result};
 
 pub mod natlab;
+pub mod prerequisite;
+
+#[allow(unused_imports)] // each test binary uses a part of them
+pub use prerequisite::{installed, is_root, require};
 
 /// The node binary under test.
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_ant-quic");
@@ -324,13 +328,12 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
-/// Whether `program` runs here (says SKIP when not).
-pub fn have(program: &str) -> bool {
-    let found = Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    if !found {
-        eprintln!("SKIP: {program} not installed (Debian package `prometheus`; scripts/test.sh installs it)");
-    }
-    found
+/// Whether the Prometheus tool `program` (`promtool`, `prometheus`) is here; see [`require`].
+pub fn require_prometheus(program: &str) -> Result<bool, prerequisite::MissingPrerequisite> {
+    require(
+        installed(program).is_some(),
+        &format!("`{program}` (Debian package prometheus; scripts/test.sh installs it)"),
+    )
 }
 
 /// `promtool check metrics` accepts `body`.

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ant_quic::dataplane::{Application, ConnRef, ReadOutcome};
+use ant_quic::dataplane::{Application, ConnId, ConnRef, Connections, Node, ReadOutcome};
 use ant_quic::identity::Identity;
 use ant_quic::node::start_client;
 use ant_quic::tls::{self, CertifiedKey, ServerAuth, ALPN_ANT_QUIC};
@@ -105,18 +105,19 @@ fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
 
     // The bootstrap counted the registrations, the punch and the initiator's report.
     let metrics = metrics_until(&bootstrap, |m| {
-        sample(m, "nat_traversal_attempts_total{outcome=\"connected\",path=\"direct\"}") >= 1.0
-            && sample(m, "nat_punches_coordinated_total") >= 1.0
+        sample(m, "nat_traversal_attempts_total{outcome=\"connected\",path=\"direct\"}").is_some_and(|v| v >= 1.0)
+            && sample(m, "nat_punches_coordinated_total").is_some_and(|v| v >= 1.0)
     })?;
-    assert_eq!(sample(&metrics, "nat_traversal_success_rate"), 1.0);
-    assert!(sample(&metrics, "nat_traversal_time_to_direct_seconds_count") >= 1.0);
+    assert_eq!(sample(&metrics, "nat_traversal_success_rate"), Some(1.0));
+    assert!(sample(&metrics, "nat_traversal_time_to_direct_seconds_count").is_some_and(|v| v >= 1.0));
     if common::require_prometheus("promtool")? {
         common::promtool_check_metrics(&metrics);
     }
 
     // The peer punched too (as responder): it probed and answered the client's probes.
     metrics_until(&peer, |m| {
-        sample(m, "nat_probes_total{kind=\"sent\"}") >= 1.0 && sample(m, "nat_probes_total{kind=\"answered\"}") >= 1.0
+        sample(m, "nat_probes_total{kind=\"sent\"}").is_some_and(|v| v >= 1.0)
+            && sample(m, "nat_probes_total{kind=\"answered\"}").is_some_and(|v| v >= 1.0)
     })?;
 
     // Nobody registered this ID: one line, non-zero exit.
@@ -138,15 +139,16 @@ fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
     Ok(())
 }
 
-/// Opens the signalling stream, sends `frames`, collects the answers for a while.
+/// Opens the signalling stream, sends `frames`, then any frame sent to it as a message; hands
+/// every answer over.
 struct Signaller {
     frames: Vec<Vec<u8>>,
     reader: FrameReader,
-    stream: Option<StreamId>,
+    stream: Option<(ConnId, StreamId)>,
     answers: mpsc::Sender<Message>,
 }
 
-impl Application for Signaller {
+impl Application<Vec<u8>> for Signaller {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         let stream = conn.open_bi().unwrap();
         let mut bytes = vec![b'S'];
@@ -154,7 +156,7 @@ impl Application for Signaller {
             bytes.extend_from_slice(frame);
         }
         assert_eq!(conn.write(stream, &bytes).unwrap(), bytes.len());
-        self.stream = Some(stream);
+        self.stream = Some((conn.id(), stream));
     }
 
     fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
@@ -168,32 +170,93 @@ impl Application for Signaller {
         }
         let _ = outcome.map(|o| o == ReadOutcome::Finished);
     }
-}
 
-fn signal(server: SocketAddr, identity: Option<&Identity>, frames: Vec<Vec<u8>>, want: usize) -> Result<Vec<Message>> {
-    let (tx, rx) = mpsc::channel();
-    let app = Signaller { frames, reader: FrameReader::new(), stream: None, answers: tx };
-    let client = start_client(None, app)?;
-    let certified = identity.map(CertifiedKey::of_identity);
-    let config = tls::client_config_with(ServerAuth::Insecure, &[ALPN_ANT_QUIC], certified.as_ref())?;
-    let request = ant_quic::dataplane::ConnectRequest {
-        remote: server,
-        server_name: tls::default_server_name().to_owned(),
-        config,
-        tag: 0,
-    };
-    client.connect(request, Some(0))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut answers = Vec::new();
-    while answers.len() < want {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(message) => answers.push(message),
-            Err(_) => break,
+    fn on_message(&mut self, conns: &mut Connections<'_>, frame: Vec<u8>) {
+        let Some((id, stream)) = self.stream else { return };
+        if let Some(mut conn) = conns.get(id) {
+            assert_eq!(conn.write(stream, &frame).unwrap(), frame.len());
         }
     }
-    client.shutdown();
-    let _ = client.join();
-    Ok(answers)
+}
+
+/// A client of a node's signalling stream: a node of its own, the answers that came so far, and
+/// frames to send after the first ones. Stopped when dropped.
+struct Peer {
+    node: Node<Vec<u8>>,
+    rx: mpsc::Receiver<Message>,
+    answers: Vec<Message>,
+}
+
+impl Peer {
+    /// Connect to `server` (as `identity`, if any) and send `frames` on the signalling stream.
+    fn open(server: SocketAddr, identity: Option<&Identity>, frames: Vec<Vec<u8>>) -> Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let app = Signaller { frames, reader: FrameReader::new(), stream: None, answers: tx };
+        let node = start_client(None, app)?;
+        let certified = identity.map(CertifiedKey::of_identity);
+        let config = tls::client_config_with(ServerAuth::Insecure, &[ALPN_ANT_QUIC], certified.as_ref())?;
+        let request = ant_quic::dataplane::ConnectRequest {
+            remote: server,
+            server_name: tls::default_server_name().to_owned(),
+            config,
+            tag: 0,
+        };
+        node.connect(request, Some(0))?;
+        Ok(Self { node, rx, answers: Vec::new() })
+    }
+
+    /// Collect answers until `done` holds for all of them (checked on every answer and every
+    /// 100 ms), at most 10 s; whether it came to hold.
+    fn collect(&mut self, mut done: impl FnMut(&[Message]) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.answers) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if let Ok(message) = self.rx.recv_timeout(Duration::from_millis(100)) {
+                self.answers.push(message);
+            }
+        }
+        true
+    }
+
+    /// Write `frame` on the signalling stream.
+    fn send(&self, frame: Vec<u8>) -> Result<()> {
+        Ok(self.node.send_message(0, frame)?)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.node.shutdown();
+    }
+}
+
+/// Opens the signalling stream of `server` (as `identity`, if any), sends `frames`, and collects
+/// the answers until `done` holds for them, or for 10 s; the caller asserts on what came.
+fn signal(
+    server: SocketAddr,
+    identity: Option<&Identity>,
+    frames: Vec<Vec<u8>>,
+    done: impl FnMut(&[Message]) -> bool,
+) -> Result<Vec<Message>> {
+    let mut peer = Peer::open(server, identity, frames)?;
+    peer.collect(done);
+    Ok(std::mem::take(&mut peer.answers))
+}
+
+/// The metric of signalling messages dropped by the rate limit.
+const RATE_LIMITED: &str = "nat_signalling_rejected_total{reason=\"rate_limited\"}";
+
+/// The requests answered `unknown_peer` (served: the target is unknown), in order.
+fn served(answers: &[Message]) -> Vec<u64> {
+    answers
+        .iter()
+        .filter_map(|m| match m {
+            Message::Error { code: ErrorCode::UnknownPeer, request, .. } => Some(*request),
+            _ => None,
+        })
+        .collect()
 }
 
 fn error_codes(answers: &[Message]) -> Vec<ErrorCode> {
@@ -207,29 +270,51 @@ fn the_signalling_stream_refuses_anonymous_malformed_and_flooding_clients() -> R
     let request = |n: u64| encode_frame(&Message::ConnectRequest { request: n, target: PeerId([9; 32]) });
 
     // No client certificate: no peer ID, so it cannot register or ask for anything.
-    let answers = signal(bootstrap.addr, None, vec![request(1)], 2)?;
+    let answers = signal(bootstrap.addr, None, vec![request(1)], |a| a.len() >= 2)?;
     ensure!(error_codes(&answers).contains(&ErrorCode::NotAuthenticated), "{answers:?}");
     ensure!(!answers.iter().any(|m| matches!(m, Message::ObservedAddress { .. })), "{answers:?}");
 
     // Authenticated: registered (observed address), and a malformed message is answered as such.
     let identity = Identity::ephemeral()?;
     let bad = vec![0u8, 4, 1, 0x7f, 0, 0]; // a 4-byte frame: version 1, unknown type 0x7f
-    let answers = signal(bootstrap.addr, Some(&identity), vec![bad, request(2)], 3)?;
+    let answers = signal(bootstrap.addr, Some(&identity), vec![bad, request(2)], |a| a.len() >= 3)?;
     ensure!(answers.iter().any(|m| matches!(m, Message::ObservedAddress { .. })), "{answers:?}");
     ensure!(error_codes(&answers).contains(&ErrorCode::Malformed), "{answers:?}");
     ensure!(error_codes(&answers).contains(&ErrorCode::UnknownPeer), "{answers:?}");
 
-    // A flood of requests: the excess is refused and counted.
-    let flood: Vec<Vec<u8>> = (10..110).map(request).collect();
-    let answers = signal(bootstrap.addr, Some(&identity), flood, 60)?;
-    let codes = error_codes(&answers);
-    ensure!(codes.contains(&ErrorCode::RateLimited), "no rate limit in {} answers: {codes:?}", answers.len());
-    let unknown = codes.iter().filter(|c| **c == ErrorCode::UnknownPeer).count();
-    ensure!(unknown < 100, "every one of 100 requests was served ({unknown})");
-    // The coordinator's counts are published every second.
+    // A flood of 100 requests on one stream. The session's token bucket (40 at once, 20 a second
+    // after that) serves some, each answered `unknown_peer`; the rest are dropped and counted in
+    // the metric, with one `rate_limited` answer per burst. Every request is one or the other.
+    const FLOOD: u64 = 100;
+    let flood: Vec<Vec<u8>> = (10..10 + FLOOD).map(request).collect();
+    let refused = || sample(&http_get(admin(&bootstrap), "/metrics").1, RATE_LIMITED).unwrap_or(0.0) as u64;
+    let started = Instant::now();
+    let mut flooder = Peer::open(bootstrap.addr, Some(&identity), flood)?;
+    flooder.collect(|a| served(a).len() as u64 + refused() >= FLOOD);
+    // All the flood's answers are in once the answer to a later request is (one stream, answered
+    // in order). That request is served: 100 ms after the flood the bucket holds two tokens again.
+    std::thread::sleep(Duration::from_millis(100));
+    flooder.send(request(1000))?;
+    let last = flooder.collect(|a| served(a).contains(&1000));
+    let watched = started.elapsed();
+    let codes = error_codes(&flooder.answers);
+    ensure!(last, "the request after the flood was not answered: {codes:?}");
+    let served: Vec<u64> = served(&flooder.answers).into_iter().filter(|r| *r != 1000).collect();
+    drop(flooder);
+    let refused = refused();
+    ensure!(
+        served.len() as u64 + refused == FLOOD,
+        "{} requests served and {refused} refused, of {FLOOD}: {codes:?}",
+        served.len()
+    );
+    ensure!(codes.contains(&ErrorCode::RateLimited), "no rate_limited answer: {codes:?}");
+    ensure!(served.iter().all(|r| (10..10 + FLOOD).contains(r)), "answers to requests never sent: {served:?}");
+    ensure!(served.windows(2).all(|w| w[0] < w[1]), "a request answered twice or out of order: {served:?}");
+    // No more than the burst and what the bucket refilled while the test watched.
+    let allowance = 40 + (20.0 * watched.as_secs_f64()).ceil() as usize;
+    ensure!(served.len() <= allowance, "{} served within {watched:?}: more than the bucket allows", served.len());
     metrics_until(&bootstrap, |m| {
-        sample(m, "nat_signalling_rejected_total{reason=\"rate_limited\"}") >= 1.0
-            && sample(m, "nat_signalling_rejected_total{reason=\"malformed\"}") >= 1.0
+        sample(m, "nat_signalling_rejected_total{reason=\"malformed\"}").is_some_and(|v| v >= 1.0)
     })?;
     ensure!(!bootstrap.stderr().contains("panicked"), "{}", bootstrap.stderr());
     dir.passed();

@@ -18,7 +18,7 @@ use ant_quic::dataplane::ReadOutcome;
 use ant_quic::dataplane::{Application, ConnId, ConnRef, ConnectRequest, Connections};
 use ant_quic::quinn_proto;
 use ant_quic::tls::{self, ServerAuth, ALPN_ANT_QUIC};
-use common::{random_bytes, run, NodeProcess, TempDir, NODE_BIN};
+use common::{random_bytes, run, sample, NodeProcess, TempDir, NODE_BIN};
 
 /// Longest wait for anything the node should do promptly.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -70,11 +70,6 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, body.to_owned())
-}
-
-/// The value of the unlabelled sample `name` in Prometheus text.
-fn sample(metrics: &str, name: &str) -> Option<u64> {
-    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Poll until `done` holds for the node's stderr; the stderr then.
@@ -408,6 +403,78 @@ fn sighup_with_a_new_certificate_is_used_by_the_next_handshake() {
     client.shutdown();
     let _ = client.join();
     node.stop_with(libc::SIGTERM, PATIENCE).unwrap();
+    dir.passed();
+}
+
+/// A reload whose TLS setting is invalid (a key that does not belong to the certificate) is
+/// refused as a whole: the next handshake still presents the running certificate, and the debug
+/// level the same file asks for is not applied either.
+#[test]
+fn sighup_with_an_invalid_tls_setting_keeps_the_certificate_and_the_level() {
+    let mut dir = TempDir::new("node-ops-bad-tls").unwrap().keep_unless_passed();
+    let (cert_a, key_a, der_a) = self_signed("a.node.test");
+    let (cert_b, _key_b, _) = self_signed("b.node.test");
+    let cert_file = write(dir.path(), "cert.pem", &cert_a);
+    let key_file = write(dir.path(), "key.pem", &key_a);
+    let config = |level: &str| {
+        format!(
+            "[node]\nlisten = \"127.0.0.1:0\"\n[logging]\nlevel = \"{level}\"\n[security]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert_file.display(),
+            key_file.display()
+        )
+    };
+    let file = write(dir.path(), "node.toml", &config("info"));
+    let mut command = node_command(&dir, &["--config"]);
+    command.arg(&file);
+    let mut node = NodeProcess::start(&mut command, dir.path()).unwrap();
+
+    let (tx, events) = mpsc::channel();
+    let client = ant_quic::node::start_client_app(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        Some(ant_quic::dataplane::BackendKind::Portable),
+        None,
+        CertProbe { tx, tags: Vec::new(), received: Vec::new() },
+    )
+    .unwrap();
+    let addr = node.addr;
+    let connect = |tag: u64| {
+        let request = ConnectRequest {
+            remote: addr,
+            server_name: tls::default_server_name().to_owned(),
+            config: tls::client_config(ServerAuth::Insecure, &[ALPN_ANT_QUIC]).unwrap(),
+            tag,
+        };
+        client.connect(request, Some(0)).unwrap();
+    };
+    connect(1);
+    match next_seen(&events) {
+        Seen::Connected(1, cert) => assert!(cert == der_a, "before the reload the node did not present cert A"),
+        other => panic!("first connection: {other}\n{}", node.stderr()),
+    }
+
+    // Certificate B with key A, and the debug level.
+    write(dir.path(), "cert.pem", &cert_b);
+    write(dir.path(), "node.toml", &config("debug"));
+    signal(&node, libc::SIGHUP);
+    let stderr =
+        wait_stderr(&node, "reload refused", |s| s.contains("configuration reloaded") || s.contains("reload refused"));
+    let refused: Vec<&str> = stderr.lines().filter(|l| l.contains("reload refused")).collect();
+    assert_eq!(refused.len(), 1, "not one refusal line:\n{stderr}");
+    let tls = refused[0].contains("tls_key") || refused[0].contains("TLS");
+    assert!(refused[0].contains("ERROR") && tls, "{}", refused[0]);
+
+    connect(2);
+    match next_seen(&events) {
+        Seen::Connected(2, cert) => assert!(cert == der_a, "after the refused reload the node changed its certificate"),
+        other => panic!("second connection: {other}\n{}", node.stderr()),
+    }
+    client.shutdown();
+    let _ = client.join();
+    node.stop_with(libc::SIGTERM, PATIENCE).unwrap();
+    let stderr = node.stderr();
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    // A debug line (`sighup_changes_the_log_level` shows it appears at debug).
+    assert!(!stderr.contains("shutdown requested"), "the refused file's debug level was applied:\n{stderr}");
     dir.passed();
 }
 

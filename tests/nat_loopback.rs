@@ -8,6 +8,9 @@
 //! - `--test` with one bootstrap: reachable, observed address, mapping unknown;
 //! - the signalling stream refuses a client without a certificate (`not_authenticated`),
 //!   answers a malformed frame with `malformed`, and rate-limits a flood (`rate_limited`, counted);
+//! - a bootstrap with short relay lifetimes and small limits (started in this process) forwards
+//!   between the two ends of an allocation up to its rate and byte limits, drops and counts the
+//!   rest by reason, and removes the allocation when its lifetime ends;
 //! - a bootstrap handing over (`Nat::begin_handover`, as before a takeover) has its registered
 //!   peers open a new connection each and register there, the old connections close without
 //!   error, and both peers can still be reached by ID.
@@ -19,10 +22,14 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ant_quic::dataplane::{Application, ConnId, ConnRef, Connections, Node, ReadOutcome};
+use ant_quic::dataplane::relay::MIN_RATE_BURST;
+use ant_quic::dataplane::stats::read;
+use ant_quic::dataplane::{Application, ConnId, ConnRef, Connections, Node, ReadOutcome, RelayDrop, RELAY_MARKER};
 use ant_quic::identity::Identity;
-use ant_quic::node::start_client;
+use ant_quic::nat::NatOptions;
+use ant_quic::node::{start_client, start_server, NodeOptions, Server};
 use ant_quic::tls::{self, CertifiedKey, ServerAuth, ALPN_ANT_QUIC};
+use ant_quic_control::nat::coordinator::CoordinatorConfig;
 use ant_quic_control::nat::wire::{encode_frame, FrameReader};
 use ant_quic_control::nat::{ErrorCode, Message};
 use ant_quic_control::PeerId;
@@ -403,5 +410,166 @@ fn peers_re_register_when_their_bootstrap_hands_over() -> Result<()> {
     node.shutdown();
     let _ = node.join();
     dir.passed();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- relay allocations
+
+/// A bootstrap started in this process with `coordinator` settings (short lifetimes, small
+/// limits), one core, on loopback.
+fn relay_bootstrap(coordinator: CoordinatorConfig) -> Result<Server> {
+    let options = NodeOptions {
+        listen: "127.0.0.1:0".parse()?,
+        cores: Some(1),
+        nat: NatOptions { coordinator, ..NatOptions::default() },
+        ..NodeOptions::default()
+    };
+    Ok(start_server(&options)?)
+}
+
+/// Two registered peers and the channel the bootstrap granted between them (`a` asked).
+struct RelayPair {
+    a: Peer,
+    b: Peer,
+    channel: u32,
+    lifetime_s: u32,
+    /// When `a` asked: the allocation cannot have been made before.
+    asked: Instant,
+}
+
+fn relay_pair(bootstrap: &Server) -> Result<RelayPair> {
+    let addr = bootstrap.node.local_addr();
+    let (id_a, id_b) = (Identity::ephemeral()?, Identity::ephemeral()?);
+    let mut b = Peer::open(addr, Some(&id_b), Vec::new())?;
+    let registered = |a: &[Message]| a.iter().any(|m| matches!(m, Message::ObservedAddress { .. }));
+    ensure!(b.collect(registered), "b did not register: {:?}", b.answers);
+    let asked = Instant::now();
+    let request = encode_frame(&Message::RelayRequest { request: 1, target: id_b.peer_id() });
+    let mut a = Peer::open(addr, Some(&id_a), vec![request])?;
+    let grant = |answers: &[Message]| {
+        answers.iter().find_map(|m| match m {
+            Message::RelayGrant { channel, lifetime_s, .. } => Some((*channel, *lifetime_s)),
+            _ => None,
+        })
+    };
+    ensure!(a.collect(|m| grant(m).is_some()), "no RELAY_GRANT for a: {:?}", a.answers);
+    ensure!(b.collect(|m| grant(m).is_some()), "no RELAY_GRANT for b: {:?}", b.answers);
+    let (channel, lifetime_s) = grant(&a.answers).context("a's grant")?;
+    ensure!(grant(&b.answers) == Some((channel, lifetime_s)), "a and b were granted different channels");
+    Ok(RelayPair { a, b, channel, lifetime_s, asked })
+}
+
+/// A relay frame on `channel`, `len` bytes in all (header included).
+fn relay_frame(channel: u32, len: usize) -> Vec<u8> {
+    let mut frame = vec![RELAY_MARKER];
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.resize(len, 0xab);
+    frame
+}
+
+/// The bootstrap's relay counters: (frames forwarded, bytes forwarded, drops by reason).
+fn relay_counts(bootstrap: &Server) -> (u64, u64, impl Fn(RelayDrop) -> u64) {
+    let stats = bootstrap.node.stats();
+    let forwarded = stats.iter().map(|s| read(&s.relay_forwarded)).sum();
+    let bytes = stats.iter().map(|s| read(&s.relay_forwarded_bytes)).sum();
+    (forwarded, bytes, move |reason| stats.iter().map(|s| s.relay_drops(reason)).sum())
+}
+
+/// Wait (at most 10 s) until the bootstrap has accounted for `frames` relay frames in all.
+fn relay_frames_counted(bootstrap: &Server, frames: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (forwarded, _, dropped) = relay_counts(bootstrap);
+        let seen = forwarded + RelayDrop::ALL.iter().map(|r| dropped(*r)).sum::<u64>();
+        if seen >= frames {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "the bootstrap accounted for {seen} of {frames} relay frames");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running bootstrap forwards between the two ends of an allocation up to its rate (per
+/// direction) and byte (both directions) limits, and drops and counts the rest by reason.
+#[test]
+fn a_relay_allocation_stops_at_its_rate_and_byte_limits() -> Result<()> {
+    // 1 byte/s: each direction's bucket holds its least depth (16 KiB) and barely refills.
+    let bootstrap = relay_bootstrap(CoordinatorConfig {
+        relay_byte_limit: 24_000,
+        relay_rate_limit: 1,
+        ..CoordinatorConfig::default()
+    })?;
+    assert_eq!(MIN_RATE_BURST, 16 * 1024, "the counts below assume a 16 KiB bucket");
+    let pair = relay_pair(&bootstrap)?;
+    let to = bootstrap.node.local_addr();
+
+    // a → b: 20 frames of 1000 bytes; the bucket lets 16 through (16 000 of 16 384 bytes).
+    for _ in 0..20 {
+        pair.a.node.handle().send_datagram(to, relay_frame(pair.channel, 1000))?;
+    }
+    relay_frames_counted(&bootstrap, 20)?;
+    let (forwarded, _, dropped) = relay_counts(&bootstrap);
+    ensure!(
+        (forwarded, dropped(RelayDrop::RateLimit)) == (16, 4),
+        "a → b: {forwarded} forwarded, {} rate-limited",
+        dropped(RelayDrop::RateLimit)
+    );
+
+    // b → a: its own bucket, but the allocation has 8 000 of its 24 000 bytes left.
+    for _ in 0..20 {
+        pair.b.node.handle().send_datagram(to, relay_frame(pair.channel, 1000))?;
+    }
+    relay_frames_counted(&bootstrap, 40)?;
+    let (forwarded, bytes, dropped) = relay_counts(&bootstrap);
+    ensure!(
+        (forwarded, bytes, dropped(RelayDrop::ByteLimit)) == (24, 24_000, 12),
+        "after b → a: {forwarded} forwarded ({bytes} bytes), {} over the byte limit",
+        dropped(RelayDrop::ByteLimit)
+    );
+    ensure!(dropped(RelayDrop::RateLimit) == 4 && dropped(RelayDrop::WrongSource) == 0);
+    drop(pair);
+    bootstrap.node.shutdown();
+    bootstrap.node.join()?;
+    Ok(())
+}
+
+/// A running bootstrap removes an allocation when its lifetime ends, and forwards nothing on its
+/// channel after that.
+#[test]
+fn a_relay_allocation_expires_on_a_running_bootstrap() -> Result<()> {
+    let lifetime = Duration::from_secs(1);
+    let bootstrap = relay_bootstrap(CoordinatorConfig { relay_lifetime: lifetime, ..CoordinatorConfig::default() })?;
+    let pair = relay_pair(&bootstrap)?;
+    ensure!(pair.lifetime_s == 1, "granted for {} s", pair.lifetime_s);
+    let to = bootstrap.node.local_addr();
+
+    // The allocation was installed: a frame now is forwarded, or (on a slow machine) found expired,
+    // but never on an unknown channel.
+    pair.a.node.handle().send_datagram(to, relay_frame(pair.channel, 500))?;
+    relay_frames_counted(&bootstrap, 1)?;
+    let (forwarded, _, dropped) = relay_counts(&bootstrap);
+    ensure!(
+        forwarded + dropped(RelayDrop::Expired) == 1,
+        "the first frame: {forwarded} forwarded, {} unknown channel",
+        dropped(RelayDrop::UnknownChannel)
+    );
+
+    // The coordinator removes it from every core at the end of its lifetime, not before.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bootstrap.node.stats().iter().any(|s| read(&s.relay_allocations) > 0) {
+        ensure!(Instant::now() < deadline, "the allocation outlived its lifetime by far");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(pair.asked.elapsed() >= lifetime, "removed {:?} after it was asked for", pair.asked.elapsed());
+
+    // Nothing is forwarded on its channel any more.
+    pair.b.node.handle().send_datagram(to, relay_frame(pair.channel, 500))?;
+    relay_frames_counted(&bootstrap, 2)?;
+    let (after, _, dropped) = relay_counts(&bootstrap);
+    ensure!(after == forwarded, "a frame was forwarded on an expired channel");
+    ensure!(dropped(RelayDrop::UnknownChannel) == 1, "the late frame was not dropped as on an unknown channel");
+    drop(pair);
+    bootstrap.node.shutdown();
+    bootstrap.node.join()?;
     Ok(())
 }

@@ -11,10 +11,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{BulkApp, BulkPayload};
+use ant_quic::dataplane::stats::read;
 use ant_quic::dataplane::{Application, Connections, Node, NodeConfig, NodeError};
 use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, Server};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
 use ant_quic_control::admin::{MAX_CLIENTS, REQUEST_DEADLINE};
+use ant_quic_control::liveness::{STALL_AFTER, WAKE_INTERVAL};
 use ant_quic_control::{AdminServer, AdminView, PreviousGeneration};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -119,9 +121,23 @@ fn health_turns_503_while_a_core_stalls_and_200_after() {
     assert_eq!(json["generation"], 1);
     assert!(json["previous"].is_null(), "{body}");
 
-    // Idle cores sleep in the kernel; the liveness wake-ups keep them healthy well past the
-    // stall threshold.
-    std::thread::sleep(Duration::from_millis(3000));
+    // Idle cores sleep in the kernel; the liveness wake-ups keep them healthy past the stall
+    // threshold: once every core has turned three more times (three wake-ups, each at least
+    // WAKE_INTERVAL after the last) and at least STALL_AFTER has passed, no stall was ever counted.
+    let turns = |server: &Server| server.node.stats().iter().map(|s| read(&s.loop_turns)).collect::<Vec<u64>>();
+    let (before, idle_since) = (turns(&server), Instant::now());
+    let deadline = idle_since + Duration::from_secs(30);
+    while turns(&server).iter().zip(&before).any(|(now, then)| now < &(then + 3))
+        || idle_since.elapsed() < STALL_AFTER + WAKE_INTERVAL
+    {
+        assert!(Instant::now() < deadline, "idle cores were not woken: turns {:?} from {before:?}", turns(&server));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = get(addr, "/metrics");
+    for core in 0..2 {
+        let stalls = format!("ant_quic_core_stalls_total{{core=\"{core}\"}} 0");
+        assert!(metrics.contains(&stalls), "an idle core was taken for a stalled one:\n{metrics}");
+    }
     assert_eq!(get(addr, "/health").0, 200, "an idle core was taken for a stalled one");
     assert!(admin.healthy());
 

@@ -2,10 +2,12 @@
 //! lossy non-blocking writer so that a data-plane core never waits for a log line.
 //!
 //! `RUST_LOG`, when set, overrides `[logging] level`. [`Logging::set_level`] changes the filter at
-//! run time (reload). Lines dropped because a writer fell behind are counted: [`dropped_lines`].
+//! run time (reload). Lines dropped because a writer fell behind, or because its output refused
+//! them (a full disk, a closed pipe), are counted: [`dropped_lines`].
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -50,9 +52,46 @@ pub enum LoggingError {
 
 static DROP_COUNTERS: Mutex<Vec<ErrorCounter>> = Mutex::new(Vec::new());
 
-/// Log lines dropped so far, over all writers, because a writer could not keep up.
+/// Lines an output refused (write errors), over all outputs.
+static LINES_NOT_WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped so far, over all writers: a writer could not keep up, or its output refused
+/// the line (a full disk, a closed pipe).
 pub fn dropped_lines() -> u64 {
-    DROP_COUNTERS.lock().map(|c| c.iter().map(|e| e.dropped_lines() as u64).sum()).unwrap_or(0)
+    let behind = DROP_COUNTERS.lock().map(|c| c.iter().map(|e| e.dropped_lines() as u64).sum()).unwrap_or(0);
+    behind + LINES_NOT_WRITTEN.load(Ordering::Relaxed)
+}
+
+/// An output that takes every line: one it cannot write is dropped and counted, and the first
+/// such failure is said once on stderr. (The writer thread would otherwise drop it silently.)
+struct CountingLoss<W> {
+    output: W,
+    /// What the output is, for the one line (`stdout`, a file's path).
+    name: String,
+    failed_before: bool,
+}
+
+impl<W: Write> Write for CountingLoss<W> {
+    // The writer thread hands over one whole line per call.
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        if let Err(error) = self.output.write_all(line).and_then(|()| self.output.flush()) {
+            LINES_NOT_WRITTEN.fetch_add(1, Ordering::Relaxed);
+            if !std::mem::replace(&mut self.failed_before, true) {
+                // Not `eprintln!`, which panics when stderr itself is the output that fails.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "ant-quic: cannot write the log to {}: {error}; lines that cannot be written are \
+                     dropped and counted in ant_quic_log_lines_dropped_total",
+                    self.name
+                );
+            }
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 type FilterHandle = reload::Handle<EnvFilter, Registry>;
@@ -92,9 +131,13 @@ pub fn initial_filter(configured: &str) -> String {
     }
 }
 
-fn non_blocking(writer: impl std::io::Write + Send + 'static, name: &str) -> (NonBlocking, WorkerGuard) {
-    let (writer, guard) =
-        NonBlockingBuilder::default().lossy(true).buffered_lines_limit(BUFFERED_LINES).thread_name(name).finish(writer);
+fn non_blocking(output: impl Write + Send + 'static, thread: &str, name: String) -> (NonBlocking, WorkerGuard) {
+    let output = CountingLoss { output, name, failed_before: false };
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name(thread)
+        .finish(output);
     if let Ok(mut counters) = DROP_COUNTERS.lock() {
         counters.push(writer.error_counter());
     }
@@ -135,8 +178,8 @@ pub fn init(config: &LoggingSection) -> Result<Logging, LoggingError> {
     let mut guards = Vec::new();
     for output in &config.outputs {
         let (writer, guard) = match output {
-            LogOutput::Stdout => non_blocking(std::io::stdout(), "log-stdout"),
-            LogOutput::Stderr => non_blocking(std::io::stderr(), "log-stderr"),
+            LogOutput::Stdout => non_blocking(std::io::stdout(), "log-stdout", "stdout".into()),
+            LogOutput::Stderr => non_blocking(std::io::stderr(), "log-stderr", "stderr".into()),
             LogOutput::File => {
                 let Some(path) = &config.file_path else {
                     return Err(LoggingError::File { path: PathBuf::new(), reason: "file_path is not set".into() });
@@ -158,7 +201,7 @@ pub fn init(config: &LoggingSection) -> Result<Logging, LoggingError> {
                 if config.retention_days > 0 {
                     spawn_pruner(dir, prefix, suffix, config.retention_days);
                 }
-                non_blocking(appender, "log-file")
+                non_blocking(appender, "log-file", path.display().to_string())
             }
         };
         // Colours only for a person at a terminal, never into files or pipes.

@@ -1,7 +1,8 @@
 //! The admin HTTP listener: `/health` follows the cores' liveness (503 while a core is stalled,
 //! 200 again after), `/ready` follows start and drain, and malformed or hostile requests get an
-//! error status or a closed connection while the node keeps serving QUIC. In a takeover the new
-//! process joins the admin port and gets every request once the old one closes its listener.
+//! error status or a closed connection while the node keeps serving QUIC; clients over the cap
+//! are closed and unfinished requests time out. In a takeover the new process joins the admin
+//! port and gets every request once the old one closes its listener.
 
 use std::io::ErrorKind;
 use std::io::{Read, Write};
@@ -10,9 +11,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{BulkApp, BulkPayload};
+use ant_quic::dataplane::stats::read;
 use ant_quic::dataplane::{Application, Connections, Node, NodeConfig, NodeError};
 use ant_quic::node::{connect_request, start_client_app, start_server, NodeOptions, Server};
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
+use ant_quic_control::admin::{MAX_CLIENTS, REQUEST_DEADLINE};
+use ant_quic_control::liveness::{STALL_AFTER, WAKE_INTERVAL};
 use ant_quic_control::{AdminServer, AdminView, PreviousGeneration};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -117,9 +121,23 @@ fn health_turns_503_while_a_core_stalls_and_200_after() {
     assert_eq!(json["generation"], 1);
     assert!(json["previous"].is_null(), "{body}");
 
-    // Idle cores sleep in the kernel; the liveness wake-ups keep them healthy well past the
-    // stall threshold.
-    std::thread::sleep(Duration::from_millis(3000));
+    // Idle cores sleep in the kernel; the liveness wake-ups keep them healthy past the stall
+    // threshold: once every core has turned three more times (three wake-ups, each at least
+    // WAKE_INTERVAL after the last) and at least STALL_AFTER has passed, no stall was ever counted.
+    let turns = |server: &Server| server.node.stats().iter().map(|s| read(&s.loop_turns)).collect::<Vec<u64>>();
+    let (before, idle_since) = (turns(&server), Instant::now());
+    let deadline = idle_since + Duration::from_secs(30);
+    while turns(&server).iter().zip(&before).any(|(now, then)| now < &(then + 3))
+        || idle_since.elapsed() < STALL_AFTER + WAKE_INTERVAL
+    {
+        assert!(Instant::now() < deadline, "idle cores were not woken: turns {:?} from {before:?}", turns(&server));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = get(addr, "/metrics");
+    for core in 0..2 {
+        let stalls = format!("ant_quic_core_stalls_total{{core=\"{core}\"}} 0");
+        assert!(metrics.contains(&stalls), "an idle core was taken for a stalled one:\n{metrics}");
+    }
     assert_eq!(get(addr, "/health").0, 200, "an idle core was taken for a stalled one");
     assert!(admin.healthy());
 
@@ -190,6 +208,44 @@ fn malformed_requests_are_refused_and_the_node_keeps_serving() {
     assert_eq!(get(addr, "/metrics").0, 200);
     transfer_works(&server);
     assert_eq!(get(addr, "/health").0, 200);
+    admin.shutdown();
+    server.node.shutdown();
+    server.node.join().unwrap();
+}
+
+/// The listener serves at most `MAX_CLIENTS` at once: while that many slow clients hold their
+/// slots, one more is closed unanswered. A client whose request never completes gets 408 once
+/// `REQUEST_DEADLINE` has passed (never before), which frees its slot.
+#[test]
+fn clients_beyond_the_cap_are_closed_and_unfinished_requests_time_out() {
+    let (server, admin) = server_with_admin(1);
+    let addr = admin.local_addr();
+    wait_status(addr, "/health", 200, Duration::from_secs(5));
+
+    // Each connect returns once the kernel queued the connection, so the listener accepts them in
+    // this order: all the slow clients before the one over the cap.
+    let slow: Vec<(TcpStream, Instant)> = (0..MAX_CLIENTS)
+        .map(|_| {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            let connected = Instant::now();
+            stream.write_all(b"GET /health HTTP/1.1\r\nHost: adm").unwrap();
+            (stream, connected)
+        })
+        .collect();
+    let (status, body) = get(addr, "/health");
+    assert_eq!(status, 0, "a client over the cap of {MAX_CLIENTS} was answered: {status} {body}");
+
+    for (i, (mut stream, connected)) in slow.into_iter().enumerate() {
+        stream.set_read_timeout(Some(REQUEST_DEADLINE + Duration::from_secs(30))).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let waited = connected.elapsed();
+        assert!(response.starts_with("HTTP/1.1 408 "), "slow client {i} got {response:?} after {waited:?}");
+        assert!(waited >= REQUEST_DEADLINE, "slow client {i} timed out after {waited:?}, before {REQUEST_DEADLINE:?}");
+    }
+    // Their slots are free again.
+    assert_eq!(get(addr, "/health").0, 200);
+    transfer_works(&server);
     admin.shutdown();
     server.node.shutdown();
     server.node.join().unwrap();

@@ -5,7 +5,8 @@
 //! container, over a real SSH (`scripts/systemd-lab/deploy-test.sh`, which says what it checks).
 //!
 //! Needs root (debootstrap, systemd-nspawn, nft); the Debian packages it needs are installed when
-//! missing. Under `CI=true` a missing prerequisite fails the test; elsewhere it says why and passes.
+//! missing. Under `CI=true` a missing prerequisite fails the test; elsewhere the test is skipped
+//! (tests/common/prerequisite.rs).
 
 mod common;
 
@@ -15,20 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use common::{aioquic_python, run, NODE_BIN};
-
-/// Under CI a test that cannot run fails; elsewhere it says why and passes.
-fn skip_or_fail(why: &str) -> Result<()> {
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        bail!("cannot run under CI=true: {why}");
-    }
-    eprintln!("SKIP: {why}");
-    Ok(())
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-}
+use common::{aioquic_python, is_root, require, run, NODE_BIN};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -53,8 +41,8 @@ fn script(name: &str, args: &[&str], limit: Duration) -> Result<String> {
 
 #[test]
 fn unit_verifies_and_rates_2_or_lower_and_firewall_rules_parse() -> Result<()> {
-    if !is_root() {
-        return skip_or_fail("scripts/check-unit.sh needs root (nft -c checks with the kernel; apt-get)");
+    if !require(is_root(), "root (scripts/check-unit.sh runs nft -c against the kernel, and apt-get)")? {
+        return Ok(());
     }
     let out = script("scripts/check-unit.sh", &[], Duration::from_secs(600))?;
     let score = out
@@ -70,11 +58,11 @@ fn unit_verifies_and_rates_2_or_lower_and_firewall_rules_parse() -> Result<()> {
 
 #[test]
 fn blue_green_switch_rollback_and_restart_under_real_systemd_over_ssh() -> Result<()> {
-    if !cfg!(target_os = "linux") {
-        return skip_or_fail("systemd-nspawn runs on Linux only");
+    if !require(cfg!(target_os = "linux"), "Linux (systemd-nspawn runs on Linux only)")? {
+        return Ok(());
     }
-    if !is_root() {
-        return skip_or_fail("the systemd lab needs root (debootstrap, systemd-nspawn, nsenter)");
+    if !require(is_root(), "root (the systemd lab runs debootstrap, systemd-nspawn, nsenter)")? {
+        return Ok(());
     }
     let python = aioquic_python()?;
     let python = python.to_string_lossy();

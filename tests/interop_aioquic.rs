@@ -5,9 +5,10 @@
 //! * `aioquic_client_fetches_from_ant_quic`: `ant-quic --listen 127.0.0.1:0
 //!   --www DIR` serves; `tests/interop/hq_client.py` fetches files over one
 //!   connection (one bidirectional stream per file) and every file's SHA-256 is
-//!   compared with the source. A missing file and `/../Cargo.toml` must fail
-//!   (stream reset, or closed with no data) while the other streams succeed,
-//!   and the node must still serve afterwards.
+//!   compared with the source. A missing file, `/../Cargo.toml`, a symlink
+//!   leading out of the directory and an absolute path must be refused (stream
+//!   reset with the "not found" code; an empty answer is not a refusal) while
+//!   the other streams succeed, and the node must still serve afterwards.
 //! * `ant_quic_get_fetches_from_aioquic`: `tests/interop/hq_server.py` serves;
 //!   `ant-quic get https://127.0.0.1:PORT/... --output DIR --insecure` must exit
 //!   0 with the right bytes, and exit non-zero for a missing path.
@@ -102,8 +103,9 @@ fn interop_script(name: &str) -> PathBuf {
 /// URL path → SHA-256 of the file served there.
 type Manifest = Vec<(String, String)>;
 
-/// Writes the test files into `www`, and a decoy `Cargo.toml` beside `www`
-/// (what `/../Cargo.toml` would reach if traversal were not refused).
+/// Writes the test files into `www`, a decoy `Cargo.toml` beside `www` (what
+/// `/../Cargo.toml` would reach if traversal were not refused), and a symlink
+/// `www/out-link` to the decoy.
 fn make_files(www: &Path) -> Result<Manifest> {
     let files: [(&str, usize); 4] = [
         ("small.bin", 1024),
@@ -121,10 +123,16 @@ fn make_files(www: &Path) -> Result<Manifest> {
         fs::write(&path, &data)?;
         manifest.push((format!("/{rel}"), sha256_hex(&data)));
     }
-    if let Some(parent) = www.parent() {
-        fs::write(parent.join("Cargo.toml"), decoy())?;
-    }
+    let decoy_path = outside(www)?;
+    fs::write(&decoy_path, decoy())?;
+    std::os::unix::fs::symlink(&decoy_path, www.join("out-link"))?;
     Ok(manifest)
+}
+
+/// The decoy beside `www`, by its absolute path.
+fn outside(www: &Path) -> Result<PathBuf> {
+    let parent = www.parent().context("www has a parent")?;
+    Ok(fs::canonicalize(parent)?.join("Cargo.toml"))
 }
 
 fn decoy() -> String {
@@ -298,7 +306,9 @@ fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
         node.addr
     );
 
-    let bad = ["/missing.bin", "/../Cargo.toml"];
+    // Missing, the decoy by its absolute path, `..`, and a symlink leading out of --www.
+    let absolute = format!("/{}", outside(&www)?.display());
+    let bad = ["/missing.bin", absolute.as_str(), "/../Cargo.toml", "/out-link"];
     let mut paths: Vec<&str> = manifest.iter().map(|(p, _)| p.as_str()).collect();
     paths.extend(bad);
     let started = Instant::now();
@@ -319,18 +329,21 @@ fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
             other => bail!("{path}: {other:?}, want OK\n{}", context()),
         }
     }
+    // Refused means reset with the hq-interop "not found" code: an empty answer closed with FIN
+    // is what an empty file looks like, so it is no refusal.
+    let not_found = ant_quic::protocol::HQ_NOT_FOUND.into_inner().to_string();
     for path in bad {
         match results.get(path) {
-            Some(Outcome::Reset { code }) => {
+            Some(Outcome::Reset { code }) if *code == not_found => {
                 eprintln!("interop: {path} refused with RESET_STREAM code {code}")
             }
-            Some(Outcome::Ok { bytes: 0, .. }) => {
-                eprintln!("interop: {path} refused with an empty response")
+            Some(Outcome::Reset { code }) => {
+                bail!("{path}: reset with code {code}, want {not_found} (not found)\n{}", context())
             }
             Some(Outcome::Ok { bytes, sha }) => {
                 let leaked = *sha == sha256_hex(decoy().as_bytes());
                 bail!(
-                    "{path} was answered with {bytes} bytes{}\n{}",
+                    "{path} was answered with {bytes} bytes{}, want a reset\n{}",
                     if leaked { " (the decoy file OUTSIDE --www: path traversal)" } else { "" },
                     context()
                 )

@@ -145,8 +145,9 @@ fn set_level_changes_what_is_written() {
         retention_days: 0,
     };
     // RUST_LOG would override the configured level this test relies on.
-    if std::env::var_os("RUST_LOG").is_some() {
-        eprintln!("RUST_LOG is set; it overrides the configured level, skipping");
+    if !common::require(std::env::var_os("RUST_LOG").is_none(), "RUST_LOG unset (it overrides the configured level)")
+        .unwrap()
+    {
         return;
     }
     let handle = logging::init(&config).unwrap();

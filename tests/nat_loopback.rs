@@ -8,6 +8,9 @@
 //! - `--test` with one bootstrap: reachable, observed address, mapping unknown;
 //! - the signalling stream refuses a client without a certificate (`not_authenticated`),
 //!   answers a malformed frame with `malformed`, and rate-limits a flood (`rate_limited`, counted);
+//! - a bootstrap with short relay lifetimes and small limits (started in this process) forwards
+//!   between the two ends of an allocation up to its rate and byte limits, drops and counts the
+//!   rest by reason, and removes the allocation when its lifetime ends;
 //! - a bootstrap handing over (`Nat::begin_handover`, as before a takeover) has its registered
 //!   peers open a new connection each and register there, the old connections close without
 //!   error, and both peers can still be reached by ID.
@@ -19,10 +22,14 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ant_quic::dataplane::{Application, ConnRef, ReadOutcome};
+use ant_quic::dataplane::relay::MIN_RATE_BURST;
+use ant_quic::dataplane::stats::read;
+use ant_quic::dataplane::{Application, ConnId, ConnRef, Connections, Node, ReadOutcome, RelayDrop, RELAY_MARKER};
 use ant_quic::identity::Identity;
-use ant_quic::node::start_client;
+use ant_quic::nat::NatOptions;
+use ant_quic::node::{start_client, start_server, NodeOptions, Server};
 use ant_quic::tls::{self, CertifiedKey, ServerAuth, ALPN_ANT_QUIC};
+use ant_quic_control::nat::coordinator::CoordinatorConfig;
 use ant_quic_control::nat::wire::{encode_frame, FrameReader};
 use ant_quic_control::nat::{ErrorCode, Message};
 use ant_quic_control::PeerId;
@@ -105,18 +112,19 @@ fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
 
     // The bootstrap counted the registrations, the punch and the initiator's report.
     let metrics = metrics_until(&bootstrap, |m| {
-        sample(m, "nat_traversal_attempts_total{outcome=\"connected\",path=\"direct\"}") >= 1.0
-            && sample(m, "nat_punches_coordinated_total") >= 1.0
+        sample(m, "nat_traversal_attempts_total{outcome=\"connected\",path=\"direct\"}").is_some_and(|v| v >= 1.0)
+            && sample(m, "nat_punches_coordinated_total").is_some_and(|v| v >= 1.0)
     })?;
-    assert_eq!(sample(&metrics, "nat_traversal_success_rate"), 1.0);
-    assert!(sample(&metrics, "nat_traversal_time_to_direct_seconds_count") >= 1.0);
-    if common::have("promtool") {
+    assert_eq!(sample(&metrics, "nat_traversal_success_rate"), Some(1.0));
+    assert!(sample(&metrics, "nat_traversal_time_to_direct_seconds_count").is_some_and(|v| v >= 1.0));
+    if common::require_prometheus("promtool")? {
         common::promtool_check_metrics(&metrics);
     }
 
     // The peer punched too (as responder): it probed and answered the client's probes.
     metrics_until(&peer, |m| {
-        sample(m, "nat_probes_total{kind=\"sent\"}") >= 1.0 && sample(m, "nat_probes_total{kind=\"answered\"}") >= 1.0
+        sample(m, "nat_probes_total{kind=\"sent\"}").is_some_and(|v| v >= 1.0)
+            && sample(m, "nat_probes_total{kind=\"answered\"}").is_some_and(|v| v >= 1.0)
     })?;
 
     // Nobody registered this ID: one line, non-zero exit.
@@ -138,15 +146,16 @@ fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
     Ok(())
 }
 
-/// Opens the signalling stream, sends `frames`, collects the answers for a while.
+/// Opens the signalling stream, sends `frames`, then any frame sent to it as a message; hands
+/// every answer over.
 struct Signaller {
     frames: Vec<Vec<u8>>,
     reader: FrameReader,
-    stream: Option<StreamId>,
+    stream: Option<(ConnId, StreamId)>,
     answers: mpsc::Sender<Message>,
 }
 
-impl Application for Signaller {
+impl Application<Vec<u8>> for Signaller {
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         let stream = conn.open_bi().unwrap();
         let mut bytes = vec![b'S'];
@@ -154,7 +163,7 @@ impl Application for Signaller {
             bytes.extend_from_slice(frame);
         }
         assert_eq!(conn.write(stream, &bytes).unwrap(), bytes.len());
-        self.stream = Some(stream);
+        self.stream = Some((conn.id(), stream));
     }
 
     fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
@@ -168,32 +177,93 @@ impl Application for Signaller {
         }
         let _ = outcome.map(|o| o == ReadOutcome::Finished);
     }
-}
 
-fn signal(server: SocketAddr, identity: Option<&Identity>, frames: Vec<Vec<u8>>, want: usize) -> Result<Vec<Message>> {
-    let (tx, rx) = mpsc::channel();
-    let app = Signaller { frames, reader: FrameReader::new(), stream: None, answers: tx };
-    let client = start_client(None, app)?;
-    let certified = identity.map(CertifiedKey::of_identity);
-    let config = tls::client_config_with(ServerAuth::Insecure, &[ALPN_ANT_QUIC], certified.as_ref())?;
-    let request = ant_quic::dataplane::ConnectRequest {
-        remote: server,
-        server_name: tls::default_server_name().to_owned(),
-        config,
-        tag: 0,
-    };
-    client.connect(request, Some(0))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut answers = Vec::new();
-    while answers.len() < want {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(message) => answers.push(message),
-            Err(_) => break,
+    fn on_message(&mut self, conns: &mut Connections<'_>, frame: Vec<u8>) {
+        let Some((id, stream)) = self.stream else { return };
+        if let Some(mut conn) = conns.get(id) {
+            assert_eq!(conn.write(stream, &frame).unwrap(), frame.len());
         }
     }
-    client.shutdown();
-    let _ = client.join();
-    Ok(answers)
+}
+
+/// A client of a node's signalling stream: a node of its own, the answers that came so far, and
+/// frames to send after the first ones. Stopped when dropped.
+struct Peer {
+    node: Node<Vec<u8>>,
+    rx: mpsc::Receiver<Message>,
+    answers: Vec<Message>,
+}
+
+impl Peer {
+    /// Connect to `server` (as `identity`, if any) and send `frames` on the signalling stream.
+    fn open(server: SocketAddr, identity: Option<&Identity>, frames: Vec<Vec<u8>>) -> Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let app = Signaller { frames, reader: FrameReader::new(), stream: None, answers: tx };
+        let node = start_client(None, app)?;
+        let certified = identity.map(CertifiedKey::of_identity);
+        let config = tls::client_config_with(ServerAuth::Insecure, &[ALPN_ANT_QUIC], certified.as_ref())?;
+        let request = ant_quic::dataplane::ConnectRequest {
+            remote: server,
+            server_name: tls::default_server_name().to_owned(),
+            config,
+            tag: 0,
+        };
+        node.connect(request, Some(0))?;
+        Ok(Self { node, rx, answers: Vec::new() })
+    }
+
+    /// Collect answers until `done` holds for all of them (checked on every answer and every
+    /// 100 ms), at most 10 s; whether it came to hold.
+    fn collect(&mut self, mut done: impl FnMut(&[Message]) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.answers) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if let Ok(message) = self.rx.recv_timeout(Duration::from_millis(100)) {
+                self.answers.push(message);
+            }
+        }
+        true
+    }
+
+    /// Write `frame` on the signalling stream.
+    fn send(&self, frame: Vec<u8>) -> Result<()> {
+        Ok(self.node.send_message(0, frame)?)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.node.shutdown();
+    }
+}
+
+/// Opens the signalling stream of `server` (as `identity`, if any), sends `frames`, and collects
+/// the answers until `done` holds for them, or for 10 s; the caller asserts on what came.
+fn signal(
+    server: SocketAddr,
+    identity: Option<&Identity>,
+    frames: Vec<Vec<u8>>,
+    done: impl FnMut(&[Message]) -> bool,
+) -> Result<Vec<Message>> {
+    let mut peer = Peer::open(server, identity, frames)?;
+    peer.collect(done);
+    Ok(std::mem::take(&mut peer.answers))
+}
+
+/// The metric of signalling messages dropped by the rate limit.
+const RATE_LIMITED: &str = "nat_signalling_rejected_total{reason=\"rate_limited\"}";
+
+/// The requests answered `unknown_peer` (served: the target is unknown), in order.
+fn served(answers: &[Message]) -> Vec<u64> {
+    answers
+        .iter()
+        .filter_map(|m| match m {
+            Message::Error { code: ErrorCode::UnknownPeer, request, .. } => Some(*request),
+            _ => None,
+        })
+        .collect()
 }
 
 fn error_codes(answers: &[Message]) -> Vec<ErrorCode> {
@@ -207,29 +277,51 @@ fn the_signalling_stream_refuses_anonymous_malformed_and_flooding_clients() -> R
     let request = |n: u64| encode_frame(&Message::ConnectRequest { request: n, target: PeerId([9; 32]) });
 
     // No client certificate: no peer ID, so it cannot register or ask for anything.
-    let answers = signal(bootstrap.addr, None, vec![request(1)], 2)?;
+    let answers = signal(bootstrap.addr, None, vec![request(1)], |a| a.len() >= 2)?;
     ensure!(error_codes(&answers).contains(&ErrorCode::NotAuthenticated), "{answers:?}");
     ensure!(!answers.iter().any(|m| matches!(m, Message::ObservedAddress { .. })), "{answers:?}");
 
     // Authenticated: registered (observed address), and a malformed message is answered as such.
     let identity = Identity::ephemeral()?;
     let bad = vec![0u8, 4, 1, 0x7f, 0, 0]; // a 4-byte frame: version 1, unknown type 0x7f
-    let answers = signal(bootstrap.addr, Some(&identity), vec![bad, request(2)], 3)?;
+    let answers = signal(bootstrap.addr, Some(&identity), vec![bad, request(2)], |a| a.len() >= 3)?;
     ensure!(answers.iter().any(|m| matches!(m, Message::ObservedAddress { .. })), "{answers:?}");
     ensure!(error_codes(&answers).contains(&ErrorCode::Malformed), "{answers:?}");
     ensure!(error_codes(&answers).contains(&ErrorCode::UnknownPeer), "{answers:?}");
 
-    // A flood of requests: the excess is refused and counted.
-    let flood: Vec<Vec<u8>> = (10..110).map(request).collect();
-    let answers = signal(bootstrap.addr, Some(&identity), flood, 60)?;
-    let codes = error_codes(&answers);
-    ensure!(codes.contains(&ErrorCode::RateLimited), "no rate limit in {} answers: {codes:?}", answers.len());
-    let unknown = codes.iter().filter(|c| **c == ErrorCode::UnknownPeer).count();
-    ensure!(unknown < 100, "every one of 100 requests was served ({unknown})");
-    // The coordinator's counts are published every second.
+    // A flood of 100 requests on one stream. The session's token bucket (40 at once, 20 a second
+    // after that) serves some, each answered `unknown_peer`; the rest are dropped and counted in
+    // the metric, with one `rate_limited` answer per burst. Every request is one or the other.
+    const FLOOD: u64 = 100;
+    let flood: Vec<Vec<u8>> = (10..10 + FLOOD).map(request).collect();
+    let refused = || sample(&http_get(admin(&bootstrap), "/metrics").1, RATE_LIMITED).unwrap_or(0.0) as u64;
+    let started = Instant::now();
+    let mut flooder = Peer::open(bootstrap.addr, Some(&identity), flood)?;
+    flooder.collect(|a| served(a).len() as u64 + refused() >= FLOOD);
+    // All the flood's answers are in once the answer to a later request is (one stream, answered
+    // in order). That request is served: 100 ms after the flood the bucket holds two tokens again.
+    std::thread::sleep(Duration::from_millis(100));
+    flooder.send(request(1000))?;
+    let last = flooder.collect(|a| served(a).contains(&1000));
+    let watched = started.elapsed();
+    let codes = error_codes(&flooder.answers);
+    ensure!(last, "the request after the flood was not answered: {codes:?}");
+    let served: Vec<u64> = served(&flooder.answers).into_iter().filter(|r| *r != 1000).collect();
+    drop(flooder);
+    let refused = refused();
+    ensure!(
+        served.len() as u64 + refused == FLOOD,
+        "{} requests served and {refused} refused, of {FLOOD}: {codes:?}",
+        served.len()
+    );
+    ensure!(codes.contains(&ErrorCode::RateLimited), "no rate_limited answer: {codes:?}");
+    ensure!(served.iter().all(|r| (10..10 + FLOOD).contains(r)), "answers to requests never sent: {served:?}");
+    ensure!(served.windows(2).all(|w| w[0] < w[1]), "a request answered twice or out of order: {served:?}");
+    // No more than the burst and what the bucket refilled while the test watched.
+    let allowance = 40 + (20.0 * watched.as_secs_f64()).ceil() as usize;
+    ensure!(served.len() <= allowance, "{} served within {watched:?}: more than the bucket allows", served.len());
     metrics_until(&bootstrap, |m| {
-        sample(m, "nat_signalling_rejected_total{reason=\"rate_limited\"}") >= 1.0
-            && sample(m, "nat_signalling_rejected_total{reason=\"malformed\"}") >= 1.0
+        sample(m, "nat_signalling_rejected_total{reason=\"malformed\"}").is_some_and(|v| v >= 1.0)
     })?;
     ensure!(!bootstrap.stderr().contains("panicked"), "{}", bootstrap.stderr());
     dir.passed();
@@ -318,5 +410,166 @@ fn peers_re_register_when_their_bootstrap_hands_over() -> Result<()> {
     node.shutdown();
     let _ = node.join();
     dir.passed();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- relay allocations
+
+/// A bootstrap started in this process with `coordinator` settings (short lifetimes, small
+/// limits), one core, on loopback.
+fn relay_bootstrap(coordinator: CoordinatorConfig) -> Result<Server> {
+    let options = NodeOptions {
+        listen: "127.0.0.1:0".parse()?,
+        cores: Some(1),
+        nat: NatOptions { coordinator, ..NatOptions::default() },
+        ..NodeOptions::default()
+    };
+    Ok(start_server(&options)?)
+}
+
+/// Two registered peers and the channel the bootstrap granted between them (`a` asked).
+struct RelayPair {
+    a: Peer,
+    b: Peer,
+    channel: u32,
+    lifetime_s: u32,
+    /// When `a` asked: the allocation cannot have been made before.
+    asked: Instant,
+}
+
+fn relay_pair(bootstrap: &Server) -> Result<RelayPair> {
+    let addr = bootstrap.node.local_addr();
+    let (id_a, id_b) = (Identity::ephemeral()?, Identity::ephemeral()?);
+    let mut b = Peer::open(addr, Some(&id_b), Vec::new())?;
+    let registered = |a: &[Message]| a.iter().any(|m| matches!(m, Message::ObservedAddress { .. }));
+    ensure!(b.collect(registered), "b did not register: {:?}", b.answers);
+    let asked = Instant::now();
+    let request = encode_frame(&Message::RelayRequest { request: 1, target: id_b.peer_id() });
+    let mut a = Peer::open(addr, Some(&id_a), vec![request])?;
+    let grant = |answers: &[Message]| {
+        answers.iter().find_map(|m| match m {
+            Message::RelayGrant { channel, lifetime_s, .. } => Some((*channel, *lifetime_s)),
+            _ => None,
+        })
+    };
+    ensure!(a.collect(|m| grant(m).is_some()), "no RELAY_GRANT for a: {:?}", a.answers);
+    ensure!(b.collect(|m| grant(m).is_some()), "no RELAY_GRANT for b: {:?}", b.answers);
+    let (channel, lifetime_s) = grant(&a.answers).context("a's grant")?;
+    ensure!(grant(&b.answers) == Some((channel, lifetime_s)), "a and b were granted different channels");
+    Ok(RelayPair { a, b, channel, lifetime_s, asked })
+}
+
+/// A relay frame on `channel`, `len` bytes in all (header included).
+fn relay_frame(channel: u32, len: usize) -> Vec<u8> {
+    let mut frame = vec![RELAY_MARKER];
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.resize(len, 0xab);
+    frame
+}
+
+/// The bootstrap's relay counters: (frames forwarded, bytes forwarded, drops by reason).
+fn relay_counts(bootstrap: &Server) -> (u64, u64, impl Fn(RelayDrop) -> u64) {
+    let stats = bootstrap.node.stats();
+    let forwarded = stats.iter().map(|s| read(&s.relay_forwarded)).sum();
+    let bytes = stats.iter().map(|s| read(&s.relay_forwarded_bytes)).sum();
+    (forwarded, bytes, move |reason| stats.iter().map(|s| s.relay_drops(reason)).sum())
+}
+
+/// Wait (at most 10 s) until the bootstrap has accounted for `frames` relay frames in all.
+fn relay_frames_counted(bootstrap: &Server, frames: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (forwarded, _, dropped) = relay_counts(bootstrap);
+        let seen = forwarded + RelayDrop::ALL.iter().map(|r| dropped(*r)).sum::<u64>();
+        if seen >= frames {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "the bootstrap accounted for {seen} of {frames} relay frames");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running bootstrap forwards between the two ends of an allocation up to its rate (per
+/// direction) and byte (both directions) limits, and drops and counts the rest by reason.
+#[test]
+fn a_relay_allocation_stops_at_its_rate_and_byte_limits() -> Result<()> {
+    // 1 byte/s: each direction's bucket holds its least depth (16 KiB) and barely refills.
+    let bootstrap = relay_bootstrap(CoordinatorConfig {
+        relay_byte_limit: 24_000,
+        relay_rate_limit: 1,
+        ..CoordinatorConfig::default()
+    })?;
+    assert_eq!(MIN_RATE_BURST, 16 * 1024, "the counts below assume a 16 KiB bucket");
+    let pair = relay_pair(&bootstrap)?;
+    let to = bootstrap.node.local_addr();
+
+    // a → b: 20 frames of 1000 bytes; the bucket lets 16 through (16 000 of 16 384 bytes).
+    for _ in 0..20 {
+        pair.a.node.handle().send_datagram(to, relay_frame(pair.channel, 1000))?;
+    }
+    relay_frames_counted(&bootstrap, 20)?;
+    let (forwarded, _, dropped) = relay_counts(&bootstrap);
+    ensure!(
+        (forwarded, dropped(RelayDrop::RateLimit)) == (16, 4),
+        "a → b: {forwarded} forwarded, {} rate-limited",
+        dropped(RelayDrop::RateLimit)
+    );
+
+    // b → a: its own bucket, but the allocation has 8 000 of its 24 000 bytes left.
+    for _ in 0..20 {
+        pair.b.node.handle().send_datagram(to, relay_frame(pair.channel, 1000))?;
+    }
+    relay_frames_counted(&bootstrap, 40)?;
+    let (forwarded, bytes, dropped) = relay_counts(&bootstrap);
+    ensure!(
+        (forwarded, bytes, dropped(RelayDrop::ByteLimit)) == (24, 24_000, 12),
+        "after b → a: {forwarded} forwarded ({bytes} bytes), {} over the byte limit",
+        dropped(RelayDrop::ByteLimit)
+    );
+    ensure!(dropped(RelayDrop::RateLimit) == 4 && dropped(RelayDrop::WrongSource) == 0);
+    drop(pair);
+    bootstrap.node.shutdown();
+    bootstrap.node.join()?;
+    Ok(())
+}
+
+/// A running bootstrap removes an allocation when its lifetime ends, and forwards nothing on its
+/// channel after that.
+#[test]
+fn a_relay_allocation_expires_on_a_running_bootstrap() -> Result<()> {
+    let lifetime = Duration::from_secs(1);
+    let bootstrap = relay_bootstrap(CoordinatorConfig { relay_lifetime: lifetime, ..CoordinatorConfig::default() })?;
+    let pair = relay_pair(&bootstrap)?;
+    ensure!(pair.lifetime_s == 1, "granted for {} s", pair.lifetime_s);
+    let to = bootstrap.node.local_addr();
+
+    // The allocation was installed: a frame now is forwarded, or (on a slow machine) found expired,
+    // but never on an unknown channel.
+    pair.a.node.handle().send_datagram(to, relay_frame(pair.channel, 500))?;
+    relay_frames_counted(&bootstrap, 1)?;
+    let (forwarded, _, dropped) = relay_counts(&bootstrap);
+    ensure!(
+        forwarded + dropped(RelayDrop::Expired) == 1,
+        "the first frame: {forwarded} forwarded, {} unknown channel",
+        dropped(RelayDrop::UnknownChannel)
+    );
+
+    // The coordinator removes it from every core at the end of its lifetime, not before.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bootstrap.node.stats().iter().any(|s| read(&s.relay_allocations) > 0) {
+        ensure!(Instant::now() < deadline, "the allocation outlived its lifetime by far");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(pair.asked.elapsed() >= lifetime, "removed {:?} after it was asked for", pair.asked.elapsed());
+
+    // Nothing is forwarded on its channel any more.
+    pair.b.node.handle().send_datagram(to, relay_frame(pair.channel, 500))?;
+    relay_frames_counted(&bootstrap, 2)?;
+    let (after, _, dropped) = relay_counts(&bootstrap);
+    ensure!(after == forwarded, "a frame was forwarded on an expired channel");
+    ensure!(dropped(RelayDrop::UnknownChannel) == 1, "the late frame was not dropped as on an unknown channel");
+    drop(pair);
+    bootstrap.node.shutdown();
+    bootstrap.node.join()?;
     Ok(())
 }

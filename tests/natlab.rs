@@ -14,7 +14,8 @@
 //!   one line when no bootstrap answers.
 //!
 //! Needs root, `ip`, `nft`, `python3` and /dev/net/tun (scripts/test.sh installs the tools);
-//! without them it says why and passes. The lab is always removed; every command has a deadline.
+//! without them it fails under `CI=true` and is skipped elsewhere (tests/common/prerequisite.rs).
+//! The lab is always removed; every command has a deadline.
 
 mod common;
 
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use common::natlab::{expected_direct, parse_report, skip_reason, Lab, Report, Up, PEERS, TRAVERSE};
+use common::natlab::{can_run, expected_direct, parse_report, Lab, Report, PEERS, TRAVERSE};
 use common::{run, Process, TempDir, NODE_BIN};
 
 /// Bytes sent over every connection of the clean matrix.
@@ -30,19 +31,12 @@ const MATRIX_BYTES: &str = "100000000";
 
 #[test]
 fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("natlab: skipped: {why}");
+    if !can_run()? {
         return Ok(());
     }
     let started = Instant::now();
     let mut dir = TempDir::new("natlab-traversal")?.keep_unless_passed();
-    let lab = match Lab::up("aqn", dir.path(), &["--impair-loss", "10", "--impair-delay-ms", "100"])? {
-        Up::Ready(lab) => lab,
-        Up::NotPermitted(why) => {
-            eprintln!("natlab: skipped: cannot create network namespaces here: {why}");
-            return Ok(());
-        }
-    };
+    let lab = Lab::up("aqn", dir.path(), &["--impair-loss", "10", "--impair-delay-ms", "100"])?;
 
     // Every pair, coordinated by the clean bootstrap, 100 MB each.
     let table = dir.path().join("matrix.md");

@@ -13,32 +13,26 @@
 //!   public address intact at b2.
 //!
 //! The lab is always removed (a drop guard runs `natlab.py down`). Needs root, `ip`, `nft`,
-//! `python3` and /dev/net/tun (scripts/test.sh installs the tools); without them it says why and
-//! passes. Every command has a deadline; all traffic stays inside the lab's namespaces.
+//! `python3` and /dev/net/tun (scripts/test.sh installs the tools); without them it fails under
+//! `CI=true` and is skipped elsewhere (tests/common/prerequisite.rs). Every command has a
+//! deadline; all traffic stays inside the lab's namespaces.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use common::natlab::{expected_direct, nat_of, skip_reason, Lab, Report, Up, PEERS};
+use common::natlab::{can_run, expected_direct, nat_of, Lab, Report, PEERS};
 use common::TempDir;
 
 #[test]
 fn nat_lab_types_raw_matrix_and_impairment() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("natlab_raw: skipped: {why}");
+    if !can_run()? {
         return Ok(());
     }
     let started = Instant::now();
     let mut dir = TempDir::new("natlab")?.keep_unless_passed();
-    let lab = match Lab::up("aqr", dir.path(), &["--impair-loss", "10", "--impair-delay-ms", "100"])? {
-        Up::Ready(lab) => lab,
-        Up::NotPermitted(why) => {
-            eprintln!("natlab_raw: skipped: cannot create network namespaces here: {why}");
-            return Ok(());
-        }
-    };
+    let lab = Lab::up("aqr", dir.path(), &["--impair-loss", "10", "--impair-delay-ms", "100"])?;
 
     // Each router behaves as its type.
     let nat = lab.json("nat-check", Duration::from_secs(60))?;

@@ -10,8 +10,8 @@
 //! - `scripts/nat-stress.sh` reaches every peer through one bootstrap, round after round.
 //!
 //! The lint tools come from PyPI wheels (`scripts/lint-tools.sh`, a virtualenv under target/).
-//! Where they cannot be installed the test says so and passes, except under `CI=true`, where a
-//! missing tool fails it. Every script runs with a deadline; all traffic stays on loopback.
+//! Where they cannot be installed the test is skipped (tests/common/prerequisite.rs), except
+//! under `CI=true`, where a missing tool fails it. Every script runs with a deadline; all traffic stays on loopback.
 
 mod common;
 
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use common::{http_get, run, sample, Finished, NodeProcess, TempDir, NODE_BIN};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -35,18 +35,15 @@ fn bash(dir: &TempDir, name: &str, args: &[&str], limit: Duration) -> Result<Fin
     run(name, &mut cmd, dir.path(), limit)
 }
 
-/// The lint tool's path, installing it if needed; `None` (test skipped, with a line saying why)
-/// when it cannot be installed here, an error under `CI=true`.
+/// The lint tool's path, installing it if needed; `None` when it cannot be installed here (see
+/// `common::require`: the test is skipped, or fails under `CI=true`).
 fn lint_tool(dir: &TempDir, tool: &str) -> Result<Option<String>> {
     let out = bash(dir, "lint-tools.sh", &[tool], Duration::from_secs(600))?;
     if out.status.success() {
         return Ok(out.stdout.lines().last().map(str::to_owned));
     }
-    let why = out.stderr.lines().last().unwrap_or("no output").to_owned();
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        bail!("{tool} cannot be installed and CI=true: {why}");
-    }
-    eprintln!("ops_scripts: {tool} skipped: cannot be installed here: {why}");
+    let why = out.stderr.lines().last().unwrap_or("no output");
+    common::require(false, &format!("`{tool}` (scripts/lint-tools.sh could not install it: {why})"))?;
     Ok(None)
 }
 
@@ -221,7 +218,7 @@ fn nat_success_rate_comes_from_the_metrics_here_and_over_ssh() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while sample(&http_get(bootstrap.addr, "/metrics").1, "nat_traversal_success_rate") != 1.0 {
+    while sample(&http_get(bootstrap.addr, "/metrics").1, "nat_traversal_success_rate") != Some(1.0) {
         ensure!(Instant::now() < deadline, "the bootstrap never counted the traversal");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -255,8 +252,8 @@ fn nat_success_rate_comes_from_the_metrics_here_and_over_ssh() -> Result<()> {
         ),
     )?;
     std::fs::set_permissions(shim.join("ssh"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    if !common::have("curl") {
-        eprintln!("ops_scripts: --ssh part skipped: no curl here (the node's host runs curl)");
+    // The node's host runs curl for the --ssh part.
+    if !common::require(common::installed("curl").is_some(), "`curl` (scripts/test.sh installs it)")? {
         dir.passed();
         return Ok(());
     }

@@ -16,10 +16,12 @@
 //! - anything else needs a running node, a server or GitHub; [`NOT_RUN_HERE`] says why for each
 //!   program, and a program not listed anywhere fails the test.
 //!
-//! Prerequisites (promtool) missing: the test says SKIP, or fails under CI=true.
+//! Prerequisites (promtool) missing: the test is skipped, or fails under CI=true
+//! (tests/common/prerequisite.rs).
 
 #[path = "runbook/commands.rs"]
 mod commands;
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -47,18 +49,6 @@ fn runbook() -> Vec<Command> {
     let commands = commands::commands(&read(RUNBOOK)).unwrap_or_else(|e| panic!("{e}"));
     assert!(commands.len() > 10, "{RUNBOOK}: only {} commands found; is the extraction broken?", commands.len());
     commands
-}
-
-/// Under CI a test that cannot run fails; elsewhere it says why and passes.
-fn skip_or_fail(why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("cannot run under CI=true: {why}");
-    }
-    eprintln!("SKIP: {why}");
-}
-
-fn have(program: &str) -> bool {
-    Process::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 fn shown(output: &std::process::Output) -> String {
@@ -402,8 +392,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     {
         assert!(lines.iter().any(|c| c.text == wanted), "{RUNBOOK} does not quote `{wanted}`");
     }
-    if !have("promtool") {
-        skip_or_fail("promtool not installed (Debian package `prometheus`; scripts/test.sh installs it)");
+    if !common::require_prometheus("promtool").unwrap() {
         return;
     }
     for command in &lines {
@@ -457,8 +446,7 @@ fn git(dir: &Path, args: &[&str]) -> std::process::Output {
 /// --quick (a stand-in here that passes or fails on demand, so the test needs no cargo build).
 #[test]
 fn the_pre_commit_hook_installs_from_a_worktree_and_blocks_a_failing_commit() {
-    if !have("git") {
-        skip_or_fail("git not installed");
+    if !common::require(common::installed("git").is_some(), "`git` (Debian package git)").unwrap() {
         return;
     }
     let scratch = std::env::temp_dir().join(format!("ant-quic-hooks-{}", std::process::id()));

@@ -414,7 +414,7 @@ impl Metrics {
             out.family(
                 "ant_quic_log_lines_dropped_total",
                 "counter",
-                "Log lines dropped because the log writer was behind.",
+                "Log lines dropped because the log writer was behind or its output refused them (a full disk).",
             );
             out.sample("ant_quic_log_lines_dropped_total", &[], dropped());
         }

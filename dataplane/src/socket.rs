@@ -109,6 +109,9 @@ mod tests {
     /// the same user held (seen as ~5 % collisions over 3000 binds), so two nodes shared a port.
     #[test]
     fn port_zero_groups_never_share_a_port() {
+        // 2 000 sockets: more than the usual soft limit of 1 024 open files.
+        let limit = crate::sys::process::raise_open_files_limit().unwrap();
+        assert!(limit >= 2_100, "this test opens 2 000 sockets; the hard limit of open files is {limit} (ulimit -Hn)");
         let groups: Vec<Vec<UdpSocket>> =
             (0..1000).map(|_| bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 2).unwrap()).collect();
         let mut ports: Vec<u16> = groups.iter().map(|g| g[0].local_addr().unwrap().port()).collect();

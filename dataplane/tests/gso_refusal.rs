@@ -9,12 +9,16 @@
 //!   then fails with `EIO`; 6.11 added a software-checksum fallback and accepts the batch, so there
 //!   the test only checks that every datagram arrives once. (Loopback cannot be used: its checksum
 //!   offload is fixed on, and traffic between two local addresses never leaves `lo`.) Needs root,
-//!   `ip` (iproute2) and `ethtool`; skipped, saying so, when not root.
+//!   `ip` (iproute2) and `ethtool`: without them the test fails under `CI=true` and is skipped
+//!   elsewhere (tests/common/prerequisite.rs), as the io_uring tests are without io_uring.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // The test drives the kernel directly (setns into its namespaces, SO_NO_CHECK on a socket), which
 // the production code never does, so those two calls stay here rather than in `sys`.
 #![allow(unsafe_code)]
+
+#[path = "../../tests/common/prerequisite.rs"]
+mod prerequisite;
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -41,12 +45,8 @@ struct Netns {
 }
 
 impl Netns {
-    /// `None` (and a skip message) when not root.
-    fn create(tag: &str) -> Option<Self> {
-        if current_uid() != 0 {
-            eprintln!("SKIP: the GSO-refusal test needs root (it creates network namespaces)");
-            return None;
-        }
+    /// Needs root, `ip` and `ethtool` ([`netns_here`]).
+    fn create(tag: &str) -> Self {
         let sender = format!("aq-gso-{}-{tag}", std::process::id());
         let receiver = format!("{sender}-peer");
         run("ip", &["netns", "add", &sender]);
@@ -60,7 +60,7 @@ impl Netns {
         run("ip", &["-n", s, "link", "set", "v0", "up"]);
         run("ip", &["-n", r, "link", "set", "v1", "up"]);
         run("ip", &["netns", "exec", s, "ethtool", "-K", "v0", "tx", "off"]);
-        Some(ns)
+        ns
     }
 
     /// Move the calling thread (only it) into namespace `name`.
@@ -90,8 +90,23 @@ fn run(program: &str, args: &[&str]) {
     assert!(status.success(), "{program} {args:?} failed: {status}");
 }
 
-/// Open a backend on `socket`; `None` (with a skip message) when that backend cannot run here.
-type Open<B> = fn(BackendParams<'_>) -> Option<B>;
+/// Open a backend on `socket` (the test checked that it can run here).
+type Open<B> = fn(BackendParams<'_>) -> B;
+
+/// Whether io_uring runs here; see `prerequisite::require`.
+fn uring_here() -> bool {
+    prerequisite::require_ok(uring::probe(), "io_uring").unwrap()
+}
+
+/// Whether namespaces with a veth pair can be made here: root, `ip`, `ethtool`.
+fn netns_here() -> bool {
+    prerequisite::require(current_uid() == 0, "root (the test creates network namespaces)").unwrap()
+        && prerequisite::require(
+            prerequisite::installed("ip").is_some() && prerequisite::installed("ethtool").is_some(),
+            "`ip` and `ethtool` (Debian packages iproute2 and ethtool; scripts/test.sh installs them)",
+        )
+        .unwrap()
+}
 
 /// How the test makes the kernel refuse GSO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,19 +117,12 @@ enum Refusal {
     NoChecksumOffload,
 }
 
-fn open_portable(params: BackendParams<'_>) -> Option<PortableBackend> {
-    Some(PortableBackend::open(params).unwrap())
+fn open_portable(params: BackendParams<'_>) -> PortableBackend {
+    PortableBackend::open(params).unwrap()
 }
 
-fn open_uring(params: BackendParams<'_>) -> Option<UringBackend> {
-    if let Err(e) = uring::probe() {
-        eprintln!("SKIP: io_uring unavailable here: {e}");
-        return None;
-    }
-    match UringBackend::open(params) {
-        Ok(backend) => Some(backend),
-        Err(e) => panic!("open: {e}"),
-    }
+fn open_uring(params: BackendParams<'_>) -> UringBackend {
+    UringBackend::open(params).unwrap_or_else(|e| panic!("open: {e}"))
 }
 
 /// Send one 10-datagram GSO batch through the backend and check that all 10 arrive exactly once
@@ -131,9 +139,7 @@ fn send_batch_expecting_refusal<B: Backend>(
     receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let stats = Arc::new(CoreStats::default());
     let waker = Waker::new().unwrap();
-    let Some(mut backend) = open(BackendParams { socket, wake_fd: waker.fd(), stats: &stats }) else {
-        return;
-    };
+    let mut backend = open(BackendParams { socket, wake_fd: waker.fd(), stats: &stats });
     assert!(backend.max_gso_segments() > 1, "{tag}: GSO must look available before the kernel refuses it");
 
     let lens = [1100, 1100, 1100, 1100, 1100, 1100, 1100, 1100, 1100, 450];
@@ -204,7 +210,7 @@ fn without_udp_checksum<B: Backend>(tag: &str, open: Open<B>) {
 }
 
 fn through_device_without_checksum_offload<B: Backend + 'static>(tag: &'static str, open: Open<B>) {
-    let Some(ns) = Netns::create(tag) else { return };
+    let ns = Netns::create(tag);
     let thread = std::thread::spawn(move || {
         // Sockets stay in the namespace they were created in; only this thread moves.
         Netns::enter(&ns.receiver);
@@ -227,15 +233,21 @@ fn portable_resends_each_datagram_when_gso_refused_without_udp_checksum() {
 
 #[test]
 fn uring_resends_each_datagram_when_gso_refused_without_udp_checksum() {
-    without_udp_checksum("uring", open_uring);
+    if uring_here() {
+        without_udp_checksum("uring", open_uring);
+    }
 }
 
 #[test]
 fn portable_loses_nothing_through_device_without_checksum_offload() {
-    through_device_without_checksum_offload("portable", open_portable);
+    if netns_here() {
+        through_device_without_checksum_offload("portable", open_portable);
+    }
 }
 
 #[test]
 fn uring_loses_nothing_through_device_without_checksum_offload() {
-    through_device_without_checksum_offload("uring", open_uring);
+    if netns_here() && uring_here() {
+        through_device_without_checksum_offload("uring", open_uring);
+    }
 }

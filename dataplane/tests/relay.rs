@@ -11,6 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "../../tests/common/prerequisite.rs"]
+mod prerequisite;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -150,6 +152,12 @@ fn forwards_between_two_sockets(backend: BackendKind) {
     relay.join().unwrap();
 }
 
+/// io_uring may be forbidden where the tests run (containers, seccomp): see
+/// `prerequisite::require`.
+fn uring_available() -> bool {
+    prerequisite::require_ok(ant_quic_dataplane::backend::uring::probe(), "io_uring").unwrap()
+}
+
 #[test]
 fn relay_forwards_between_two_sockets_portable() {
     forwards_between_two_sockets(BackendKind::Portable);
@@ -157,8 +165,7 @@ fn relay_forwards_between_two_sockets_portable() {
 
 #[test]
 fn relay_forwards_between_two_sockets_io_uring() {
-    if let Err(e) = ant_quic_dataplane::backend::uring::probe() {
-        eprintln!("SKIP: io_uring unavailable here: {e}");
+    if !uring_available() {
         return;
     }
     forwards_between_two_sockets(BackendKind::IoUring);
@@ -540,8 +547,7 @@ fn burst_of_raw_sends_all_leave(backend: BackendKind) {
 
 #[test]
 fn burst_of_raw_sends_all_leave_io_uring() {
-    if let Err(e) = ant_quic_dataplane::backend::uring::probe() {
-        eprintln!("SKIP: io_uring unavailable here: {e}");
+    if !uring_available() {
         return;
     }
     burst_of_raw_sends_all_leave(BackendKind::IoUring);

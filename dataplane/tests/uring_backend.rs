@@ -3,6 +3,9 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../tests/common/prerequisite.rs"]
+mod prerequisite;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -18,15 +21,10 @@ use quinn_proto::EcnCodepoint;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// io_uring may be forbidden where the tests run (containers, seccomp): say so and skip.
+/// io_uring may be forbidden where the tests run (containers, seccomp): see
+/// `prerequisite::require`.
 fn uring_available() -> bool {
-    match uring::probe() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("SKIP: io_uring unavailable here: {e}");
-            false
-        }
-    }
+    prerequisite::require_ok(uring::probe(), "io_uring").unwrap()
 }
 
 struct Node<B> {
@@ -161,10 +159,16 @@ fn loopback_ipv6_with_ecn_against_portable_backend() {
     if !uring_available() {
         return;
     }
-    let (Some(s1), Some(s2)) = (bind(Ipv6Addr::LOCALHOST.into()), bind(Ipv6Addr::LOCALHOST.into())) else {
-        eprintln!("SKIP: no IPv6 loopback here");
+    let (s1, s2) = (bind(Ipv6Addr::LOCALHOST.into()), bind(Ipv6Addr::LOCALHOST.into()));
+    if !prerequisite::require(
+        s1.is_some() && s2.is_some(),
+        "IPv6 loopback (::1; sysctl net.ipv6.conf.lo.disable_ipv6=0)",
+    )
+    .unwrap()
+    {
         return;
-    };
+    }
+    let (Some(s1), Some(s2)) = (s1, s2) else { unreachable!("checked above") };
     let mut u = uring_node(s1);
     let mut p = portable_node(s2);
     exchange(&mut u, &mut p, 200, Some(EcnCodepoint::Ect1));

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,10 @@ use ant_quic::dataplane::sys::process::send_signal;
 use anyhow::{bail, Context, Result};
 
 pub mod natlab;
+pub mod prerequisite;
+
+#[allow(unused_imports)] // each test binary uses a part of them
+pub use prerequisite::{installed, is_root, require};
 
 /// The node binary under test.
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_ant-quic");
@@ -122,7 +126,14 @@ pub struct Process {
     name: String,
     child: Child,
     stdout: LineReader,
-    stderr_log: PathBuf,
+    stderr: Stderr,
+}
+
+/// Where a [`Process`]'s stderr goes.
+enum Stderr {
+    Log(PathBuf),
+    /// A pipe nobody reads: once full (64 KiB) it blocks the writer.
+    Unread(ChildStderr),
 }
 
 impl Process {
@@ -130,10 +141,22 @@ impl Process {
         let stderr_log = logs.join(format!("{name}.stderr"));
         let stderr =
             std::fs::File::create(&stderr_log).with_context(|| format!("creating {}", stderr_log.display()))?;
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+        let (child, stdout) = Self::start(name, command.stderr(stderr))?;
+        Ok(Self { name: name.to_owned(), child, stdout, stderr: Stderr::Log(stderr_log) })
+    }
+
+    /// As [`Process::spawn`], but stderr is a pipe that nobody reads (a stalled log sink).
+    pub fn spawn_with_unread_stderr(name: &str, command: &mut Command) -> Result<Self> {
+        let (mut child, stdout) = Self::start(name, command.stderr(Stdio::piped()))?;
+        let pipe = child.stderr.take().context("no stderr pipe")?;
+        Ok(Self { name: name.to_owned(), child, stdout, stderr: Stderr::Unread(pipe) })
+    }
+
+    fn start(name: &str, command: &mut Command) -> Result<(Child, LineReader)> {
+        command.stdin(Stdio::null()).stdout(Stdio::piped());
         let mut child = command.spawn().with_context(|| format!("spawning {name}: {command:?}"))?;
         let stdout = LineReader::spawn(child.stdout.take().context("no stdout pipe")?);
-        Ok(Self { name: name.to_owned(), child, stdout, stderr_log })
+        Ok((child, stdout))
     }
 
     pub fn pid(&self) -> libc::pid_t {
@@ -145,9 +168,12 @@ impl Process {
         Ok(self.child.try_wait()?)
     }
 
-    /// Everything the process wrote to stderr so far.
+    /// Everything the process wrote to stderr so far (nothing for an unread pipe).
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+        match &self.stderr {
+            Stderr::Log(path) => std::fs::read_to_string(path).unwrap_or_default(),
+            Stderr::Unread(_) => String::new(),
+        }
     }
 
     /// The first stdout line, within `limit`, for which `pick` returns a value.
@@ -262,7 +288,11 @@ impl NodeProcess {
     /// Start a prepared node command (arguments, environment, pre-exec hooks); stderr goes to
     /// `LOGS/node.stderr`. Waits (at most 20 s) for the `listening on ADDR` line.
     pub fn start(command: &mut Command, logs: &Path) -> Result<Self> {
-        let mut process = Process::spawn("node", command, logs)?;
+        Self::ready(Process::spawn("node", command, logs)?)
+    }
+
+    /// Wait (at most 20 s) for a node process started otherwise to announce its address.
+    pub fn ready(mut process: Process) -> Result<Self> {
         let mut peer_id = String::new();
         let (addr, banner) = process
             .stdout_line(NODE_STARTUP, |line| {
@@ -316,21 +346,21 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
-/// The value of the sample `series` (name and labels exactly as exposed), or 0 when absent.
-pub fn sample(metrics: &str, series: &str) -> f64 {
+/// The value of the sample `series` (name and labels exactly as exposed); `None` when the series
+/// is absent (a misspelt name must not read as 0).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+        .map(|v| v.trim().parse().unwrap_or_else(|e| panic!("{series} {v}: {e}")))
 }
 
-/// Whether `program` runs here (says SKIP when not).
-pub fn have(program: &str) -> bool {
-    let found = Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    if !found {
-        eprintln!("SKIP: {program} not installed (Debian package `prometheus`; scripts/test.sh installs it)");
-    }
-    found
+/// Whether the Prometheus tool `program` (`promtool`, `prometheus`) is here; see [`require`].
+pub fn require_prometheus(program: &str) -> Result<bool, prerequisite::MissingPrerequisite> {
+    require(
+        installed(program).is_some(),
+        &format!("`{program}` (Debian package prometheus; scripts/test.sh installs it)"),
+    )
 }
 
 /// `promtool check metrics` accepts `body`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::prerequisite::{installed, is_root, require, MissingPrerequisite};
 use super::{run, Finished};
 
 /// `natlab.py`.
@@ -17,58 +18,56 @@ pub const TRAVERSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/natlab/
 /// The peers of the lab, in its order.
 pub const PEERS: [&str; 10] = ["pub", "fc1", "fc2", "ar1", "ar2", "pr1", "pr2", "sy1", "sy2", "pr1b"];
 
-/// Why the lab cannot run here, if it cannot.
-pub fn skip_reason() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1));
-    if uid != Some("0") {
-        return Some("not running as root (network namespaces and nftables need it)".into());
+/// Whether the lab can run here: root, `ip`, `nft`, `python3`, /dev/net/tun, and the right to
+/// create network namespaces. See [`require`] for what happens when one is missing.
+pub fn can_run() -> Result<bool, MissingPrerequisite> {
+    if !require(is_root(), "root (network namespaces and nftables need it): run the tests as root")? {
+        return Ok(false);
     }
-    for tool in ["ip", "nft", "python3"] {
-        if find_in_path(tool).is_none() {
-            return Some(format!("`{tool}` not found (scripts/test.sh installs it)"));
+    for (tool, package) in [("ip", "iproute2"), ("nft", "nftables"), ("python3", "python3")] {
+        let missing = format!("`{tool}` (Debian package {package}; scripts/test.sh installs it)");
+        if !require(installed(tool).is_some(), &missing)? {
+            return Ok(false);
         }
     }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("/dev/net/tun missing (the impairment needs TUN)".into());
+    if !require(Path::new("/dev/net/tun").exists(), "/dev/net/tun (the impairment needs TUN: modprobe tun)")? {
+        return Ok(false);
     }
-    None
+    let refused = netns_refused();
+    let missing = format!("the right to create network namespaces (`ip netns add` failed: {refused})");
+    require(refused.is_empty(), &missing)
 }
 
-fn find_in_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let extra = ["/usr/sbin", "/sbin"].map(PathBuf::from);
-    std::env::split_paths(&path).chain(extra).map(|dir| dir.join(tool)).find(|p| p.is_file())
+/// Why a network namespace cannot be created here (an unprivileged container), or "" if it can.
+fn netns_refused() -> String {
+    let name = format!("aq-probe-{}", std::process::id());
+    match Command::new("ip").args(["netns", "add", &name]).output() {
+        Ok(out) if out.status.success() => {
+            let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+            String::new()
+        }
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        Err(error) => error.to_string(),
+    }
 }
 
-/// A lab under its own prefix; removed when dropped.
+/// A lab under its own prefix; removed when dropped (also when `up` failed half-way).
 pub struct Lab {
     pub prefix: String,
     pub logs: PathBuf,
 }
 
-/// How bringing a lab up went.
-pub enum Up {
-    Ready(Lab),
-    /// The kernel refused network namespaces here (an unprivileged container): the reason.
-    NotPermitted(String),
-}
-
 impl Lab {
-    /// Build a lab named after `tag` and this process, with `up_args` (e.g. the impairment).
-    pub fn up(tag: &str, logs: &Path, up_args: &[&str]) -> Result<Up> {
+    /// Build a lab named after `tag` and this process, with `up_args` (e.g. the impairment). A
+    /// failure is an error (call [`can_run`] first), and whatever `up` built is removed then too.
+    pub fn up(tag: &str, logs: &Path, up_args: &[&str]) -> Result<Lab> {
         let lab = Lab { prefix: format!("{tag}{}", std::process::id() % 100_000), logs: logs.to_owned() };
         let mut args = vec!["up"];
         args.extend_from_slice(up_args);
         let up = lab.run("up", &args, Duration::from_secs(90))?;
-        if !up.status.success() && up.stderr.contains("Operation not permitted") {
-            let reason = up.stderr.trim().to_owned();
-            std::mem::forget(lab);
-            return Ok(Up::NotPermitted(reason));
-        }
         anyhow::ensure!(up.status.success(), "natlab up failed:\n{}{}", up.stdout, up.stderr);
         eprintln!("{}", up.stdout.trim_end());
-        Ok(Up::Ready(lab))
+        Ok(lab)
     }
 
     pub fn command(&self, script: &str, args: &[&str]) -> Command {

@@ -1,4 +1,5 @@
-//! Processes: this one's user ID and clock, signals to others, and a seccomp filter for a child.
+//! Processes: this one's user ID, clock and open-files limit, signals to others, and a seccomp
+//! filter for a child.
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -30,6 +31,24 @@ pub fn clock_ticks_per_second() -> Option<u64> {
     // SAFETY: sysconf reads a configuration value and has no memory arguments.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(ticks).ok().filter(|&t| t > 0)
+}
+
+/// Raise this process's soft limit of open files (`RLIMIT_NOFILE`) to its hard limit, which an
+/// unprivileged process may do; returns the limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit that setrlimit only reads.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// Make `command`'s process run under the seccomp `filter` (with `PR_SET_NO_NEW_PRIVS`, which an

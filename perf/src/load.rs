@@ -153,11 +153,11 @@ impl ClientArgs {
         if self.concurrency == 0 || self.concurrency > 10_000 {
             bail!("--concurrency must be between 1 and 10000");
         }
-        if !(0.1..=600.0).contains(&self.seconds) || !(0.0..=600.0).contains(&self.hold) {
-            bail!("--seconds must be between 0.1 and 600, --hold between 0 and 600");
+        if !(0.1..=600.0).contains(&self.seconds) || !(0.0..=7200.0).contains(&self.hold) {
+            bail!("--seconds must be between 0.1 and 600, --hold between 0 and 7200");
         }
-        if !(1.0..=3600.0).contains(&self.timeout) {
-            bail!("--timeout must be between 1 and 3600 seconds");
+        if !(1.0..=7800.0).contains(&self.timeout) {
+            bail!("--timeout must be between 1 and 7800 seconds");
         }
         if self.rate == 0 || self.rate > 10_000_000 {
             bail!("--rate must be between 1 and 10000000");

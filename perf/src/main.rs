@@ -30,6 +30,7 @@ mod quinn_get;
 mod quinn_load;
 mod relay_rate;
 mod shutdown;
+mod soak;
 mod suite;
 mod tls;
 mod udp_ceiling;
@@ -120,6 +121,9 @@ enum Cmd {
     /// Each implementation's server under the same flood, with a legitimate client's handshakes
     /// and the server's memory measured; prints a markdown table (or JSON).
     FloodCompare(flood_compare::FloodCompareArgs),
+    /// The `ant-quic` binary under idle connections and churn for a long time, sampled; fails
+    /// unless its descriptors and connections come back to where they started.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -188,6 +192,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::FloodCompare(args) => flood_compare::run(&args)?,
+        Cmd::Soak(args) => soak::run(&args)?,
     }
     Ok(())
 }

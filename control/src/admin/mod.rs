@@ -1,9 +1,13 @@
 //! The admin HTTP/1.1 listener on the control thread: `GET /metrics`, `/health`, `/ready`.
 //!
-//! One thread serves every client and also runs the liveness watch. Sockets are non-blocking and
-//! each request is bounded in size ([`MAX_REQUEST`]) and time ([`REQUEST_DEADLINE`]), so a slow or
-//! hostile client cannot stall the thread; malformed requests get 400 and the connection is
-//! closed. Every response closes its connection (`Connection: close`).
+//! One thread serves every client and also runs the liveness watch. Sockets are non-blocking,
+//! each request head is bounded in size ([`MAX_REQUEST_LINE`], [`MAX_REQUEST`]: 414 and 431) and
+//! time ([`REQUEST_DEADLINE`]: 408), answers are written without blocking, and malformed requests
+//! get 400; every response closes its connection (`Connection: close`). At most [`MAX_CLIENTS`]
+//! connections are held: when one more arrives, the oldest is closed to make room, as nginx
+//! reuses its oldest idle connections. So idle or slow clients, however many, cannot lock the
+//! operator out: a request sent right after its connect is answered before 63 newer connections
+//! push it out (see `docs/reliability.md`).
 //!
 //! The listener is bound with `SO_REUSEPORT` so that a takeover (a newer process of the same user
 //! on the same port) can join it with [`AdminServer::start_joining`]; when the older process calls
@@ -11,8 +15,11 @@
 //! [`AdminServer::start`] first checks that no listener holds the port, so two unrelated nodes
 //! configured with one admin port still fail as they would without `SO_REUSEPORT`.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod connection;
+pub mod request;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,21 +30,21 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::liveness::{CoreHealth, Liveness};
 use crate::metrics::{CounterFn, Metrics};
+use connection::{Connection, Response, Turn};
 
-/// Largest request (line and headers) accepted; larger ones get 431 and are closed.
-pub const MAX_REQUEST: usize = 16 * 1024;
-/// A request must arrive whole within this time, or it gets 408.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
-/// Clients served at once; more are closed on accept.
+pub use connection::REQUEST_DEADLINE;
+pub use request::{MAX_REQUEST, MAX_REQUEST_LINE};
+
+/// Connections held at once; one more closes the oldest.
 pub const MAX_CLIENTS: usize = 64;
-/// Longest the thread blocks writing one response to a client that does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between polls when nothing happened.
 const IDLE_POLL: Duration = Duration::from_millis(10);
-/// Connections the kernel queues for the listener before the thread accepts them.
-const LISTEN_BACKLOG: i32 = 128;
+/// Connections the kernel queues for the listener before the thread accepts them: room for a
+/// burst of connects between two polls, so that the operator's is not dropped and retried a
+/// second later (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 1024;
 /// Longest [`AdminServer::close_listener`] waits for the thread to drop its listener (it does so
-/// within one [`IDLE_POLL`] unless it is busy writing to slow clients).
+/// within one [`IDLE_POLL`]).
 const CLOSE_LISTENER_WAIT: Duration = Duration::from_secs(1);
 
 /// What the admin server shows about the node.
@@ -199,32 +206,20 @@ impl Drop for AdminServer {
     }
 }
 
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    since: Instant,
-}
-
 struct ControlThread {
     /// `None` once [`AdminServer::close_listener`] took effect.
     listener: Option<TcpListener>,
+    flags: Arc<Flags>,
+    clients: Vec<Connection>,
+    pages: Pages,
+}
+
+/// What the listener answers, and the liveness watch it reports on.
+struct Pages {
     view: AdminView,
     flags: Arc<Flags>,
     metrics: Metrics,
     liveness: Liveness,
-    clients: Vec<Client>,
-}
-
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Response {
-    fn text(status: u16, body: impl Into<String>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: body.into() }
-    }
 }
 
 impl ControlThread {
@@ -232,14 +227,15 @@ impl ControlThread {
         let metrics = Metrics::new(view.node.clone(), view.log_lines_dropped.clone()).with_nat(view.nat.clone());
         let liveness = Liveness::new(&view.node, Instant::now());
         let metrics = metrics.with_generation(view.generation);
-        Self { listener: Some(listener), view, flags, metrics, liveness, clients: Vec::new() }
+        let pages = Pages { view, flags: Arc::clone(&flags), metrics, liveness };
+        Self { listener: Some(listener), flags, clients: Vec::with_capacity(MAX_CLIENTS), pages }
     }
 
     fn run(mut self) {
         while !self.flags.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            self.liveness.tick(&self.view.node, now);
-            let healthy = self.liveness.unhealthy_reason().is_none();
+            self.pages.liveness.tick(&self.pages.view.node, now);
+            let healthy = self.pages.liveness.unhealthy_reason().is_none();
             self.flags.healthy.store(healthy, Ordering::Relaxed);
             if self.listener.is_some() && self.flags.close_listener.load(Ordering::Relaxed) {
                 self.close_listener(now);
@@ -270,10 +266,20 @@ impl ControlThread {
             match listener.accept() {
                 Ok((stream, _)) => {
                     any = true;
-                    if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                    if stream.set_nonblocking(true).is_err() {
                         continue; // dropped: closed
                     }
-                    self.clients.push(Client { stream, buf: Vec::new(), since: now });
+                    // A request that waited in the queue is answered now, before newer
+                    // connections of the same burst could push this one out.
+                    let mut client = Connection::new(stream, now);
+                    let pages = &mut self.pages;
+                    if client.advance(now, &mut |method, path| pages.respond(method, path)) == Turn::Finished {
+                        continue;
+                    }
+                    if self.clients.len() >= MAX_CLIENTS {
+                        close_oldest(&mut self.clients);
+                    }
+                    self.clients.push(client);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return any,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -285,39 +291,26 @@ impl ControlThread {
         }
     }
 
-    /// Read from every client; answer and close the ones whose request is complete or broken.
+    /// Move every client on; drop the finished ones.
     fn serve(&mut self, now: Instant) -> bool {
         let mut any = false;
-        let mut index = 0;
-        while index < self.clients.len() {
-            let outcome = match self.clients.get_mut(index) {
-                Some(client) => read_request(client, now),
-                None => break,
-            };
-            match outcome {
-                Progress::Waiting => index += 1,
-                Progress::Read => {
-                    any = true;
-                    index += 1;
-                }
-                Progress::Done(request) => {
-                    any = true;
-                    let client = self.clients.swap_remove(index);
-                    let response = match request {
-                        Ok((method, path)) => self.respond(&method, &path),
-                        Err(response) => response,
-                    };
-                    write_response(client.stream, &response);
-                }
-                Progress::Closed => {
-                    any = true;
-                    self.clients.swap_remove(index);
-                }
+        let pages = &mut self.pages;
+        self.clients.retain_mut(|client| match client.advance(now, &mut |method, path| pages.respond(method, path)) {
+            Turn::Idle => true,
+            Turn::Busy => {
+                any = true;
+                true
             }
-        }
+            Turn::Finished => {
+                any = true;
+                false
+            }
+        });
         any
     }
+}
 
+impl Pages {
     fn respond(&mut self, method: &str, path: &str) -> Response {
         if method != "GET" {
             return Response::text(405, "only GET\n");
@@ -402,6 +395,15 @@ impl ControlThread {
     }
 }
 
+/// Make room for a new connection: close the one accepted longest ago (unanswered if it has not
+/// completed its request by now).
+fn close_oldest(clients: &mut Vec<Connection>) {
+    let oldest = clients.iter().enumerate().min_by_key(|(_, client)| client.accepted()).map(|(index, _)| index);
+    if let Some(index) = oldest {
+        clients.swap_remove(index);
+    }
+}
+
 /// Fail with `AddrInUse` when any listener holds `bind`: a bind without `SO_REUSEPORT` conflicts
 /// with every listener, ours included. `SO_REUSEADDR` (as std sets it) lets the connections of
 /// answered requests still in TIME_WAIT pass. Bound but never listening, so no client lands on it.
@@ -421,89 +423,4 @@ fn reuse_port_listener(bind: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-enum Progress {
-    /// Nothing new; keep the client.
-    Waiting,
-    /// Some bytes arrived, the request is not complete yet.
-    Read,
-    /// Answer with this (method and path, or an error response) and close.
-    Done(Result<(String, String), Response>),
-    /// The client went away; just close.
-    Closed,
-}
-
-fn read_request(client: &mut Client, now: Instant) -> Progress {
-    let mut chunk = [0u8; 4096];
-    let mut read_any = false;
-    loop {
-        match client.stream.read(&mut chunk) {
-            Ok(0) => {
-                // Closed before a whole request: answer 400 if anything came, best effort.
-                return if client.buf.is_empty() {
-                    Progress::Closed
-                } else {
-                    Progress::Done(Err(Response::text(400, "incomplete request\n")))
-                };
-            }
-            Ok(n) => {
-                read_any = true;
-                client.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                if client.buf.len() > MAX_REQUEST {
-                    return Progress::Done(Err(Response::text(431, "request too large\n")));
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Progress::Closed,
-        }
-    }
-    if read_any {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&client.buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let method = request.method.unwrap_or_default().to_owned();
-                let path = request.path.unwrap_or_default().to_owned();
-                return Progress::Done(Ok((method, path)));
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(error) => return Progress::Done(Err(Response::text(400, format!("bad request: {error}\n")))),
-        }
-    }
-    if now.duration_since(client.since) > REQUEST_DEADLINE {
-        return Progress::Done(Err(Response::text(408, "request timeout\n")));
-    }
-    if read_any {
-        Progress::Read
-    } else {
-        Progress::Waiting
-    }
-}
-
-fn write_response(mut stream: TcpStream, response: &Response) {
-    let reason = match response.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    };
-    let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
-        response.status,
-        response.content_type,
-        response.body.len(),
-        if response.status == 405 { "Allow: GET\r\n" } else { "" },
-    );
-    // Bounded: a client that does not read costs at most WRITE_TIMEOUT.
-    if stream.set_nonblocking(false).is_err() || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
-        return;
-    }
-    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(response.body.as_bytes()));
-    let _ = stream.shutdown(std::net::Shutdown::Write);
 }

@@ -38,7 +38,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use common::{parse_listening, random_bytes, run, sha256_hex, Finished, NodeProcess, Process, TempDir, NODE_BIN};
+use common::{
+    http_get, parse_listening, random_bytes, run, sample, sha256_hex, Finished, NodeProcess, Process, TempDir, NODE_BIN,
+};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// Bound on everything a test does after the Python environment exists.
@@ -166,8 +168,9 @@ fn node_log_level() -> String {
     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string())
 }
 
-fn start_node(www: &Path, data: &Path, logs: &Path, backend: Backend) -> Result<NodeProcess> {
+fn start_node(www: &Path, data: &Path, logs: &Path, backend: Backend, retry: &str) -> Result<NodeProcess> {
     let mut cmd = Command::new(node_bin());
+    cmd.env("ANT_QUIC_SECURITY_RETRY", retry);
     cmd.args(backend.args()).args(["--listen", "127.0.0.1:0", "--www"]).arg(www).arg("--data-dir").arg(data);
     NodeProcess::start(cmd.env("RUST_LOG", node_log_level()), logs)
 }
@@ -288,7 +291,10 @@ fn describe(done: &Finished) -> String {
 
 // ---------------------------------------------------------------- tests
 
-fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
+/// aioquic's client against the node: every file intact, refusals for paths outside `--www`.
+/// With `retry = "always"` the node answers every new connection with a Retry first (RFC 9000
+/// §8.1), and aioquic must follow it.
+fn client_fetches_from_node(test: &str, backend: Backend, retry: &str) -> Result<()> {
     let py = python()?;
     let deadline = Instant::now() + TEST_BUDGET;
     let mut scratch = TempDir::new(&format!("interop-{test}"))?.keep_unless_passed();
@@ -298,7 +304,10 @@ fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
     let logs = scratch.subdir("logs")?;
     let manifest = make_files(&www)?;
 
-    let mut node = start_node(&www, &data, &logs, backend)?;
+    let mut node = start_node(&www, &data, &logs, backend, retry)?;
+    let admin = node.stdout_line(Duration::from_secs(20), |line| {
+        line.strip_prefix("admin http on ")?.split_whitespace().next()?.parse::<SocketAddr>().ok()
+    })?;
     eprintln!("interop: ant-quic node listening on {}", node.addr);
     ensure!(
         node.addr.ip().is_loopback() && node.addr.port() != 0,
@@ -367,6 +376,15 @@ fn client_fetches_from_node(test: &str, backend: Backend) -> Result<()> {
     );
     ensure!(file_sha(&out2.join("small.bin"))? == manifest[0].1, "second fetch of /small.bin differs");
     ensure!(node.exited()?.is_none(), "node exited: {}", tail(&node.stderr(), 60));
+
+    // Two connections: with `always` each was sent a Retry (one per Initial datagram of its first
+    // flight); with the default `auto` nobody was, so few handshakes are in flight.
+    let (_, metrics) = http_get(admin, "/metrics");
+    let retries = sample(&metrics, "quic_retry_sent_total").ok_or_else(|| anyhow!("no quic_retry_sent_total"))?;
+    match retry {
+        "always" => ensure!((2.0..=4.0).contains(&retries), "{retries} Retry packets for two connections"),
+        _ => ensure!(retries == 0.0, "{retries} Retry packets under retry = {retry}"),
+    }
 
     drop(node);
     scratch.passed();
@@ -442,12 +460,17 @@ fn ant_quic_get_fetches_from_aioquic_portable_backend() -> Result<()> {
 
 #[test]
 fn aioquic_client_fetches_from_ant_quic() -> Result<()> {
-    client_fetches_from_node("client", Backend::Default)
+    client_fetches_from_node("client", Backend::Default, "auto")
+}
+
+#[test]
+fn aioquic_client_follows_the_nodes_retry() -> Result<()> {
+    client_fetches_from_node("client-retry", Backend::Default, "always")
 }
 
 #[test]
 fn aioquic_client_fetches_from_ant_quic_portable_backend() -> Result<()> {
-    client_fetches_from_node("client-portable", Backend::Portable)
+    client_fetches_from_node("client-portable", Backend::Portable, "auto")
 }
 
 #[test]

@@ -474,8 +474,20 @@ impl Connection {
         // packets, this can be earlier than the start of the current QUIC packet.
         let mut datagram_start = 0;
         let mut segment_size = usize::from(self.path.current_mtu());
+        // PATCH (ant-quic, patches/quinn-proto/PATCH.md): on a path being validated after a
+        // migration, keep each datagram within the anti-amplification budget instead of sending
+        // one full-MTU datagram on any budget at all, so a lost PATH_CHALLENGE can be sent again
+        // before the peer speaks (RFC 9000 §8.2.1 lets it be smaller than 1200 bytes then).
+        if self.path.challenge.is_some() && !self.path.validated {
+            let budget = (self.path.total_recvd * 3).saturating_sub(self.path.total_sent);
+            if budget < segment_size as u64 {
+                // The smallest datagram this function builds (MIN_PACKET_SPACE and a 16-byte
+                // AEAD tag): room for the PATH_CHALLENGE and an ACK.
+                segment_size = segment_size.min(MIN_PACKET_SPACE + 16);
+            }
+        }
         // The peer's maximum UDP payload size can reduce the path MTU below our configured minimum.
-        let min_mtu = Ord::min(self.config.min_mtu, self.path.current_mtu());
+        let min_mtu = Ord::min(self.config.min_mtu, self.path.current_mtu()).min(segment_size as u16);
 
         if let Some(challenge) = self.send_path_challenge(now, buf) {
             return Some(challenge);
@@ -1660,6 +1672,14 @@ impl Connection {
             return;
         }
 
+        // PATCH (ant-quic): after a migration the new path counts no packets in flight while
+        // this timer may still be armed for packets sent on the previous one. Nothing to probe on
+        // this path then (upstream trips a debug assertion in `pto_time_and_space` here).
+        if self.path.in_flight.ack_eliciting == 0 && self.peer_completed_address_validation() {
+            self.set_loss_detection_timer(now);
+            return;
+        }
+
         let (_, space) = match self.pto_time_and_space(now) {
             Some(x) => x,
             None => {
@@ -1686,6 +1706,11 @@ impl Connection {
         };
         self.spaces[space].loss_probes = self.spaces[space].loss_probes.saturating_add(count);
         self.pto_count = self.pto_count.saturating_add(1);
+        // PATCH (ant-quic): a path still being validated gets its PATH_CHALLENGE again with the
+        // probes: a lost challenge would otherwise fail the validation (RFC 9000 §8.2.1).
+        if self.path.challenge.is_some() {
+            self.path.challenge_pending = true;
+        }
         self.set_loss_detection_timer(now);
     }
 
@@ -3096,9 +3121,13 @@ impl Connection {
             self.prev_path = Some((self.rem_cids.active(), prev));
         }
 
+        // PATCH (ant-quic): RFC 9000 §8.2.4 recommends three times the larger of the current PTO
+        // and the new path's PTO computed from kInitialRtt; a path copied from the previous one
+        // (a NAT rebinding) has only the former, often a few milliseconds on a short path.
+        let new_path_pto = 3 * self.config.initial_rtt + self.ack_frequency.max_ack_delay_for_pto();
         self.timers.set(
             Timer::PathValidation,
-            now + 3 * cmp::max(self.pto(SpaceId::Data), prev_pto),
+            now + 3 * cmp::max(self.pto(SpaceId::Data), prev_pto).max(new_path_pto),
         );
     }
 

@@ -8,7 +8,8 @@
 //! forgot the old mapping.
 //!
 //! * `aioquic_client_downloads_from_node_across_rebinding`: the node (`--www`) serves, aioquic's
-//!   `tests/interop/hq_client.py` fetches through the proxy.
+//!   `tests/interop/hq_client.py --keep-alive 1` fetches through the proxy (a client that never
+//!   speaks after its NAT moved cannot be found by any server; docs/reliability.md).
 //! * `get_downloads_from_aioquic_across_rebinding`: `tests/interop/hq_server.py` serves,
 //!   `ant-quic get` fetches through the proxy.
 //!

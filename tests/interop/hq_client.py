@@ -50,6 +50,9 @@ Pacing: ``--max-rate BYTES`` keeps the connection's receive window (MAX_DATA) fr
 faster than BYTES per second after the first ``max_data`` (1 MiB), so a large download lasts
 as long as a test needs it to; the server is slowed by flow control, not by loss.
 
+Keep-alive: ``--keep-alive S`` sends a PING after S seconds without receiving anything, so a
+server hears the client's new address after its NAT moved it to another port.
+
 Many connections: ``--connections N --interval S`` fetches the requests over N separate
 connections (each its own UDP socket and handshake), the i-th started ``i * S`` seconds after
 the first. Each connection writes into ``DIR/conn-<i>/`` and its result lines are prefixed
@@ -157,6 +160,8 @@ class HqClientProtocol(QuicConnectionProtocol):
         self.requests: dict[int, Request] = {}
         self.terminated: str | None = None
         self._pacer: asyncio.TimerHandle | None = None
+        self._keep_alive: asyncio.TimerHandle | None = None
+        self._last_received = 0.0
 
     def pace(self, rate: float) -> None:
         """Hold the receive rate to ``rate`` bytes per second (see PacedLimit)."""
@@ -169,9 +174,29 @@ class HqClientProtocol(QuicConnectionProtocol):
         self.transmit()
         self._pacer = self._loop.call_later(0.01, self._tick)
 
+    def keep_alive(self, interval: float) -> None:
+        """Send a PING after ``interval`` seconds without receiving anything, as a client behind a
+        NAT should (RFC 9000 section 10.1.2): after the NAT moves it to a new port, a server can
+        only learn the new address from a packet the client sends."""
+        self._last_received = self._loop.time()
+        self._keep_alive_tick(interval)
+
+    def _keep_alive_tick(self, interval: float) -> None:
+        if self._loop.time() - self._last_received >= interval:
+            self._quic.send_ping(0)
+            self._last_received = self._loop.time()
+            self.transmit()
+        self._keep_alive = self._loop.call_later(interval / 4, self._keep_alive_tick, interval)
+
+    def datagram_received(self, data: bytes | str, addr) -> None:
+        self._last_received = self._loop.time()
+        super().datagram_received(data, addr)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._pacer is not None:
             self._pacer.cancel()
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
         super().connection_lost(exc)
 
     def fetch(self, req: Request) -> None:
@@ -282,6 +307,8 @@ async def run(args: argparse.Namespace, host: str, port: int, requests: list[Req
         LOG.info("connected to %s:%d in %.3fs", host, port, time.monotonic() - started)
         if args.max_rate:
             client.pace(args.max_rate)
+        if args.keep_alive:
+            client.keep_alive(args.keep_alive)
         for req in requests:
             client.fetch(req)
         await asyncio.gather(*(r.done for r in requests))
@@ -325,6 +352,8 @@ def main() -> int:
     parser.add_argument("--idle-timeout", type=float, default=30.0, help="QUIC idle timeout in seconds")
     parser.add_argument("--max-rate", type=float, default=None, metavar="BYTES_PER_SEC",
                         help="hold the receive rate to this many bytes per second (flow control)")
+    parser.add_argument("--keep-alive", type=float, default=None, metavar="SECONDS",
+                        help="send a PING after SECONDS without receiving anything")
     parser.add_argument("--connections", type=int, default=1, metavar="N",
                         help="fetch the requests over N separate connections")
     parser.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",

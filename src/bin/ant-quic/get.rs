@@ -3,7 +3,7 @@
 use std::net::ToSocketAddrs;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{Fetched, GetApp};
@@ -12,6 +12,12 @@ use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
 use ant_quic::Error;
 
 use crate::GetArgs;
+
+/// A download client only acknowledges, and ACK-only packets do not elicit anything. After its
+/// NAT rebinds, a server whose packets to the new address are lost (or which fell back to the old,
+/// dead one) would never hear from it again. A PING after this long without receiving anything
+/// carries the new address to the server (RFC 9000 §9.3; §10.1.2 on keeping NAT bindings).
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// A parsed `https://HOST:PORT/PATH` URL.
 struct Url {
@@ -82,7 +88,11 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
     let expected = requests.len();
     let node = start_client(args.backend, GetApp::new(requests, tx))?;
     let started = Instant::now();
-    node.connect(connect_request(remote, auth, &[ALPN_HQ_INTEROP], 0)?, Some(0))?;
+    let mut request = connect_request(remote, auth, &[ALPN_HQ_INTEROP], 0)?;
+    let mut transport = quinn_proto::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    request.config.transport_config(Arc::new(transport));
+    node.connect(request, Some(0))?;
 
     let deadline = started + Duration::from_secs(args.timeout);
     let mut results = Vec::new();

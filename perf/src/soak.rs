@@ -78,6 +78,8 @@ pub struct SoakReport {
     pub idle_established: u64,
     pub churn_connections: u64,
     pub churn_errors: u64,
+    /// What the first failed churn round said.
+    pub churn_first_error: Option<String>,
     /// Largest RSS over the smallest, of the samples after the first quarter (the warm-up).
     pub rss_spread_after_warmup: f64,
     pub rss_flat: bool,
@@ -211,6 +213,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
             .chain(["--timeout".into(), "60".into()])
             .collect();
     let (mut churn_connections, mut churn_errors) = (0u64, 0u64);
+    let mut churn_first_error = None;
     let mut samples = Vec::new();
     let mut next_sample = started + Duration::from_secs_f64(args.sample_seconds);
     let end = started + Duration::from_secs_f64(seconds);
@@ -221,8 +224,14 @@ pub fn run(args: &SoakArgs) -> Result<()> {
                 Ok(result) => {
                     churn_connections += result.completed;
                     churn_errors += result.errors;
+                    if churn_first_error.is_none() {
+                        churn_first_error = result.first_error;
+                    }
                 }
-                Err(_) => churn_errors += args.churn as u64,
+                Err(error) => {
+                    churn_errors += args.churn as u64;
+                    churn_first_error.get_or_insert_with(|| format!("{error:#}"));
+                }
             }
         }
         if Instant::now() >= next_sample {
@@ -266,6 +275,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         idle_established: idle_result.completed,
         churn_connections,
         churn_errors,
+        churn_first_error,
         start,
         samples,
         end: final_sample,
@@ -327,9 +337,10 @@ fn markdown(r: &SoakReport) -> String {
     row(&mut s, "end, load stopped", &r.end);
     let _ = writeln!(
         s,
-        "\nChurn: {} connections, {} errors. RSS after the first quarter: largest {:.1} % over smallest ({}). Descriptors back to the start: {}. Connections back to 0: {}.",
+        "\nChurn: {} connections, {} errors{}. RSS after the first quarter: largest {:.1} % over smallest ({}). Descriptors back to the start: {}. Connections back to 0: {}.",
         r.churn_connections,
         r.churn_errors,
+        r.churn_first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
         r.rss_spread_after_warmup * 100.0,
         if r.rss_flat { "flat within 10 %" } else { "NOT flat within 10 %" },
         if r.fds_back { "yes" } else { "NO" },

@@ -450,26 +450,18 @@ fn read_request(client: &mut Client, now: Instant) -> Progress {
             Ok(n) => {
                 read_any = true;
                 client.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                if client.buf.len() > MAX_REQUEST {
-                    return Progress::Done(Err(Response::text(431, "request too large\n")));
+                match parse_request(&client.buf) {
+                    RequestHead::Partial => {}
+                    RequestHead::Complete { method, path } => return Progress::Done(Ok((method, path))),
+                    RequestHead::TooLarge => return Progress::Done(Err(Response::text(431, "request too large\n"))),
+                    RequestHead::Malformed(error) => {
+                        return Progress::Done(Err(Response::text(400, format!("bad request: {error}\n"))))
+                    }
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => return Progress::Closed,
-        }
-    }
-    if read_any {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&client.buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let method = request.method.unwrap_or_default().to_owned();
-                let path = request.path.unwrap_or_default().to_owned();
-                return Progress::Done(Ok((method, path)));
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(error) => return Progress::Done(Err(Response::text(400, format!("bad request: {error}\n")))),
         }
     }
     if now.duration_since(client.since) > REQUEST_DEADLINE {
@@ -479,6 +471,40 @@ fn read_request(client: &mut Client, now: Instant) -> Progress {
         Progress::Read
     } else {
         Progress::Waiting
+    }
+}
+
+/// What the bytes a client sent so far hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestHead {
+    /// Not a whole request line and headers yet, and under [`MAX_REQUEST`] bytes.
+    Partial,
+    /// A whole request line and headers (what follows them is ignored).
+    Complete {
+        /// The method, as sent.
+        method: String,
+        /// The request target, as sent.
+        path: String,
+    },
+    /// [`MAX_REQUEST`] bytes without a whole request: answered 431.
+    TooLarge,
+    /// Not HTTP/1.x: answered 400 with this reason.
+    Malformed(String),
+}
+
+/// Parse the start of a client's bytes. Only the first [`MAX_REQUEST`] bytes are looked at, so
+/// the work per call is bounded however much a client sends.
+pub fn parse_request(buf: &[u8]) -> RequestHead {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf.get(..MAX_REQUEST).unwrap_or(buf)) {
+        Ok(httparse::Status::Complete(_)) => RequestHead::Complete {
+            method: request.method.unwrap_or_default().to_owned(),
+            path: request.path.unwrap_or_default().to_owned(),
+        },
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST => RequestHead::TooLarge,
+        Ok(httparse::Status::Partial) => RequestHead::Partial,
+        Err(error) => RequestHead::Malformed(error.to_string()),
     }
 }
 
@@ -506,4 +532,22 @@ fn write_response(mut stream: TcpStream, response: &Response) {
     }
     let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(response.body.as_bytes()));
     let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_head_is_complete_partial_too_large_or_malformed() {
+        let complete = RequestHead::Complete { method: "GET".into(), path: "/metrics?x=1".into() };
+        assert_eq!(parse_request(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\nbody"), complete);
+        assert_eq!(parse_request(b"GET /metrics HTTP/1.1\r\nHost: a\r\n"), RequestHead::Partial);
+        assert!(matches!(parse_request(b"GET /metrics HTTP/9.9\r\n\r\n"), RequestHead::Malformed(_)));
+        let mut long = b"GET /".to_vec();
+        long.resize(MAX_REQUEST - 1, b'a');
+        assert_eq!(parse_request(&long), RequestHead::Partial);
+        long.push(b'a');
+        assert_eq!(parse_request(&long), RequestHead::TooLarge, "MAX_REQUEST bytes without a whole head");
+    }
 }

@@ -129,8 +129,12 @@ pub fn child_json_watching<T: serde::de::DeserializeOwned>(
     if !status.success() {
         bail!("exited with {status}: {tail}");
     }
-    // The whole output when it is one JSON document (relay-rate prints it pretty), else its last
-    // JSON line.
+    last_json(&out)
+}
+
+/// What a child printed: the whole output when it is one JSON document (relay-rate prints it
+/// pretty), else its last JSON line.
+pub fn last_json<T: serde::de::DeserializeOwned>(out: &str) -> Result<T> {
     if let Ok(whole) = serde_json::from_str(out.trim()) {
         return Ok(whole);
     }

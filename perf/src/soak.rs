@@ -312,8 +312,7 @@ fn wait_json(child: &mut Child, limit: Duration) -> Result<LoadResult> {
     }
     let mut out = String::new();
     child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?.read_to_string(&mut out)?;
-    let line = out.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| anyhow!("no JSON line"))?;
-    Ok(serde_json::from_str(line)?)
+    crate::harness::last_json(&out)
 }
 
 fn markdown(r: &SoakReport) -> String {

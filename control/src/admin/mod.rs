@@ -238,26 +238,26 @@ impl ControlThread {
             let healthy = self.pages.liveness.unhealthy_reason().is_none();
             self.flags.healthy.store(healthy, Ordering::Relaxed);
             if self.listener.is_some() && self.flags.close_listener.load(Ordering::Relaxed) {
-                self.close_listener(now);
+                self.close_listener();
             }
-            let busy = self.accept(now) | self.serve(now);
+            let busy = self.accept() | self.serve(now);
             if !busy {
                 std::thread::sleep(IDLE_POLL);
             }
         }
     }
 
-    fn close_listener(&mut self, now: Instant) {
+    fn close_listener(&mut self) {
         // Linux resets the connections still queued on a listener that closes, unless
         // net.ipv4.tcp_migrate_req=1 moves them to another listener of the reuseport group; so
         // accept what is queued first (it is answered like any other request). A handshake that
         // completes between this last accept and the close can still be reset.
-        self.accept(now);
+        self.accept();
         self.listener = None;
         self.flags.listener_closed.store(true, Ordering::Release);
     }
 
-    fn accept(&mut self, now: Instant) -> bool {
+    fn accept(&mut self) -> bool {
         let Some(listener) = &self.listener else {
             return false;
         };
@@ -269,6 +269,9 @@ impl ControlThread {
                     if stream.set_nonblocking(true).is_err() {
                         continue; // dropped: closed
                     }
+                    // The clock is read after the accept: a connection that arrived while this
+                    // loop ran must not start its request deadline before it existed.
+                    let now = Instant::now();
                     // A request that waited in the queue is answered now, before newer
                     // connections of the same burst could push this one out.
                     let mut client = Connection::new(stream, now);

@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use crate::protocol::{self, Op, AQ_BAD_OP, HQ_BAD_REQUEST, HQ_NOT_FOUND};
 use crate::tls::{ALPN_ANT_QUIC, ALPN_HQ_INTEROP};
 
-/// Longest request line accepted.
-const MAX_REQUEST: usize = 4096;
+/// Longest hq-interop request line accepted (bytes, CRLF excluded).
+pub const MAX_REQUEST: usize = 4096;
 /// Echo bytes held back by flow control before reading stops.
 const ECHO_BACKLOG: usize = 1024 * 1024;
 /// Bytes read from a file per write.
@@ -53,6 +53,37 @@ impl WwwRoot {
         }
         let full = self.root.join(relative).canonicalize().ok()?;
         (full.starts_with(&self.root) && full.is_file()).then_some(full)
+    }
+}
+
+/// What the bytes of an hq-interop request stream hold so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HqRequest {
+    /// No line end yet, and the stream goes on.
+    Incomplete,
+    /// No line end within the longest request line accepted: refused.
+    TooLong,
+    /// `GET <path>`: the path, without surrounding whitespace.
+    Get(String),
+    /// A line that is not `GET <path>`.
+    NotGet,
+}
+
+/// The request line at the start of an hq-interop stream (`GET /path\r\n`; the interop runner's
+/// HTTP/0.9). `finished`: the peer ended the stream, so the line may end without CRLF.
+pub fn parse_hq_request(line: &[u8], finished: bool) -> HqRequest {
+    let head = line.get(..MAX_REQUEST + 2).unwrap_or(line);
+    let end = match head.windows(2).position(|w| w == b"\r\n") {
+        Some(end) => end,
+        None if finished && line.len() <= MAX_REQUEST => line.len(),
+        // The line (CRLF excluded) is longer than MAX_REQUEST.
+        None if finished || line.len() >= MAX_REQUEST + 2 => return HqRequest::TooLong,
+        None => return HqRequest::Incomplete,
+    };
+    let request = String::from_utf8_lossy(line.get(..end).unwrap_or_default());
+    match request.strip_prefix("GET ") {
+        Some(path) => HqRequest::Get(path.trim().to_owned()),
+        None => HqRequest::NotGet,
     }
 }
 
@@ -201,21 +232,22 @@ impl ServiceApp {
         finished: bool,
         keep: &mut bool,
     ) -> StreamState {
-        let Some(end) = line.windows(2).position(|w| w == b"\r\n").or_else(|| finished.then_some(line.len())) else {
-            if line.len() > MAX_REQUEST {
+        let path = match parse_hq_request(&line, finished) {
+            HqRequest::Incomplete => return StreamState::HqRequest(line),
+            HqRequest::TooLong => {
                 *keep = false;
                 let _ = conn.reset(stream, HQ_BAD_REQUEST);
                 let _ = conn.stop(stream, HQ_BAD_REQUEST);
+                return StreamState::HqRequest(Vec::new());
             }
-            return StreamState::HqRequest(line);
+            HqRequest::Get(path) => Some(path),
+            HqRequest::NotGet => None,
         };
-        let request = String::from_utf8_lossy(line.get(..end).unwrap_or_default()).into_owned();
-        let path = request.strip_prefix("GET ").map(str::trim);
-        let file = path.and_then(|p| self.www.as_ref()?.resolve(p)).and_then(|p| File::open(p).ok());
+        let file = path.as_deref().and_then(|p| self.www.as_ref()?.resolve(p)).and_then(|p| File::open(p).ok());
         match file {
             Some(file) => StreamState::HqSending { file, pending: Bytes::new() },
             None => {
-                tracing::debug!(%request, "hq-interop request refused");
+                tracing::debug!(request = %String::from_utf8_lossy(&line), "hq-interop request refused");
                 *keep = false;
                 let code = if path.is_some() { HQ_NOT_FOUND } else { HQ_BAD_REQUEST };
                 let _ = conn.reset(stream, code);
@@ -462,5 +494,18 @@ mod tests {
         assert_eq!(www.resolve("/sub"), None, "directories are not files");
         assert_eq!(www.resolve("/missing"), None);
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn hq_request_line_is_get_and_a_path_within_the_limit() {
+        assert_eq!(parse_hq_request(b"GET /a.txt\r\n", false), HqRequest::Get("/a.txt".into()));
+        assert_eq!(parse_hq_request(b"GET /a.txt", false), HqRequest::Incomplete);
+        assert_eq!(parse_hq_request(b"GET /a.txt", true), HqRequest::Get("/a.txt".into()), "FIN ends the line");
+        assert_eq!(parse_hq_request(b"PUT /a.txt\r\n", false), HqRequest::NotGet);
+        let longest = format!("GET /{}", "a".repeat(MAX_REQUEST - 5));
+        assert_eq!(parse_hq_request(format!("{longest}\r\n").as_bytes(), false), HqRequest::Get(longest[4..].into()));
+        assert_eq!(parse_hq_request(format!("{longest}\r").as_bytes(), false), HqRequest::Incomplete);
+        assert_eq!(parse_hq_request(format!("{longest}a\r\n").as_bytes(), false), HqRequest::TooLong);
+        assert_eq!(parse_hq_request(format!("{longest}a").as_bytes(), true), HqRequest::TooLong);
     }
 }

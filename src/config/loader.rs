@@ -100,19 +100,28 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
 ) -> Result<Loaded, ConfigError> {
-    let mut origins = HashMap::new();
-    let (mut config, warnings, text) = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                origin: path.display().to_string(),
-                message: format!("cannot read the config file: {e}"),
-            })?;
-            let (config, warnings) = parse_file(path, &text)?;
-            (config, warnings, text)
-        }
-        None => (Config::default(), Vec::new(), String::new()),
+    let text = match file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: path.display().to_string(),
+            message: format!("cannot read the config file: {e}"),
+        })?),
+        None => None,
     };
-    if let Some(path) = file {
+    load_text(file.zip(text.as_deref()), env, overrides)
+}
+
+/// [`load`] with the file already read: `file` is its path (named in errors) and its text.
+pub fn load_text(
+    file: Option<(&Path, &str)>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Loaded, ConfigError> {
+    let mut origins = HashMap::new();
+    let (mut config, warnings) = match file {
+        Some((path, text)) => parse_file(path, text)?,
+        None => (Config::default(), Vec::new()),
+    };
+    if let Some((path, text)) = file {
         let mut section = String::new();
         for (index, line) in text.lines().enumerate() {
             if let Some(name) = section_header(line) {
@@ -130,7 +139,7 @@ pub fn load(
     apply_env(&mut config, env, &mut origins)?;
     apply_overrides(&mut config, overrides, &mut origins);
     validate(&config, &origins)?;
-    Ok(Loaded { config, file: file.map(Path::to_owned), warnings })
+    Ok(Loaded { config, file: file.map(|(path, _)| path.to_owned()), warnings })
 }
 
 /// The `[section]` a line opens, if it is a table header.

@@ -12,7 +12,7 @@ mod sections;
 mod validate;
 
 pub use default_file::DEFAULT_FILE;
-pub use loader::{load, Loaded, Loader, Overrides, RenamedKey, ENV_PREFIX, RENAMED_KEYS, SEARCH_PATHS};
+pub use loader::{load, load_text, Loaded, Loader, Overrides, RenamedKey, ENV_PREFIX, RENAMED_KEYS, SEARCH_PATHS};
 pub use origin::ConfigError;
 pub use sections::{
     Backend, CompatibilitySection, Config, LogFormat, LogOutput, LogRotation, LoggingSection, MetricsSection,

@@ -303,6 +303,12 @@ fn fuzz_short_runs_every_fuzz_target() -> Result<()> {
         .collect();
     files.sort_unstable();
     assert_eq!(listed, files, "fuzz/Cargo.toml and fuzz/fuzz_targets/ disagree");
+    // CI's short runs start from the saved seeds: every target has some.
+    for target in &listed {
+        let seeds = Path::new(REPO).join("fuzz/seeds").join(target);
+        let count = std::fs::read_dir(&seeds).map(|d| d.count()).unwrap_or(0);
+        assert!(count > 0, "no saved seeds in {}", seeds.display());
+    }
 
     let out = bash(&dir, "fuzz-short.sh", &["--seconds", "0"], Duration::from_secs(30))?;
     ensure!(!out.status.success() && out.stderr.contains("--seconds must be"), "{}", out.stderr);

@@ -4,9 +4,9 @@
 # in git). Builds every target first, with cargo-fuzz's defaults (release, debug assertions,
 # address sanitizer unless --sanitizer none), then runs as many targets at once as there are CPUs.
 #
-# Runs on the stable toolchain (CI has no other): without a sanitizer cargo-fuzz passes rustc
-# only stable flags, and for the address sanitizer (-Zsanitizer) RUSTC_BOOTSTRAP=1 lets the
-# stable compiler accept it. TOOLCHAIN picks another toolchain (TOOLCHAIN=nightly).
+# Runs on the default toolchain, stable included (CI has no other): without a sanitizer
+# cargo-fuzz passes rustc only stable flags, and for the address sanitizer (-Zsanitizer)
+# RUSTC_BOOTSTRAP=1 lets a stable compiler accept it. TOOLCHAIN picks another (TOOLCHAIN=nightly).
 #
 # Exits 1 with one line naming the first target that crashed (after its panic message; the whole
 # log is fuzz/artifacts/TARGET.log); its input is in fuzz/artifacts/TARGET/ (replay: see
@@ -31,7 +31,7 @@ seconds=30
 install=0
 list=0
 sanitizer=address
-toolchain="${TOOLCHAIN:-stable}"
+toolchain="${TOOLCHAIN:-}"
 
 fail() { echo "fuzz-short: $*" >&2; exit 1; }
 
@@ -67,10 +67,10 @@ if ! cargo install --list --root "$TOOLS" 2>/dev/null | grep -qx "cargo-fuzz v$F
     cargo install cargo-fuzz --locked --version "$FUZZ_VERSION" --root "$TOOLS" >&2 \
         || fail "cargo install cargo-fuzz failed"
 fi
-# Through rustup when there is one (TOOLCHAIN applies), else the cargo on PATH.
+# The default toolchain (what the rest of CI builds with), or TOOLCHAIN through rustup.
 cargo=(cargo)
-if command -v rustup >/dev/null 2>&1; then
-    rustup run "$toolchain" rustc --version >/dev/null 2>&1 || fail "toolchain '$toolchain' missing (set TOOLCHAIN)"
+if [ -n "$toolchain" ]; then
+    rustup run "$toolchain" rustc --version >/dev/null 2>&1 || fail "toolchain '$toolchain' missing (unset TOOLCHAIN)"
     cargo=(cargo "+$toolchain")
 fi
 # The address sanitizer is an unstable rustc flag (-Zsanitizer): let the stable compiler take it.

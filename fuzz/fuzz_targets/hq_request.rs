@@ -92,9 +92,8 @@ fn check_resolve(request: &str) {
         let plain = Path::new(relative).components().all(|c| matches!(c, Component::Normal(_)));
         // "name/" and "name/." name a directory: a file there does not resolve.
         let file_syntax = !relative.ends_with('/') && !relative.ends_with("/.");
-        let normalised: Vec<_> = Path::new(relative).components().map(|c| c.as_os_str()).collect();
-        let normalised = normalised.join(std::ffi::OsStr::new("/"));
-        let target = SERVED.iter().find(|(name, _)| std::ffi::OsStr::new(name) == normalised)?.1;
+        let normalised: PathBuf = Path::new(relative).components().collect();
+        let target = SERVED.iter().find(|(name, _)| Path::new(name) == normalised)?.1;
         (plain && file_syntax).then(|| site.root.join(target))
     });
     if let Some(path) = &resolved {

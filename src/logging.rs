@@ -117,9 +117,14 @@ impl Logging {
     }
 }
 
-fn parse_filter(level: &str) -> Result<EnvFilter, LoggingError> {
+/// The filter a level or `RUST_LOG`-style string names. Spaces around each comma-separated
+/// directive are dropped first: tracing-subscriber 0.3 keeps them (`info, ant_quic=debug` would
+/// not filter ant_quic, tokio-rs/tracing#2452), and panics on a directive that starts with a
+/// space before a non-ASCII character (it slices the string at offsets of the trimmed one).
+pub fn parse_filter(level: &str) -> Result<EnvFilter, LoggingError> {
+    let directives: Vec<&str> = level.split(',').map(str::trim).collect();
     EnvFilter::builder()
-        .parse(level)
+        .parse(directives.join(","))
         .map_err(|e| LoggingError::Filter { level: level.to_owned(), reason: e.to_string() })
 }
 
@@ -272,4 +277,18 @@ pub fn prune_old_logs(
     }
     removed.sort();
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spaces_around_directives_are_dropped() {
+        let filter = parse_filter("warn, ant_quic=debug ").unwrap().to_string();
+        assert!(filter.contains("ant_quic=debug"), "{filter}");
+        // Once a panic inside tracing-subscriber (found by fuzz/fuzz_targets/config_toml.rs).
+        let filter = parse_filter("info, é=debug").unwrap().to_string();
+        assert!(filter.contains("é=debug"), "{filter}");
+    }
 }

@@ -152,6 +152,10 @@ handshake_timeout = 5
         ("renamed-refused", strict.as_bytes().to_vec()),
         ("unknown-key", b"[logging]\nlevle = \"info\"\n".to_vec()),
         ("bad-value", b"[metrics]\nport = 70000\n".to_vec()),
+        // Once an error of two lines: the message quotes the value.
+        ("level-newline", b"[logging]\nlevel = \"bad\\nlevel\"\n".to_vec()),
+        // Once a panic in the filter parser: a space before a non-ASCII target.
+        ("level-space-non-ascii", "[logging]\nlevel = \"info, é=debug\"\n".as_bytes().to_vec()),
     ]
 }
 

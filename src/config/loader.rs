@@ -382,6 +382,13 @@ mod tests {
     }
 
     #[test]
+    fn a_value_with_a_newline_is_quoted_on_one_line() {
+        let error = parse("[logging]\nlevel = \"bad\\nlevel\"\n").unwrap_err().to_string();
+        assert!(!error.contains('\n'), "{error}");
+        assert!(error.contains("level 'bad\\nlevel' is not one of"), "{error}");
+    }
+
+    #[test]
     fn default_file_holds_the_defaults() {
         let (config, warnings) = parse_file(Path::new("default.toml"), DEFAULT_FILE).unwrap();
         assert_eq!(config, Config::default());

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::origin::{ConfigError, Origin};
 use super::sections::{Config, LogOutput, MAX_DRAIN_TIMEOUT, MAX_HANDSHAKE_TIMEOUT};
+use crate::logging::LoggingError;
 use crate::tls;
 
 /// Checks that need more than a type: files exist and parse, keys that go together.
@@ -39,10 +40,14 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
             ),
         ));
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+    if let Err(error) = crate::logging::parse_filter(level) {
+        let reason = match error {
+            LoggingError::Filter { reason, .. } => reason,
+            other => other.to_string(),
+        };
         return Err(fail(
             "logging.level",
-            format!("[logging] level '{}' is not a level or filter: {e}", config.logging.level),
+            format!("[logging] level '{}' is not a level or filter: {reason}", config.logging.level),
         ));
     }
     if config.logging.outputs.contains(&LogOutput::File) && config.logging.file_path.is_none() {

@@ -42,31 +42,53 @@ for _ in $(seq 100); do
 done
 [ -n "$admin" ] || { echo "the node did not start:" >&2; cat "$work/node.err" >&2; exit 1; }
 
-# MB/s of one download (10^6 bytes), process start to exit.
+# CPU seconds (user + system) the node's data-plane thread (ant-quic-core-0) has used so far.
+# On a shared 2-core machine the wall-clock rate moves with whatever else runs; the core thread's
+# CPU per GiB is the data plane's own cost, which is what the abuse must not raise.
+core_cpu() {
+    local task
+    for task in /proc/"$node_pid"/task/*; do
+        if [ "$(cat "$task/comm" 2>/dev/null)" = ant-quic-core-0 ]; then
+            # fields 14 and 15 of stat (utime, stime) in clock ticks; comm has no spaces here
+            awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "$task/stat"
+            return
+        fi
+    done
+    echo "no ant-quic-core-0 thread in the node" >&2
+    return 1
+}
+
+# MB/s of one download (10^6 bytes), process start to exit; appends the core thread's CPU
+# seconds per GiB to the file named by $1.
 download() {
     rm -f "$work/out/bulk.bin"
-    local start end
+    local start end cpu_start cpu_end
+    cpu_start="$(core_cpu)"
     start="$EPOCHREALTIME"
     "$bin/ant-quic" get "https://$addr/bulk.bin" --insecure --output "$work/out" >"$work/get.out" 2>"$work/get.err" \
         || { cat "$work/get.err" >&2; return 1; }
     end="$EPOCHREALTIME"
+    cpu_end="$(core_cpu)"
     [ "$(stat -c %s "$work/out/bulk.bin")" -eq "$((mib * 1048576))" ] || { echo "short download" >&2; return 1; }
+    awk -v a="$cpu_start" -v b="$cpu_end" -v m="$mib" 'BEGIN { printf "%.3f\n", (b - a) / (m / 1024) }' >>"$1"
     awk -v s="$start" -v e="$end" -v b="$((mib * 1048576))" 'BEGIN { printf "%.1f\n", b / (e - s) / 1e6 }'
 }
 
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
-download >/dev/null # warm-up
+download "$work/warmup.cpu" >/dev/null
 : >"$work/base"
 : >"$work/abused"
+: >"$work/base.cpu"
+: >"$work/abused.cpu"
 for i in $(seq "$pairs"); do
-    download >>"$work/base"
+    download "$work/base.cpu" >>"$work/base"
     python3 scripts/admin-abuse.py --admin "$admin" --pid "$node_pid" --seconds "$abuse_seconds" \
         >"$work/abuse.$i.json" &
     abuse_pid=$!
     sleep 4 # the first wave of idle connections is open
-    download >>"$work/abused"
+    download "$work/abused.cpu" >>"$work/abused"
     wait "$abuse_pid"
-    echo "pair $i/$pairs: alone $(tail -1 "$work/base") MB/s, under abuse $(tail -1 "$work/abused") MB/s" >&2
+    echo "pair $i/$pairs: alone $(tail -1 "$work/base") MB/s $(tail -1 "$work/base.cpu") CPU s/GiB, under abuse $(tail -1 "$work/abused") MB/s $(tail -1 "$work/abused.cpu") CPU s/GiB" >&2
     echo "  $(cat "$work/abuse.$i.json")" >&2
 done
 
@@ -74,16 +96,18 @@ median() { sort -g "$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) 
 range() { sort -g "$1" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
 m_base="$(median "$work/base")"
 m_abused="$(median "$work/abused")"
+c_base="$(median "$work/base.cpu")"
+c_abused="$(median "$work/abused.cpu")"
 field() { python3 -c "import json,sys; r=[json.load(open(f)) for f in sys.argv[2:]]; print(eval(sys.argv[1]))" "$1" "$work"/abuse.*.json; }
 
 cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 echo "- Machine: $(nproc) cores, $cpu, Linux $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "- Command: \`${ANT_QUIC_BIN:+ANT_QUIC_BIN=$ANT_QUIC_BIN }scripts/bench-admin-abuse.sh $pairs $mib\`; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| download of $mib MiB from \`ant-quic --cores 1 --www\` | median MB/s | min–max | ratio |"
-echo "| --- | --- | --- | --- |"
-echo "| alone (baseline) | $m_base | $(range "$work/base") | 1 |"
-echo "| admin listener under abuse | $m_abused | $(range "$work/abused") | **$(awk -v a="$m_abused" -v b="$m_base" 'BEGIN { printf "%.3f", a / b }')** |"
+echo "| download of $mib MiB from \`ant-quic --cores 1 --www\` | median MB/s | min–max | ratio | data-plane thread CPU s/GiB, median | min–max | ratio |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| alone (baseline) | $m_base | $(range "$work/base") | 1 | $c_base | $(range "$work/base.cpu") | 1 |"
+echo "| admin listener under abuse | $m_abused | $(range "$work/abused") | $(awk -v a="$m_abused" -v b="$m_base" 'BEGIN { printf "%.3f", a / b }') | $c_abused | $(range "$work/abused.cpu") | **$(awk -v a="$c_abused" -v b="$c_base" 'BEGIN { printf "%.3f", a / b }')** |"
 echo
 echo "| per abuse run | /health ok / probes | p50 ms | p99 ms | max ms | node RSS before → max (KiB) | threads before → max | control thread CPU s | /metrics answered (200) | idle connections opened / closed by the node | oversized: request line, header |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"

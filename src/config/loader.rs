@@ -372,7 +372,10 @@ mod tests {
     use crate::config::DEFAULT_FILE;
 
     fn parse(text: &str) -> Result<Loaded, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("ant-quic-config-{}-{}", std::process::id(), text.len()));
+        // One directory per call: tests run in parallel, and two texts may have the same length.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ant-quic-config-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.toml");
         std::fs::write(&path, text).unwrap();

@@ -158,6 +158,10 @@ struct GetArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Split the URLs, in order, over this many connections made one after another; each after
+    /// the first resumes the TLS session of the one before (session tickets kept in memory).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
 }
 
 fn main() -> ExitCode {

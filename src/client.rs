@@ -44,13 +44,15 @@ struct Download {
 }
 
 /// Fetches paths over hq-interop on one connection; reports each file, then `None` when all
-/// are done and the connection is closed.
+/// are done and the connection is closed (with 0-RTT requests, the owner closes it).
 pub struct GetApp {
     downloads: Vec<Download>,
     report: mpsc::Sender<Option<Fetched>>,
     by_stream: HashMap<StreamId, usize>,
     conn: Option<ConnId>,
     finished: bool,
+    /// The requests went out as 0-RTT data.
+    sent_early: bool,
 }
 
 impl std::fmt::Debug for GetApp {
@@ -76,7 +78,7 @@ impl GetApp {
                 done: false,
             })
             .collect();
-        Self { downloads, report, by_stream: HashMap::new(), conn: None, finished: false }
+        Self { downloads, report, by_stream: HashMap::new(), conn: None, finished: false, sent_early: false }
     }
 
     fn open_requests(&mut self, conn: &mut ConnRef<'_>) {
@@ -108,6 +110,13 @@ impl GetApp {
     }
 
     fn close_when_done(&mut self, conn: &mut ConnRef<'_>) {
+        // Answers to 0-RTT requests can all arrive with the server's first flight, in the turn
+        // the handshake completes: a close then would go out instead of our Finished, and the
+        // server would never see the handshake end. The owner closes it (stopping the node),
+        // after this turn's packets left.
+        if self.sent_early {
+            return;
+        }
         if !self.finished && self.downloads.iter().all(|d| d.done) {
             self.finished = true;
             conn.close(VarInt::from_u32(0), b"done");
@@ -156,8 +165,28 @@ fn partial_path(file: &std::path::Path) -> PathBuf {
 }
 
 impl Application for GetApp {
+    fn on_zero_rtt(&mut self, conn: &mut ConnRef<'_>) {
+        self.conn = Some(conn.id());
+        self.sent_early = true;
+        self.open_requests(conn);
+    }
+
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         self.conn = Some(conn.id());
+        if self.sent_early {
+            let accepted = conn.quic().accepted_0rtt();
+            tracing::info!(accepted, "0-RTT requests");
+            if !accepted {
+                // The server never saw them: they are sent again now, from scratch.
+                self.by_stream.clear();
+                for download in self.downloads.iter_mut().filter(|d| !d.done) {
+                    download.stream = None;
+                    download.file = None;
+                    download.hash = Sha256::new();
+                    download.bytes = 0;
+                }
+            }
+        }
         self.open_requests(conn);
         self.close_when_done(conn);
     }

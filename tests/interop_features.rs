@@ -158,6 +158,7 @@ impl Scene {
         let urls: Vec<String> = self.paths().iter().map(|p| format!("https://127.0.0.1:{port}{p}")).collect();
         let mut cmd = Command::new(node_bin());
         cmd.arg("get").args(&urls).arg("--output").arg(out).args(["--insecure", "--timeout", "40"]).args(flags);
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         let started = Instant::now();
         let done = run("get", &mut cmd, &self.logs, left(self.deadline))?;
         eprintln!("feature: get {flags:?} took {:?}", started.elapsed());
@@ -260,10 +261,7 @@ fn feature_resumption_get_resumes_with_aioquic_server() -> Result<()> {
     let out = scene.scratch.subdir("out")?;
     scene.get(port, &out, &["--connections", "2"], &server)?;
     scene.check_files(&out)?;
-    let limit = left(scene.deadline).min(Duration::from_secs(10));
-    let first = server.stdout_line(limit, |l| l.strip_prefix("SESSION ").map(str::to_owned))?;
-    let second = server.stdout_line(limit, |l| l.strip_prefix("SESSION ").map(str::to_owned))?;
-    eprintln!("feature: hq_server saw `{first}` then `{second}`");
+    let (first, second) = two_sessions(&mut server, scene.deadline)?;
     ensure!(first.contains("resumed=False"), "the first connection cannot resume: {first}");
     ensure!(second.contains("resumed=True"), "the second connection did not resume: {second}");
     scene.passed();
@@ -306,6 +304,57 @@ fn feature_zerortt_node_refuses_early_data_by_default() -> Result<()> {
     for conn in ["conn-0", "conn-1"] {
         scene.check_files(&out.join(conn))?;
     }
+    scene.passed();
+    Ok(())
+}
+
+/// The `SESSION ...` lines hq_server.py prints for the first two handshakes.
+fn two_sessions(server: &mut Process, deadline: Instant) -> Result<(String, String)> {
+    let limit = left(deadline).min(Duration::from_secs(10));
+    let first = server.stdout_line(limit, |l| l.strip_prefix("SESSION ").map(str::to_owned))?;
+    let second = server.stdout_line(limit, |l| l.strip_prefix("SESSION ").map(str::to_owned))?;
+    eprintln!("feature: hq_server saw `{first}` then `{second}`");
+    Ok((first, second))
+}
+
+/// `get --connections 2 --zero-rtt` sends the second connection's requests as 0-RTT data, which
+/// aioquic's server takes; every file intact.
+#[test]
+fn feature_zerortt_get_sends_early_data_to_aioquic_server() -> Result<()> {
+    let scene = Scene::new("zerortt-client")?;
+    let (mut server, port) = scene.start_hq_server(&["--session-tickets"])?;
+    let out = scene.scratch.subdir("out")?;
+    let done = scene.get(port, &out, &["--connections", "2", "--zero-rtt"], &server)?;
+    scene.check_files(&out)?;
+    let (_, second) = two_sessions(&mut server, scene.deadline)?;
+    ensure!(second.contains("resumed=True early_data=True"), "no 0-RTT data taken on the second connection: {second}");
+    ensure!(
+        done.stderr.contains("accepted=true"),
+        "get did not see its 0-RTT data accepted
+{}",
+        describe(&done)
+    );
+    scene.passed();
+    Ok(())
+}
+
+/// A server that no longer knows the ticket (as after a restart) refuses the 0-RTT requests:
+/// `get` sends them again after the handshake and every file still arrives intact.
+#[test]
+fn feature_zerortt_get_sends_refused_early_data_again() -> Result<()> {
+    let scene = Scene::new("zerortt-client-refused")?;
+    let (mut server, port) = scene.start_hq_server(&["--session-tickets", "--forget-tickets"])?;
+    let out = scene.scratch.subdir("out")?;
+    let done = scene.get(port, &out, &["--connections", "2", "--zero-rtt"], &server)?;
+    scene.check_files(&out)?;
+    let (_, second) = two_sessions(&mut server, scene.deadline)?;
+    ensure!(second.contains("early_data=False"), "the server was to refuse 0-RTT: {second}");
+    ensure!(
+        done.stderr.contains("accepted=false"),
+        "get did not try 0-RTT, or saw it accepted
+{}",
+        describe(&done)
+    );
     scene.passed();
     Ok(())
 }

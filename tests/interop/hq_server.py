@@ -40,6 +40,8 @@ Features (tests/interop_features.rs; helpers in features.py), each reported on s
   a connection ends.
 * ``--session-tickets``: issue session tickets (kept in memory) and accept resumption and 0-RTT
   with them; prints ``SESSION resumed=<bool> early_data=<bool>`` for every handshake.
+  ``--forget-tickets`` issues them but never takes one back (as a restarted server): a client
+  offering one gets a full handshake and its 0-RTT data refused.
 
 ``-v`` turns on aioquic's DEBUG logging on stderr; ``--qlog DIR`` writes qlog
 traces, ``--secrets-log FILE`` TLS keys (NSS key log format).
@@ -261,7 +263,9 @@ async def run(args: argparse.Namespace, cert: str, key: str) -> None:
         configuration=config,
         create_protocol=HqServerProtocol,
         retry=args.retry,
-        session_ticket_fetcher=(lambda t: tickets.pop(t, None)) if args.session_tickets else None,
+        session_ticket_fetcher=(lambda t: None if args.forget_tickets else tickets.pop(t, None))
+        if args.session_tickets
+        else None,
         session_ticket_handler=(lambda t: tickets.__setitem__(t.ticket, t)) if args.session_tickets else None,
     )
     sockname = server._transport.get_extra_info("sockname")
@@ -295,6 +299,8 @@ def main() -> int:
                         help="initiate a key update every PACKETS packets (sent plus received)")
     parser.add_argument("--session-tickets", action="store_true",
                         help="issue session tickets; accept resumption and 0-RTT; report each handshake")
+    parser.add_argument("--forget-tickets", action="store_true",
+                        help="with --session-tickets: never resume (as a restarted server would)")
     parser.add_argument("--qlog", default=None, help="directory for qlog traces")
     parser.add_argument("--secrets-log", default=None, help="file for TLS secrets (NSS key log)")
     parser.add_argument("-v", "--verbose", action="store_true", help="aioquic DEBUG logging on stderr")

@@ -399,6 +399,12 @@ impl<B: Backend, M> Core<B, M> {
             Ok((handle, conn)) => {
                 bump(&self.shared.stats.connections_opened, 1);
                 self.insert(now, handle, conn, request.tag, false);
+                let id = ConnId { core: self.index, index: handle.0 };
+                if let Some(Some(state)) = self.conns.get_mut(handle.0) {
+                    if state.conn.has_0rtt() {
+                        self.app.on_zero_rtt(&mut ConnRef { id, tag: state.tag, now, inner: &mut state.conn });
+                    }
+                }
             }
             Err(error) => {
                 bump(&self.shared.stats.connect_failures, 1);

@@ -12,6 +12,7 @@ use ant_quic::dataplane::ConnectRequest;
 use ant_quic::node::{connect_request, start_client};
 use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
 use ant_quic::Error;
+use quinn_proto::crypto::rustls::QuicClientConfig;
 
 use crate::GetArgs;
 
@@ -96,6 +97,13 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
 
     let expected = requests.len();
     let mut request = connect_request(remote, auth, &[ALPN_HQ_INTEROP], 0)?;
+    if args.zero_rtt {
+        // A GET may run twice (0-RTT data can be replayed): fine to send early.
+        let mut tls = ant_quic::tls::rustls_client_config(auth, &[ALPN_HQ_INTEROP])?;
+        tls.enable_early_data = true;
+        let quic = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| Error::Invalid(format!("TLS: {e}")))?;
+        request.config = quinn_proto::ClientConfig::new(Arc::new(quic));
+    }
     let mut transport = quinn_proto::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     request.config.transport_config(Arc::new(transport));

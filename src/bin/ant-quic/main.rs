@@ -162,6 +162,10 @@ struct GetArgs {
     /// the first resumes the TLS session of the one before (session tickets kept in memory).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     connections: u32,
+    /// With --connections: send the requests of resumed connections as 0-RTT data, before the
+    /// handshake completes (when the server allows it; requests it refuses are sent again).
+    #[arg(long)]
+    zero_rtt: bool,
 }
 
 fn main() -> ExitCode {

@@ -53,6 +53,9 @@ pub struct GetApp {
     finished: bool,
     /// The requests went out as 0-RTT data.
     sent_early: bool,
+    /// Force a key update every this many bytes received (a test knob); 0: never.
+    key_update_every: u64,
+    received: u64,
 }
 
 impl std::fmt::Debug for GetApp {
@@ -78,7 +81,23 @@ impl GetApp {
                 done: false,
             })
             .collect();
-        Self { downloads, report, by_stream: HashMap::new(), conn: None, finished: false, sent_early: false }
+        Self {
+            downloads,
+            report,
+            by_stream: HashMap::new(),
+            conn: None,
+            finished: false,
+            sent_early: false,
+            key_update_every: 0,
+            received: 0,
+        }
+    }
+
+    /// Initiate a 1-RTT key update every `bytes` received (0: never), to test that servers follow
+    /// (RFC 9001 §6); quinn-proto ignores one asked for while the previous one is under way.
+    pub fn with_key_updates(mut self, bytes: u64) -> Self {
+        self.key_update_every = bytes;
+        self
     }
 
     fn open_requests(&mut self, conn: &mut ConnRef<'_>) {
@@ -198,6 +217,7 @@ impl Application for GetApp {
     fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
         let Some(&index) = self.by_stream.get(&stream) else { return };
         let Some(download) = self.downloads.get_mut(index) else { return };
+        let bytes_before = download.bytes;
         let mut write_error = None;
         let outcome = conn.read(stream, &mut |chunk: Bytes| {
             download.bytes += chunk.len() as u64;
@@ -208,6 +228,11 @@ impl Application for GetApp {
                 }
             }
         });
+        let before = self.received;
+        self.received = before + download.bytes.saturating_sub(bytes_before);
+        if self.key_update_every > 0 && self.received / self.key_update_every > before / self.key_update_every {
+            conn.quic().force_key_update();
+        }
         match (outcome, write_error) {
             (_, Some(e)) => {
                 let message = format!("writing {}: {e}", download.file_path.display());

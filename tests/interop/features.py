@@ -19,7 +19,9 @@ class KeyUpdater:
 
     An update is counted as initiated when this side asks for it (``request_key_update``) and as
     completed once a packet from the peer decrypts with the new keys (so the peer followed). The
-    next update is only asked for after the previous one completed (RFC 9001 section 6.1)."""
+    next update is only asked for after the previous one completed (RFC 9001 section 6.1).
+    With ``every`` 0 it initiates none. Either way it counts the updates the peer initiated
+    (``remote``): a packet in the other key phase that this side did not ask for."""
 
     def __init__(self, quic: QuicConnection, every: int) -> None:
         self._quic = quic
@@ -27,8 +29,10 @@ class KeyUpdater:
         self._packets = 0
         self._waiting_phase: int | None = None
         self._wrapped = False
+        self._recv_phase = 0
         self.initiated = 0
         self.completed = 0
+        self.remote = 0
 
     def poll(self) -> None:
         """Install the packet counters once 1-RTT keys exist (call after every event)."""
@@ -47,6 +51,10 @@ class KeyUpdater:
                 self.completed += 1
                 self._waiting_phase = None
                 LOG.info("key update %d completed: the peer sends in key phase %d", self.completed, phase)
+            elif phase != self._recv_phase:
+                self.remote += 1
+                LOG.info("key update %d initiated by the peer: key phase %d", self.remote, phase)
+            self._recv_phase = phase
             self._count()
             return result
 
@@ -60,7 +68,7 @@ class KeyUpdater:
 
     def _count(self) -> None:
         self._packets += 1
-        if self._packets % self._every != 0 or self._waiting_phase is not None:
+        if not self._every or self._packets % self._every != 0 or self._waiting_phase is not None:
             return
         pair = self._quic._cryptos[tls.Epoch.ONE_RTT]
         self._quic.request_key_update()

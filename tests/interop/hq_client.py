@@ -62,8 +62,8 @@ all connections'.
 Features (tests/interop_features.rs; helpers in features.py):
 
 * ``--key-update-every N``: initiate a 1-RTT key update every N packets (sent plus received),
-  each after the previous one completed; prints ``KEY_UPDATES initiated=I completed=C`` per
-  connection (``CONN <i> KEY_UPDATES ...`` with several).
+  each after the previous one completed; prints ``KEY_UPDATES initiated=I completed=C remote=R``
+  per connection (``CONN <i> KEY_UPDATES ...`` with several; R: updates the server initiated).
 * ``--resume``: with ``--connections N``, the connections run one after another and each after
   the first offers the session ticket the previous one received; every connection prints
   ``CONN <i> SESSION resumed=<bool> early_data=<bool> tickets=<n>``.
@@ -358,7 +358,7 @@ async def run(
     ) as client:
         LOG.info("connected to %s:%d in %.3fs", host, port, time.monotonic() - started)
         prefix = f"CONN {index} " if args.connections > 1 else ""
-        if args.key_update_every:
+        if args.key_update_every is not None:
             client.key_updater = KeyUpdater(client._quic, args.key_update_every)
         if args.migrate_after is not None:
             client.migrate_after = args.migrate_after
@@ -383,7 +383,8 @@ def report_features(args: argparse.Namespace, client: HqClientProtocol, prefix: 
     shared by concurrent connections)."""
     lines = []
     if client.key_updater is not None:
-        lines.append(f"KEY_UPDATES initiated={client.key_updater.initiated} completed={client.key_updater.completed}")
+        u = client.key_updater
+        lines.append(f"KEY_UPDATES initiated={u.initiated} completed={u.completed} remote={u.remote}")
     if tickets is not None:
         resumed, early = client.session.get("resumed"), client.session.get("early_data")
         lines.append(f"SESSION resumed={resumed} early_data={early} tickets={tickets.received}")

@@ -36,8 +36,8 @@ Each request is logged on stderr as ``<status> <path> <bytes>``.
 Features (tests/interop_features.rs; helpers in features.py), each reported on stdout:
 
 * ``--key-update-every N``: initiate a 1-RTT key update every N packets (sent plus received),
-  each after the previous one completed; prints ``KEY_UPDATES initiated=I completed=C`` when
-  a connection ends.
+  each after the previous one completed; prints ``KEY_UPDATES initiated=I completed=C
+  remote=R`` when a connection ends (R: updates the client initiated). N = 0 only counts.
 * ``--session-tickets``: issue session tickets (kept in memory) and accept resumption and 0-RTT
   with them; prints ``SESSION resumed=<bool> early_data=<bool>`` for every handshake.
   ``--forget-tickets`` issues them but never takes one back (as a restarted server): a client
@@ -113,14 +113,14 @@ class HqServerProtocol(QuicConnectionProtocol):
         super().__init__(*args, **kwargs)
         self._buffers: dict[int, bytearray] = {}
         self._answered: set[int] = set()
-        self._key_updater = KeyUpdater(self._quic, self.key_update_every) if self.key_update_every else None
+        self._key_updater = KeyUpdater(self._quic, self.key_update_every) if self.key_update_every is not None else None
 
     def _feature_events(self, event: QuicEvent) -> None:
         if self._key_updater is not None:
             self._key_updater.poll()
             if isinstance(event, ConnectionTerminated):
                 u = self._key_updater
-                print(f"KEY_UPDATES initiated={u.initiated} completed={u.completed}", flush=True)
+                print(f"KEY_UPDATES initiated={u.initiated} completed={u.completed} remote={u.remote}", flush=True)
         if self.report_sessions and isinstance(event, HandshakeCompleted):
             print(f"SESSION resumed={event.session_resumed} early_data={event.early_data_accepted}", flush=True)
 

@@ -114,7 +114,7 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
     for group in split(requests, args.connections) {
         let expected = group.len();
         let (tx, rx) = mpsc::channel::<Option<Fetched>>();
-        let node = start_client(args.backend, GetApp::new(group, tx))?;
+        let node = start_client(args.backend, GetApp::new(group, tx).with_key_updates(args.key_update_every))?;
         node.connect(
             ConnectRequest { config: request.config.clone(), server_name: request.server_name.clone(), ..request },
             Some(0),

@@ -166,6 +166,9 @@ struct GetArgs {
     /// handshake completes (when the server allows it; requests it refuses are sent again).
     #[arg(long)]
     zero_rtt: bool,
+    /// Initiate a key update every this many bytes received (interop tests).
+    #[arg(long, hide = true, default_value_t = 0)]
+    key_update_every: u64,
 }
 
 fn main() -> ExitCode {

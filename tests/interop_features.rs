@@ -192,8 +192,9 @@ fn fields<'a>(stdout: &'a str, tag: &str) -> Option<HashMap<&'a str, &'a str>> {
 
 fn require_key_updates(initiated: u32, completed: u32, who: &str) -> Result<()> {
     eprintln!("feature: {who} initiated {initiated} key updates, {completed} completed");
-    ensure!(initiated >= 2, "{who} initiated only {initiated} key updates (want at least 2)");
-    ensure!(completed == initiated, "{who}: only {completed} of {initiated} key updates were followed by the peer");
+    ensure!(completed >= 2, "{who}: only {completed} of {initiated} key updates were followed (want at least 2)");
+    // The last one may be asked for as the transfer ends, with nothing sent after it.
+    ensure!(completed + 1 >= initiated, "{who}: only {completed} of {initiated} key updates were followed by the peer");
     Ok(())
 }
 
@@ -243,7 +244,7 @@ fn feature_keyupdate_get_initiates_and_aioquic_server_follows() -> Result<()> {
     // quinn-proto ignores an update asked for while the previous one is under way (until three
     // PTOs after the peer answered it, about 100 ms on loopback against aioquic's 25 ms ACK
     // delay): a longer transfer than the others, for room for several.
-    let scene = Scene::with_big_file("keyupdate-client-initiates", 2 * BIG)?;
+    let scene = Scene::with_big_file("keyupdate-client-initiates", 4 * BIG)?;
     let (mut server, port) = scene.start_hq_server(&["--key-update-every", "0"])?;
     let out = scene.scratch.subdir("out")?;
     let every = (BIG / 16).to_string();
@@ -252,7 +253,7 @@ fn feature_keyupdate_get_initiates_and_aioquic_server_follows() -> Result<()> {
     let remote = server.stdout_line(left(scene.deadline), |l| {
         l.strip_prefix("KEY_UPDATES ")?.split_whitespace().find_map(|f| f.strip_prefix("remote=")?.parse::<u32>().ok())
     })?;
-    // Of the 32 requests, most are ignored that way on a fast loopback; never all but one.
+    // Of the 64 requests, most are ignored that way on a fast loopback; never all but one.
     eprintln!("feature: aioquic's server followed {remote} key updates initiated by get");
     ensure!(remote >= 2, "aioquic's server saw only {remote} key updates from get (want at least 2)");
     scene.passed();

@@ -11,7 +11,8 @@
 //! * zerortt: the resumed connection's requests go as 0-RTT data; the node takes them only with
 //!   `[security] zero_rtt = true` (refused, and answered after the handshake, by default).
 //! * connectionmigration: aioquic's client moves mid-transfer to a new socket on 127.0.0.2 with
-//!   a new connection ID; the node must send the rest of the file to the new address.
+//!   a new connection ID; the node must send the rest of the file to the new address, and count
+//!   the change in `quic_peer_address_changes_total`.
 //!
 //! What `get` does not do (0-RTT, migration) and why is in docs/reliability.md, "Interop feature
 //! cases". `ANT_QUIC_INTEROP_BIN` tests another build of the node.
@@ -25,7 +26,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{aioquic_python, interop_script, random_bytes, run, sha256_hex, Finished, NodeProcess, Process, TempDir};
+use common::{
+    aioquic_python, http_get, interop_script, random_bytes, run, sample, sha256_hex, Finished, NodeProcess, Process,
+    TempDir,
+};
 
 /// Bound on each test, once the Python environment exists.
 const BUDGET: Duration = Duration::from_secs(60);
@@ -397,6 +401,11 @@ fn feature_zerortt_get_sends_refused_early_data_again() -> Result<()> {
 fn feature_connectionmigration_node_follows_aioquic_client() -> Result<()> {
     let scene = Scene::new("migration-server")?;
     let mut node = scene.start_node(&[])?;
+    let admin = node.stdout_line(Duration::from_secs(20), |line| {
+        line.strip_prefix("admin http on ")?.split_whitespace().next()?.parse::<SocketAddr>().ok()
+    })?;
+    let changes = || sample(&http_get(admin, "/metrics").1, "quic_peer_address_changes_total");
+    ensure!(changes() == Some(0.0), "quic_peer_address_changes_total before any client: {:?}", changes());
     let out = scene.scratch.subdir("out")?;
     let after = MIGRATE_AFTER.to_string();
     let done = scene.hq_client(&node, &out, &["--migrate-after", &after, "--migrate-to", "127.0.0.2"])?;
@@ -412,6 +421,10 @@ fn feature_connectionmigration_node_follows_aioquic_client() -> Result<()> {
     let (before, after) = (number("bytes_before"), number("bytes_after"));
     ensure!(before < BIG, "the migration came after the transfer ({before} bytes before it)");
     ensure!(after >= BIG / 2, "only {after} bytes reached the new address after the migration");
+    // The node's own account: the peer's address changed (once, unless a validation failed).
+    let counted = changes().unwrap_or(0.0);
+    eprintln!("feature: quic_peer_address_changes_total {counted}");
+    ensure!(counted >= 1.0, "quic_peer_address_changes_total after the migration: {counted}");
     scene.check_files(&out)?;
     if node.exited().is_ok_and(|s| s.is_some()) {
         bail!("the node exited: {}", tail(&node.stderr(), 40));

@@ -423,6 +423,7 @@ impl<B: Backend, M> Core<B, M> {
                 self.active += 1;
             }
             *slot = Some(ConnState {
+                remote: conn.remote_address(),
                 conn,
                 tag,
                 queued_deadline: None,
@@ -710,6 +711,10 @@ impl<B: Backend, M> Core<B, M> {
             }
         }
 
+        if state.conn.remote_address() != state.remote {
+            state.remote = state.conn.remote_address();
+            bump(&self.shared.stats.peer_address_changes, 1);
+        }
         if state.connected && now >= state.next_rtt_sample {
             self.recorder.rtt(state.conn.rtt());
             state.next_rtt_sample = now + RTT_SAMPLE_INTERVAL;

@@ -88,7 +88,9 @@ cargo test --release --workspace
 
 step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
 # The NAT lab matrices, the ops script checks, the systemd lab and the long takeover scenarios do
-# not depend on the crypto provider: run once, above (the short takeover tests run in both).
+# not depend on the crypto provider: run once, above (the short takeover tests run in both). The
+# interop feature cases (feature_*, tests/interop_features.rs: key updates, resumption, 0-RTT,
+# migration) touch the provider and take about 5 s: they run in both.
 cargo test --release -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring,metrics -- \
     --skip every_pair_of_peers_connects_as_the_nats_allow --skip nat_lab_types_raw_matrix_and_impairment \
     --skip every_workflow_passes --skip the_dockerfile_passes --skip do_performance_test_measures \

@@ -157,6 +157,9 @@ pub struct ServerSecurity {
     pub certificate: Option<CertifiedKey>,
     /// Client certificate policy.
     pub client_auth: ClientAuth,
+    /// Accept 0-RTT data from clients resuming a session (`[security] zero_rtt`). Such data can
+    /// be replayed by an attacker, so it is off unless every request served is idempotent.
+    pub zero_rtt: bool,
 }
 
 /// Server side: our certificate, offering `alpns`.
@@ -209,7 +212,9 @@ pub fn rustls_server_config_with(
     };
     let mut tls = builder.with_single_cert(chain, key).map_err(|e| TlsError(e.to_string()))?;
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
-    tls.max_early_data_size = 0;
+    // quinn-proto takes 0-RTT all or nothing: 0 refuses it, u32::MAX accepts it (the stream
+    // and connection flow-control limits bound what arrives early).
+    tls.max_early_data_size = if security.zero_rtt { u32::MAX } else { 0 };
     Ok(tls)
 }
 

@@ -115,6 +115,7 @@ fn bad_values_exit_2_with_one_line() {
             "[security]\nhandshake_timeout = 31\n".into(),
             vec!["handshake-timeout.toml:2", "handshake_timeout", "30"],
         ),
+        ("zero-rtt", "[security]\nzero_rtt = \"yes\"\n".into(), vec!["zero-rtt.toml:2", "zero_rtt"]),
     ];
     for (name, body, needles) in cases {
         let file = write(d, &format!("{name}.toml"), &body);

@@ -175,6 +175,12 @@ impl Metrics {
         out.family("quic_connections_active", "gauge", "QUIC connections currently open.");
         out.sample("quic_connections_active", &[], sum(&|c| read(&c.connections_active)));
         out.family(
+            "quic_peer_address_changes_total",
+            "counter",
+            "Times a connection's peer address changed (migration, NAT rebinding).",
+        );
+        out.sample("quic_peer_address_changes_total", &[], sum(&|c| read(&c.peer_address_changes)));
+        out.family(
             "quic_bytes_transmitted",
             "untyped",
             "UDP payload bytes sent and received by the node (monotonic; use rate()).",

@@ -21,6 +21,11 @@ use crate::connection::{ConnId, ConnRef, Connections};
 pub trait Application<M = ()> {
     /// The handshake completed (both for connections we opened and ones we accepted).
     fn on_connected(&mut self, _conn: &mut ConnRef<'_>) {}
+    /// A connection we opened resumes a session whose server allows early data: streams opened
+    /// now travel as 0-RTT data, before the handshake completes. If the server refuses them,
+    /// they are forgotten (stream IDs start again) and `on_connected` follows with
+    /// `conn.quic().accepted_0rtt()` false: open them again there.
+    fn on_zero_rtt(&mut self, _conn: &mut ConnRef<'_>) {}
     /// The peer opened a stream.
     fn on_stream_opened(&mut self, _conn: &mut ConnRef<'_>, _stream: StreamId) {}
     /// Data (or the end of the stream) can be read from `stream`.

@@ -48,6 +48,8 @@ pub(crate) struct ConnState {
     pub(crate) half_open: bool,
     /// Next time the RTT may be sampled.
     pub(crate) next_rtt_sample: Instant,
+    /// The peer's address when last driven, to count its changes.
+    pub(crate) remote: std::net::SocketAddr,
 }
 
 /// The connections of one core, lent to application code in [`crate::Application::on_message`].

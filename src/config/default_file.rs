@@ -65,6 +65,11 @@ max_half_open = 1024
 # Seconds a connection has to complete its handshake before it is dropped (1 to 30).
 # These four keys are read at start; SIGHUP does not change them.
 handshake_timeout = 10
+# Accept 0-RTT data (requests sent with the first flight of a resumed session, one round trip
+# sooner). An attacker who captured such a flight can replay it, so enable this only when every
+# request the node serves may run twice (hq-interop GET does; ant-quic/1 uploads do not belong
+# there). Session tickets are single use within one node process. Read at start and on SIGHUP.
+zero_rtt = false
 
 [compatibility]
 # Accept keys renamed since older versions (e.g. [logging] log_level).

@@ -211,6 +211,8 @@ pub struct SecuritySection {
     pub max_half_open: usize,
     /// Seconds an accepted connection has to complete its handshake before it is dropped.
     pub handshake_timeout: u64,
+    /// Accept 0-RTT data from clients that resume a session (replayable: off by default).
+    pub zero_rtt: bool,
 }
 
 impl Default for SecuritySection {
@@ -225,6 +227,7 @@ impl Default for SecuritySection {
             retry_threshold: admission.retry_threshold,
             max_half_open: admission.max_half_open,
             handshake_timeout: admission.handshake_timeout.as_secs(),
+            zero_rtt: false,
         }
     }
 }
@@ -317,6 +320,6 @@ impl Config {
             (Some(ca), false) => ClientAuth::Optional(tls::load_ca(ca)?),
             (None, _) => ClientAuth::None,
         };
-        Ok(ServerSecurity { certificate, client_auth })
+        Ok(ServerSecurity { certificate, client_auth, zero_rtt: s.zero_rtt })
     }
 }

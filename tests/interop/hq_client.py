@@ -59,6 +59,21 @@ the first. Each connection writes into ``DIR/conn-<i>/`` and its result lines ar
 with ``CONN <i> `` (e.g. ``CONN 3 OK /a.bin 1024 <sha>``). The exit status is the worst of
 all connections'.
 
+Features (tests/interop_features.rs; helpers in features.py):
+
+* ``--key-update-every N``: initiate a 1-RTT key update every N packets (sent plus received),
+  each after the previous one completed; prints ``KEY_UPDATES initiated=I completed=C remote=R``
+  per connection (``CONN <i> KEY_UPDATES ...`` with several; R: updates the server initiated).
+* ``--resume``: with ``--connections N``, the connections run one after another and each after
+  the first offers the session ticket the previous one received; every connection prints
+  ``CONN <i> SESSION resumed=<bool> early_data=<bool> tickets=<n>``.
+* ``--zero-rtt``: with ``--resume``, connections after the first send their requests as 0-RTT
+  data, before the handshake completes (``early_data`` then says whether the server took it).
+* ``--migrate-after BYTES``: once BYTES arrived, move the connection to a new UDP socket on
+  ``--migrate-to HOST`` (default 127.0.0.2) with a new connection ID; prints
+  ``MIGRATED local=<addr> bytes_before=<n> bytes_after=<n>`` (bytes received before the move
+  and on the new path).
+
 Debugging: ``-v`` logs aioquic's DEBUG output to stderr, ``--qlog DIR``
 writes a qlog trace, ``--secrets-log FILE`` writes TLS keys (NSS key log
 format) for Wireshark.
@@ -88,6 +103,8 @@ from aioquic.quic.events import (
     StreamReset,
 )
 from aioquic.quic.logger import QuicFileLogger
+
+from features import KeyUpdater, TicketStore, migrate
 
 ALPN = "hq-interop"
 LOG = logging.getLogger("hq_client")
@@ -162,6 +179,25 @@ class HqClientProtocol(QuicConnectionProtocol):
         self._pacer: asyncio.TimerHandle | None = None
         self._keep_alive: asyncio.TimerHandle | None = None
         self._last_received = 0.0
+        # features.py: key updates, resumption/0-RTT report, migration
+        self.key_updater: KeyUpdater | None = None
+        self.session: dict[str, object] = {}
+        self.received_total = 0
+        self.migrate_after: int | None = None
+        self.migrate_to = "127.0.0.2"
+        self.migration: asyncio.Future | None = None
+        self.received_before_migration = 0
+
+    def _feature_events(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self.session = {"resumed": event.session_resumed, "early_data": event.early_data_accepted}
+        if self.key_updater is not None:
+            self.key_updater.poll()
+        if isinstance(event, StreamDataReceived):
+            self.received_total += len(event.data)
+            if self.migrate_after is not None and self.migration is None and self.received_total >= self.migrate_after:
+                self.received_before_migration = self.received_total
+                self.migration = migrate(self, self._loop, self.migrate_to)
 
     def pace(self, rate: float) -> None:
         """Hold the receive rate to ``rate`` bytes per second (see PacedLimit)."""
@@ -213,6 +249,7 @@ class HqClientProtocol(QuicConnectionProtocol):
         self.transmit()
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        self._feature_events(event)
         if isinstance(event, HandshakeCompleted):
             LOG.info(
                 "handshake completed: alpn=%s resumed=%s early_data=%s",
@@ -286,9 +323,17 @@ def parse_targets(args: argparse.Namespace) -> tuple[str, int, list[str]]:
     return host, port, paths
 
 
-async def run(args: argparse.Namespace, host: str, port: int, requests: list[Request]) -> int:
-    """One connection fetching ``requests``: 0 all OK, 1 some stream failed, 2 connection failed."""
+async def run(
+    args: argparse.Namespace, host: str, port: int, requests: list[Request], index: int = 0, tickets: TicketStore | None = None
+) -> int:
+    """One connection fetching ``requests``: 0 all OK, 1 some stream failed, 2 connection failed.
+    With ``tickets`` (``--resume``), it offers the ticket of the connection before it and keeps
+    the ones it receives."""
     config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN])
+    early = False
+    if tickets is not None and tickets.ticket is not None:
+        config.session_ticket = tickets.ticket
+        early = args.zero_rtt
     config.idle_timeout = args.idle_timeout
     if args.insecure:
         config.verify_mode = ssl.CERT_NONE
@@ -303,8 +348,21 @@ async def run(args: argparse.Namespace, host: str, port: int, requests: list[Req
         config.secrets_log_file = open(args.secrets_log, "a")
 
     started = time.monotonic()
-    async with connect(host, port, configuration=config, create_protocol=HqClientProtocol) as client:
+    async with connect(
+        host,
+        port,
+        configuration=config,
+        create_protocol=HqClientProtocol,
+        session_ticket_handler=tickets.save if tickets is not None else None,
+        wait_connected=not early,
+    ) as client:
         LOG.info("connected to %s:%d in %.3fs", host, port, time.monotonic() - started)
+        prefix = f"CONN {index} " if args.connections > 1 else ""
+        if args.key_update_every is not None:
+            client.key_updater = KeyUpdater(client._quic, args.key_update_every)
+        if args.migrate_after is not None:
+            client.migrate_after = args.migrate_after
+            client.migrate_to = args.migrate_to
         if args.max_rate:
             client.pace(args.max_rate)
         if args.keep_alive:
@@ -313,14 +371,47 @@ async def run(args: argparse.Namespace, host: str, port: int, requests: list[Req
             client.fetch(req)
         await asyncio.gather(*(r.done for r in requests))
         LOG.info("all %d streams finished in %.3fs", len(requests), time.monotonic() - started)
+        while early and not client.session and client.terminated is None:
+            # 0-RTT answers can all arrive before the handshake ends; report after it
+            await asyncio.sleep(0.01)
+        report_features(args, client, prefix, tickets)
     return 0 if all(r.status == "OK" for r in requests) else 1
 
 
-async def run_one(args: argparse.Namespace, host: str, port: int, requests: list[Request], delay: float) -> int:
+def report_features(args: argparse.Namespace, client: HqClientProtocol, prefix: str, tickets: TicketStore | None) -> None:
+    """The lines of the feature cases (see the module docstring), printed at once (stdout is
+    shared by concurrent connections)."""
+    lines = []
+    if client.key_updater is not None:
+        u = client.key_updater
+        lines.append(f"KEY_UPDATES initiated={u.initiated} completed={u.completed} remote={u.remote}")
+    if tickets is not None:
+        resumed, early = client.session.get("resumed"), client.session.get("early_data")
+        lines.append(f"SESSION resumed={resumed} early_data={early} tickets={tickets.received}")
+    if args.migrate_after is not None:
+        if client.migration is not None and client.migration.done() and client.migration.exception() is None:
+            local = client.migration.result()
+            after = client.received_total - client.received_before_migration
+            lines.append(f"MIGRATED local={local[0]}:{local[1]} bytes_before={client.received_before_migration} bytes_after={after}")
+        else:
+            lines.append("MIGRATED none")
+    for line in lines:
+        print(prefix + line, flush=True)
+
+
+async def run_one(
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    requests: list[Request],
+    delay: float,
+    index: int = 0,
+    tickets: TicketStore | None = None,
+) -> int:
     """``run`` after ``delay`` seconds, with every failure turned into an exit code and result lines."""
     await asyncio.sleep(delay)
     try:
-        return await run(args, host, port, requests)
+        return await run(args, host, port, requests, index, tickets)
     except ConnectionError as exc:
         print(f"hq_client: connection failed: {exc!r}", file=sys.stderr)
         reason = "connection-failed"
@@ -333,8 +424,15 @@ async def run_one(args: argparse.Namespace, host: str, port: int, requests: list
 
 
 async def run_all(args: argparse.Namespace, host: str, port: int, batches: list[list[Request]]) -> int:
+    if args.resume:
+        # one after another: each connection resumes with the ticket of the one before
+        tickets = TicketStore()
+        worst = 0
+        for i, batch in enumerate(batches):
+            worst = max(worst, await run_one(args, host, port, batch, args.interval if i else 0.0, i, tickets))
+        return worst
     codes = await asyncio.gather(
-        *(run_one(args, host, port, batch, i * args.interval) for i, batch in enumerate(batches))
+        *(run_one(args, host, port, batch, i * args.interval, i) for i, batch in enumerate(batches))
     )
     return max(codes)
 
@@ -358,6 +456,16 @@ def main() -> int:
                         help="fetch the requests over N separate connections")
     parser.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
                         help="with --connections: start one connection every SECONDS")
+    parser.add_argument("--key-update-every", type=int, default=None, metavar="PACKETS",
+                        help="initiate a key update every PACKETS packets (sent plus received)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --connections: sequential connections, each resuming the previous session")
+    parser.add_argument("--zero-rtt", action="store_true",
+                        help="with --resume: send the requests of resumed connections as 0-RTT data")
+    parser.add_argument("--migrate-after", type=int, default=None, metavar="BYTES",
+                        help="move to a new local address and connection ID after BYTES were received")
+    parser.add_argument("--migrate-to", default="127.0.0.2", metavar="HOST",
+                        help="with --migrate-after: the new local IPv4 address")
     parser.add_argument("--qlog", default=None, help="directory for qlog traces")
     parser.add_argument("--secrets-log", default=None, help="file for TLS secrets (NSS key log)")
     parser.add_argument("-v", "--verbose", action="store_true", help="aioquic DEBUG logging on stderr")

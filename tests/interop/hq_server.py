@@ -33,6 +33,16 @@ application error codes, and no data is sent:
 
 Each request is logged on stderr as ``<status> <path> <bytes>``.
 
+Features (tests/interop_features.rs; helpers in features.py), each reported on stdout:
+
+* ``--key-update-every N``: initiate a 1-RTT key update every N packets (sent plus received),
+  each after the previous one completed; prints ``KEY_UPDATES initiated=I completed=C
+  remote=R`` when a connection ends (R: updates the client initiated). N = 0 only counts.
+* ``--session-tickets``: issue session tickets (kept in memory) and accept resumption and 0-RTT
+  with them; prints ``SESSION resumed=<bool> early_data=<bool>`` for every handshake.
+  ``--forget-tickets`` issues them but never takes one back (as a restarted server): a client
+  offering one gets a full handshake and its 0-RTT data refused.
+
 ``-v`` turns on aioquic's DEBUG logging on stderr; ``--qlog DIR`` writes qlog
 traces, ``--secrets-log FILE`` TLS keys (NSS key log format).
 """
@@ -61,6 +71,8 @@ from aioquic.quic.events import (
     StreamReset,
 )
 from aioquic.quic.logger import QuicFileLogger
+
+from features import KeyUpdater
 
 ALPN = "hq-interop"
 ERR_NOT_FOUND = 0x1
@@ -93,11 +105,24 @@ def resolve(root: str, raw_path: str) -> tuple[str | None, int]:
 
 class HqServerProtocol(QuicConnectionProtocol):
     root: str = "."
+    # features.py: --key-update-every, --session-tickets
+    key_update_every: int | None = None
+    report_sessions: bool = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._buffers: dict[int, bytearray] = {}
         self._answered: set[int] = set()
+        self._key_updater = KeyUpdater(self._quic, self.key_update_every) if self.key_update_every is not None else None
+
+    def _feature_events(self, event: QuicEvent) -> None:
+        if self._key_updater is not None:
+            self._key_updater.poll()
+            if isinstance(event, ConnectionTerminated):
+                u = self._key_updater
+                print(f"KEY_UPDATES initiated={u.initiated} completed={u.completed} remote={u.remote}", flush=True)
+        if self.report_sessions and isinstance(event, HandshakeCompleted):
+            print(f"SESSION resumed={event.session_resumed} early_data={event.early_data_accepted}", flush=True)
 
     def _reset(self, sid: int, code: int, path: str) -> None:
         self._answered.add(sid)
@@ -133,6 +158,7 @@ class HqServerProtocol(QuicConnectionProtocol):
         log_request("200", raw_path, size)
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        self._feature_events(event)
         if isinstance(event, HandshakeCompleted):
             LOG.info("handshake completed: alpn=%s", event.alpn_protocol)
         elif isinstance(event, StreamDataReceived):
@@ -228,12 +254,19 @@ async def run(args: argparse.Namespace, cert: str, key: str) -> None:
         config.secrets_log_file = open(args.secrets_log, "a")
 
     HqServerProtocol.root = os.path.realpath(args.root)
+    HqServerProtocol.key_update_every = args.key_update_every
+    HqServerProtocol.report_sessions = args.session_tickets
+    tickets: dict[bytes, object] = {}
     server = await serve(
         args.host,
         args.port,
         configuration=config,
         create_protocol=HqServerProtocol,
         retry=args.retry,
+        session_ticket_fetcher=(lambda t: None if args.forget_tickets else tickets.pop(t, None))
+        if args.session_tickets
+        else None,
+        session_ticket_handler=(lambda t: tickets.__setitem__(t.ticket, t)) if args.session_tickets else None,
     )
     sockname = server._transport.get_extra_info("sockname")
     print(f"READY {sockname[1]}", flush=True)
@@ -262,6 +295,12 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=None, help="exit after this long")
     parser.add_argument("--idle-timeout", type=float, default=30.0)
     parser.add_argument("--retry", action="store_true", help="send a Retry before each handshake")
+    parser.add_argument("--key-update-every", type=int, default=None, metavar="PACKETS",
+                        help="initiate a key update every PACKETS packets (sent plus received)")
+    parser.add_argument("--session-tickets", action="store_true",
+                        help="issue session tickets; accept resumption and 0-RTT; report each handshake")
+    parser.add_argument("--forget-tickets", action="store_true",
+                        help="with --session-tickets: never resume (as a restarted server would)")
     parser.add_argument("--qlog", default=None, help="directory for qlog traces")
     parser.add_argument("--secrets-log", default=None, help="file for TLS secrets (NSS key log)")
     parser.add_argument("-v", "--verbose", action="store_true", help="aioquic DEBUG logging on stderr")

@@ -399,6 +399,12 @@ impl<B: Backend, M> Core<B, M> {
             Ok((handle, conn)) => {
                 bump(&self.shared.stats.connections_opened, 1);
                 self.insert(now, handle, conn, request.tag, false);
+                let id = ConnId { core: self.index, index: handle.0 };
+                if let Some(Some(state)) = self.conns.get_mut(handle.0) {
+                    if state.conn.has_0rtt() {
+                        self.app.on_zero_rtt(&mut ConnRef { id, tag: state.tag, now, inner: &mut state.conn });
+                    }
+                }
             }
             Err(error) => {
                 bump(&self.shared.stats.connect_failures, 1);
@@ -417,6 +423,7 @@ impl<B: Backend, M> Core<B, M> {
                 self.active += 1;
             }
             *slot = Some(ConnState {
+                remote: conn.remote_address(),
                 conn,
                 tag,
                 queued_deadline: None,
@@ -704,6 +711,10 @@ impl<B: Backend, M> Core<B, M> {
             }
         }
 
+        if state.conn.remote_address() != state.remote {
+            state.remote = state.conn.remote_address();
+            bump(&self.shared.stats.peer_address_changes, 1);
+        }
         if state.connected && now >= state.next_rtt_sample {
             self.recorder.rtt(state.conn.rtt());
             state.next_rtt_sample = now + RTT_SAMPLE_INTERVAL;

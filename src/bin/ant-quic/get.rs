@@ -1,4 +1,5 @@
-//! `ant-quic get`: download files over hq-interop on one connection.
+//! `ant-quic get`: download files over hq-interop on one connection (or, with `--connections`,
+//! several in turn, each resuming the TLS session of the one before).
 
 use std::net::ToSocketAddrs;
 use std::path::{Component, Path, PathBuf};
@@ -7,9 +8,11 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ant_quic::client::{Fetched, GetApp};
+use ant_quic::dataplane::ConnectRequest;
 use ant_quic::node::{connect_request, start_client};
 use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
 use ant_quic::Error;
+use quinn_proto::crypto::rustls::QuicClientConfig;
 
 use crate::GetArgs;
 
@@ -41,6 +44,14 @@ fn parse_url(url: &str) -> Result<Url, Error> {
         format!("{authority}:443")
     };
     Ok(Url { authority, path: path.to_owned() })
+}
+
+/// `requests` in `parts` consecutive groups as even as possible (none empty).
+fn split<T>(requests: Vec<T>, parts: u32) -> Vec<Vec<T>> {
+    let parts = usize::try_from(parts).unwrap_or(usize::MAX).clamp(1, requests.len().max(1));
+    let (size, extra) = (requests.len() / parts, requests.len() % parts);
+    let mut rest = requests.into_iter();
+    (0..parts).map(|i| rest.by_ref().take(size + usize::from(i < extra)).collect()).collect()
 }
 
 /// Where a fetched path is written under `output`; `None` if it would escape it.
@@ -84,28 +95,45 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
         }
     };
 
-    let (tx, rx) = mpsc::channel::<Option<Fetched>>();
     let expected = requests.len();
-    let node = start_client(args.backend, GetApp::new(requests, tx))?;
-    let started = Instant::now();
     let mut request = connect_request(remote, auth, &[ALPN_HQ_INTEROP], 0)?;
+    if args.zero_rtt {
+        // A GET may run twice (0-RTT data can be replayed): fine to send early.
+        let mut tls = ant_quic::tls::rustls_client_config(auth, &[ALPN_HQ_INTEROP])?;
+        tls.enable_early_data = true;
+        let quic = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| Error::Invalid(format!("TLS: {e}")))?;
+        request.config = quinn_proto::ClientConfig::new(Arc::new(quic));
+    }
     let mut transport = quinn_proto::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     request.config.transport_config(Arc::new(transport));
-    node.connect(request, Some(0))?;
-
-    let deadline = started + Duration::from_secs(args.timeout);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut results = Vec::new();
-    while results.len() < expected {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Some(fetched)) => results.push(fetched),
-            Ok(None) | Err(_) => break,
+    // Every connection clones the same client configuration, so they share rustls's session
+    // store: the second connection resumes with a ticket the first one received.
+    for group in split(requests, args.connections) {
+        let expected = group.len();
+        let (tx, rx) = mpsc::channel::<Option<Fetched>>();
+        let node = start_client(args.backend, GetApp::new(group, tx).with_key_updates(args.key_update_every))?;
+        node.connect(
+            ConnectRequest { config: request.config.clone(), server_name: request.server_name.clone(), ..request },
+            Some(0),
+        )?;
+        let before = results.len();
+        while results.len() - before < expected {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Some(fetched)) => results.push(fetched),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // The files are written and this connection is done: send CONNECTION_CLOSE and go,
+        // rather than wait out the closing period (three PTOs) that a long-lived endpoint keeps.
+        node.shutdown_now();
+        let _ = node.join();
+        if results.len() - before < expected {
+            break;
         }
     }
-    // The files are written and this process exits next: send CONNECTION_CLOSE and go, rather
-    // than wait out the closing period (three PTOs) that a long-lived endpoint keeps.
-    node.shutdown_now();
-    let _ = node.join();
 
     let mut failed = expected.saturating_sub(results.len());
     if failed > 0 {
@@ -132,4 +160,16 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
         }
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn split_keeps_order_and_leaves_no_group_empty() {
+        assert_eq!(split(vec![1, 2, 3, 4, 5], 2), vec![vec![1, 2, 3], vec![4, 5]]);
+        assert_eq!(split(vec![1, 2], 5), vec![vec![1], vec![2]]);
+        assert_eq!(split(vec![1, 2, 3], 1), vec![vec![1, 2, 3]]);
+    }
 }

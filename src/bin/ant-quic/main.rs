@@ -158,6 +158,17 @@ struct GetArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Split the URLs, in order, over this many connections made one after another; each after
+    /// the first resumes the TLS session of the one before (session tickets kept in memory).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
+    /// With --connections: send the requests of resumed connections as 0-RTT data, before the
+    /// handshake completes (when the server allows it; requests it refuses are sent again).
+    #[arg(long)]
+    zero_rtt: bool,
+    /// Initiate a key update every this many bytes received (interop tests).
+    #[arg(long, hide = true, default_value_t = 0)]
+    key_update_every: u64,
 }
 
 fn main() -> ExitCode {

@@ -166,13 +166,6 @@ pub struct Counters {
     pub server_bytes_before_handshake: u64,
 }
 
-impl Counters {
-    /// Datagrams dropped, corrupted or cut off by the blackhole, both directions.
-    pub fn faults(&self) -> u64 {
-        self.to_server.dropped + self.to_client.dropped + self.to_server.corrupted + self.to_client.corrupted
-    }
-}
-
 /// splitmix64: a small seeded generator.
 struct Rng(u64);
 
@@ -228,7 +221,7 @@ pub fn long_header_types(mut datagram: &[u8]) -> Vec<u8> {
     types
 }
 
-/// One client's mapping: its upstream socket (replaced on a rebind) and the ones it replaced.
+/// One client's mapping: its upstream socket, replaced on a rebind (its thread keeps the old ones).
 struct Mapping {
     client: SocketAddr,
     upstream: Mutex<Arc<UdpSocket>>,

@@ -87,17 +87,18 @@ step "tests, default build (aws-lc-rs, post-quantum key exchange)"
 cargo test --release --workspace
 
 step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
-# The NAT lab matrices, the ops script checks, the systemd lab and the long takeover scenarios do
-# not depend on the crypto provider: run once, above (the short takeover tests run in both). The
-# interop feature cases (feature_*, tests/interop_features.rs: key updates, resumption, 0-RTT,
-# migration) touch the provider and take about 5 s: they run in both.
+# The NAT lab matrices, the ops script checks, the systemd lab, the long takeover scenarios and
+# the interop fault cases (tests/interop_faults.rs, all named faultcase_*) do not depend on the
+# crypto provider: run once, above (the short takeover tests run in both). The interop feature
+# cases (feature_*, tests/interop_features.rs: key updates, resumption, 0-RTT, migration) touch
+# the provider and take about 5 s: they run in both.
 cargo test --release -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring,metrics -- \
     --skip every_pair_of_peers_connects_as_the_nats_allow --skip nat_lab_types_raw_matrix_and_impairment \
     --skip every_workflow_passes --skip the_dockerfile_passes --skip do_performance_test_measures \
     --skip nat_success_rate_comes --skip nat_stress_reaches --skip fuzz_short_runs \
     --skip blue_green_switch_rollback_and_restart_under_real_systemd_over_ssh \
     --skip takeover_keeps_every_connection --skip relayed_flow_keeps_forwarding_across_a_takeover \
-    --skip taking_over_twice_keeps_live_transfers
+    --skip taking_over_twice_keeps_live_transfers --skip faultcase_
 
 step "fuzzing: every target 20 s from the saved seeds (scripts/fuzz-short.sh; fuzz/README.md)"
 # Stable toolchain, no sanitizer: the build takes a third less time and the runs three to seven

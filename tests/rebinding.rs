@@ -1,9 +1,9 @@
 //! NAT rebinding under loss: a bulk download survives a client whose NAT moves it to a new source
 //! port every second on a path that drops 5 % of datagrams each way, with the bytes intact.
 //!
-//! Between client and server runs a "lossy rebinding NAT" (a UDP proxy on loopback, in this test
-//! process): it drops datagrams with a seeded generator (a failure reproduces with the same
-//! `ANT_QUIC_REBIND_SEED`) and, every [`REBIND_EVERY`], sends the client's datagrams from a fresh
+//! Between client and server runs a "lossy rebinding NAT" (`tests/common/fault_proxy.rs`, a UDP
+//! proxy on loopback, in this test process): it drops datagrams with a seeded generator (a failure
+//! reproduces with the same `ANT_QUIC_REBIND_SEED`) and, every [`REBIND_EVERY`], sends the client's datagrams from a fresh
 //! socket. Datagrams the server still sends to an earlier port are lost, as behind a NAT that
 //! forgot the old mapping.
 //!
@@ -19,15 +19,13 @@
 mod common;
 
 use std::fs;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
+use common::fault_proxy::{DirectionPlan, Every, FaultPlan, FaultProxy, Rebind};
 use common::{
     aioquic_python, interop_script, random_bytes, run, sha256_hex, Finished, NodeProcess, Process, TempDir, NODE_BIN,
 };
@@ -60,157 +58,17 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// splitmix64: a small seeded generator, so a failing run's drops can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn drop_this(&mut self) -> bool {
-        self.next() % 1000 < LOSS_PER_MILLE
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    rebinds: AtomicU64,
-    forwarded: AtomicU64,
-    dropped: AtomicU64,
-    /// Datagrams from the server to a port the NAT no longer maps.
-    to_stale_port: AtomicU64,
-}
-
-/// The lossy rebinding NAT: the client sends to `front`; the proxy forwards to `server` from its
-/// current upstream socket and back. Two threads, one per direction; stopped when dropped.
-struct LossyRebindingNat {
-    front: SocketAddr,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-/// Poll interval of the proxy threads (read timeout): bounds how late a stop or a rebind is seen.
-const POLL: Duration = Duration::from_millis(5);
-
-impl LossyRebindingNat {
-    fn start(server: SocketAddr, seed: u64) -> Result<Self> {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0")?);
-        front.set_read_timeout(Some(POLL))?;
-        let first = UdpSocket::bind("127.0.0.1:0")?;
-        first.set_read_timeout(Some(POLL))?;
-        let upstream = Arc::new(Mutex::new(Arc::new(first)));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
-        let counters = Arc::new(Counters::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let front_addr = front.local_addr()?;
-
-        // client → server, through whichever upstream socket is current
-        let outbound = {
-            let (front, upstream, client, counters, stop) = (
-                Arc::clone(&front),
-                Arc::clone(&upstream),
-                Arc::clone(&client),
-                Arc::clone(&counters),
-                Arc::clone(&stop),
-            );
-            std::thread::spawn(move || {
-                let mut rng = Rng(seed);
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = front.recv_from(&mut buf) else { continue };
-                    *client.lock().unwrap() = Some(from);
-                    if rng.drop_this() {
-                        counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let up = Arc::clone(&upstream.lock().unwrap());
-                    let _ = up.send_to(&buf[..n], server);
-                    counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        };
-
-        // server → client, from the current upstream socket only; this thread also rebinds
-        let inbound = {
-            let (front, upstream, client, counters, stop) = (
-                Arc::clone(&front),
-                Arc::clone(&upstream),
-                Arc::clone(&client),
-                Arc::clone(&counters),
-                Arc::clone(&stop),
-            );
-            std::thread::spawn(move || {
-                let mut rng = Rng(seed ^ 0xffff_ffff_ffff_ffff);
-                let mut buf = vec![0u8; 65536];
-                let mut last_rebind = Instant::now();
-                // Stale sockets stay open (bounded by the test's length): datagrams to them are
-                // silently lost, as at a NAT, instead of drawing ICMP errors.
-                let mut stale = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    if last_rebind.elapsed() >= REBIND_EVERY && client.lock().unwrap().is_some() {
-                        let fresh = UdpSocket::bind("127.0.0.1:0").unwrap();
-                        fresh.set_read_timeout(Some(POLL)).unwrap();
-                        fresh.set_nonblocking(false).unwrap();
-                        let old = std::mem::replace(&mut *upstream.lock().unwrap(), Arc::new(fresh));
-                        old.set_nonblocking(true).unwrap();
-                        stale.push(old);
-                        counters.rebinds.fetch_add(1, Ordering::Relaxed);
-                        last_rebind = Instant::now();
-                    }
-                    for old in &stale {
-                        while old.recv_from(&mut buf).is_ok() {
-                            counters.to_stale_port.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    let up = Arc::clone(&upstream.lock().unwrap());
-                    let Ok((n, from)) = up.recv_from(&mut buf) else { continue };
-                    if from != server {
-                        continue;
-                    }
-                    if rng.drop_this() {
-                        counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let to = *client.lock().unwrap();
-                    if let Some(to) = to {
-                        let _ = front.send_to(&buf[..n], to);
-                        counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        };
-        Ok(Self { front: front_addr, counters, stop, threads: vec![outbound, inbound] })
-    }
-
-    fn report(&self) -> String {
-        let c = &self.counters;
-        format!(
-            "{} rebinds, {} datagrams forwarded, {} dropped, {} sent by the server to stale ports",
-            c.rebinds.load(Ordering::Relaxed),
-            c.forwarded.load(Ordering::Relaxed),
-            c.dropped.load(Ordering::Relaxed),
-            c.to_stale_port.load(Ordering::Relaxed)
-        )
-    }
-
-    fn rebinds(&self) -> u64 {
-        self.counters.rebinds.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for LossyRebindingNat {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
+/// The lossy rebinding NAT between client and server.
+fn lossy_rebinding_nat(server: SocketAddr) -> Result<FaultProxy> {
+    let loss = DirectionPlan { drop_per_mille: LOSS_PER_MILLE, ..DirectionPlan::default() };
+    let plan = FaultPlan {
+        seed: seed(),
+        to_server: loss,
+        to_client: loss,
+        rebind: Some(Rebind { every: Every::Time(REBIND_EVERY), address: false }),
+        ..FaultPlan::default()
+    };
+    FaultProxy::start(server, plan)
 }
 
 fn node_log_level() -> String {
@@ -248,7 +106,7 @@ fn aioquic_client_downloads_from_node_across_rebinding() -> Result<()> {
     let mut cmd = Command::new(NODE_BIN);
     cmd.args(["--listen", "127.0.0.1:0", "--www"]).arg(&www).arg("--data-dir").arg(&data);
     let mut node = NodeProcess::start(cmd.env("RUST_LOG", node_log_level()), &logs)?;
-    let nat = LossyRebindingNat::start(node.addr, seed())?;
+    let nat = lossy_rebinding_nat(node.addr)?;
     eprintln!("rebinding: node on {}, NAT front {} (seed {})", node.addr, nat.front, seed());
 
     let mut client = Command::new(&py);
@@ -271,9 +129,9 @@ fn aioquic_client_downloads_from_node_across_rebinding() -> Result<()> {
     ensure!(done.status.success(), "the download failed across rebinding\n{}", context());
     ensure!(file_sha(&out.join("big.bin"))? == want, "big.bin arrived with the wrong SHA-256\n{}", context());
     ensure!(
-        nat.rebinds() >= MIN_REBINDS,
+        nat.counters().rebinds >= MIN_REBINDS,
         "only {} rebinds during the transfer: the test proved nothing",
-        nat.rebinds()
+        nat.counters().rebinds
     );
     ensure!(node.exited()?.is_none(), "node exited: {}", tail(&node.stderr(), 40));
     drop(nat);
@@ -301,7 +159,7 @@ fn get_downloads_from_aioquic_across_rebinding() -> Result<()> {
         .stdout_line(Duration::from_secs(30), |l| l.strip_prefix("READY ").and_then(|p| p.trim().parse::<u16>().ok()))
         .context("hq_server.py never printed READY")?;
     let server_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let nat = LossyRebindingNat::start(server_addr, seed())?;
+    let nat = lossy_rebinding_nat(server_addr)?;
     eprintln!("rebinding: aioquic server on {server_addr}, NAT front {} (seed {})", nat.front, seed());
 
     let mut get = Command::new(NODE_BIN);
@@ -322,9 +180,9 @@ fn get_downloads_from_aioquic_across_rebinding() -> Result<()> {
     let got = file_sha(&out.join("big.bin")).map_err(|e| anyhow!("{e:#}\n{}", context()))?;
     ensure!(got == want, "big.bin arrived with the wrong SHA-256\n{}", context());
     ensure!(
-        nat.rebinds() >= MIN_REBINDS,
+        nat.counters().rebinds >= MIN_REBINDS,
         "only {} rebinds during the transfer: the test proved nothing",
-        nat.rebinds()
+        nat.counters().rebinds
     );
     drop(nat);
     scratch.passed();

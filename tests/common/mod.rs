@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use ant_quic::dataplane::sys::process::send_signal;
 use anyhow::{bail, Context, Result};
 
+pub mod fault_proxy;
 pub mod natlab;
 pub mod prerequisite;
 

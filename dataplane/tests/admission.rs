@@ -13,9 +13,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ant_quic_dataplane::admission::RefuseReason;
-use ant_quic_dataplane::quinn_proto::{ClientConfig, Endpoint, EndpointConfig, EndpointEvent, ServerConfig};
+use ant_quic_dataplane::quinn_proto::{
+    ClientConfig, ConnectionError, DatagramEvent, Endpoint, EndpointConfig, EndpointEvent, Event, ServerConfig,
+    TransportErrorCode,
+};
 use ant_quic_dataplane::stats::read;
 use ant_quic_dataplane::{AdmissionConfig, Application, ConnRef, ConnectRequest, Node, NodeConfig, RetryPolicy};
+use bytes::BytesMut;
 use common::{tls, total, wait_for, DEADLINE};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -182,5 +186,71 @@ fn the_half_open_cap_refuses_and_the_handshake_timeout_frees_the_state() {
     assert_eq!(total(&server, |c| read(&c.connections_active)), 1, "the client's connection lives on");
     assert_eq!(total(&server, |c| c.handshakes_refused(RefuseReason::HalfOpenLimit)), 2);
     stop(client);
+    stop(server);
+}
+
+#[test]
+fn a_timed_out_handshake_is_closed_and_the_client_told() {
+    let (server_tls, client_tls) = tls("server.test");
+    // Shorter than the node's first PTO (about 1 s): the close is not kept from the client by an
+    // anti-amplification budget spent on retransmitting a flight the client never acknowledges.
+    let admission = AdmissionConfig {
+        retry: RetryPolicy::Never,
+        handshake_timeout: Duration::from_millis(500),
+        ..AdmissionConfig::DEFAULT
+    };
+    let (server, _) = start(Some(server_tls), admission);
+    let addr = server.local_addr();
+
+    // A client whose first Initial reaches the node, and which then listens without answering.
+    let socket = UdpSocket::bind(SocketAddr::new(LOCALHOST, 0)).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, false, None);
+    let (handle, mut conn) = endpoint.connect(Instant::now(), client_tls, addr, "server.test").unwrap();
+    let mut buf = Vec::new();
+    let transmit = conn.poll_transmit(Instant::now(), 1, &mut buf).unwrap();
+    socket.send_to(&buf[..transmit.size], addr).unwrap();
+
+    // Everything that arrives goes to the client's connection, until it reports its end. Its own
+    // timers never run, so only the node can end it.
+    let deadline = Instant::now() + DEADLINE;
+    let (mut datagrams, mut bytes) = (0, 0);
+    let reason = 'listen: loop {
+        assert!(Instant::now() < deadline, "no close after {datagrams} datagrams from the node");
+        let mut datagram = [0u8; 2048];
+        if let Ok((n, from)) = socket.recv_from(&mut datagram) {
+            (datagrams, bytes) = (datagrams + 1, bytes + n);
+            let data = BytesMut::from(&datagram[..n]);
+            if let Some(DatagramEvent::ConnectionEvent(to, event)) =
+                endpoint.handle(Instant::now(), from, None, None, data, &mut Vec::new())
+            {
+                assert_eq!(to, handle);
+                conn.handle_event(event);
+            }
+        }
+        while let Some(event) = conn.poll() {
+            if let Event::ConnectionLost { reason } = event {
+                break 'listen reason;
+            }
+        }
+    };
+    // Before the handshake completes the close is a transport CONNECTION_CLOSE (APPLICATION_ERROR);
+    // a client that can read 1-RTT packets gets the node's reason too.
+    match &reason {
+        ConnectionError::ConnectionClosed(close) => assert_eq!(close.error_code, TransportErrorCode::APPLICATION_ERROR),
+        ConnectionError::ApplicationClosed(close) => assert_eq!(&close.reason[..], b"handshake timeout"),
+        other => panic!("the client's connection ended otherwise: {other}"),
+    }
+    assert!(bytes <= 3 * transmit.size, "{bytes} bytes answered {} bytes", transmit.size);
+
+    // The node keeps nothing, and counts it as before.
+    wait_for("the handshake to time out", || total(&server, |c| read(&c.handshakes_timed_out)) == 1);
+    assert_eq!(total(&server, |c| read(&c.connections_active)), 0);
+    assert_eq!(total(&server, |c| read(&c.handshakes_in_flight)), 0);
+    assert_eq!(total(&server, |c| read(&c.handshake_failures)), 1);
+    eprintln!(
+        "the client was told after {datagrams} datagrams, {bytes} bytes, for {} bytes sent: {reason}",
+        transmit.size
+    );
     stop(server);
 }

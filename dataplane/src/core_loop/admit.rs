@@ -1,17 +1,25 @@
 //! The admission half of a core's loop: new connection attempts accepted, sent a Retry or
-//! refused, and half-open connections dropped at their handshake deadline. The decisions are
+//! refused, and half-open connections closed at their handshake deadline. The decisions are
 //! [`crate::admission`]'s; this applies them to the endpoint and the connection table.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use quinn_proto::{ConnectionError, ConnectionHandle, EndpointEvent, Incoming};
+use bytes::Bytes;
+use quinn_proto::{Connection, ConnectionError, ConnectionHandle, EndpointEvent, Incoming, VarInt};
 
 use super::Core;
 use crate::admission::{Admit, Attempt, RefuseReason};
 use crate::backend::Backend;
 use crate::connection::ConnId;
 use crate::stats::{bump, CloseClass};
+use crate::transmit::to_batch;
+
+/// The CONNECTION_CLOSE a timed-out handshake gets. In Initial and Handshake packets quinn-proto
+/// sends it as the transport error APPLICATION_ERROR without a reason (RFC 9000 §10.2.3); code
+/// and reason travel only in a 1-RTT packet, for a client that has the keys to read it.
+const HANDSHAKE_TIMEOUT_CODE: VarInt = VarInt::from_u32(0);
+const HANDSHAKE_TIMEOUT_REASON: &[u8] = b"handshake timeout";
 
 impl<B: Backend, M> Core<B, M> {
     /// Accept a connection attempt, ask it to Retry, or refuse it ([`crate::admission`]).
@@ -50,14 +58,16 @@ impl<B: Backend, M> Core<B, M> {
         }
     }
 
-    /// Drop accepted connections whose handshake did not complete in time, without an answer:
-    /// a flood's half-open connections must not live for the whole idle timeout.
+    /// Close accepted connections whose handshake did not complete in time: a flood's half-open
+    /// connections must not live for the whole idle timeout, and a slow client is told rather than
+    /// left to wait out its own idle timeout. The state goes at once, without a closing period.
     pub(super) fn expire_handshakes(&mut self, now: Instant) {
         while let Some((index, created)) = self.admission.pop_expired(now) {
             let Some(slot) = self.conns.get_mut(index) else { continue };
-            let Some(state) = slot.take_if(|state| state.half_open && state.created == created) else { continue };
-            // The endpoint forgets the connection's IDs (a drained connection gets no answer);
-            // nothing is sent.
+            let Some(mut state) = slot.take_if(|state| state.half_open && state.created == created) else { continue };
+            state.conn.close(now, HANDSHAKE_TIMEOUT_CODE, Bytes::from_static(HANDSHAKE_TIMEOUT_REASON));
+            self.send_close(now, &mut state.conn);
+            // The endpoint forgets the connection's IDs: no closing period is kept.
             let _ = self.endpoint.handle_event(ConnectionHandle(index), EndpointEvent::drained());
             self.active = self.active.saturating_sub(1);
             self.admission.finished();
@@ -68,6 +78,18 @@ impl<B: Backend, M> Core<B, M> {
             self.app.on_closed(ConnId { core: self.index, index }, state.tag, &ConnectionError::TimedOut);
             self.publish_active();
             self.publish_in_flight();
+        }
+    }
+
+    /// Send the CONNECTION_CLOSE a connection just closed has queued: one datagram, its close
+    /// packets coalesced, and nothing where the anti-amplification budget of an unvalidated
+    /// address is spent (a spoofed source gets no more than any other answer). Under
+    /// back-pressure it is dropped, like the endpoint's responses.
+    fn send_close(&mut self, now: Instant, conn: &mut Connection) {
+        let mut buf = self.tx.backend.take_buffer();
+        if let Some(transmit) = conn.poll_transmit(now, 1, &mut buf) {
+            buf.truncate(transmit.size);
+            self.tx.transmit(to_batch(&transmit, buf));
         }
     }
 

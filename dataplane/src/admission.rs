@@ -10,7 +10,8 @@
 //! - a **cap on half-open connections**: beyond `max_half_open`, attempts are refused
 //!   (CONNECTION_REFUSED, no state kept);
 //! - a **handshake timeout**, much shorter than the idle timeout: a connection that has not
-//!   completed its handshake by then is dropped without an answer.
+//!   completed its handshake by then is closed (CONNECTION_CLOSE, within the anti-amplification
+//!   budget) and its state dropped at once.
 //!
 //! This module holds the decisions and the half-open bookkeeping, without I/O; the core loop
 //! applies them.
@@ -39,7 +40,7 @@ pub struct AdmissionConfig {
     pub retry_threshold: usize,
     /// Half-open connections one core holds at most; attempts beyond are refused.
     pub max_half_open: usize,
-    /// A connection accepted this long ago whose handshake has not completed is dropped.
+    /// A connection accepted this long ago whose handshake has not completed is closed and dropped.
     pub handshake_timeout: Duration,
 }
 

@@ -38,6 +38,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use common::{describe, file_sha, left, node_log_level, tail};
 use common::{
     http_get, parse_listening, random_bytes, run, sample, sha256_hex, Finished, NodeProcess, Process, TempDir, NODE_BIN,
 };
@@ -47,16 +48,6 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const TEST_BUDGET: Duration = Duration::from_secs(120);
 /// Bound on building the Python environment (first run downloads aioquic).
 const PYENV_BUDGET: Duration = Duration::from_secs(300);
-
-/// The time left until `deadline`.
-fn left(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 /// The node binary under test: this package's `ant-quic`, unless
 /// `ANT_QUIC_INTEROP_BIN` names another build (e.g. a `rustls-ring` one).
@@ -141,10 +132,6 @@ fn decoy() -> String {
     "[package]\nname = \"decoy-outside-www\"\n".to_string()
 }
 
-fn file_sha(path: &Path) -> Result<String> {
-    Ok(sha256_hex(&fs::read(path).with_context(|| format!("reading {}", path.display()))?))
-}
-
 // ---------------------------------------------------------------- node
 
 /// The node's I/O backend: its default (io_uring where the kernel allows it),
@@ -162,10 +149,6 @@ impl Backend {
             Backend::Portable => &["--backend", "portable"],
         }
     }
-}
-
-fn node_log_level() -> String {
-    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string())
 }
 
 fn start_node(www: &Path, data: &Path, logs: &Path, backend: Backend, retry: &str) -> Result<NodeProcess> {
@@ -278,15 +261,6 @@ fn fetched_file(out: &Path, url_path: &str) -> Option<PathBuf> {
     }
     let flat = out.join(rel.rsplit('/').next()?);
     flat.is_file().then_some(flat)
-}
-
-fn describe(done: &Finished) -> String {
-    format!(
-        "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        done.status,
-        tail(&done.stdout, 40),
-        tail(&done.stderr, 60)
-    )
 }
 
 // ---------------------------------------------------------------- tests

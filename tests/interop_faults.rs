@@ -44,6 +44,7 @@ use common::{
     aioquic_python, http_get, interop_script, random_bytes, run, sample, sha256_hex, Finished, NodeProcess, Process,
     TempDir, NODE_BIN,
 };
+use common::{describe, node_log_level, tail};
 
 /// A fault case of the interop runner.
 struct Case {
@@ -324,24 +325,6 @@ fn make_big_chain(py: &Path, dir: &Path, logs: &Path) -> Result<(PathBuf, PathBu
 }
 
 // ---------------------------------------------------------------- the two roles
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn describe(done: &Finished) -> String {
-    format!(
-        "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        done.status,
-        tail(&done.stdout, 20),
-        tail(&done.stderr, 40)
-    )
-}
-
-fn node_log_level() -> String {
-    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string())
-}
 
 /// One case at a time: aioquic is CPU-bound Python, and two cases sharing 2 cores stretch each
 /// other's round trips, and with them every PTO backoff of a handshake under 30 % loss.

@@ -30,6 +30,7 @@ use common::{
     aioquic_python, http_get, interop_script, random_bytes, run, sample, sha256_hex, Finished, NodeProcess, Process,
     TempDir,
 };
+use common::{describe, left, tail};
 
 /// Bound on each test, once the Python environment exists.
 const BUDGET: Duration = Duration::from_secs(60);
@@ -43,24 +44,6 @@ const MIGRATE_AFTER: usize = BIG / 4;
 
 fn node_bin() -> PathBuf {
     std::env::var_os("ANT_QUIC_INTEROP_BIN").map_or_else(|| PathBuf::from(common::NODE_BIN), PathBuf::from)
-}
-
-fn left(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn describe(done: &Finished) -> String {
-    format!(
-        "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        done.status,
-        tail(&done.stdout, 40),
-        tail(&done.stderr, 40)
-    )
 }
 
 /// A test's directories and the files it serves.

@@ -26,9 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use common::fault_proxy::{DirectionPlan, Every, FaultPlan, FaultProxy, Rebind};
-use common::{
-    aioquic_python, interop_script, random_bytes, run, sha256_hex, Finished, NodeProcess, Process, TempDir, NODE_BIN,
-};
+use common::{aioquic_python, interop_script, random_bytes, run, sha256_hex, NodeProcess, Process, TempDir, NODE_BIN};
+use common::{describe, file_sha, node_log_level, tail};
 
 /// How often the NAT moves the client to a new source port.
 const REBIND_EVERY: Duration = Duration::from_secs(1);
@@ -53,11 +52,6 @@ fn verbose() -> bool {
     std::env::var("ANT_QUIC_REBIND_VERBOSE").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// The lossy rebinding NAT between client and server.
 fn lossy_rebinding_nat(server: SocketAddr) -> Result<FaultProxy> {
     let loss = DirectionPlan { drop_per_mille: LOSS_PER_MILLE, ..DirectionPlan::default() };
@@ -71,28 +65,11 @@ fn lossy_rebinding_nat(server: SocketAddr) -> Result<FaultProxy> {
     FaultProxy::start(server, plan)
 }
 
-fn node_log_level() -> String {
-    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string())
-}
-
-fn describe(done: &Finished) -> String {
-    format!(
-        "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        done.status,
-        tail(&done.stdout, 20),
-        tail(&done.stderr, 40)
-    )
-}
-
 /// A file of `len` random bytes at `www/big.bin`; its SHA-256.
 fn make_file(www: &Path, len: usize) -> Result<String> {
     let data = random_bytes(len)?;
     fs::write(www.join("big.bin"), &data)?;
     Ok(sha256_hex(&data))
-}
-
-fn file_sha(path: &Path) -> Result<String> {
-    Ok(sha256_hex(&fs::read(path).with_context(|| format!("reading {}", path.display()))?))
 }
 
 #[test]

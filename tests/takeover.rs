@@ -55,6 +55,7 @@ use ant_quic::tls::{self, ServerAuth, ServerSecurity, ALPN_ANT_QUIC};
 use ant_quic_control::nat::agent::PathKind;
 use ant_quic_control::nat::traversal::TraversalConfig;
 use anyhow::{bail, ensure, Context, Result};
+use common::tail;
 use common::{
     aioquic_python, interop_script, parse_listening, random_bytes, require, sha256_hex, Process, TempDir, NODE_BIN,
 };
@@ -228,11 +229,6 @@ fn stopped_totals(stderr: &str) -> Result<(u64, u64)> {
         .and_then(|(head, _)| head.rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .with_context(|| format!("no `N datagrams of another generation` in {line:?}"))?;
     Ok((accepted, foreign))
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Every process's stderr is free of panics.

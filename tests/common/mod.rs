@@ -414,3 +414,34 @@ pub fn aioquic_python() -> Result<PathBuf> {
 pub fn interop_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop").join(name)
 }
+
+/// The time left until `deadline`.
+pub fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// The last `lines` lines of `text`, for failure messages.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// SHA-256 (hex) of a file's contents.
+pub fn file_sha(path: &Path) -> Result<String> {
+    Ok(sha256_hex(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?))
+}
+
+/// The node's log level in tests: `RUST_LOG`, or `info`.
+pub fn node_log_level() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
+/// A finished child's exit status and the ends of its output, for failure messages.
+pub fn describe(done: &Finished) -> String {
+    format!(
+        "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        done.status,
+        tail(&done.stdout, 40),
+        tail(&done.stderr, 60)
+    )
+}

@@ -105,7 +105,8 @@ fn serve(
     let server = start_server_with(options, security)?;
     let node = &server.node;
     // The admin listener takes the UDP port's number unless told otherwise (the runbook's
-    // `curl localhost:9000/health`); with port 0 that is the port the node was given.
+    // `curl localhost:9000/health`); with port 0 that is the port the node was given, or any
+    // free TCP port when that number is taken.
     let admin_port = config.metrics.port.unwrap_or(node.local_addr().port());
     let admin_addr = SocketAddr::new(config.metrics.bind, admin_port);
     // The draining predecessor, as it last reported, for /health.
@@ -127,7 +128,19 @@ fn serve(
     let admin_started = if takeover.is_some() {
         AdminServer::start_joining(admin_addr, view)
     } else {
-        AdminServer::start(admin_addr, view)
+        match AdminServer::start(admin_addr, view.clone()) {
+            // `listen` on port 0 asked for any port: when the UDP port's number is taken on TCP
+            // (another process's connection may hold it), any free TCP port will do as well.
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && config.metrics.port.is_none()
+                    && config.node.listen.port() == 0 =>
+            {
+                tracing::warn!(%admin_addr, "TCP port of the UDP port's number is taken; admin HTTP on any free port");
+                AdminServer::start(SocketAddr::new(config.metrics.bind, 0), view)
+            }
+            started => started,
+        }
     };
     let admin = match admin_started {
         Ok(admin) => admin,

@@ -118,14 +118,15 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
     // takeover's steering keeps each flow with its process.
     let mut nat_options = options.nat.clone();
     nat_options.coordinator.channel_prefix = node.handle().generation();
-    let nat = match Nat::start(node.messenger(), &identity, nat_options, events_rx, datagrams_rx) {
-        Ok(nat) => nat,
-        Err(error) => {
-            node.shutdown();
-            let _ = node.join();
-            return Err(error);
-        }
-    };
+    let nat =
+        match Nat::start(node.messenger(), &identity, nat_options, events_rx, datagrams_rx, options.join.is_some()) {
+            Ok(nat) => nat,
+            Err(error) => {
+                node.shutdown();
+                let _ = node.join();
+                return Err(error);
+            }
+        };
     Ok(Server { node, identity, nat })
 }
 

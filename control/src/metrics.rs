@@ -133,6 +133,14 @@ impl Metrics {
         );
         out.sample("nat_many_probe_rounds_total", &[("outcome", "sprayed")], traversal.spray_rounds);
         out.sample("nat_many_probe_rounds_total", &[("outcome", "won")], traversal.spray_wins);
+        let [answered, rate_limited] = snapshot.as_ref().map(|s| s.discovery).unwrap_or_default();
+        out.family(
+            "nat_discovery_answers_total",
+            "counter",
+            "Mapping discovery datagrams this node's alternate addresses answered, and refused past the rate cap.",
+        );
+        out.sample("nat_discovery_answers_total", &[("outcome", "answered")], answered);
+        out.sample("nat_discovery_answers_total", &[("outcome", "rate_limited")], rate_limited);
         if let Some(histogram) = snapshot.as_ref().and_then(|s| s.time_to_direct.as_ref()) {
             out.histogram(
                 "nat_traversal_time_to_direct_seconds",

@@ -71,6 +71,16 @@ handshake_timeout = 10
 # there). Session tickets are single use within one node process. Read at start and on SIGHUP.
 zero_rtt = false
 
+[nat]
+# UDP port that answers peers' mapping discovery (RFC 5780's alternate port): with it, a peer that
+# has only this node as its bootstrap learns whether its NAT maps endpoint-independently, which
+# decides how hole punching to a symmetric NAT goes. Open it in the firewall like the listen port.
+# Default: the listen port + 1 (any free port when the listen port is 0); 0 turns it off.
+# alternate_port = 9001
+# Another IP of this host that answers on the alternate port too (tells address-dependent mapping
+# apart as well).
+# alternate_ip = "203.0.113.2"
+
 [compatibility]
 # Accept keys renamed since older versions (e.g. [logging] log_level).
 support_deprecated_keys = true

@@ -269,7 +269,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigEr
     Ok((config, warnings))
 }
 
-const SECTIONS: [&str; 5] = ["node", "metrics", "logging", "security", "compatibility"];
+const SECTIONS: [&str; 6] = ["node", "metrics", "logging", "security", "nat", "compatibility"];
 
 /// `ANT_QUIC_<SECTION>_<KEY>=value` overrides `[section] key`. Variables naming no section are
 /// left alone (tests and scripts use other `ANT_QUIC_` variables).

@@ -22,6 +22,8 @@ pub struct Config {
     pub logging: LoggingSection,
     /// `[security]`: TLS certificate and client certificates.
     pub security: SecuritySection,
+    /// `[nat]`: NAT traversal.
+    pub nat: NatSection,
     /// `[compatibility]`: keys from older versions.
     pub compatibility: CompatibilitySection,
 }
@@ -264,6 +266,40 @@ impl SecuritySection {
     }
 }
 
+/// `[nat]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatSection {
+    /// UDP port that answers peers' mapping discovery (RFC 5780's alternate port), so that a peer
+    /// with this one bootstrap can tell its NAT mapping. `None`: the listen port + 1 (any free port
+    /// with listen port 0); 0: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alternate_port: Option<u16>,
+    /// Another IP of this host that answers on the alternate port too (RFC 5780's alternate
+    /// address: it also tells address-dependent mapping apart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alternate_ip: Option<IpAddr>,
+}
+
+impl Config {
+    /// The alternate address's settings, `None` when off: `[nat] alternate_port = 0`, or no
+    /// port above the listen port to default to.
+    pub fn alternate(&self) -> Option<crate::nat::alternate::AlternateOptions> {
+        let listen = self.node.listen.port();
+        let port = match self.nat.alternate_port {
+            Some(0) => return None,
+            Some(port) => port,
+            None if listen == 0 => 0,
+            None => listen.checked_add(1)?,
+        };
+        Some(crate::nat::alternate::AlternateOptions {
+            port,
+            ip: self.nat.alternate_ip,
+            required: self.nat.alternate_port.is_some() || self.nat.alternate_ip.is_some(),
+        })
+    }
+}
+
 /// `[compatibility]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -299,6 +335,9 @@ impl Config {
     pub fn effective(&self) -> Config {
         let mut config = self.clone();
         config.metrics.port = Some(self.metrics_port());
+        if self.node.listen.port() != 0 {
+            config.nat.alternate_port = Some(self.alternate().map_or(0, |a| a.port));
+        }
         config.node.data_dir = Some(self.data_dir());
         config
     }

@@ -23,6 +23,13 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
             format!("[node] drain_timeout must be at most {MAX_DRAIN_TIMEOUT} seconds (a day)"),
         ));
     }
+    let listen = config.node.listen.port();
+    if listen != 0 && config.nat.alternate_port == Some(listen) {
+        return Err(fail(
+            "nat.alternate_port",
+            format!("[nat] alternate_port {listen} is the listen port: choose another port, or 0 to turn it off"),
+        ));
+    }
     for peer in &config.node.bootstrap {
         let ok = peer.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !ok {

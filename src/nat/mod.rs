@@ -10,6 +10,7 @@
 //! TLS configuration, relay allocations and path aliases installed on every core, host
 //! candidates looked up, status and metrics published.
 
+pub mod alternate;
 pub mod link;
 pub mod spray;
 
@@ -32,6 +33,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::identity::Identity;
 use crate::tls::{self, CertifiedKey, ServerAuth, ALPN_ANT_QUIC};
 use crate::Error;
+use alternate::{AlternateOptions, Alternates};
 use link::{CoreRequest, NatEvent};
 use spray::{SprayEvent, Sprays};
 
@@ -51,6 +53,8 @@ pub struct NatOptions {
     pub coordinator: CoordinatorConfig,
     /// Traversal settings (for this node's own connections).
     pub traversal: TraversalConfig,
+    /// The alternate address for peers' mapping discovery (as a bootstrap); `None`: none.
+    pub alternate: Option<AlternateOptions>,
 }
 
 enum Request {
@@ -66,18 +70,29 @@ pub struct Nat {
     status: Arc<Mutex<NatStatus>>,
     metrics: Arc<ant_quic_control::nat::NatMetrics>,
     thread: Option<JoinHandle<()>>,
+    alternates: Option<Alternates>,
 }
 
 impl Nat {
-    /// Start the driver for `node`, taking the cores' events and probe datagrams.
+    /// Start the driver for `node`, taking the cores' events and probe datagrams; `join`: the
+    /// node takes another process's port over (see [`Alternates::start`]).
     pub(crate) fn start(
         node: Messenger<CoreRequest>,
         identity: &Identity,
-        options: NatOptions,
+        mut options: NatOptions,
         events: Receiver<NatEvent>,
         datagrams: Receiver<ControlDatagram>,
+        join: bool,
     ) -> Result<Self, Error> {
         let (requests, requests_rx) = crossbeam_channel::bounded(64);
+        let metrics = Arc::new(ant_quic_control::nat::NatMetrics::default());
+        let alternates = match &options.alternate {
+            Some(alternate) => Some(Alternates::start(alternate, node.local_addr(), join, &metrics)?),
+            None => None,
+        };
+        if let Some(alternates) = &alternates {
+            options.coordinator.other_addresses.clone_from(&alternates.announced);
+        }
         let now = Instant::now();
         let agent = NatAgent::new(
             now,
@@ -87,7 +102,6 @@ impl Nat {
             Traversal::new(options.traversal.clone(), seed()),
         );
         let status = Arc::new(Mutex::new(agent.status().clone()));
-        let metrics = Arc::new(ant_quic_control::nat::NatMetrics::default());
         let (spray_events_tx, spray_events) = crossbeam_channel::bounded(EVENT_QUEUE);
         let sprays = Sprays::new(node.local_addr(), spray_events_tx);
         let mut driver = Driver {
@@ -105,7 +119,7 @@ impl Nat {
             .name("ant-quic-nat".into())
             .spawn(move || driver.run(&events, &datagrams, &spray_events, &requests_rx))
             .map_err(|source| Error::Io { context: "starting the NAT traversal thread".into(), source })?;
-        Ok(Self { requests, status, metrics, thread: Some(thread) })
+        Ok(Self { requests, status, metrics, thread: Some(thread), alternates })
     }
 
     /// Reach `target` by its peer ID through a bootstrap: directly when a hole can be punched,
@@ -162,12 +176,20 @@ impl Nat {
         Arc::clone(&self.metrics)
     }
 
-    /// Stop the driver thread (before the node's cores stop).
+    /// Stop the driver thread (before the node's cores stop) and the alternate addresses.
     pub fn stop(&mut self) {
         let _ = self.requests.send(Request::Stop);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        if let Some(mut alternates) = self.alternates.take() {
+            alternates.stop();
+        }
+    }
+
+    /// The alternate addresses this node answers mapping discovery on (as bound).
+    pub fn alternate_addresses(&self) -> Vec<SocketAddr> {
+        self.alternates.as_ref().map(|a| a.announced.clone()).unwrap_or_default()
     }
 }
 

@@ -161,13 +161,7 @@ impl NatAgent {
         let status = NatStatus {
             bootstraps: bootstraps
                 .iter()
-                .map(|&address| BootstrapStatus {
-                    address,
-                    registered: false,
-                    observed: None,
-                    rtt: None,
-                    last_error: None,
-                })
+                .map(|&address| BootstrapStatus { address, ..BootstrapStatus::default() })
                 .collect(),
             ..NatStatus::default()
         };
@@ -352,6 +346,11 @@ impl NatAgent {
         self.bootstraps.iter().position(|b| b.conn == Some(conn))
     }
 
+    /// The bootstrap whose re-registration `conn` is (not yet confirmed).
+    fn replacement_of(&self, conn: ConnId) -> Option<usize> {
+        self.bootstraps.iter().position(|b| b.handover == Some(Handover::Registering { new: conn }))
+    }
+
     fn update_bootstrap_status(&mut self, index: usize, update: impl FnOnce(&mut BootstrapStatus)) {
         if let Some(entry) = self.status.bootstraps.get_mut(index) {
             update(entry);
@@ -359,10 +358,11 @@ impl NatAgent {
         }
     }
 
-    /// Whether every bootstrap told us where it sees us (or failed, or the grace time passed).
+    /// Whether every bootstrap, and its alternate addresses, told us where they see us (or
+    /// failed, or the grace time passed).
     fn registration_settled(&self, now: Instant) -> bool {
         now >= self.started + REGISTRATION_GRACE
-            || self.status.bootstraps.iter().all(|b| b.observed.is_some() || b.last_error.is_some())
+            || self.status.bootstraps.iter().all(|b| b.observed.is_some() && !b.discovering || b.last_error.is_some())
     }
 
     fn on_connect(&mut self, now: Instant, request: RequestId, target: PeerId) {
@@ -644,11 +644,29 @@ impl NatAgent {
                 let conn = conn_of(session);
                 self.confirm_replacement(now, conn);
                 if let Some(index) = self.bootstrap_of(conn) {
+                    // OTHER_ADDRESS comes first: whether discovery is under way is known by now.
+                    let discovering = self.traversal.discovering(session);
                     self.update_bootstrap_status(index, |entry| {
                         if entry.observed != Some(address) {
                             tracing::info!(bootstrap = %entry.address, observed = %address, "observed address");
                         }
                         entry.observed = Some(address);
+                        entry.discovering = discovering;
+                    });
+                }
+            }
+            TraversalEvent::Discovery { session, alternate, observed } => {
+                let conn = conn_of(session);
+                let (discovering, discovered) =
+                    (self.traversal.discovering(session), self.traversal.discovered_addresses(session));
+                if let Some(index) = self.bootstrap_of(conn).or_else(|| self.replacement_of(conn)) {
+                    self.update_bootstrap_status(index, |entry| {
+                        match observed {
+                            Some(observed) => tracing::info!(bootstrap = %entry.address, %alternate, %observed, "observed from the alternate address"),
+                            None => tracing::info!(bootstrap = %entry.address, %alternate, "no answer from the alternate address"),
+                        }
+                        entry.discovering = discovering;
+                        entry.discovered = discovered;
                     });
                 }
             }

@@ -176,4 +176,11 @@ pub enum Message {
         /// Milliseconds to wait before opening the new connection.
         delay_ms: u32,
     },
+    /// Bootstrap → peer: an alternate address of this bootstrap that answers mapping discovery
+    /// datagrams (a probe datagram of kind discover). The unspecified IP (`0.0.0.0` or `::`) means
+    /// the IP the peer reached the bootstrap at. Sent before OBSERVED_ADDRESS on registration.
+    OtherAddress {
+        /// The alternate address.
+        address: SocketAddr,
+    },
 }

@@ -30,6 +30,8 @@ pub struct NatMetrics {
     time_to_direct: Mutex<Option<Histogram<u64>>>,
     traversal: Mutex<TraversalStats>,
     relays_renewed: AtomicU64,
+    /// Discover datagrams answered on the alternate addresses, and refused past the rate cap.
+    discovery: [AtomicU64; 2],
 }
 
 /// What the coordinator of this node has done, as last published.
@@ -62,6 +64,8 @@ pub struct NatSnapshot {
     pub traversal: TraversalStats,
     /// Relay allocations renewed by the coordinator.
     pub relays_renewed: u64,
+    /// Discover datagrams answered on the alternate addresses, and refused past the rate cap.
+    pub discovery: [u64; 2],
 }
 
 impl NatSnapshot {
@@ -110,6 +114,14 @@ impl NatMetrics {
         }
     }
 
+    /// An alternate address answered a discover datagram (`answered`), or refused one past its
+    /// rate cap.
+    pub fn discover(&self, answered: bool) {
+        if let Some(counter) = self.discovery.get(usize::from(!answered)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// A relayed connection moved to a direct path.
     pub fn upgraded(&self) {
         self.upgrades.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +162,7 @@ impl NatMetrics {
             time_to_direct: self.time_to_direct.lock().ok().and_then(|h| h.clone()),
             traversal: self.traversal.lock().map(|t| *t).unwrap_or_default(),
             relays_renewed: load(&self.relays_renewed),
+            discovery: self.discovery.each_ref().map(load),
         }
     }
 }

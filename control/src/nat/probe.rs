@@ -1,9 +1,11 @@
 //! Probe datagrams: the connectivity checks two peers send each other from their node sockets
-//! while punching (RFC 8445 §7.2 in spirit; see `docs/nat-traversal.md`).
+//! while punching (RFC 8445 §7.2 in spirit), and the mapping discovery a peer asks of a
+//! bootstrap's alternate port (RFC 5780 §4.3 in spirit; see `docs/nat-traversal.md`).
 //!
 //! ```text
-//! 0x21, version (u8, = 1), kind (u8: 1 probe, 2 ack), token (16 bytes), transaction (u64)
-//! [ack only] address the probe came from: family (u8: 4 or 6), ip (4 or 16 bytes), port (u16)
+//! 0x21, version (u8, = 1), kind (u8: 1 probe, 2 ack, 3 discover, 4 discovered), token (16 bytes), transaction (u64)
+//! [ack, discovered] address the datagram came from: family (u8: 4 or 6), ip (4 or 16 bytes), port (u16)
+//! [discover] 19 zero bytes, so that the answer is never longer than the question
 //! ```
 
 use std::net::SocketAddr;
@@ -21,6 +23,13 @@ pub enum ProbeKind {
         /// The probe's source address as the acking peer saw it (a peer-reflexive candidate).
         observed: SocketAddr,
     },
+    /// To a bootstrap's alternate address: "where do you see me from?"
+    Discover,
+    /// The alternate address's answer: "your discover came from `observed`."
+    Discovered {
+        /// The discover's source address as the bootstrap's alternate address saw it.
+        observed: SocketAddr,
+    },
 }
 
 /// A decoded probe datagram.
@@ -28,7 +37,8 @@ pub enum ProbeKind {
 pub struct Probe {
     /// Probe or ack.
     pub kind: ProbeKind,
-    /// The punch round's token (from PUNCH_ME_NOW): only the two peers of the round know it.
+    /// The punch round's token (from PUNCH_ME_NOW): only the two peers of the round know it. A
+    /// discover carries a random one of the asking peer's, which the answer echoes.
     pub token: [u8; 16],
     /// Chosen by the prober, echoed by the ack.
     pub transaction: u64,
@@ -40,10 +50,15 @@ use super::wire::{address_at, address_len, address_len_at, array_at, emit_addres
 pub const VERSION: u8 = 1;
 /// Length of a probe (an ack adds the observed address: 7 bytes for IPv4, 19 for IPv6).
 pub const PROBE_LEN: usize = field::OBSERVED;
+/// Length of a discover: padded to the longest answer (an IPv6 address), so that answering
+/// never amplifies.
+pub const DISCOVER_LEN: usize = field::OBSERVED + 19;
 
 /// Kind numbers.
 const KIND_PROBE: u8 = 1;
 const KIND_ACK: u8 = 2;
+const KIND_DISCOVER: u8 = 3;
+const KIND_DISCOVERED: u8 = 4;
 
 /// Byte offsets of the fields.
 mod field {
@@ -97,7 +112,8 @@ impl<T: AsRef<[u8]>> ProbeView<T> {
         }
         let needed = match *buf.get(field::KIND).ok_or(WireError::Truncated)? {
             KIND_PROBE => PROBE_LEN,
-            KIND_ACK => field::OBSERVED + address_len_at(buf, field::OBSERVED)?,
+            KIND_ACK | KIND_DISCOVERED => field::OBSERVED + address_len_at(buf, field::OBSERVED)?,
+            KIND_DISCOVER => DISCOVER_LEN,
             _ => return Err(WireError::BadField("probe kind")),
         };
         match buf.len().cmp(&needed) {
@@ -143,6 +159,14 @@ impl<T: AsRef<[u8]>> ProbeView<T> {
         let kind = match self.kind() {
             KIND_PROBE => ProbeKind::Probe,
             KIND_ACK => ProbeKind::Ack { observed: address_at(self.buffer.as_ref(), field::OBSERVED)? },
+            KIND_DISCOVERED => ProbeKind::Discovered { observed: address_at(self.buffer.as_ref(), field::OBSERVED)? },
+            KIND_DISCOVER => {
+                let padding = self.buffer.as_ref().get(field::OBSERVED..DISCOVER_LEN).unwrap_or_default();
+                if padding.iter().any(|&b| b != 0) {
+                    return Err(WireError::BadField("discover padding"));
+                }
+                ProbeKind::Discover
+            }
             _ => return Err(WireError::BadField("probe kind")),
         };
         Ok(Probe { kind, token: self.token(), transaction: self.transaction() })
@@ -150,7 +174,7 @@ impl<T: AsRef<[u8]>> ProbeView<T> {
 }
 
 impl Probe {
-    /// Decode one probe datagram: the whole buffer must be exactly one probe or ack.
+    /// Decode one probe datagram: the whole buffer must be exactly one datagram of a known kind.
     pub fn parse(buf: &[u8]) -> Result<Probe, WireError> {
         ProbeView::new_checked(buf)?.to_probe()
     }
@@ -159,7 +183,8 @@ impl Probe {
     pub fn encoded_len(&self) -> usize {
         match &self.kind {
             ProbeKind::Probe => PROBE_LEN,
-            ProbeKind::Ack { observed } => PROBE_LEN + address_len(observed),
+            ProbeKind::Ack { observed } | ProbeKind::Discovered { observed } => PROBE_LEN + address_len(observed),
+            ProbeKind::Discover => DISCOVER_LEN,
         }
     }
 
@@ -172,12 +197,27 @@ impl Probe {
         out.push(match self.kind {
             ProbeKind::Probe => KIND_PROBE,
             ProbeKind::Ack { .. } => KIND_ACK,
+            ProbeKind::Discover => KIND_DISCOVER,
+            ProbeKind::Discovered { .. } => KIND_DISCOVERED,
         });
         out.extend_from_slice(&self.token);
         out.extend_from_slice(&self.transaction.to_be_bytes());
-        if let ProbeKind::Ack { observed } = &self.kind {
-            emit_address(out, observed);
+        match &self.kind {
+            ProbeKind::Ack { observed } | ProbeKind::Discovered { observed } => emit_address(out, observed),
+            ProbeKind::Discover => out.resize(out.len() + (DISCOVER_LEN - PROBE_LEN), 0),
+            ProbeKind::Probe => {}
         }
+    }
+
+    /// What a bootstrap's alternate address sends back for `datagram`, received from `from`: a
+    /// [`ProbeKind::Discovered`] for a well-formed discover, nothing for anything else (no error
+    /// goes back to an address that may be forged). Never longer than `datagram`.
+    pub fn answer_discover(datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+        let question = Probe::parse(datagram).ok().filter(|p| p.kind == ProbeKind::Discover)?;
+        let answer = Probe { kind: ProbeKind::Discovered { observed: from }, ..question };
+        let mut out = Vec::with_capacity(DISCOVER_LEN);
+        answer.emit(&mut out);
+        Some(out)
     }
 }
 
@@ -195,7 +235,12 @@ mod tests {
     }
 
     fn probe() -> impl Strategy<Value = Probe> {
-        let kind = prop_oneof![Just(ProbeKind::Probe), socket_addr().prop_map(|observed| ProbeKind::Ack { observed })];
+        let kind = prop_oneof![
+            Just(ProbeKind::Probe),
+            socket_addr().prop_map(|observed| ProbeKind::Ack { observed }),
+            Just(ProbeKind::Discover),
+            socket_addr().prop_map(|observed| ProbeKind::Discovered { observed }),
+        ];
         (kind, any::<[u8; 16]>(), any::<u64>()).prop_map(|(kind, token, transaction)| Probe {
             kind,
             token,
@@ -226,7 +271,44 @@ mod tests {
                 ]
                 .concat(),
             ),
+            (
+                Probe { kind: ProbeKind::Discover, token, transaction },
+                [&[0x21, 1, 3][..], &[0x5a; 16], &[1, 2, 3, 4, 5, 6, 7, 8], &[0; 19]].concat(),
+            ),
+            (
+                Probe {
+                    kind: ProbeKind::Discovered { observed: "198.51.100.7:62000".parse().unwrap() },
+                    token,
+                    transaction,
+                },
+                [&[0x21, 1, 4][..], &[0x5a; 16], &[1, 2, 3, 4, 5, 6, 7, 8], &[4, 198, 51, 100, 7, 0xf2, 0x30]].concat(),
+            ),
         ]
+    }
+
+    #[test]
+    fn a_discover_is_answered_with_its_source_and_never_amplified() {
+        let question = encode(&Probe { kind: ProbeKind::Discover, token: [7; 16], transaction: 9 });
+        for from in ["198.51.100.7:62000", "[2001:db8::2]:1"] {
+            let from: SocketAddr = from.parse().unwrap();
+            let answer = Probe::answer_discover(&question, from).unwrap();
+            assert!(answer.len() <= question.len(), "{} bytes answer {} bytes", answer.len(), question.len());
+            let answer = Probe::parse(&answer).unwrap();
+            assert_eq!(
+                answer,
+                Probe { kind: ProbeKind::Discovered { observed: from }, token: [7; 16], transaction: 9 }
+            );
+        }
+        // Anything else gets no answer: probes, acks, answers, short or padded-with-data discovers.
+        let from: SocketAddr = "198.51.100.7:62000".parse().unwrap();
+        for (other, _) in known_encodings().into_iter().filter(|(p, _)| p.kind != ProbeKind::Discover) {
+            assert_eq!(Probe::answer_discover(&encode(&other), from), None, "{other:?}");
+        }
+        assert_eq!(Probe::answer_discover(&question[..PROBE_LEN], from), None);
+        let mut dirty = question.clone();
+        dirty[DISCOVER_LEN - 1] = 1;
+        assert_eq!(Probe::parse(&dirty), Err(WireError::BadField("discover padding")));
+        assert_eq!(Probe::answer_discover(&dirty, from), None);
     }
 
     #[test]
@@ -253,7 +335,7 @@ mod tests {
         assert_eq!(Probe::parse(&[0x21]), Err(WireError::Truncated));
         assert_eq!(Probe::parse(&[0x21, 2, 1]), Err(WireError::UnknownVersion(2)));
         assert_eq!(Probe::parse(&[0x21, 1]), Err(WireError::Truncated));
-        for kind in [0, 3, 0xff] {
+        for kind in [0, 5, 0xff] {
             let mut bytes = ack.clone();
             bytes[2] = kind;
             assert_eq!(Probe::parse(&bytes), Err(WireError::BadField("probe kind")));

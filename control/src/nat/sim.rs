@@ -21,6 +21,8 @@ use crate::PeerId;
 /// The bootstrap every peer registers with and connects through.
 pub const BOOTSTRAP: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 443));
 /// The second bootstrap of worlds that have one.
+/// The first bootstrap's alternate port (see [`World::with_alternate_port`]).
+pub const BOOTSTRAP_ALTERNATE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 444));
 pub const SECOND_BOOTSTRAP: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 443));
 
 fn ms(millis: u64) -> Duration {
@@ -285,6 +287,16 @@ impl World {
         self
     }
 
+    /// A world whose (first) bootstrap answers mapping discovery on [`BOOTSTRAP_ALTERNATE`]
+    /// and names it to every peer that registers (as the unspecified IP: the one they reached).
+    pub fn with_alternate_port(mut self) -> Self {
+        let seed = self.random.next_u64();
+        let other = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), BOOTSTRAP_ALTERNATE.port());
+        let config = CoordinatorConfig { other_addresses: vec![other], ..CoordinatorConfig::default() };
+        self.coordinator = Coordinator::new(config, seed);
+        self
+    }
+
     /// A peer behind a NAT of `kind`, registered with the bootstrap (both, if there are two).
     pub fn add_node(&mut self, kind: NatKind, one_way: Duration) -> usize {
         let index = self.nodes.len();
@@ -527,6 +539,13 @@ impl World {
                 self.nodes[node].traversal.handle_signal(now, session, message);
             }
             Delivery::Datagram { from, to, probe } => {
+                if to == BOOTSTRAP_ALTERNATE {
+                    if probe.kind == ProbeKind::Discover {
+                        let answer = Probe { kind: ProbeKind::Discovered { observed: from }, ..probe };
+                        self.send_datagram(to, from, answer);
+                    }
+                    return;
+                }
                 let Some(node) = self.node_at(to.ip()) else { return };
                 let Some(socket) = self.nodes[node].nat.inbound(from, to.port()) else { return };
                 match self.socket_open(node, socket) {

@@ -34,7 +34,10 @@ pub(crate) fn one_shot(
 ) -> Result<ExitCode, Error> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let started = Instant::now();
-    let server = start_server_with(options, security)?;
+    // A one-shot peer coordinates nobody: no alternate address to answer on.
+    let mut options = options.clone();
+    options.nat.alternate = None;
+    let server = start_server_with(&options, security)?;
     let outcome = match args.connect {
         Some(target) => connect_to_peer(&server, target, args, started + timeout),
         None => connectivity_test(&server, args, started + timeout),
@@ -74,7 +77,8 @@ fn wait_registered(
 ) -> ant_quic_control::nat::agent::NatStatus {
     loop {
         let status = nat.status();
-        let observed = |b: &ant_quic_control::nat::agent::BootstrapStatus| b.observed.is_some();
+        // Observed, and its alternate addresses answered (or were given up on).
+        let observed = |b: &ant_quic_control::nat::agent::BootstrapStatus| b.observed.is_some() && !b.discovering;
         let done = match enough {
             Registered::Any => status.bootstraps.iter().any(observed),
             Registered::First => status.bootstraps.first().is_some_and(observed),
@@ -190,7 +194,7 @@ fn connectivity_test(server: &ant_quic::node::Server, args: &NodeArgs, deadline:
         return Err(unreachable_reason(&status, Duration::from_secs(args.timeout)));
     };
     let mapping = match status.mapping() {
-        Mapping::Unknown => "unknown (give two --bootstrap to detect it)",
+        Mapping::Unknown => "unknown (no alternate port answered: give two --bootstrap to detect it)",
         Mapping::EndpointIndependent => "endpoint-independent",
         Mapping::EndpointDependent => "endpoint-dependent",
     };
@@ -203,6 +207,7 @@ fn connectivity_test(server: &ant_quic::node::Server, args: &NodeArgs, deadline:
                 "address": b.address.to_string(),
                 "reachable": b.observed.is_some(),
                 "observed": b.observed.map(|o| o.to_string()),
+                "observed_from_alternate": b.discovered.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "rtt_ms": b.rtt.map(millis),
                 "error": if b.observed.is_some() { None } else { Some(b.last_error.clone().unwrap_or_else(|| "no answer".into())) },
             })
@@ -224,7 +229,12 @@ fn connectivity_test(server: &ant_quic::node::Server, args: &NodeArgs, deadline:
     );
     for b in &status.bootstraps {
         match b.observed {
-            Some(o) => text.push_str(&format!("\n  {}: observed {o}", b.address)),
+            Some(o) => {
+                text.push_str(&format!("\n  {}: observed {o}", b.address));
+                for d in &b.discovered {
+                    text.push_str(&format!(", {d} from its alternate address"));
+                }
+            }
             None => text.push_str(&format!(
                 "\n  {}: unreachable ({})",
                 b.address,

@@ -55,7 +55,7 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
         data_dir: Some(config.data_dir()),
         www: config.node.www.clone(),
         cpus: None,
-        nat: ant_quic::nat::NatOptions { bootstraps, ..Default::default() },
+        nat: ant_quic::nat::NatOptions { bootstraps, alternate: config.alternate(), ..Default::default() },
         join: None,
         admission: config.security.admission(),
     };

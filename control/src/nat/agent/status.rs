@@ -45,6 +45,10 @@ pub struct PeerConnection {
 pub struct BootstrapStatus {
     /// Its address.
     pub address: SocketAddr,
+    /// Where its alternate addresses (OTHER_ADDRESS) see us.
+    pub discovered: Vec<SocketAddr>,
+    /// Still waiting for an answer from one of its alternate addresses.
+    pub discovering: bool,
     /// A signalling stream is open to it.
     pub registered: bool,
     /// Where it sees us (our NAT's public mapping toward it).
@@ -53,6 +57,20 @@ pub struct BootstrapStatus {
     pub rtt: Option<Duration>,
     /// Why the last connection failed, if it did.
     pub last_error: Option<String>,
+}
+
+impl Default for BootstrapStatus {
+    fn default() -> Self {
+        Self {
+            address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            discovered: Vec::new(),
+            discovering: false,
+            registered: false,
+            observed: None,
+            rtt: None,
+            last_error: None,
+        }
+    }
 }
 
 /// What the driver publishes for `/health`, `--test` and the metrics.
@@ -67,11 +85,12 @@ pub struct NatStatus {
 }
 
 impl NatStatus {
-    /// This node's NAT mapping behaviour (RFC 4787 §4.1) as the bootstraps observed it: the same
-    /// address from every bootstrap is endpoint-independent, any difference (port or IP)
-    /// endpoint-dependent; fewer than two observations tell nothing.
+    /// This node's NAT mapping behaviour (RFC 4787 §4.1) as the bootstraps and their alternate
+    /// addresses observed it: the same address from every one is endpoint-independent, any
+    /// difference (port or IP) endpoint-dependent; fewer than two observations tell nothing.
     pub fn mapping(&self) -> Mapping {
-        let mut observed = self.bootstraps.iter().filter_map(|b| b.observed);
+        let mut observed =
+            self.bootstraps.iter().flat_map(|b| b.observed.into_iter().chain(b.discovered.iter().copied()));
         let Some(first) = observed.next() else { return Mapping::Unknown };
         let mut others = observed.peekable();
         if others.peek().is_none() {
@@ -96,8 +115,7 @@ mod tests {
                 address: SocketAddr::from(([192, 0, 2, i as u8 + 1], 9000)),
                 registered: o.is_some(),
                 observed: o.map(|o| o.parse().unwrap()),
-                rtt: None,
-                last_error: None,
+                ..BootstrapStatus::default()
             })
             .collect();
         NatStatus { bootstraps, ..NatStatus::default() }
@@ -114,6 +132,15 @@ mod tests {
     fn the_same_address_from_every_bootstrap_is_endpoint_independent() {
         let s = status(&[Some("203.0.113.1:5000"), None, Some("203.0.113.1:5000"), Some("203.0.113.1:5000")]);
         assert_eq!(s.mapping(), Mapping::EndpointIndependent);
+    }
+
+    #[test]
+    fn one_bootstrap_and_its_alternate_address_tell_the_mapping() {
+        let mut s = status(&[Some("203.0.113.1:5000")]);
+        s.bootstraps[0].discovered = vec!["203.0.113.1:5000".parse().unwrap()];
+        assert_eq!(s.mapping(), Mapping::EndpointIndependent);
+        s.bootstraps[0].discovered = vec!["203.0.113.1:5001".parse().unwrap()];
+        assert_eq!(s.mapping(), Mapping::EndpointDependent);
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub struct CoordinatorConfig {
     /// data plane of a successor on the same port can steer relay frames to the process that
     /// granted their channel. The low 16 bits are random and never 0. Default 0.
     pub channel_prefix: u16,
+    /// This bootstrap's alternate addresses, which answer mapping discovery datagrams (RFC 5780
+    /// §4.3: the other port, and the other IP where it has one); told to every peer that
+    /// registers, so that one bootstrap can tell a peer's mapping. The unspecified IP means the
+    /// one the peer reached. Default none.
+    pub other_addresses: Vec<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -84,6 +89,7 @@ impl Default for CoordinatorConfig {
             signal_burst: 40,
             max_peers: 100_000,
             channel_prefix: 0,
+            other_addresses: Vec::new(),
         }
     }
 }
@@ -304,6 +310,11 @@ impl Coordinator {
         // peer re-adds its current ones), relays follow the new observed address.
         self.peers.insert(peer, Registration { session, added: Vec::new() });
         self.move_relays(peer, observed);
+        // Before OBSERVED_ADDRESS: a peer that knows it is observed knows by then whether to wait
+        // for discovery answers too.
+        for address in self.config.other_addresses.clone() {
+            self.send(session, Message::OtherAddress { address });
+        }
         self.send(session, Message::ObservedAddress { sequence: 1, address: observed });
         // A peer told before came back here (its new connection reached this process again):
         // telling it again would only make it loop.
@@ -409,7 +420,8 @@ impl Coordinator {
             | Message::PunchMeNow { .. }
             | Message::RelayGrant { .. }
             | Message::Error { .. }
-            | Message::Reregister { .. } => {
+            | Message::Reregister { .. }
+            | Message::OtherAddress { .. } => {
                 self.stats.malformed += 1;
                 self.send_error(session, request_of(&message), ErrorCode::Malformed, "only a bootstrap sends this");
             }
@@ -696,7 +708,8 @@ fn request_of(message: &Message) -> u64 {
         Message::ObservedAddress { .. }
         | Message::AddAddress { .. }
         | Message::RemoveAddress { .. }
-        | Message::Reregister { .. } => 0,
+        | Message::Reregister { .. }
+        | Message::OtherAddress { .. } => 0,
     }
 }
 

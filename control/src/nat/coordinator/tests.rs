@@ -69,6 +69,36 @@ fn registration_sends_the_observed_address_and_its_changes() {
 }
 
 #[test]
+fn registration_names_the_alternate_addresses_before_the_observed_address() {
+    let now = Instant::now();
+    let others = vec![addr("0.0.0.0:9001"), addr("198.18.0.2:9001")];
+    let mut c = Coordinator::new(CoordinatorConfig { other_addresses: others, ..CoordinatorConfig::default() }, 1);
+    c.session_opened(now, 1, Some(A), addr("198.18.0.10:40000"), Duration::from_millis(20));
+    assert_eq!(
+        sent_to(&drain(&mut c), 1),
+        [
+            Message::OtherAddress { address: addr("0.0.0.0:9001") },
+            Message::OtherAddress { address: addr("198.18.0.2:9001") },
+            Message::ObservedAddress { sequence: 1, address: addr("198.18.0.10:40000") },
+        ]
+    );
+    // What the alternate port observed comes back as a server-reflexive candidate: the same port
+    // is endpoint-independent mapping, another one endpoint-dependent.
+    let reflexive = |port| Candidate {
+        kind: CandidateKind::ServerReflexive,
+        priority: 1,
+        address: SocketAddr::new(addr("198.18.0.10:1").ip(), port),
+    };
+    c.handle(now, 1, Message::AddAddress { sequence: 7, candidate: reflexive(40000) });
+    assert_eq!(c.mapping_of(A, now), Mapping::EndpointIndependent);
+    c.handle(now, 1, Message::AddAddress { sequence: 7, candidate: reflexive(40007) });
+    assert_eq!(c.mapping_of(A, now), Mapping::EndpointDependent);
+    // A peer does not name alternate addresses.
+    c.handle(now, 1, Message::OtherAddress { address: addr("0.0.0.0:9001") });
+    assert_eq!(error_codes(&sent_to(&drain(&mut c), 1)), [(0, ErrorCode::Malformed)]);
+}
+
+#[test]
 fn a_connection_without_client_certificate_cannot_register_or_signal() {
     let now = Instant::now();
     let mut c = Coordinator::new(CoordinatorConfig::default(), 1);

@@ -8,9 +8,10 @@ use crate::nat::candidate;
 use crate::nat::coordinator::SessionId;
 use crate::nat::message::{Candidate, CandidateKind, Message};
 
-/// Observed addresses of other bootstraps shared with each bootstrap: enough to tell EIM from EDM
-/// (RFC 4787 §4.1), few enough to leave the candidate slots to host addresses.
-const MAX_SHARED_REFLEXIVE: usize = 2;
+/// Observed addresses (of other bootstraps, and of the bootstraps' alternate addresses) shared
+/// with each bootstrap: enough to tell EIM from EDM (RFC 4787 §4.1), few enough to leave the
+/// candidate slots to host addresses.
+const MAX_SHARED_REFLEXIVE: usize = 3;
 /// Server-reflexive candidates shared from other bootstraps rank just below the one the bootstrap
 /// observed itself (which it adds at `u16::MAX`).
 const SHARED_REFLEXIVE_PREFERENCE: u16 = u16::MAX - 1;
@@ -31,13 +32,24 @@ impl Traversal {
     /// ADD_ADDRESS to bootstrap `session` for what the other bootstraps observed (bounded).
     pub(super) fn share_reflexive_with(&mut self, session: SessionId) {
         let to = self.bootstraps.get(&session).map(|b| b.address);
-        let shared: Vec<(u64, SocketAddr)> = self
+        // What this bootstrap's own alternate addresses observed comes first: with one bootstrap,
+        // that is all it has to tell the mapping.
+        let discovered = |b: &super::Bootstrap| -> Vec<(u64, SocketAddr)> {
+            b.discoveries.iter().filter_map(|d| d.observed.map(|o| (d.sequence, o))).collect()
+        };
+        let own = self.bootstraps.get(&session).map(discovered).unwrap_or_default();
+        let others = self
             .bootstraps
             .iter()
             // Another connection to the same address (a re-registration under way) saw the same
             // mapping: it tells nothing about how the NAT maps.
             .filter(|(other, b)| **other != session && Some(b.address) != to)
-            .filter_map(|(_, b)| b.observed.map(|(_, address)| (b.shared_sequence, address)))
+            .flat_map(|(_, b)| {
+                b.observed.map(|(_, address)| (b.shared_sequence, address)).into_iter().chain(discovered(b))
+            });
+        let shared: Vec<(u64, SocketAddr)> = own
+            .into_iter()
+            .chain(others)
             // A host address seen as is means no NAT: nothing to tell, and the bootstrap would
             // replace the host candidate with it.
             .filter(|(_, address)| !self.hosts.iter().any(|(_, host)| host == address))

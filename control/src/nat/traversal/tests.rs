@@ -6,7 +6,7 @@ use super::*;
 use crate::nat::candidate::{self, Mapping};
 use crate::nat::coordinator::CoordinatorConfig;
 use crate::nat::message::{CandidateKind, ErrorCode};
-use crate::nat::sim::{NatKind, Socket, World, BOOTSTRAP};
+use crate::nat::sim::{NatKind, Socket, World, BOOTSTRAP, BOOTSTRAP_ALTERNATE};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -714,4 +714,88 @@ fn a_relayed_pair_moves_to_a_sprayed_path_through_the_bridge() {
     }
     eprintln!("relayed {relayed}, upgraded through a bridge {bridged}");
     assert!(relayed >= 10 && bridged >= 3, "relayed {relayed}, bridged {bridged}");
+}
+
+/// Two registered peers behind `a` and `b`, registered with one bootstrap that answers mapping
+/// discovery on its alternate port, signalling settled.
+fn pair_with_one_bootstrap_and_its_alternate_port(seed: u64, a: NatKind, b: NatKind) -> World {
+    let mut world = World::with(seed, CoordinatorConfig::default(), TraversalConfig::default()).with_alternate_port();
+    world.add_node(a, ms(10));
+    world.add_node(b, ms(25));
+    world.run_for(ms(300));
+    world
+}
+
+#[test]
+fn one_bootstrap_with_an_alternate_port_tells_each_mapping() {
+    let w = pair_with_one_bootstrap_and_its_alternate_port(5, NatKind::PortRestricted, NatKind::Symmetric);
+    let (pr, sy) = (w.nodes[0].id, w.nodes[1].id);
+    assert_eq!(w.coordinator.mapping_of(pr, w.now), Mapping::EndpointIndependent);
+    assert_eq!(w.coordinator.mapping_of(sy, w.now), Mapping::EndpointDependent);
+    for node in 0..2 {
+        let discovered: Vec<&TraversalEvent> =
+            w.nodes[node].events.iter().filter(|e| matches!(e, TraversalEvent::Discovery { .. })).collect();
+        let [TraversalEvent::Discovery { alternate, observed: Some(_), .. }] = discovered[..] else {
+            panic!("node {node}: one answer expected: {discovered:?}")
+        };
+        assert_eq!(*alternate, BOOTSTRAP_ALTERNATE, "the unspecified IP stands for the bootstrap's");
+        assert!(!w.nodes[node].traversal.discovering(w.nodes[node].session));
+    }
+    // Without the alternate port the same bootstrap knows neither.
+    let w = pair(5, NatKind::PortRestricted, NatKind::Symmetric);
+    assert_eq!(w.coordinator.mapping_of(w.nodes[0].id, w.now), Mapping::Unknown);
+    assert_eq!(w.coordinator.mapping_of(w.nodes[1].id, w.now), Mapping::Unknown);
+}
+
+#[test]
+fn port_restricted_to_symmetric_is_direct_with_one_bootstrap_and_its_alternate_port() {
+    let mut direct = 0;
+    for seed in 400..410 {
+        let mut w = pair_with_one_bootstrap_and_its_alternate_port(seed, NatKind::PortRestricted, NatKind::Symmetric);
+        let target = w.nodes[1].id;
+        let (outcome, _, connect, reason) = w.connect(0, target);
+        assert!(matches!(outcome, Outcome::Direct | Outcome::Relayed), "seed {seed}: {reason:?}");
+        if outcome == Outcome::Direct {
+            direct += 1;
+            assert!(connect < Duration::from_secs(3), "seed {seed}: {connect:?}");
+        }
+    }
+    assert!(direct >= 9, "only {direct} of 10 direct: the many-probe round did not start");
+}
+
+#[test]
+fn an_alternate_port_that_never_answers_is_given_up_and_the_mapping_stays_unknown() {
+    let now = Instant::now();
+    let mut t = Traversal::new(TraversalConfig::default(), 1);
+    t.bootstrap_connected(now, 1, BOOTSTRAP);
+    t.handle_signal(now, 1, Message::OtherAddress { address: "0.0.0.0:444".parse().unwrap() });
+    t.handle_signal(now, 1, Message::ObservedAddress { sequence: 1, address: "203.0.113.9:4000".parse().unwrap() });
+    assert!(t.discovering(1));
+    let mut sent = 0;
+    let mut at = now;
+    for _ in 0..20 {
+        sent += take_actions(&mut t)
+            .iter()
+            .filter(|a| matches!(a, TraversalAction::SendProbe { to, probe } if *to == BOOTSTRAP_ALTERNATE && probe.kind == ProbeKind::Discover))
+            .count();
+        let Some(next) = t.poll_timeout() else { break };
+        at = next;
+        t.handle_timeout(at);
+    }
+    assert_eq!(sent, 4, "asked four times");
+    assert!(!t.discovering(1), "given up");
+    assert!(at - now < Duration::from_secs(3), "given up within a connect request's wait: {:?}", at - now);
+    let events: Vec<TraversalEvent> = std::iter::from_fn(|| t.poll_event()).collect();
+    assert!(
+        events.contains(&TraversalEvent::Discovery { session: 1, alternate: BOOTSTRAP_ALTERNATE, observed: None }),
+        "{events:?}"
+    );
+    // An answer from anywhere but the alternate address, or with another token, is ignored.
+    let probe = Probe {
+        kind: ProbeKind::Discovered { observed: "203.0.113.9:4001".parse().unwrap() },
+        token: [0; 16],
+        transaction: 0,
+    };
+    t.handle_probe(at, BOOTSTRAP_ALTERNATE, probe);
+    assert!(t.discovered_addresses(1).is_empty());
 }

@@ -76,6 +76,8 @@ pub mod message_type {
     pub const REPORT: u8 = 0x09;
     /// REREGISTER (the bootstrap is being taken over by a new process).
     pub const REREGISTER: u8 = 0x0a;
+    /// OTHER_ADDRESS (a bootstrap's alternate address for mapping discovery; RFC 5780 §7.4).
+    pub const OTHER_ADDRESS: u8 = 0x0b;
 }
 
 /// Shortest message: version and type, no body.
@@ -149,6 +151,9 @@ mod field {
     pub mod reregister {
         pub const DELAY_MS: std::ops::Range<usize> = super::BODY..6;
         pub const LEN: usize = 6;
+    }
+    pub mod other_address {
+        pub const ADDRESS: usize = super::BODY;
     }
     /// Within a candidate: kind, priority, then the address.
     pub mod candidate {
@@ -405,6 +410,7 @@ impl<T: AsRef<[u8]>> MessageView<T> {
             }
             t::REPORT => Ok(field::report::LEN),
             t::REREGISTER => Ok(field::reregister::LEN),
+            t::OTHER_ADDRESS => Ok(field::other_address::ADDRESS + address_len_at(buf, field::other_address::ADDRESS)?),
             other => Err(WireError::UnknownType(other)),
         }
     }
@@ -533,6 +539,7 @@ impl<T: AsRef<[u8]>> MessageView<T> {
                 connect_ms: u32_at(buf, field::report::CONNECT_MS.start),
             },
             t::REREGISTER => Message::Reregister { delay_ms: u32_at(buf, field::reregister::DELAY_MS.start) },
+            t::OTHER_ADDRESS => Message::OtherAddress { address: address_at(buf, field::other_address::ADDRESS)? },
             other => return Err(WireError::UnknownType(other)),
         };
         Ok(message)
@@ -588,6 +595,7 @@ impl Message {
             Message::Error { .. } => t::ERROR,
             Message::Report { .. } => t::REPORT,
             Message::Reregister { .. } => t::REREGISTER,
+            Message::OtherAddress { .. } => t::OTHER_ADDRESS,
         }
     }
 
@@ -606,6 +614,7 @@ impl Message {
             Message::Error { reason, .. } => field::error::REASON + emitted_reason(reason).len(),
             Message::Report { .. } => field::report::LEN,
             Message::Reregister { .. } => field::reregister::LEN,
+            Message::OtherAddress { address } => field::other_address::ADDRESS + address_len(address),
         }
     }
 
@@ -670,6 +679,7 @@ impl Message {
                 out.extend_from_slice(&connect_ms.to_be_bytes());
             }
             Message::Reregister { delay_ms } => out.extend_from_slice(&delay_ms.to_be_bytes()),
+            Message::OtherAddress { address } => emit_address(out, address),
         }
     }
 }

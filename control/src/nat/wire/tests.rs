@@ -98,6 +98,7 @@ fn message() -> impl Strategy<Value = Message> {
             connect_ms
         }),
         any::<u32>().prop_map(|delay_ms| Message::Reregister { delay_ms }),
+        socket_addr().prop_map(|address| Message::OtherAddress { address }),
     ]
 }
 
@@ -206,6 +207,10 @@ fn known_encodings() -> Vec<(Message, Vec<u8>)> {
             cat(&[&[1, 0x09], &[0, 0, 0, 0, 0, 0, 0, 6], &[1], &[0, 0, 0x05, 0xdc]]),
         ),
         (Message::Reregister { delay_ms: 30_000 }, cat(&[&[1, 0x0a], &[0, 0, 0x75, 0x30]])),
+        (
+            Message::OtherAddress { address: "0.0.0.0:9001".parse().unwrap() },
+            cat(&[&[1, 0x0b], &[4, 0, 0, 0, 0, 0x23, 0x29]]),
+        ),
     ]
 }
 
@@ -214,7 +219,7 @@ fn known_encodings_of_every_type() {
     let known = known_encodings();
     let mut types: Vec<u8> = known.iter().map(|(m, _)| m.message_type()).collect();
     types.dedup();
-    assert_eq!(types, (1..=10).collect::<Vec<u8>>(), "one vector per type, in type order");
+    assert_eq!(types, (1..=11).collect::<Vec<u8>>(), "one vector per type, in type order");
     for (message, bytes) in known {
         assert_eq!(encode(&message), bytes, "emit {message:?}");
         assert_eq!(message.encoded_len(), bytes.len(), "encoded_len {message:?}");
@@ -268,7 +273,8 @@ fn refusals_name_what_is_wrong() {
     assert_eq!(Message::parse(&[1]), Err(WireError::Truncated));
     assert_eq!(Message::parse(&[2, 3, 0, 0, 0, 0, 0, 0, 0, 0]), Err(WireError::UnknownVersion(2)));
     assert_eq!(Message::parse(&[1, 0]), Err(WireError::UnknownType(0)));
-    assert_eq!(Message::parse(&[1, 0x0b]), Err(WireError::UnknownType(0x0b)));
+    assert_eq!(Message::parse(&[1, 0x0c]), Err(WireError::UnknownType(0x0c)));
+    assert_eq!(Message::parse(&[1, 0x0b]), Err(WireError::Truncated), "OTHER_ADDRESS without an address");
     assert_eq!(Message::parse(&vec![1; MAX_MESSAGE + 1]), Err(WireError::TooLong));
 
     let mut bad_family = known(t::OBSERVED_ADDRESS);

@@ -75,7 +75,7 @@ cat >"$stage/README.md" <<README
 | bin/ant-quic | the node (release build) |
 | ant-quic.toml | configuration: every key at its default, data_dir = /opt/ant-quic/data |
 | systemd/ant-quic@.service | unit template, one instance per color (ant-quic@blue, ant-quic@green) |
-| firewall/ant-quic.nft | nftables: UDP 9000, TCP 22, loopback, established; admin port loopback-only |
+| firewall/ant-quic.nft | nftables: UDP 9000 and 9001 (alternate port), TCP 22, loopback, established; admin port loopback-only |
 | prometheus/ | scrape config, alert rules and their tests |
 | setup-server.sh | run once on the server as root: user, /opt/ant-quic, unit, firewall (idempotent) |
 | deploy-do.sh | blue-green deploy, switch, rollback, health, backup (run from anywhere, over SSH) |

@@ -9,7 +9,10 @@ with the same SHA-256. Writes the matrix as JSON (stdout) and, with --table, as 
 The lab must be up (`natlab.py up --prefix P`); this script does not build or remove it.
 
     traverse.py --prefix P --binary target/release/ant-quic [--bytes 100000000] [--via b1|b2]
-                [--pairs fc1-fc2,pr1-sy1] [--table FILE] [--timeout 60]
+                [--single] [--pairs fc1-fc2,pr1-sy1] [--table FILE] [--timeout 60]
+
+With --single every peer registers with the coordinating bootstrap only (the runbook's deployment
+of one bootstrap host): peers learn their NAT mapping from its alternate port.
 
 Expected outcome per pair (shared/natlab.md): direct wherever raw UDP simultaneous open works;
 connected (direct or relayed) everywhere else. `ok` in the output says whether the pair met it.
@@ -112,6 +115,7 @@ def main():
     parser.add_argument("--binary", required=True)
     parser.add_argument("--bytes", type=int, default=100_000_000)
     parser.add_argument("--via", default="b1", choices=["b1", "b2"], help="bootstrap that coordinates")
+    parser.add_argument("--single", action="store_true", help="register with the coordinating bootstrap only")
     parser.add_argument("--pairs", default="all", help="comma-separated a-b pairs, or all")
     parser.add_argument("--table", default=None, help="write a Markdown table here")
     parser.add_argument("--timeout", type=int, default=60)
@@ -133,7 +137,7 @@ def main():
                 natlab.ns_name(args.prefix, a), natlab.ns_name(args.prefix, b)
         peers = sorted({p for pair in pairs for p in pair}, key=natlab.PEER_ORDER.index)
         # The coordinating bootstrap first: a node asks the first bootstrap it connected to.
-        bootstraps = [args.via] + [b for b in ("b1", "b2") if b != args.via]
+        bootstraps = [args.via] + ([] if args.single else [b for b in ("b1", "b2") if b != args.via])
         workdir = args.logs or tempfile.mkdtemp(prefix="ant-quic-traverse-")
         os.makedirs(workdir, exist_ok=True)
         nodes = []
@@ -194,6 +198,7 @@ def main():
                 shutil.rmtree(workdir, ignore_errors=True)
         summary = {
             "via": args.via,
+            "bootstraps": len(bootstraps),
             "bytes": args.bytes,
             "pairs": len(rows),
             "direct": sum(r["path"] == "direct" for r in rows),
@@ -226,7 +231,8 @@ def write_table(path, summary):
     lines.append("")
     lines.append(
         f"{summary['pairs']} pairs: {summary['direct']} direct, {summary['relayed']} relayed, "
-        f"{summary['failed']} failed; coordinated by {summary['via']}."
+        f"{summary['failed']} failed; coordinated by {summary['via']}"
+        f"{' (the only bootstrap)' if summary['bootstraps'] == 1 else ''}."
     )
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

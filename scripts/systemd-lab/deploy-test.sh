@@ -206,7 +206,11 @@ out ssh -q -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/d
 echo "TCP 22: SSH from outside works"
 out "$binary" --bootstrap 10.213.0.1:9000 --test --timeout 10 --data-dir "$work/probe-id" >"$work/probe.log" 2>&1 ||
     { tail -3 "$work/probe.log" >&2; fail "ant-quic --test over UDP 9000 from outside failed"; }
-echo "UDP 9000: ant-quic --bootstrap 10.213.0.1:9000 --test from outside: ok"
+# No NAT between the namespaces: the alternate port (UDP 9001) answering through the firewall makes
+# the mapping endpoint-independent; a firewall that dropped it would leave it unknown.
+grep -q 'NAT mapping endpoint-independent' "$work/probe.log" ||
+    { tail -3 "$work/probe.log" >&2; fail "the alternate port (UDP 9001) did not answer through the firewall"; }
+echo "UDP 9000 and 9001: ant-quic --bootstrap 10.213.0.1:9000 --test from outside: ok, mapping known"
 inside systemctl stop firewall-probe
 ip netns del "$outside"
 outside=""

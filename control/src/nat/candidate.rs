@@ -126,6 +126,15 @@ pub fn mapping(observed: SocketAddr, others: impl IntoIterator<Item = SocketAddr
     result
 }
 
+/// Whether a punch between peers behind `a` and `b` is unlikely to find a direct path soon, so
+/// that they should connect through the relay at once: endpoint-dependent mapping on one side and
+/// not known endpoint-independent on the other (a many-probe round needs one EIM side). Where
+/// neither mapping is known the punch goes first, as most NATs map endpoint-independently.
+pub fn direct_uncertain(a: Mapping, b: Mapping) -> bool {
+    use Mapping::{EndpointDependent as Edm, EndpointIndependent as Eim, Unknown};
+    matches!((a, b), (Edm, Edm) | (Edm, Unknown) | (Unknown, Edm))
+}
+
 /// PUNCH_ME_NOW `flags` bit: the receiver is behind endpoint-dependent mapping.
 pub const FLAG_RECEIVER_EDM: u8 = 0x01;
 /// PUNCH_ME_NOW `flags` bit: the other peer is behind endpoint-dependent mapping.

@@ -72,6 +72,10 @@ pub struct CoordinatorConfig {
     /// registers, so that one bootstrap can tell a peer's mapping. The unspecified IP means the
     /// one the peer reached. Default none.
     pub other_addresses: Vec<SocketAddr>,
+    /// Grant the relay together with the punch where the pair's mappings make a direct path
+    /// uncertain ([`candidate::direct_uncertain`]), so that the initiator connects at once.
+    /// Default true.
+    pub relay_at_once: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -90,6 +94,7 @@ impl Default for CoordinatorConfig {
             max_peers: 100_000,
             channel_prefix: 0,
             other_addresses: Vec::new(),
+            relay_at_once: true,
         }
     }
 }
@@ -140,6 +145,9 @@ pub struct CoordinatorStats {
     pub punches_coordinated: u64,
     /// RELAY_REQUESTs granted a new allocation.
     pub relays_granted: u64,
+    /// Relays granted with a PUNCH_ME_NOW because a direct path was uncertain (counted in
+    /// `relays_granted` too when new).
+    pub relays_at_once: u64,
     /// RELAY_REQUESTs that renewed the allocation their pair already held.
     pub relays_renewed: u64,
     /// REPORTs of a direct connection.
@@ -612,6 +620,16 @@ impl Coordinator {
     pub fn mapping_of(&self, peer: PeerId, now: Instant) -> Mapping {
         let Some(registration) = self.peers.get(&peer) else { return Mapping::Unknown };
         let Some(session) = self.sessions.get(&registration.session) else { return Mapping::Unknown };
+        // Seen at one of its own addresses: no NAT, which maps like EIM.
+        let live = |a: &&Added| a.expires > now;
+        if registration
+            .added
+            .iter()
+            .filter(live)
+            .any(|a| a.candidate.kind == CandidateKind::Host && a.candidate.address == session.observed)
+        {
+            return Mapping::EndpointIndependent;
+        }
         let reflexive = registration
             .added
             .iter()
@@ -640,6 +658,16 @@ impl Coordinator {
         // Who is behind endpoint-dependent mapping decides whether the round sprays
         // (docs/nat-traversal.md, "Many-probe rounds").
         let (mapping_a, mapping_b) = (self.mapping_of(requester, now), self.mapping_of(target, now));
+        // Where a direct path is uncertain, the relay is granted with the punch: the initiator
+        // connects through it at once and the punch moves the connection when it succeeds
+        // (docs/nat-traversal.md, "Connect at once"). The grant goes first, so that it is there
+        // before the round starts; a relay that cannot be granted leaves the punch as it was.
+        if self.config.relay_at_once && candidate::direct_uncertain(mapping_a, mapping_b) {
+            match self.allocate_relay(now, (session, requester), (target_session, target), request) {
+                Ok(()) => self.stats.relays_at_once += 1,
+                Err(reason) => tracing::debug!(%requester, %target, reason, "no relay at once: punching only"),
+            }
+        }
         let to_a = Message::PunchMeNow {
             round,
             request,

@@ -28,6 +28,20 @@ impl Coordinator {
             self.send_error(session, request, ErrorCode::UnknownPeer, "the target peer is not registered here");
             return;
         };
+        if let Err(reason) = self.allocate_relay(now, (session, requester), (target_session, target), request) {
+            self.send_error(session, request, ErrorCode::RelayRefused, reason);
+        }
+    }
+
+    /// Grants (or renews) the allocation between `requester` and `target`, answering `request`
+    /// with RELAY_GRANT to both; says why when it cannot.
+    pub(super) fn allocate_relay(
+        &mut self,
+        now: Instant,
+        (session, requester): (SessionId, PeerId),
+        (target_session, target): (SessionId, PeerId),
+        request: u64,
+    ) -> Result<(), &'static str> {
         let held = self
             .relays
             .iter()
@@ -35,27 +49,26 @@ impl Coordinator {
             .map(|(channel, _)| *channel);
         if let Some(channel) = held {
             self.renew_relay(now, (session, requester), target, request, channel);
-            return;
+            return Ok(());
         }
         let relays_of = |p: PeerId| self.relays.values().filter(|r| r.a == p || r.b == p).count();
         if relays_of(requester) >= self.config.max_relays_per_peer
             || relays_of(target) >= self.config.max_relays_per_peer
         {
-            self.send_error(session, request, ErrorCode::RelayRefused, "relay allocations per peer exhausted");
-            return;
+            return Err("relay allocations per peer exhausted");
         }
-        let Some(channel) = self.fresh_channel() else {
-            self.send_error(session, request, ErrorCode::RelayRefused, "no free relay channel");
-            return;
-        };
+        let Some(channel) = self.fresh_channel() else { return Err("no free relay channel") };
         let observed = |s: SessionId| self.sessions.get(&s).map(|s| s.observed);
-        let (Some(a_address), Some(b_address)) = (observed(session), observed(target_session)) else { return };
+        let (Some(a_address), Some(b_address)) = (observed(session), observed(target_session)) else {
+            return Err("a peer of the pair has no observed address");
+        };
         let expires = now + self.config.relay_lifetime;
         self.relays.insert(channel, Relay { a: requester, b: target, a_address, b_address, expires });
         // Anti-reflection: the relay only ever sends to where it observed a registered peer, never
         // to an address a peer merely claimed.
         self.grant_relay(channel, (session, requester), (target_session, target), request);
         self.stats.relays_granted += 1;
+        Ok(())
     }
 
     /// A RELAY_REQUEST on `session` for a pair that holds the allocation of `channel`: the same

@@ -43,8 +43,14 @@ impl Traversal {
     ) {
         let Some(relay) = self.bootstraps.get(&session).map(|b| b.address) else { return };
         let lifetime = Duration::from_secs(u64::from(lifetime_s));
+        // Asked for after a punch that found nothing, or granted at once with the punch (the
+        // bootstrap found a direct path uncertain): either way the connection goes through it now.
         let waiting = self.attempt_waiting_for(session, request).filter(|id| {
-            self.attempts.get(id).is_some_and(|a| a.peer == peer && matches!(a.phase, Phase::AwaitingRelay { .. }))
+            self.attempts.get(id).is_some_and(|a| {
+                a.peer == peer
+                    && (matches!(a.phase, Phase::AwaitingRelay { .. })
+                        || !a.upgrade && matches!(a.phase, Phase::AwaitingPunch { .. } | Phase::Punching { .. }))
+            })
         });
         let renewing = request != 0 && self.relay_paths.get(&peer).is_some_and(|p| p.renew_request == Some(request));
         if waiting.is_none() && (request == 0 || renewing) {

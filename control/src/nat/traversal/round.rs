@@ -59,10 +59,14 @@ impl Traversal {
         if role == PunchRole::Initiator {
             let Some(id) = self.attempt_waiting_for(session, request) else { return };
             let Some(attempt) = self.attempts.get_mut(&id) else { return };
-            if !matches!(attempt.phase, Phase::AwaitingPunch { .. }) || attempt.peer != peer {
-                return;
+            match attempt.phase {
+                _ if attempt.peer != peer => return,
+                Phase::AwaitingPunch { .. } => attempt.phase = Phase::Punching { token },
+                // Connecting at once through the relay granted with this punch: the round runs on
+                // as that connection's upgrade.
+                Phase::ConnectingRelayed { .. } => {}
+                _ => return,
             }
-            attempt.phase = Phase::Punching { token };
         }
         let local = self.local_candidates();
         let checks = candidate::check_list(&local, candidates, role == PunchRole::Initiator)
@@ -164,10 +168,9 @@ impl Traversal {
                 self.attempts.remove(&id);
                 self.move_to_direct(peer, address, bridge);
             }
-            (PunchRole::Initiator, None) => {}
-            // The responder accepts the initiator's connection; if they already share a relayed
-            // one, its path moves here too.
-            (PunchRole::Responder, _) => self.move_to_direct(peer, address, bridge),
+            // The responder accepts the initiator's connection. Where they already share a relayed
+            // one (connected at once, or earlier), its path moves here.
+            (PunchRole::Initiator, None) | (PunchRole::Responder, _) => self.move_to_direct(peer, address, bridge),
         }
     }
 

@@ -5,7 +5,7 @@ use super::spray::{PortGuesser, GUESS_PORTS};
 use super::*;
 use crate::nat::candidate::{self, Mapping};
 use crate::nat::coordinator::CoordinatorConfig;
-use crate::nat::message::{CandidateKind, ErrorCode};
+use crate::nat::message::{Candidate, CandidateKind, ErrorCode, PunchRole};
 use crate::nat::sim::{NatKind, Socket, World, BOOTSTRAP, BOOTSTRAP_ALTERNATE};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -798,4 +798,93 @@ fn an_alternate_port_that_never_answers_is_given_up_and_the_mapping_stays_unknow
     };
     t.handle_probe(at, BOOTSTRAP_ALTERNATE, probe);
     assert!(t.discovered_addresses(1).is_empty());
+}
+
+#[test]
+fn symmetric_pairs_connect_through_the_relay_at_once_instead_of_after_the_punch() {
+    for (at_once, seed) in [(true, 500), (false, 501)] {
+        let coordinator = CoordinatorConfig { relay_at_once: at_once, ..CoordinatorConfig::default() };
+        let mut w = World::with(seed, coordinator, TraversalConfig::default()).with_second_bootstrap();
+        w.add_node(NatKind::Symmetric, ms(10));
+        w.add_node(NatKind::Symmetric, ms(25));
+        w.run_for(ms(200));
+        let target = w.nodes[1].id;
+        let (outcome, remote, connect, reason) = w.connect(0, target);
+        assert_eq!((outcome, remote, reason), (Outcome::Relayed, Some(BOOTSTRAP), None), "at once: {at_once}");
+        if at_once {
+            // A request and its answers (10 ms each way), the relayed handshake: no punch window.
+            assert!(connect < ms(500), "{connect:?}");
+            assert_eq!(w.coordinator.stats().relays_at_once, 1);
+        } else {
+            assert!(connect >= Duration::from_secs(3), "the punch had its full time first: {connect:?}");
+        }
+    }
+}
+
+/// The initiator's side of a connection at once: RELAY_GRANT with the punch's request, the
+/// relayed connection opens at once, and the round's first valid pair moves it to a direct path.
+#[test]
+fn a_connection_at_once_moves_to_the_direct_path_the_punch_finds() {
+    let now = Instant::now();
+    let peer = PeerId([0x42; 32]);
+    let direct: SocketAddr = "203.0.113.50:7000".parse().unwrap();
+    let mut t = Traversal::new(TraversalConfig::default(), 3);
+    t.bootstrap_connected(now, 1, BOOTSTRAP);
+    t.handle_signal(now, 1, Message::ObservedAddress { sequence: 1, address: "203.0.113.9:4000".parse().unwrap() });
+    let attempt = t.connect(now, peer).unwrap();
+    let request = take_actions(&mut t)
+        .into_iter()
+        .find_map(|a| match a {
+            TraversalAction::Signal { message: Message::ConnectRequest { request, .. }, .. } => Some(request),
+            _ => None,
+        })
+        .unwrap();
+    let grant =
+        Message::RelayGrant { request, peer, channel: 9, lifetime_s: 600, byte_limit: 1 << 30, rate_limit: 1 << 20 };
+    t.handle_signal(now, 1, grant);
+    let actions = take_actions(&mut t);
+    let alias = actions
+        .iter()
+        .find_map(|a| match a {
+            TraversalAction::ConnectRelayed { attempt: id, alias, .. } if *id == attempt => Some(*alias),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no relayed connection at once: {actions:?}"));
+    let candidate = Candidate { kind: CandidateKind::ServerReflexive, priority: 100, address: direct };
+    let token = [3; 16];
+    let punch = Message::PunchMeNow {
+        round: 1,
+        request,
+        peer,
+        role: PunchRole::Initiator,
+        flags: candidate::FLAG_RECEIVER_EDM,
+        start_in_ms: 0,
+        token,
+        candidates: vec![candidate],
+    };
+    t.handle_signal(now, 1, punch);
+    t.connection_result(now + ms(20), attempt, true);
+    let finished: Vec<TraversalEvent> = std::iter::from_fn(|| t.poll_event()).collect();
+    assert!(
+        finished.iter().any(|e| matches!(e, TraversalEvent::AttemptFinished { outcome: Outcome::Relayed, .. })),
+        "{finished:?}"
+    );
+    // The round goes on after the relayed connection is up; its first valid pair moves it.
+    t.handle_timeout(now + ms(20));
+    let transaction = take_actions(&mut t)
+        .into_iter()
+        .find_map(|a| match a {
+            TraversalAction::SendProbe { to, probe } if to == direct => Some(probe.transaction),
+            _ => None,
+        })
+        .expect("the round probes the candidate");
+    let ack = Probe { kind: ProbeKind::Ack { observed: "203.0.113.9:4000".parse().unwrap() }, token, transaction };
+    t.handle_probe(now + ms(40), direct, ack);
+    let actions = take_actions(&mut t);
+    assert!(
+        actions.contains(&TraversalAction::SetPathDirect { alias, address: direct }),
+        "the relayed connection did not move: {actions:?}"
+    );
+    assert!(!actions.iter().any(|a| matches!(a, TraversalAction::ConnectDirect { .. })), "no second connection");
+    assert!(std::iter::from_fn(|| t.poll_event()).any(|e| matches!(e, TraversalEvent::Upgraded { .. })));
 }

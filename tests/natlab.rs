@@ -10,7 +10,8 @@
 //! - with 10 % loss and 100 ms added each way on the path to the coordinating bootstrap (b2),
 //!   coordination still succeeds for a pair of each kind;
 //! - with **one** bootstrap (the runbook's deployment: every peer registered with b1 only, which
-//!   tells them their mapping from its alternate port), every pair is as direct as with two;
+//!   tells them their mapping from its alternate port), every pair is as direct as with two, and
+//!   symmetric ↔ symmetric connects through the relay at once (first byte within 2 RTT + 50 ms);
 //! - `--test` reports the NAT mapping behaviour, with two bootstraps and with one
 //!   (endpoint-dependent behind a symmetric NAT, endpoint-independent behind a port-restricted
 //!   one), and fails with one line when no bootstrap answers.
@@ -25,7 +26,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use common::natlab::{can_run, expected_direct, parse_report, Lab, Report, PEERS, TRAVERSE};
+use common::natlab::{can_run, expected_direct, nat_of, parse_report, Lab, Report, PEERS, TRAVERSE};
 use common::{run, Process, TempDir, NODE_BIN};
 
 /// Bytes sent over every connection of the clean matrix.
@@ -81,6 +82,7 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
     ensure!(report.at("bootstraps")?.num()? == 1.0, "not run with one bootstrap: {report}");
     let mut wrong = Vec::new();
     let mut less_direct = Vec::new();
+    let mut at_once = 0;
     for row in report.at("rows")?.list()? {
         let pair = row.at("pair")?.text()?;
         let (a, b) = pair.split_once('-').context("pair a-b")?;
@@ -91,7 +93,18 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
         } else if path != "direct" && direct_with_two.iter().any(|p| p == pair) {
             less_direct.push(format!("{pair}: {row}"));
         }
+        // Symmetric on both sides: no direct path from one punch, so the bootstrap grants the
+        // relay with it and the first byte goes within 2 RTT + 50 ms, not after the punch window.
+        if nat_of(a) == "symmetric" && nat_of(b) == "symmetric" {
+            at_once += 1;
+            let first_byte = row.at("first_byte_ms")?.num()?;
+            let rtt = row.at("rtt_ms")?.num()?;
+            if row.at("first_path")?.text()? != "relayed" || first_byte > 2.0 * rtt + 50.0 {
+                wrong.push(format!("{pair}: not connected through the relay at once: {row}"));
+            }
+        }
     }
+    ensure!(at_once > 0, "no symmetric pair in the matrix");
     eprintln!("{}", std::fs::read_to_string(&single_table).unwrap_or_default());
     ensure!(
         wrong.is_empty(),

@@ -144,7 +144,15 @@ impl Metrics {
         if let Some(histogram) = snapshot.as_ref().and_then(|s| s.time_to_direct.as_ref()) {
             out.histogram(
                 "nat_traversal_time_to_direct_seconds",
-                "Time from a connect request to a direct connection, in seconds.",
+                "Time from a connect request to a direct path: a direct connection, or a relayed one moved to a direct path, in seconds.",
+                histogram,
+                &CONNECT_BUCKETS,
+            );
+        }
+        if let Some(histogram) = snapshot.as_ref().and_then(|s| s.first_byte.as_ref()) {
+            out.histogram(
+                "nat_traversal_first_byte_seconds",
+                "Time from a connect request to the connection that carries the application's first byte (direct, or through the relay), in seconds.",
                 histogram,
                 &CONNECT_BUCKETS,
             );

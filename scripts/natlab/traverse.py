@@ -178,6 +178,9 @@ def main():
                         "path": path,
                         "remote": got.get("remote"),
                         "connect_ms": got.get("connect_ms"),
+                        "first_path": got.get("first_path"),
+                        "first_byte_ms": got.get("first_byte_ms"),
+                        "direct_ms": got.get("direct_ms"),
                         "rtt_ms": got.get("rtt_ms"),
                         "bytes": got.get("bytes", 0),
                         "verified": verified,
@@ -217,16 +220,21 @@ def main():
 
 
 def write_table(path, summary):
+    size = f"{summary['bytes'] // 1_000_000} MB" if summary["bytes"] >= 1_000_000 else f"{summary['bytes'] // 1024} KiB"
     lines = [
-        f"| pair | NATs | expected | result | path | time to connect (ms) | {summary['bytes'] // 1_000_000} MB SHA-256 | Mbit/s |",
-        "| --- | --- | --- | --- | --- | ---: | --- | ---: |",
+        f"| pair | NATs | expected | result | first path | first byte (ms) | path at the end | direct after (ms) | {size} SHA-256 | Mbit/s |",
+        "| --- | --- | --- | --- | --- | ---: | --- | ---: | --- | ---: |",
     ]
+
+    def ms(value):
+        return "—" if value is None else value
+
     for r in summary["rows"]:
         sha = "same" if r["verified"] and r["bytes"] else ("—" if not r["bytes"] else "DIFFERENT/none")
         lines.append(
             f"| {r['pair']} | {r['nat']} | {r['expect']} | {r['result']}{'' if r['ok'] else ' **(not as expected)**'} "
-            f"| {r['path']} | {r['connect_ms'] if r['connect_ms'] is not None else '—'} | {sha} "
-            f"| {r['mbit_s'] if r['mbit_s'] is not None else '—'} |"
+            f"| {r['first_path'] or '—'} | {ms(r['first_byte_ms'])} | {r['path']} | {ms(r['direct_ms'])} | {sha} "
+            f"| {ms(r['mbit_s'])} |"
         )
     lines.append("")
     lines.append(

@@ -387,7 +387,7 @@ impl Driver {
                 }
                 AgentAction::CountAttempt { outcome, connect } => self.metrics.attempt(outcome, connect),
                 AgentAction::CountReported { outcome, connect } => self.metrics.reported(outcome, connect),
-                AgentAction::CountUpgrade => self.metrics.upgraded(),
+                AgentAction::CountUpgrade { after } => self.metrics.upgraded(after),
                 AgentAction::StatusChanged => {
                     if let Ok(mut status) = self.status.lock() {
                         status.clone_from(self.agent.status());

@@ -54,6 +54,8 @@ const REGISTRATION_GRACE: Duration = Duration::from_secs(3);
 const PROBE_BURST: usize = 32;
 /// Pause between two bursts of probe datagrams: a core turn, so that the sends complete.
 const PROBE_BURST_GAP: Duration = Duration::from_millis(1);
+/// Peers whose request time and time to a direct path are kept at most.
+const MAX_DIRECT_AFTER: usize = 256;
 /// Probe datagrams waiting for their burst at most; more are dropped, as a full network would.
 const PROBE_OUTBOX: usize = 4096;
 
@@ -131,6 +133,9 @@ pub struct NatAgent {
     next_sample: Instant,
     /// Connection requests waiting for the bootstraps' observations (see [`REGISTRATION_GRACE`]).
     pending: Vec<(PeerId, RequestId)>,
+    /// When this node last asked for a connection to each peer: an upgrade to a direct path is
+    /// timed from it.
+    requested: HashMap<PeerId, Instant>,
     /// Probe datagrams for the node socket, sent [`PROBE_BURST`] at a time.
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     /// When the next burst is due, while the outbox is not empty.
@@ -188,6 +193,7 @@ impl NatAgent {
             started: now,
             next_sample: now,
             pending: Vec::new(),
+            requested: HashMap::new(),
             outbox: VecDeque::new(),
             next_burst: None,
             actions: VecDeque::new(),
@@ -377,6 +383,10 @@ impl NatAgent {
     }
 
     fn start_attempt(&mut self, now: Instant, target: PeerId, request: RequestId) {
+        if self.requested.len() >= MAX_DIRECT_AFTER {
+            self.requested.clear();
+        }
+        self.requested.insert(target, now);
         // The first bootstrap given (and connected) coordinates.
         let preferred = self.bootstraps.iter().find_map(|b| b.conn).map(session_of);
         match self.traversal.connect_via(now, target, preferred) {
@@ -686,8 +696,18 @@ impl NatAgent {
                 self.actions.push_back(AgentAction::Reply { request: entry.request, result });
             }
             TraversalEvent::Upgraded { peer, address, .. } => {
-                self.actions.push_back(AgentAction::CountUpgrade);
-                tracing::info!(%peer, %address, "relayed connection upgraded to a direct path");
+                // This node's own request to that peer, if it made one (not on the responder).
+                let after = self.requested.get(&peer).map(|at| now.saturating_duration_since(*at));
+                self.actions.push_back(AgentAction::CountUpgrade { after });
+                tracing::info!(%peer, %address, ?after, "relayed connection upgraded to a direct path");
+                if let Some(after) = after {
+                    self.status.direct_after.retain(|(p, _)| *p != peer);
+                    if self.status.direct_after.len() >= MAX_DIRECT_AFTER {
+                        self.status.direct_after.remove(0);
+                    }
+                    self.status.direct_after.push((peer, after));
+                    self.status_changed = true;
+                }
             }
         }
     }

@@ -131,7 +131,7 @@ pub fn mapping(observed: SocketAddr, others: impl IntoIterator<Item = SocketAddr
 /// not known endpoint-independent on the other (a many-probe round needs one EIM side). Where
 /// neither mapping is known the punch goes first, as most NATs map endpoint-independently.
 pub fn direct_uncertain(a: Mapping, b: Mapping) -> bool {
-    use Mapping::{EndpointDependent as Edm, EndpointIndependent as Eim, Unknown};
+    use Mapping::{EndpointDependent as Edm, Unknown};
     matches!((a, b), (Edm, Edm) | (Edm, Unknown) | (Unknown, Edm))
 }
 

@@ -28,6 +28,7 @@ pub struct NatMetrics {
     rejected_rate: AtomicU64,
     rejected_malformed: AtomicU64,
     time_to_direct: Mutex<Option<Histogram<u64>>>,
+    first_byte: Mutex<Option<Histogram<u64>>>,
     traversal: Mutex<TraversalStats>,
     relays_renewed: AtomicU64,
     /// Discover datagrams answered on the alternate addresses, and refused past the rate cap.
@@ -58,8 +59,12 @@ pub struct NatSnapshot {
     pub upgrades: u64,
     /// The coordinator's counts.
     pub coordinator: CoordinatorCounts,
-    /// Time to a direct connection, in nanoseconds.
+    /// Time to a direct path (a direct connection, or a relayed one moved to a direct path),
+    /// in nanoseconds.
     pub time_to_direct: Option<Histogram<u64>>,
+    /// Time to the first connection that carries the application's bytes (direct, or through the
+    /// relay), in nanoseconds.
+    pub first_byte: Option<Histogram<u64>>,
     /// This node's own traversal: probes, many-probe rounds.
     pub traversal: TraversalStats,
     /// Relay allocations renewed by the coordinator.
@@ -89,6 +94,9 @@ impl NatMetrics {
     /// One of this node's own attempts ended.
     pub fn attempt(&self, outcome: Outcome, connect: Duration) {
         self.count(&self.own, outcome, connect);
+        if outcome != Outcome::Failed {
+            record(&self.first_byte, connect);
+        }
     }
 
     /// A peer reported how its attempt ended (this node coordinated it).
@@ -101,16 +109,7 @@ impl NatMetrics {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         if outcome == Outcome::Direct {
-            if let Ok(mut slot) = self.time_to_direct.lock() {
-                if slot.is_none() {
-                    *slot = Histogram::new_with_bounds(MIN_CONNECT_NS, MAX_CONNECT_NS, 2).ok();
-                }
-                if let Some(histogram) = slot.as_mut() {
-                    let ns =
-                        u64::try_from(connect.as_nanos()).unwrap_or(u64::MAX).clamp(MIN_CONNECT_NS, MAX_CONNECT_NS);
-                    let _ = histogram.record(ns);
-                }
-            }
+            record(&self.time_to_direct, connect);
         }
     }
 
@@ -122,9 +121,13 @@ impl NatMetrics {
         }
     }
 
-    /// A relayed connection moved to a direct path.
-    pub fn upgraded(&self) {
+    /// A relayed connection moved to a direct path, `after` its connect request when this node
+    /// made it (the responder's side knows no request time).
+    pub fn upgraded(&self, after: Option<Duration>) {
         self.upgrades.fetch_add(1, Ordering::Relaxed);
+        if let Some(after) = after {
+            record(&self.time_to_direct, after);
+        }
     }
 
     /// Publish the coordinator's counts.
@@ -160,10 +163,23 @@ impl NatMetrics {
                 malformed: load(&self.rejected_malformed),
             },
             time_to_direct: self.time_to_direct.lock().ok().and_then(|h| h.clone()),
+            first_byte: self.first_byte.lock().ok().and_then(|h| h.clone()),
             traversal: self.traversal.lock().map(|t| *t).unwrap_or_default(),
             relays_renewed: load(&self.relays_renewed),
             discovery: self.discovery.each_ref().map(load),
         }
+    }
+}
+
+/// Records `duration` in the histogram of `slot`, created on first use.
+fn record(slot: &Mutex<Option<Histogram<u64>>>, duration: Duration) {
+    let Ok(mut slot) = slot.lock() else { return };
+    if slot.is_none() {
+        *slot = Histogram::new_with_bounds(MIN_CONNECT_NS, MAX_CONNECT_NS, 2).ok();
+    }
+    if let Some(histogram) = slot.as_mut() {
+        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX).clamp(MIN_CONNECT_NS, MAX_CONNECT_NS);
+        let _ = histogram.record(ns);
     }
 }
 
@@ -185,5 +201,21 @@ mod tests {
         let histogram = snapshot.time_to_direct.unwrap();
         assert_eq!(histogram.len(), 1);
         assert!(histogram.value_at_quantile(0.5).abs_diff(120_000_000) < 2_000_000);
+        assert_eq!(snapshot.first_byte.unwrap().len(), 1, "one own attempt connected");
+    }
+
+    #[test]
+    fn a_relayed_connection_moved_to_a_direct_path_counts_in_time_to_direct() {
+        let metrics = NatMetrics::default();
+        metrics.attempt(Outcome::Relayed, Duration::from_millis(40));
+        metrics.upgraded(Some(Duration::from_millis(900)));
+        metrics.upgraded(None);
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.upgrades, 2);
+        let direct = snapshot.time_to_direct.unwrap();
+        assert_eq!(direct.len(), 1);
+        assert!(direct.value_at_quantile(0.5).abs_diff(900_000_000) < 10_000_000);
+        let first = snapshot.first_byte.unwrap();
+        assert!(first.value_at_quantile(0.5).abs_diff(40_000_000) < 1_000_000);
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use ant_quic::identity::PeerId;
 use ant_quic::node::{start_server_with, NodeOptions};
 use ant_quic::Error;
+use ant_quic_control::nat::agent::PathKind;
 
 use crate::NodeArgs;
 
@@ -151,6 +152,18 @@ fn connect_to_peer(
             object.insert("mbit_s".into(), ((upload.bytes as f64 * 8.0 / secs / 1e6 * 10.0).round() / 10.0).into());
         }
     }
+    // The path at the end: a connection made through the relay moves when a punch finds a
+    // direct path (at once, or in a background round).
+    let direct_after = match connection.path {
+        PathKind::Direct => Some(connection.connect),
+        PathKind::Relayed => server.nat.status().direct_after(target),
+    };
+    if let Some(object) = line.as_object_mut() {
+        object.insert("first_path".into(), connection.path.name().into());
+        object.insert("first_byte_ms".into(), millis(connection.connect).into());
+        object.insert("direct_ms".into(), direct_after.map(millis).into());
+        object.insert("path".into(), if direct_after.is_some() { "direct" } else { "relayed" }.into());
+    }
     // The RTT once the handshake (and any transfer) is done.
     let (report, reports) = crossbeam_channel::bounded(1);
     let describe = ant_quic::nat::link::CoreRequest::Describe { conn: connection.conn, report };
@@ -168,11 +181,19 @@ fn connect_to_peer(
         let mut text = format!(
             "connected to {} {} via {} in {} ms (rtt {} ms)",
             get("peer"),
-            get("path"),
+            get("first_path"),
             get("remote"),
             get("connect_ms"),
             get("rtt_ms")
         );
+        if connection.path == PathKind::Relayed {
+            match direct_after {
+                Some(after) => {
+                    text.push_str(&format!("; moved to a direct path {} ms after the request", millis(after)))
+                }
+                None => text.push_str("; still relayed"),
+            }
+        }
         if args.send_bytes.is_some() {
             text.push_str(&format!(
                 "; sent {} bytes, sha256 {}, verified {}, {} Mbit/s",

@@ -148,8 +148,9 @@ pub enum AgentAction {
     CountAttempt { outcome: Outcome, connect: Duration },
     /// Count an attempt a registered peer reported.
     CountReported { outcome: Outcome, connect: Duration },
-    /// Count a relayed connection moved to a direct path.
-    CountUpgrade,
+    /// Count a relayed connection moved to a direct path, `after` this node's request (`None`
+    /// on the responder).
+    CountUpgrade { after: Option<Duration> },
     /// [`NatAgent::status`](super::NatAgent::status) changed.
     StatusChanged,
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ant_quic_dataplane::ConnId;
 
 use crate::nat::candidate::Mapping;
+use crate::PeerId;
 
 /// Which path a connection to a peer took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +83,18 @@ pub struct NatStatus {
     pub registered_peers: usize,
     /// Relay allocations active here.
     pub relay_allocations: usize,
+    /// Relayed connections this node asked for that moved to a direct path, with the time from
+    /// the request (the latest per peer; the last 256 peers).
+    pub direct_after: Vec<(PeerId, Duration)>,
 }
 
 impl NatStatus {
+    /// How long after this node's request the connection to `peer` moved to a direct path, if
+    /// it did.
+    pub fn direct_after(&self, peer: PeerId) -> Option<Duration> {
+        self.direct_after.iter().rev().find(|(p, _)| *p == peer).map(|(_, after)| *after)
+    }
+
     /// This node's NAT mapping behaviour (RFC 4787 §4.1) as the bootstraps and their alternate
     /// addresses observed it: the same address from every one is endpoint-independent, any
     /// difference (port or IP) endpoint-dependent; fewer than two observations tell nothing.

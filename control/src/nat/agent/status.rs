@@ -7,6 +7,24 @@ use std::time::Duration;
 use ant_quic_dataplane::ConnId;
 
 use crate::nat::candidate::Mapping;
+use crate::PeerId;
+
+/// A bootstrap as the operator named it: `HOST:PORT` (known by address only) or
+/// `PEERID@HOST:PORT` (pinned: its certificate must prove that peer ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootstrapSpec {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The peer ID it must prove, when pinned.
+    pub peer: Option<PeerId>,
+}
+
+impl BootstrapSpec {
+    /// A bootstrap known by address only.
+    pub fn unpinned(address: SocketAddr) -> Self {
+        Self { address, peer: None }
+    }
+}
 
 /// Which path a connection to a peer took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +63,11 @@ pub struct PeerConnection {
 pub struct BootstrapStatus {
     /// Its address.
     pub address: SocketAddr,
+    /// The peer ID it must prove, when pinned.
+    pub peer: Option<PeerId>,
+    /// Its last connection was refused because its certificate proves another peer ID than
+    /// `peer` (it stays refused until a connection proves the pinned one).
+    pub wrong_peer: bool,
     /// A signalling stream is open to it.
     pub registered: bool,
     /// Where it sees us (our NAT's public mapping toward it).
@@ -94,6 +117,8 @@ mod tests {
             .enumerate()
             .map(|(i, o)| BootstrapStatus {
                 address: SocketAddr::from(([192, 0, 2, i as u8 + 1], 9000)),
+                peer: None,
+                wrong_peer: false,
                 registered: o.is_some(),
                 observed: o.map(|o| o.parse().unwrap()),
                 rtt: None,

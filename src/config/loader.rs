@@ -59,6 +59,8 @@ pub struct Overrides {
     pub bootstrap: Vec<String>,
     /// `--drain-timeout`.
     pub drain_timeout: Option<u64>,
+    /// `--relay-lifetime`.
+    pub relay_lifetime: Option<u64>,
 }
 
 /// A loaded, validated configuration.
@@ -269,7 +271,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigEr
     Ok((config, warnings))
 }
 
-const SECTIONS: [&str; 5] = ["node", "metrics", "logging", "security", "compatibility"];
+const SECTIONS: [&str; 6] = ["node", "metrics", "logging", "security", "nat", "compatibility"];
 
 /// `ANT_QUIC_<SECTION>_<KEY>=value` overrides `[section] key`. Variables naming no section are
 /// left alone (tests and scripts use other `ANT_QUIC_` variables).
@@ -363,6 +365,10 @@ fn apply_overrides(config: &mut Config, flags: &Overrides, origins: &mut HashMap
     if let Some(seconds) = flags.drain_timeout {
         config.node.drain_timeout = seconds;
         set("node.drain_timeout", "--drain-timeout");
+    }
+    if let Some(seconds) = flags.relay_lifetime {
+        config.nat.relay_lifetime = seconds;
+        set("nat.relay_lifetime", "--relay-lifetime");
     }
 }
 

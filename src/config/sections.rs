@@ -22,6 +22,8 @@ pub struct Config {
     pub logging: LoggingSection,
     /// `[security]`: TLS certificate and client certificates.
     pub security: SecuritySection,
+    /// `[nat]`: NAT traversal (this node as a bootstrap).
+    pub nat: NatSection,
     /// `[compatibility]`: keys from older versions.
     pub compatibility: CompatibilitySection,
 }
@@ -261,6 +263,26 @@ impl SecuritySection {
             max_half_open: self.max_half_open,
             handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout),
         }
+    }
+}
+
+/// `[nat]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatSection {
+    /// Seconds a relay allocation granted here lives; its peers renew it while they use it.
+    pub relay_lifetime: u64,
+}
+
+/// The shortest `[nat] relay_lifetime`: peers renew at 80 % of it, so it must outlast a few
+/// round trips on a slow path.
+pub const MIN_RELAY_LIFETIME: u64 = 10;
+/// The longest `[nat] relay_lifetime`: a day.
+pub const MAX_RELAY_LIFETIME: u64 = 86_400;
+
+impl Default for NatSection {
+    fn default() -> Self {
+        Self { relay_lifetime: ant_quic_control::nat::coordinator::CoordinatorConfig::default().relay_lifetime.as_secs() }
     }
 }
 

@@ -282,7 +282,9 @@ pub const MAX_RELAY_LIFETIME: u64 = 86_400;
 
 impl Default for NatSection {
     fn default() -> Self {
-        Self { relay_lifetime: ant_quic_control::nat::coordinator::CoordinatorConfig::default().relay_lifetime.as_secs() }
+        Self {
+            relay_lifetime: ant_quic_control::nat::coordinator::CoordinatorConfig::default().relay_lifetime.as_secs(),
+        }
     }
 }
 

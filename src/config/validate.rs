@@ -34,7 +34,9 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
     if !(MIN_RELAY_LIFETIME..=MAX_RELAY_LIFETIME).contains(&config.nat.relay_lifetime) {
         return Err(fail(
             "nat.relay_lifetime",
-            format!("[nat] relay_lifetime must be between {MIN_RELAY_LIFETIME} and {MAX_RELAY_LIFETIME} seconds (a day)"),
+            format!(
+                "[nat] relay_lifetime must be between {MIN_RELAY_LIFETIME} and {MAX_RELAY_LIFETIME} seconds (a day)"
+            ),
         ));
     }
     let level = config.logging.level.trim();

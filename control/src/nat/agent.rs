@@ -323,7 +323,9 @@ impl NatAgent {
             AgentEvent::Closed { purpose: ConnPurpose::Bootstrap(index), conn, reason } => {
                 self.bootstrap_closed(now, index, conn, reason);
             }
-            AgentEvent::BootstrapWrongPeer { index, conn, reason } => self.bootstrap_wrong_peer(now, index, conn, reason),
+            AgentEvent::BootstrapWrongPeer { index, conn, reason } => {
+                self.bootstrap_wrong_peer(now, index, conn, reason)
+            }
             AgentEvent::Closed { purpose: ConnPurpose::Attempt(attempt), reason, .. } => {
                 if self.live.remove(&attempt) {
                     tracing::debug!(attempt, %reason, "traversal connection closed");

@@ -82,9 +82,7 @@ fn wait_registered(
         let observed = |b: &BootstrapStatus| b.observed.is_some();
         let settled = |b: &BootstrapStatus| b.observed.is_some() || b.wrong_peer;
         let done = match enough {
-            Registered::Any => {
-                status.bootstraps.iter().any(observed) || status.bootstraps.iter().all(|b| b.wrong_peer)
-            }
+            Registered::Any => status.bootstraps.iter().any(observed) || status.bootstraps.iter().all(|b| b.wrong_peer),
             Registered::First => status.bootstraps.first().is_some_and(settled),
             Registered::All => status.bootstraps.iter().all(settled),
         };

@@ -8,6 +8,7 @@
 //! - `--test` with one bootstrap: reachable, observed address, mapping unknown;
 //! - the signalling stream refuses a client without a certificate (`not_authenticated`),
 //!   answers a malformed frame with `malformed`, and rate-limits a flood (`rate_limited`, counted);
+//! - `--relay-lifetime` (`[nat] relay_lifetime`) is the lifetime a bootstrap grants;
 //! - a bootstrap with short relay lifetimes and small limits (started in this process) forwards
 //!   between the two ends of an allocation up to its rate and byte limits, drops and counts the
 //!   rest by reason, and removes the allocation when its lifetime ends;
@@ -438,7 +439,11 @@ struct RelayPair {
 }
 
 fn relay_pair(bootstrap: &Server) -> Result<RelayPair> {
-    let addr = bootstrap.node.local_addr();
+    relay_pair_at(bootstrap.node.local_addr())
+}
+
+/// [`relay_pair`] with the bootstrap at `addr`.
+fn relay_pair_at(addr: SocketAddr) -> Result<RelayPair> {
     let (id_a, id_b) = (Identity::ephemeral()?, Identity::ephemeral()?);
     let mut b = Peer::open(addr, Some(&id_b), Vec::new())?;
     let registered = |a: &[Message]| a.iter().any(|m| matches!(m, Message::ObservedAddress { .. }));
@@ -457,6 +462,18 @@ fn relay_pair(bootstrap: &Server) -> Result<RelayPair> {
     let (channel, lifetime_s) = grant(&a.answers).context("a's grant")?;
     ensure!(grant(&b.answers) == Some((channel, lifetime_s)), "a and b were granted different channels");
     Ok(RelayPair { a, b, channel, lifetime_s, asked })
+}
+
+/// `[nat] relay_lifetime` (here its flag) is the lifetime a bootstrap grants.
+#[test]
+fn the_configured_relay_lifetime_is_granted() -> Result<()> {
+    let mut dir = TempDir::new("nat-relay-lifetime")?.keep_unless_passed();
+    let bootstrap = node(&dir, "bootstrap", &["--relay-lifetime", "42"])?;
+    let pair = relay_pair_at(bootstrap.addr)?;
+    assert_eq!(pair.lifetime_s, 42);
+    drop(pair);
+    dir.passed();
+    Ok(())
 }
 
 /// A relay frame on `channel`, `len` bytes in all (header included).

@@ -303,6 +303,14 @@ fn proven_peer_id(end_entity: &CertificateDer<'_>) -> Result<PeerId, rustls::Err
         .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
 }
 
+/// Whether a connection's close `reason` says this client refused the server's certificate: with
+/// [`ServerAuth::PeerId`] that means the certificate does not prove the pinned peer ID. (quinn
+/// carries the TLS error as text: rustls's wording of `Error::InvalidCertificate`; a close the
+/// server sent, `aborted by peer`, is the server refusing ours.)
+pub fn is_certificate_refusal(reason: &str) -> bool {
+    reason.contains("invalid peer certificate") && !reason.starts_with("aborted by peer")
+}
+
 /// Authenticates a server by its [`ServerPin`] instead of a CA chain, and checks its TLS 1.3
 /// handshake signature with the provider's algorithms.
 #[derive(Debug)]

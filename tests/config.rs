@@ -22,7 +22,7 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 fn ant_quic() -> Command {
     let mut command = Command::new(NODE_BIN);
     for (name, _) in std::env::vars() {
-        let section = ["NODE_", "METRICS_", "LOGGING_", "SECURITY_", "COMPATIBILITY_"];
+        let section = ["NODE_", "METRICS_", "LOGGING_", "SECURITY_", "NAT_", "COMPATIBILITY_"];
         if name.strip_prefix("ANT_QUIC_").is_some_and(|rest| section.iter().any(|s| rest.starts_with(s))) {
             command.env_remove(name);
         }
@@ -116,6 +116,13 @@ fn bad_values_exit_2_with_one_line() {
             vec!["handshake-timeout.toml:2", "handshake_timeout", "30"],
         ),
         ("zero-rtt", "[security]\nzero_rtt = \"yes\"\n".into(), vec!["zero-rtt.toml:2", "zero_rtt"]),
+        (
+            "bootstrap-peer",
+            "[node]\nbootstrap = [\"127.0.0.1:9000\", \"xyz@127.0.0.1:9001\"]\n".into(),
+            vec!["bootstrap-peer.toml:2", "bootstrap", "the peer ID 'xyz' is not 64 hex digits"],
+        ),
+        ("relay-zero", "[nat]\nrelay_lifetime = 0\n".into(), vec!["relay-zero.toml:2", "relay_lifetime", "86400"]),
+        ("relay-huge", "[nat]\nrelay_lifetime = 864000\n".into(), vec!["relay-huge.toml:2", "relay_lifetime"]),
     ];
     for (name, body, needles) in cases {
         let file = write(d, &format!("{name}.toml"), &body);
@@ -128,6 +135,15 @@ fn bad_values_exit_2_with_one_line() {
     // A bad environment value names the variable.
     let ok = write(d, "ok.toml", "");
     assert_refused(&check(&ok, &[("ANT_QUIC_METRICS_PORT", "70000")]), &["ANT_QUIC_METRICS_PORT", "port"]);
+    // A malformed pin on the command line, and a relay lifetime from the environment or a flag.
+    let output = ant_quic().args(["--listen", "127.0.0.1:0", "--bootstrap", "12ab@127.0.0.1:9000"]).output().unwrap();
+    assert_refused(&output, &["--bootstrap", "the peer ID '12ab'"]);
+    assert_refused(
+        &check(&ok, &[("ANT_QUIC_NAT_RELAY_LIFETIME", "0")]),
+        &["ANT_QUIC_NAT_RELAY_LIFETIME", "relay_lifetime"],
+    );
+    let output = ant_quic().args(["--listen", "127.0.0.1:0", "--relay-lifetime", "5"]).output().unwrap();
+    assert_refused(&output, &["--relay-lifetime", "relay_lifetime must be between 10 and 86400"]);
     // A missing --config file.
     let output = ant_quic().args(["--config", "/nonexistent/ant-quic.toml"]).output().unwrap();
     assert_refused(&output, &["/nonexistent/ant-quic.toml", "cannot read"]);
@@ -174,11 +190,12 @@ fn environment_overrides_file() {
     let file = write(
         dir.path(),
         "layers.toml",
-        "[node]\nlisten = \"127.0.0.1:7001\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
+        "[node]\nlisten = \"127.0.0.1:7001\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n[nat]\nrelay_lifetime = 120\n",
     );
     let only_file = text(&check(&file, &[]).stdout);
     assert!(only_file.contains("listen = \"127.0.0.1:7001\"") && only_file.contains("level = \"warn\""));
     assert!(only_file.contains("port = 7001"), "metrics port defaults to the listen port: {only_file}");
+    assert!(only_file.contains("relay_lifetime = 120"), "{only_file}");
     let output = check(
         &file,
         &[
@@ -186,6 +203,7 @@ fn environment_overrides_file() {
             ("ANT_QUIC_LOGGING_LEVEL", "debug"),
             ("ANT_QUIC_LOGGING_OUTPUTS", "stdout,stderr"),
             ("ANT_QUIC_METRICS_PORT", "8080"),
+            ("ANT_QUIC_NAT_RELAY_LIFETIME", "300"),
         ],
     );
     let layered = text(&output.stdout);
@@ -194,6 +212,7 @@ fn environment_overrides_file() {
     assert!(layered.contains("level = \"debug\""), "{layered}");
     assert!(layered.contains("outputs = [\"stdout\", \"stderr\"]"), "{layered}");
     assert!(layered.contains("port = 8080"), "{layered}");
+    assert!(layered.contains("relay_lifetime = 300"), "{layered}");
 }
 
 /// The address the node really listens on comes from the file, then the environment, then the flag.

@@ -8,6 +8,7 @@
 //! - `--test` with one bootstrap: reachable, observed address, mapping unknown;
 //! - the signalling stream refuses a client without a certificate (`not_authenticated`),
 //!   answers a malformed frame with `malformed`, and rate-limits a flood (`rate_limited`, counted);
+//! - `--relay-lifetime` (`[nat] relay_lifetime`) is the lifetime a bootstrap grants;
 //! - a bootstrap with short relay lifetimes and small limits (started in this process) forwards
 //!   between the two ends of an allocation up to its rate and byte limits, drops and counts the
 //!   rest by reason, and removes the allocation when its lifetime ends;
@@ -134,13 +135,28 @@ fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
     let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("error:")).collect();
     ensure!(errors.len() == 1 && errors[0].contains("unknown_peer"), "{}", out.stderr);
 
-    // --test: reachable, observed address, mapping unknown with one bootstrap.
+    // --test: reachable, observed address, and the mapping from one bootstrap: its alternate port
+    // sees the same address (no NAT on loopback), so endpoint-independent.
     let out = one_shot(&dir, "tester", &["--bootstrap", &b_addr, "--test", "--json"])?;
     ensure!(out.status.success(), "--test failed: {}", out.stderr);
     let report: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
     assert_eq!(report["reachable"], true);
-    assert!(report["observed"].as_str().is_some_and(|o| o.starts_with("127.0.0.1:")), "{report}");
+    let observed = report["observed"].as_str().unwrap_or_default();
+    assert!(observed.starts_with("127.0.0.1:"), "{report}");
+    assert_eq!(report["bootstraps"][0]["observed_from_alternate"][0], observed, "{report}");
+    assert_eq!(report["mapping"], "endpoint-independent", "{report}");
+
+    // A bootstrap with its alternate port off: one bootstrap tells no mapping.
+    let mut cmd = Command::new(NODE_BIN);
+    cmd.env("ANT_QUIC_NAT_ALTERNATE_PORT", "0").args(["--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"]);
+    cmd.arg(dir.path().join("plain"));
+    let plain = NodeProcess::start(&mut cmd, dir.path())?;
+    let plain_addr = plain.addr.to_string();
+    let out = one_shot(&dir, "tester-plain", &["--bootstrap", &plain_addr, "--test", "--json"])?;
+    ensure!(out.status.success(), "--test failed: {}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
     assert!(report["mapping"].as_str().is_some_and(|m| m.starts_with("unknown")), "{report}");
+    assert_eq!(report["bootstraps"][0]["observed_from_alternate"], serde_json::json!([]), "{report}");
 
     dir.passed();
     Ok(())
@@ -284,7 +300,14 @@ fn the_signalling_stream_refuses_anonymous_malformed_and_flooding_clients() -> R
     // Authenticated: registered (observed address), and a malformed message is answered as such.
     let identity = Identity::ephemeral()?;
     let bad = vec![0u8, 4, 1, 0x7f, 0, 0]; // a 4-byte frame: version 1, unknown type 0x7f
-    let answers = signal(bootstrap.addr, Some(&identity), vec![bad, request(2)], |a| a.len() >= 3)?;
+    let answered = |a: &[Message]| {
+        error_codes(a).contains(&ErrorCode::Malformed) && error_codes(a).contains(&ErrorCode::UnknownPeer)
+    };
+    let answers = signal(bootstrap.addr, Some(&identity), vec![bad, request(2)], answered)?;
+    ensure!(
+        answers.iter().any(|m| matches!(m, Message::OtherAddress { .. })),
+        "no alternate address named: {answers:?}"
+    );
     ensure!(answers.iter().any(|m| matches!(m, Message::ObservedAddress { .. })), "{answers:?}");
     ensure!(error_codes(&answers).contains(&ErrorCode::Malformed), "{answers:?}");
     ensure!(error_codes(&answers).contains(&ErrorCode::UnknownPeer), "{answers:?}");
@@ -438,7 +461,11 @@ struct RelayPair {
 }
 
 fn relay_pair(bootstrap: &Server) -> Result<RelayPair> {
-    let addr = bootstrap.node.local_addr();
+    relay_pair_at(bootstrap.node.local_addr())
+}
+
+/// [`relay_pair`] with the bootstrap at `addr`.
+fn relay_pair_at(addr: SocketAddr) -> Result<RelayPair> {
     let (id_a, id_b) = (Identity::ephemeral()?, Identity::ephemeral()?);
     let mut b = Peer::open(addr, Some(&id_b), Vec::new())?;
     let registered = |a: &[Message]| a.iter().any(|m| matches!(m, Message::ObservedAddress { .. }));
@@ -457,6 +484,18 @@ fn relay_pair(bootstrap: &Server) -> Result<RelayPair> {
     let (channel, lifetime_s) = grant(&a.answers).context("a's grant")?;
     ensure!(grant(&b.answers) == Some((channel, lifetime_s)), "a and b were granted different channels");
     Ok(RelayPair { a, b, channel, lifetime_s, asked })
+}
+
+/// `[nat] relay_lifetime` (here its flag) is the lifetime a bootstrap grants.
+#[test]
+fn the_configured_relay_lifetime_is_granted() -> Result<()> {
+    let mut dir = TempDir::new("nat-relay-lifetime")?.keep_unless_passed();
+    let bootstrap = node(&dir, "bootstrap", &["--relay-lifetime", "42"])?;
+    let pair = relay_pair_at(bootstrap.addr)?;
+    assert_eq!(pair.lifetime_s, 42);
+    drop(pair);
+    dir.passed();
+    Ok(())
 }
 
 /// A relay frame on `channel`, `len` bytes in all (header included).

@@ -52,7 +52,7 @@ use ant_quic::nat::NatOptions;
 use ant_quic::node::{start_client, start_server_with, NodeOptions, Server};
 use ant_quic::quinn_proto::{ConnectError, ConnectionError, StreamId, VarInt};
 use ant_quic::tls::{self, ServerAuth, ServerSecurity, ALPN_ANT_QUIC};
-use ant_quic_control::nat::agent::PathKind;
+use ant_quic_control::nat::agent::{BootstrapSpec, PathKind};
 use ant_quic_control::nat::traversal::TraversalConfig;
 use anyhow::{bail, ensure, Context, Result};
 use common::tail;
@@ -904,7 +904,7 @@ impl Peer {
         let options = NodeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cores: Some(1),
-            nat: NatOptions { bootstraps: vec![bootstrap], traversal, ..Default::default() },
+            nat: NatOptions { bootstraps: vec![BootstrapSpec::unpinned(bootstrap)], traversal, ..Default::default() },
             ..Default::default()
         };
         Ok(Self(Some(start_server_with(&options, &ServerSecurity::default())?)))

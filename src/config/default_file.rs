@@ -16,7 +16,9 @@ listen = "0.0.0.0:9000"
 # data_dir = "/var/lib/ant-quic"
 # Serve the files of this directory over hq-interop.
 # www = "/srv/ant-quic/www"
-# Bootstrap peers, HOST:PORT.
+# Bootstrap peers, HOST:PORT, or PEER_ID@HOST:PORT to require that the bootstrap proves that peer
+# ID (its TLS certificate carries the key); the first one given coordinates --connect, the next
+# ones take a request over when it does not answer (--bootstrap, ANT_QUIC_NODE_BOOTSTRAP).
 bootstrap = []
 # Seconds a node taken over by `ant-quic --takeover` keeps serving its live connections before it
 # closes what is left with CONNECTION_CLOSE; 0 closes at once (--drain-timeout,
@@ -72,6 +74,9 @@ handshake_timeout = 10
 zero_rtt = false
 
 [nat]
+# Seconds a relay allocation this node grants (as a bootstrap) lives; the peers renew it at 80 %
+# while they use it. 10 to 86400 (--relay-lifetime, ANT_QUIC_NAT_RELAY_LIFETIME).
+relay_lifetime = 600
 # UDP port that answers peers' mapping discovery (RFC 5780's alternate port): with it, a peer that
 # has only this node as its bootstrap learns whether its NAT maps endpoint-independently, which
 # decides how hole punching to a symmetric NAT goes. Open it in the firewall like the listen port.

@@ -59,6 +59,8 @@ pub struct Overrides {
     pub bootstrap: Vec<String>,
     /// `--drain-timeout`.
     pub drain_timeout: Option<u64>,
+    /// `--relay-lifetime`.
+    pub relay_lifetime: Option<u64>,
 }
 
 /// A loaded, validated configuration.
@@ -363,6 +365,10 @@ fn apply_overrides(config: &mut Config, flags: &Overrides, origins: &mut HashMap
     if let Some(seconds) = flags.drain_timeout {
         config.node.drain_timeout = seconds;
         set("node.drain_timeout", "--drain-timeout");
+    }
+    if let Some(seconds) = flags.relay_lifetime {
+        config.nat.relay_lifetime = seconds;
+        set("nat.relay_lifetime", "--relay-lifetime");
     }
 }
 

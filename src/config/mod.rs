@@ -16,5 +16,7 @@ pub use loader::{load, load_text, Loaded, Loader, Overrides, RenamedKey, ENV_PRE
 pub use origin::ConfigError;
 pub use sections::{
     Backend, CompatibilitySection, Config, LogFormat, LogOutput, LogRotation, LoggingSection, MetricsSection,
-    NodeSection, SecuritySection, DEFAULT_DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT,
+    NatSection, NodeSection, SecuritySection, DEFAULT_DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT, MAX_RELAY_LIFETIME,
+    MIN_RELAY_LIFETIME,
 };
+pub use validate::split_bootstrap;

@@ -22,7 +22,7 @@ pub struct Config {
     pub logging: LoggingSection,
     /// `[security]`: TLS certificate and client certificates.
     pub security: SecuritySection,
-    /// `[nat]`: NAT traversal.
+    /// `[nat]`: NAT traversal (mapping discovery and relays, as a bootstrap).
     pub nat: NatSection,
     /// `[compatibility]`: keys from older versions.
     pub compatibility: CompatibilitySection,
@@ -267,9 +267,11 @@ impl SecuritySection {
 }
 
 /// `[nat]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatSection {
+    /// Seconds a relay allocation granted here lives; its peers renew it while they use it.
+    pub relay_lifetime: u64,
     /// UDP port that answers peers' mapping discovery (RFC 5780's alternate port), so that a peer
     /// with this one bootstrap can tell its NAT mapping. `None`: the listen port + 1 (any free port
     /// with listen port 0); 0: off.
@@ -279,6 +281,22 @@ pub struct NatSection {
     /// address: it also tells address-dependent mapping apart).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alternate_ip: Option<IpAddr>,
+}
+
+/// The shortest `[nat] relay_lifetime`: peers renew at 80 % of it, so it must outlast a few
+/// round trips on a slow path.
+pub const MIN_RELAY_LIFETIME: u64 = 10;
+/// The longest `[nat] relay_lifetime`: a day.
+pub const MAX_RELAY_LIFETIME: u64 = 86_400;
+
+impl Default for NatSection {
+    fn default() -> Self {
+        Self {
+            relay_lifetime: ant_quic_control::nat::coordinator::CoordinatorConfig::default().relay_lifetime.as_secs(),
+            alternate_port: None,
+            alternate_ip: None,
+        }
+    }
 }
 
 impl Config {

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 
 use super::origin::{ConfigError, Origin};
-use super::sections::{Config, LogOutput, MAX_DRAIN_TIMEOUT, MAX_HANDSHAKE_TIMEOUT};
+use super::sections::{
+    Config, LogOutput, MAX_DRAIN_TIMEOUT, MAX_HANDSHAKE_TIMEOUT, MAX_RELAY_LIFETIME, MIN_RELAY_LIFETIME,
+};
+use crate::identity::PeerId;
 use crate::logging::LoggingError;
 use crate::tls;
 
@@ -30,11 +33,18 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
             format!("[nat] alternate_port {listen} is the listen port: choose another port, or 0 to turn it off"),
         ));
     }
-    for peer in &config.node.bootstrap {
-        let ok = peer.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !ok {
-            return Err(fail("node.bootstrap", format!("[node] bootstrap: '{peer}' is not HOST:PORT")));
+    for entry in &config.node.bootstrap {
+        if let Err(why) = split_bootstrap(entry) {
+            return Err(fail("node.bootstrap", format!("[node] bootstrap: {why}")));
         }
+    }
+    if !(MIN_RELAY_LIFETIME..=MAX_RELAY_LIFETIME).contains(&config.nat.relay_lifetime) {
+        return Err(fail(
+            "nat.relay_lifetime",
+            format!(
+                "[nat] relay_lifetime must be between {MIN_RELAY_LIFETIME} and {MAX_RELAY_LIFETIME} seconds (a day)"
+            ),
+        ));
     }
     let level = config.logging.level.trim();
     let plain = !level.contains(['=', ',', '[', ':']);
@@ -105,4 +115,38 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
             .map_err(|e| fail("security.tls_key", format!("[security] tls_key: {e}")))?;
     }
     Ok(())
+}
+
+/// A `[node] bootstrap` entry, `HOST:PORT` (known by address only) or `PEER_ID@HOST:PORT` (pinned:
+/// its certificate must prove that peer ID): the pin, if any, and `HOST:PORT`; or why it is
+/// neither.
+pub fn split_bootstrap(entry: &str) -> Result<(Option<PeerId>, &str), String> {
+    let (peer, address) = match entry.split_once('@') {
+        Some((peer, address)) => match peer.parse::<PeerId>() {
+            Ok(peer) => (Some(peer), address),
+            Err(_) => return Err(format!("'{entry}': the peer ID '{peer}' is not 64 hex digits")),
+        },
+        None => (None, entry),
+    };
+    let ok = address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        return Err(format!("'{entry}' is not HOST:PORT or PEER_ID@HOST:PORT"));
+    }
+    Ok((peer, address))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_bootstrap;
+
+    #[test]
+    fn bootstrap_entries_are_host_port_with_an_optional_peer_id() {
+        let pin = "ab".repeat(32);
+        assert_eq!(split_bootstrap("boot.example:9000"), Ok((None, "boot.example:9000")));
+        let pinned = format!("{pin}@[::1]:9000");
+        assert_eq!(split_bootstrap(&pinned), Ok((Some(pin.parse().unwrap()), "[::1]:9000")));
+        assert!(split_bootstrap("abc@boot.example:9000").unwrap_err().contains("the peer ID 'abc'"));
+        assert!(split_bootstrap(&format!("{pin}@boot.example")).unwrap_err().contains("is not HOST:PORT"));
+        assert!(split_bootstrap("@boot.example:9000").is_err());
+    }
 }

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ant_quic_control::nat::agent::{
-    AgentAction, AgentEvent, ConnPurpose, NatAgent, NatStatus, PeerConnection, RequestId,
+    AgentAction, AgentEvent, BootstrapSpec, ConnPurpose, NatAgent, NatStatus, PeerConnection, RequestId,
 };
 use ant_quic_control::nat::coordinator::{Coordinator, CoordinatorConfig};
 use ant_quic_control::nat::traversal::{Traversal, TraversalConfig};
@@ -47,8 +47,9 @@ const ROUTE_CACHE: usize = 4096;
 /// What the traversal of a node is told at start.
 #[derive(Debug, Clone, Default)]
 pub struct NatOptions {
-    /// Bootstraps to register with.
-    pub bootstraps: Vec<SocketAddr>,
+    /// Bootstraps to register with, in the operator's order (the first coordinates), each pinned
+    /// by peer ID or known by address only.
+    pub bootstraps: Vec<BootstrapSpec>,
     /// Coordinator settings (when peers register here).
     pub coordinator: CoordinatorConfig,
     /// Traversal settings (for this node's own connections).
@@ -160,6 +161,7 @@ impl Nat {
                     .map(|b| {
                         serde_json::json!({
                             "address": b.address.to_string(),
+                            "peer_id": b.peer.map(|p| p.to_string()),
                             "registered": b.registered,
                             "observed": b.observed.map(|o| o.to_string()),
                             "rtt_ms": b.rtt.map(|r| r.as_secs_f64() * 1e3),
@@ -278,6 +280,12 @@ impl Driver {
             NatEvent::SignalClosed { conn } => AgentEvent::SignalClosed { conn },
             NatEvent::PathSample { conn, remote, rtt } => AgentEvent::PathSample { conn, remote, rtt },
             NatEvent::Connected { purpose, conn, remote, rtt } => AgentEvent::Connected { purpose, conn, remote, rtt },
+            NatEvent::Closed { purpose: ConnPurpose::Bootstrap(index), conn, reason }
+                if self.agent.status().bootstraps.get(index).is_some_and(|b| b.peer.is_some())
+                    && tls::is_certificate_refusal(&reason) =>
+            {
+                AgentEvent::BootstrapWrongPeer { index, conn, reason }
+            }
             NatEvent::Closed { purpose, conn, reason } => AgentEvent::Closed { purpose, conn, reason },
         };
         self.agent.handle(now, event);
@@ -287,10 +295,11 @@ impl Driver {
     fn execute(&mut self) {
         while let Some(action) = self.agent.poll_action() {
             match action {
-                AgentAction::OpenBootstrap { index, remote } => {
-                    // The bootstrap is known by address only; what it tells us is bound to this
-                    // connection.
-                    self.open(ConnPurpose::Bootstrap(index), remote, ServerAuth::Insecure);
+                AgentAction::OpenBootstrap { index, remote, peer } => {
+                    // A bootstrap pinned by peer ID must prove it; one known by address only is
+                    // not authenticated (what it tells us is bound to this connection).
+                    let auth = peer.map_or(ServerAuth::Insecure, ServerAuth::PeerId);
+                    self.open(ConnPurpose::Bootstrap(index), remote, auth);
                 }
                 AgentAction::DiscoverHostCandidates { bootstraps } => {
                     let addresses = host_candidates(&bootstraps, self.node.local_addr().port());

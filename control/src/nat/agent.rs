@@ -33,7 +33,7 @@ mod events;
 mod status;
 
 pub use events::{AgentAction, AgentEvent, ConnPurpose, RequestId, SignalRole};
-pub use status::{BootstrapStatus, NatStatus, PathKind, PeerConnection};
+pub use status::{BootstrapSpec, BootstrapStatus, NatStatus, PathKind, PeerConnection};
 
 /// How often the cores report the signalling connections' addresses and RTTs.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -61,6 +61,8 @@ const PROBE_OUTBOX: usize = 4096;
 
 struct Bootstrap {
     address: SocketAddr,
+    /// The peer ID its certificate must prove, when pinned.
+    peer: Option<PeerId>,
     /// The connection registered there (during a handover, the old one until the new one is
     /// confirmed).
     conn: Option<ConnId>,
@@ -159,14 +161,14 @@ impl NatAgent {
     pub fn new(
         now: Instant,
         local_peer: PeerId,
-        bootstraps: &[SocketAddr],
+        bootstraps: &[BootstrapSpec],
         coordinator: Coordinator,
         traversal: Traversal,
     ) -> Self {
         let status = NatStatus {
             bootstraps: bootstraps
                 .iter()
-                .map(|&address| BootstrapStatus { address, ..BootstrapStatus::default() })
+                .map(|spec| BootstrapStatus { address: spec.address, peer: spec.peer, ..BootstrapStatus::default() })
                 .collect(),
             ..NatStatus::default()
         };
@@ -176,8 +178,9 @@ impl NatAgent {
             traversal,
             bootstraps: bootstraps
                 .iter()
-                .map(|&address| Bootstrap {
-                    address,
+                .map(|spec| Bootstrap {
+                    address: spec.address,
+                    peer: spec.peer,
                     conn: None,
                     reconnect_at: Some(now),
                     delay: FIRST_RECONNECT_DELAY,
@@ -318,6 +321,9 @@ impl NatAgent {
             AgentEvent::Closed { purpose: ConnPurpose::Bootstrap(index), conn, reason } => {
                 self.bootstrap_closed(now, index, conn, reason);
             }
+            AgentEvent::BootstrapWrongPeer { index, conn, reason } => {
+                self.bootstrap_wrong_peer(now, index, conn, reason)
+            }
             AgentEvent::Closed { purpose: ConnPurpose::Attempt(attempt), reason, .. } => {
                 if self.live.remove(&attempt) {
                     tracing::debug!(attempt, %reason, "traversal connection closed");
@@ -387,9 +393,10 @@ impl NatAgent {
             self.requested.clear();
         }
         self.requested.insert(target, now);
-        // The first bootstrap given (and connected) coordinates.
-        let preferred = self.bootstraps.iter().find_map(|b| b.conn).map(session_of);
-        match self.traversal.connect_via(now, target, preferred) {
+        // The first bootstrap given (and connected) coordinates; when it does not answer, the
+        // next one in the order given takes the request over.
+        let order: Vec<SessionId> = self.bootstraps.iter().filter_map(|b| b.conn).map(session_of).collect();
+        match self.traversal.connect_via(now, target, &order) {
             Ok(attempt) => {
                 // A request for a peer already being reached takes the attempt over.
                 if let Some(earlier) = self.attempts.insert(attempt, Attempt { request, conn: None }) {
@@ -423,7 +430,8 @@ impl NatAgent {
     fn connect_bootstrap(&mut self, index: usize) {
         let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
         bootstrap.reconnect_at = None;
-        self.actions.push_back(AgentAction::OpenBootstrap { index, remote: bootstrap.address });
+        let (remote, peer) = (bootstrap.address, bootstrap.peer);
+        self.actions.push_back(AgentAction::OpenBootstrap { index, remote, peer });
         // Host candidates: the address this host would use toward each bootstrap, with our port.
         let bootstraps = self.bootstraps.iter().map(|b| b.address).collect();
         self.actions.push_back(AgentAction::DiscoverHostCandidates { bootstraps });
@@ -434,7 +442,8 @@ impl NatAgent {
     fn open_replacement(&mut self, index: usize) {
         let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
         bootstrap.handover = Some(Handover::Connecting);
-        self.actions.push_back(AgentAction::OpenBootstrap { index, remote: bootstrap.address });
+        let (remote, peer) = (bootstrap.address, bootstrap.peer);
+        self.actions.push_back(AgentAction::OpenBootstrap { index, remote, peer });
     }
 
     fn bootstrap_connected(&mut self, index: usize, conn: ConnId, remote: SocketAddr, rtt: Duration) {
@@ -448,6 +457,7 @@ impl NatAgent {
         bootstrap.delay = FIRST_RECONNECT_DELAY;
         self.update_bootstrap_status(index, |entry| {
             entry.registered = true;
+            entry.wrong_peer = false;
             entry.rtt = Some(rtt);
             entry.last_error = None;
         });
@@ -516,6 +526,25 @@ impl NatAgent {
                 self.bootstrap_failed(now, index, reason);
             }
         }
+    }
+
+    /// A connection to pinned bootstrap `index` was refused: its certificate proves another peer.
+    /// Handled as any failure (reconnect with backoff), with a reason that names the pin.
+    fn bootstrap_wrong_peer(&mut self, now: Instant, index: usize, conn: Option<ConnId>, reason: String) {
+        let Some(bootstrap) = self.bootstraps.get(index) else { return };
+        let (address, pin) = (bootstrap.address, bootstrap.peer);
+        let message = match pin {
+            Some(pin) => format!("the bootstrap at {address} is not peer {pin}"),
+            None => reason.clone(),
+        };
+        tracing::warn!(bootstrap = %address, %reason, "{message}");
+        self.bootstrap_closed(now, index, conn, message.clone());
+        self.update_bootstrap_status(index, |entry| {
+            if !entry.registered {
+                entry.wrong_peer = true;
+                entry.last_error = Some(message);
+            }
+        });
     }
 
     fn bootstrap_failed(&mut self, now: Instant, index: usize, reason: String) {
@@ -694,6 +723,9 @@ impl NatAgent {
                     _ => Err(reason.unwrap_or_else(|| format!("no path to {peer}"))),
                 };
                 self.actions.push_back(AgentAction::Reply { request: entry.request, result });
+            }
+            TraversalEvent::Rerouted { peer, from, to, reason, .. } => {
+                tracing::warn!(%peer, bootstrap = %from, next = %to, "{reason}: connection request retried through {to}");
             }
             TraversalEvent::Upgraded { peer, address, .. } => {
                 // This node's own request to that peer, if it made one (not on the responder).

@@ -55,8 +55,10 @@ struct NodeArgs {
     /// Log level or filter (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
-    /// Register with this bootstrap node (repeatable; replaces `[node] bootstrap`).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Register with this bootstrap node (repeatable; replaces `[node] bootstrap`). With
+    /// PEER_ID@, its certificate must prove that peer ID. The first one coordinates --connect; the
+    /// next one takes the request over when it does not answer.
+    #[arg(long, value_name = "[PEER_ID@]HOST:PORT")]
     bootstrap: Vec<String>,
     /// Reach this peer through the bootstrap (direct when possible, relayed otherwise), report
     /// the path and exit.
@@ -83,6 +85,9 @@ struct NodeArgs {
     /// them (default 60; 0: at once).
     #[arg(long, value_name = "SECONDS")]
     drain_timeout: Option<u64>,
+    /// Seconds a relay allocation this node grants as a bootstrap lives (default 600).
+    #[arg(long, value_name = "SECONDS")]
+    relay_lifetime: Option<u64>,
 }
 
 impl NodeArgs {
@@ -110,6 +115,7 @@ impl NodeArgs {
                 log_level: self.log_level.clone(),
                 bootstrap: self.bootstrap.clone(),
                 drain_timeout: self.drain_timeout,
+                relay_lifetime: self.relay_lifetime,
             },
         }
     }

@@ -8,20 +8,23 @@ use std::time::{Duration, Instant};
 use ant_quic::identity::PeerId;
 use ant_quic::node::{start_server_with, NodeOptions};
 use ant_quic::Error;
-use ant_quic_control::nat::agent::PathKind;
+use ant_quic_control::nat::agent::{BootstrapSpec, BootstrapStatus, PathKind};
 
 use crate::NodeArgs;
 
-/// `[node] bootstrap` / `--bootstrap` entries resolved to addresses (the first address of each).
-pub(crate) fn resolve_bootstraps(entries: &[String]) -> Result<Vec<SocketAddr>, String> {
+/// `[node] bootstrap` / `--bootstrap` entries (`[PEER_ID@]HOST:PORT`) resolved to addresses (the
+/// first address of each), with their pins.
+pub(crate) fn resolve_bootstraps(entries: &[String]) -> Result<Vec<BootstrapSpec>, String> {
     entries
         .iter()
         .map(|entry| {
-            entry
+            let (peer, host_port) = ant_quic::config::split_bootstrap(entry)?;
+            let address = host_port
                 .to_socket_addrs()
-                .map_err(|e| format!("bootstrap '{entry}' cannot be resolved: {e}; give HOST:PORT"))?
+                .map_err(|e| format!("bootstrap '{entry}' cannot be resolved: {e}; give [PEER_ID@]HOST:PORT"))?
                 .next()
-                .ok_or_else(|| format!("bootstrap '{entry}' has no address"))
+                .ok_or_else(|| format!("bootstrap '{entry}' has no address"))?;
+            Ok(BootstrapSpec { address, peer })
         })
         .collect()
 }
@@ -70,7 +73,8 @@ enum Registered {
     All,
 }
 
-/// Wait until `enough` bootstraps told us our observed address, or the deadline.
+/// Wait until `enough` bootstraps told us our observed address, or the deadline. A pinned
+/// bootstrap that proved another peer ID will not tell: it counts as done (and failed).
 fn wait_registered(
     nat: &ant_quic::nat::Nat,
     enough: Registered,
@@ -78,12 +82,13 @@ fn wait_registered(
 ) -> ant_quic_control::nat::agent::NatStatus {
     loop {
         let status = nat.status();
-        // Observed, and its alternate addresses answered (or were given up on).
-        let observed = |b: &ant_quic_control::nat::agent::BootstrapStatus| b.observed.is_some() && !b.discovering;
+        // Observed (and its alternate addresses answered, or were given up on), or refused.
+        let observed = |b: &BootstrapStatus| b.observed.is_some() && !b.discovering;
+        let settled = |b: &BootstrapStatus| observed(b) || b.wrong_peer;
         let done = match enough {
-            Registered::Any => status.bootstraps.iter().any(observed),
-            Registered::First => status.bootstraps.first().is_some_and(observed),
-            Registered::All => status.bootstraps.iter().all(observed),
+            Registered::Any => status.bootstraps.iter().any(observed) || status.bootstraps.iter().all(|b| b.wrong_peer),
+            Registered::First => status.bootstraps.first().is_some_and(settled),
+            Registered::All => status.bootstraps.iter().all(settled),
         };
         if done || Instant::now() >= deadline {
             return status;
@@ -96,6 +101,11 @@ fn wait_registered(
 const FIRST_BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 
 fn unreachable_reason(status: &ant_quic_control::nat::agent::NatStatus, waited: Duration) -> String {
+    if status.bootstraps.iter().all(|b| b.wrong_peer) {
+        // Reached, but not who the pins say: each reason names the address and the peer ID.
+        let reasons: Vec<&str> = status.bootstraps.iter().filter_map(|b| b.last_error.as_deref()).collect();
+        return format!("{}; check the peer ID given with the bootstrap", reasons.join("; "));
+    }
     let reasons: Vec<String> = status
         .bootstraps
         .iter()
@@ -226,6 +236,7 @@ fn connectivity_test(server: &ant_quic::node::Server, args: &NodeArgs, deadline:
         .map(|b| {
             serde_json::json!({
                 "address": b.address.to_string(),
+                "peer_id": b.peer.map(|p| p.to_string()),
                 "reachable": b.observed.is_some(),
                 "observed": b.observed.map(|o| o.to_string()),
                 "observed_from_alternate": b.discovered.iter().map(ToString::to_string).collect::<Vec<_>>(),

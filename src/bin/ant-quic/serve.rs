@@ -12,6 +12,7 @@ use ant_quic::node::{start_server_with, NodeOptions};
 use ant_quic::takeover::{Incumbent, Lineage, Successor, Takeover};
 use ant_quic::Error;
 use ant_quic_control::admin::PreviousGeneration;
+use ant_quic_control::nat::coordinator::CoordinatorConfig;
 use ant_quic_control::{AdminServer, AdminView};
 
 use crate::peer::{one_shot, resolve_bootstraps};
@@ -55,7 +56,15 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
         data_dir: Some(config.data_dir()),
         www: config.node.www.clone(),
         cpus: None,
-        nat: ant_quic::nat::NatOptions { bootstraps, alternate: config.alternate(), ..Default::default() },
+        nat: ant_quic::nat::NatOptions {
+            bootstraps,
+            coordinator: CoordinatorConfig {
+                relay_lifetime: Duration::from_secs(config.nat.relay_lifetime),
+                ..CoordinatorConfig::default()
+            },
+            alternate: config.alternate(),
+            ..Default::default()
+        },
         join: None,
         admission: config.security.admission(),
     };

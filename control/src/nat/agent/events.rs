@@ -78,6 +78,9 @@ pub enum AgentEvent<'a> {
     /// A connection the agent asked for failed or ended (`conn`: `None` when it never started).
     /// Several connections may have one purpose: a bootstrap's old and new one in a handover.
     Closed { purpose: ConnPurpose, conn: Option<ConnId>, reason: String },
+    /// The connection to pinned bootstrap `index` failed because its certificate does not prove
+    /// the pinned peer ID (`reason`: the TLS error). Told instead of [`AgentEvent::Closed`].
+    BootstrapWrongPeer { index: usize, conn: Option<ConnId>, reason: String },
     /// A datagram carrying the probe marker arrived on the node socket.
     ProbeDatagram { from: SocketAddr, bytes: &'a [u8] },
     /// A probe datagram arrived on extra socket `socket` of many-probe round `token`.
@@ -95,9 +98,11 @@ pub enum AgentEvent<'a> {
 /// What the driver must do, from [`NatAgent::poll_action`](super::NatAgent::poll_action).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAction {
-    /// Open a connection to bootstrap `index` at `remote`. It is known by address only (no server
-    /// authentication); what it tells us is bound to this connection. Tag: [`ConnPurpose::tag`].
-    OpenBootstrap { index: usize, remote: SocketAddr },
+    /// Open a connection to bootstrap `index` at `remote`. Pinned (`peer`), its certificate must
+    /// prove that peer ID (a refusal is told as [`AgentEvent::BootstrapWrongPeer`]); otherwise it
+    /// is known by address only, and what it tells us is bound to this connection. Tag:
+    /// [`ConnPurpose::tag`].
+    OpenBootstrap { index: usize, remote: SocketAddr, peer: Option<PeerId> },
     /// Learn this host's address toward each of `bootstraps` and tell
     /// [`AgentEvent::HostCandidates`].
     DiscoverHostCandidates { bootstraps: Vec<SocketAddr> },

@@ -9,6 +9,23 @@ use ant_quic_dataplane::ConnId;
 use crate::nat::candidate::Mapping;
 use crate::PeerId;
 
+/// A bootstrap as the operator named it: `HOST:PORT` (known by address only) or
+/// `PEERID@HOST:PORT` (pinned: its certificate must prove that peer ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootstrapSpec {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The peer ID it must prove, when pinned.
+    pub peer: Option<PeerId>,
+}
+
+impl BootstrapSpec {
+    /// A bootstrap known by address only.
+    pub fn unpinned(address: SocketAddr) -> Self {
+        Self { address, peer: None }
+    }
+}
+
 /// Which path a connection to a peer took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathKind {
@@ -46,6 +63,11 @@ pub struct PeerConnection {
 pub struct BootstrapStatus {
     /// Its address.
     pub address: SocketAddr,
+    /// The peer ID it must prove, when pinned.
+    pub peer: Option<PeerId>,
+    /// Its last connection was refused because its certificate proves another peer ID than
+    /// `peer` (it stays refused until a connection proves the pinned one).
+    pub wrong_peer: bool,
     /// Where its alternate addresses (OTHER_ADDRESS) see us.
     pub discovered: Vec<SocketAddr>,
     /// Still waiting for an answer from one of its alternate addresses.
@@ -64,6 +86,8 @@ impl Default for BootstrapStatus {
     fn default() -> Self {
         Self {
             address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            peer: None,
+            wrong_peer: false,
             discovered: Vec::new(),
             discovering: false,
             registered: false,

@@ -25,7 +25,8 @@ fn ms(n: u64) -> Duration {
 
 fn agent_with(now: Instant, bootstraps: &[SocketAddr], traversal: TraversalConfig) -> NatAgent {
     let coordinator = Coordinator::new(CoordinatorConfig::default(), 1);
-    NatAgent::new(now, ME, bootstraps, coordinator, Traversal::new(traversal, 2))
+    let specs: Vec<BootstrapSpec> = bootstraps.iter().map(|&address| BootstrapSpec::unpinned(address)).collect();
+    NatAgent::new(now, ME, &specs, coordinator, Traversal::new(traversal, 2))
 }
 
 fn agent(now: Instant, bootstraps: &[SocketAddr]) -> NatAgent {
@@ -336,4 +337,130 @@ fn a_second_request_for_the_same_peer_takes_the_attempt_over() {
     let second = actions(&mut agent);
     assert!(second.contains(&AgentAction::Abandon { request: 1 }), "{second:?}");
     assert!(connect_requests(&second).is_empty(), "one attempt per peer");
+}
+
+/// Two bootstraps, both registered and observing us; returns the agent after the connect request
+/// went to the first one (conn 1), at `start`.
+fn requested_through_the_first(start: Instant) -> (NatAgent, [SocketAddr; 2]) {
+    let bootstraps = [addr("192.0.2.1:9000"), addr("192.0.2.2:9000")];
+    let mut agent = agent(start, &bootstraps);
+    agent.handle_timeout(start);
+    for (index, &bootstrap) in bootstraps.iter().enumerate() {
+        register(&mut agent, start, index, conn(index + 1), bootstrap);
+        observe(&mut agent, start, conn(index + 1), 1, addr("203.0.113.1:5000"));
+    }
+    actions(&mut agent);
+    agent.handle(start, AgentEvent::Connect { request: 5, target: OTHER });
+    assert_eq!(connect_requests(&actions(&mut agent)), [conn(1)], "the first bootstrap coordinates");
+    (agent, bootstraps)
+}
+
+fn replies(actions: &[AgentAction]) -> Vec<&AgentAction> {
+    actions.iter().filter(|a| matches!(a, AgentAction::Reply { .. })).collect()
+}
+
+#[test]
+fn a_request_the_first_bootstrap_does_not_answer_goes_to_the_next_one() {
+    let start = Instant::now();
+    let (mut agent, _) = requested_through_the_first(start);
+    let answer_timeout = TraversalConfig::default().answer_timeout;
+
+    agent.handle_timeout(start + answer_timeout - ms(1));
+    assert!(connect_requests(&actions(&mut agent)).is_empty(), "moved on before the answer timeout");
+    agent.handle_timeout(start + answer_timeout);
+    let moved = actions(&mut agent);
+    assert_eq!(connect_requests(&moved), [conn(2)], "{moved:?}");
+    assert!(replies(&moved).is_empty(), "the caller got an answer before the second bootstrap was asked");
+
+    // The second one coordinates: its PUNCH_ME_NOW starts the punch (a late one from the first
+    // is not for this request any more).
+    let request = signals(&moved)
+        .into_iter()
+        .find_map(|(_, m)| if let Message::ConnectRequest { request, .. } = m { Some(request) } else { None })
+        .unwrap();
+    let now = start + answer_timeout + ms(5);
+    let candidates = vec![Candidate {
+        kind: CandidateKind::ServerReflexive,
+        priority: priority(CandidateKind::ServerReflexive, 1),
+        address: addr("198.51.100.7:40000"),
+    }];
+    let punch = Message::PunchMeNow {
+        round: 1,
+        request,
+        peer: OTHER,
+        role: PunchRole::Initiator,
+        flags: 0,
+        start_in_ms: 0,
+        token: [3; 16],
+        candidates,
+    };
+    agent.handle(now, AgentEvent::Signal { conn: conn(2), message: punch });
+    agent.handle_timeout(now);
+    let punching = actions(&mut agent);
+    assert!(probes(&punching).iter().any(|(to, _)| *to == addr("198.51.100.7:40000")), "{punching:?}");
+}
+
+#[test]
+fn a_request_whose_bootstrap_is_lost_goes_to_the_next_one_at_once() {
+    let start = Instant::now();
+    let (mut agent, _) = requested_through_the_first(start);
+    let now = start + ms(100);
+    let reason = "idle timeout".to_owned();
+    agent.handle(now, AgentEvent::Closed { purpose: ConnPurpose::Bootstrap(0), conn: Some(conn(1)), reason });
+    agent.handle(now, AgentEvent::SignalClosed { conn: conn(1) });
+    let moved = actions(&mut agent);
+    assert_eq!(connect_requests(&moved), [conn(2)], "{moved:?}");
+    assert!(replies(&moved).is_empty(), "{moved:?}");
+}
+
+#[test]
+fn each_bootstrap_is_asked_once_then_the_caller_gets_the_error() {
+    let start = Instant::now();
+    let (mut agent, bootstraps) = requested_through_the_first(start);
+    let answer_timeout = TraversalConfig::default().answer_timeout;
+    agent.handle_timeout(start + answer_timeout);
+    assert_eq!(connect_requests(&actions(&mut agent)), [conn(2)]);
+
+    // The first bootstrap comes back on a new connection meanwhile: it was asked already.
+    let now = start + answer_timeout + ms(10);
+    let reason = "lost".to_owned();
+    agent.handle(now, AgentEvent::Closed { purpose: ConnPurpose::Bootstrap(0), conn: Some(conn(1)), reason });
+    agent.handle(now, AgentEvent::SignalClosed { conn: conn(1) });
+    register(&mut agent, now, 0, conn(3), bootstraps[0]);
+    actions(&mut agent);
+
+    agent.handle_timeout(start + answer_timeout * 2);
+    let end = actions(&mut agent);
+    assert!(connect_requests(&end).is_empty(), "asked a bootstrap twice: {end:?}");
+    let result = Err("the bootstrap did not answer in time".to_owned());
+    assert_eq!(replies(&end), [&AgentAction::Reply { request: 5, result }]);
+}
+
+#[test]
+fn a_pinned_bootstrap_is_opened_with_its_peer_id_and_a_wrong_one_is_named() {
+    let start = Instant::now();
+    let bootstrap = addr("192.0.2.1:9000");
+    let pin = PeerId([0x33; 32]);
+    let coordinator = Coordinator::new(CoordinatorConfig::default(), 1);
+    let traversal = Traversal::new(TraversalConfig::default(), 2);
+    let specs = [BootstrapSpec { address: bootstrap, peer: Some(pin) }];
+    let mut agent = NatAgent::new(start, ME, &specs, coordinator, traversal);
+    agent.handle_timeout(start);
+    let first = actions(&mut agent);
+    assert!(first.contains(&AgentAction::OpenBootstrap { index: 0, remote: bootstrap, peer: Some(pin) }), "{first:?}");
+    assert_eq!(agent.status().bootstraps[0].peer, Some(pin));
+
+    let reason = "the cryptographic handshake failed: error 49: invalid peer certificate".to_owned();
+    agent.handle(start, AgentEvent::BootstrapWrongPeer { index: 0, conn: Some(conn(1)), reason });
+    let status = &agent.status().bootstraps[0];
+    assert!(status.wrong_peer && !status.registered);
+    let expected = format!("the bootstrap at 192.0.2.1:9000 is not peer {pin}");
+    assert_eq!(status.last_error.as_deref(), Some(expected.as_str()));
+
+    // Tried again as after any failure; a connection that proves the pin clears it.
+    agent.handle_timeout(start + FIRST_RECONNECT_DELAY);
+    assert_eq!(opened(&actions(&mut agent)), [0]);
+    register(&mut agent, start + FIRST_RECONNECT_DELAY, 0, conn(2), bootstrap);
+    let status = &agent.status().bootstraps[0];
+    assert!(!status.wrong_peer && status.last_error.is_none());
 }

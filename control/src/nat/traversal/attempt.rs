@@ -36,6 +36,10 @@ pub(super) struct Attempt {
     /// A background retry of punching for a relayed peer: it ends quietly, and success moves the
     /// relay path instead of opening a connection.
     pub(super) upgrade: bool,
+    /// The bootstraps to coordinate through, in the operator's order.
+    pub(super) order: Vec<SessionId>,
+    /// The addresses of the bootstraps asked so far, the current one last.
+    pub(super) tried: Vec<SocketAddr>,
 }
 
 impl Traversal {
@@ -50,6 +54,7 @@ impl Traversal {
         self.next_attempt += 1;
         let request = self.fresh_request();
         let deadline = now + self.config.answer_timeout;
+        let tried = self.bootstraps.get(&session).map(|b| b.address).into_iter().collect();
         self.attempts.insert(
             id,
             Attempt {
@@ -60,6 +65,8 @@ impl Traversal {
                 started: now,
                 phase: Phase::AwaitingPunch { deadline },
                 upgrade,
+                order: Vec::new(),
+                tried,
             },
         );
         self.signal(session, Message::ConnectRequest { request, target });
@@ -86,6 +93,41 @@ impl Traversal {
             state.phase = Phase::AwaitingRelay { deadline };
         }
         self.signal(session, Message::RelayRequest { request, target: peer });
+    }
+
+    /// The first connected bootstrap of `order`, else any connected one, whose address is not in
+    /// `tried`.
+    pub(super) fn next_bootstrap(&self, order: &[SessionId], tried: &[SocketAddr]) -> Option<SessionId> {
+        let untried = |session: &SessionId| self.bootstraps.get(session).is_some_and(|b| !tried.contains(&b.address));
+        order.iter().copied().find(untried).or_else(|| self.bootstraps.keys().copied().find(untried))
+    }
+
+    /// The bootstrap coordinating `attempt` did not answer in time, or was lost (`why`): the same
+    /// request (a fresh number) goes to the next bootstrap not yet tried, which starts it over
+    /// with a CONNECT_REQUEST (a relay, too, needs both peers registered where it is asked). Each
+    /// bootstrap address is asked once per attempt; with none left, the attempt fails.
+    pub(super) fn fail_over(&mut self, now: Instant, attempt: AttemptId, why: &str) {
+        let Some(state) = self.attempts.get(&attempt) else { return };
+        let next = if state.upgrade { None } else { self.next_bootstrap(&state.order, &state.tried) };
+        let (Some(next), Some(&from)) = (next, state.tried.last()) else {
+            self.fail(now, attempt, why.to_owned());
+            return;
+        };
+        let Some(to) = self.bootstraps.get(&next).map(|b| b.address) else { return };
+        let request = self.fresh_request();
+        let deadline = now + self.config.answer_timeout;
+        let Some(state) = self.attempts.get_mut(&attempt) else { return };
+        let (previous, peer) = (std::mem::replace(&mut state.phase, Phase::AwaitingPunch { deadline }), state.peer);
+        state.session = next;
+        state.request = request;
+        state.connect_request = request;
+        state.tried.push(to);
+        if let Phase::Punching { token } = previous {
+            self.stop_probing(token);
+        }
+        self.signal(next, Message::ConnectRequest { request, target: peer });
+        let reason = why.to_owned();
+        self.events.push_back(TraversalEvent::Rerouted { attempt, peer, from, to, reason });
     }
 
     pub(super) fn fail(&mut self, now: Instant, attempt: AttemptId, reason: String) {

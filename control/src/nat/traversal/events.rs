@@ -189,6 +189,20 @@ pub enum TraversalEvent {
         /// How long to wait before connecting again.
         delay: Duration,
     },
+    /// The bootstrap coordinating the attempt to `peer` did not answer in time or was lost
+    /// (`reason`): the same request went to the next registered bootstrap.
+    Rerouted {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Its target.
+        peer: PeerId,
+        /// The bootstrap that failed.
+        from: SocketAddr,
+        /// The bootstrap that has the request now.
+        to: SocketAddr,
+        /// What went wrong with `from`.
+        reason: String,
+    },
     /// The relayed connection to `peer` now runs directly to `address`.
     Upgraded {
         /// The peer.

@@ -24,8 +24,9 @@
 //! the addresses the other bootstraps observed, so that they can tell.
 //!
 //! This module is the traversal's public face; the work is split by responsibility: `attempt`
-//! (an attempt's lifecycle), `candidates` (this peer's own candidates), `round` (punch rounds),
-//! `spray` (many-probe rounds), `relay` (relay paths) and `upgrade` (relayed to direct).
+//! (an attempt's lifecycle, failover to another bootstrap), `candidates` (this peer's own
+//! candidates), `round` (punch rounds), `spray` (many-probe rounds), `relay` (relay paths),
+//! `upgrade` (relayed to direct) and `stats` (counters).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -51,7 +52,10 @@ mod events;
 mod relay;
 mod round;
 mod spray;
+mod stats;
 mod upgrade;
+
+pub use stats::TraversalStats;
 
 #[cfg(test)]
 mod tests;
@@ -104,35 +108,6 @@ impl Default for TraversalConfig {
             spray_guesses: 256,
         }
     }
-}
-
-/// Counters of a traversal, for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TraversalStats {
-    /// Probes sent (acks not included).
-    pub probes_sent: u64,
-    /// Probes received with a known token (and answered).
-    pub probes_received: u64,
-    /// Acks received for probes this peer sent.
-    pub probes_acked: u64,
-    /// Probe datagrams whose token matches no current round (ignored).
-    pub unknown_token: u64,
-    /// Attempts that connected directly.
-    pub attempts_direct: u64,
-    /// Attempts that connected through the relay.
-    pub attempts_relayed: u64,
-    /// Attempts that failed.
-    pub attempts_failed: u64,
-    /// Relayed connections moved to a direct path.
-    pub upgrades: u64,
-    /// Rounds that sprayed from extra sockets (this side behind endpoint-dependent mapping).
-    pub spray_rounds: u64,
-    /// Probes sent from extra sockets.
-    pub spray_probes_sent: u64,
-    /// Probes sent to guessed ports (the other side behind endpoint-dependent mapping).
-    pub guesses_sent: u64,
-    /// Rounds whose path was found by an extra socket.
-    pub spray_wins: u64,
 }
 
 /// Why [`Traversal::connect`] could not start.
@@ -241,7 +216,7 @@ impl Traversal {
             .map(|(id, _)| *id)
             .collect();
         for attempt in stranded {
-            self.fail(now, attempt, "the bootstrap connection was lost".to_owned());
+            self.fail_over(now, attempt, "the bootstrap connection was lost");
         }
         let lost: Vec<PeerId> = self
             .relay_paths
@@ -325,25 +300,28 @@ impl Traversal {
     /// with [`TraversalEvent::AttemptFinished`]. An attempt to the same target already under way is
     /// returned instead of starting a second one.
     pub fn connect(&mut self, now: Instant, target: PeerId) -> Result<AttemptId, TraversalError> {
-        self.connect_via(now, target, None)
+        self.connect_via(now, target, &[])
     }
 
-    /// [`Traversal::connect`], coordinated by bootstrap `preferred` when it is connected (the
-    /// operator's first choice), by another connected one otherwise.
+    /// [`Traversal::connect`], coordinated by the first connected bootstrap of `order` (the
+    /// operator's order), by another connected one otherwise. When that one does not answer in
+    /// time or is lost, the request moves to the next one not yet tried (see
+    /// [`TraversalEvent::Rerouted`]).
     pub fn connect_via(
         &mut self,
         now: Instant,
         target: PeerId,
-        preferred: Option<SessionId>,
+        order: &[SessionId],
     ) -> Result<AttemptId, TraversalError> {
         if let Some((id, _)) = self.attempts.iter().find(|(_, a)| a.peer == target && !a.upgrade) {
             return Ok(*id);
         }
-        let session = preferred
-            .filter(|s| self.bootstraps.contains_key(s))
-            .or_else(|| self.bootstraps.keys().next().copied())
-            .ok_or(TraversalError::NoBootstrap)?;
-        Ok(self.start_attempt(now, session, target, false))
+        let session = self.next_bootstrap(order, &[]).ok_or(TraversalError::NoBootstrap)?;
+        let attempt = self.start_attempt(now, session, target, false);
+        if let Some(state) = self.attempts.get_mut(&attempt) {
+            state.order = order.to_vec();
+        }
+        Ok(attempt)
     }
 
     /// A signalling message from bootstrap `session`.
@@ -567,7 +545,7 @@ impl Traversal {
             .map(|(id, _)| *id)
             .collect();
         for attempt in overdue {
-            self.fail(now, attempt, "the bootstrap did not answer in time".to_owned());
+            self.fail_over(now, attempt, "the bootstrap did not answer in time");
         }
 
         let tokens: Vec<[u8; 16]> = self.rounds.keys().copied().collect();

@@ -42,7 +42,7 @@ fn pinned(node: &NodeProcess) -> String {
 fn health_until(node: &NodeProcess, done: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, body) = http_get(node.addr, "/health");
+        let (status, body) = http_get(node.admin()?, "/health");
         let json: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("{status} {body}"))?;
         if done(&json) {
             return Ok(json);
@@ -181,7 +181,7 @@ fn a_connect_moves_to_the_second_bootstrap_when_the_first_stops_answering() -> R
     // The second bootstrap coordinated the punch (its counters are published once a second).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, metrics) = http_get(second.addr, "/metrics");
+        let (_, metrics) = http_get(second.admin()?, "/metrics");
         if sample(&metrics, "nat_punches_coordinated_total").is_some_and(|v| v >= 1.0) {
             break;
         }

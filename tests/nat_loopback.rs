@@ -53,7 +53,7 @@ fn one_shot(dir: &TempDir, name: &str, args: &[&str]) -> Result<common::Finished
 }
 
 fn admin(node: &NodeProcess) -> SocketAddr {
-    node.addr
+    node.admin().unwrap()
 }
 
 /// Scrape `node` until `done` holds.

@@ -120,7 +120,7 @@ fn node(dir: &TempDir, name: &str, extra: &[&str]) -> Result<NodeProcess> {
     let node = NodeProcess::start(&mut cmd, &logs)?;
     // The admin listener comes up right after the `listening on` line.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while http_get(node.addr, "/health").0 != 200 {
+    while http_get(node.admin()?, "/health").0 != 200 {
         ensure!(Instant::now() < deadline, "{name}: /health never answered 200");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -218,7 +218,7 @@ fn nat_success_rate_comes_from_the_metrics_here_and_over_ssh() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while sample(&http_get(bootstrap.addr, "/metrics").1, "nat_traversal_success_rate") != Some(1.0) {
+    while sample(&http_get(bootstrap.admin()?, "/metrics").1, "nat_traversal_success_rate") != Some(1.0) {
         ensure!(Instant::now() < deadline, "the bootstrap never counted the traversal");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -129,10 +129,11 @@ impl Metrics {
         out.family(
             "nat_many_probe_rounds_total",
             "counter",
-            "Many-probe (birthday) rounds this node sprayed from extra sockets, and those an extra socket won.",
+            "Many-probe (birthday) rounds this node sprayed from extra sockets, those an extra socket won, and two-sided rounds (both peers behind endpoint-dependent mapping) it guessed in.",
         );
         out.sample("nat_many_probe_rounds_total", &[("outcome", "sprayed")], traversal.spray_rounds);
         out.sample("nat_many_probe_rounds_total", &[("outcome", "won")], traversal.spray_wins);
+        out.sample("nat_many_probe_rounds_total", &[("outcome", "two_sided")], traversal.birthday_rounds);
         let [answered, rate_limited] = snapshot.as_ref().map(|s| s.discovery).unwrap_or_default();
         out.family(
             "nat_discovery_answers_total",

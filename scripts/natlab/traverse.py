@@ -9,7 +9,7 @@ with the same SHA-256. Writes the matrix as JSON (stdout) and, with --table, as 
 The lab must be up (`natlab.py up --prefix P`); this script does not build or remove it.
 
     traverse.py --prefix P --binary target/release/ant-quic [--bytes 100000000] [--via b1|b2]
-                [--single] [--pairs fc1-fc2,pr1-sy1] [--table FILE] [--timeout 60]
+                [--single] [--wait-direct S] [--pairs fc1-fc2,pr1-sy1] [--table FILE] [--timeout 60]
 
 With --single every peer registers with the coordinating bootstrap only (the runbook's deployment
 of one bootstrap host): peers learn their NAT mapping from its alternate port.
@@ -83,7 +83,7 @@ def wait_registered(node, count, deadline):
     raise natlab.LabError(f"{node.name}: not registered with its bootstraps ({node.text('err').strip()[-300:]})")
 
 
-def connect(prefix, binary, workdir, src, dst_id, bootstraps, nbytes, timeout):
+def connect(prefix, binary, workdir, src, dst_id, bootstraps, nbytes, timeout, wait_direct=0):
     netns = natlab.ns_name(prefix, src)
     cmd = ["ip", "netns", "exec", netns, binary, "--data-dir", os.path.join(workdir, f"{src}.client"), "--cores", "1"]
     for b in bootstraps:
@@ -91,6 +91,8 @@ def connect(prefix, binary, workdir, src, dst_id, bootstraps, nbytes, timeout):
     cmd += ["--connect", dst_id, "--json", "--timeout", str(timeout)]
     if nbytes:
         cmd += ["--send-bytes", str(nbytes)]
+    if wait_direct:
+        cmd += ["--wait-direct", str(wait_direct)]
     started = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 15)
@@ -116,6 +118,9 @@ def main():
     parser.add_argument("--bytes", type=int, default=100_000_000)
     parser.add_argument("--via", default="b1", choices=["b1", "b2"], help="bootstrap that coordinates")
     parser.add_argument("--single", action="store_true", help="register with the coordinating bootstrap only")
+    parser.add_argument(
+        "--wait-direct", type=int, default=0, help="seconds a relayed connection may take to move to a direct path"
+    )
     parser.add_argument("--pairs", default="all", help="comma-separated a-b pairs, or all")
     parser.add_argument("--table", default=None, help="write a Markdown table here")
     parser.add_argument("--timeout", type=int, default=60)
@@ -165,7 +170,9 @@ def main():
                 expect_direct = natlab.expected_direct(a, b)
                 # The connecting side registers with both bootstraps, so that each knows its mapping
                 # (RFC 4787) from two observations; the one given first coordinates.
-                got = connect(args.prefix, binary, workdir, a, ids[b], bootstraps, args.bytes, args.timeout)
+                got = connect(
+                    args.prefix, binary, workdir, a, ids[b], bootstraps, args.bytes, args.timeout, args.wait_direct
+                )
                 path = got.get("path", "none")
                 verified = got.get("verified", not args.bytes)
                 ok = got["result"] == "connected" and verified and (path == "direct" or not expect_direct)

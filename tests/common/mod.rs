@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::sys::process::send_signal;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 pub mod fault_proxy;
 pub mod natlab;
@@ -304,6 +304,24 @@ impl NodeProcess {
             })
             .context("the node did not announce `listening on ADDR`")?;
         Ok(Self { process, addr, peer_id, banner })
+    }
+
+    /// The admin HTTP address from the `admin http on ADDR` line (waiting for it at most 20 s).
+    /// Usually the UDP port's number, but any free port when that is taken on TCP and the node
+    /// listens on port 0. Read from the transcript: the line stays for `stdout_line`.
+    pub fn admin(&self) -> Result<SocketAddr> {
+        let deadline = Instant::now() + NODE_STARTUP;
+        loop {
+            let transcript = self.process.stdout.transcript();
+            let found = transcript
+                .lines()
+                .find_map(|l| l.strip_prefix("admin http on ")?.split_whitespace().next()?.parse().ok());
+            if let Some(admin) = found {
+                return Ok(admin);
+            }
+            ensure!(Instant::now() < deadline, "the node printed no `admin http on ADDR`:\n{transcript}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -74,6 +74,10 @@ struct NodeArgs {
     /// With --connect: send this many random bytes over the connection and check their SHA-256.
     #[arg(long, value_name = "BYTES", requires = "connect")]
     send_bytes: Option<u64>,
+    /// With --connect: when the connection went through the relay, wait up to this many seconds
+    /// (within --timeout) for it to move to a direct path before reporting.
+    #[arg(long, value_name = "SECONDS", requires = "connect")]
+    wait_direct: Option<u64>,
     /// With --connect or --test: give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     timeout: u64,

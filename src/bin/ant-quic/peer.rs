@@ -164,9 +164,16 @@ fn connect_to_peer(
     }
     // The path at the end: a connection made through the relay moves when a punch finds a
     // direct path (at once, or in a background round).
+    let wait_until = (Instant::now() + Duration::from_secs(args.wait_direct.unwrap_or(0))).min(deadline);
     let direct_after = match connection.path {
         PathKind::Direct => Some(connection.connect),
-        PathKind::Relayed => server.nat.status().direct_after(target),
+        PathKind::Relayed => loop {
+            let after = server.nat.status().direct_after(target);
+            if after.is_some() || Instant::now() >= wait_until {
+                break after;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        },
     };
     if let Some(object) = line.as_object_mut() {
         object.insert("first_path".into(), connection.path.name().into());

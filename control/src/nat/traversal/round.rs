@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::attempt::Phase;
 use super::spray::{Spray, SprayState};
 use super::{Traversal, TraversalAction};
-use crate::nat::candidate::{self, Pair};
+use crate::nat::candidate::{self, Mapping, Pair};
 use crate::nat::coordinator::SessionId;
 use crate::nat::message::{Candidate, CandidateKind, PunchRole};
 use crate::nat::probe::{Probe, ProbeKind};
@@ -80,8 +80,12 @@ impl Traversal {
             })
             .collect();
         let start = now + Duration::from_millis(u64::from(start_in_ms));
-        let probe_until = start + self.config.punch_timeout;
         let spray = self.spray_for(start, flags, candidates);
+        // Two-sided guessing needs longer than one punch (docs/nat-traversal.md).
+        let two_sided =
+            matches!(candidate::flag_mappings(flags), (Mapping::EndpointDependent, Mapping::EndpointDependent));
+        let probe_until =
+            start + if two_sided && spray.is_some() { self.config.birthday_timeout } else { self.config.punch_timeout };
         self.rounds.insert(
             token,
             Round {
@@ -176,7 +180,7 @@ impl Traversal {
 
     pub(super) fn drive_round(&mut self, now: Instant, token: [u8; 16]) {
         let interval = self.config.probe_interval;
-        let (sockets, guesses) = (self.config.spray_sockets, usize::from(self.config.spray_guesses));
+        let sockets = self.config.spray_sockets;
         let Some(round) = self.rounds.get_mut(&token) else { return };
         if !round.probing {
             // A kept extra socket goes on probing for the round's probing time, so that the other
@@ -206,12 +210,12 @@ impl Traversal {
             }
             return;
         }
-        if let Some(Spray::Guesses { ip, transaction, guesser, next_batch }) = &mut round.spray {
+        if let Some(Spray::Guesses { ip, transaction, guesser, next_batch, batch }) = &mut round.spray {
             if now >= *next_batch {
                 // A fresh set each interval: the ports covered grow until a guess meets a mapping.
                 *next_batch = now + interval;
                 let probe = Probe { kind: ProbeKind::Probe, token, transaction: *transaction };
-                for port in guesser.next_batch(guesses) {
+                for port in guesser.next_batch(*batch) {
                     let to = SocketAddr::new(*ip, port);
                     self.actions.push_back(TraversalAction::SendProbe { to, probe });
                     self.stats.guesses_sent += 1;

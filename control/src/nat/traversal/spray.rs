@@ -34,8 +34,9 @@ pub(super) enum SprayState {
 pub(super) enum Spray {
     /// This peer is behind endpoint-dependent mapping: extra sockets probe `targets`.
     Sockets { targets: Vec<SocketAddr>, first_transaction: u64, state: SprayState },
-    /// The other peer is: probes from the node socket to guessed ports of `ip`.
-    Guesses { ip: IpAddr, transaction: u64, guesser: PortGuesser, next_batch: Instant },
+    /// The other peer is: probes from the node socket to guessed ports of `ip`, `batch` per probe
+    /// interval.
+    Guesses { ip: IpAddr, transaction: u64, guesser: PortGuesser, next_batch: Instant, batch: usize },
 }
 
 /// Random ports to guess, never the same one twice in a round.
@@ -82,9 +83,11 @@ impl PortGuesser {
 
 impl Traversal {
     /// The many-probe part of a round whose PUNCH_ME_NOW carried `flags` and the other peer's
-    /// `candidates`: only when exactly one side is behind endpoint-dependent mapping and the other
-    /// is known to be endpoint-independent. Two EDM sides would each need the other's mapping
-    /// guessed from a moving target; an unknown side may be either.
+    /// `candidates`: when exactly one side is behind endpoint-dependent mapping and the other is
+    /// known to be endpoint-independent, extra sockets against guesses; when both are EDM, both
+    /// guess (two-sided: a guess gets through when the other side's guess made the mapping it
+    /// hits, and the mapping it came from is the port the other side guessed). An unknown side
+    /// may be either: no spray.
     pub(super) fn spray_for(&mut self, start: Instant, flags: u8, candidates: &[Candidate]) -> Option<Spray> {
         if self.config.spray_sockets == 0 {
             return None;
@@ -113,7 +116,16 @@ impl Traversal {
                 // Half an interval after the start: the other side's extra sockets, opened at the
                 // start, have their mappings by then; a guess that arrives first is dropped.
                 let next_batch = start + self.config.probe_interval / 2;
-                Some(Spray::Guesses { ip, transaction, guesser, next_batch })
+                let batch = usize::from(self.config.spray_guesses);
+                Some(Spray::Guesses { ip, transaction, guesser, next_batch, batch })
+            }
+            (Mapping::EndpointDependent, Mapping::EndpointDependent) if self.config.birthday_guesses > 0 => {
+                let ip = reflexive.first()?.ip();
+                let transaction = self.random.next_u64();
+                let guesser = PortGuesser::new(self.random.next_u64());
+                self.stats.birthday_rounds += 1;
+                let batch = usize::from(self.config.birthday_guesses);
+                Some(Spray::Guesses { ip, transaction, guesser, next_batch: start, batch })
             }
             _ => None,
         }

@@ -27,4 +27,6 @@ pub struct TraversalStats {
     pub guesses_sent: u64,
     /// Rounds whose path was found by an extra socket.
     pub spray_wins: u64,
+    /// Two-sided rounds (both sides behind endpoint-dependent mapping) that guessed.
+    pub birthday_rounds: u64,
 }

@@ -123,6 +123,16 @@ fn bad_values_exit_2_with_one_line() {
         ),
         ("relay-zero", "[nat]\nrelay_lifetime = 0\n".into(), vec!["relay-zero.toml:2", "relay_lifetime", "86400"]),
         ("relay-huge", "[nat]\nrelay_lifetime = 864000\n".into(), vec!["relay-huge.toml:2", "relay_lifetime"]),
+        (
+            "guess-rate",
+            "[nat]\ntwo_sided_rate = 200000\n".into(),
+            vec!["guess-rate.toml:2", "two_sided_rate", "100000"],
+        ),
+        (
+            "alternate-is-listen",
+            "[node]\nlisten = \"0.0.0.0:9000\"\n[nat]\nalternate_port = 9000\n".into(),
+            vec!["alternate-is-listen.toml:4", "alternate_port 9000 is the listen port"],
+        ),
     ];
     for (name, body, needles) in cases {
         let file = write(d, &format!("{name}.toml"), &body);

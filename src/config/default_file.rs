@@ -77,6 +77,11 @@ zero_rtt = false
 # Seconds a relay allocation this node grants (as a bootstrap) lives; the peers renew it at 80 %
 # while they use it. 10 to 86400 (--relay-lifetime, ANT_QUIC_NAT_RELAY_LIFETIME).
 relay_lifetime = 600
+# Guesses per second a peer sends, for at most 5 s, in a two-sided many-probe round: when both
+# peers are behind symmetric NATs, each guesses ports of the other's public IP until a guess meets
+# one of the other's (about 60 % within 5 s at the default; each guess is a 27-byte datagram and a
+# mapping on both NATs). The pair is connected through the relay meanwhile. 0 turns it off.
+two_sided_rate = 12800
 # UDP port that answers peers' mapping discovery (RFC 5780's alternate port): with it, a peer that
 # has only this node as its bootstrap learns whether its NAT maps endpoint-independently, which
 # decides how hole punching to a symmetric NAT goes. Open it in the firewall like the listen port.

@@ -272,6 +272,9 @@ impl SecuritySection {
 pub struct NatSection {
     /// Seconds a relay allocation granted here lives; its peers renew it while they use it.
     pub relay_lifetime: u64,
+    /// Guesses per second this node sends in a two-sided many-probe round (both peers behind
+    /// symmetric NATs), for at most 5 s; 0 turns such rounds off.
+    pub two_sided_rate: u32,
     /// UDP port that answers peers' mapping discovery (RFC 5780's alternate port), so that a peer
     /// with this one bootstrap can tell its NAT mapping. `None`: the listen port + 1 (any free port
     /// with listen port 0); 0: off.
@@ -295,7 +298,24 @@ impl Default for NatSection {
             relay_lifetime: ant_quic_control::nat::coordinator::CoordinatorConfig::default().relay_lifetime.as_secs(),
             alternate_port: None,
             alternate_ip: None,
+            two_sided_rate: DEFAULT_TWO_SIDED_RATE,
         }
+    }
+}
+
+/// `[nat] two_sided_rate` when none is given: 640 guesses per 50 ms probe interval.
+pub const DEFAULT_TWO_SIDED_RATE: u32 = 12_800;
+/// The highest `[nat] two_sided_rate`.
+pub const MAX_TWO_SIDED_RATE: u32 = 100_000;
+
+impl NatSection {
+    /// The traversal settings these keys change (the rest are defaults).
+    pub fn traversal(&self) -> ant_quic_control::nat::traversal::TraversalConfig {
+        let defaults = ant_quic_control::nat::traversal::TraversalConfig::default();
+        // Guesses go out once per probe interval.
+        let per_interval = u128::from(self.two_sided_rate) * defaults.probe_interval.as_millis();
+        let birthday_guesses = u16::try_from(per_interval.div_ceil(1000)).unwrap_or(u16::MAX);
+        ant_quic_control::nat::traversal::TraversalConfig { birthday_guesses, ..defaults }
     }
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use super::origin::{ConfigError, Origin};
 use super::sections::{
-    Config, LogOutput, MAX_DRAIN_TIMEOUT, MAX_HANDSHAKE_TIMEOUT, MAX_RELAY_LIFETIME, MIN_RELAY_LIFETIME,
+    Config, LogOutput, MAX_DRAIN_TIMEOUT, MAX_HANDSHAKE_TIMEOUT, MAX_RELAY_LIFETIME, MAX_TWO_SIDED_RATE,
+    MIN_RELAY_LIFETIME,
 };
 use crate::identity::PeerId;
 use crate::logging::LoggingError;
@@ -37,6 +38,12 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
         if let Err(why) = split_bootstrap(entry) {
             return Err(fail("node.bootstrap", format!("[node] bootstrap: {why}")));
         }
+    }
+    if config.nat.two_sided_rate > MAX_TWO_SIDED_RATE {
+        return Err(fail(
+            "nat.two_sided_rate",
+            format!("[nat] two_sided_rate must be at most {MAX_TWO_SIDED_RATE} guesses a second (0 turns it off)"),
+        ));
     }
     if !(MIN_RELAY_LIFETIME..=MAX_RELAY_LIFETIME).contains(&config.nat.relay_lifetime) {
         return Err(fail(

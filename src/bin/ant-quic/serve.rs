@@ -63,7 +63,7 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
                 ..CoordinatorConfig::default()
             },
             alternate: config.alternate(),
-            ..Default::default()
+            traversal: config.nat.traversal(),
         },
         join: None,
         admission: config.security.admission(),

@@ -188,6 +188,7 @@ def main():
                         "result": got["result"],
                         "path": path,
                         "remote": got.get("remote"),
+                        "remote_at_end": got.get("remote_at_end"),
                         "connect_ms": got.get("connect_ms"),
                         "first_path": got.get("first_path"),
                         "first_byte_ms": got.get("first_byte_ms"),

@@ -7,7 +7,7 @@
 # (scripts/check-dockerfile.sh, run by tests/ops_scripts.rs). Nothing more is claimed.
 #
 #   docker build -t ant-quic .
-#   docker run -d --name ant-quic -p 9000:9000/udp -v ant-quic-data:/var/lib/ant-quic ant-quic
+#   docker run -d --name ant-quic -p 9000:9000/udp -p 9001:9001/udp -v ant-quic-data:/var/lib/ant-quic ant-quic
 #
 # Notes for whoever runs it: Docker's default seccomp profile refuses io_uring, and the node then
 # falls back to the portable backend with one log line (`--backend io-uring` would be an error).
@@ -48,7 +48,8 @@ USER ant-quic
 WORKDIR /var/lib/ant-quic
 # The identity key (the peer ID) lives here: keep it across upgrades.
 VOLUME ["/var/lib/ant-quic"]
-EXPOSE 9000/udp
+# 9001: the alternate port that answers peers' mapping discovery ([nat] alternate_port).
+EXPOSE 9000/udp 9001/udp
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:9000/health"]
 # SIGTERM closes every connection with CONNECTION_CLOSE and exits 0.

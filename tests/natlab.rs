@@ -13,6 +13,8 @@
 //!   tells them their mapping from its alternate port), every pair is as direct as with two, and
 //!   symmetric ↔ symmetric connects through the relay at once and, ten times over, moves to a
 //!   direct path by two-sided guessing in at least 2 of 10 (about 6 expected);
+//! - dual-stack peers on the lab's IPv6 segment (no NAT66) connect directly, over IPv6 where
+//!   their IPv4 NATs allow no direct path;
 //! - `--test` reports the NAT mapping behaviour, with two bootstraps and with one
 //!   (endpoint-dependent behind a symmetric NAT, endpoint-independent behind a port-restricted
 //!   one), and fails with one line when no bootstrap answers.
@@ -40,7 +42,7 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
     }
     let started = Instant::now();
     let mut dir = TempDir::new("natlab-traversal")?.keep_unless_passed();
-    let lab = Lab::up("aqn", dir.path(), &["--impair-loss", "10", "--impair-delay-ms", "100"])?;
+    let lab = Lab::up("aqn", dir.path(), &["--impair-loss", "10", "--impair-delay-ms", "100", "--ipv6"])?;
 
     // Every pair, coordinated by the clean bootstrap, 100 MB each.
     let table = dir.path().join("matrix.md");
@@ -178,11 +180,53 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
         out.stderr
     );
 
+    ipv6_pairs(&lab, &dir)?;
     connectivity_checks(&lab, &dir)?;
 
     drop(lab);
     eprintln!("natlab: {:.1} s including up and down", started.elapsed().as_secs_f64());
     dir.passed();
+    Ok(())
+}
+
+/// Dual-stack peers on the lab's IPv6 segment (no NAT66, the routers' stateful filters): every
+/// pair is direct, and pairs whose IPv4 NATs allow no direct path (port-restricted or symmetric
+/// against symmetric) end up on IPv6 host candidates.
+fn ipv6_pairs(lab: &Lab, dir: &TempDir) -> Result<()> {
+    let pairs = "sy1-sy2,pr1-sy1,pr2-sy2,sy1-pr1b,pub-sy2,fc1-pr2,ar1-pr1";
+    let args = [
+        "--binary",
+        NODE_BIN,
+        "--bytes",
+        "65536",
+        "--via",
+        "b1",
+        "--single",
+        "--ipv6",
+        "--wait-direct",
+        "3",
+        "--pairs",
+        pairs,
+    ];
+    let out = run("traverse-ipv6", &mut lab.command(TRAVERSE, &args), dir.path(), Duration::from_secs(300))?;
+    let report = parse_report("traverse ipv6", &out)?;
+    let mut wrong = Vec::new();
+    for row in report.at("rows")?.list()? {
+        let pair = row.at("pair")?.text()?;
+        let (a, b) = pair.split_once('-').context("pair a-b")?;
+        let connected = row.at("result")?.text()? == "connected" && row.at("verified")?.flag()?;
+        let at_end = row.at("remote_at_end")?.text()?;
+        let needs_ipv6 = !expected_direct(a, b);
+        if !connected || row.at("path")?.text()? != "direct" || (needs_ipv6 && !at_end.starts_with("[2001:db8:")) {
+            wrong.push(format!("{pair}: {row}"));
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "dual-stack pairs not direct (over IPv6 where IPv4 allows none):\n{}\n{}",
+        wrong.join("\n"),
+        out.stderr
+    );
     Ok(())
 }
 

@@ -90,6 +90,11 @@ PUB_ADDR = "198.18.0.20"
 REFLECT_PORT = 3478  # raw-check reflector in b1
 ECHO_PORT = 3479  # impair-check reflectors in b1 and b2
 IMPAIR_TABLE = "100"
+# With `up --ipv6`: an IPv6 segment beside the IPv4 one. No NAT66: every router routes its LAN's
+# /64 and filters inbound like its IPv4 side (established only), so simultaneous open connects.
+V6_PUBLIC_PREFIX = "2001:db8:18::"
+B1_ADDR6 = "2001:db8:18::11"
+PUB_ADDR6 = "2001:db8:18::20"
 
 NAT_TYPES = {
     "full-cone": ("EIM", "EIF"),
@@ -137,6 +142,44 @@ def lan_net(router: str) -> str:
 
 def lan_gw(router: str) -> str:
     return f"10.{ROUTER_BY_NAME[router][2]}.0.1"
+
+
+def wan_addr6(router: str) -> str:
+    return f"2001:db8:18::{100 + ROUTER_BY_NAME[router][2]}"
+
+
+def lan_net6(router: str) -> str:
+    return f"2001:db8:{ROUTER_BY_NAME[router][2]}::/64"
+
+
+def lan_gw6(router: str) -> str:
+    return f"2001:db8:{ROUTER_BY_NAME[router][2]}::1"
+
+
+def peer_addr6(peer: str) -> str:
+    """A peer's IPv6 address: the same host part as its IPv4 LAN address, in its router's /64."""
+    router, addr = PEERS[peer]
+    if router is None:
+        return PUB_ADDR6
+    return f"2001:db8:{ROUTER_BY_NAME[router][2]}::{addr.rsplit('.', 1)[1]}"
+
+
+def router_ruleset6() -> str:
+    """IPv6 on a router: no translation, the same stateful filter as its IPv4 side."""
+    return """table ip6 natlab6 {
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "wan" meta l4proto ipv6-icmp accept
+    iifname "wan" ct state new drop
+  }
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept
+    iifname "lan0" oifname "wan" accept
+  }
+}
+"""
 
 
 def ns_name(prefix: str, node: str) -> str:
@@ -362,7 +405,33 @@ def cmd_down(prefix: str, quiet: bool = False) -> None:
         print(f"lab {prefix}: removed {len(mine)} namespaces, stopped {killed} processes")
 
 
-def cmd_up(prefix: str, loss: float, delay_ms: float, seed) -> None:
+def setup_ipv6(prefix: str) -> None:
+    """The IPv6 segment of `up --ipv6` (b2 and the impairment hop stay IPv4 only)."""
+    P = prefix
+    quiet = {"net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0,
+             "net.ipv6.conf.all.accept_ra": 0, "net.ipv6.conf.default.accept_ra": 0}
+    on = {"net.ipv6.conf.all.disable_ipv6": 0, "net.ipv6.conf.default.disable_ipv6": 0}
+    v6_nodes = ["sw", "b1", "pub"] + ["r-" + r[0] for r in ROUTERS] + [p for p, (r, _) in PEERS.items() if r]
+    for node in v6_nodes:
+        sysctls(ns_name(P, node), {**quiet, **on})
+    sysctls(ns_name(P, "sw"), {"net.bridge.bridge-nf-call-ip6tables": 0})
+    lan_routes = [f"route add {lan_net6(r)} via {wan_addr6(r)}" for r, _, _ in ROUTERS]
+    for ns, addr in ((ns_name(P, "b1"), B1_ADDR6), (ns_name(P, "pub"), PUB_ADDR6)):
+        ip_batch([f"addr add {addr}/64 dev eth0 nodad"], ns)
+        ip_batch(lan_routes, ns)
+    for router, _, _ in ROUTERS:
+        rns = ns_name(P, "r-" + router)
+        sysctls(rns, {"net.ipv6.conf.all.forwarding": 1, "net.bridge.bridge-nf-call-ip6tables": 0})
+        ip_batch([f"addr add {wan_addr6(router)}/64 dev wan nodad", f"addr add {lan_gw6(router)}/64 dev lan0 nodad"]
+                 + [r for r, (other, _, _) in zip(lan_routes, ROUTERS) if other != router], rns)
+        in_ns(rns, ["nft", "-f", "-"], stdin=router_ruleset6())
+    for peer, (router, _) in PEERS.items():
+        if router is not None:
+            ip_batch([f"addr add {peer_addr6(peer)}/64 dev eth0 nodad", f"route add ::/0 via {lan_gw6(router)}"],
+                     ns_name(P, peer))
+
+
+def cmd_up(prefix: str, loss: float, delay_ms: float, seed, ipv6: bool = False) -> None:
     started = time.monotonic()
     cmd_down(prefix, quiet=True)
     P = prefix
@@ -453,7 +522,9 @@ def cmd_up(prefix: str, loss: float, delay_ms: float, seed) -> None:
                      f"route add default via {lan_gw(router)}"],
                     ns_name(P, peer),
                 )
-        save_state(P, {"prefix": P, "impairment": None})
+        if ipv6:
+            setup_ipv6(P)
+        save_state(P, {"prefix": P, "impairment": None, "ipv6": ipv6})
         if loss > 0 or delay_ms > 0:
             apply_impairment(P, loss, delay_ms, seed)
     except BaseException:
@@ -568,6 +639,7 @@ def lab_info(prefix: str) -> dict:
             "router_netns": ns_name(prefix, "r-" + router) if router else None,
             "gateway": lan_gw(router) if router else None,
             "public_addr": public_addr_of(peer),
+            "addr6": peer_addr6(peer) if load_state(prefix).get("ipv6") else None,
         }
     routers = {r: {"netns": ns_name(prefix, "r-" + r), "nat": k, "wan_addr": wan_addr(r), "lan": lan_net(r),
                    "mapping": NAT_TYPES[k][0], "filtering": NAT_TYPES[k][1]} for r, k, _ in ROUTERS}
@@ -1217,6 +1289,7 @@ def main() -> int:
     p.add_argument("--impair-loss", type=float, default=0.0, help="loss on the b2 path, percent, each way")
     p.add_argument("--impair-delay-ms", type=float, default=0.0, help="delay on the b2 path, ms, each way")
     p.add_argument("--impair-seed", type=int, default=None, help="seed of the loss RNG")
+    p.add_argument("--ipv6", action="store_true", help="add an IPv6 segment (no NAT66; stateful filters)")
     with_prefix(sub.add_parser("down", help="remove the lab's namespaces and processes"))
     p = with_prefix(sub.add_parser("exec", help="run a command in a node's namespace"))
     p.add_argument("node", help="b1 b2 pub fc1 fc2 ar1 ar2 pr1 pr2 sy1 sy2 pr1b (peers), r-NAME, sw, imp")
@@ -1242,7 +1315,7 @@ def main() -> int:
         prefix = check_prefix(args.prefix or "aqlab")
         require_root_and_tools(need_nft=args.cmd == "up")
         if args.cmd == "up":
-            cmd_up(prefix, args.impair_loss, args.impair_delay_ms, args.impair_seed)
+            cmd_up(prefix, args.impair_loss, args.impair_delay_ms, args.impair_seed, args.ipv6)
         elif args.cmd == "down":
             cmd_down(prefix)
         elif args.cmd == "exec":

@@ -9,7 +9,7 @@ with the same SHA-256. Writes the matrix as JSON (stdout) and, with --table, as 
 The lab must be up (`natlab.py up --prefix P`); this script does not build or remove it.
 
     traverse.py --prefix P --binary target/release/ant-quic [--bytes 100000000] [--via b1|b2]
-                [--single] [--wait-direct S] [--pairs fc1-fc2,pr1-sy1] [--table FILE] [--timeout 60]
+                [--single] [--wait-direct S] [--ipv6] [--pairs fc1-fc2,pr1-sy1] [--table FILE] [--timeout 60]
 
 With --single every peer registers with the coordinating bootstrap only (the runbook's deployment
 of one bootstrap host): peers learn their NAT mapping from its alternate port.
@@ -83,9 +83,11 @@ def wait_registered(node, count, deadline):
     raise natlab.LabError(f"{node.name}: not registered with its bootstraps ({node.text('err').strip()[-300:]})")
 
 
-def connect(prefix, binary, workdir, src, dst_id, bootstraps, nbytes, timeout, wait_direct=0):
+def connect(prefix, binary, workdir, src, dst_id, bootstraps, nbytes, timeout, wait_direct=0, ipv6=False):
     netns = natlab.ns_name(prefix, src)
     cmd = ["ip", "netns", "exec", netns, binary, "--data-dir", os.path.join(workdir, f"{src}.client"), "--cores", "1"]
+    if ipv6:
+        cmd += ["--listen", "[::]:0"]
     for b in bootstraps:
         cmd += ["--bootstrap", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]
     cmd += ["--connect", dst_id, "--json", "--timeout", str(timeout)]
@@ -118,6 +120,7 @@ def main():
     parser.add_argument("--bytes", type=int, default=100_000_000)
     parser.add_argument("--via", default="b1", choices=["b1", "b2"], help="bootstrap that coordinates")
     parser.add_argument("--single", action="store_true", help="register with the coordinating bootstrap only")
+    parser.add_argument("--ipv6", action="store_true", help="peers listen dual-stack ([::]; the lab needs up --ipv6)")
     parser.add_argument(
         "--wait-direct", type=int, default=0, help="seconds a relayed connection may take to move to a direct path"
     )
@@ -154,7 +157,7 @@ def main():
                 n.peer_id(deadline)
             listeners = {}
             for p in peers:
-                flags = ["--listen", f"0.0.0.0:{PORT}"]
+                flags = ["--listen", f"[::]:{PORT}" if args.ipv6 else f"0.0.0.0:{PORT}"]
                 for b in bootstraps:
                     flags += ["--bootstrap", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]
                 listeners[p] = Node(args.prefix, p, binary, workdir, flags)
@@ -171,7 +174,8 @@ def main():
                 # The connecting side registers with both bootstraps, so that each knows its mapping
                 # (RFC 4787) from two observations; the one given first coordinates.
                 got = connect(
-                    args.prefix, binary, workdir, a, ids[b], bootstraps, args.bytes, args.timeout, args.wait_direct
+                    args.prefix, binary, workdir, a, ids[b], bootstraps, args.bytes, args.timeout, args.wait_direct,
+                    args.ipv6,
                 )
                 path = got.get("path", "none")
                 verified = got.get("verified", not args.bytes)
@@ -184,6 +188,7 @@ def main():
                         "result": got["result"],
                         "path": path,
                         "remote": got.get("remote"),
+                        "remote_at_end": got.get("remote_at_end"),
                         "connect_ms": got.get("connect_ms"),
                         "first_path": got.get("first_path"),
                         "first_byte_ms": got.get("first_byte_ms"),

@@ -11,6 +11,7 @@
 //! candidates looked up, status and metrics published.
 
 pub mod alternate;
+mod host;
 pub mod link;
 pub mod spray;
 
@@ -302,7 +303,7 @@ impl Driver {
                     self.open(ConnPurpose::Bootstrap(index), remote, auth);
                 }
                 AgentAction::DiscoverHostCandidates { bootstraps } => {
-                    let addresses = host_candidates(&bootstraps, self.node.local_addr().port());
+                    let addresses = host::candidates(&bootstraps, self.node.local_addr());
                     self.agent.handle(Instant::now(), AgentEvent::HostCandidates { addresses });
                 }
                 AgentAction::OpenPeer { attempt, peer, remote } => {
@@ -457,22 +458,4 @@ impl Driver {
             UdpSocket::bind(any).and_then(|socket| socket.connect(to)).is_ok()
         })
     }
-}
-
-/// This host's address toward each bootstrap, with the node's port: where a peer on the same
-/// network reaches us. Learned with an unconnected-then-connected UDP socket; nothing is sent.
-fn host_candidates(bootstraps: &[SocketAddr], port: u16) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = Vec::new();
-    for bootstrap in bootstraps {
-        let bind: SocketAddr =
-            if bootstrap.is_ipv4() { SocketAddr::from(([0, 0, 0, 0], 0)) } else { SocketAddr::from(([0u16; 8], 0)) };
-        let local = UdpSocket::bind(bind).and_then(|s| s.connect(bootstrap).and_then(|()| s.local_addr()));
-        if let Ok(local) = local {
-            let candidate = SocketAddr::new(local.ip(), port);
-            if !out.contains(&candidate) {
-                out.push(candidate);
-            }
-        }
-    }
-    out
 }

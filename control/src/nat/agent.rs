@@ -733,11 +733,11 @@ impl NatAgent {
                 self.actions.push_back(AgentAction::CountUpgrade { after });
                 tracing::info!(%peer, %address, ?after, "relayed connection upgraded to a direct path");
                 if let Some(after) = after {
-                    self.status.direct_after.retain(|(p, _)| *p != peer);
+                    self.status.direct_after.retain(|(p, _, _)| *p != peer);
                     if self.status.direct_after.len() >= MAX_DIRECT_AFTER {
                         self.status.direct_after.remove(0);
                     }
-                    self.status.direct_after.push((peer, after));
+                    self.status.direct_after.push((peer, after, address));
                     self.status_changed = true;
                 }
             }

@@ -166,7 +166,7 @@ fn connect_to_peer(
     // direct path (at once, or in a background round).
     let wait_until = (Instant::now() + Duration::from_secs(args.wait_direct.unwrap_or(0))).min(deadline);
     let direct_after = match connection.path {
-        PathKind::Direct => Some(connection.connect),
+        PathKind::Direct => Some((connection.connect, connection.remote)),
         PathKind::Relayed => loop {
             let after = server.nat.status().direct_after(target);
             if after.is_some() || Instant::now() >= wait_until {
@@ -178,8 +178,11 @@ fn connect_to_peer(
     if let Some(object) = line.as_object_mut() {
         object.insert("first_path".into(), connection.path.name().into());
         object.insert("first_byte_ms".into(), millis(connection.connect).into());
-        object.insert("direct_ms".into(), direct_after.map(millis).into());
+        object.insert("direct_ms".into(), direct_after.map(|(after, _)| millis(after)).into());
         object.insert("path".into(), if direct_after.is_some() { "direct" } else { "relayed" }.into());
+        // Where the connection runs at the end: the direct address, or the relay's.
+        let at_end = direct_after.map_or(connection.remote, |(_, address)| address);
+        object.insert("remote_at_end".into(), at_end.to_string().into());
     }
     // The RTT once the handshake (and any transfer) is done.
     let (report, reports) = crossbeam_channel::bounded(1);
@@ -205,9 +208,8 @@ fn connect_to_peer(
         );
         if connection.path == PathKind::Relayed {
             match direct_after {
-                Some(after) => {
-                    text.push_str(&format!("; moved to a direct path {} ms after the request", millis(after)))
-                }
+                Some((after, address)) => text
+                    .push_str(&format!("; moved to a direct path to {address} {} ms after the request", millis(after))),
                 None => text.push_str("; still relayed"),
             }
         }

@@ -109,14 +109,15 @@ pub struct NatStatus {
     pub relay_allocations: usize,
     /// Relayed connections this node asked for that moved to a direct path, with the time from
     /// the request (the latest per peer; the last 256 peers).
-    pub direct_after: Vec<(PeerId, Duration)>,
+    pub direct_after: Vec<(PeerId, Duration, SocketAddr)>,
 }
 
 impl NatStatus {
     /// How long after this node's request the connection to `peer` moved to a direct path, if
     /// it did.
-    pub fn direct_after(&self, peer: PeerId) -> Option<Duration> {
-        self.direct_after.iter().rev().find(|(p, _)| *p == peer).map(|(_, after)| *after)
+    /// Also the address it moved to.
+    pub fn direct_after(&self, peer: PeerId) -> Option<(Duration, SocketAddr)> {
+        self.direct_after.iter().rev().find(|(p, _, _)| *p == peer).map(|(_, after, address)| (*after, *address))
     }
 
     /// This node's NAT mapping behaviour (RFC 4787 §4.1) as the bootstraps and their alternate

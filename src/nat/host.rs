@@ -1,0 +1,103 @@
+//! This node's host candidates (RFC 8445 §5.1.1.1): the address this host uses toward each
+//! bootstrap, and, when the node socket is IPv6, every global IPv6 address of the host, each with
+//! the node's port. A peer on the same network reaches us at the first kind; a peer with IPv6
+//! reaches us directly at the second, with no NAT in between (only stateful firewalls, which a
+//! simultaneous open passes).
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+
+/// Where the kernel lists the host's IPv6 addresses.
+const IF_INET6: &str = "/proc/net/if_inet6";
+
+/// The host candidates of a node whose socket is bound to `local`, talking to `bootstraps`.
+/// Learned with unconnected-then-connected UDP sockets and `/proc`; nothing is sent.
+pub(super) fn candidates(bootstraps: &[SocketAddr], local: SocketAddr) -> Vec<SocketAddr> {
+    let port = local.port();
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for bootstrap in bootstraps {
+        let bind: SocketAddr =
+            if bootstrap.is_ipv4() { SocketAddr::from(([0, 0, 0, 0], 0)) } else { SocketAddr::from(([0u16; 8], 0)) };
+        let toward = UdpSocket::bind(bind).and_then(|s| s.connect(bootstrap).and_then(|()| s.local_addr()));
+        if let Ok(toward) = toward {
+            push(&mut out, SocketAddr::new(toward.ip(), port));
+        }
+    }
+    // An IPv4 socket cannot use IPv6 candidates; an IPv6 wildcard (dual-stack) or IPv6 address can.
+    let ipv6 = match local.ip() {
+        IpAddr::V6(ip) if ip.is_unspecified() => true,
+        IpAddr::V6(ip) => ip.to_ipv4_mapped().is_none(),
+        IpAddr::V4(_) => false,
+    };
+    if ipv6 {
+        let listed = std::fs::read_to_string(IF_INET6).unwrap_or_default();
+        for ip in global_ipv6(&listed) {
+            let bound_elsewhere = matches!(local.ip(), IpAddr::V6(l) if !l.is_unspecified() && l != ip);
+            if !bound_elsewhere {
+                push(&mut out, SocketAddr::new(IpAddr::V6(ip), port));
+            }
+        }
+    }
+    out
+}
+
+fn push(out: &mut Vec<SocketAddr>, candidate: SocketAddr) {
+    if !out.contains(&candidate) {
+        out.push(candidate);
+    }
+}
+
+/// `IFA_F_*` flags of an address that is not usable (yet): tentative (DAD running), DAD failed,
+/// deprecated (being replaced).
+const UNUSABLE: u32 = 0x40 | 0x08 | 0x20;
+
+/// The global unicast IPv6 addresses of `/proc/net/if_inet6` (one line per address: 32 hex
+/// digits, interface index, prefix length, scope, flags, name), usable ones only, permanent
+/// before temporary (privacy) ones.
+fn global_ipv6(listed: &str) -> Vec<Ipv6Addr> {
+    let mut found: Vec<(bool, Ipv6Addr)> = Vec::new();
+    for line in listed.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [hex, _, _, scope, flags, ..] = fields[..] else { continue };
+        let (Ok(bits), Ok(scope), Ok(flags)) =
+            (u128::from_str_radix(hex, 16), u32::from_str_radix(scope, 16), u32::from_str_radix(flags, 16))
+        else {
+            continue;
+        };
+        let ip = Ipv6Addr::from(bits);
+        // Scope 0 is global; loopback, link-local and site-local have their own scopes.
+        let global = scope == 0 && !ip.is_loopback() && !ip.is_multicast() && !ip.is_unspecified();
+        if global && hex.len() == 32 && flags & UNUSABLE == 0 {
+            let temporary = flags & 0x01 != 0;
+            found.push((temporary, ip));
+        }
+    }
+    found.sort_by_key(|(temporary, _)| *temporary);
+    found.into_iter().map(|(_, ip)| ip).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_usable_addresses_permanent_first() {
+        let listed = "\
+00000000000000000000000000000001 01 80 10 80       lo
+fe800000000000000000000000000002 02 40 20 80     eth0
+20010db8000700000000000000000099 02 40 00 01     eth0
+20010db8000700000000000000000002 02 40 00 80     eth0
+20010db8000700000000000000000003 02 40 00 c0     eth0
+20010db8000700000000000000000004 02 40 00 a0     eth0
+garbage line
+";
+        let found = global_ipv6(listed);
+        let expected: Vec<Ipv6Addr> = vec!["2001:db8:7::2".parse().unwrap(), "2001:db8:7::99".parse().unwrap()];
+        assert_eq!(found, expected, "loopback, link-local, tentative and deprecated left out; temporary last");
+    }
+
+    #[test]
+    fn an_ipv4_node_gets_no_ipv6_candidates() {
+        let v4 = candidates(&[], "0.0.0.0:9000".parse().unwrap());
+        assert!(v4.iter().all(SocketAddr::is_ipv4), "{v4:?}");
+    }
+}

@@ -55,9 +55,7 @@ impl Traversal {
     /// Bootstrap `session` named an alternate address: ask it at once. The unspecified IP stands
     /// for the bootstrap's own.
     pub(super) fn other_address(&mut self, now: Instant, session: SessionId, address: SocketAddr) {
-        let mut token = [0u8; 16];
-        token[..8].copy_from_slice(&self.random.next_u64().to_le_bytes());
-        token[8..].copy_from_slice(&self.random.next_u64().to_le_bytes());
+        let token = self.random.token();
         let transaction = self.random.next_u64();
         let sequence = self.next_sequence;
         let Some(bootstrap) = self.bootstraps.get_mut(&session) else { return };

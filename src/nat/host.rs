@@ -1,16 +1,19 @@
-//! This node's host candidates (RFC 8445 §5.1.1.1): the address this host uses toward each
-//! bootstrap, and, when the node socket is IPv6, every global IPv6 address of the host, each with
-//! the node's port. A peer on the same network reaches us at the first kind; a peer with IPv6
-//! reaches us directly at the second, with no NAT in between (only stateful firewalls, which a
-//! simultaneous open passes).
+//! This node's host candidates (RFC 8445 §5.1.1.1), each with the node's port, best first and at
+//! most [`MAX_HOST_CANDIDATES`]: the address this host uses toward each bootstrap (where a peer on
+//! the same network reaches us), then, for an IPv6 socket, the host's first global IPv6 address (no
+//! NAT there, only stateful firewalls, which a simultaneous open passes), then the other usable
+//! interface addresses (IPv4 for a wildcard socket, IPv6 for an IPv6 one).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 
-/// Where the kernel lists the host's IPv6 addresses.
+/// Where the kernel lists the host's IPv6 addresses, with their flags.
 const IF_INET6: &str = "/proc/net/if_inet6";
+/// Host candidates announced at most: a bootstrap keeps 8 candidates per peer, and the observed
+/// and shared server-reflexive ones must keep their places beside a host with many interfaces.
+pub(super) const MAX_HOST_CANDIDATES: usize = 4;
 
 /// The host candidates of a node whose socket is bound to `local`, talking to `bootstraps`.
-/// Learned with unconnected-then-connected UDP sockets and `/proc`; nothing is sent.
+/// Learned with unconnected-then-connected UDP sockets, getifaddrs and `/proc`; nothing is sent.
 pub(super) fn candidates(bootstraps: &[SocketAddr], local: SocketAddr) -> Vec<SocketAddr> {
     let port = local.port();
     let mut out: Vec<SocketAddr> = Vec::new();
@@ -23,20 +26,38 @@ pub(super) fn candidates(bootstraps: &[SocketAddr], local: SocketAddr) -> Vec<So
         }
     }
     // An IPv4 socket cannot use IPv6 candidates; an IPv6 wildcard (dual-stack) or IPv6 address can.
-    let ipv6 = match local.ip() {
+    let ipv6_socket = match local.ip() {
         IpAddr::V6(ip) if ip.is_unspecified() => true,
         IpAddr::V6(ip) => ip.to_ipv4_mapped().is_none(),
         IpAddr::V4(_) => false,
     };
-    if ipv6 {
+    let ipv6: Vec<Ipv6Addr> = if ipv6_socket {
         let listed = std::fs::read_to_string(IF_INET6).unwrap_or_default();
-        for ip in global_ipv6(&listed) {
-            let bound_elsewhere = matches!(local.ip(), IpAddr::V6(l) if !l.is_unspecified() && l != ip);
-            if !bound_elsewhere {
-                push(&mut out, SocketAddr::new(IpAddr::V6(ip), port));
+        global_ipv6(&listed)
+            .into_iter()
+            .filter(|ip| matches!(local.ip(), IpAddr::V6(l) if l.is_unspecified() || l == *ip))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if let Some(first) = ipv6.first() {
+        push(&mut out, SocketAddr::new(IpAddr::V6(*first), port));
+    }
+    // Other IPv4 networks of this host, where the socket can send from them (a wildcard).
+    if local.ip().is_unspecified() {
+        let interfaces = ant_quic_dataplane::sys::interfaces::interface_addresses().unwrap_or_default();
+        for interface in interfaces.iter().filter(|i| i.usable) {
+            if let IpAddr::V4(ip) = interface.ip {
+                if !ip.is_link_local() && !ip.is_loopback() && !ip.is_unspecified() {
+                    push(&mut out, SocketAddr::new(IpAddr::V4(ip), port));
+                }
             }
         }
     }
+    for ip in ipv6.iter().skip(1) {
+        push(&mut out, SocketAddr::new(IpAddr::V6(*ip), port));
+    }
+    out.truncate(MAX_HOST_CANDIDATES);
     out
 }
 
@@ -96,8 +117,11 @@ garbage line
     }
 
     #[test]
-    fn an_ipv4_node_gets_no_ipv6_candidates() {
-        let v4 = candidates(&[], "0.0.0.0:9000".parse().unwrap());
+    fn an_ipv4_node_gets_its_interface_addresses_and_no_ipv6_ones() {
+        let v4 = candidates(&["127.0.0.1:9".parse().unwrap()], "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(v4.first(), Some(&"127.0.0.1:9000".parse().unwrap()), "the address toward the bootstrap first");
         assert!(v4.iter().all(SocketAddr::is_ipv4), "{v4:?}");
+        assert!(v4.len() <= MAX_HOST_CANDIDATES);
+        assert!(v4.iter().all(|c| c.port() == 9000));
     }
 }

@@ -15,6 +15,8 @@
 //!   direct path by two-sided guessing in at least 2 of 10 (about 6 expected);
 //! - dual-stack peers on the lab's IPv6 segment (no NAT66) connect directly, symmetric ↔
 //!   symmetric over IPv6;
+//! - two symmetric-NAT peers that also share a private link meet directly over it (host
+//!   candidates on every interface address);
 //! - `--test` reports the NAT mapping behaviour, with two bootstraps and with one
 //!   (endpoint-dependent behind a symmetric NAT, endpoint-independent behind a port-restricted
 //!   one), and fails with one line when no bootstrap answers.
@@ -181,6 +183,7 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
     );
 
     ipv6_pairs(&lab, &dir)?;
+    side_link_pair(&lab, &dir)?;
     connectivity_checks(&lab, &dir)?;
 
     drop(lab);
@@ -227,6 +230,41 @@ fn ipv6_pairs(lab: &Lab, dir: &TempDir) -> Result<()> {
         wrong.is_empty(),
         "dual-stack pairs not direct (symmetric pairs over IPv6):\n{}\n{}",
         wrong.join("\n"),
+        out.stderr
+    );
+    Ok(())
+}
+
+/// Two symmetric-NAT peers that also share a private link (10.200.0.0/24, which no default route
+/// takes): each announces that interface's address as a host candidate, and the pair goes direct
+/// over it at once instead of relayed-then-guessing through the NATs.
+fn side_link_pair(lab: &Lab, dir: &TempDir) -> Result<()> {
+    let up = lab.run("link-up", &["link", "sy1", "sy2"], Duration::from_secs(30))?;
+    ensure!(up.status.success(), "natlab link failed: {}", up.stderr);
+    let args = [
+        "--binary",
+        NODE_BIN,
+        "--bytes",
+        "65536",
+        "--via",
+        "b1",
+        "--single",
+        "--wait-direct",
+        "3",
+        "--pairs",
+        "sy1-sy2",
+    ];
+    let out = run("traverse-side", &mut lab.command(TRAVERSE, &args), dir.path(), Duration::from_secs(120))?;
+    let down = lab.run("link-down", &["link", "sy1", "sy2", "--down"], Duration::from_secs(30))?;
+    ensure!(down.status.success(), "natlab link --down failed: {}", down.stderr);
+    let report = parse_report("traverse side link", &out)?;
+    let rows = report.at("rows")?.list()?;
+    let row = rows.first().context("no row")?;
+    let connected = row.at("result")?.text()? == "connected" && row.at("verified")?.flag()?;
+    let at_end = row.at("remote_at_end")?.text()?;
+    ensure!(
+        connected && row.at("path")?.text()? == "direct" && at_end.starts_with("10.200.0.2:"),
+        "symmetric peers sharing a private link did not meet over it: {row}\n{}",
         out.stderr
     );
     Ok(())

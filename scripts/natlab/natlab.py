@@ -9,6 +9,7 @@
     natlab.py nat-check [--prefix P] [--json]                   (each router's RFC 4787 behaviour)
     natlab.py impair [--prefix P] --loss PCT --delay-ms MS      (change or remove at run time)
     natlab.py impair-check [--prefix P] [--json] [--count N]
+    natlab.py link [--prefix P] A B [--down]                    (a private link between two peers)
 
 Must run as root; needs `ip` (iproute2), `nft` (nftables) and /dev/net/tun. Python 3 standard
 library only. Every namespace is named "<prefix>-...", default prefix "aqlab", so several labs
@@ -52,6 +53,10 @@ directions between every node and b2 are impaired; b1 and every other path stay 
 `exec NODE -- CMD` replaces itself with `ip netns exec NAMESPACE CMD`, so it can be backgrounded
 and signalled like CMD itself; `info --json` gives the namespace names for tests that spawn
 `ip netns exec` themselves. `down` stops every process left in the lab's namespaces.
+
+`link A B` joins two peers by a veth of their own, "side0" with 10.200.0.1/24 in A and
+10.200.0.2/24 in B, and no route beyond it: two hosts that also share a private network (an office
+LAN, a VPN) besides the NATed one their default route takes. `link A B --down` removes it.
 
 `raw-check`: for every pair of peers, raw UDP simultaneous open. Each case has its own UDP port
 (fresh for every run), so cases run in parallel without sharing a NAT mapping or a conntrack
@@ -666,6 +671,23 @@ def cmd_info(prefix: str, as_json: bool) -> None:
     print(f"{'node':6} {'namespace':22} {'address':13} {'public':13} nat")
     for name, n in info["nodes"].items():
         print(f"{name:6} {n['netns']:22} {n['addr']:13} {n['public_addr']:13} {n['nat']}")
+
+
+SIDE_NET = "10.200.0"
+
+
+def cmd_link(prefix: str, a: str, b: str, down: bool) -> None:
+    if a == b or a not in PEERS or b not in PEERS:
+        raise LabError(f"link: two different peers wanted ({', '.join(PEER_ORDER)}), got {a!r} and {b!r}")
+    require_up(prefix)
+    if down:
+        run(["ip", "-n", ns_name(prefix, a), "link", "del", "side0"], check=False)
+        print(f"link {a}-{b} removed")
+        return
+    ip_batch([f"link add side0 netns {ns_name(prefix, a)} type veth peer name side0 netns {ns_name(prefix, b)}"])
+    for node, host in ((a, 1), (b, 2)):
+        ip_batch([f"addr add {SIDE_NET}.{host}/24 dev side0", "link set side0 up"], ns_name(prefix, node))
+    print(f"link {a} {SIDE_NET}.1 <-> {b} {SIDE_NET}.2 up")
 
 
 def cmd_exec(prefix: str, node: str, command: list) -> None:
@@ -1309,6 +1331,10 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--interval-ms", type=float, default=5.0)
+    p = with_prefix(sub.add_parser("link", help="a private link between two peers (side0, 10.200.0.0/24)"))
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--down", action="store_true", help="remove it")
     args = parser.parse_args()
 
     try:
@@ -1322,6 +1348,8 @@ def main() -> int:
             cmd_exec(prefix, args.node, args.command)
         elif args.cmd == "info":
             cmd_info(prefix, args.json)
+        elif args.cmd == "link":
+            cmd_link(prefix, args.a, args.b, args.down)
         elif args.cmd == "raw-check":
             return cmd_raw_check(prefix, args.json, args.serial)
         elif args.cmd == "nat-check":

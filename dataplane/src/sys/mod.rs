@@ -5,6 +5,7 @@
 //! - [`socket`]: socket options the standard library and socket2 do not offer (reuseport BPF,
 //!   peer credentials).
 //! - `cmsg`: control messages of UDP sends and receives, and raw socket addresses.
+//! - [`interfaces`]: the host's interface addresses (getifaddrs).
 //! - [`poll`]: poll(2) and the eventfd [`poll::Waker`] that ends a wait.
 //! - [`thread`]: CPU affinity and timer slack of the calling thread.
 //! - [`signal`]: blocking signals and taking them synchronously.
@@ -15,6 +16,8 @@
 
 #[cfg(target_os = "linux")]
 pub(crate) mod cmsg;
+#[cfg(target_os = "linux")]
+pub mod interfaces;
 pub mod poll;
 pub mod process;
 pub mod signal;

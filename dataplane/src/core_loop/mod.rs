@@ -16,6 +16,7 @@ use quinn_proto::{
     Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent, Transmit,
 };
 
+use crate::address::unmapped;
 use crate::admission::{Admission, AdmissionConfig};
 use crate::app::Application;
 use crate::backend::{Backend, OutBatch, RecvMeta};
@@ -329,6 +330,10 @@ impl<B: Backend, M> Core<B, M> {
                 Command::SetPath(alias, route) => {
                     if !self.tx.paths.set(alias, route) {
                         tracing::warn!(core = self.index, %alias, ?route, "path alias refused");
+                    } else if let Some(PathRoute::Relay { relay, channel }) = route {
+                        for (meta, data) in self.relay.take_early(now, unmapped(relay), channel, unmapped(alias)) {
+                            self.handle_from_alias(now, meta, data);
+                        }
                     }
                 }
                 Command::SendDatagram(destination, payload) => {

@@ -2,6 +2,7 @@
 //! its path aliases (peer role), forward those between the ends of an allocation (bootstrap role),
 //! gathering each burst into one GSO send; and the upkeep of its forwarding table.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +20,13 @@ use crate::transmit::{Transmitter, MAX_GSO_BYTES};
 /// How often expired relay allocations are swept from the forwarding table (until then their
 /// frames count as `expired`).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Relay frames on a channel this core does not know, held until an alias routes over it: the
+/// bootstrap grants a relay to both ends at once and the requester starts its handshake at once,
+/// so its first frames can arrive before the grant that installs the channel here. Without the
+/// hold they are lost and the handshake waits out a 1 s probe timeout.
+const EARLY_FRAMES_HELD: usize = 16;
+/// How long an early frame is held (the requester retransmits after about this long anyway).
+const EARLY_HOLD: Duration = Duration::from_secs(1);
 
 /// What a received relay frame leaves for the core.
 pub(crate) enum Received {
@@ -28,9 +36,19 @@ pub(crate) enum Received {
     FromAlias(RecvMeta, BytesMut),
 }
 
+/// A relay frame on a channel not (yet) known here.
+struct EarlyFrame {
+    arrived: Instant,
+    meta: RecvMeta,
+    channel: u32,
+    data: BytesMut,
+}
+
 /// One core's relay state: the allocations it forwards, and the burst being gathered.
 pub(crate) struct RelayIo {
     table: ForwardingTable,
+    /// Frames on unknown channels, oldest first, at most [`EARLY_FRAMES_HELD`].
+    early: VecDeque<EarlyFrame>,
     /// Forwarded relay frames being gathered into one GSO send (same destination and size);
     /// sent once the received batch is handled.
     forwarding: Option<OutBatch>,
@@ -42,7 +60,14 @@ pub(crate) struct RelayIo {
 
 impl RelayIo {
     pub(crate) fn new(stats: Arc<CoreStats>, generation: Generation) -> Self {
-        Self { table: ForwardingTable::new(), forwarding: None, next_sweep: Instant::now(), stats, generation }
+        Self {
+            table: ForwardingTable::new(),
+            early: VecDeque::new(),
+            forwarding: None,
+            next_sweep: Instant::now(),
+            stats,
+            generation,
+        }
     }
 
     /// Forward relay frames on this allocation (install or renew).
@@ -95,13 +120,66 @@ impl RelayIo {
             // Forwarded unchanged, from the local address it arrived on, with its ECN codepoint
             // (as a TURN relay does, RFC 8656 §12), so congestion marks reach the peer.
             Ok(destination) => self.forward(tx, destination, meta.ecn, meta.local_ip, &data),
-            // The high half of a channel names the generation that allocated it (0: none).
-            Err(RelayDrop::UnknownChannel) if ![0, self.generation].contains(&((channel >> 16) as Generation)) => {
-                bump(&self.stats.foreign_generation, 1)
-            }
+            Err(RelayDrop::UnknownChannel) => self.hold_early(now, meta, channel, data),
             Err(reason) => self.stats.relay_drop(reason),
         }
         Received::Handled
+    }
+
+    /// Keep a frame on an unknown channel a moment, dropping (and counting) the oldest or stale.
+    fn hold_early(&mut self, now: Instant, meta: RecvMeta, channel: u32, data: BytesMut) {
+        while let Some(oldest) = self.early.front() {
+            if self.early.len() < EARLY_FRAMES_HELD && now.saturating_duration_since(oldest.arrived) <= EARLY_HOLD {
+                break;
+            }
+            if let Some(dropped) = self.early.pop_front() {
+                self.count_unknown(dropped.channel);
+            }
+        }
+        self.early.push_back(EarlyFrame { arrived: now, meta, channel, data });
+    }
+
+    fn count_unknown(&self, channel: u32) {
+        // The high half of a channel names the generation that allocated it (0: none).
+        if [0, self.generation].contains(&((channel >> 16) as Generation)) {
+            self.stats.relay_drop(RelayDrop::UnknownChannel);
+        } else {
+            bump(&self.stats.foreign_generation, 1);
+        }
+    }
+
+    /// The held frames from `relay` on `channel`, now that `alias` routes over it: each as the
+    /// datagram inside it, from the alias. Stale ones are dropped and counted.
+    pub(crate) fn take_early(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        channel: u32,
+        alias: SocketAddr,
+    ) -> Vec<(RecvMeta, BytesMut)> {
+        if self.early.is_empty() {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        let mut stale = Vec::new();
+        self.early.retain_mut(|frame| {
+            if now.saturating_duration_since(frame.arrived) > EARLY_HOLD {
+                stale.push(frame.channel);
+                return false;
+            }
+            if frame.meta.remote != relay || frame.channel != channel {
+                return true;
+            }
+            let mut data = std::mem::take(&mut frame.data);
+            data.advance(RELAY_HEADER_LEN);
+            taken.push((RecvMeta { remote: alias, len: data.len(), stride: data.len(), ..frame.meta }, data));
+            false
+        });
+        for channel in stale {
+            self.count_unknown(channel);
+        }
+        bump(&self.stats.alias_received_relay, taken.len() as u64);
+        taken
     }
 
     /// Queue a frame to forward. A peer's frames come in bursts of equal size (full packets), so
@@ -151,5 +229,58 @@ impl RelayIo {
         bump(&stats.relay_forwarded, frames);
         bump(&stats.relay_forwarded_bytes, bytes);
         tx.send_raw(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(channel: u32, payload: &[u8]) -> BytesMut {
+        let mut data = BytesMut::new();
+        data.extend_from_slice(&[crate::relay::RELAY_MARKER]);
+        data.extend_from_slice(&channel.to_be_bytes());
+        data.extend_from_slice(payload);
+        data
+    }
+
+    fn meta(remote: &str, len: usize) -> RecvMeta {
+        RecvMeta { remote: remote.parse().unwrap(), len, stride: len, ecn: None, local_ip: None }
+    }
+
+    #[test]
+    fn frames_before_their_channel_are_delivered_once_it_is_routed() {
+        let stats = Arc::new(CoreStats::default());
+        let mut relay = RelayIo::new(stats.clone(), 1);
+        let now = Instant::now();
+        let bootstrap: SocketAddr = "192.0.2.1:9000".parse().unwrap();
+        let alias: SocketAddr = "240.0.0.1:1".parse().unwrap();
+        let channel = 0x0007_0001;
+        relay.hold_early(now, meta("192.0.2.1:9000", 9), channel, frame(channel, b"Init"));
+        relay.hold_early(now, meta("192.0.2.1:9000", 9), channel + 1, frame(channel + 1, b"other"));
+        relay.hold_early(now, meta("198.51.100.9:9000", 9), channel, frame(channel, b"spoof"));
+        let taken = relay.take_early(now + Duration::from_millis(6), bootstrap, channel, alias);
+        assert_eq!(taken.len(), 1, "only the frame from that relay on that channel");
+        assert_eq!(taken[0].0.remote, alias);
+        assert_eq!(&taken[0].1[..], b"Init", "the datagram inside the frame");
+        assert!(relay.take_early(now, bootstrap, channel, alias).is_empty(), "delivered once");
+        // The others go stale and are counted as the drops they are: channel 7 is another
+        // generation's (the bootstrap's).
+        let later = now + EARLY_HOLD + Duration::from_millis(1);
+        assert!(relay.take_early(later, bootstrap, channel + 1, alias).is_empty(), "stale frames are not delivered");
+        assert_eq!(stats.foreign_generation.load(Ordering::Relaxed), 2);
+        assert!(relay.early.is_empty());
+    }
+
+    #[test]
+    fn at_most_so_many_frames_are_held() {
+        let stats = Arc::new(CoreStats::default());
+        let mut relay = RelayIo::new(stats.clone(), 1);
+        let now = Instant::now();
+        for _ in 0..EARLY_FRAMES_HELD + 5 {
+            relay.hold_early(now, meta("192.0.2.1:9000", 9), 0x0001_0009, frame(0x0001_0009, b"x"));
+        }
+        assert_eq!(relay.early.len(), EARLY_FRAMES_HELD);
+        assert_eq!(stats.relay_drops(RelayDrop::UnknownChannel), 5, "the oldest dropped and counted");
     }
 }

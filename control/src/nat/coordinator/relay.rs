@@ -118,8 +118,10 @@ impl Coordinator {
         self.actions.push_back(CoordinatorAction::InstallRelay { channel, a, b, expires, byte_limit, rate_limit });
         let lifetime_s = u32::try_from(self.config.relay_lifetime.as_secs()).unwrap_or(u32::MAX);
         let grant = |request, peer| Message::RelayGrant { request, peer, channel, lifetime_s, byte_limit, rate_limit };
-        self.send(session, grant(request, target));
+        // The target's grant first: the requester starts through the relay as soon as its own
+        // arrives, and the target must know the channel by the time the first frame does.
         self.send(target_session, grant(0, requester));
+        self.send(session, grant(request, target));
     }
 
     /// A channel no allocation holds: the generation in the high 16 bits, a random non-zero low

@@ -120,21 +120,23 @@ impl RelayIo {
             // Forwarded unchanged, from the local address it arrived on, with its ECN codepoint
             // (as a TURN relay does, RFC 8656 §12), so congestion marks reach the peer.
             Ok(destination) => self.forward(tx, destination, meta.ecn, meta.local_ip, &data),
-            Err(RelayDrop::UnknownChannel) => self.hold_early(now, meta, channel, data),
+            Err(RelayDrop::UnknownChannel) => {
+                // Counted now, as every frame on a channel unknown when it arrives; one delivered
+                // later is counted again in `alias_received_relay`.
+                self.count_unknown(channel);
+                self.hold_early(now, meta, channel, data);
+            }
             Err(reason) => self.stats.relay_drop(reason),
         }
         Received::Handled
     }
 
-    /// Keep a frame on an unknown channel a moment, dropping (and counting) the oldest or stale.
+    /// Keep a frame on an unknown channel a moment, forgetting the oldest and the stale ones.
     fn hold_early(&mut self, now: Instant, meta: RecvMeta, channel: u32, data: BytesMut) {
-        while let Some(oldest) = self.early.front() {
-            if self.early.len() < EARLY_FRAMES_HELD && now.saturating_duration_since(oldest.arrived) <= EARLY_HOLD {
-                break;
-            }
-            if let Some(dropped) = self.early.pop_front() {
-                self.count_unknown(dropped.channel);
-            }
+        while self.early.front().is_some_and(|oldest| {
+            self.early.len() >= EARLY_FRAMES_HELD || now.saturating_duration_since(oldest.arrived) > EARLY_HOLD
+        }) {
+            self.early.pop_front();
         }
         self.early.push_back(EarlyFrame { arrived: now, meta, channel, data });
     }
@@ -149,7 +151,7 @@ impl RelayIo {
     }
 
     /// The held frames from `relay` on `channel`, now that `alias` routes over it: each as the
-    /// datagram inside it, from the alias. Stale ones are dropped and counted.
+    /// datagram inside it, from the alias. Stale ones are forgotten.
     pub(crate) fn take_early(
         &mut self,
         now: Instant,
@@ -161,10 +163,8 @@ impl RelayIo {
             return Vec::new();
         }
         let mut taken = Vec::new();
-        let mut stale = Vec::new();
         self.early.retain_mut(|frame| {
             if now.saturating_duration_since(frame.arrived) > EARLY_HOLD {
-                stale.push(frame.channel);
                 return false;
             }
             if frame.meta.remote != relay || frame.channel != channel {
@@ -175,9 +175,6 @@ impl RelayIo {
             taken.push((RecvMeta { remote: alias, len: data.len(), stride: data.len(), ..frame.meta }, data));
             false
         });
-        for channel in stale {
-            self.count_unknown(channel);
-        }
         bump(&self.stats.alias_received_relay, taken.len() as u64);
         taken
     }
@@ -264,23 +261,20 @@ mod tests {
         assert_eq!(taken[0].0.remote, alias);
         assert_eq!(&taken[0].1[..], b"Init", "the datagram inside the frame");
         assert!(relay.take_early(now, bootstrap, channel, alias).is_empty(), "delivered once");
-        // The others go stale and are counted as the drops they are: channel 7 is another
-        // generation's (the bootstrap's).
+        assert_eq!(stats.alias_received_relay.load(Ordering::Relaxed), 1);
+        // The others go stale.
         let later = now + EARLY_HOLD + Duration::from_millis(1);
         assert!(relay.take_early(later, bootstrap, channel + 1, alias).is_empty(), "stale frames are not delivered");
-        assert_eq!(stats.foreign_generation.load(Ordering::Relaxed), 2);
         assert!(relay.early.is_empty());
     }
 
     #[test]
     fn at_most_so_many_frames_are_held() {
-        let stats = Arc::new(CoreStats::default());
-        let mut relay = RelayIo::new(stats.clone(), 1);
+        let mut relay = RelayIo::new(Arc::new(CoreStats::default()), 1);
         let now = Instant::now();
         for _ in 0..EARLY_FRAMES_HELD + 5 {
             relay.hold_early(now, meta("192.0.2.1:9000", 9), 0x0001_0009, frame(0x0001_0009, b"x"));
         }
-        assert_eq!(relay.early.len(), EARLY_FRAMES_HELD);
-        assert_eq!(stats.relay_drops(RelayDrop::UnknownChannel), 5, "the oldest dropped and counted");
+        assert_eq!(relay.early.len(), EARLY_FRAMES_HELD, "the oldest forgotten");
     }
 }

@@ -142,6 +142,8 @@ pub struct Connection {
     /// The "real" local IP address which was was used to receive the initial packet.
     /// This is only populated for the server case, and if known
     local_ip: Option<IpAddr>,
+    /// PATCH (ant-quic): the local address of the datagram being processed, if known.
+    rx_local_ip: Option<IpAddr>,
     path: PathData,
     /// Incremented every time we see a new path
     ///
@@ -293,6 +295,7 @@ impl Connection {
             path_counter: 0,
             allow_mtud,
             local_ip,
+            rx_local_ip: None, // PATCH (ant-quic)
             prev_path: None,
             state,
             side: connection_side,
@@ -1133,10 +1136,13 @@ impl Connection {
             Datagram(DatagramConnectionEvent {
                 now,
                 remote,
+                local_ip,
                 ecn,
                 first_decode,
                 remaining,
             }) => {
+                // PATCH (ant-quic): kept for `follow_to_preferred_address` in `process_payload`.
+                self.rx_local_ip = local_ip;
                 // If this packet could initiate a migration and we're a client or a server that
                 // forbids migration, drop the datagram. This could be relaxed to heuristically
                 // permit NAT-rebinding-like migration.
@@ -3082,7 +3088,36 @@ impl Connection {
             self.spin = false;
         }
 
+        // PATCH (ant-quic): like a peer address change above, a non-probing packet with the
+        // largest packet number so far moves the connection to the local address it came to.
+        if !is_probing_packet && number == self.spaces[SpaceId::Data].rx_packet {
+            self.follow_to_preferred_address();
+        }
+
         Ok(())
+    }
+
+    /// PATCH (ant-quic): a server whose client moved to its preferred address (RFC 9000 §9.6)
+    /// sends from that address from now on. Only the advertised address is followed: the RFC
+    /// lets a server's address change only to it, and the client validated that path first.
+    fn follow_to_preferred_address(&mut self) {
+        let ConnectionSide::Server { ref server_config } = self.side else {
+            return;
+        };
+        let Some(arrived) = self.rx_local_ip else {
+            return;
+        };
+        let arrived_canonical = arrived.to_canonical();
+        if self.local_ip.map(|ip| ip.to_canonical()) == Some(arrived_canonical) {
+            return;
+        }
+        let v4 = server_config.preferred_address_v4.map(|a| IpAddr::V4(*a.ip()));
+        let v6 = server_config.preferred_address_v6.map(|a| IpAddr::V6(*a.ip()));
+        let preferred = [v4, v6].contains(&Some(arrived_canonical));
+        if preferred {
+            trace!(%arrived, "the client moved to the preferred address");
+            self.local_ip = Some(arrived);
+        }
     }
 
     fn migrate(&mut self, now: Instant, remote: SocketAddr) {

@@ -202,11 +202,7 @@ impl Metrics {
             "counter",
             "Connections whose client moved to the node's preferred address ([node] preferred_address).",
         );
-        out.sample(
-            "quic_preferred_address_migrations_total",
-            &[],
-            sum(&|c| read(&c.preferred_address_migrations)),
-        );
+        out.sample("quic_preferred_address_migrations_total", &[], sum(&|c| read(&c.preferred_address_migrations)));
         out.family(
             "quic_bytes_transmitted",
             "untyped",

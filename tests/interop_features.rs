@@ -471,3 +471,28 @@ fn feature_connectionmigration_preferred_address_node_serves() -> Result<()> {
     scene.passed();
     Ok(())
 }
+
+/// The runner's connectionmigration case, `get` as the client: aioquic's server (hq_server.py,
+/// which adds the transport parameter aioquic cannot set) offers 127.0.0.2 on its port as its
+/// preferred address; `get` moves there once the handshake is confirmed and the rest of the
+/// transfer runs over the new path (the server sends from 127.0.0.2, or `get` drops it).
+#[test]
+fn feature_connectionmigration_get_moves_to_aioquic_preferred_address() -> Result<()> {
+    let scene = Scene::new("preferred-address-client")?;
+    let (mut server, port) = scene.start_hq_server(&["--preferred-host", "127.0.0.2"])?;
+    let out = scene.scratch.subdir("out")?;
+    scene.get(port, &out, &[], &server)?;
+    scene.check_files(&out)?;
+    // Printed when the connection has ended on the server's side.
+    let line = server.stdout_line(left(scene.deadline), |l| l.strip_prefix("PREFERRED ").map(str::to_owned))?;
+    let count =
+        |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name)?.parse::<usize>().ok()).unwrap_or(0);
+    let (preferred, all) = (count("datagrams="), count("of="));
+    eprintln!("feature: {preferred} of {all} datagrams from get came to the preferred address");
+    ensure!(
+        preferred * 2 >= all && preferred > 0,
+        "only {preferred} of {all} datagrams from get came to the preferred address"
+    );
+    scene.passed();
+    Ok(())
+}

@@ -144,6 +144,9 @@ pub struct Connection {
     local_ip: Option<IpAddr>,
     /// PATCH (ant-quic): the local address of the datagram being processed, if known.
     rx_local_ip: Option<IpAddr>,
+    /// PATCH (ant-quic): a client whose handshake was just confirmed, to move to the server's
+    /// preferred address.
+    preferred_address_due: bool,
     path: PathData,
     /// Incremented every time we see a new path
     ///
@@ -295,7 +298,8 @@ impl Connection {
             path_counter: 0,
             allow_mtud,
             local_ip,
-            rx_local_ip: None, // PATCH (ant-quic)
+            rx_local_ip: None,            // PATCH (ant-quic)
+            preferred_address_due: false, // PATCH (ant-quic)
             prev_path: None,
             state,
             side: connection_side,
@@ -3044,6 +3048,9 @@ impl Connection {
                     if self.spaces[SpaceId::Handshake].crypto.is_some() {
                         self.discard_space(now, SpaceId::Handshake);
                     }
+                    // PATCH (ant-quic): the handshake is confirmed (RFC 9000 §9.6.1); move once
+                    // this packet is processed (its own checks expect the current path).
+                    self.preferred_address_due = true;
                 }
             }
         }
@@ -3092,6 +3099,9 @@ impl Connection {
         // largest packet number so far moves the connection to the local address it came to.
         if !is_probing_packet && number == self.spaces[SpaceId::Data].rx_packet {
             self.follow_to_preferred_address();
+        }
+        if mem::take(&mut self.preferred_address_due) {
+            self.move_to_preferred_address(now);
         }
 
         Ok(())
@@ -3164,6 +3174,41 @@ impl Connection {
             Timer::PathValidation,
             now + 3 * cmp::max(self.pto(SpaceId::Data), prev_pto).max(new_path_pto),
         );
+    }
+
+    /// PATCH (ant-quic): a client moves to the server's preferred address of its family once
+    /// the handshake is confirmed (RFC 9000 §9.6.1), with the connection ID that came with it
+    /// (sequence 1, the next in `rem_cids`). It moves at once and validates the new path with
+    /// `migrate`'s PATH_CHALLENGE, going back to the old address if that fails, rather than
+    /// probing first: quinn-proto keeps one path (and one previous one) per connection.
+    fn move_to_preferred_address(&mut self, now: Instant) {
+        if !self.side.is_client() || self.rem_cids.active_seq() != 0 {
+            return;
+        }
+        let Some(info) = self.peer_params.preferred_address else {
+            return;
+        };
+        let target = match self.path.remote {
+            SocketAddr::V4(_) => info.address_v4.map(SocketAddr::V4),
+            // An IPv4 server reached through a dual-stack socket.
+            SocketAddr::V6(remote) if remote.ip().to_ipv4_mapped().is_some() => info
+                .address_v4
+                .map(|a| SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())),
+            SocketAddr::V6(_) => info.address_v6.map(SocketAddr::V6),
+        };
+        let Some(target) = target.filter(|t| *t != self.path.remote && t.port() != 0) else {
+            return;
+        };
+        debug!(%target, "moving to the server's preferred address");
+        self.migrate(now, target);
+        // The server asked for this address: no anti-amplification limit on what we send it,
+        // and no challenge on the old path, which only a failed validation returns to.
+        self.path.validated = true;
+        if let Some((_, ref mut prev)) = self.prev_path {
+            prev.challenge = None;
+            prev.challenge_pending = false;
+        }
+        self.update_rem_cid();
     }
 
     /// Handle a change in the local address, i.e. an active migration

@@ -18,7 +18,7 @@
 //!   preferred address; aioquic's client validates it after the handshake and moves there, and
 //!   the node must send from it (counted in `quic_preferred_address_migrations_total`).
 //!
-//! What `get` does not do (0-RTT, migration) and why is in docs/reliability.md, "Interop feature
+//! What `get` does not do (active migration) and why is in docs/reliability.md, "Interop feature
 //! cases". `ANT_QUIC_INTEROP_BIN` tests another build of the node.
 
 mod common;

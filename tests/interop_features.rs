@@ -13,10 +13,10 @@
 //! * connectionmigration: aioquic's client moves mid-transfer to a new socket on 127.0.0.2 with
 //!   a new connection ID; the node must send the rest of the file to the new address, and count
 //!   the change in `quic_peer_address_changes_total`.
-//!
-//! * connectionmigration, the runner's form: the node offers 127.0.0.2 on its port as its
-//!   preferred address; aioquic's client validates it after the handshake and moves there, and
-//!   the node must send from it (counted in `quic_preferred_address_migrations_total`).
+//! * connectionmigration, the runner's form: the server offers 127.0.0.2 on its port as its
+//!   preferred address and the client moves there once the handshake is confirmed. The node must
+//!   then send from it (counted in `quic_preferred_address_migrations_total`); `get` must move to
+//!   the one `hq_server.py --preferred-host` offers, and to the node's (both sides ours).
 //!
 //! What `get` does not do (active migration) and why is in docs/reliability.md, "Interop feature
 //! cases". `ANT_QUIC_INTEROP_BIN` tests another build of the node.
@@ -434,15 +434,9 @@ fn feature_connectionmigration_node_follows_aioquic_client() -> Result<()> {
 #[test]
 fn feature_connectionmigration_preferred_address_node_serves() -> Result<()> {
     let scene = Scene::new("preferred-address-server")?;
-    // A port free now, for the node to listen on with the preferred address on the same port.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let preferred = format!("127.0.0.2:{port}");
-    let env = [
-        ("ANT_QUIC_NODE_PREFERRED_ADDRESS", preferred.as_str()),
-        ("ANT_QUIC_METRICS_PORT", "0"),
-        ("ANT_QUIC_NAT_ALTERNATE_PORT", "0"),
-    ];
-    let mut node = scene.start_node_on(&format!("0.0.0.0:{port}"), &env)?;
+    let (mut node, preferred) = start_node_with_preferred_address(&scene)?;
+    let port = preferred.port();
+    let preferred = preferred.to_string();
     let admin = node.admin()?;
     let moves = || sample(&http_get(admin, "/metrics").1, "quic_preferred_address_migrations_total");
     ensure!(moves() == Some(0.0), "quic_preferred_address_migrations_total before any client: {:?}", moves());
@@ -493,6 +487,42 @@ fn feature_connectionmigration_get_moves_to_aioquic_preferred_address() -> Resul
         preferred * 2 >= all && preferred > 0,
         "only {preferred} of {all} datagrams from get came to the preferred address"
     );
+    scene.passed();
+    Ok(())
+}
+
+/// The node listening on 0.0.0.0 (traffic only on loopback) with 127.0.0.2 on its port as its
+/// preferred address, and that address.
+fn start_node_with_preferred_address(scene: &Scene) -> Result<(NodeProcess, SocketAddr)> {
+    // A port free now, for the node to listen on with the preferred address on the same port.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let preferred = SocketAddr::from(([127, 0, 0, 2], port));
+    let text = preferred.to_string();
+    let env = [
+        ("ANT_QUIC_NODE_PREFERRED_ADDRESS", text.as_str()),
+        ("ANT_QUIC_METRICS_PORT", "0"),
+        ("ANT_QUIC_NAT_ALTERNATE_PORT", "0"),
+    ];
+    Ok((scene.start_node_on(&format!("0.0.0.0:{port}"), &env)?, preferred))
+}
+
+/// Both sides ours: `get` moves to the node's preferred address as it does to aioquic's, and the
+/// node follows it there (the two halves of the patched quinn-proto together).
+#[test]
+fn feature_connectionmigration_get_moves_to_node_preferred_address() -> Result<()> {
+    let scene = Scene::new("preferred-address-both")?;
+    let (mut node, preferred) = start_node_with_preferred_address(&scene)?;
+    let admin = node.admin()?;
+    let moves = || sample(&http_get(admin, "/metrics").1, "quic_preferred_address_migrations_total");
+    let out = scene.scratch.subdir("out")?;
+    scene.get(preferred.port(), &out, &[], &node)?;
+    scene.check_files(&out)?;
+    let counted = moves().unwrap_or(0.0);
+    eprintln!("feature: quic_preferred_address_migrations_total {counted}");
+    ensure!(counted == 1.0, "quic_preferred_address_migrations_total after get moved: {counted}");
+    if node.exited().is_ok_and(|s| s.is_some()) {
+        bail!("the node exited: {}", tail(&node.stderr(), 40));
+    }
     scene.passed();
     Ok(())
 }

@@ -455,6 +455,10 @@ fn feature_connectionmigration_preferred_address_node_serves() -> Result<()> {
         "only {from_preferred} bytes came from {preferred} (from 127.0.0.1:{port}: {:?})",
         from(&format!("127.0.0.1:{port}"))
     );
+    // The answer to aioquic's PATH_CHALLENGE to the preferred address came from there (RFC 9000
+    // §8.2.2), before the client moved: the only datagram from it while sending elsewhere.
+    let early = paths.get(format!("offpath_from_{preferred}").as_str()).and_then(|n| n.parse::<usize>().ok());
+    ensure!(early.unwrap_or(0) >= 1, "nothing came from {preferred} before the client moved there: {paths:?}");
     let counted = moves().unwrap_or(0.0);
     eprintln!("feature: quic_preferred_address_migrations_total {counted}");
     ensure!(counted == 1.0, "quic_preferred_address_migrations_total after one client moved: {counted}");

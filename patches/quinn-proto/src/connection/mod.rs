@@ -873,7 +873,12 @@ impl Connection {
             // Send an off-path PATH_RESPONSE. Prioritized over on-path data to ensure that path
             // validation can occur while the link is saturated.
             if space_id == SpaceId::Data && num_datagrams == 1 {
-                if let Some((token, remote)) = self.path_responses.pop_off_path(self.path.remote) {
+                // PATCH (ant-quic): also a response to a challenge sent to another local address
+                // (a server's preferred address), sent from that address.
+                if let Some((token, remote, local_ip)) = self
+                    .path_responses
+                    .pop_off_path(self.path.remote, self.local_ip)
+                {
                     // `unwrap` guaranteed to succeed because `builder_storage` was populated just
                     // above.
                     let mut builder = builder_storage.take().unwrap();
@@ -897,7 +902,7 @@ impl Connection {
                         size: buf.len(),
                         ecn: None,
                         segment_size: None,
-                        src_ip: self.local_ip,
+                        src_ip: local_ip.or(self.local_ip), // PATCH (ant-quic)
                     });
                 }
             }
@@ -2854,7 +2859,13 @@ impl Connection {
                     close = Some(reason);
                 }
                 Frame::PathChallenge(token) => {
-                    self.path_responses.push(number, token, remote);
+                    // PATCH (ant-quic): answered from the local address it came to (RFC 9000
+                    // §8.2.2), when that is not the connection's.
+                    let local_ip = self.rx_local_ip.filter(|ip| {
+                        self.local_ip
+                            .is_some_and(|own| own.to_canonical() != ip.to_canonical())
+                    });
+                    self.path_responses.push(number, token, remote, local_ip);
                     if remote == self.path.remote {
                         // PATH_CHALLENGE on active path, possible off-path packet forwarding
                         // attack. Send a non-probing packet to recover the active path.
@@ -3359,7 +3370,10 @@ impl Connection {
 
         // PATH_RESPONSE
         if buf.len() + 9 < max_size && space_id == SpaceId::Data {
-            if let Some(token) = self.path_responses.pop_on_path(self.path.remote) {
+            if let Some(token) = self
+                .path_responses
+                .pop_on_path(self.path.remote, self.local_ip)
+            {
                 sent.non_retransmits = true;
                 sent.requires_padding = true;
                 trace!("PATH_RESPONSE {:08x}", token);

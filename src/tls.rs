@@ -2,6 +2,7 @@
 //! client configurations, and the verifiers that authenticate a peer by its peer ID (or a server
 //! by any other [`ServerPin`]).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -160,6 +161,9 @@ pub struct ServerSecurity {
     /// Accept 0-RTT data from clients resuming a session (`[security] zero_rtt`). Such data can
     /// be replayed by an attacker, so it is off unless every request served is idempotent.
     pub zero_rtt: bool,
+    /// The address offered to clients to move to after the handshake (`[node]
+    /// preferred_address`, RFC 9000 §9.6); set on the QUIC server configuration built here.
+    pub preferred_address: Option<SocketAddr>,
 }
 
 /// Server side: our certificate, offering `alpns`.
@@ -175,7 +179,17 @@ pub fn server_config_with(
 ) -> Result<quinn_proto::ServerConfig, TlsError> {
     let quic = QuicServerConfig::try_from(Arc::new(rustls_server_config_with(identity, alpns, security)?))
         .map_err(|e| TlsError(e.to_string()))?;
-    Ok(quinn_proto::ServerConfig::with_crypto(Arc::new(quic)))
+    let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(quic));
+    match security.preferred_address {
+        Some(SocketAddr::V4(address)) => {
+            server.preferred_address_v4(Some(address));
+        }
+        Some(SocketAddr::V6(address)) => {
+            server.preferred_address_v6(Some(address));
+        }
+        None => {}
+    }
+    Ok(server)
 }
 
 /// The rustls half of [`server_config`].

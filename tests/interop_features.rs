@@ -13,8 +13,12 @@
 //! * connectionmigration: aioquic's client moves mid-transfer to a new socket on 127.0.0.2 with
 //!   a new connection ID; the node must send the rest of the file to the new address, and count
 //!   the change in `quic_peer_address_changes_total`.
+//! * connectionmigration, the runner's form: the server offers 127.0.0.2 on its port as its
+//!   preferred address and the client moves there once the handshake is confirmed. The node must
+//!   then send from it (counted in `quic_preferred_address_migrations_total`); `get` must move to
+//!   the one `hq_server.py --preferred-host` offers, and to the node's (both sides ours).
 //!
-//! What `get` does not do (0-RTT, migration) and why is in docs/reliability.md, "Interop feature
+//! What `get` does not do (active migration) and why is in docs/reliability.md, "Interop feature
 //! cases". `ANT_QUIC_INTEROP_BIN` tests another build of the node.
 
 mod common;
@@ -99,18 +103,25 @@ impl Scene {
 
     /// The node serving `www`, with extra environment (config keys as `ANT_QUIC_<SECTION>_<KEY>`).
     fn start_node(&self, env: &[(&str, &str)]) -> Result<NodeProcess> {
+        self.start_node_on("127.0.0.1:0", env)
+    }
+
+    /// [`Self::start_node`] listening on `listen`.
+    fn start_node_on(&self, listen: &str, env: &[(&str, &str)]) -> Result<NodeProcess> {
         let data = self.scratch.subdir("data")?;
         let mut cmd = Command::new(node_bin());
-        cmd.args(["--listen", "127.0.0.1:0", "--www"]).arg(&self.www).arg("--data-dir").arg(data);
+        cmd.args(["--listen", listen, "--www"]).arg(&self.www).arg("--data-dir").arg(data);
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())).envs(env.iter().copied());
         NodeProcess::start(&mut cmd, &self.logs)
     }
 
-    /// hq_client.py fetching every file from `addr` into `out` with `flags`; it must exit 0.
+    /// hq_client.py fetching every file from the node (127.0.0.1 when it listens on a wildcard
+    /// address) into `out` with `flags`; it must exit 0.
     fn hq_client(&self, node: &NodeProcess, out: &Path, flags: &[&str]) -> Result<Finished> {
+        let host = if node.addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { node.addr.ip().to_string() };
         let mut cmd = Command::new(aioquic_python()?);
         cmd.arg(interop_script("hq_client.py"))
-            .args(["--host", &node.addr.ip().to_string(), "--port", &node.addr.port().to_string()])
+            .args(["--host", &host, "--port", &node.addr.port().to_string()])
             .arg("--output")
             .arg(out)
             .args(["--insecure", "--timeout", "40"])
@@ -409,6 +420,110 @@ fn feature_connectionmigration_node_follows_aioquic_client() -> Result<()> {
     eprintln!("feature: quic_peer_address_changes_total {counted}");
     ensure!(counted >= 1.0, "quic_peer_address_changes_total after the migration: {counted}");
     scene.check_files(&out)?;
+    if node.exited().is_ok_and(|s| s.is_some()) {
+        bail!("the node exited: {}", tail(&node.stderr(), 40));
+    }
+    scene.passed();
+    Ok(())
+}
+
+/// The runner's connectionmigration case: the node, listening on 0.0.0.0 (traffic only on
+/// loopback), offers 127.0.0.2 on its port as its preferred address (RFC 9000 §9.6). aioquic's
+/// client connects to 127.0.0.1, validates the preferred address once the handshake is confirmed
+/// and moves there; the node must then send from 127.0.0.2.
+#[test]
+fn feature_connectionmigration_preferred_address_node_serves() -> Result<()> {
+    let scene = Scene::new("preferred-address-server")?;
+    let (mut node, preferred) = start_node_with_preferred_address(&scene)?;
+    let port = preferred.port();
+    let preferred = preferred.to_string();
+    let admin = node.admin()?;
+    let moves = || sample(&http_get(admin, "/metrics").1, "quic_preferred_address_migrations_total");
+    ensure!(moves() == Some(0.0), "quic_preferred_address_migrations_total before any client: {:?}", moves());
+    let out = scene.scratch.subdir("out")?;
+    let done = scene.hq_client(&node, &out, &["--report-paths"])?;
+    let paths = fields(&done.stdout, "PATHS").with_context(|| format!("no PATHS line\n{}", describe(&done)))?;
+    eprintln!("feature: hq_client paths: {paths:?}");
+    // The client moved: it ended on the preferred address ...
+    let peer = paths.get("peer").copied().unwrap_or("none");
+    ensure!(peer == preferred, "the client ended on {peer}, not the preferred address {preferred}");
+    // ... and the node followed: most of the file came from the preferred address.
+    let from = |addr: &str| paths.get(format!("from_{addr}").as_str()).and_then(|n| n.parse::<usize>().ok());
+    let from_preferred = from(&preferred).unwrap_or(0);
+    ensure!(
+        from_preferred >= BIG / 2,
+        "only {from_preferred} bytes came from {preferred} (from 127.0.0.1:{port}: {:?})",
+        from(&format!("127.0.0.1:{port}"))
+    );
+    // The answer to aioquic's PATH_CHALLENGE to the preferred address came from there (RFC 9000
+    // §8.2.2), before the client moved: the only datagram from it while sending elsewhere.
+    let early = paths.get(format!("offpath_from_{preferred}").as_str()).and_then(|n| n.parse::<usize>().ok());
+    ensure!(early.unwrap_or(0) >= 1, "nothing came from {preferred} before the client moved there: {paths:?}");
+    let counted = moves().unwrap_or(0.0);
+    eprintln!("feature: quic_preferred_address_migrations_total {counted}");
+    ensure!(counted == 1.0, "quic_preferred_address_migrations_total after one client moved: {counted}");
+    scene.check_files(&out)?;
+    if node.exited().is_ok_and(|s| s.is_some()) {
+        bail!("the node exited: {}", tail(&node.stderr(), 40));
+    }
+    scene.passed();
+    Ok(())
+}
+
+/// The runner's connectionmigration case, `get` as the client: aioquic's server (hq_server.py,
+/// which adds the transport parameter aioquic cannot set) offers 127.0.0.2 on its port as its
+/// preferred address; `get` moves there once the handshake is confirmed and the rest of the
+/// transfer runs over the new path (the server sends from 127.0.0.2, or `get` drops it).
+#[test]
+fn feature_connectionmigration_get_moves_to_aioquic_preferred_address() -> Result<()> {
+    let scene = Scene::new("preferred-address-client")?;
+    let (mut server, port) = scene.start_hq_server(&["--preferred-host", "127.0.0.2"])?;
+    let out = scene.scratch.subdir("out")?;
+    scene.get(port, &out, &[], &server)?;
+    scene.check_files(&out)?;
+    // Printed when the connection has ended on the server's side.
+    let line = server.stdout_line(left(scene.deadline), |l| l.strip_prefix("PREFERRED ").map(str::to_owned))?;
+    let count =
+        |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name)?.parse::<usize>().ok()).unwrap_or(0);
+    let (preferred, all) = (count("datagrams="), count("of="));
+    eprintln!("feature: {preferred} of {all} datagrams from get came to the preferred address");
+    ensure!(
+        preferred * 2 >= all && preferred > 0,
+        "only {preferred} of {all} datagrams from get came to the preferred address"
+    );
+    scene.passed();
+    Ok(())
+}
+
+/// The node listening on 0.0.0.0 (traffic only on loopback) with 127.0.0.2 on its port as its
+/// preferred address, and that address.
+fn start_node_with_preferred_address(scene: &Scene) -> Result<(NodeProcess, SocketAddr)> {
+    // A port free now, for the node to listen on with the preferred address on the same port.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let preferred = SocketAddr::from(([127, 0, 0, 2], port));
+    let text = preferred.to_string();
+    let env = [
+        ("ANT_QUIC_NODE_PREFERRED_ADDRESS", text.as_str()),
+        ("ANT_QUIC_METRICS_PORT", "0"),
+        ("ANT_QUIC_NAT_ALTERNATE_PORT", "0"),
+    ];
+    Ok((scene.start_node_on(&format!("0.0.0.0:{port}"), &env)?, preferred))
+}
+
+/// Both sides ours: `get` moves to the node's preferred address as it does to aioquic's, and the
+/// node follows it there (the two halves of the patched quinn-proto together).
+#[test]
+fn feature_connectionmigration_get_moves_to_node_preferred_address() -> Result<()> {
+    let scene = Scene::new("preferred-address-both")?;
+    let (mut node, preferred) = start_node_with_preferred_address(&scene)?;
+    let admin = node.admin()?;
+    let moves = || sample(&http_get(admin, "/metrics").1, "quic_preferred_address_migrations_total");
+    let out = scene.scratch.subdir("out")?;
+    scene.get(preferred.port(), &out, &[], &node)?;
+    scene.check_files(&out)?;
+    let counted = moves().unwrap_or(0.0);
+    eprintln!("feature: quic_preferred_address_migrations_total {counted}");
+    ensure!(counted == 1.0, "quic_preferred_address_migrations_total after get moved: {counted}");
     if node.exited().is_ok_and(|s| s.is_some()) {
         bail!("the node exited: {}", tail(&node.stderr(), 40));
     }

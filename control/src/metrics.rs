@@ -198,6 +198,12 @@ impl Metrics {
         );
         out.sample("quic_peer_address_changes_total", &[], sum(&|c| read(&c.peer_address_changes)));
         out.family(
+            "quic_preferred_address_migrations_total",
+            "counter",
+            "Connections whose client moved to the node's preferred address ([node] preferred_address).",
+        );
+        out.sample("quic_preferred_address_migrations_total", &[], sum(&|c| read(&c.preferred_address_migrations)));
+        out.family(
             "quic_bytes_transmitted",
             "untyped",
             "UDP payload bytes sent and received by the node (monotonic; use rate()).",

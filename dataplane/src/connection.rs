@@ -50,6 +50,8 @@ pub(crate) struct ConnState {
     pub(crate) next_rtt_sample: Instant,
     /// The peer's address when last driven, to count its changes.
     pub(crate) remote: std::net::SocketAddr,
+    /// The local address replies go from when last driven, to count moves to the preferred address.
+    pub(crate) local_ip: Option<std::net::IpAddr>,
 }
 
 /// The connections of one core, lent to application code in [`crate::Application::on_message`].

@@ -129,6 +129,9 @@ pub struct CoreStats {
     /// Times a connection's peer address changed: the peer migrated or its NAT rebound (quinn-proto
     /// follows after path validation; a return to the old address after a failed one counts too).
     pub peer_address_changes: AtomicU64,
+    /// Times a connection's local address changed: its client moved to the node's preferred
+    /// address (the patched quinn-proto follows only to that address).
+    pub preferred_address_migrations: AtomicU64,
     /// Loop turns (for liveness: it moves while the core runs).
     pub loop_turns: AtomicU64,
     /// Connections ended, by [`CloseClass`] (index: `CloseClass as usize`).

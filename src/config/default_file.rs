@@ -20,6 +20,10 @@ listen = "0.0.0.0:9000"
 # ID (its TLS certificate carries the key); the first one given coordinates --connect, the next
 # ones take a request over when it does not answer (--bootstrap, ANT_QUIC_NODE_BOOTSTRAP).
 bootstrap = []
+# Address clients are asked to move to once the handshake is confirmed (QUIC's preferred_address,
+# RFC 9000 section 9.6): another address of this host on the listen port; needs listen on
+# 0.0.0.0 or [::] with a fixed port (ANT_QUIC_NODE_PREFERRED_ADDRESS).
+# preferred_address = "203.0.113.2:9000"
 # Seconds a node taken over by `ant-quic --takeover` keeps serving its live connections before it
 # closes what is left with CONNECTION_CLOSE; 0 closes at once (--drain-timeout,
 # ANT_QUIC_NODE_DRAIN_TIMEOUT).

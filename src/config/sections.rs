@@ -48,6 +48,11 @@ pub struct NodeSection {
     pub www: Option<PathBuf>,
     /// Bootstrap peers, `HOST:PORT`.
     pub bootstrap: Vec<String>,
+    /// The address clients are offered to move to once the handshake is confirmed (the
+    /// `preferred_address` transport parameter, RFC 9000 §9.6): another address of this host,
+    /// on the listen port, which the wildcard listen socket receives on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_address: Option<SocketAddr>,
     /// Seconds a process taken over (`--takeover`) keeps serving its live connections before it
     /// closes what is left; 0: close at once.
     pub drain_timeout: u64,
@@ -69,6 +74,7 @@ impl Default for NodeSection {
             data_dir: None,
             www: None,
             bootstrap: Vec::new(),
+            preferred_address: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
@@ -397,6 +403,11 @@ impl Config {
             (Some(ca), false) => ClientAuth::Optional(tls::load_ca(ca)?),
             (None, _) => ClientAuth::None,
         };
-        Ok(ServerSecurity { certificate, client_auth, zero_rtt: s.zero_rtt })
+        Ok(ServerSecurity {
+            certificate,
+            client_auth,
+            zero_rtt: s.zero_rtt,
+            preferred_address: self.node.preferred_address,
+        })
     }
 }

@@ -2,6 +2,7 @@
 //! together.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use super::origin::{ConfigError, Origin};
 use super::sections::{
@@ -33,6 +34,11 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
             "nat.alternate_port",
             format!("[nat] alternate_port {listen} is the listen port: choose another port, or 0 to turn it off"),
         ));
+    }
+    if let Some(preferred) = config.node.preferred_address {
+        if let Err(why) = check_preferred_address(preferred, config.node.listen) {
+            return Err(fail("node.preferred_address", format!("[node] preferred_address {preferred}: {why}")));
+        }
     }
     for entry in &config.node.bootstrap {
         if let Err(why) = split_bootstrap(entry) {
@@ -121,6 +127,35 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
         tls::rustls_server_config_with(&identity, &[], &security)
             .map_err(|e| fail("security.tls_key", format!("[security] tls_key: {e}")))?;
     }
+    Ok(())
+}
+
+/// Why `preferred` cannot be the node's preferred address when it listens on `listen`, if it
+/// cannot. The node receives on it with its listen socket (no second socket): the socket must be
+/// bound to a wildcard address, on the same port, and the address must be one of this host's.
+fn check_preferred_address(preferred: SocketAddr, listen: SocketAddr) -> Result<(), String> {
+    let ip = preferred.ip();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err("not a unicast address".into());
+    }
+    if matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()) {
+        return Err("an IPv4-mapped IPv6 address: write the IPv4 address".into());
+    }
+    if !listen.ip().is_unspecified() {
+        return Err(format!(
+            "[node] listen {listen} must be 0.0.0.0:PORT or [::]:PORT, so that the listen socket receives on this address too"
+        ));
+    }
+    if ip.is_ipv6() && listen.is_ipv4() {
+        return Err(format!("an IPv6 address needs [node] listen = \"[::]:{}\"", listen.port()));
+    }
+    if listen.port() == 0 || preferred.port() != listen.port() {
+        return Err(format!(
+            "the port must be the [node] listen port (a fixed one; listen is {listen}): the node receives on one port"
+        ));
+    }
+    UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(|e| format!("not an address of this host ({e})"))?;
     Ok(())
 }
 

@@ -1,15 +1,25 @@
 """QUIC features exercised by the interop cases in tests/interop_features.rs, shared by
 hq_client.py and hq_server.py: key updates forced every N packets, session tickets kept in
-memory for resumption and 0-RTT, and active migration of a client to a new local address."""
+memory for resumption and 0-RTT, active migration of a client to a new local address, and a
+server's preferred address (RFC 9000 section 9.6), which aioquic's server cannot offer by itself."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 
 from aioquic import tls
-from aioquic.quic.connection import QuicConnection
+from aioquic.buffer import Buffer
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection, QuicConnectionId
+from aioquic.quic.packet import (
+    QuicPreferredAddress,
+    pull_quic_header,
+    pull_quic_transport_parameters,
+    push_quic_transport_parameters,
+)
 
 LOG = logging.getLogger("features")
 
@@ -112,3 +122,61 @@ def migrate(protocol, loop: asyncio.AbstractEventLoop, local_host: str) -> async
         return sock.getsockname()
 
     return asyncio.ensure_future(move())
+
+
+def offer_preferred_address(quic: QuicConnection, address: tuple[str, int]) -> None:
+    """Make a server connection offer ``address`` (IPv4) in the ``preferred_address`` transport
+    parameter, with a connection ID of its own (the next sequence number, normally 1) that the
+    server routes like the others. aioquic 1.7.2 has no setting for it: the transport parameters
+    it serializes are read back, completed and written again."""
+    cid = QuicConnectionId(
+        cid=os.urandom(quic._configuration.connection_id_length),
+        sequence_number=quic._host_cid_seq,
+        stateless_reset_token=os.urandom(16),
+        was_sent=True,  # sent in the transport parameters, not in NEW_CONNECTION_ID
+    )
+    quic._host_cids.append(cid)
+    quic._host_cid_seq += 1
+    # The server's CID table learns it from this event, as from a NEW_CONNECTION_ID.
+    quic._events.append(events.ConnectionIdIssued(connection_id=cid.cid))
+    serialize = quic._serialize_transport_parameters
+
+    def with_preferred_address() -> bytes:
+        params = pull_quic_transport_parameters(Buffer(data=serialize()))
+        params.preferred_address = QuicPreferredAddress(
+            ipv4_address=address,
+            ipv6_address=None,
+            connection_id=cid.cid,
+            stateless_reset_token=cid.stateless_reset_token,
+        )
+        buf = Buffer(capacity=3 * quic._max_datagram_size)
+        push_quic_transport_parameters(buf, params)
+        return buf.data
+
+    quic._serialize_transport_parameters = with_preferred_address
+
+
+class PreferredAddressSocket(asyncio.DatagramProtocol):
+    """The second socket of a server offering a preferred address: datagrams go to the
+    connection their connection ID names (the server's table), and that connection sends from
+    this socket from then on (aioquic keeps one transport per connection and no local address per
+    path, so replies would otherwise leave from the first address)."""
+
+    def __init__(self, server) -> None:
+        self._server = server
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=self._server._configuration.connection_id_length)
+        except ValueError:
+            return
+        protocol = self._server._protocols.get(header.destination_cid)
+        if protocol is None:
+            return
+        protocol.preferred_datagrams = getattr(protocol, "preferred_datagrams", 0) + 1
+        protocol._transport = self._transport
+        protocol.datagram_received(data, addr)

@@ -73,6 +73,11 @@ Features (tests/interop_features.rs; helpers in features.py):
   ``--migrate-to HOST`` (default 127.0.0.2) with a new connection ID; prints
   ``MIGRATED local=<addr> bytes_before=<n> bytes_after=<n>`` (bytes received before the move
   and on the new path).
+* ``--report-paths``: prints ``PATHS peer=<addr> from_<addr>=<bytes> ... offpath_from_<addr>=<n>
+  ...``: the server address the connection ended on (after a move to the server's preferred
+  address, RFC 9000 section 9.6, that address), the UDP payload bytes received from each server
+  address, and the datagrams received from an address other than the one the client was sending
+  to at the time (such as the answer to its PATH_CHALLENGE to the preferred address).
 
 Debugging: ``-v`` logs aioquic's DEBUG output to stderr, ``--qlog DIR``
 writes a qlog trace, ``--secrets-log FILE`` writes TLS keys (NSS key log
@@ -187,6 +192,8 @@ class HqClientProtocol(QuicConnectionProtocol):
         self.migrate_to = "127.0.0.2"
         self.migration: asyncio.Future | None = None
         self.received_before_migration = 0
+        self.bytes_from: dict[str, int] = {}
+        self.offpath_from: dict[str, int] = {}
 
     def _feature_events(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
@@ -226,6 +233,13 @@ class HqClientProtocol(QuicConnectionProtocol):
 
     def datagram_received(self, data: bytes | str, addr) -> None:
         self._last_received = self._loop.time()
+        source = address_text(addr)
+        self.bytes_from[source] = self.bytes_from.get(source, 0) + len(data)
+        peer = self._quic.get_peer_address()
+        if peer is not None and address_text(peer) != source:
+            # from an address this client is not sending to: e.g. the answer to its challenge
+            # to the server's preferred address, before it moved there
+            self.offpath_from[source] = self.offpath_from.get(source, 0) + 1
         super().datagram_received(data, addr)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -286,6 +300,12 @@ class HqClientProtocol(QuicConnectionProtocol):
             # the base class would wrap streams in asyncio reader/writer
             # pairs; all stream data is handled above instead
             super().quic_event_received(event)
+
+
+def address_text(addr) -> str:
+    """``IP:PORT`` of a socket address, IPv4-mapped IPv6 written as IPv4."""
+    host = str(addr[0]).removeprefix("::ffff:")
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
 
 
 def safe_output_path(output_dir: str, url_path: str) -> str:
@@ -395,6 +415,11 @@ def report_features(args: argparse.Namespace, client: HqClientProtocol, prefix: 
             lines.append(f"MIGRATED local={local[0]}:{local[1]} bytes_before={client.received_before_migration} bytes_after={after}")
         else:
             lines.append("MIGRATED none")
+    if args.report_paths:
+        peer = client._quic.get_peer_address()
+        sources = " ".join(f"from_{a}={n}" for a, n in sorted(client.bytes_from.items()))
+        sources += "".join(f" offpath_from_{a}={n}" for a, n in sorted(client.offpath_from.items()))
+        lines.append(f"PATHS peer={address_text(peer) if peer else 'none'} {sources}")
     for line in lines:
         print(prefix + line, flush=True)
 
@@ -466,6 +491,8 @@ def main() -> int:
                         help="move to a new local address and connection ID after BYTES were received")
     parser.add_argument("--migrate-to", default="127.0.0.2", metavar="HOST",
                         help="with --migrate-after: the new local IPv4 address")
+    parser.add_argument("--report-paths", action="store_true",
+                        help="print the server address the connection ended on and the bytes from each")
     parser.add_argument("--qlog", default=None, help="directory for qlog traces")
     parser.add_argument("--secrets-log", default=None, help="file for TLS secrets (NSS key log)")
     parser.add_argument("-v", "--verbose", action="store_true", help="aioquic DEBUG logging on stderr")

@@ -43,6 +43,11 @@ Features (tests/interop_features.rs; helpers in features.py), each reported on s
   ``--forget-tickets`` issues them but never takes one back (as a restarted server): a client
   offering one gets a full handshake and its 0-RTT data refused.
 
+* ``--preferred-host HOST``: offer HOST, on the server's port, as the preferred address
+  (RFC 9000 section 9.6), listen there too, and send each connection's datagrams from the
+  address its client last sent to; prints ``PREFERRED datagrams=N of=M`` when a connection ends
+  (N of the M datagrams from its client came to the preferred address).
+
 ``-v`` turns on aioquic's DEBUG logging on stderr; ``--qlog DIR`` writes qlog
 traces, ``--secrets-log FILE`` TLS keys (NSS key log format).
 """
@@ -72,7 +77,7 @@ from aioquic.quic.events import (
 )
 from aioquic.quic.logger import QuicFileLogger
 
-from features import KeyUpdater
+from features import KeyUpdater, PreferredAddressSocket, offer_preferred_address
 
 ALPN = "hq-interop"
 ERR_NOT_FOUND = 0x1
@@ -108,12 +113,21 @@ class HqServerProtocol(QuicConnectionProtocol):
     # features.py: --key-update-every, --session-tickets
     key_update_every: int | None = None
     report_sessions: bool = False
+    preferred_address: tuple[str, int] | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._buffers: dict[int, bytearray] = {}
         self._answered: set[int] = set()
         self._key_updater = KeyUpdater(self._quic, self.key_update_every) if self.key_update_every is not None else None
+        self.datagrams = 0
+        self.preferred_datagrams = 0
+        if self.preferred_address is not None:
+            offer_preferred_address(self._quic, self.preferred_address)
+
+    def datagram_received(self, data, addr) -> None:
+        self.datagrams += 1
+        super().datagram_received(data, addr)
 
     def _feature_events(self, event: QuicEvent) -> None:
         if self._key_updater is not None:
@@ -121,6 +135,8 @@ class HqServerProtocol(QuicConnectionProtocol):
             if isinstance(event, ConnectionTerminated):
                 u = self._key_updater
                 print(f"KEY_UPDATES initiated={u.initiated} completed={u.completed} remote={u.remote}", flush=True)
+        if self.preferred_address is not None and isinstance(event, ConnectionTerminated):
+            print(f"PREFERRED datagrams={self.preferred_datagrams} of={self.datagrams}", flush=True)
         if self.report_sessions and isinstance(event, HandshakeCompleted):
             print(f"SESSION resumed={event.session_resumed} early_data={event.early_data_accepted}", flush=True)
 
@@ -257,6 +273,7 @@ async def run(args: argparse.Namespace, cert: str, key: str) -> None:
     HqServerProtocol.key_update_every = args.key_update_every
     HqServerProtocol.report_sessions = args.session_tickets
     tickets: dict[bytes, object] = {}
+    loop = asyncio.get_running_loop()
     server = await serve(
         args.host,
         args.port,
@@ -269,10 +286,14 @@ async def run(args: argparse.Namespace, cert: str, key: str) -> None:
         session_ticket_handler=(lambda t: tickets.__setitem__(t.ticket, t)) if args.session_tickets else None,
     )
     sockname = server._transport.get_extra_info("sockname")
+    if args.preferred_host:
+        HqServerProtocol.preferred_address = (args.preferred_host, sockname[1])
+        await loop.create_datagram_endpoint(
+            lambda: PreferredAddressSocket(server), local_addr=(args.preferred_host, sockname[1])
+        )
     print(f"READY {sockname[1]}", flush=True)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -301,6 +322,8 @@ def main() -> int:
                         help="issue session tickets; accept resumption and 0-RTT; report each handshake")
     parser.add_argument("--forget-tickets", action="store_true",
                         help="with --session-tickets: never resume (as a restarted server would)")
+    parser.add_argument("--preferred-host", default=None, metavar="HOST",
+                        help="offer HOST (IPv4), on the server's port, as the preferred address")
     parser.add_argument("--qlog", default=None, help="directory for qlog traces")
     parser.add_argument("--secrets-log", default=None, help="file for TLS secrets (NSS key log)")
     parser.add_argument("-v", "--verbose", action="store_true", help="aioquic DEBUG logging on stderr")

@@ -429,6 +429,7 @@ impl<B: Backend, M> Core<B, M> {
             }
             *slot = Some(ConnState {
                 remote: conn.remote_address(),
+                local_ip: conn.local_ip(),
                 conn,
                 tag,
                 queued_deadline: None,
@@ -719,6 +720,10 @@ impl<B: Backend, M> Core<B, M> {
         if state.conn.remote_address() != state.remote {
             state.remote = state.conn.remote_address();
             bump(&self.shared.stats.peer_address_changes, 1);
+        }
+        if state.conn.local_ip() != state.local_ip {
+            state.local_ip = state.conn.local_ip();
+            bump(&self.shared.stats.preferred_address_migrations, 1);
         }
         if state.connected && now >= state.next_rtt_sample {
             self.recorder.rtt(state.conn.rtt());

@@ -165,6 +165,7 @@ impl Endpoint {
             Ok((first_decode, remaining)) => DatagramConnectionEvent {
                 now,
                 remote,
+                local_ip, // PATCH (ant-quic)
                 ecn,
                 first_decode,
                 remaining,

@@ -142,6 +142,11 @@ pub struct Connection {
     /// The "real" local IP address which was was used to receive the initial packet.
     /// This is only populated for the server case, and if known
     local_ip: Option<IpAddr>,
+    /// PATCH (ant-quic): the local address of the datagram being processed, if known.
+    rx_local_ip: Option<IpAddr>,
+    /// PATCH (ant-quic): a client whose handshake was just confirmed, to move to the server's
+    /// preferred address.
+    preferred_address_due: bool,
     path: PathData,
     /// Incremented every time we see a new path
     ///
@@ -293,6 +298,8 @@ impl Connection {
             path_counter: 0,
             allow_mtud,
             local_ip,
+            rx_local_ip: None,            // PATCH (ant-quic)
+            preferred_address_due: false, // PATCH (ant-quic)
             prev_path: None,
             state,
             side: connection_side,
@@ -866,7 +873,12 @@ impl Connection {
             // Send an off-path PATH_RESPONSE. Prioritized over on-path data to ensure that path
             // validation can occur while the link is saturated.
             if space_id == SpaceId::Data && num_datagrams == 1 {
-                if let Some((token, remote)) = self.path_responses.pop_off_path(self.path.remote) {
+                // PATCH (ant-quic): also a response to a challenge sent to another local address
+                // (a server's preferred address), sent from that address.
+                if let Some((token, remote, local_ip)) = self
+                    .path_responses
+                    .pop_off_path(self.path.remote, self.local_ip)
+                {
                     // `unwrap` guaranteed to succeed because `builder_storage` was populated just
                     // above.
                     let mut builder = builder_storage.take().unwrap();
@@ -890,7 +902,7 @@ impl Connection {
                         size: buf.len(),
                         ecn: None,
                         segment_size: None,
-                        src_ip: self.local_ip,
+                        src_ip: local_ip.or(self.local_ip), // PATCH (ant-quic)
                     });
                 }
             }
@@ -1133,10 +1145,13 @@ impl Connection {
             Datagram(DatagramConnectionEvent {
                 now,
                 remote,
+                local_ip,
                 ecn,
                 first_decode,
                 remaining,
             }) => {
+                // PATCH (ant-quic): kept for `follow_to_preferred_address` in `process_payload`.
+                self.rx_local_ip = local_ip;
                 // If this packet could initiate a migration and we're a client or a server that
                 // forbids migration, drop the datagram. This could be relaxed to heuristically
                 // permit NAT-rebinding-like migration.
@@ -2844,7 +2859,13 @@ impl Connection {
                     close = Some(reason);
                 }
                 Frame::PathChallenge(token) => {
-                    self.path_responses.push(number, token, remote);
+                    // PATCH (ant-quic): answered from the local address it came to (RFC 9000
+                    // §8.2.2), when that is not the connection's.
+                    let local_ip = self.rx_local_ip.filter(|ip| {
+                        self.local_ip
+                            .is_some_and(|own| own.to_canonical() != ip.to_canonical())
+                    });
+                    self.path_responses.push(number, token, remote, local_ip);
                     if remote == self.path.remote {
                         // PATH_CHALLENGE on active path, possible off-path packet forwarding
                         // attack. Send a non-probing packet to recover the active path.
@@ -3038,6 +3059,9 @@ impl Connection {
                     if self.spaces[SpaceId::Handshake].crypto.is_some() {
                         self.discard_space(now, SpaceId::Handshake);
                     }
+                    // PATCH (ant-quic): the handshake is confirmed (RFC 9000 §9.6.1); move once
+                    // this packet is processed (its own checks expect the current path).
+                    self.preferred_address_due = true;
                 }
             }
         }
@@ -3082,7 +3106,39 @@ impl Connection {
             self.spin = false;
         }
 
+        // PATCH (ant-quic): like a peer address change above, a non-probing packet with the
+        // largest packet number so far moves the connection to the local address it came to.
+        if !is_probing_packet && number == self.spaces[SpaceId::Data].rx_packet {
+            self.follow_to_preferred_address();
+        }
+        if mem::take(&mut self.preferred_address_due) {
+            self.move_to_preferred_address(now);
+        }
+
         Ok(())
+    }
+
+    /// PATCH (ant-quic): a server whose client moved to its preferred address (RFC 9000 §9.6)
+    /// sends from that address from now on. Only the advertised address is followed: the RFC
+    /// lets a server's address change only to it, and the client validated that path first.
+    fn follow_to_preferred_address(&mut self) {
+        let ConnectionSide::Server { ref server_config } = self.side else {
+            return;
+        };
+        let Some(arrived) = self.rx_local_ip else {
+            return;
+        };
+        let arrived_canonical = arrived.to_canonical();
+        if self.local_ip.map(|ip| ip.to_canonical()) == Some(arrived_canonical) {
+            return;
+        }
+        let v4 = server_config.preferred_address_v4.map(|a| IpAddr::V4(*a.ip()));
+        let v6 = server_config.preferred_address_v6.map(|a| IpAddr::V6(*a.ip()));
+        let preferred = [v4, v6].contains(&Some(arrived_canonical));
+        if preferred {
+            trace!(%arrived, "the client moved to the preferred address");
+            self.local_ip = Some(arrived);
+        }
     }
 
     fn migrate(&mut self, now: Instant, remote: SocketAddr) {
@@ -3129,6 +3185,41 @@ impl Connection {
             Timer::PathValidation,
             now + 3 * cmp::max(self.pto(SpaceId::Data), prev_pto).max(new_path_pto),
         );
+    }
+
+    /// PATCH (ant-quic): a client moves to the server's preferred address of its family once
+    /// the handshake is confirmed (RFC 9000 §9.6.1), with the connection ID that came with it
+    /// (sequence 1, the next in `rem_cids`). It moves at once and validates the new path with
+    /// `migrate`'s PATH_CHALLENGE, going back to the old address if that fails, rather than
+    /// probing first: quinn-proto keeps one path (and one previous one) per connection.
+    fn move_to_preferred_address(&mut self, now: Instant) {
+        if !self.side.is_client() || self.rem_cids.active_seq() != 0 {
+            return;
+        }
+        let Some(info) = self.peer_params.preferred_address else {
+            return;
+        };
+        let target = match self.path.remote {
+            SocketAddr::V4(_) => info.address_v4.map(SocketAddr::V4),
+            // An IPv4 server reached through a dual-stack socket.
+            SocketAddr::V6(remote) if remote.ip().to_ipv4_mapped().is_some() => info
+                .address_v4
+                .map(|a| SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())),
+            SocketAddr::V6(_) => info.address_v6.map(SocketAddr::V6),
+        };
+        let Some(target) = target.filter(|t| *t != self.path.remote && t.port() != 0) else {
+            return;
+        };
+        debug!(%target, "moving to the server's preferred address");
+        self.migrate(now, target);
+        // The server asked for this address: no anti-amplification limit on what we send it,
+        // and no challenge on the old path, which only a failed validation returns to.
+        self.path.validated = true;
+        if let Some((_, ref mut prev)) = self.prev_path {
+            prev.challenge = None;
+            prev.challenge_pending = false;
+        }
+        self.update_rem_cid();
     }
 
     /// Handle a change in the local address, i.e. an active migration
@@ -3279,7 +3370,10 @@ impl Connection {
 
         // PATH_RESPONSE
         if buf.len() + 9 < max_size && space_id == SpaceId::Data {
-            if let Some(token) = self.path_responses.pop_on_path(self.path.remote) {
+            if let Some(token) = self
+                .path_responses
+                .pop_on_path(self.path.remote, self.local_ip)
+            {
                 sent.non_retransmits = true;
                 sent.requires_padding = true;
                 trace!("PATH_RESPONSE {:08x}", token);

@@ -1,4 +1,7 @@
-use std::{cmp, net::SocketAddr};
+use std::{
+    cmp,
+    net::{IpAddr, SocketAddr},
+};
 
 use tracing::trace;
 
@@ -360,15 +363,27 @@ pub(crate) struct PathResponses {
 }
 
 impl PathResponses {
-    pub(crate) fn push(&mut self, packet: u64, token: u64, remote: SocketAddr) {
+    /// PATCH (ant-quic): `local_ip` is the local address the challenge arrived on when it is not
+    /// the connection's own (a client probing a server's preferred address), else `None`.
+    pub(crate) fn push(
+        &mut self,
+        packet: u64,
+        token: u64,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+    ) {
         /// Arbitrary permissive limit to prevent abuse
         const MAX_PATH_RESPONSES: usize = 16;
         let response = PathResponse {
             packet,
             token,
             remote,
+            local_ip,
         };
-        let existing = self.pending.iter_mut().find(|x| x.remote == remote);
+        let existing = self
+            .pending
+            .iter_mut()
+            .find(|x| x.remote == remote && x.local_ip == local_ip);
         if let Some(existing) = existing {
             // Update a queued response
             if existing.packet <= packet {
@@ -385,20 +400,30 @@ impl PathResponses {
         }
     }
 
-    pub(crate) fn pop_off_path(&mut self, remote: SocketAddr) -> Option<(u64, SocketAddr)> {
+    /// PATCH (ant-quic): also returns the local address to answer from (`None`: the
+    /// connection's), and takes a response to a challenge that came to another local address.
+    pub(crate) fn pop_off_path(
+        &mut self,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+    ) -> Option<(u64, SocketAddr, Option<IpAddr>)> {
         let response = *self.pending.last()?;
-        if response.remote == remote {
+        if response.is_on_path(remote, local_ip) {
             // We don't bother searching further because we expect that the on-path response will
             // get drained in the immediate future by a call to `pop_on_path`
             return None;
         }
         self.pending.pop();
-        Some((response.token, response.remote))
+        Some((response.token, response.remote, response.local_ip))
     }
 
-    pub(crate) fn pop_on_path(&mut self, remote: SocketAddr) -> Option<u64> {
+    pub(crate) fn pop_on_path(
+        &mut self,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+    ) -> Option<u64> {
         let response = *self.pending.last()?;
-        if response.remote != remote {
+        if !response.is_on_path(remote, local_ip) {
             // We don't bother searching further because we expect that the off-path response will
             // get drained in the immediate future by a call to `pop_off_path`
             return None;
@@ -419,6 +444,15 @@ struct PathResponse {
     token: u64,
     /// The address the corresponding PATH_CHALLENGE was received from
     remote: SocketAddr,
+    /// PATCH (ant-quic): the local address it was received on, if not the connection's
+    local_ip: Option<IpAddr>,
+}
+
+impl PathResponse {
+    /// PATCH (ant-quic): whether it goes on the active path, from the connection's local address
+    fn is_on_path(&self, remote: SocketAddr, local_ip: Option<IpAddr>) -> bool {
+        self.remote == remote && self.local_ip.is_none_or(|ip| Some(ip) == local_ip)
+    }
 }
 
 /// Summary statistics of packets that have been sent on a particular path, but which have not yet

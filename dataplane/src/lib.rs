@@ -24,6 +24,7 @@ pub mod cid;
 pub mod connection;
 mod core_loop;
 pub mod datagram;
+pub mod frame;
 pub mod latency;
 pub mod multisocket;
 pub mod node;

@@ -7,7 +7,7 @@
 //! `Ipv6View`, `UdpView`), headers written into the caller's buffer. What this layer does not
 //! take as ours goes to the kernel unchanged, so the kernel stays the one judge of everything
 //! unusual: fragments, IPv4 options (source routes are the kernel's policy to refuse), IPv6
-//! extension headers, VLAN tags, frames over the MTU, and anything damaged.
+//! extension headers, VLAN tags, frames over the MTU, martian addresses, and anything damaged.
 
 mod build;
 pub mod checksum;
@@ -66,9 +66,15 @@ pub enum NotOurs {
     /// A wrong UDP checksum, or none over IPv6.
     #[error("bad UDP checksum")]
     BadUdpChecksum,
-    /// Not to one of our addresses and ports (a multicast or broadcast destination never is).
+    /// Not to one of our addresses and ports (a multicast, broadcast or loopback destination
+    /// never is).
     #[error("not addressed to us")]
     NotOurAddress,
+    /// From an address no host sends from (multicast, broadcast, unspecified, loopback,
+    /// IPv4-mapped over IPv6): the kernel drops these as martians, and an answer would go to
+    /// a group or nowhere.
+    #[error("impossible source address")]
+    BadSource,
 }
 
 /// A UDP datagram for us, found in a frame.
@@ -158,6 +164,9 @@ fn find_datagram(frame: &[u8], ours: &[SocketAddr], mtu: usize) -> Result<Datagr
     if !is_ours(dst, ours) {
         return Err(NotOurs::NotOurAddress);
     }
+    if !is_possible_source(src_ip) {
+        return Err(NotOurs::BadSource);
+    }
     if !udp.verify_checksum(src_ip, dst_ip) {
         return Err(NotOurs::BadUdpChecksum);
     }
@@ -172,10 +181,11 @@ fn find_datagram(frame: &[u8], ours: &[SocketAddr], mtu: usize) -> Result<Datagr
     })
 }
 
-/// Whether `dst` is one of `ours`. Multicast and broadcast destinations never are.
+/// Whether `dst` is one of `ours`. Addresses no host has on a link (multicast, broadcast,
+/// unspecified, loopback: those [`is_possible_source`] refuses) never are, even under a wildcard.
 fn is_ours(dst: SocketAddr, ours: &[SocketAddr]) -> bool {
     let ip = dst.ip();
-    if ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) || ip.is_unspecified() {
+    if !is_possible_source(ip) {
         return false;
     }
     ours.iter().any(|our| {
@@ -186,6 +196,16 @@ fn is_ours(dst: SocketAddr, ours: &[SocketAddr]) -> bool {
                 our_ip => our_ip == ip,
             }
     })
+}
+
+/// Whether a host can send from `ip` (RFC 1122 §3.2.1.3; RFC 4291 §2.5.2, §2.5.3, §2.7;
+/// IPv4-mapped addresses never appear on the wire, RFC 4038 §4.2).
+fn is_possible_source(ip: IpAddr) -> bool {
+    let special = match ip {
+        IpAddr::V4(v4) => v4.is_broadcast() || v4.octets()[0] == 0,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+    };
+    !(special || ip.is_multicast() || ip.is_unspecified() || ip.is_loopback())
 }
 
 /// The big-endian `u16` at `at`, 0 past the end.

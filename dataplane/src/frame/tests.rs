@@ -249,6 +249,26 @@ fn every_reason_to_leave_a_frame_to_the_kernel() {
     assert_eq!(reason(&good6, &[v4.dst]), NotOurs::NotOurAddress);
     let multicast = UdpFrame { dst: "224.0.0.251:9000".parse().unwrap(), ..v4 };
     assert_eq!(reason(&built(&multicast, b"x"), &["0.0.0.0:9000".parse().unwrap()]), NotOurs::NotOurAddress);
+    for bad_source in ["224.0.0.1:1", "255.255.255.255:1", "0.0.0.0:1", "0.1.2.3:1", "127.0.0.1:1"] {
+        let f = built(&UdpFrame { src: bad_source.parse().unwrap(), ..v4 }, b"x");
+        assert_eq!(reason(&f, &ours), NotOurs::BadSource, "{bad_source}");
+    }
+    for bad_source in ["[ff02::1]:1", "[::]:1", "[::1]:1", "[::ffff:192.0.2.1]:1"] {
+        let src: SocketAddr = bad_source.parse().unwrap();
+        let repr = UdpFrame { src, ..v6 };
+        // The builder takes IPv4-mapped as IPv4: write the mapped source into an IPv6 frame.
+        let mut f = built(&UdpFrame { src: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 1), ..v6 }, b"x");
+        if let IpAddr::V6(ip) = src.ip() {
+            f[22..38].copy_from_slice(&ip.octets());
+        }
+        let udp = &mut f[54..];
+        udp[6..8].copy_from_slice(&[0, 0]);
+        let sum = checksum::udp_checksum(src.ip(), repr.dst.ip(), udp);
+        udp[6..8].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(reason(&f, &ours), NotOurs::BadSource, "{bad_source}");
+    }
+    let loopback = UdpFrame { dst: "127.0.0.1:9000".parse().unwrap(), ..v4 };
+    assert_eq!(reason(&built(&loopback, b"x"), &["0.0.0.0:9000".parse().unwrap()]), NotOurs::NotOurAddress);
     let broadcast = UdpFrame { dst: "255.255.255.255:9000".parse().unwrap(), ..v4 };
     assert_eq!(reason(&built(&broadcast, b"x"), &["0.0.0.0:9000".parse().unwrap()]), NotOurs::NotOurAddress);
 }
@@ -344,7 +364,7 @@ fn repr(v6: bool) -> impl Strategy<Value = UdpFrame> {
 }
 
 fn ordinary(ip: IpAddr) -> bool {
-    !(ip.is_multicast() || ip.is_unspecified() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()))
+    super::is_possible_source(ip)
 }
 
 proptest! {
@@ -355,7 +375,7 @@ proptest! {
         sent in prop_oneof![repr(false), repr(true)],
         payload in proptest::collection::vec(any::<u8>(), 0..1400),
     ) {
-        prop_assume!(ordinary(sent.dst.ip()) && sent.src.ip().is_ipv4() == sent.dst.ip().is_ipv4());
+        prop_assume!(ordinary(sent.dst.ip()) && ordinary(sent.src.ip()) && sent.src.ip().is_ipv4() == sent.dst.ip().is_ipv4());
         let frame = built(&sent, &payload);
         let Classified::Datagram(d) = classify(&frame, &[sent.dst], MTU) else {
             panic!("refused: {:?}", classify(&frame, &[sent.dst], MTU));

@@ -34,6 +34,12 @@ pub enum BuildError {
         /// The largest payload that fits.
         max: usize,
     },
+    /// The MTU cannot hold even the IP and UDP headers.
+    #[error("an MTU of {mtu} bytes cannot hold the IP and UDP headers")]
+    MtuTooSmall {
+        /// The MTU given.
+        mtu: usize,
+    },
     /// The buffer cannot hold the frame.
     #[error("buffer too small: the frame needs {needed} bytes")]
     BufferTooSmall {
@@ -92,7 +98,9 @@ impl UdpFrame {
             return Err(BuildError::MixedFamilies);
         }
         let ip_overhead = self.overhead() - ETHERNET_HEADER_LEN;
-        let max = mtu.min(MAX_IP_LEN).saturating_sub(ip_overhead);
+        let Some(max) = mtu.min(MAX_IP_LEN).checked_sub(ip_overhead) else {
+            return Err(BuildError::MtuTooSmall { mtu });
+        };
         if payload_len > max {
             return Err(BuildError::PayloadTooLarge { max });
         }

@@ -140,6 +140,13 @@ fn build_refuses_what_does_not_fit() {
     let mapped = UdpFrame { dst: "[::ffff:198.51.100.7]:9000".parse().unwrap(), ..v4_frame() };
     let frame = built(&mapped, b"x");
     assert_eq!(frame, built(&v4_frame(), b"x"));
+    assert_eq!(repr.build(&mut big, &[], 27), Err(BuildError::MtuTooSmall { mtu: 27 }));
+    assert_eq!(repr.build(&mut big, &[], 28), Ok(42));
+    // The zero-copy path: a payload already in place after the headers.
+    let mut in_place = vec![0u8; 100];
+    in_place[42..47].copy_from_slice(b"hello");
+    assert_eq!(repr.emit(&mut in_place, 5, MTU), Ok(47));
+    assert_eq!(&in_place[..47], &built(&repr, b"hello")[..]);
     // A buffer shorter than the headers: an error, not a panic.
     assert_eq!(repr.emit(&mut [0u8; 10], 0, MTU), Err(BuildError::BufferTooSmall { needed: 42 }));
 }

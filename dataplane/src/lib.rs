@@ -8,7 +8,8 @@
 //! `quinn_proto::Endpoint` decrypts it → the connection's [`Application`] runs on the same core →
 //! `poll_transmit` seals the answer into GSO batches, which leave through the core's transmitter
 //! (`transmit.rs`: path aliases routed direct or framed for the relay) → [`backend`] sends them.
-//! Sources are unmapped to plain IPv4 as datagrams enter ([`address`]).
+//! Sources are unmapped to plain IPv4 as datagrams enter ([`address`]). A backend that sees
+//! Ethernet frames (AF_XDP) finds the datagrams in them and writes their headers with [`frame`].
 //!
 //! Raw system calls live in [`sys`] only, behind safe functions; the crate's lints keep them out
 //! of every other module.
@@ -24,6 +25,7 @@ pub mod cid;
 pub mod connection;
 mod core_loop;
 pub mod datagram;
+pub mod frame;
 pub mod latency;
 pub mod multisocket;
 pub mod node;

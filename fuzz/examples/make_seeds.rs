@@ -1,5 +1,5 @@
-//! Writes the seed corpus of the targets added with the node's packet path, configuration, admin
-//! and hq-interop parsers into `fuzz/seeds/TARGET/`: `cargo run --example make_seeds` in `fuzz/`.
+//! Writes the seed corpus of the targets added with the node's packet path, Ethernet frames,
+//! configuration, admin and hq-interop parsers into `fuzz/seeds/TARGET/`: `cargo run --example make_seeds` in `fuzz/`.
 //! (The seeds of the wire-format targets come from their fuzz runs.) The node_datagram seeds use
 //! the target's fixed connection-ID key, and a client Initial made by quinn-proto with the
 //! node's client TLS config, so they reach the handshake.
@@ -31,6 +31,7 @@ const REFUSE: u8 = 2;
 fn main() -> std::io::Result<()> {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
     write(&seeds.join("node_datagram"), &node_datagram())?;
+    write(&seeds.join("frame_classify"), &frame_classify())?;
     write(&seeds.join("config_toml"), &config_toml())?;
     write(&seeds.join("admin_request"), &admin_request())?;
     write(&seeds.join("hq_request"), &hq_request())?;
@@ -182,5 +183,48 @@ fn hq_request() -> Vec<(&'static str, Vec<u8>)> {
         ("dot-dot", seed(3, b"GET /sub/../../secret.txt\r\n")),
         ("double-slash", seed(100, b"GET /sub//./file.txt\r\n")),
         ("not-get", seed(100, b"PUT /index.html\r\n")),
+    ]
+}
+
+/// Ethernet frames to frame_classify's port (4433): IPv4 and IPv6 datagrams carrying the start of
+/// a long header, ECN CE with a DSCP and nothing to carry, a frame padded to Ethernet's 60 bytes,
+/// an IPv4 datagram without UDP checksum, and a fragment.
+fn frame_classify() -> Vec<(&'static str, Vec<u8>)> {
+    use ant_quic_dataplane::frame::UdpFrame;
+    use ant_quic_dataplane::quinn_proto::EcnCodepoint;
+    let v4 = UdpFrame {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src: "192.0.2.1:9000".parse().expect("address"),
+        dst: "198.51.100.7:4433".parse().expect("address"),
+        dscp: 0,
+        ecn: Some(EcnCodepoint::Ect0),
+        identification: 1,
+    };
+    let v6 = UdpFrame {
+        src: "[2001:db8::1]:9000".parse().expect("address"),
+        dst: "[2001:db8::7]:4433".parse().expect("address"),
+        ..v4
+    };
+    let build = |repr: &UdpFrame, payload: &[u8]| {
+        let mut buf = vec![0u8; 1514];
+        let len = repr.build(&mut buf, payload, 1500).expect("seed frame fits");
+        buf.truncate(len);
+        buf
+    };
+    let quic = [0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0x40, 0x10, 0xaa, 0xbb];
+    let mut padded = build(&v4, b"x");
+    padded.resize(60, 0);
+    let mut no_checksum = build(&v4, &quic);
+    no_checksum[40..42].copy_from_slice(&[0, 0]);
+    let mut fragment = build(&v4, &quic);
+    fragment[20] |= 0x20;
+    vec![
+        ("ipv4", build(&v4, &quic)),
+        ("ipv6", build(&v6, &quic)),
+        ("ipv4-ce", build(&UdpFrame { ecn: Some(EcnCodepoint::Ce), dscp: 46, ..v4 }, &[])),
+        ("ipv4-padded", padded),
+        ("ipv4-no-udp-checksum", no_checksum),
+        ("ipv4-fragment", fragment),
     ]
 }

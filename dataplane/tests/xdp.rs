@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ant_quic_dataplane::sys::bpf::{Map, Program, XdpMode};
 use ant_quic_dataplane::sys::process::current_uid;
-use ant_quic_dataplane::sys::xdp::{interface_index, XskConfig, XskSocket};
+use ant_quic_dataplane::sys::xdp::{interface_index, CopyMode, XskConfig, XskSocket};
 use ant_quic_dataplane::xdp::program::{redirect_program, XDP_PASS};
 use ant_quic_dataplane::xdp::{Counter, Filter, Redirect};
 
@@ -69,12 +69,19 @@ impl Netns {
         ns
     }
 
-    /// Whether an XDP program is attached to `v0`: `ip link` then prints a `prog/xdp id N` (or
-    /// `prog/xdpgeneric`) line.
+    /// Whether an XDP program is attached to `v0`.
     fn xdp_attached(&self) -> bool {
-        let out = Command::new("ip").args(["-n", &self.node, "link", "show", "v0"]).output().unwrap();
-        assert!(out.status.success(), "ip link show v0 failed");
-        String::from_utf8_lossy(&out.stdout).split_whitespace().any(|word| word.starts_with("prog/xdp"))
+        self.xdp_on("v0").is_some()
+    }
+
+    /// The XDP mode `ip link` shows on `interface` (`xdp`, `xdpgeneric`, ...), if a program is
+    /// attached.
+    fn xdp_on(&self, interface: &str) -> Option<String> {
+        let out = Command::new("ip").args(["-n", &self.node, "link", "show", interface]).output().unwrap();
+        assert!(out.status.success(), "ip link show {interface} failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mode = text.split_whitespace().find(|w| matches!(*w, "xdp" | "xdpgeneric" | "xdpdrv" | "xdpoffload"));
+        mode.map(str::to_owned)
     }
 }
 
@@ -342,7 +349,8 @@ fn datagrams_to_the_node_arrive_in_the_rx_ring_and_the_rest_reaches_the_kernel()
     enter(&ns.node);
     let (redirect, mut socket) = attach_with_socket();
     assert_eq!(redirect.mode(), XdpMode::Native, "veth supports native XDP");
-    assert!(ns.xdp_attached());
+    assert_eq!(ns.xdp_on("v0").as_deref(), Some("xdp"));
+    assert_eq!(socket.mode(), CopyMode::Copy, "veth has no zero-copy AF_XDP: bound in copy mode");
     let other = UdpSocket::bind(node_addr(NODE_PORT + 1)).unwrap();
     other.set_read_timeout(Some(DEADLINE)).unwrap();
 
@@ -399,7 +407,10 @@ fn frames_written_to_the_tx_ring_reach_a_socket_in_the_other_namespace() {
                 frame.len()
             })
             .unwrap();
-        assert!(queued || socket.reap_completions() > 0 || Instant::now() < deadline, "TX ring stuck");
+        if !queued {
+            // Every TX frame is in flight: wait for completions.
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if let Ok((n, from)) = receiver.recv_from(&mut buf) {
             break Some((buf[..n].to_vec(), from));
         }
@@ -471,4 +482,39 @@ fn a_process_killed_with_sigkill_leaves_no_xdp_program() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_refused_program_comes_back_with_the_verifiers_log() {
+    if !bpf_here() {
+        return;
+    }
+    use ant_quic_dataplane::xdp::asm::{Asm, Size, R0, R1, R2};
+    // Reads the first packet byte without checking it against data_end.
+    let mut asm = Asm::default();
+    asm.load(Size::W, R2, R1, 0);
+    asm.load(Size::B, R0, R2, 0);
+    asm.exit();
+    let error = Program::load_xdp(&asm.finish().unwrap(), "t_unchecked").unwrap_err();
+    assert_eq!(error.error.raw_os_error(), Some(libc::EACCES), "{error}");
+    assert!(error.log.contains("invalid access to packet"), "{error}");
+    assert!(error.to_string().contains("verifier log"), "{error}");
+}
+
+#[test]
+fn unknown_interfaces_are_named_and_the_loopback_falls_back_to_generic_mode() {
+    if !xdp_here() {
+        return;
+    }
+    let ns = Netns::create("modes");
+    enter(&ns.node);
+    let filter = Filter::for_bound(node_addr(NODE_PORT));
+    let error = Redirect::attach("nosuch0", &filter).unwrap_err().to_string();
+    assert!(error.contains("nosuch0"), "{error}");
+    run("ip", &["-n", &ns.node, "link", "set", "lo", "up"]);
+    let redirect = Redirect::attach("lo", &filter).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(redirect.mode(), XdpMode::Generic, "the loopback has no native XDP");
+    assert_eq!(ns.xdp_on("lo").as_deref(), Some("xdpgeneric"));
+    drop(redirect);
+    assert_eq!(ns.xdp_on("lo"), None, "dropping the link detaches the program");
 }

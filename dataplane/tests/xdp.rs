@@ -365,6 +365,27 @@ fn datagrams_to_the_node_arrive_in_the_rx_ring_and_the_rest_reaches_the_kernel()
     assert_eq!(&frame[14 + 12..14 + 16], &PEER_IP.octets(), "from the peer");
     assert_eq!(&frame[14 + 20..14 + 22], &sent.port().to_be_bytes(), "from the sender's port");
     assert!(redirect.count(Counter::Redirected).unwrap() >= 1);
+    // 12 bursts of 25: more than the socket's 128 RX frames, so received frames must go back to
+    // the fill ring to be received into again.
+    for burst in 0..12 {
+        in_netns(&ns.peer, move || {
+            let sender = UdpSocket::bind(peer_addr(0)).unwrap();
+            for i in 0..25 {
+                sender.send_to(format!("rx-{burst}-{i}").as_bytes(), node_addr(NODE_PORT)).unwrap();
+            }
+        });
+        let mut expected: std::collections::HashSet<Vec<u8>> =
+            (0..25).map(|i| format!("rx-{burst}-{i}").into_bytes()).collect();
+        let deadline = Instant::now() + DEADLINE;
+        while !expected.is_empty() {
+            assert!(Instant::now() < deadline, "burst {burst}: {} datagrams not in the RX ring", expected.len());
+            socket.receive(64, |frame| {
+                // The payload follows the 42 bytes of Ethernet, IPv4 and UDP headers.
+                expected.remove(&frame[42.min(frame.len())..]);
+            });
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 
     // (b) another port: the ordinary socket gets it; ping answers, ARP resolved meanwhile.
     in_netns(&ns.peer, || {
@@ -392,39 +413,41 @@ fn frames_written_to_the_tx_ring_reach_a_socket_in_the_other_namespace() {
         receiver.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         receiver
     });
-    let frame = ipv4_frame(node_addr(NODE_PORT), peer_addr(5555), b"from-the-tx-ring", |_| {});
-    let mut frame = frame;
-    // The frame goes from the node to the peer: swap the MACs the helper put for the other way.
-    frame[0..6].copy_from_slice(&PEER_MAC);
-    frame[6..12].copy_from_slice(&NODE_MAC);
+    // 10 bursts of 32 frames: more than the socket's 128 TX frames, so frames must come back
+    // through the completion ring to be used again.
     let deadline = Instant::now() + DEADLINE;
     let mut buf = [0u8; 64];
-    let received = loop {
-        // Sent again until one arrives: the first may race the peer's neighbour state.
-        let queued = socket
-            .transmit(|umem| {
-                umem[..frame.len()].copy_from_slice(&frame);
-                frame.len()
-            })
-            .unwrap();
-        if !queued {
-            // Every TX frame is in flight: wait for completions.
-            std::thread::sleep(Duration::from_millis(5));
+    for burst in 0..10 {
+        let mut expected = std::collections::HashSet::new();
+        for i in 0..32 {
+            let payload = format!("tx-{burst}-{i}");
+            let mut frame = ipv4_frame(node_addr(NODE_PORT), peer_addr(5555), payload.as_bytes(), |_| {});
+            // From the node to the peer: the helper's MACs are for the other way.
+            frame[0..6].copy_from_slice(&PEER_MAC);
+            frame[6..12].copy_from_slice(&NODE_MAC);
+            while !socket
+                .transmit(|umem| {
+                    umem[..frame.len()].copy_from_slice(&frame);
+                    frame.len()
+                })
+                .unwrap()
+            {
+                assert!(Instant::now() < deadline, "no TX frame came back free");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            expected.insert(payload.into_bytes());
         }
-        if let Ok((n, from)) = receiver.recv_from(&mut buf) {
-            break Some((buf[..n].to_vec(), from));
+        while !expected.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "burst {burst}: {} frames from the TX ring never arrived",
+                expected.len()
+            );
+            if let Ok((n, from)) = receiver.recv_from(&mut buf) {
+                assert_eq!(from, node_addr(NODE_PORT), "the source the frame names");
+                expected.remove(&buf[..n]);
+            }
         }
-        if Instant::now() > deadline {
-            break None;
-        }
-    };
-    let (payload, from) = received.expect("the frame from the TX ring arrived as a UDP datagram");
-    assert_eq!(payload, b"from-the-tx-ring");
-    assert_eq!(from, node_addr(NODE_PORT));
-    let deadline = Instant::now() + DEADLINE;
-    while socket.reap_completions() == 0 {
-        assert!(Instant::now() < deadline, "no completion for the frames sent");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

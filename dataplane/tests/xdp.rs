@@ -315,7 +315,12 @@ fn program_takes_only_the_nodes_udp_datagrams() {
 /// The program attached to `v0` and an AF_XDP socket on its queue 0, in the calling thread's
 /// namespace.
 fn attach_with_socket() -> (Redirect, XskSocket) {
-    let redirect = Redirect::attach("v0", &Filter::for_bound(node_addr(NODE_PORT))).unwrap_or_else(|e| panic!("{e}"));
+    attach_with_socket_for(node_addr(NODE_PORT))
+}
+
+/// [`attach_with_socket`] for a node bound to `bound`.
+fn attach_with_socket_for(bound: SocketAddr) -> (Redirect, XskSocket) {
+    let redirect = Redirect::attach("v0", &Filter::for_bound(bound)).unwrap_or_else(|e| panic!("{e}"));
     let config = XskConfig { frame_size: 4096, frames: 256, ring_size: 128 };
     let socket = XskSocket::open(interface_index("v0").unwrap(), 0, config).unwrap_or_else(|e| panic!("{e}"));
     redirect.add_socket(0, &socket).unwrap();
@@ -392,6 +397,8 @@ fn datagrams_to_the_node_arrive_in_the_rx_ring_and_the_rest_reaches_the_kernel()
         let sender = UdpSocket::bind(peer_addr(0)).unwrap();
         sender.send_to(b"to-the-kernel", node_addr(NODE_PORT + 1)).unwrap();
     });
+    let statistics = socket.statistics().unwrap();
+    assert_eq!((statistics.rx_invalid_descs, statistics.rx_dropped), (0, 0), "{statistics:?}");
     let mut buf = [0u8; 64];
     let (n, from) = other.recv_from(&mut buf).expect("the datagram to another port reaches the kernel's socket");
     assert_eq!((&buf[..n], from.ip()), (&b"to-the-kernel"[..], std::net::IpAddr::V4(PEER_IP)));
@@ -449,6 +456,41 @@ fn frames_written_to_the_tx_ring_reach_a_socket_in_the_other_namespace() {
             }
         }
     }
+    assert_eq!(socket.statistics().unwrap().tx_invalid_descs, 0);
+}
+
+#[test]
+fn a_dual_stack_node_receives_ipv6_and_ipv4_datagrams_in_the_rx_ring() {
+    if !xdp_here() {
+        return;
+    }
+    let ns = Netns::create("v6");
+    run("ip", &["-n", &ns.node, "addr", "add", "fd00:204::1/64", "dev", "v0", "nodad"]);
+    run("ip", &["-n", &ns.peer, "addr", "add", "fd00:204::2/64", "dev", "v1", "nodad"]);
+    enter(&ns.node);
+    let (redirect, mut socket) = attach_with_socket_for(SocketAddr::from((Ipv6Addr::UNSPECIFIED, NODE_PORT)));
+    let node6: SocketAddr = format!("[fd00:204::1]:{NODE_PORT}").parse().unwrap();
+    // Neighbour discovery (ICMPv6) is passed to the kernel, so the peer finds the node's MAC.
+    in_netns(&ns.peer, move || {
+        let sender = UdpSocket::bind("[fd00:204::2]:0").unwrap();
+        sender.send_to(b"over-ipv6", node6).unwrap();
+        let sender = UdpSocket::bind(peer_addr(0)).unwrap();
+        sender.send_to(b"over-ipv4", node_addr(NODE_PORT)).unwrap();
+    });
+    let (mut ipv6, mut ipv4) = (None, false);
+    let deadline = Instant::now() + DEADLINE;
+    while ipv6.is_none() || !ipv4 {
+        assert!(Instant::now() < deadline, "in the RX ring: IPv6 {}, IPv4 {ipv4}", ipv6.is_some());
+        socket.receive(64, |frame| {
+            if frame.ends_with(b"over-ipv6") {
+                ipv6 = Some(frame.to_vec());
+            }
+            ipv4 |= frame.ends_with(b"over-ipv4");
+        });
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(ipv6.map(|frame| [frame[12], frame[13]]), Some([0x86, 0xdd]), "an IPv6 frame");
+    assert!(redirect.count(Counter::Redirected).unwrap() >= 2);
 }
 
 /// Kills its child with SIGKILL and reaps it, whatever happens.

@@ -73,6 +73,10 @@ impl Mmap {
     }
 }
 
+// SAFETY: a mapping is memory owned by this value alone (no other value points into it), so it
+// may move to another thread with its owner: a core takes its socket with it.
+unsafe impl Send for Mmap {}
+
 impl Drop for Mmap {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly what mmap returned. For the UMEM, the kernel keeps its
@@ -228,6 +232,23 @@ pub struct XskError {
     pub error: io::Error,
 }
 
+/// The kernel's counters of one socket (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskStatistics {
+    /// Frames dropped for reasons other than a full RX ring or an empty fill ring.
+    pub rx_dropped: u64,
+    /// Invalid descriptors we put on the fill ring.
+    pub rx_invalid_descs: u64,
+    /// Invalid descriptors we put on the TX ring.
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Frames dropped because the fill ring was empty.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the kernel found the TX ring empty.
+    pub tx_ring_empty_descs: u64,
+}
+
 /// An AF_XDP socket bound to one RX queue of one interface, with its UMEM and rings.
 #[derive(Debug)]
 pub struct XskSocket {
@@ -374,6 +395,35 @@ impl XskSocket {
     /// Zero-copy or copy mode.
     pub fn mode(&self) -> CopyMode {
         self.mode
+    }
+
+    /// The kernel's counters of this socket (drops, invalid descriptors).
+    pub fn statistics(&self) -> io::Result<XskStatistics> {
+        // SAFETY: an all-zero xdp_statistics is a valid value (plain integers).
+        let mut raw: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+        // SAFETY: `raw` is a live structure of `len` bytes; the kernel writes at most `len` bytes
+        // into it and updates `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                (&raw mut raw).cast(),
+                &raw mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(XskStatistics {
+            rx_dropped: raw.rx_dropped,
+            rx_invalid_descs: raw.rx_invalid_descs,
+            tx_invalid_descs: raw.tx_invalid_descs,
+            rx_ring_full: raw.rx_ring_full,
+            rx_fill_ring_empty_descs: raw.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: raw.tx_ring_empty_descs,
+        })
     }
 
     /// The frame at UMEM offset `addr`, `len` bytes, if it lies inside the UMEM.
@@ -559,4 +609,22 @@ pub fn rx_queues(name: &str) -> io::Result<u32> {
         };
     }
     Ok((channels.rx_count + channels.combined_count).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_can_move_to_its_cores_thread() {
+        fn send<T: Send>() {}
+        send::<XskSocket>();
+    }
+
+    #[test]
+    fn bad_interface_names_are_refused_before_the_kernel() {
+        assert!(rx_queues("").is_err());
+        assert!(rx_queues("a-name-longer-than-ifnamsiz").is_err());
+        assert_eq!(interface_index("nosuch0").map_err(|e| e.kind()), Err(io::ErrorKind::NotFound));
+    }
 }

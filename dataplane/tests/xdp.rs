@@ -567,7 +567,7 @@ fn a_refused_program_comes_back_with_the_verifiers_log() {
 }
 
 #[test]
-fn unknown_interfaces_are_named_and_the_loopback_falls_back_to_generic_mode() {
+fn unknown_interfaces_are_named_the_loopback_falls_back_to_generic_mode_and_queues_are_counted() {
     if !xdp_here() {
         return;
     }
@@ -582,4 +582,26 @@ fn unknown_interfaces_are_named_and_the_loopback_falls_back_to_generic_mode() {
     assert_eq!(ns.xdp_on("lo").as_deref(), Some("xdpgeneric"));
     drop(redirect);
     assert_eq!(ns.xdp_on("lo"), None, "dropping the link detaches the program");
+    // The socket map has one entry per RX queue, counted by ethtool.
+    run(
+        "ip",
+        &[
+            "-n",
+            &ns.node,
+            "link",
+            "add",
+            "q0",
+            "numrxqueues",
+            "3",
+            "numtxqueues",
+            "3",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "q1",
+        ],
+    );
+    run("ip", &["-n", &ns.node, "link", "set", "q0", "up"]);
+    assert_eq!(Redirect::attach("q0", &filter).unwrap_or_else(|e| panic!("{e}")).queues(), 3);
 }

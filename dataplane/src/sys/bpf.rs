@@ -310,13 +310,13 @@ impl Program {
             Ok(program) => Ok(program),
             Err(first) => {
                 let mut log = vec![0u8; LOG_SIZE];
-                let error = match Self::load(insns, name, Some(&mut log)) {
-                    Ok(program) => return Ok(program),
-                    Err(error) => error,
-                };
+                if let Ok(program) = Self::load(insns, name, Some(&mut log)) {
+                    return Ok(program);
+                }
+                // The first error is the refusal's; the second may only say the log was cut.
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 let log = String::from_utf8_lossy(&log[..end]).trim_end().to_owned();
-                Err(LoadError { error: if log.is_empty() { first } else { error }, log })
+                Err(LoadError { error: first, log })
             }
         }
     }

@@ -462,7 +462,9 @@ impl XskSocket {
             self.fill.push(addr);
         }
         self.fill.publish();
-        if n > 0 && self.fill.needs_wakeup() {
+        // As libbpf's users do: whenever the kernel flags the fill ring, received or not (a
+        // zero-copy driver that ran out of frames waits for this).
+        if self.fill.needs_wakeup() {
             self.wake_rx();
         }
         n

@@ -27,6 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ant_quic_dataplane::sys::bpf::{Map, Program, XdpMode};
+use ant_quic_dataplane::sys::poll;
 use ant_quic_dataplane::sys::process::current_uid;
 use ant_quic_dataplane::sys::xdp::{interface_index, CopyMode, XskConfig, XskSocket};
 use ant_quic_dataplane::xdp::program::{redirect_program, XDP_PASS};
@@ -365,6 +366,9 @@ fn datagrams_to_the_node_arrive_in_the_rx_ring_and_the_rest_reaches_the_kernel()
         sender.send_to(b"to-the-node-over-xdp", node_addr(NODE_PORT)).unwrap();
         sender.local_addr().unwrap()
     });
+    // poll(2) says the socket is readable once a frame is on its RX ring (what a core waits on).
+    let mut fds = [poll::readable(socket.as_raw_fd())];
+    assert_eq!(poll::poll(&mut fds, Some(DEADLINE)).unwrap(), 1, "the AF_XDP socket became readable");
     let frame = receive_containing(&mut socket, b"to-the-node-over-xdp").expect("the datagram in the RX ring");
     assert_eq!(&frame[0..6], &NODE_MAC, "a whole Ethernet frame, to the node's MAC");
     assert_eq!(&frame[14 + 12..14 + 16], &PEER_IP.octets(), "from the peer");

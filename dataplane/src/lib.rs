@@ -36,6 +36,8 @@ pub mod stats;
 pub mod steering;
 pub mod sys;
 mod transmit;
+#[cfg(target_os = "linux")]
+pub mod xdp;
 
 pub use admission::{AdmissionConfig, RetryPolicy};
 pub use app::{AppFactory, Application};

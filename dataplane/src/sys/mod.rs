@@ -11,9 +11,13 @@
 //! - [`signal`]: blocking signals and taking them synchronously.
 //! - [`process`]: user IDs, signals to other processes, clock ticks, seccomp for a child.
 //! - `uring`: the io_uring ring and all memory the kernel reads or writes through it.
+//! - [`bpf`]: bpf(2): maps, loading and test-running eBPF programs, XDP links.
+//! - [`xdp`]: AF_XDP sockets, their UMEM and rings; interface index and RX queue count.
 
 #![allow(unsafe_code)]
 
+#[cfg(target_os = "linux")]
+pub mod bpf;
 #[cfg(target_os = "linux")]
 pub(crate) mod cmsg;
 #[cfg(target_os = "linux")]
@@ -25,3 +29,5 @@ pub mod socket;
 pub mod thread;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
+#[cfg(target_os = "linux")]
+pub mod xdp;

@@ -2736,6 +2736,9 @@ impl Connection {
         debug_assert_ne!(packet.header.space(), SpaceId::Data);
         let payload_len = packet.payload.len();
         let mut ack_eliciting = false;
+        let crypto_read_before = self.spaces[packet.header.space()]
+            .crypto_stream
+            .bytes_read();
         for result in frame::Iter::new(packet.payload.freeze())? {
             let frame = result?;
             let span = match frame {
@@ -2776,6 +2779,21 @@ impl Connection {
             self.spaces[packet.header.space()]
                 .pending_acks
                 .set_immediate_ack_required();
+        }
+
+        // PATCH (ant-quic): an ack-eliciting Initial or Handshake packet that brings a server no
+        // new CRYPTO data (a repeated ClientHello, or a PING) is the client's PTO probe: it lacks
+        // some of the server's flight. Resend the unacknowledged flight now rather than at the
+        // server's own PTO, which backs off (RFC 9002 §6.2.3, §6.2.4).
+        let crypto_read_after = self.spaces[packet.header.space()]
+            .crypto_stream
+            .bytes_read();
+        if self.side.is_server() && ack_eliciting && crypto_read_after == crypto_read_before {
+            for space in [SpaceId::Initial, SpaceId::Handshake] {
+                if self.spaces[space].resend_unacked_crypto() {
+                    trace!(?space, "client probe: resending unacknowledged CRYPTO data");
+                }
+            }
         }
 
         self.write_crypto();

@@ -67,6 +67,8 @@ pub(super) struct PacketSpace {
     pub(super) immediate_ack_pending: bool,
     /// Number of packets sent in the current key phase
     pub(super) sent_with_keys: u64,
+    /// PATCH (ant-quic): times [`Self::resend_unacked_crypto`] has queued data
+    pub(super) early_crypto_resends: u8,
 }
 
 impl PacketSpace {
@@ -97,7 +99,32 @@ impl PacketSpace {
             ping_pending: false,
             immediate_ack_pending: false,
             sent_with_keys: 0,
+            early_crypto_resends: 0,
         }
+    }
+
+    /// PATCH (ant-quic): queue the CRYPTO data of every unacknowledged packet of this space for
+    /// sending now, before its PTO (RFC 9002 §6.2.3), a few times per connection; whether any was
+    /// queued. Each resend still counts against the anti-amplification limit.
+    pub(super) fn resend_unacked_crypto(&mut self) -> bool {
+        const MAX_EARLY_CRYPTO_RESENDS: u8 = 8;
+        if self.crypto.is_none() || self.early_crypto_resends >= MAX_EARLY_CRYPTO_RESENDS {
+            return false;
+        }
+        let mut queued = false;
+        // Newest first: `|=` puts CRYPTO frames at the front, so the oldest ends up first.
+        for packet in self.sent_packets.values_mut().rev() {
+            if let Some(retransmits) = packet.retransmits.get() {
+                if !retransmits.crypto.is_empty() {
+                    self.pending |= mem::take(&mut packet.retransmits);
+                    queued = true;
+                }
+            }
+        }
+        if queued {
+            self.early_crypto_resends += 1;
+        }
+        queued
     }
 
     /// Queue data for a tail loss probe (or anti-amplification deadlock prevention) packet

@@ -293,8 +293,10 @@ impl<B: Backend, M> Core<B, M> {
                     .min()
                     .map(|at| at.saturating_duration_since(Instant::now()))
             };
-            // One submission per turn: `wait` submits what is queued before it sleeps.
-            if timeout == Some(Duration::ZERO) {
+            // One submission per turn: `wait` submits what is queued before it sleeps. A wake-up
+            // since the drain at the top of this turn (io_uring's poll of the waker may already
+            // have been reaped with this turn's completions) means another turn, not a sleep.
+            if timeout == Some(Duration::ZERO) || self.shared.waker.drain() {
                 self.tx.backend.flush()?;
             } else {
                 self.tx.backend.wait(timeout)?;

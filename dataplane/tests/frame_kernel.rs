@@ -11,6 +11,7 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 #[path = "../../tests/common/prerequisite.rs"]
 mod prerequisite;
 
@@ -20,6 +21,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 use ant_quic_dataplane::frame::{classify, Classified, NotOurs, UdpFrame};
 use ant_quic_dataplane::quinn_proto::EcnCodepoint;
+use common::{mac, run};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
@@ -120,17 +122,6 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program).args(args).stdout(Stdio::null()).status().unwrap_or_else(|e| {
-        panic!("cannot run {program}: {e}");
-    });
-    assert!(status.success(), "{program} {args:?} failed: {status}");
-}
-
-fn mac(bytes: [u8; 6]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn hex(bytes: &[u8]) -> String {

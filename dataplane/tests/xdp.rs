@@ -16,6 +16,7 @@
 // gso_refusal.rs) rather than in `sys`.
 #![allow(unsafe_code)]
 
+mod common;
 #[path = "../../tests/common/prerequisite.rs"]
 mod prerequisite;
 
@@ -32,6 +33,7 @@ use ant_quic_dataplane::sys::process::current_uid;
 use ant_quic_dataplane::sys::xdp::{interface_index, CopyMode, XskConfig, XskSocket};
 use ant_quic_dataplane::xdp::program::{redirect_program, XDP_PASS};
 use ant_quic_dataplane::xdp::{Counter, Filter, Redirect};
+use common::{mac, run};
 
 /// The XDP end (namespace A, `v0`) and the peer (namespace B, `v1`).
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 1);
@@ -114,17 +116,6 @@ fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'stati
     })
     .join()
     .unwrap()
-}
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program).args(args).stdout(Stdio::null()).status().unwrap_or_else(|e| {
-        panic!("cannot run {program}: {e}");
-    });
-    assert!(status.success(), "{program} {args:?} failed: {status}");
-}
-
-fn mac(bytes: [u8; 6]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Root and a kernel that lets us create an XSKMAP.

@@ -25,6 +25,8 @@ trap report_skipped EXIT
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
+# ping, for tests/xdp_backend.rs (ICMP across the veth while the XDP program is attached)
+command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 # nft and python3, for the NAT lab (scripts/natlab, tests/natlab_raw.rs)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -43,11 +43,22 @@ struct Download {
     done: bool,
 }
 
-/// Fetches paths over hq-interop on one connection; reports each file, then `None` when all
-/// are done and the connection is closed (with 0-RTT requests, the owner closes it).
+/// What a [`GetApp`] reports, in order: `Connected` once the handshake completes, a `File` for
+/// each request, then `Ended` when the connection is closed or could not start.
+#[derive(Debug, Clone)]
+pub enum GetEvent {
+    /// The handshake completed.
+    Connected,
+    /// One request's outcome.
+    File(Fetched),
+    /// The connection is closed (with 0-RTT requests, the owner closes it) or never started.
+    Ended,
+}
+
+/// Fetches paths over hq-interop on one connection, reporting [`GetEvent`]s.
 pub struct GetApp {
     downloads: Vec<Download>,
-    report: mpsc::Sender<Option<Fetched>>,
+    report: mpsc::Sender<GetEvent>,
     by_stream: HashMap<StreamId, usize>,
     conn: Option<ConnId>,
     finished: bool,
@@ -66,7 +77,7 @@ impl std::fmt::Debug for GetApp {
 
 impl GetApp {
     /// Fetch `paths`, writing each to `(path, file)`.
-    pub fn new(requests: Vec<(String, PathBuf)>, report: mpsc::Sender<Option<Fetched>>) -> Self {
+    pub fn new(requests: Vec<(String, PathBuf)>, report: mpsc::Sender<GetEvent>) -> Self {
         let now = Instant::now();
         let downloads = requests
             .into_iter()
@@ -143,7 +154,7 @@ impl GetApp {
     }
 }
 
-fn finish(download: &mut Download, report: &mpsc::Sender<Option<Fetched>>, error: Option<String>) {
+fn finish(download: &mut Download, report: &mpsc::Sender<GetEvent>, error: Option<String>) {
     if download.done {
         return;
     }
@@ -166,7 +177,7 @@ fn finish(download: &mut Download, report: &mpsc::Sender<Option<Fetched>>, error
         }
     }
     let hash = std::mem::take(&mut download.hash);
-    let _ = report.send(Some(Fetched {
+    let _ = report.send(GetEvent::File(Fetched {
         path: download.path.clone(),
         file: download.file_path.clone(),
         bytes: download.bytes,
@@ -192,6 +203,7 @@ impl Application for GetApp {
 
     fn on_connected(&mut self, conn: &mut ConnRef<'_>) {
         self.conn = Some(conn.id());
+        let _ = self.report.send(GetEvent::Connected);
         if self.sent_early {
             let accepted = conn.quic().accepted_0rtt();
             tracing::info!(accepted, "0-RTT requests");
@@ -250,14 +262,14 @@ impl Application for GetApp {
         for download in &mut self.downloads {
             finish(download, &self.report, Some(format!("connection closed: {reason}")));
         }
-        let _ = self.report.send(None);
+        let _ = self.report.send(GetEvent::Ended);
     }
 
     fn on_connect_failed(&mut self, _tag: u64, error: &ant_quic_dataplane::quinn_proto::ConnectError) {
         for download in &mut self.downloads {
             finish(download, &self.report, Some(format!("cannot connect: {error}")));
         }
-        let _ = self.report.send(None);
+        let _ = self.report.send(GetEvent::Ended);
     }
 }
 

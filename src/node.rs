@@ -39,6 +39,8 @@ pub struct NodeOptions {
     pub join: Option<JoinPort>,
     /// Retry, the half-open cap and the handshake timeout (`[security]`).
     pub admission: AdmissionConfig,
+    /// The af-xdp backend's interface (`[node] xdp_interface`); `None`: the listen address's.
+    pub xdp_interface: Option<String>,
 }
 
 /// What a process taking over a port joins with: its generation and the key every process on the
@@ -63,6 +65,7 @@ impl Default for NodeOptions {
             nat: NatOptions::default(),
             join: None,
             admission: AdmissionConfig::DEFAULT,
+            xdp_interface: None,
         }
     }
 }
@@ -105,6 +108,7 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
     config.cpus = options.cpus.clone();
     config.control_datagrams = Some(datagrams);
     config.admission = options.admission.clone();
+    config.xdp_interface = options.xdp_interface.clone();
     if let Some(join) = &options.join {
         config.generation = join.generation;
         config.cid_key = Some(join.cid_key.clone());

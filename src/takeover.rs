@@ -640,6 +640,18 @@ pub fn steer_by_probes(node: &NodeHandle, lineage: &Mutex<Lineage>) {
 /// Members `departed` left (or none, for a periodic check): probe until the layout of those that
 /// remain is whole, steer by it, and pass departures on to a successor.
 fn settle(node: &NodeHandle, lineage: &Mutex<Lineage>, departed: &[Generation], successor: &Mutex<Option<Successor>>) {
+    // A process taken over does not steer: it passes departures on at once rather than probe
+    // first, because until the newest process re-steers, its table points at the sockets the
+    // kernel moved into the leaver's places, and new connections go astray.
+    if successor.lock().is_ok_and(|s| s.is_some()) {
+        if let Ok(mut shared) = lineage.lock() {
+            shared.members.retain(|m| !departed.contains(&m.generation));
+        }
+        if let Some(successor) = successor.lock().ok().as_mut().and_then(|s| s.as_mut()) {
+            departed.iter().for_each(|g| successor.forward_left(*g));
+        }
+        return;
+    }
     let Ok(mut expected) = lineage.lock().map(|l| l.clone()) else { return };
     expected.members.retain(|m| !departed.contains(&m.generation));
     let deadline = Instant::now() + SETTLE_LIMIT;

@@ -534,7 +534,7 @@ fn retry_always_validates_every_client_and_is_counted() {
     assert!(retries == 1.0 || retries == 2.0, "{retries} Retry packets for one client: {metrics}");
     assert_eq!(sample(&metrics, "quic_connections_total"), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "quic_handshakes_in_flight"), Some(0.0), "{metrics}");
-    for reason in ["draining", "half_open_limit", "rejected"] {
+    for reason in ["draining", "handed_over", "half_open_limit", "rejected"] {
         let series = format!("quic_handshakes_refused_total{{reason=\"{reason}\"}}");
         assert_eq!(sample(&metrics, &series), Some(0.0), "{series}: {metrics}");
     }

@@ -165,3 +165,35 @@ fn slow_turn_leaves_rtt_alone_portable() {
 fn slow_turn_leaves_rtt_alone_io_uring() {
     slow_turn_leaves_rtt_alone(BackendKind::IoUring);
 }
+
+/// A server that never answers: `get` gives up at its timeout and says the connection never
+/// started, which tells an operator to look at the address or the network rather than at files
+/// on the server.
+#[test]
+fn get_from_a_silent_port_says_it_never_connected() {
+    let dir = TempDir::new("get-silent").unwrap();
+    // Bound and never read: datagrams to it vanish as they would behind a firewall.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut get = Process::spawn(
+        "get",
+        Command::new(NODE_BIN)
+            .args(["get", &format!("https://{addr}/a.bin"), "--insecure", "--timeout", "2", "--output"])
+            .arg(dir.path().join("out")),
+        dir.path(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut status = None;
+    while status.is_none() && started.elapsed() < RUN_LIMIT {
+        status = get.exited().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stderr = get.stderr();
+    let status = status.unwrap_or_else(|| panic!("get still running after {RUN_LIMIT:?}\n{stderr}"));
+    assert!(!status.success(), "get succeeded against a silent port:\n{stderr}");
+    let expected =
+        format!("error: no connection to {addr} within 2 s (the handshake never completed); 1 file(s) not fetched");
+    assert!(stderr.contains(&expected), "get did not say it never connected; stderr:\n{stderr}");
+    assert!(!dir.path().join("out").join("a.bin").exists());
+}

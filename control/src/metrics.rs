@@ -372,6 +372,21 @@ impl Metrics {
         );
         per_core(
             &mut out,
+            "ant_quic_core_af_xdp_datagrams_total",
+            "counter",
+            "With the af-xdp backend: datagrams received and sent through the AF_XDP socket or the UDP socket beside it, and frames in the AF_XDP socket that were not for the node (dropped).",
+            &|c| {
+                vec![
+                    ("path", "received_af_xdp", read(&c.xdp_rx_datagrams)),
+                    ("path", "received_udp_socket", read(&c.xdp_socket_rx_datagrams)),
+                    ("path", "sent_af_xdp", read(&c.xdp_tx_datagrams)),
+                    ("path", "sent_udp_socket", read(&c.xdp_socket_tx_datagrams)),
+                    ("path", "not_ours", read(&c.xdp_frames_not_ours)),
+                ]
+            },
+        );
+        per_core(
+            &mut out,
             "ant_quic_core_loop_turns_total",
             "counter",
             "Event-loop turns (the liveness heartbeat).",

@@ -65,8 +65,13 @@ impl Default for AdmissionConfig {
 /// Why a connection attempt was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefuseReason {
-    /// The node is shutting down or handing its port over.
+    /// The node is shutting down, or handing its port over and the attempt named this process
+    /// (answered with CONNECTION_REFUSED).
     Draining,
+    /// The port is handed over to a successor and the attempt reached this process through a
+    /// steering table not yet updated: dropped without an answer or state, so that the client's
+    /// retransmission finds the successor.
+    HandedOver,
     /// The core holds `max_half_open` handshakes already.
     HalfOpenLimit,
     /// The QUIC engine refused it (a malformed or unacceptable first flight).
@@ -75,12 +80,14 @@ pub enum RefuseReason {
 
 impl RefuseReason {
     /// Every reason, in the order of the counters.
-    pub const ALL: [RefuseReason; 3] = [RefuseReason::Draining, RefuseReason::HalfOpenLimit, RefuseReason::Rejected];
+    pub const ALL: [RefuseReason; 4] =
+        [RefuseReason::Draining, RefuseReason::HandedOver, RefuseReason::HalfOpenLimit, RefuseReason::Rejected];
 
     /// The `reason` label of `quic_handshakes_refused_total`.
     pub fn label(self) -> &'static str {
         match self {
             RefuseReason::Draining => "draining",
+            RefuseReason::HandedOver => "handed_over",
             RefuseReason::HalfOpenLimit => "half_open_limit",
             RefuseReason::Rejected => "rejected",
         }
@@ -93,6 +100,18 @@ pub(crate) enum Admit {
     Accept,
     Retry,
     Refuse(RefuseReason),
+    /// Drop without an answer or state.
+    Ignore(RefuseReason),
+}
+
+/// Whether a core takes new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Intake {
+    Open,
+    /// Shutting down: every attempt is refused.
+    Closed,
+    /// A successor serves new connections on the same port.
+    HandedOver,
 }
 
 /// A connection attempt as the admission decision sees it.
@@ -102,6 +121,9 @@ pub(crate) struct Attempt {
     pub(crate) validated: bool,
     /// A Retry may still be sent (the client has not been through one already).
     pub(crate) may_retry: bool,
+    /// The client's first destination connection ID names this process (a 10-byte ID that
+    /// happens to carry its generation, one in 2^24): steering always brings it here.
+    pub(crate) names_this_process: bool,
 }
 
 /// One core's half-open connections and the admission policy over them.
@@ -125,10 +147,18 @@ impl Admission {
         self.in_flight
     }
 
-    /// What to do with `attempt`; `accepting` is false while the node drains or hands over.
-    pub(crate) fn decide(&self, attempt: Attempt, accepting: bool) -> Admit {
-        if !accepting {
-            return Admit::Refuse(RefuseReason::Draining);
+    /// What to do with `attempt` given the core's `intake`.
+    pub(crate) fn decide(&self, attempt: Attempt, intake: Intake) -> Admit {
+        match intake {
+            Intake::Open => {}
+            Intake::Closed => return Admit::Refuse(RefuseReason::Draining),
+            // Steering sends such an attempt here every time: refuse it, or the client waits out
+            // its idle timeout.
+            Intake::HandedOver if attempt.names_this_process => return Admit::Refuse(RefuseReason::Draining),
+            // Only a steering table that has not yet followed a member's departure (the kernel
+            // moves sockets within the group) sends anything else here; the successor answers
+            // the client's retransmission once the table is updated.
+            Intake::HandedOver => return Admit::Ignore(RefuseReason::HandedOver),
         }
         if !attempt.validated && attempt.may_retry {
             let retry = match self.config.retry {
@@ -179,8 +209,8 @@ impl Admission {
 mod tests {
     use super::*;
 
-    const FRESH: Attempt = Attempt { validated: false, may_retry: true };
-    const VALIDATED: Attempt = Attempt { validated: true, may_retry: false };
+    const FRESH: Attempt = Attempt { validated: false, may_retry: true, names_this_process: false };
+    const VALIDATED: Attempt = Attempt { validated: true, may_retry: false, names_this_process: false };
 
     fn admission(retry: RetryPolicy) -> Admission {
         Admission::new(AdmissionConfig {
@@ -201,34 +231,34 @@ mod tests {
     fn auto_retries_only_past_the_threshold() {
         let now = Instant::now();
         let mut a = admission(RetryPolicy::Auto);
-        assert_eq!(a.decide(FRESH, true), Admit::Accept);
+        assert_eq!(a.decide(FRESH, Intake::Open), Admit::Accept);
         fill(&mut a, 2, now);
-        assert_eq!(a.decide(FRESH, true), Admit::Retry);
+        assert_eq!(a.decide(FRESH, Intake::Open), Admit::Retry);
         // A client that came back with a valid token is not sent round again.
-        assert_eq!(a.decide(VALIDATED, true), Admit::Accept);
+        assert_eq!(a.decide(VALIDATED, Intake::Open), Admit::Accept);
         a.finished();
-        assert_eq!(a.decide(FRESH, true), Admit::Accept);
+        assert_eq!(a.decide(FRESH, Intake::Open), Admit::Accept);
     }
 
     #[test]
     fn always_and_never() {
         let a = admission(RetryPolicy::Always);
-        assert_eq!(a.decide(FRESH, true), Admit::Retry);
-        assert_eq!(a.decide(VALIDATED, true), Admit::Accept);
+        assert_eq!(a.decide(FRESH, Intake::Open), Admit::Retry);
+        assert_eq!(a.decide(VALIDATED, Intake::Open), Admit::Accept);
         let mut a = admission(RetryPolicy::Never);
         fill(&mut a, 3, Instant::now());
-        assert_eq!(a.decide(FRESH, true), Admit::Accept);
+        assert_eq!(a.decide(FRESH, Intake::Open), Admit::Accept);
     }
 
     #[test]
     fn the_half_open_cap_refuses_validated_clients_too() {
         let mut a = admission(RetryPolicy::Auto);
         fill(&mut a, 4, Instant::now());
-        assert_eq!(a.decide(VALIDATED, true), Admit::Refuse(RefuseReason::HalfOpenLimit));
+        assert_eq!(a.decide(VALIDATED, Intake::Open), Admit::Refuse(RefuseReason::HalfOpenLimit));
         // A fresh client is asked to retry first: that keeps no state.
-        assert_eq!(a.decide(FRESH, true), Admit::Retry);
+        assert_eq!(a.decide(FRESH, Intake::Open), Admit::Retry);
         assert_eq!(
-            a.decide(Attempt { validated: false, may_retry: false }, true),
+            a.decide(Attempt { validated: false, may_retry: false, names_this_process: false }, Intake::Open),
             Admit::Refuse(RefuseReason::HalfOpenLimit)
         );
     }
@@ -236,8 +266,17 @@ mod tests {
     #[test]
     fn draining_refuses_everything() {
         let a = admission(RetryPolicy::Always);
-        assert_eq!(a.decide(FRESH, false), Admit::Refuse(RefuseReason::Draining));
-        assert_eq!(a.decide(VALIDATED, false), Admit::Refuse(RefuseReason::Draining));
+        assert_eq!(a.decide(FRESH, Intake::Closed), Admit::Refuse(RefuseReason::Draining));
+        assert_eq!(a.decide(VALIDATED, Intake::Closed), Admit::Refuse(RefuseReason::Draining));
+    }
+
+    #[test]
+    fn handed_over_refuses_only_what_names_this_process() {
+        let a = admission(RetryPolicy::Always);
+        assert_eq!(a.decide(FRESH, Intake::HandedOver), Admit::Ignore(RefuseReason::HandedOver));
+        assert_eq!(a.decide(VALIDATED, Intake::HandedOver), Admit::Ignore(RefuseReason::HandedOver));
+        let ours = Attempt { names_this_process: true, ..FRESH };
+        assert_eq!(a.decide(ours, Intake::HandedOver), Admit::Refuse(RefuseReason::Draining));
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct NodeConfig {
     /// Which connection attempts each core takes on: Retry, the half-open cap, the handshake
     /// timeout ([`crate::admission`]).
     pub admission: AdmissionConfig,
+    /// With the af-xdp backend: the interface to attach the XDP program to; `None`: the one that
+    /// holds the listen address (which must then be a specific address).
+    pub xdp_interface: Option<String>,
 }
 
 impl NodeConfig {
@@ -103,6 +106,7 @@ impl NodeConfig {
             cid_key: None,
             join_group: false,
             admission: AdmissionConfig::DEFAULT,
+            xdp_interface: None,
         }
     }
 }
@@ -170,6 +174,9 @@ pub struct Node<M = ()> {
     messenger: Messenger<M>,
     /// Held here so that the duplicate closes with the node, not with the last handle.
     _group_socket: Option<Arc<GroupSocket>>,
+    /// The XDP program of the af-xdp backend: detached when the node drops (or the process dies).
+    #[cfg(target_os = "linux")]
+    _xdp: Option<crate::xdp::Redirect>,
 }
 
 impl<M> std::fmt::Debug for Node<M> {
@@ -233,6 +240,16 @@ impl<M: Send + 'static> Node<M> {
             }
         }
 
+        #[cfg(target_os = "linux")]
+        let (xdp, mut xdp_cores) = if kind == BackendKind::AfXdp {
+            let (redirect, cores) =
+                crate::backend::xdp_attach::attach(local_addr, config.xdp_interface.as_deref(), count)
+                    .map_err(|reason| StartError::BackendUnavailable { kind, reason })?;
+            (Some(redirect), cores.into_iter().map(Some).collect())
+        } else {
+            (None, Vec::new())
+        };
+
         let inboxes: Arc<[Arc<Inbox<M>>]> = (0..count).map(|_| Arc::new(Inbox::new(QUEUE_CAPACITY))).collect();
         let shared: Vec<Arc<CoreShared>> = inboxes
             .iter()
@@ -258,6 +275,8 @@ impl<M: Send + 'static> Node<M> {
             let cpu = config.pin_threads.then(|| cpus.get(index % cpus.len()).copied()).flatten();
             let core_byte = u8::try_from(index).map_err(|_| StartError::Cores(count))?;
             let stats = all.get(index).map(|c| Arc::clone(&c.stats)).unwrap_or_default();
+            #[cfg(target_os = "linux")]
+            let xdp_core = xdp_cores.get_mut(index).and_then(Option::take);
             let thread = std::thread::Builder::new()
                 .name(format!("ant-quic-core-{index}"))
                 .spawn(move || {
@@ -297,6 +316,17 @@ impl<M: Send + 'static> Node<M> {
                                 _ => fail(&ready, StartError::BackendUnavailable { kind, reason: error.to_string() }),
                             },
                         },
+                        #[cfg(target_os = "linux")]
+                        BackendKind::AfXdp => match xdp_core.map(|x| crate::backend::xdp::XdpBackend::open(params, x)) {
+                            Some(Ok(backend)) => run_core(index, (all, inbox), (cid_key, generation), backend, endpoint, app, options, &ready),
+                            Some(Err(e)) => fail(&ready, StartError::Core(format!("core {index}: {e}"))),
+                            None => fail(&ready, StartError::Core(format!("core {index} has no AF_XDP socket"))),
+                        },
+                        #[cfg(not(target_os = "linux"))]
+                        BackendKind::AfXdp => fail(
+                            &ready,
+                            StartError::BackendUnavailable { kind, reason: "AF_XDP needs Linux".into() },
+                        ),
                         #[cfg(not(target_os = "linux"))]
                         BackendKind::IoUring => fail(
                             &ready,
@@ -333,7 +363,13 @@ impl<M: Send + 'static> Node<M> {
             cid_key,
             group_socket: group_socket.as_ref().map(Arc::downgrade),
         };
-        let node = Self { threads, messenger: Messenger { handle, inboxes }, _group_socket: group_socket };
+        let node = Self {
+            threads,
+            messenger: Messenger { handle, inboxes },
+            _group_socket: group_socket,
+            #[cfg(target_os = "linux")]
+            _xdp: xdp,
+        };
         for _ in 0..count {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -553,11 +589,12 @@ impl NodeHandle {
         self.broadcast(|| Command::SetServerConfig(Some(Arc::clone(&config))))
     }
 
-    /// Refuse new connections on every core from now on (CONNECTION_REFUSED; `false`), live
-    /// connections going on, as in a takeover's drain while the successor takes new connections;
-    /// or accept them again (`true`).
-    pub fn set_accepting(&self, accepting: bool) -> Result<(), NodeError> {
-        self.broadcast(|| Command::SetAccepting(accepting))
+    /// A successor on the same port takes new connections from now on (`true`), live ones going
+    /// on here: an attempt whose ID names this process is refused (CONNECTION_REFUSED), any other
+    /// is dropped without state (a steering table not yet updated sent it; the client's
+    /// retransmission reaches the successor). `false`: this process takes new connections again.
+    pub fn set_handed_over(&self, handed_over: bool) -> Result<(), NodeError> {
+        self.broadcast(|| Command::SetHandedOver(handed_over))
     }
 
     /// Test hook: make `core` block its thread for `duration` (as a stuck core would), for

@@ -78,6 +78,18 @@ pub struct CoreStats {
     pub rx_no_buffers: AtomicU64,
     /// Received datagrams dropped because they did not fit the receive buffer (`MSG_TRUNC`).
     pub rx_truncated: AtomicU64,
+    /// AF_XDP backend: datagrams received in the AF_XDP socket's RX ring.
+    pub xdp_rx_datagrams: AtomicU64,
+    /// AF_XDP backend: datagrams received through the ordinary UDP socket (what the XDP program
+    /// passed to the kernel: fragments, IP options, extension headers, VLAN tags, other queues).
+    pub xdp_socket_rx_datagrams: AtomicU64,
+    /// AF_XDP backend: datagrams sent as frames through the TX ring.
+    pub xdp_tx_datagrams: AtomicU64,
+    /// AF_XDP backend: datagrams sent through the ordinary UDP socket (no next hop learned yet,
+    /// or too large for a UMEM frame).
+    pub xdp_socket_tx_datagrams: AtomicU64,
+    /// AF_XDP backend: frames in the RX ring that were not a datagram for the node (dropped).
+    pub xdp_frames_not_ours: AtomicU64,
     /// Received datagrams handed to the core that owns their connection.
     pub handoffs_out: AtomicU64,
     /// Datagrams received from other cores through the hand-off queue.

@@ -20,7 +20,6 @@ mod common;
 #[path = "../../tests/common/prerequisite.rs"]
 mod prerequisite;
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -31,92 +30,16 @@ use ant_quic_dataplane::sys::bpf::{Map, Program, XdpMode};
 use ant_quic_dataplane::sys::poll;
 use ant_quic_dataplane::sys::process::current_uid;
 use ant_quic_dataplane::sys::xdp::{interface_index, CopyMode, XskConfig, XskSocket};
-use ant_quic_dataplane::xdp::program::{redirect_program, XDP_PASS};
+use ant_quic_dataplane::xdp::program::{redirect_program, COUNTERS, XDP_PASS};
+use ant_quic_dataplane::xdp::relay::ENTRY_SIZE;
 use ant_quic_dataplane::xdp::{Counter, Filter, Redirect};
-use common::{mac, run};
+use common::in_netns::{enter, in_netns, ping};
+use common::veth::{run, Netns, NODE_IP, NODE_MAC, PEER_IP, PEER_MAC};
 
-/// The XDP end (namespace A, `v0`) and the peer (namespace B, `v1`).
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 1);
-const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 2);
-const NODE_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
-const PEER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
 const NODE_PORT: u16 = 4433;
 const DEADLINE: Duration = Duration::from_secs(20);
 /// Set in a child process: the namespace it attaches the program in before it is killed.
 const CHILD_ENV: &str = "AQ_XDP_TEST_CHILD_NETNS";
-
-/// Two network namespaces joined by a veth pair (`v0` in `node`, `v1` in `peer`), deleted when
-/// the guard drops, whatever happened.
-struct Netns {
-    node: String,
-    peer: String,
-}
-
-impl Netns {
-    fn create(tag: &str) -> Self {
-        let node = format!("aq-xsk-{}-{tag}", std::process::id());
-        let peer = format!("{node}-p");
-        run("ip", &["netns", "add", &node]);
-        let mut ns = Self { node, peer: String::new() };
-        run("ip", &["netns", "add", &peer]);
-        ns.peer = peer;
-        let (a, b) = (ns.node.as_str(), ns.peer.as_str());
-        let (node_mac, peer_mac) = (mac(NODE_MAC), mac(PEER_MAC));
-        run("ip", &["-n", a, "link", "add", "v0", "address", &node_mac, "type", "veth", "peer", "name", "v1"]);
-        run("ip", &["-n", a, "link", "set", "v1", "netns", b]);
-        run("ip", &["-n", b, "link", "set", "v1", "address", &peer_mac]);
-        run("ip", &["-n", a, "addr", "add", &format!("{NODE_IP}/24"), "dev", "v0"]);
-        run("ip", &["-n", b, "addr", "add", &format!("{PEER_IP}/24"), "dev", "v1"]);
-        run("ip", &["-n", a, "link", "set", "v0", "up"]);
-        run("ip", &["-n", b, "link", "set", "v1", "up"]);
-        ns
-    }
-
-    /// Whether an XDP program is attached to `v0`.
-    fn xdp_attached(&self) -> bool {
-        self.xdp_on("v0").is_some()
-    }
-
-    /// The XDP mode `ip link` shows on `interface` (`xdp`, `xdpgeneric`, ...), if a program is
-    /// attached.
-    fn xdp_on(&self, interface: &str) -> Option<String> {
-        let out = Command::new("ip").args(["-n", &self.node, "link", "show", interface]).output().unwrap();
-        assert!(out.status.success(), "ip link show {interface} failed");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mode = text.split_whitespace().find(|w| matches!(*w, "xdp" | "xdpgeneric" | "xdpdrv" | "xdpoffload"));
-        mode.map(str::to_owned)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for name in [&self.node, &self.peer] {
-            if !name.is_empty() {
-                let _ = Command::new("ip").args(["netns", "delete", name.as_str()]).status();
-            }
-        }
-    }
-}
-
-/// Move the calling thread (only it) into namespace `name`.
-fn enter(name: &str) {
-    let file = File::open(format!("/var/run/netns/{name}")).unwrap();
-    // SAFETY: `file` is an open namespace file for the duration of the call; CLONE_NEWNET changes
-    // only this thread's network namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-/// Run `f` on a thread inside namespace `name`.
-fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let name = name.to_owned();
-    std::thread::spawn(move || {
-        enter(&name);
-        f()
-    })
-    .join()
-    .unwrap()
-}
 
 /// Root and a kernel that lets us create an XSKMAP.
 fn bpf_here() -> bool {
@@ -134,33 +57,6 @@ fn xdp_here() -> bool {
             "`ip` (Debian package iproute2; scripts/test.sh installs it)",
         )
         .unwrap()
-}
-
-/// Send an ICMP echo request to `to` from a raw socket and wait for the reply (a ping).
-fn ping(to: Ipv4Addr) -> bool {
-    use socket2::{Domain, Protocol, Socket, Type};
-    use std::io::Read;
-    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let id = (std::process::id() as u16).to_be_bytes();
-    let mut echo = vec![8, 0, 0, 0, id[0], id[1], 0, 1];
-    echo.extend_from_slice(b"xdp-ping");
-    let checksum = ipv4_checksum(&echo);
-    echo[2..4].copy_from_slice(&checksum.to_be_bytes());
-    let deadline = Instant::now() + DEADLINE;
-    let mut socket = socket;
-    while Instant::now() < deadline {
-        socket.send_to(&echo, &SocketAddr::from((to, 0)).into()).unwrap();
-        let mut buf = [0u8; 128];
-        while let Ok(n) = socket.read(&mut buf) {
-            // A raw IPv4 socket reads the IP header (20 bytes here) and the ICMP message.
-            let (ip, icmp) = buf[..n].split_at(20.min(n));
-            if ip.len() == 20 && ip[12..16] == to.octets() && icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id {
-                return true;
-            }
-        }
-    }
-    false
 }
 
 /// The one's-complement sum of the IPv4 header.
@@ -232,23 +128,32 @@ fn program_takes_only_the_nodes_udp_datagrams() {
         return;
     }
     let node6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-    let check = |filter: Filter, cases: Vec<(&str, Vec<u8>, bool)>| {
+    let check_one = |filter: Filter, cases: &[(&str, Vec<u8>, bool)], with_relay: bool| {
         let xsks = Map::xsk(1, "t_xsks").unwrap();
-        let counters = Map::counters(3, "t_counters").unwrap();
-        let code = redirect_program(&filter, xsks.as_raw_fd(), counters.as_raw_fd()).unwrap();
+        let counters = Map::counters(COUNTERS, "t_counters").unwrap();
+        let channels = Map::hash(4, ENTRY_SIZE as u32, 1, "t_channels").unwrap();
+        let relay = with_relay.then(|| channels.as_raw_fd());
+        let code = redirect_program(&filter, xsks.as_raw_fd(), counters.as_raw_fd(), relay).unwrap();
         let program = Program::load_xdp(&code, "t_redirect").unwrap_or_else(|e| panic!("{e}"));
         for (what, frame, ours) in cases {
+            let (what, ours) = (format!("{what} (relay map: {with_relay})"), *ours);
             let before = (
                 counters.counter(Counter::NoSocket as u32).unwrap(),
                 counters.counter(Counter::Passed as u32).unwrap(),
             );
-            assert_eq!(program.test_run(&frame).unwrap(), XDP_PASS, "{what}: no socket, so passed");
+            assert_eq!(program.test_run(frame).unwrap(), XDP_PASS, "{what}: no socket, so passed");
             let after = (
                 counters.counter(Counter::NoSocket as u32).unwrap(),
                 counters.counter(Counter::Passed as u32).unwrap(),
             );
             let expected = if ours { (before.0 + 1, before.1) } else { (before.0, before.1 + 1) };
             assert_eq!(after, expected, "{what}: taken as ours = {ours}");
+        }
+    };
+    // With and without a (here empty) relay channel map: no frame changes its fate.
+    let check = |filter: Filter, cases: Vec<(&str, Vec<u8>, bool)>| {
+        for with_relay in [false, true] {
+            check_one(filter, &cases, with_relay);
         }
     };
     let (src, dst) = (peer_addr(40000), node_addr(NODE_PORT));
@@ -342,7 +247,7 @@ fn datagrams_to_the_node_arrive_in_the_rx_ring_and_the_rest_reaches_the_kernel()
     if !xdp_here() {
         return;
     }
-    let ns = Netns::create("rx");
+    let ns = Netns::create("xsk-rx");
     enter(&ns.node);
     let (redirect, mut socket) = attach_with_socket();
     assert_eq!(redirect.mode(), XdpMode::Native, "veth supports native XDP");
@@ -407,7 +312,7 @@ fn frames_written_to_the_tx_ring_reach_a_socket_in_the_other_namespace() {
     if !xdp_here() {
         return;
     }
-    let ns = Netns::create("tx");
+    let ns = Netns::create("xsk-tx");
     enter(&ns.node);
     let (_redirect, mut socket) = attach_with_socket();
     let receiver = in_netns(&ns.peer, || {
@@ -459,7 +364,7 @@ fn a_dual_stack_node_receives_ipv6_and_ipv4_datagrams_in_the_rx_ring() {
     if !xdp_here() {
         return;
     }
-    let ns = Netns::create("v6");
+    let ns = Netns::create("xsk-v6");
     run("ip", &["-n", &ns.node, "addr", "add", "fd00:204::1/64", "dev", "v0", "nodad"]);
     run("ip", &["-n", &ns.peer, "addr", "add", "fd00:204::2/64", "dev", "v1", "nodad"]);
     enter(&ns.node);
@@ -511,7 +416,7 @@ fn a_process_killed_with_sigkill_leaves_no_xdp_program() {
     if !xdp_here() {
         return;
     }
-    let ns = Netns::create("kill");
+    let ns = Netns::create("xsk-kill");
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "a_process_killed_with_sigkill_leaves_no_xdp_program", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, &ns.node)
@@ -566,7 +471,7 @@ fn unknown_interfaces_are_named_the_loopback_falls_back_to_generic_mode_and_queu
     if !xdp_here() {
         return;
     }
-    let ns = Netns::create("modes");
+    let ns = Netns::create("xsk-modes");
     enter(&ns.node);
     let filter = Filter::for_bound(node_addr(NODE_PORT));
     let error = Redirect::attach("nosuch0", &filter).unwrap_err().to_string();

@@ -10,8 +10,12 @@ pub const DEFAULT_FILE: &str = r#"# ant-quic configuration. Every key is optiona
 listen = "0.0.0.0:9000"
 # Data-plane cores (default: one per CPU this process may run on).
 # cores = 4
-# I/O backend: "io-uring" or "portable" (default: io-uring when the kernel allows it).
+# I/O backend: "io-uring", "portable" or "af-xdp" (default: io-uring when the kernel allows it).
+# af-xdp attaches an XDP program to the interface holding the listen address (docs/af-xdp.md):
+# it needs root, a specific listen address or xdp_interface, and no more cores than RX queues.
 # backend = "io-uring"
+# The interface af-xdp attaches to (default: the one holding the listen address).
+# xdp_interface = "eth0"
 # Directory holding the identity key (default: ~/.ant-quic).
 # data_dir = "/var/lib/ant-quic"
 # Serve the files of this directory over hq-interop.

@@ -56,6 +56,10 @@ pub struct NodeSection {
     /// Seconds a process taken over (`--takeover`) keeps serving its live connections before it
     /// closes what is left; 0: close at once.
     pub drain_timeout: u64,
+    /// With `backend = "af-xdp"`: the interface to attach the XDP program to; `None`: the one
+    /// holding the listen address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp_interface: Option<String>,
 }
 
 /// `[node] drain_timeout` when none is given.
@@ -76,6 +80,7 @@ impl Default for NodeSection {
             bootstrap: Vec::new(),
             preferred_address: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            xdp_interface: None,
         }
     }
 }
@@ -88,6 +93,8 @@ pub enum Backend {
     IoUring,
     /// Portable (poll + sendmmsg).
     Portable,
+    /// AF_XDP sockets fed by an XDP program on the listen interface.
+    AfXdp,
 }
 
 impl From<Backend> for BackendKind {
@@ -95,6 +102,7 @@ impl From<Backend> for BackendKind {
         match backend {
             Backend::IoUring => BackendKind::IoUring,
             Backend::Portable => BackendKind::Portable,
+            Backend::AfXdp => BackendKind::AfXdp,
         }
     }
 }
@@ -103,6 +111,7 @@ impl From<BackendKind> for Backend {
     fn from(kind: BackendKind) -> Self {
         match kind {
             BackendKind::IoUring => Backend::IoUring,
+            BackendKind::AfXdp => Backend::AfXdp,
             // The portable backend runs everywhere; a backend added later maps here until named.
             _ => Backend::Portable,
         }

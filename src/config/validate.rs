@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use super::origin::{ConfigError, Origin};
 use super::sections::{
-    Config, LogOutput, MAX_DRAIN_TIMEOUT, MAX_HANDSHAKE_TIMEOUT, MAX_RELAY_LIFETIME, MAX_TWO_SIDED_RATE,
+    Backend, Config, LogOutput, MAX_DRAIN_TIMEOUT, MAX_HANDSHAKE_TIMEOUT, MAX_RELAY_LIFETIME, MAX_TWO_SIDED_RATE,
     MIN_RELAY_LIFETIME,
 };
 use crate::identity::PeerId;
@@ -26,6 +26,19 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
         return Err(fail(
             "node.drain_timeout",
             format!("[node] drain_timeout must be at most {MAX_DRAIN_TIMEOUT} seconds (a day)"),
+        ));
+    }
+    if config.node.backend == Some(Backend::AfXdp)
+        && config.node.listen.ip().is_unspecified()
+        && config.node.xdp_interface.is_none()
+    {
+        return Err(fail(
+            "node.backend",
+            format!(
+                "backend af-xdp attaches to one interface: listen on one of its addresses instead of {}, \
+                 or set [node] xdp_interface",
+                config.node.listen
+            ),
         ));
     }
     let listen = config.node.listen.port();

@@ -4,6 +4,8 @@
 //! [`uring`] (io_uring: multishot RECVMSG into a provided-buffer ring, SENDMSG with `UDP_SEGMENT`)
 //! and [`portable`] (recvmmsg/sendmsg through quinn-udp). Both do GRO on receive and GSO on send,
 //! and both fall back to one datagram per send, losing none, when the kernel refuses GSO.
+//! [`xdp`] (AF_XDP, `docs/af-xdp.md`) takes the node's datagrams as frames from an XDP program
+//! attached node-wide by [`xdp_attach`], and keeps the UDP socket for the rest.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +19,10 @@ use crate::stats::CoreStats;
 pub mod portable;
 #[cfg(target_os = "linux")]
 pub mod uring;
+#[cfg(target_os = "linux")]
+pub mod xdp;
+#[cfg(target_os = "linux")]
+pub mod xdp_attach;
 
 /// Which backend a core runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,6 +32,9 @@ pub enum BackendKind {
     IoUring,
     /// recvmmsg/sendmsg with GSO/GRO, for kernels and sandboxes without io_uring.
     Portable,
+    /// AF_XDP sockets fed by an XDP program on the listen interface, with the UDP socket kept
+    /// for what the program passes and for peers whose next hop is not known yet.
+    AfXdp,
 }
 
 impl BackendKind {
@@ -34,6 +43,7 @@ impl BackendKind {
         match self {
             Self::IoUring => "io-uring",
             Self::Portable => "portable",
+            Self::AfXdp => "af-xdp",
         }
     }
 }
@@ -50,7 +60,8 @@ impl std::str::FromStr for BackendKind {
         match s {
             "io-uring" | "io_uring" | "uring" => Ok(Self::IoUring),
             "portable" => Ok(Self::Portable),
-            other => Err(format!("unknown backend '{other}': expected io-uring or portable")),
+            "af-xdp" | "af_xdp" | "xdp" => Ok(Self::AfXdp),
+            other => Err(format!("unknown backend '{other}': expected io-uring, portable or af-xdp")),
         }
     }
 }

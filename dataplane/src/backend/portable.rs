@@ -62,10 +62,27 @@ impl PortableBackend {
         self.state.try_send(UdpSockRef::from(&self.socket), &transmit)
     }
 
-    fn recycle(&mut self, mut buf: Vec<u8>) {
+    /// Keep `buf` for [`Backend::take_buffer`] (a few at most).
+    pub(crate) fn recycle(&mut self, mut buf: Vec<u8>) {
         if self.spare.len() < SPARE_BUFFERS {
             buf.clear();
             self.spare.push(buf);
+        }
+    }
+}
+
+impl PortableBackend {
+    /// What [`Backend::wait`] polls the socket for: readability, and writability after a send
+    /// hit a full buffer. For a backend that polls it with descriptors of its own.
+    pub(crate) fn socket_pollfd(&self) -> libc::pollfd {
+        let events = if self.send_blocked { libc::POLLIN | libc::POLLOUT } else { libc::POLLIN };
+        libc::pollfd { fd: self.socket.as_raw_fd(), events, revents: 0 }
+    }
+
+    /// The events poll(2) returned for [`PortableBackend::socket_pollfd`].
+    pub(crate) fn socket_polled(&mut self, revents: libc::c_short) {
+        if revents & libc::POLLOUT != 0 {
+            self.send_blocked = false;
         }
     }
 }
@@ -84,18 +101,9 @@ impl Backend for PortableBackend {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let mut socket_events = libc::POLLIN;
-        if self.send_blocked {
-            socket_events |= libc::POLLOUT;
-        }
-        let mut fds = [
-            libc::pollfd { fd: self.socket.as_raw_fd(), events: socket_events, revents: 0 },
-            libc::pollfd { fd: self.wake_fd, events: libc::POLLIN, revents: 0 },
-        ];
+        let mut fds = [self.socket_pollfd(), crate::sys::poll::readable(self.wake_fd)];
         crate::sys::poll::poll(&mut fds, timeout)?;
-        if fds[0].revents & libc::POLLOUT != 0 {
-            self.send_blocked = false;
-        }
+        self.socket_polled(fds[0].revents);
         Ok(())
     }
 

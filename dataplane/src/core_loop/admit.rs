@@ -9,7 +9,7 @@ use bytes::Bytes;
 use quinn_proto::{Connection, ConnectionError, ConnectionHandle, EndpointEvent, Incoming, VarInt};
 
 use super::Core;
-use crate::admission::{Admit, Attempt, RefuseReason};
+use crate::admission::{Admit, Attempt, Intake, RefuseReason};
 use crate::backend::Backend;
 use crate::connection::ConnId;
 use crate::stats::{bump, CloseClass};
@@ -24,9 +24,19 @@ const HANDSHAKE_TIMEOUT_REASON: &[u8] = b"handshake timeout";
 impl<B: Backend, M> Core<B, M> {
     /// Accept a connection attempt, ask it to Retry, or refuse it ([`crate::admission`]).
     pub(super) fn admit(&mut self, now: Instant, incoming: Incoming, response: &mut Vec<u8>) {
-        let attempt = Attempt { validated: incoming.remote_address_validated(), may_retry: incoming.may_retry() };
-        let accepting = self.draining_since.is_none() && !self.refusing;
-        match self.admission.decide(attempt, accepting) {
+        let names_this_process =
+            self.cid_key.owner(incoming.orig_dst_cid()).is_some_and(|owner| owner.generation == self.generation);
+        let attempt = Attempt {
+            validated: incoming.remote_address_validated(),
+            may_retry: incoming.may_retry(),
+            names_this_process,
+        };
+        let intake = match (self.draining_since, self.handed_over) {
+            (Some(_), _) => Intake::Closed,
+            (None, true) => Intake::HandedOver,
+            (None, false) => Intake::Open,
+        };
+        match self.admission.decide(attempt, intake) {
             Admit::Retry => match self.endpoint.retry(incoming, response) {
                 Ok(transmit) => {
                     bump(&self.shared.stats.retry_sent, 1);
@@ -40,6 +50,10 @@ impl<B: Backend, M> Core<B, M> {
                 self.shared.stats.refuse_handshake(reason);
                 let transmit = self.endpoint.refuse(incoming, response);
                 self.send_response(&transmit, response);
+            }
+            Admit::Ignore(reason) => {
+                self.shared.stats.refuse_handshake(reason);
+                self.endpoint.ignore(incoming);
             }
             Admit::Accept => match self.endpoint.accept(incoming, now, response, None) {
                 Ok((handle, conn)) => {

@@ -59,8 +59,9 @@ pub(crate) enum Stop {
 pub(crate) enum Command {
     Connect(Box<ConnectRequest>),
     Shutdown(Stop),
-    /// Refuse new connections (`false`: a takeover's drain; live ones go on) or accept them again.
-    SetAccepting(bool),
+    /// A successor takes new connections (`true`: a takeover's drain; live ones go on), or this
+    /// process takes them again (`false`).
+    SetHandedOver(bool),
     /// Use these settings for connections accepted from now on (live ones keep theirs).
     SetServerConfig(Option<Arc<quinn_proto::ServerConfig>>),
     /// Test hook: block the core's thread for this long.
@@ -181,8 +182,8 @@ pub(crate) struct Core<B: Backend, M> {
     draining_since: Option<Instant>,
     /// Stop without waiting for closing periods ([`Stop::Immediate`]).
     stop_immediately: bool,
-    /// New connections are refused (a successor takes them), live ones go on.
-    refusing: bool,
+    /// A successor takes new connections; live ones go on here.
+    handed_over: bool,
     recorder: Recorder,
     /// Relay frames this core forwards (bootstrap role) or unwraps (peer role).
     relay: RelayIo,
@@ -229,7 +230,7 @@ impl<B: Backend, M> Core<B, M> {
             response_buf: Vec::new(),
             draining_since: None,
             stop_immediately: false,
-            refusing: false,
+            handed_over: false,
             recorder: Recorder::new(),
             control: options.control,
             admission: Admission::new(options.admission),
@@ -321,7 +322,7 @@ impl<B: Backend, M> Core<B, M> {
                     self.stop_immediately |= stop == Stop::Immediate;
                     self.start_draining(now);
                 }
-                Command::SetAccepting(accepting) => self.refusing = !accepting,
+                Command::SetHandedOver(handed_over) => self.handed_over = handed_over,
                 Command::SetServerConfig(config) => self.endpoint.set_server_config(config),
                 Command::Stall(duration) => {
                     tracing::warn!(core = self.index, ?duration, "core stalled on request (test hook)");

@@ -50,10 +50,12 @@ impl Insn {
 const BPF_MAP_CREATE: u32 = 0;
 const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
+const BPF_MAP_DELETE_ELEM: u32 = 3;
 const BPF_PROG_LOAD: u32 = 5;
 const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_LINK_CREATE: u32 = 28;
 // enum bpf_map_type.
+const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 // enum bpf_prog_type.
@@ -214,6 +216,52 @@ impl Map {
         Self::create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, entries, name)
     }
 
+    /// A hash map of up to `entries` values of `value_size` bytes under keys of `key_size` bytes
+    /// (one copy shared by every CPU: the program updates counters in it with atomic adds).
+    pub fn hash(key_size: u32, value_size: u32, entries: u32, name: &str) -> io::Result<Self> {
+        Self::create(BPF_MAP_TYPE_HASH, key_size, value_size, entries, name)
+    }
+
+    /// Create or replace the value under `key` (both of the map's sizes).
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.update(key, value)
+    }
+
+    /// The value under `key`, or `None` when there is none.
+    pub fn lookup(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if key.len() != self.key_size as usize || self.per_cpu {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let mut value = vec![0u8; self.value_size as usize];
+        let mut attr = MapElemAttr {
+            map_fd: self.raw_fd_u32(),
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // `key` is a live slice of the map's key size, only read; `value` is an exclusively
+        // owned buffer of the map's value size (not per-CPU), which the kernel writes.
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(_) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove the value under `key`; `false` when there was none.
+    pub fn remove(&self, key: &[u8]) -> io::Result<bool> {
+        if key.len() != self.key_size as usize {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let mut attr = MapElemAttr { map_fd: self.raw_fd_u32(), key: key.as_ptr() as u64, ..Default::default() };
+        // `key` is a live slice of the map's key size, which the kernel only reads.
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Put the AF_XDP socket `socket` at `index` of an XSKMAP (it receives what the program
     /// redirects to that index).
     pub fn set_socket(&self, index: u32, socket: &impl AsRawFd) -> io::Result<()> {
@@ -360,6 +408,28 @@ impl Program {
         // is given (`data_out` null), so the kernel writes only into `attr`.
         bpf(BPF_PROG_TEST_RUN, &mut attr)?;
         Ok(attr.retval)
+    }
+
+    /// [`Program::test_run`], also returning the frame as the program left it (rewritten
+    /// headers included).
+    pub fn test_run_with_output(&self, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        // Room for the frame grown by a program that adds headers in front (XDP headroom).
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut attr = TestRunAttr {
+            prog_fd: self.fd.as_raw_fd() as u32,
+            data_size_in: u32::try_from(frame.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            data_size_out: u32::try_from(out.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            data_in: frame.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ..Default::default()
+        };
+        // `frame` is a live slice of `data_size_in` bytes the kernel copies in; `out` is an
+        // exclusively owned buffer of `data_size_out` bytes, which the kernel writes at most
+        // that many bytes into (ENOSPC otherwise) and reports the length in `data_size_out`.
+        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+        out.truncate(attr.data_size_out as usize);
+        Ok((attr.retval, out))
     }
 }
 

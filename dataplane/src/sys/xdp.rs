@@ -503,7 +503,23 @@ impl XskSocket {
     /// `Ok(false)` (without calling `write`) when no frame or TX slot is free; reap completions
     /// first or try later.
     pub fn transmit(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> io::Result<bool> {
-        self.reap_completions();
+        if !self.enqueue(write)? {
+            return Ok(false);
+        }
+        self.tx.publish();
+        if self.mode == CopyMode::Copy || self.tx.needs_wakeup() {
+            self.kick_tx()?;
+        }
+        Ok(true)
+    }
+
+    /// Put one frame on the TX ring without publishing it: `write` fills a free UMEM frame and
+    /// returns the frame's length. `Ok(false)` (without calling `write`) when no frame or TX slot
+    /// is free. [`XskSocket::flush_tx`] hands what was enqueued to the kernel.
+    pub fn enqueue(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> io::Result<bool> {
+        if self.free_tx.is_empty() || self.tx.free() == 0 {
+            self.reap_completions();
+        }
         if self.tx.free() == 0 {
             return Ok(false);
         }
@@ -519,11 +535,38 @@ impl XskSocket {
         let frame = unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(start), len) };
         let written = write(frame).min(len);
         self.tx.push(libc::xdp_desc { addr, len: written as u32, options: 0 });
+        Ok(true)
+    }
+
+    /// Publish the frames [`XskSocket::enqueue`] put on the TX ring and have the kernel send
+    /// them. In copy mode each kick sends at most 32 frames (the kernel's `TX_BATCH_SIZE`), so it
+    /// kicks until the ring is empty or the kernel is busy (a bounded number of times); the rest
+    /// goes with the next flush.
+    pub fn flush_tx(&mut self) -> io::Result<()> {
         self.tx.publish();
-        if self.mode == CopyMode::Copy || self.tx.needs_wakeup() {
+        if self.mode != CopyMode::Copy {
+            if self.tx.needs_wakeup() {
+                self.kick_tx()?;
+            }
+            return Ok(());
+        }
+        for _ in 0..self.tx.size / 32 + 2 {
+            if self.tx_pending() == 0 {
+                break;
+            }
             self.kick_tx()?;
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// Frames on the TX ring the kernel has not taken yet (published or not).
+    pub fn tx_pending(&mut self) -> u32 {
+        self.tx.size - self.tx.free()
+    }
+
+    /// The size of one UMEM frame: the longest frame that can be sent or received.
+    pub fn frame_size(&self) -> usize {
+        self.frame_size as usize
     }
 
     /// Tell the kernel to send what is on the TX ring (copy mode sends inside this call).
@@ -613,6 +656,35 @@ pub fn rx_queues(name: &str) -> io::Result<u32> {
     Ok((channels.rx_count + channels.combined_count).max(1))
 }
 
+/// The MTU of interface `name` (`SIOCGIFMTU`, in the calling thread's network namespace): the
+/// largest IP packet it sends.
+pub fn interface_mtu(name: &str) -> io::Result<usize> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name '{name}'")));
+    }
+    // SAFETY: an all-zero ifreq is valid (integers, a union of plain data, a null pointer).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: `request` is a live ifreq naming the interface (NUL-terminated: the name is shorter
+    // than IFNAMSIZ); the kernel writes the MTU into its union.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU, &raw mut request) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFMTU filled the union's `ifru_mtu` member.
+    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
+    usize::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,5 +700,12 @@ mod tests {
         assert!(rx_queues("").is_err());
         assert!(rx_queues("a-name-longer-than-ifnamsiz").is_err());
         assert_eq!(interface_index("nosuch0").map_err(|e| e.kind()), Err(io::ErrorKind::NotFound));
+        assert!(interface_mtu("").is_err());
+        assert!(interface_mtu("nosuch0").is_err());
+    }
+
+    #[test]
+    fn the_loopback_has_an_mtu() {
+        assert!(interface_mtu("lo").is_ok_and(|mtu| mtu >= 1280), "{:?}", interface_mtu("lo"));
     }
 }

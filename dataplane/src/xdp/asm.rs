@@ -16,12 +16,16 @@ const JMP32: u8 = 0x06;
 // Memory modes.
 const IMM: u8 = 0x00;
 const MEM: u8 = 0x60;
+const ATOMIC: u8 = 0xc0;
 // Operand source.
 const K: u8 = 0x00;
 const X: u8 = 0x08;
 // ALU operations.
 const ADD: u8 = 0x00;
 const AND: u8 = 0x50;
+const LSH: u8 = 0x60;
+const RSH: u8 = 0x70;
+const XOR: u8 = 0xa0;
 const MOV: u8 = 0xb0;
 // Jump operations.
 const JA: u8 = 0x00;
@@ -43,6 +47,8 @@ pub const R4: Reg = Reg(4);
 pub const R5: Reg = Reg(5);
 pub const R6: Reg = Reg(6);
 pub const R7: Reg = Reg(7);
+pub const R8: Reg = Reg(8);
+pub const R9: Reg = Reg(9);
 pub const R10: Reg = Reg(10);
 
 /// Width of a memory access.
@@ -63,7 +69,9 @@ pub enum Size {
 pub enum Cmp {
     Eq = 0x10,
     Gt = 0x20,
+    Ge = 0x30,
     Ne = 0x50,
+    Lt = 0xa0,
 }
 
 /// A jump target, placed once with [`Asm::place`].
@@ -130,6 +138,31 @@ impl Asm {
     /// `dst &= imm`.
     pub fn and_imm(&mut self, dst: Reg, imm: i32) {
         self.push(ALU64 | AND | K, dst, R0, 0, imm);
+    }
+
+    /// `dst += src`.
+    pub fn add_reg(&mut self, dst: Reg, src: Reg) {
+        self.push(ALU64 | ADD | X, dst, src, 0, 0);
+    }
+
+    /// `dst <<= imm`.
+    pub fn lsh_imm(&mut self, dst: Reg, imm: i32) {
+        self.push(ALU64 | LSH | K, dst, R0, 0, imm);
+    }
+
+    /// `dst >>= imm` (logical).
+    pub fn rsh_imm(&mut self, dst: Reg, imm: i32) {
+        self.push(ALU64 | RSH | K, dst, R0, 0, imm);
+    }
+
+    /// `dst ^= imm`.
+    pub fn xor_imm(&mut self, dst: Reg, imm: i32) {
+        self.push(ALU64 | XOR | K, dst, R0, 0, imm);
+    }
+
+    /// `*(u64 *)(dst + off) += src`, atomically (BPF_ATOMIC with BPF_ADD, the old XADD).
+    pub fn atomic_add64(&mut self, dst: Reg, off: i16, src: Reg) {
+        self.push(STX | ATOMIC | Size::DW as u8, dst, src, off, i32::from(ADD));
     }
 
     /// `dst = *(size *)(src + off)` (zero-extended).
@@ -227,6 +260,10 @@ mod tests {
         asm.store_imm(Size::W, R10, -4, 7);
         asm.load_map(R1, 9);
         asm.call(51);
+        asm.atomic_add64(R0, 40, R1);
+        asm.xor_imm(R1, 0xffff);
+        asm.rsh_imm(R1, 16);
+        asm.add_reg(R1, R2);
         let code = asm.finish().unwrap();
         assert_eq!(code[0], Insn::new(0xbf, 6, 1, 0, 0), "mov64 r6, r1");
         assert_eq!(code[1], Insn::new(0x61, 2, 1, 4, 0), "ldxw r2, [r1+4]");
@@ -234,6 +271,10 @@ mod tests {
         assert_eq!(code[3], Insn::new(0x18, 1, 1, 0, 9), "lddw r1, map fd 9");
         assert_eq!(code[4], Insn::new(0, 0, 0, 0, 0), "second half of lddw");
         assert_eq!(code[5], Insn::new(0x85, 0, 0, 0, 51), "call bpf_redirect_map");
+        assert_eq!(code[6], Insn::new(0xdb, 0, 1, 40, 0), "lock *(u64 *)(r0 + 40) += r1");
+        assert_eq!(code[7], Insn::new(0xa7, 1, 0, 0, 0xffff), "xor64 r1, 0xffff");
+        assert_eq!(code[8], Insn::new(0x77, 1, 0, 0, 16), "rsh64 r1, 16");
+        assert_eq!(code[9], Insn::new(0x0f, 1, 2, 0, 0), "add64 r1, r2");
     }
 
     #[test]

@@ -4,12 +4,16 @@
 //!
 //! - [`asm`]: an eBPF assembler with labels.
 //! - [`program`]: the redirect program, written with it.
+//! - [`relay`]: relay channels forwarded inside that program (its map's entries; IPv4).
+//! - [`neighbour`]: the next hop's MAC address for each remote address, learned from received frames.
 //! - [`Redirect`]: the program loaded, attached to an interface and its maps.
 //!
 //! The system calls (bpf(2), AF_XDP sockets) are in `sys::bpf` and `sys::xdp`.
 
 pub mod asm;
+pub mod neighbour;
 pub mod program;
+pub mod relay;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -64,7 +68,7 @@ impl Redirect {
         let queues = rx_queues(interface).map_err(|e| XdpError::Interface(interface.to_owned(), e))?;
         let xsks = Map::xsk(queues, "aq_xsks").map_err(XdpError::Map)?;
         let counters = Map::counters(program::COUNTERS, "aq_counters").map_err(XdpError::Map)?;
-        let code = program::redirect_program(filter, xsks.as_raw_fd(), counters.as_raw_fd())?;
+        let code = program::redirect_program(filter, xsks.as_raw_fd(), counters.as_raw_fd(), None)?;
         let program = Program::load_xdp(&code, "aq_redirect")?;
         let link = XdpLink::attach(&program, ifindex)?;
         match link.native_refused() {

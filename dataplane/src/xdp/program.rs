@@ -16,14 +16,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::asm::{Asm, AsmError, Cmp, Reg, Size, R0, R1, R10, R2, R3, R4, R5, R6, R7};
+use super::asm::{Asm, AsmError, Cmp, Size, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8};
 use crate::sys::bpf::Insn;
-
-/// `r8`: which counter to add to (kept across the helper calls).
-const R8: Reg = Reg(8);
 
 /// XDP actions (enum xdp_action, include/uapi/linux/bpf.h).
 pub const XDP_PASS: u32 = 2;
+/// The frame goes back out of the interface it arrived on (a relayed frame).
+pub const XDP_TX: u32 = 3;
 /// The frame went to the map's target.
 pub const XDP_REDIRECT: u32 = 4;
 // Helper function numbers (enum bpf_func_id).
@@ -54,10 +53,12 @@ pub enum Counter {
     Passed = 1,
     /// Ours, but no socket at the RX queue it arrived on: passed to the kernel.
     NoSocket = 2,
+    /// A relay frame forwarded to the other end of its channel (XDP_TX).
+    Relayed = 3,
 }
 
 /// How many counters the counter map holds.
-pub const COUNTERS: u32 = 3;
+pub const COUNTERS: u32 = 4;
 
 /// Which destination addresses of one IP family are the node's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,8 +111,15 @@ fn loaded32(bytes: [u8; 4]) -> u32 {
 }
 
 /// The program for `filter`, redirecting into the XSKMAP `xsks` and counting into the per-CPU
-/// array `counters` (both map descriptors, which the kernel resolves when it loads the program).
-pub fn redirect_program(filter: &Filter, xsks: i32, counters: i32) -> Result<Vec<Insn>, AsmError> {
+/// array `counters` (map descriptors, which the kernel resolves when it loads the program).
+/// With `relay_channels` (a hash map of [`super::relay::RelayEntry`]), IPv4 relay frames of
+/// the channels in it are forwarded first (see [`super::relay`]); without it no frame is.
+pub fn redirect_program(
+    filter: &Filter,
+    xsks: i32,
+    counters: i32,
+    relay_channels: Option<i32>,
+) -> Result<Vec<Insn>, AsmError> {
     let mut asm = Asm::default();
     let (ipv4, ipv6, ours, pass, count, done) =
         (asm.label(), asm.label(), asm.label(), asm.label(), asm.label(), asm.label());
@@ -151,7 +159,11 @@ pub fn redirect_program(filter: &Filter, xsks: i32, counters: i32) -> Result<Vec
         }
         asm.load(Size::H, R5, R2, ip + IPV4_HLEN as i16 + 2);
         asm.jump_imm(Cmp::Ne, R5, loaded16(filter.port), pass);
-        asm.goto(ours);
+        match relay_channels {
+            // Ends in a jump to `count` (relayed) or `ours` (not relayed).
+            Some(channels) => super::relay::relay_ipv4(&mut asm, channels, ours, count),
+            None => asm.goto(ours),
+        }
     }
 
     if filter.ipv6 != Destination::Ignore {
@@ -237,14 +249,16 @@ mod tests {
     fn every_family_choice_assembles_and_ends_in_exit() {
         for ipv4 in [Destination::Ignore, Destination::Any, Destination::Only(Ipv4Addr::new(10, 1, 2, 3))] {
             for ipv6 in [Destination::Ignore, Destination::Any, Destination::Only(Ipv6Addr::LOCALHOST)] {
-                let code = redirect_program(&Filter { port: 443, ipv4, ipv6 }, 3, 4).unwrap();
-                assert_eq!(code.last().map(|i| i.code), Some(0x95));
-                for (at, insn) in code.iter().enumerate() {
-                    let class = insn.code & 0x07;
-                    let is_jump = (class == 0x05 || class == 0x06) && !matches!(insn.code & 0xf0, 0x80 | 0x90);
-                    if is_jump {
-                        let target = at as i64 + 1 + i64::from(insn.off);
-                        assert!(target > at as i64 && (target as usize) < code.len(), "jump at {at}");
+                for relay in [None, Some(5)] {
+                    let code = redirect_program(&Filter { port: 443, ipv4, ipv6 }, 3, 4, relay).unwrap();
+                    assert_eq!(code.last().map(|i| i.code), Some(0x95));
+                    for (at, insn) in code.iter().enumerate() {
+                        let class = insn.code & 0x07;
+                        let is_jump = (class == 0x05 || class == 0x06) && !matches!(insn.code & 0xf0, 0x80 | 0x90);
+                        if is_jump {
+                            let target = at as i64 + 1 + i64::from(insn.off);
+                            assert!(target > at as i64 && (target as usize) < code.len(), "jump at {at}");
+                        }
                     }
                 }
             }

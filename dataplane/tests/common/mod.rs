@@ -10,6 +10,9 @@ use ant_quic_dataplane::stats::CoreStats;
 use ant_quic_dataplane::NodeHandle;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+pub mod in_netns;
+pub mod veth;
+
 /// The longest any wait in these tests lasts before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -39,17 +42,5 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Run `program` with `args` (output dropped) and require success.
-pub fn run(program: &str, args: &[&str]) {
-    let status = std::process::Command::new(program)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(status.success(), "{program} {args:?} failed: {status}");
-}
-
-/// A MAC address as `ip` writes it.
-pub fn mac(bytes: [u8; 6]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
+#[allow(unused_imports)] // each test binary uses a part of them
+pub use veth::{mac, run};

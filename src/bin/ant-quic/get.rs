@@ -1,15 +1,15 @@
 //! `ant-quic get`: download files over hq-interop on one connection (or, with `--connections`,
 //! several in turn, each resuming the TLS session of the one before).
 
-use std::net::ToSocketAddrs;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use ant_quic::client::{Fetched, GetApp};
-use ant_quic::dataplane::ConnectRequest;
-use ant_quic::node::{connect_request, start_client};
+use ant_quic::client::{GetApp, GetEvent};
+use ant_quic::dataplane::{BackendKind, ConnectRequest};
+use ant_quic::node::{connect_request, start_client_app};
 use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
 use ant_quic::Error;
 use quinn_proto::crypto::rustls::QuicClientConfig;
@@ -63,7 +63,20 @@ fn output_file(output: &Path, path: &str) -> Option<PathBuf> {
     Some(output.join(relative))
 }
 
+/// The address `get` sends from: `--bind`, or any address (IPv4 and IPv6) and port. The af-xdp
+/// backend attaches to the interface holding it, so a wildcard names none.
+fn local_address(args: &GetArgs) -> Result<SocketAddr, Error> {
+    let wildcard = args.bind.is_none_or(|bind| bind.ip().is_unspecified());
+    if args.backend == Some(BackendKind::AfXdp) && wildcard {
+        return Err(Error::Invalid(
+            "backend af-xdp attaches to one interface: pass --bind with one of its addresses (--bind IP[:PORT])".into(),
+        ));
+    }
+    Ok(args.bind.unwrap_or(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)))
+}
+
 pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
+    let local = local_address(args)?;
     let urls = args.urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
     let authority = urls.first().map(|u| u.authority.clone()).unwrap_or_default();
     if let Some(other) = urls.iter().find(|u| u.authority != authority) {
@@ -109,21 +122,29 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
     request.config.transport_config(Arc::new(transport));
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut results = Vec::new();
+    let mut never_connected = false;
     // Every connection clones the same client configuration, so they share rustls's session
     // store: the second connection resumes with a ticket the first one received.
     for group in split(requests, args.connections) {
         let expected = group.len();
-        let (tx, rx) = mpsc::channel::<Option<Fetched>>();
-        let node = start_client(args.backend, GetApp::new(group, tx).with_key_updates(args.key_update_every))?;
+        let (tx, rx) = mpsc::channel::<GetEvent>();
+        let node = start_client_app(
+            local,
+            args.backend,
+            None,
+            GetApp::new(group, tx).with_key_updates(args.key_update_every),
+        )?;
         node.connect(
             ConnectRequest { config: request.config.clone(), server_name: request.server_name.clone(), ..request },
             Some(0),
         )?;
         let before = results.len();
+        let mut connected = false;
         while results.len() - before < expected {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Some(fetched)) => results.push(fetched),
-                Ok(None) | Err(_) => break,
+                Ok(GetEvent::Connected) => connected = true,
+                Ok(GetEvent::File(fetched)) => results.push(fetched),
+                Ok(GetEvent::Ended) | Err(_) => break,
             }
         }
         // The files are written and this connection is done: send CONNECTION_CLOSE and go,
@@ -131,12 +152,19 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
         node.shutdown_now();
         let _ = node.join();
         if results.len() - before < expected {
+            // A file reported (failed) without a handshake came from 0-RTT or a connect error.
+            never_connected = !connected && results.len() == before;
             break;
         }
     }
 
     let mut failed = expected.saturating_sub(results.len());
-    if failed > 0 {
+    if failed > 0 && never_connected {
+        eprintln!(
+            "error: no connection to {remote} within {} s (the handshake never completed); {failed} file(s) not fetched",
+            args.timeout
+        );
+    } else if failed > 0 {
         eprintln!("error: {failed} file(s) got no answer within {} s", args.timeout);
     }
     for r in &results {
@@ -155,7 +183,7 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
             }
             Some(error) => {
                 failed += 1;
-                println!("{}: FAILED: {error}", r.path);
+                eprintln!("error: {}: {error}", r.path);
             }
         }
     }

@@ -40,7 +40,7 @@ struct NodeArgs {
     /// Data-plane cores (default: one per CPU this process may run on).
     #[arg(long)]
     cores: Option<usize>,
-    /// I/O backend: io-uring or portable (default: io-uring when the kernel allows it).
+    /// I/O backend: io-uring, portable or af-xdp (default: io-uring when the kernel allows it).
     #[arg(long)]
     backend: Option<BackendKind>,
     /// Directory holding the node's identity key (default: ~/.ant-quic).
@@ -162,9 +162,14 @@ struct GetArgs {
     /// Require the server to prove this peer ID (64 hex digits).
     #[arg(long)]
     peer_id: Option<PeerId>,
-    /// I/O backend: io-uring or portable.
+    /// I/O backend: io-uring, portable or af-xdp (default: io-uring when the kernel allows it).
+    /// af-xdp needs --bind.
     #[arg(long)]
     backend: Option<BackendKind>,
+    /// Local address to send from, IP or IP:PORT (default: any address, IPv4 and IPv6, any port).
+    /// With --backend af-xdp, an address of the interface to attach to.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_bind)]
+    bind: Option<SocketAddr>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -209,6 +214,13 @@ fn main() -> ExitCode {
         }
         None => run_node(&cli.node),
     }
+}
+
+/// `--bind IP[:PORT]`: an IP alone takes any free port.
+fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
+        .map_err(|_| format!("'{text}' is neither IP nor IP:PORT"))
 }
 
 fn config_error(error: &dyn std::fmt::Display) -> ExitCode {
@@ -267,5 +279,19 @@ mod runbook {
         for command in commands(bad).unwrap() {
             assert!(parses(&command).is_err(), "accepted: {}", command.text);
         }
+    }
+}
+
+#[cfg(test)]
+mod bind {
+    use super::parse_bind;
+
+    #[test]
+    fn bind_takes_an_ip_with_or_without_a_port_and_refuses_anything_else() {
+        assert_eq!(parse_bind("10.0.0.1"), Ok("10.0.0.1:0".parse().unwrap()));
+        assert_eq!(parse_bind("10.0.0.1:5000"), Ok("10.0.0.1:5000".parse().unwrap()));
+        assert_eq!(parse_bind("::1"), Ok("[::1]:0".parse().unwrap()));
+        assert_eq!(parse_bind("[::1]:7"), Ok("[::1]:7".parse().unwrap()));
+        assert!(parse_bind("eth0").is_err() && parse_bind("10.0.0.1:x").is_err());
     }
 }

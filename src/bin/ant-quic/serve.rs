@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::sys::signal::BlockedSignals;
+use ant_quic::dataplane::BackendKind;
 use ant_quic::node::{start_server_with, NodeOptions};
 use ant_quic::takeover::{Incumbent, Lineage, Successor, Takeover};
 use ant_quic::Error;
@@ -67,6 +68,7 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
         },
         join: None,
         admission: config.security.admission(),
+        xdp_interface: config.node.xdp_interface.clone(),
     };
     if args.one_shot() {
         return finish(one_shot(args, &options, &security));
@@ -79,6 +81,13 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
                 eprintln!("error: cannot bind UDP {addr}: {source}; to replace the node running there, add --takeover");
                 ExitCode::FAILURE
             }
+            // Like a config error: the interface or kernel cannot do what the config asks.
+            Err(
+                error @ Error::Start(ant_quic::dataplane::StartError::BackendUnavailable {
+                    kind: BackendKind::AfXdp,
+                    ..
+                }),
+            ) => config_error(&error),
             result => finish(result),
         };
     }
@@ -289,8 +298,8 @@ fn serve(
         ]);
         admin.set_draining();
         admin.close_listener();
-        if let Err(error) = node.set_accepting(false) {
-            tracing::warn!(%error, "a core did not take the stop-accepting request; it refuses nothing new");
+        if let Err(error) = node.set_handed_over(true) {
+            tracing::warn!(%error, "a core did not take the hand-over request; it goes on accepting new connections");
         }
         // Registered peers move to the successor, spread over the first half of the drain.
         server.nat.begin_handover(drain_timeout / 2);
@@ -309,7 +318,7 @@ fn serve(
                     *slot = None;
                 }
                 ant_quic::takeover::steer_by_probes(&node.handle(), &lineage);
-                if let Err(error) = node.set_accepting(true) {
+                if let Err(error) = node.set_handed_over(false) {
                     tracing::warn!(%error, "a core did not take the accept request");
                 }
                 admin.shutdown();

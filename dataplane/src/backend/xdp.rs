@@ -1,0 +1,262 @@
+//! The AF_XDP backend (`--backend af-xdp`): one core's AF_XDP socket on the RX queue of the same
+//! index, with the core's ordinary UDP socket kept beside it.
+//!
+//! Receive: frames from the RX ring are classified ([`crate::frame::classify`]); a datagram for
+//! the node goes to the core, and the frame's source MAC is learned as the hop back to its
+//! sender ([`Neighbours`]); anything else is counted and dropped (the program only redirects the
+//! node's datagrams, so this is rare). Then the UDP socket is read, for what the program left to
+//! the kernel (fragments, IPv4 options, IPv6 extension headers, VLAN tags, jumbo frames).
+//!
+//! Send: each datagram of a batch becomes a whole Ethernet/IP/UDP frame in the TX ring when the
+//! hop to its destination is known and it fits a UMEM frame; otherwise the batch goes through the
+//! UDP socket (the kernel resolves the neighbour). Both are counted.
+//!
+//! See `docs/af-xdp.md`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::portable::PortableBackend;
+use super::{Backend, BackendKind, BackendParams, OutBatch, RecvMeta, SendRefused};
+use crate::frame::{classify, Classified, MacAddress, UdpFrame, ETHERNET_HEADER_LEN};
+use crate::stats::{bump, CoreStats};
+use crate::sys::xdp::XskSocket;
+use crate::xdp::neighbour::Neighbours;
+
+/// Frames taken from the RX ring per call.
+const RX_BATCH: u32 = 64;
+/// RX ring calls per loop turn at most: under a flood the core still gets to send and fire
+/// timers (what is left keeps the socket readable, so the next wait returns at once).
+const MAX_RX_CALLS_PER_TURN: usize = 16;
+
+/// What a core needs besides [`BackendParams`] to run the AF_XDP backend.
+#[derive(Debug)]
+pub struct XdpParams {
+    /// The core's AF_XDP socket, bound to the RX queue of the core's index and already in the
+    /// redirect program's socket map.
+    pub socket: XskSocket,
+    /// The address the node is bound to: which datagrams are ours, and the source of the frames
+    /// sent (a wildcard address sends only batches that name their source IP as frames).
+    pub local: SocketAddr,
+    /// The interface's MAC address: the source of the frames sent.
+    pub mac: MacAddress,
+    /// The interface's MTU: the largest IP packet sent as a frame.
+    pub mtu: usize,
+}
+
+/// AF_XDP backend for one core.
+#[derive(Debug)]
+pub struct XdpBackend {
+    xsk: XskSocket,
+    /// The ordinary UDP socket, driven as the portable backend drives it.
+    fallback: PortableBackend,
+    wake_fd: RawFd,
+    stats: Arc<CoreStats>,
+    neighbours: Neighbours,
+    local: SocketAddr,
+    ours: [SocketAddr; 1],
+    mac: MacAddress,
+    mtu: usize,
+    /// IPv4 identification of the next frame (DF is set: it need only differ between nearby
+    /// datagrams, RFC 6864).
+    identification: u16,
+    /// The TX ring or UMEM was full: `wait` also waits for the AF_XDP socket's writability.
+    tx_blocked: bool,
+}
+
+impl XdpBackend {
+    /// Take over the core's UDP socket and AF_XDP socket.
+    pub fn open(params: BackendParams<'_>, xdp: XdpParams) -> io::Result<Self> {
+        let wake_fd = params.wake_fd;
+        let stats = Arc::clone(params.stats);
+        let local = crate::address::unmapped(xdp.local);
+        Ok(Self {
+            xsk: xdp.socket,
+            fallback: PortableBackend::open(params)?,
+            wake_fd,
+            stats,
+            neighbours: Neighbours::default(),
+            local,
+            ours: [xdp.local],
+            mac: xdp.mac,
+            mtu: xdp.mtu,
+            identification: 0,
+            tx_blocked: false,
+        })
+    }
+
+    /// The headers of the frames carrying `batch`, if it can go through the TX ring: a known hop,
+    /// a source address of the destination's family, and datagrams that fit a UMEM frame.
+    fn frame_for(&mut self, batch: &OutBatch, now: Instant) -> Option<UdpFrame> {
+        let dst = crate::address::unmapped(batch.destination);
+        let src_ip = match batch.src_ip.map(|ip| ip.to_canonical()) {
+            Some(ip) => ip,
+            None if !self.local.ip().is_unspecified() => self.local.ip(),
+            None => return None,
+        };
+        if src_ip.is_ipv4() != dst.is_ipv4() {
+            return None;
+        }
+        let dst_mac = self.neighbours.lookup(dst.ip(), now)?;
+        let frame = UdpFrame {
+            src_mac: self.mac,
+            dst_mac,
+            src: SocketAddr::new(src_ip, self.local.port()),
+            dst,
+            dscp: 0,
+            ecn: batch.ecn,
+            identification: self.identification,
+        };
+        let largest = batch.segment_size.min(batch.buf.len());
+        frame.frame_len(largest, self.mtu, self.xsk.frame_size()).ok()?;
+        Some(frame)
+    }
+
+    /// Put the datagrams of `batch` from byte `from` on in the TX ring as frames; how many bytes
+    /// of it were enqueued (less than all when the ring or the UMEM is full).
+    fn enqueue(&mut self, batch: &OutBatch, mut frame: UdpFrame, from: usize) -> io::Result<usize> {
+        let mut at = from;
+        let step = batch.segment_size.max(1);
+        while let Some(datagram) = batch.buf.get(at..batch.buf.len().min(at + step)).filter(|d| !d.is_empty()) {
+            frame.identification = self.identification;
+            let mtu = self.mtu;
+            // The length was checked in `frame_for`; a failure here would send an empty frame,
+            // which the kernel refuses and counts (XDP_STATISTICS).
+            let queued = self.xsk.enqueue(|buf| frame.build(buf, datagram, mtu).unwrap_or(0))?;
+            if !queued {
+                break;
+            }
+            self.identification = self.identification.wrapping_add(1);
+            at += datagram.len();
+        }
+        Ok(at - from)
+    }
+
+    /// Send `batch` through the UDP socket (counted as such).
+    fn send_by_socket(&mut self, batch: OutBatch) -> Result<(), SendRefused> {
+        let segments = batch.segments() as u64;
+        let result = self.fallback.send(batch);
+        if result.is_ok() {
+            bump(&self.stats.xdp_socket_tx_datagrams, segments);
+        }
+        result
+    }
+}
+
+impl Backend for XdpBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::AfXdp
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        // Frames are written one datagram each; batches that go through the socket keep GSO.
+        self.fallback.max_gso_segments()
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.flush()?;
+        let xsk_events = if self.tx_blocked { libc::POLLIN | libc::POLLOUT } else { libc::POLLIN };
+        let mut fds = [
+            libc::pollfd { fd: self.xsk.as_raw_fd(), events: xsk_events, revents: 0 },
+            self.fallback.socket_pollfd(),
+            crate::sys::poll::readable(self.wake_fd),
+        ];
+        // A TX ring still holding frames (the kernel was busy) is retried soon, not at the timeout.
+        let timeout = if self.xsk.tx_pending() > 0 {
+            Some(timeout.map_or(Duration::from_millis(1), |t| t.min(Duration::from_millis(1))))
+        } else {
+            timeout
+        };
+        crate::sys::poll::poll(&mut fds, timeout)?;
+        if fds[0].revents & libc::POLLOUT != 0 {
+            self.tx_blocked = false;
+        }
+        self.fallback.socket_polled(fds[1].revents);
+        Ok(())
+    }
+
+    fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, &[u8])) -> io::Result<()> {
+        let now = Instant::now();
+        let max_len = self.xsk.frame_size().saturating_sub(ETHERNET_HEADER_LEN);
+        for _ in 0..MAX_RX_CALLS_PER_TURN {
+            let (ours, stats, neighbours) = (&self.ours, &self.stats, &mut self.neighbours);
+            let received = self.xsk.receive(RX_BATCH, |frame| match classify(frame, ours, max_len) {
+                Classified::Datagram(datagram) => {
+                    let Some(payload) = frame.get(datagram.payload.clone()) else { return };
+                    neighbours.learn(datagram.src.ip(), datagram.src_mac, now);
+                    bump(&stats.xdp_rx_datagrams, 1);
+                    let meta = RecvMeta {
+                        remote: datagram.src,
+                        len: payload.len(),
+                        stride: payload.len(),
+                        ecn: datagram.ecn,
+                        local_ip: Some(datagram.dst.ip()),
+                    };
+                    sink(meta, payload);
+                }
+                Classified::ToKernel(_) => bump(&stats.xdp_frames_not_ours, 1),
+            });
+            if received > 0 {
+                self.stats.rx_batch.record(received as usize);
+            }
+            if received < RX_BATCH {
+                break;
+            }
+        }
+        let stats = Arc::clone(&self.stats);
+        self.fallback.recv(&mut |meta, data| {
+            bump(&stats.xdp_socket_rx_datagrams, meta.len.div_ceil(meta.stride.max(1)) as u64);
+            sink(meta, data);
+        })
+    }
+
+    fn send(&mut self, batch: OutBatch) -> Result<(), SendRefused> {
+        let Some(frame) = self.frame_for(&batch, Instant::now()) else { return self.send_by_socket(batch) };
+        let enqueued = match self.enqueue(&batch, frame, 0) {
+            Ok(n) => n,
+            Err(e) => {
+                self.stats.send_failed(&e, batch.destination);
+                self.fallback.recycle(batch.buf);
+                return Ok(());
+            }
+        };
+        let sent = if batch.segment_size == 0 { 0 } else { enqueued.div_ceil(batch.segment_size) };
+        bump(&self.stats.xdp_tx_datagrams, sent as u64);
+        bump(&self.stats.tx_datagrams, sent as u64);
+        bump(&self.stats.tx_bytes, enqueued as u64);
+        if sent > 0 {
+            self.stats.tx_batch.record(sent);
+        }
+        if let Err(e) = self.xsk.flush_tx() {
+            self.stats.send_failed(&e, batch.destination);
+        }
+        if enqueued < batch.buf.len() {
+            // The ring or the UMEM is full: hand back what is left, to retry after `wait`.
+            self.tx_blocked = true;
+            let rest = batch.buf.get(enqueued..).unwrap_or_default().to_vec();
+            self.fallback.recycle(batch.buf);
+            return Err(SendRefused::WouldBlock(OutBatch { buf: rest, ..batch }));
+        }
+        self.fallback.recycle(batch.buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.xsk.tx_pending() > 0 {
+            self.xsk.flush_tx()?;
+        }
+        self.fallback.flush()
+    }
+
+    fn sends_in_flight(&self) -> usize {
+        // Frames are copied into the UMEM when a batch is accepted; its buffer is done with.
+        0
+    }
+
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.fallback.take_buffer()
+    }
+}

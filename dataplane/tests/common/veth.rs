@@ -1,0 +1,82 @@
+//! Two network namespaces of a test's own joined by a veth pair, and running code inside them:
+//! shared by the data-plane tests (`mod common`) and, through `#[path]`, by the node binary's
+//! tests (which may not use unsafe code: entering a namespace from a thread is in `in_netns.rs`).
+//! Needs root and `ip` (iproute2); callers check with `prerequisite::require` first.
+#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// The node's end (namespace `node`, interface `v0`) and the peer's (namespace `peer`, `v1`).
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 1);
+pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 2);
+pub const NODE_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+pub const PEER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
+
+/// Run `program` with `args` (output dropped) and require success.
+pub fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+}
+
+/// A MAC address as `ip` writes it.
+pub fn mac(bytes: [u8; 6]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Two network namespaces joined by a veth pair (`v0` in `node`, `v1` in `peer`), deleted when
+/// the guard drops, whatever happened.
+pub struct Netns {
+    pub node: String,
+    pub peer: String,
+}
+
+impl Netns {
+    pub fn create(tag: &str) -> Self {
+        let node = format!("aq-{}-{tag}", std::process::id());
+        let peer = format!("{node}-p");
+        run("ip", &["netns", "add", &node]);
+        let mut ns = Self { node, peer: String::new() };
+        run("ip", &["netns", "add", &peer]);
+        ns.peer = peer;
+        let (a, b) = (ns.node.as_str(), ns.peer.as_str());
+        let (node_mac, peer_mac) = (mac(NODE_MAC), mac(PEER_MAC));
+        run("ip", &["-n", a, "link", "add", "v0", "address", &node_mac, "type", "veth", "peer", "name", "v1"]);
+        run("ip", &["-n", a, "link", "set", "v1", "netns", b]);
+        run("ip", &["-n", b, "link", "set", "v1", "address", &peer_mac]);
+        run("ip", &["-n", a, "addr", "add", &format!("{NODE_IP}/24"), "dev", "v0"]);
+        run("ip", &["-n", b, "addr", "add", &format!("{PEER_IP}/24"), "dev", "v1"]);
+        run("ip", &["-n", a, "link", "set", "v0", "up"]);
+        run("ip", &["-n", b, "link", "set", "v1", "up"]);
+        ns
+    }
+
+    /// Whether an XDP program is attached to `v0`.
+    pub fn xdp_attached(&self) -> bool {
+        self.xdp_on("v0").is_some()
+    }
+
+    /// The XDP mode `ip link` shows on `interface` (`xdp`, `xdpgeneric`, ...), if a program is
+    /// attached.
+    pub fn xdp_on(&self, interface: &str) -> Option<String> {
+        let out = Command::new("ip").args(["-n", &self.node, "link", "show", interface]).output().unwrap();
+        assert!(out.status.success(), "ip link show {interface} failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mode = text.split_whitespace().find(|w| matches!(*w, "xdp" | "xdpgeneric" | "xdpdrv" | "xdpoffload"));
+        mode.map(str::to_owned)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for name in [&self.node, &self.peer] {
+            if !name.is_empty() {
+                let _ = Command::new("ip").args(["netns", "delete", name.as_str()]).status();
+            }
+        }
+    }
+}

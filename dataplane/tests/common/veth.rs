@@ -55,6 +55,18 @@ impl Netns {
         ns
     }
 
+    /// Namespaces for a node on af-xdp on `v0`: `lo` up on both sides, and the peer's transmit
+    /// checksum offload off. A veth hands frames over with the UDP checksum left to the receiver
+    /// (CHECKSUM_PARTIAL), which reads as a bad checksum in an RX ring; with offload off the
+    /// peer's kernel puts the whole checksum on the wire, as a NIC does.
+    pub fn for_af_xdp(tag: &str) -> Self {
+        let ns = Self::create(tag);
+        run("ip", &["-n", &ns.node, "link", "set", "lo", "up"]);
+        run("ip", &["-n", &ns.peer, "link", "set", "lo", "up"]);
+        run("ip", &["netns", "exec", &ns.peer, "ethtool", "-K", "v1", "tx", "off"]);
+        ns
+    }
+
     /// Whether an XDP program is attached to `v0`.
     pub fn xdp_attached(&self) -> bool {
         self.xdp_on("v0").is_some()

@@ -22,9 +22,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ant_quic::dataplane::sys::bpf::Map;
 use ant_quic::dataplane::sys::process::send_signal;
-use common::{installed, is_root, random_bytes, require, sample, sha256_hex, NodeProcess, TempDir, NODE_BIN};
+use common::{random_bytes, sample, sha256_hex, NodeProcess, TempDir, NODE_BIN};
 use veth::{Netns, NODE_IP, PEER_IP};
 
 const PORT: u16 = 4433;
@@ -37,19 +36,6 @@ const BIG_DOWNLOAD: usize = 200 << 20;
 const MANY: usize = 64;
 const MANY_FILE: usize = 256 << 10;
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Root, `ip`, `ethtool`, `ping`, `curl`, and a kernel that lets us create an XSKMAP.
-fn lab_here() -> bool {
-    require(is_root(), "root (the test attaches XDP programs and creates network namespaces)").unwrap()
-        && require(
-            ["ip", "ethtool", "ping", "curl"].iter().all(|p| installed(p).is_some()),
-            "`ip`, `ethtool`, `ping` and `curl` (Debian packages iproute2, ethtool, iputils-ping, curl; \
-             scripts/test.sh installs them)",
-        )
-        .unwrap()
-        && common::prerequisite::require_ok(Map::xsk(1, "probe").map(drop), "BPF maps of type XSKMAP (CAP_BPF)")
-            .unwrap()
-}
 
 /// The node's command, run inside namespace `netns` (`ip netns exec` execs it: same pid).
 fn node_command(netns: &str, dir: &Path, args: &[&str]) -> Command {
@@ -74,7 +60,7 @@ fn af_xdp_counter(metrics: &str, path: &str) -> u64 {
 
 #[test]
 fn a_node_on_af_xdp_serves_a_download_through_its_xdp_socket_and_sigkill_leaves_no_program() {
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     let mut tmp = TempDir::new("xdp-backend").unwrap().keep_unless_passed();
@@ -84,7 +70,7 @@ fn a_node_on_af_xdp_serves_a_download_through_its_xdp_socket_and_sigkill_leaves_
     // veth hands frames over with the transport checksum left to the receiver (CHECKSUM_PARTIAL);
     // in the RX ring that reads as a bad checksum. A NIC puts the whole checksum on the wire, as
     // the peer's kernel does with offload off (`xdp_lab`).
-    let ns = xdp_lab("xdpb");
+    let ns = Netns::for_af_xdp("xdpb");
     // The admin HTTP listener on the veth: reading the metrics from the peer is a TCP connection
     // across it while the program is attached.
     let mut node = start_xdp_node(&ns, tmp.path(), &www, &logs);
@@ -116,6 +102,22 @@ fn a_node_on_af_xdp_serves_a_download_through_its_xdp_socket_and_sigkill_leaves_
     // Each datagram carries at most ~1,450 bytes of the file.
     let summary = assert_through_af_xdp(&metrics, (DOWNLOAD / 1500) as u64);
     println!("{} MB in {took:.2?}; {summary}", DOWNLOAD >> 20);
+
+    // The program's own counters: every datagram in the RX ring was redirected by it; the ping,
+    // ARP and the metrics' TCP were passed to the kernel; every RX queue has a socket; nothing
+    // relayed. The exposition is what Prometheus parses.
+    let program = |verdict: &str| {
+        let series = format!("ant_quic_xdp_program_frames_total{{verdict=\"{verdict}\"}}");
+        sample(&metrics, &series).unwrap_or_else(|| panic!("no {series} in the metrics")) as u64
+    };
+    let received = af_xdp_counter(&metrics, "received_af_xdp");
+    assert!(program("redirected") >= received, "redirected {} < {received} received", program("redirected"));
+    assert!(program("passed_not_ours") >= 6, "ping, ARP and TCP passed: {}", program("passed_not_ours"));
+    assert_eq!((program("passed_no_socket"), program("relayed")), (0, 0));
+    if common::require_prometheus("promtool").unwrap() {
+        // curl's output comes back as lines: the exposition ends with a line feed.
+        common::promtool_check_metrics(&format!("{metrics}\n"));
+    }
 
     // SIGKILL: the kernel closes the node's descriptors, and with its BPF link the program goes.
     send_signal(node.pid() as u32, libc::SIGKILL).unwrap();
@@ -157,7 +159,7 @@ fn what_af_xdp_cannot_do_is_refused_with_one_line_and_status_2() {
         assert!(errors[0].contains("pass --bind"), "the line says what to do: {}", errors[0]);
     }
 
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     // More cores than the interface has RX queues (a veth has one here): each core needs its own.
@@ -171,15 +173,6 @@ fn what_af_xdp_cannot_do_is_refused_with_one_line_and_status_2() {
     assert!(errors[0].contains("2 cores") && errors[0].contains("1 RX queues"), "names both numbers: {}", errors[0]);
     assert!(!ns.xdp_attached(), "a refused node leaves no program behind");
     tmp.passed();
-}
-
-/// Namespaces for a node on af-xdp: `lo` up on the node's side, and the peer's transmit checksum
-/// offload off (a veth's partial checksums read as bad ones in an RX ring; see above).
-fn xdp_lab(tag: &str) -> Netns {
-    let ns = Netns::create(tag);
-    veth::run("ip", &["-n", &ns.node, "link", "set", "lo", "up"]);
-    veth::run("ip", &["netns", "exec", &ns.peer, "ethtool", "-K", "v1", "tx", "off"]);
-    ns
 }
 
 /// A node on af-xdp (1 core) serving `www` on NODE_IP:PORT, its metrics on NODE_IP:ADMIN_PORT.
@@ -254,14 +247,14 @@ fn aioquic_fetch(ns: &Netns, path: &str, connections: usize, out: &Path, logs: &
 
 #[test]
 fn aioquic_downloads_200_mb_from_a_node_on_af_xdp() {
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     let mut tmp = TempDir::new("xdp-aioquic-client").unwrap().keep_unless_passed();
     let (www, out, logs) = (tmp.subdir("www").unwrap(), tmp.subdir("out").unwrap(), tmp.subdir("logs").unwrap());
     let blob = random_bytes(BIG_DOWNLOAD).unwrap();
     std::fs::write(www.join("blob"), &blob).unwrap();
-    let ns = xdp_lab("xdpa");
+    let ns = Netns::for_af_xdp("xdpa");
     let node = start_xdp_node(&ns, tmp.path(), &www, &logs);
 
     let started = Instant::now();
@@ -278,14 +271,14 @@ fn aioquic_downloads_200_mb_from_a_node_on_af_xdp() {
 
 #[test]
 fn sixty_four_aioquic_connections_at_once_fetch_from_a_node_on_af_xdp() {
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     let mut tmp = TempDir::new("xdp-aioquic-many").unwrap().keep_unless_passed();
     let (www, out, logs) = (tmp.subdir("www").unwrap(), tmp.subdir("out").unwrap(), tmp.subdir("logs").unwrap());
     let file = random_bytes(MANY_FILE).unwrap();
     std::fs::write(www.join("file"), &file).unwrap();
-    let ns = xdp_lab("xdpm");
+    let ns = Netns::for_af_xdp("xdpm");
     let node = start_xdp_node(&ns, tmp.path(), &www, &logs);
 
     let started = Instant::now();
@@ -310,14 +303,14 @@ fn sixty_four_aioquic_connections_at_once_fetch_from_a_node_on_af_xdp() {
 
 #[test]
 fn get_on_af_xdp_bound_to_its_veth_address_downloads_200_mb_from_aioquic() {
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     let mut tmp = TempDir::new("xdp-aioquic-server").unwrap().keep_unless_passed();
     let (www, out, logs) = (tmp.subdir("www").unwrap(), tmp.subdir("out").unwrap(), tmp.subdir("logs").unwrap());
     let blob = random_bytes(BIG_DOWNLOAD).unwrap();
     std::fs::write(www.join("blob"), &blob).unwrap();
-    let ns = xdp_lab("xdpg");
+    let ns = Netns::for_af_xdp("xdpg");
     let python = common::aioquic_python().unwrap();
     let mut command = Command::new("ip");
     command.args(["netns", "exec", &ns.peer]).arg(python).arg(common::interop_script("hq_server.py"));

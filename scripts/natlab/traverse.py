@@ -10,7 +10,7 @@ The lab must be up (`natlab.py up --prefix P`); this script does not build or re
 
     traverse.py --prefix P --binary target/release/ant-quic [--bytes 100000000] [--via b1|b2]
                 [--single] [--wait-direct S] [--ipv6] [--pairs fc1-fc2,pr1-sy1] [--table FILE] [--timeout 60]
-                [--bootstrap-backend af-xdp]
+                [--bootstrap-backend af-xdp] [--peer-backend af-xdp]
 
 With --single every peer registers with the coordinating bootstrap only (the runbook's deployment
 of one bootstrap host): peers learn their NAT mapping from its alternate port.
@@ -19,7 +19,9 @@ With --bootstrap-backend af-xdp the coordinating bootstrap runs `--backend af-xd
 (eth0), and the report carries its AF_XDP counters (`bootstrap_af_xdp`, read from its /metrics
 before it stops). The veth end that sends to it has its transmit checksum offload turned off
 first: a veth hands frames over with the UDP checksum left to the receiver, which an AF_XDP RX
-ring reads as a bad checksum (docs/af-xdp.md).
+ring reads as a bad checksum (docs/af-xdp.md). --peer-backend af-xdp does the same for the
+long-lived peers (listening on the wildcard address, so with `[node] xdp_interface` = eth0), and
+the report carries their counters (`peer_af_xdp`).
 
 Expected outcome per pair (shared/natlab.md): direct wherever raw UDP simultaneous open works;
 connected (direct or relayed) everywhere else. `ok` in the output says whether the pair met it.
@@ -41,6 +43,16 @@ BOOTSTRAP_ADDR = {"b1": "198.18.0.11", "b2": "198.18.0.12"}
 PORT = 9000
 # The node and interface at the other end of each bootstrap's eth0 (natlab.py's layout).
 BOOTSTRAP_LINK = {"b1": ("sw", "b1"), "b2": ("imp", "b2")}
+
+
+def offload_off_towards(prefix, node):
+    """Turn off transmit checksum offload on the veth end that sends to `node`'s eth0."""
+    if node in BOOTSTRAP_LINK:
+        other, dev = BOOTSTRAP_LINK[node]
+    else:
+        router = natlab.PEERS[node][0]
+        other, dev = ("sw", "pub") if router is None else ("r-" + router, "p-" + node)
+    natlab.in_ns(natlab.ns_name(prefix, other), ["ethtool", "-K", dev, "tx", "off"])
 AF_XDP_SERIES = 'ant_quic_core_af_xdp_datagrams_total{core="0",path="'
 
 
@@ -59,7 +71,7 @@ def af_xdp_counters(prefix, bootstrap):
 class Node:
     """A long-lived ant-quic process in a namespace, with its output in files."""
 
-    def __init__(self, prefix, node, binary, workdir, args):
+    def __init__(self, prefix, node, binary, workdir, args, env=None):
         self.name = node
         self.out_path = os.path.join(workdir, f"{node}.out")
         self.err_path = os.path.join(workdir, f"{node}.err")
@@ -67,7 +79,11 @@ class Node:
         data = os.path.join(workdir, f"{node}.data")
         cmd = ["ip", "netns", "exec", netns, binary, "--data-dir", data, "--cores", "1"] + args
         self.proc = subprocess.Popen(
-            cmd, stdout=open(self.out_path, "w"), stderr=open(self.err_path, "w"), stdin=subprocess.DEVNULL
+            cmd,
+            stdout=open(self.out_path, "w"),
+            stderr=open(self.err_path, "w"),
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, **(env or {})),
         )
 
     def text(self, which="out"):
@@ -153,6 +169,7 @@ def main():
     parser.add_argument(
         "--bootstrap-backend", default=None, choices=["af-xdp"], help="I/O backend of the coordinating bootstrap"
     )
+    parser.add_argument("--peer-backend", default=None, choices=["af-xdp"], help="I/O backend of the long-lived peers")
     args = parser.parse_args()
 
     try:
@@ -174,11 +191,10 @@ def main():
         workdir = args.logs or tempfile.mkdtemp(prefix="ant-quic-traverse-")
         os.makedirs(workdir, exist_ok=True)
         nodes = []
-        af_xdp = None
+        af_xdp = peers_af_xdp = None
         try:
             if args.bootstrap_backend:
-                node, dev = BOOTSTRAP_LINK[args.via]
-                natlab.in_ns(natlab.ns_name(args.prefix, node), ["ethtool", "-K", dev, "tx", "off"])
+                offload_off_towards(args.prefix, args.via)
             for b in ("b1", "b2"):
                 flags = ["--listen", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]
                 if b == args.via and args.bootstrap_backend:
@@ -192,7 +208,12 @@ def main():
                 flags = ["--listen", f"[::]:{PORT}" if args.ipv6 else f"0.0.0.0:{PORT}"]
                 for b in bootstraps:
                     flags += ["--bootstrap", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]
-                listeners[p] = Node(args.prefix, p, binary, workdir, flags)
+                env = None
+                if args.peer_backend:
+                    offload_off_towards(args.prefix, p)
+                    flags += ["--backend", args.peer_backend]
+                    env = {"ANT_QUIC_NODE_XDP_INTERFACE": "eth0"}
+                listeners[p] = Node(args.prefix, p, binary, workdir, flags, env)
                 nodes.append(listeners[p])
             deadline = time.monotonic() + 30
             ids = {p: n.peer_id(deadline) for p, n in listeners.items()}
@@ -240,6 +261,8 @@ def main():
                 )
             if args.bootstrap_backend:
                 af_xdp = af_xdp_counters(args.prefix, args.via)
+            if args.peer_backend:
+                peers_af_xdp = {p: af_xdp_counters(args.prefix, p) for p in listeners}
         finally:
             for n in reversed(nodes):  # peers first, so that they do not see their bootstraps go
                 n.stop()
@@ -258,6 +281,8 @@ def main():
         }
         if af_xdp is not None:
             summary["bootstrap_af_xdp"] = af_xdp
+        if peers_af_xdp is not None:
+            summary["peer_af_xdp"] = peers_af_xdp
         if args.table:
             write_table(args.table, summary)
         print(json.dumps(summary))

@@ -8,15 +8,25 @@
 //! - `--test` with one bootstrap: reachable, observed address, mapping unknown;
 //! - the signalling stream refuses a client without a certificate (`not_authenticated`),
 //!   answers a malformed frame with `malformed`, and rate-limits a flood (`rate_limited`, counted);
-//! - `--relay-lifetime` (`[nat] relay_lifetime`) is the lifetime a bootstrap grants;
+//! - `--relay-lifetime` (`[nat] relay_lifetime`) is the lifetime a bootstrap grants, and its
+//!   allocation forwards frames between its two ends;
 //! - a bootstrap with short relay lifetimes and small limits (started in this process) forwards
 //!   between the two ends of an allocation up to its rate and byte limits, drops and counts the
 //!   rest by reason, and removes the allocation when its lifetime ends;
 //! - a bootstrap handing over (`Nat::begin_handover`, as before a takeover) has its registered
 //!   peers open a new connection each and register there, the old connections close without
-//!   error, and both peers can still be reached by ID.
+//!   error, and both peers can still be reached by ID;
+//! - with the bootstrap on `--backend af-xdp` (root; `nat_loopback/af_xdp.rs`): peers reach each
+//!   other by ID through it, and a relay allocation forwards between its two ends, every datagram
+//!   to the bootstrap through its AF_XDP rings.
 
+#[cfg(target_os = "linux")]
+#[path = "nat_loopback/af_xdp.rs"]
+mod af_xdp;
 mod common;
+#[cfg(target_os = "linux")]
+#[path = "../dataplane/tests/common/veth.rs"]
+mod veth;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -39,8 +49,13 @@ use common::{http_get, run, sample, NodeProcess, TempDir, NODE_BIN};
 use quinn_proto::StreamId;
 
 fn node(dir: &TempDir, name: &str, extra: &[&str]) -> Result<NodeProcess> {
+    node_at(dir, name, "127.0.0.1", extra)
+}
+
+/// A node listening on `ip` (any port), one core.
+fn node_at(dir: &TempDir, name: &str, ip: &str, extra: &[&str]) -> Result<NodeProcess> {
     let mut cmd = Command::new(NODE_BIN);
-    cmd.args(["--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"]).arg(dir.path().join(name)).args(extra);
+    cmd.args(["--listen", &format!("{ip}:0"), "--cores", "1", "--data-dir"]).arg(dir.path().join(name)).args(extra);
     let logs = dir.path().join(format!("{name}-logs"));
     std::fs::create_dir_all(&logs)?;
     NodeProcess::start(&mut cmd, &logs)
@@ -88,52 +103,7 @@ fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
     let mut dir = TempDir::new("nat-loopback")?.keep_unless_passed();
     let bootstrap = node(&dir, "bootstrap", &[])?;
     let b_addr = bootstrap.addr.to_string();
-    let peer = node(&dir, "peer", &["--bootstrap", &b_addr])?;
-
-    let health = health_until(&peer, |h| h["bootstraps"][0]["observed"].is_string())?;
-    assert_eq!(health["peer_id"], peer.peer_id.as_str());
-    assert_eq!(health["bootstraps"][0]["address"], b_addr.as_str());
-    assert_eq!(health["bootstraps"][0]["registered"], true);
-    assert_eq!(health["bootstraps"][0]["observed"], peer.addr.to_string().as_str(), "no NAT on loopback");
-
-    // Reach the peer by its ID and send 8 MB over the connection.
-    let out = one_shot(
-        &dir,
-        "client",
-        &["--bootstrap", &b_addr, "--connect", &peer.peer_id, "--json", "--send-bytes", "8000000"],
-    )?;
-    ensure!(out.status.success(), "--connect failed: {}", out.stderr);
-    let line: serde_json::Value = serde_json::from_str(out.stdout.trim()).context("one JSON line")?;
-    assert_eq!(line["path"], "direct", "{line}");
-    assert_eq!(line["remote"], peer.addr.to_string().as_str(), "{line}");
-    assert_eq!(line["bytes"], 8_000_000, "{line}");
-    assert_eq!(line["verified"], true, "the receiver's SHA-256 differs: {line}");
-    assert!(line["connect_ms"].as_f64().is_some_and(|ms| ms > 0.0 && ms < 5000.0), "{line}");
-    assert!(line["rtt_ms"].as_f64().is_some(), "{line}");
-
-    // The bootstrap counted the registrations, the punch and the initiator's report.
-    let metrics = metrics_until(&bootstrap, |m| {
-        sample(m, "nat_traversal_attempts_total{outcome=\"connected\",path=\"direct\"}").is_some_and(|v| v >= 1.0)
-            && sample(m, "nat_punches_coordinated_total").is_some_and(|v| v >= 1.0)
-    })?;
-    assert_eq!(sample(&metrics, "nat_traversal_success_rate"), Some(1.0));
-    assert!(sample(&metrics, "nat_traversal_time_to_direct_seconds_count").is_some_and(|v| v >= 1.0));
-    if common::require_prometheus("promtool")? {
-        common::promtool_check_metrics(&metrics);
-    }
-
-    // The peer punched too (as responder): it probed and answered the client's probes.
-    metrics_until(&peer, |m| {
-        sample(m, "nat_probes_total{kind=\"sent\"}").is_some_and(|v| v >= 1.0)
-            && sample(m, "nat_probes_total{kind=\"answered\"}").is_some_and(|v| v >= 1.0)
-    })?;
-
-    // Nobody registered this ID: one line, non-zero exit.
-    let stranger = PeerId([7; 32]).to_string();
-    let out = one_shot(&dir, "client", &["--bootstrap", &b_addr, "--connect", &stranger, "--timeout", "10"])?;
-    ensure!(!out.status.success(), "connected to a peer nobody registered: {}", out.stdout);
-    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    ensure!(errors.len() == 1 && errors[0].contains("unknown_peer"), "{}", out.stderr);
+    peers_reach_each_other_by_id(&dir, &bootstrap, "127.0.0.1")?;
 
     // --test: reachable, observed address, and the mapping from one bootstrap: its alternate port
     // sees the same address (no NAT on loopback), so endpoint-independent.
@@ -159,6 +129,60 @@ fn peers_reach_each_other_by_id_through_a_bootstrap() -> Result<()> {
     assert_eq!(report["bootstraps"][0]["observed_from_alternate"], serde_json::json!([]), "{report}");
 
     dir.passed();
+    Ok(())
+}
+
+/// A peer on `peer_ip` registers with `bootstrap`; a client reaches it by its ID and sends it
+/// 8 MB (SHA-256 checked); the bootstrap counts the punch; an unknown ID fails with one line.
+fn peers_reach_each_other_by_id(dir: &TempDir, bootstrap: &NodeProcess, peer_ip: &str) -> Result<()> {
+    let b_addr = bootstrap.addr.to_string();
+    let peer = node_at(dir, "peer", peer_ip, &["--bootstrap", &b_addr])?;
+
+    let health = health_until(&peer, |h| h["bootstraps"][0]["observed"].is_string())?;
+    assert_eq!(health["peer_id"], peer.peer_id.as_str());
+    assert_eq!(health["bootstraps"][0]["address"], b_addr.as_str());
+    assert_eq!(health["bootstraps"][0]["registered"], true);
+    assert_eq!(health["bootstraps"][0]["observed"], peer.addr.to_string().as_str(), "no NAT between them");
+
+    // Reach the peer by its ID and send 8 MB over the connection.
+    let out = one_shot(
+        dir,
+        "client",
+        &["--bootstrap", &b_addr, "--connect", &peer.peer_id, "--json", "--send-bytes", "8000000"],
+    )?;
+    ensure!(out.status.success(), "--connect failed: {}", out.stderr);
+    let line: serde_json::Value = serde_json::from_str(out.stdout.trim()).context("one JSON line")?;
+    assert_eq!(line["path"], "direct", "{line}");
+    assert_eq!(line["remote"], peer.addr.to_string().as_str(), "{line}");
+    assert_eq!(line["bytes"], 8_000_000, "{line}");
+    assert_eq!(line["verified"], true, "the receiver's SHA-256 differs: {line}");
+    assert!(line["connect_ms"].as_f64().is_some_and(|ms| ms > 0.0 && ms < 5000.0), "{line}");
+    assert!(line["rtt_ms"].as_f64().is_some(), "{line}");
+
+    // The bootstrap counted the registrations, the punch and the initiator's report.
+    let metrics = metrics_until(bootstrap, |m| {
+        sample(m, "nat_traversal_attempts_total{outcome=\"connected\",path=\"direct\"}").is_some_and(|v| v >= 1.0)
+            && sample(m, "nat_punches_coordinated_total").is_some_and(|v| v >= 1.0)
+    })?;
+    assert_eq!(sample(&metrics, "nat_traversal_success_rate"), Some(1.0));
+    assert!(sample(&metrics, "nat_traversal_time_to_direct_seconds_count").is_some_and(|v| v >= 1.0));
+    if common::require_prometheus("promtool")? {
+        common::promtool_check_metrics(&metrics);
+    }
+
+    // The peer punched too (as responder): it probed and answered the client's probes.
+    metrics_until(&peer, |m| {
+        sample(m, "nat_probes_total{kind=\"sent\"}").is_some_and(|v| v >= 1.0)
+            && sample(m, "nat_probes_total{kind=\"answered\"}").is_some_and(|v| v >= 1.0)
+    })?;
+
+    // Nobody registered this ID: one line, non-zero exit.
+    let stranger = PeerId([7; 32]).to_string();
+    let out = one_shot(dir, "client", &["--bootstrap", &b_addr, "--connect", &stranger, "--timeout", "10"])?;
+    ensure!(!out.status.success(), "connected to a peer nobody registered: {}", out.stdout);
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    ensure!(errors.len() == 1 && errors[0].contains("unknown_peer"), "{}", out.stderr);
+
     Ok(())
 }
 
@@ -486,16 +510,42 @@ fn relay_pair_at(addr: SocketAddr) -> Result<RelayPair> {
     Ok(RelayPair { a, b, channel, lifetime_s, asked })
 }
 
-/// `[nat] relay_lifetime` (here its flag) is the lifetime a bootstrap grants.
+/// `[nat] relay_lifetime` (here its flag) is the lifetime a bootstrap grants, and the allocation
+/// forwards between its two ends.
 #[test]
-fn the_configured_relay_lifetime_is_granted() -> Result<()> {
+fn a_relay_allocation_forwards_between_its_two_ends_for_the_configured_lifetime() -> Result<()> {
     let mut dir = TempDir::new("nat-relay-lifetime")?.keep_unless_passed();
     let bootstrap = node(&dir, "bootstrap", &["--relay-lifetime", "42"])?;
-    let pair = relay_pair_at(bootstrap.addr)?;
-    assert_eq!(pair.lifetime_s, 42);
-    drop(pair);
+    assert_eq!(relay_forwards_between_its_two_ends(&bootstrap)?, 42);
     dir.passed();
     Ok(())
+}
+
+/// Relay frames each way between the two ends of an allocation granted by `bootstrap`.
+const RELAYED_EACH_WAY: u64 = 20;
+const RELAYED_LEN: usize = 1000;
+
+/// Two peers get an allocation from `bootstrap` and send [`RELAYED_EACH_WAY`] frames each way
+/// through it: the bootstrap forwards every one and drops none. Returns the granted lifetime (s).
+fn relay_forwards_between_its_two_ends(bootstrap: &NodeProcess) -> Result<u32> {
+    let pair = relay_pair_at(bootstrap.addr)?;
+    for _ in 0..RELAYED_EACH_WAY {
+        pair.a.node.handle().send_datagram(bootstrap.addr, relay_frame(pair.channel, RELAYED_LEN))?;
+        pair.b.node.handle().send_datagram(bootstrap.addr, relay_frame(pair.channel, RELAYED_LEN))?;
+    }
+    let frames = 2 * RELAYED_EACH_WAY;
+    let dropped = |m: &str| RelayDrop::ALL.iter().filter_map(|r| sample(m, &relay_dropped(*r))).sum::<f64>();
+    let metrics =
+        metrics_until(bootstrap, |m| sample(m, "relay_packets_total").unwrap_or(0.0) + dropped(m) >= frames as f64)?;
+    ensure!(dropped(&metrics) == 0.0, "relay frames dropped:\n{metrics}");
+    ensure!(sample(&metrics, "relay_packets_total") == Some(frames as f64), "{metrics}");
+    ensure!(sample(&metrics, "relay_bytes_total") == Some((frames as usize * RELAYED_LEN) as f64), "{metrics}");
+    Ok(pair.lifetime_s)
+}
+
+/// The series of relay frames dropped for `reason`.
+fn relay_dropped(reason: RelayDrop) -> String {
+    format!("relay_dropped_total{{reason=\"{}\"}}", reason.name())
 }
 
 /// A relay frame on `channel`, `len` bytes in all (header included).

@@ -17,6 +17,9 @@
 //!   symmetric over IPv6;
 //! - two symmetric-NAT peers that also share a private link meet directly over it (host
 //!   candidates on every interface address);
+//! - with the only bootstrap on `--backend af-xdp` (on its veth end), two peers on af-xdp behind
+//!   port-restricted NATs punch through to each other, and the datagrams went through the AF_XDP
+//!   rings (a peer's through its UDP socket only until it had heard from their destination);
 //! - `--test` reports the NAT mapping behaviour, with two bootstraps and with one
 //!   (endpoint-dependent behind a symmetric NAT, endpoint-independent behind a port-restricted
 //!   one), and fails with one line when no bootstrap answers.
@@ -324,5 +327,65 @@ fn connectivity_checks(lab: &Lab, dir: &TempDir) -> Result<()> {
     );
     ensure!(!out.stderr.contains("panicked"), "{}", out.stderr);
     drop(bootstraps);
+    Ok(())
+}
+
+/// Two peers behind port-restricted NATs (neither reachable until both have sent) punch through
+/// to each other, coordinated by the only bootstrap, b1, on `--backend af-xdp` on its veth end
+/// (native XDP), the peers on af-xdp too; 1 MB arrives intact, and the bootstrap took every
+/// datagram through its RX ring and answered through its TX ring.
+#[cfg(target_os = "linux")]
+#[test]
+fn two_peers_on_af_xdp_behind_nats_punch_through_a_bootstrap_on_af_xdp() -> Result<()> {
+    if !can_run()? || !common::af_xdp_lab_here() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut dir = TempDir::new("natlab-af-xdp")?.keep_unless_passed();
+    let lab = Lab::up("aqx", dir.path(), &[])?;
+    let args = ["--binary", NODE_BIN, "--bytes", "1000000", "--via", "b1", "--single", "--pairs", "pr1-pr2"];
+    let mut command = lab.command(TRAVERSE, &args);
+    command.args(["--bootstrap-backend", "af-xdp", "--peer-backend", "af-xdp"]);
+    let out = run("traverse-af-xdp", &mut command, dir.path(), Duration::from_secs(180))?;
+    let report = parse_report("traverse af-xdp", &out)?;
+    let row = report.at("rows")?.list()?.first().context("no pair reported")?;
+    ensure!(
+        row.at("result")?.text()? == "connected"
+            && row.at("path")?.text()? == "direct"
+            && row.at("verified")?.flag()?,
+        "pr1-pr2 not direct and intact: {row}\n{}",
+        out.stderr
+    );
+    let counters = report.at("bootstrap_af_xdp")?;
+    let count = |path: &str| counters.at(path).and_then(|v| v.num());
+    ensure!(
+        count("received_af_xdp")? > 0.0 && count("received_udp_socket")? == 0.0 && count("not_ours")? == 0.0,
+        "the bootstrap received through its RX ring: {counters}"
+    );
+    ensure!(
+        count("sent_af_xdp")? > 0.0 && count("sent_udp_socket")? == 0.0,
+        "the bootstrap sent through its TX ring: {counters}"
+    );
+    // The peers on af-xdp too (bound to 0.0.0.0, `[node] xdp_interface` = eth0): everything came
+    // through their RX rings; what they sent before hearing from its destination (the first
+    // flight to b1, pr2's first probes to pr1) went through the UDP socket, the rest through the
+    // TX ring, from the address the destination had reached them at.
+    let peers = report.at("peer_af_xdp")?;
+    for peer in ["pr1", "pr2"] {
+        let counters = peers.at(peer)?;
+        let count = |path: &str| counters.at(path).and_then(|v| v.num());
+        ensure!(
+            count("received_af_xdp")? > 0.0 && count("received_udp_socket")? == 0.0 && count("not_ours")? == 0.0,
+            "{peer} received through its RX ring: {counters}"
+        );
+        let (ring, socket) = (count("sent_af_xdp")?, count("sent_udp_socket")?);
+        ensure!(socket >= 1.0 && ring > socket, "{peer} spoke first through its socket, then its TX ring: {counters}");
+    }
+    println!(
+        "pr1-pr2 through a bootstrap on af-xdp: {row}; bootstrap {counters}; peers {peers}; {:.1?}",
+        started.elapsed()
+    );
+    drop(lab);
+    dir.passed();
     Ok(())
 }

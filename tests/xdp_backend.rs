@@ -17,15 +17,14 @@ mod common;
 #[path = "../dataplane/tests/common/veth.rs"]
 mod veth;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ant_quic::dataplane::sys::bpf::Map;
 use ant_quic::dataplane::sys::process::send_signal;
-use common::{installed, is_root, random_bytes, require, sample, sha256_hex, NodeProcess, TempDir, NODE_BIN};
-use veth::{Netns, NODE_IP, PEER_IP};
+use common::{random_bytes, sample, sha256_hex, NodeProcess, TempDir, NODE_BIN};
+use veth::{Netns, NODE_IP, NODE_IP6, PEER_IP};
 
 const PORT: u16 = 4433;
 const ADMIN_PORT: u16 = 9433;
@@ -37,19 +36,6 @@ const BIG_DOWNLOAD: usize = 200 << 20;
 const MANY: usize = 64;
 const MANY_FILE: usize = 256 << 10;
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Root, `ip`, `ethtool`, `ping`, `curl`, and a kernel that lets us create an XSKMAP.
-fn lab_here() -> bool {
-    require(is_root(), "root (the test attaches XDP programs and creates network namespaces)").unwrap()
-        && require(
-            ["ip", "ethtool", "ping", "curl"].iter().all(|p| installed(p).is_some()),
-            "`ip`, `ethtool`, `ping` and `curl` (Debian packages iproute2, ethtool, iputils-ping, curl; \
-             scripts/test.sh installs them)",
-        )
-        .unwrap()
-        && common::prerequisite::require_ok(Map::xsk(1, "probe").map(drop), "BPF maps of type XSKMAP (CAP_BPF)")
-            .unwrap()
-}
 
 /// The node's command, run inside namespace `netns` (`ip netns exec` execs it: same pid).
 fn node_command(netns: &str, dir: &Path, args: &[&str]) -> Command {
@@ -68,13 +54,18 @@ fn in_netns(netns: &str, program: &str, args: &[&str], logs: &Path) -> common::F
 
 /// One af-xdp counter of core 0, read from the node's metrics.
 fn af_xdp_counter(metrics: &str, path: &str) -> u64 {
-    let series = format!("ant_quic_core_af_xdp_datagrams_total{{core=\"0\",path=\"{path}\"}}");
+    af_xdp_core_counter(metrics, 0, path)
+}
+
+/// One af-xdp counter of `core`, read from the node's metrics.
+fn af_xdp_core_counter(metrics: &str, core: usize, path: &str) -> u64 {
+    let series = format!("ant_quic_core_af_xdp_datagrams_total{{core=\"{core}\",path=\"{path}\"}}");
     sample(metrics, &series).unwrap_or_else(|| panic!("no {series} in the metrics")) as u64
 }
 
 #[test]
 fn a_node_on_af_xdp_serves_a_download_through_its_xdp_socket_and_sigkill_leaves_no_program() {
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     let mut tmp = TempDir::new("xdp-backend").unwrap().keep_unless_passed();
@@ -84,7 +75,7 @@ fn a_node_on_af_xdp_serves_a_download_through_its_xdp_socket_and_sigkill_leaves_
     // veth hands frames over with the transport checksum left to the receiver (CHECKSUM_PARTIAL);
     // in the RX ring that reads as a bad checksum. A NIC puts the whole checksum on the wire, as
     // the peer's kernel does with offload off (`xdp_lab`).
-    let ns = xdp_lab("xdpb");
+    let ns = Netns::for_af_xdp("xdpb");
     // The admin HTTP listener on the veth: reading the metrics from the peer is a TCP connection
     // across it while the program is attached.
     let mut node = start_xdp_node(&ns, tmp.path(), &www, &logs);
@@ -99,13 +90,7 @@ fn a_node_on_af_xdp_serves_a_download_through_its_xdp_socket_and_sigkill_leaves_
 
     let started = Instant::now();
     let url = format!("https://{}/blob", SocketAddr::from((NODE_IP, PORT)));
-    let mut get = Command::new("ip");
-    get.args(["netns", "exec", &ns.peer, NODE_BIN, "get", "--insecure", "--backend", "portable", "--timeout", "90"])
-        .arg("--output")
-        .arg(&out)
-        .arg(&url)
-        .current_dir(tmp.path());
-    let finished = common::run("get", &mut get, &logs, DEADLINE).unwrap();
+    let finished = get_from_the_peer(&ns, &url, &out, tmp.path(), &logs, "get");
     assert!(finished.status.success(), "get failed: {}\n{}", finished.stdout, finished.stderr);
     let took = started.elapsed();
     let fetched = std::fs::read(out.join("blob")).unwrap();
@@ -116,6 +101,22 @@ fn a_node_on_af_xdp_serves_a_download_through_its_xdp_socket_and_sigkill_leaves_
     // Each datagram carries at most ~1,450 bytes of the file.
     let summary = assert_through_af_xdp(&metrics, (DOWNLOAD / 1500) as u64);
     println!("{} MB in {took:.2?}; {summary}", DOWNLOAD >> 20);
+
+    // The program's own counters: every datagram in the RX ring was redirected by it; the ping,
+    // ARP and the metrics' TCP were passed to the kernel; every RX queue has a socket; nothing
+    // relayed. The exposition is what Prometheus parses.
+    let program = |verdict: &str| {
+        let series = format!("ant_quic_xdp_program_frames_total{{verdict=\"{verdict}\"}}");
+        sample(&metrics, &series).unwrap_or_else(|| panic!("no {series} in the metrics")) as u64
+    };
+    let received = af_xdp_counter(&metrics, "received_af_xdp");
+    assert!(program("redirected") >= received, "redirected {} < {received} received", program("redirected"));
+    assert!(program("passed_not_ours") >= 6, "ping, ARP and TCP passed: {}", program("passed_not_ours"));
+    assert_eq!((program("passed_no_socket"), program("relayed")), (0, 0));
+    if common::require_prometheus("promtool").unwrap() {
+        // curl's output comes back as lines: the exposition ends with a line feed.
+        common::promtool_check_metrics(&format!("{metrics}\n"));
+    }
 
     // SIGKILL: the kernel closes the node's descriptors, and with its BPF link the program goes.
     send_signal(node.pid() as u32, libc::SIGKILL).unwrap();
@@ -157,7 +158,7 @@ fn what_af_xdp_cannot_do_is_refused_with_one_line_and_status_2() {
         assert!(errors[0].contains("pass --bind"), "the line says what to do: {}", errors[0]);
     }
 
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     // More cores than the interface has RX queues (a veth has one here): each core needs its own.
@@ -173,19 +174,26 @@ fn what_af_xdp_cannot_do_is_refused_with_one_line_and_status_2() {
     tmp.passed();
 }
 
-/// Namespaces for a node on af-xdp: `lo` up on the node's side, and the peer's transmit checksum
-/// offload off (a veth's partial checksums read as bad ones in an RX ring; see above).
-fn xdp_lab(tag: &str) -> Netns {
-    let ns = Netns::create(tag);
-    veth::run("ip", &["-n", &ns.node, "link", "set", "lo", "up"]);
-    veth::run("ip", &["netns", "exec", &ns.peer, "ethtool", "-K", "v1", "tx", "off"]);
-    ns
+/// `ant-quic get URL` (portable backend) in the peer's namespace, writing to `out`; `name` names
+/// its log.
+fn get_from_the_peer(ns: &Netns, url: &str, out: &Path, dir: &Path, logs: &Path, name: &str) -> common::Finished {
+    let mut get = Command::new("ip");
+    get.args(["netns", "exec", &ns.peer, NODE_BIN, "get", "--insecure", "--backend", "portable", "--timeout", "90"]);
+    get.arg("--output").arg(out).arg(url).current_dir(dir);
+    common::run(name, &mut get, logs, DEADLINE).unwrap()
 }
 
 /// A node on af-xdp (1 core) serving `www` on NODE_IP:PORT, its metrics on NODE_IP:ADMIN_PORT.
 fn start_xdp_node(ns: &Netns, dir: &Path, www: &Path, logs: &Path) -> NodeProcess {
-    let listen = SocketAddr::from((NODE_IP, PORT)).to_string();
-    let args = ["--listen", &listen, "--cores", "1", "--backend", "af-xdp", "--metrics-port", &ADMIN_PORT.to_string()];
+    start_xdp_node_on(ns, dir, www, logs, IpAddr::V4(NODE_IP), 1)
+}
+
+/// A node on af-xdp with `cores` cores serving `www` on `ip`:PORT, its metrics on
+/// NODE_IP:ADMIN_PORT.
+fn start_xdp_node_on(ns: &Netns, dir: &Path, www: &Path, logs: &Path, ip: IpAddr, cores: usize) -> NodeProcess {
+    let (listen, cores) = (SocketAddr::new(ip, PORT).to_string(), cores.to_string());
+    let args =
+        ["--listen", &listen, "--cores", &cores, "--backend", "af-xdp", "--metrics-port", &ADMIN_PORT.to_string()];
     let mut command = node_command(&ns.node, dir, &args);
     command.arg("--www").arg(www).env("ANT_QUIC_METRICS_BIND", NODE_IP.to_string());
     let node = NodeProcess::start(&mut command, logs).unwrap();
@@ -204,11 +212,17 @@ fn node_metrics(ns: &Netns, logs: &Path) -> String {
 /// Asserts that the node sent at least `at_least` datagrams through its TX ring, at most 1 in 100
 /// through its UDP socket, and received everything through its RX ring; returns a summary.
 fn assert_through_af_xdp(metrics: &str, at_least: u64) -> String {
-    let (rx_xdp, rx_socket) =
-        (af_xdp_counter(metrics, "received_af_xdp"), af_xdp_counter(metrics, "received_udp_socket"));
-    let (tx_xdp, tx_socket) = (af_xdp_counter(metrics, "sent_af_xdp"), af_xdp_counter(metrics, "sent_udp_socket"));
-    let summary =
-        format!("received {rx_xdp} AF_XDP, {rx_socket} UDP socket; sent {tx_xdp} AF_XDP, {tx_socket} UDP socket");
+    assert_core_through_af_xdp(metrics, 0, at_least)
+}
+
+/// [`assert_through_af_xdp`] for the sockets of `core`.
+fn assert_core_through_af_xdp(metrics: &str, core: usize, at_least: u64) -> String {
+    let counter = |path| af_xdp_core_counter(metrics, core, path);
+    let (rx_xdp, rx_socket) = (counter("received_af_xdp"), counter("received_udp_socket"));
+    let (tx_xdp, tx_socket) = (counter("sent_af_xdp"), counter("sent_udp_socket"));
+    let summary = format!(
+        "core {core}: received {rx_xdp} AF_XDP, {rx_socket} UDP socket; sent {tx_xdp} AF_XDP, {tx_socket} UDP socket"
+    );
     assert!(tx_xdp >= at_least, "the data left through the TX ring: {summary}");
     assert!(tx_socket * 100 <= tx_xdp, "at most a few datagrams through the UDP socket: {summary}");
     assert!(rx_xdp > 0 && rx_socket == 0, "every datagram came through the RX ring: {summary}");
@@ -254,14 +268,14 @@ fn aioquic_fetch(ns: &Netns, path: &str, connections: usize, out: &Path, logs: &
 
 #[test]
 fn aioquic_downloads_200_mb_from_a_node_on_af_xdp() {
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     let mut tmp = TempDir::new("xdp-aioquic-client").unwrap().keep_unless_passed();
     let (www, out, logs) = (tmp.subdir("www").unwrap(), tmp.subdir("out").unwrap(), tmp.subdir("logs").unwrap());
     let blob = random_bytes(BIG_DOWNLOAD).unwrap();
     std::fs::write(www.join("blob"), &blob).unwrap();
-    let ns = xdp_lab("xdpa");
+    let ns = Netns::for_af_xdp("xdpa");
     let node = start_xdp_node(&ns, tmp.path(), &www, &logs);
 
     let started = Instant::now();
@@ -278,14 +292,14 @@ fn aioquic_downloads_200_mb_from_a_node_on_af_xdp() {
 
 #[test]
 fn sixty_four_aioquic_connections_at_once_fetch_from_a_node_on_af_xdp() {
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     let mut tmp = TempDir::new("xdp-aioquic-many").unwrap().keep_unless_passed();
     let (www, out, logs) = (tmp.subdir("www").unwrap(), tmp.subdir("out").unwrap(), tmp.subdir("logs").unwrap());
     let file = random_bytes(MANY_FILE).unwrap();
     std::fs::write(www.join("file"), &file).unwrap();
-    let ns = xdp_lab("xdpm");
+    let ns = Netns::for_af_xdp("xdpm");
     let node = start_xdp_node(&ns, tmp.path(), &www, &logs);
 
     let started = Instant::now();
@@ -310,14 +324,14 @@ fn sixty_four_aioquic_connections_at_once_fetch_from_a_node_on_af_xdp() {
 
 #[test]
 fn get_on_af_xdp_bound_to_its_veth_address_downloads_200_mb_from_aioquic() {
-    if !lab_here() {
+    if !common::af_xdp_lab_here() {
         return;
     }
     let mut tmp = TempDir::new("xdp-aioquic-server").unwrap().keep_unless_passed();
     let (www, out, logs) = (tmp.subdir("www").unwrap(), tmp.subdir("out").unwrap(), tmp.subdir("logs").unwrap());
     let blob = random_bytes(BIG_DOWNLOAD).unwrap();
     std::fs::write(www.join("blob"), &blob).unwrap();
-    let ns = xdp_lab("xdpg");
+    let ns = Netns::for_af_xdp("xdpg");
     let python = common::aioquic_python().unwrap();
     let mut command = Command::new("ip");
     command.args(["netns", "exec", &ns.peer]).arg(python).arg(common::interop_script("hq_server.py"));
@@ -354,5 +368,90 @@ fn get_on_af_xdp_bound_to_its_veth_address_downloads_200_mb_from_aioquic() {
     assert!(got_in * 100 <= server_out, "get received through its RX ring: {summary}");
     assert!(server_in >= 100 && got_out * 100 <= server_in, "get sent through its TX ring: {summary}");
     drop(server);
+    tmp.passed();
+}
+
+/// The file of the IPv6 and two-queue tests: thousands of frames each, in about a second.
+const SMALL_DOWNLOAD: usize = 8 << 20;
+
+#[test]
+fn a_node_on_af_xdp_serves_a_download_over_ipv6() {
+    if !common::af_xdp_lab_here() {
+        return;
+    }
+    let mut tmp = TempDir::new("xdp-ipv6").unwrap().keep_unless_passed();
+    let (www, out, logs) = (tmp.subdir("www").unwrap(), tmp.subdir("out").unwrap(), tmp.subdir("logs").unwrap());
+    let blob = random_bytes(SMALL_DOWNLOAD).unwrap();
+    std::fs::write(www.join("blob"), &blob).unwrap();
+    let ns = Netns::for_af_xdp("xdp6");
+    ns.add_ipv6();
+    let node = start_xdp_node_on(&ns, tmp.path(), &www, &logs, IpAddr::V6(NODE_IP6), 1);
+
+    let started = Instant::now();
+    let url = format!("https://{}/blob", SocketAddr::from((NODE_IP6, PORT)));
+    let done = get_from_the_peer(&ns, &url, &out, tmp.path(), &logs, "get");
+    let took = started.elapsed();
+    assert!(done.status.success(), "get over IPv6: {}\n{}\nnode:\n{}", done.stdout, done.stderr, node.stderr());
+    assert_eq!(sha256_hex(&std::fs::read(out.join("blob")).unwrap()), sha256_hex(&blob), "SHA-256 intact");
+    let summary = assert_through_af_xdp(&node_metrics(&ns, &logs), (SMALL_DOWNLOAD / 1500) as u64);
+    println!("IPv6: {} MB in {took:.2?}; {summary}", SMALL_DOWNLOAD >> 20);
+    drop(node);
+    tmp.passed();
+}
+
+/// Concurrent `get`s against the two-core node: each its own UDP socket, so its own flow hash.
+/// The peer's veth end picks its TX queue, and so the node's RX queue, by that hash: with 16 flows
+/// both queues are used but for a chance of 2 in 65,536.
+const FLOWS: usize = 16;
+
+#[test]
+fn a_two_core_node_on_af_xdp_serves_concurrent_downloads_through_both_queues() {
+    if !common::af_xdp_lab_here() {
+        return;
+    }
+    let mut tmp = TempDir::new("xdp-queues").unwrap().keep_unless_passed();
+    let (www, out, logs) = (tmp.subdir("www").unwrap(), tmp.subdir("out").unwrap(), tmp.subdir("logs").unwrap());
+    let file = random_bytes(SMALL_DOWNLOAD / FLOWS).unwrap();
+    std::fs::write(www.join("file"), &file).unwrap();
+    let ns = Netns::for_af_xdp_with_queues("xdpq", 2);
+    let node = start_xdp_node_on(&ns, tmp.path(), &www, &logs, IpAddr::V4(NODE_IP), 2);
+
+    let started = Instant::now();
+    let url = format!("https://{}/file", SocketAddr::from((NODE_IP, PORT)));
+    let outs: Vec<_> = (0..FLOWS).map(|i| out.join(format!("get-{i}"))).collect();
+    std::thread::scope(|scope| {
+        let gets: Vec<_> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, out)| {
+                let (ns, url, dir, logs) = (&ns, &url, tmp.path(), &logs);
+                std::fs::create_dir_all(out).unwrap();
+                scope.spawn(move || get_from_the_peer(ns, url, out, dir, logs, &format!("get-{i}")))
+            })
+            .collect();
+        for get in gets {
+            let done = get.join().unwrap();
+            assert!(done.status.success(), "get: {}\n{}\nnode:\n{}", done.stdout, done.stderr, node.stderr());
+        }
+    });
+    let took = started.elapsed();
+    for out in &outs {
+        assert_eq!(
+            sha256_hex(&std::fs::read(out.join("file")).unwrap()),
+            sha256_hex(&file),
+            "{} intact",
+            out.display()
+        );
+    }
+    let metrics = node_metrics(&ns, &logs);
+    let accepted: f64 = (0..2)
+        .map(|core| sample(&metrics, &format!("ant_quic_core_connections_accepted_total{{core=\"{core}\"}}")).unwrap())
+        .sum();
+    assert_eq!(accepted as usize, FLOWS, "one connection per get");
+    // Each core's socket took datagrams from its queue's RX ring and answered through its own TX
+    // ring; with every queue holding a socket, nothing reached the UDP sockets.
+    let summaries: Vec<String> = (0..2).map(|core| assert_core_through_af_xdp(&metrics, core, 1)).collect();
+    println!("{FLOWS} gets of {} KB in {took:.2?}; {}", (SMALL_DOWNLOAD / FLOWS) >> 10, summaries.join("; "));
+    drop(node);
     tmp.passed();
 }

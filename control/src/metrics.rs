@@ -385,6 +385,18 @@ impl Metrics {
                 ]
             },
         );
+        let program = self.node.xdp_program_frames();
+        if !program.is_empty() {
+            let name = "ant_quic_xdp_program_frames_total";
+            out.family(
+                name,
+                "counter",
+                "With the af-xdp backend: frames the XDP program saw on the interface, by verdict: redirected (the node's datagram, to its AF_XDP socket), passed_not_ours (to the kernel), passed_no_socket (the node's, but no socket on its RX queue: to the kernel), relayed (a relay frame sent back out).",
+            );
+            for (verdict, frames) in program {
+                out.sample(name, &[("verdict", verdict)], frames);
+            }
+        }
         per_core(
             &mut out,
             "ant_quic_core_loop_turns_total",

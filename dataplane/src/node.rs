@@ -362,6 +362,8 @@ impl<M: Send + 'static> Node<M> {
             generation,
             cid_key,
             group_socket: group_socket.as_ref().map(Arc::downgrade),
+            #[cfg(target_os = "linux")]
+            xdp_program: xdp.as_ref().map(crate::xdp::Redirect::counters),
         };
         let node = Self {
             threads,
@@ -508,6 +510,9 @@ pub struct NodeHandle {
     generation: Generation,
     cid_key: CidKey,
     group_socket: Option<std::sync::Weak<GroupSocket>>,
+    /// The af-xdp backend's XDP program counters.
+    #[cfg(target_os = "linux")]
+    xdp_program: Option<crate::xdp::ProgramCounters>,
 }
 
 fn push_command(cores: &[Arc<CoreShared>], core: usize, command: Command) -> Result<(), NodeError> {
@@ -528,6 +533,18 @@ impl NodeHandle {
     /// The backend every core runs.
     pub fn backend(&self) -> BackendKind {
         self.backend
+    }
+
+    /// With the af-xdp backend, the XDP program's frame counters by verdict
+    /// ([`crate::xdp::Counter::verdict`]), summed over CPUs; empty otherwise. A counter the
+    /// kernel cannot read is left out.
+    pub fn xdp_program_frames(&self) -> Vec<(&'static str, u64)> {
+        #[cfg(target_os = "linux")]
+        if let Some(counters) = &self.xdp_program {
+            let read = |c: crate::xdp::Counter| Some((c.verdict(), counters.count(c).ok()?));
+            return crate::xdp::Counter::ALL.into_iter().filter_map(read).collect();
+        }
+        Vec::new()
     }
 
     /// Counters of `core`.

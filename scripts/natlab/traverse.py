@@ -10,9 +10,18 @@ The lab must be up (`natlab.py up --prefix P`); this script does not build or re
 
     traverse.py --prefix P --binary target/release/ant-quic [--bytes 100000000] [--via b1|b2]
                 [--single] [--wait-direct S] [--ipv6] [--pairs fc1-fc2,pr1-sy1] [--table FILE] [--timeout 60]
+                [--bootstrap-backend af-xdp] [--peer-backend af-xdp]
 
 With --single every peer registers with the coordinating bootstrap only (the runbook's deployment
 of one bootstrap host): peers learn their NAT mapping from its alternate port.
+
+With --bootstrap-backend af-xdp the coordinating bootstrap runs `--backend af-xdp` on its veth end
+(eth0), and the report carries its AF_XDP counters (`bootstrap_af_xdp`, read from its /metrics
+before it stops). The veth end that sends to it has its transmit checksum offload turned off
+first: a veth hands frames over with the UDP checksum left to the receiver, which an AF_XDP RX
+ring reads as a bad checksum (docs/af-xdp.md). --peer-backend af-xdp does the same for the
+long-lived peers (listening on the wildcard address, so with `[node] xdp_interface` = eth0), and
+the report carries their counters (`peer_af_xdp`).
 
 Expected outcome per pair (shared/natlab.md): direct wherever raw UDP simultaneous open works;
 connected (direct or relayed) everywhere else. `ok` in the output says whether the pair met it.
@@ -32,12 +41,37 @@ import natlab  # noqa: E402  (same directory)
 
 BOOTSTRAP_ADDR = {"b1": "198.18.0.11", "b2": "198.18.0.12"}
 PORT = 9000
+# The node and interface at the other end of each bootstrap's eth0 (natlab.py's layout).
+BOOTSTRAP_LINK = {"b1": ("sw", "b1"), "b2": ("imp", "b2")}
+
+
+def offload_off_towards(prefix, node):
+    """Turn off transmit checksum offload on the veth end that sends to `node`'s eth0."""
+    if node in BOOTSTRAP_LINK:
+        other, dev = BOOTSTRAP_LINK[node]
+    else:
+        router = natlab.PEERS[node][0]
+        other, dev = ("sw", "pub") if router is None else ("r-" + router, "p-" + node)
+    natlab.in_ns(natlab.ns_name(prefix, other), ["ethtool", "-K", dev, "tx", "off"])
+AF_XDP_SERIES = 'ant_quic_core_af_xdp_datagrams_total{core="0",path="'
+
+
+def af_xdp_counters(prefix, bootstrap):
+    """The bootstrap's AF_XDP counters (core 0) from its /metrics (admin HTTP on loopback, port PORT)."""
+    url = f"http://127.0.0.1:{PORT}/metrics"
+    metrics = natlab.in_ns(natlab.ns_name(prefix, bootstrap), ["curl", "-sS", "--max-time", "10", url]).stdout
+    counters = {}
+    for line in metrics.splitlines():
+        if line.startswith(AF_XDP_SERIES):
+            path, value = line[len(AF_XDP_SERIES) :].split('"} ')
+            counters[path] = int(float(value))
+    return counters
 
 
 class Node:
     """A long-lived ant-quic process in a namespace, with its output in files."""
 
-    def __init__(self, prefix, node, binary, workdir, args):
+    def __init__(self, prefix, node, binary, workdir, args, env=None):
         self.name = node
         self.out_path = os.path.join(workdir, f"{node}.out")
         self.err_path = os.path.join(workdir, f"{node}.err")
@@ -45,7 +79,11 @@ class Node:
         data = os.path.join(workdir, f"{node}.data")
         cmd = ["ip", "netns", "exec", netns, binary, "--data-dir", data, "--cores", "1"] + args
         self.proc = subprocess.Popen(
-            cmd, stdout=open(self.out_path, "w"), stderr=open(self.err_path, "w"), stdin=subprocess.DEVNULL
+            cmd,
+            stdout=open(self.out_path, "w"),
+            stderr=open(self.err_path, "w"),
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, **(env or {})),
         )
 
     def text(self, which="out"):
@@ -128,6 +166,10 @@ def main():
     parser.add_argument("--table", default=None, help="write a Markdown table here")
     parser.add_argument("--timeout", type=int, default=60)
     parser.add_argument("--logs", default=None, help="keep the nodes' output in this directory")
+    parser.add_argument(
+        "--bootstrap-backend", default=None, choices=["af-xdp"], help="I/O backend of the coordinating bootstrap"
+    )
+    parser.add_argument("--peer-backend", default=None, choices=["af-xdp"], help="I/O backend of the long-lived peers")
     args = parser.parse_args()
 
     try:
@@ -149,9 +191,15 @@ def main():
         workdir = args.logs or tempfile.mkdtemp(prefix="ant-quic-traverse-")
         os.makedirs(workdir, exist_ok=True)
         nodes = []
+        af_xdp = peers_af_xdp = None
         try:
+            if args.bootstrap_backend:
+                offload_off_towards(args.prefix, args.via)
             for b in ("b1", "b2"):
-                nodes.append(Node(args.prefix, b, binary, workdir, ["--listen", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]))
+                flags = ["--listen", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]
+                if b == args.via and args.bootstrap_backend:
+                    flags += ["--backend", args.bootstrap_backend]
+                nodes.append(Node(args.prefix, b, binary, workdir, flags))
             deadline = time.monotonic() + 20
             for n in nodes:
                 n.peer_id(deadline)
@@ -160,7 +208,12 @@ def main():
                 flags = ["--listen", f"[::]:{PORT}" if args.ipv6 else f"0.0.0.0:{PORT}"]
                 for b in bootstraps:
                     flags += ["--bootstrap", f"{BOOTSTRAP_ADDR[b]}:{PORT}"]
-                listeners[p] = Node(args.prefix, p, binary, workdir, flags)
+                env = None
+                if args.peer_backend:
+                    offload_off_towards(args.prefix, p)
+                    flags += ["--backend", args.peer_backend]
+                    env = {"ANT_QUIC_NODE_XDP_INTERFACE": "eth0"}
+                listeners[p] = Node(args.prefix, p, binary, workdir, flags, env)
                 nodes.append(listeners[p])
             deadline = time.monotonic() + 30
             ids = {p: n.peer_id(deadline) for p, n in listeners.items()}
@@ -206,6 +259,10 @@ def main():
                     f"{got.get('connect_ms', '-')!s:>8} ms  {'ok' if ok else 'NOT OK ' + str(got.get('error'))}",
                     file=sys.stderr,
                 )
+            if args.bootstrap_backend:
+                af_xdp = af_xdp_counters(args.prefix, args.via)
+            if args.peer_backend:
+                peers_af_xdp = {p: af_xdp_counters(args.prefix, p) for p in listeners}
         finally:
             for n in reversed(nodes):  # peers first, so that they do not see their bootstraps go
                 n.stop()
@@ -222,6 +279,10 @@ def main():
             "ok": all(r["ok"] for r in rows),
             "rows": rows,
         }
+        if af_xdp is not None:
+            summary["bootstrap_af_xdp"] = af_xdp
+        if peers_af_xdp is not None:
+            summary["peer_af_xdp"] = peers_af_xdp
         if args.table:
             write_table(args.table, summary)
         print(json.dumps(summary))

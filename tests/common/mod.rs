@@ -24,6 +24,24 @@ pub mod prerequisite;
 #[allow(unused_imports)] // each test binary uses a part of them
 pub use prerequisite::{installed, is_root, require};
 
+/// Whether a node can run on af-xdp in namespaces of the test's own: root, `ip`, `ethtool`,
+/// `ping`, `curl`, and a kernel that lets us create an XSKMAP; see [`require`] for a missing one.
+#[cfg(target_os = "linux")]
+pub fn af_xdp_lab_here() -> bool {
+    require(is_root(), "root (the test attaches XDP programs and creates network namespaces)").unwrap()
+        && require(
+            ["ip", "ethtool", "ping", "curl"].iter().all(|p| installed(p).is_some()),
+            "`ip`, `ethtool`, `ping` and `curl` (Debian packages iproute2, ethtool, iputils-ping, curl; \
+             scripts/test.sh installs them)",
+        )
+        .unwrap()
+        && prerequisite::require_ok(
+            ant_quic::dataplane::sys::bpf::Map::xsk(1, "probe").map(drop),
+            "BPF maps of type XSKMAP (CAP_BPF)",
+        )
+        .unwrap()
+}
+
 /// The node binary under test.
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_ant-quic");
 

@@ -14,7 +14,7 @@
 //! See `docs/af-xdp.md`.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,12 +39,23 @@ pub struct XdpParams {
     /// redirect program's socket map.
     pub socket: XskSocket,
     /// The address the node is bound to: which datagrams are ours, and the source of the frames
-    /// sent (a wildcard address sends only batches that name their source IP as frames).
+    /// sent (bound to a wildcard address, a batch's own source IP, or the address its destination
+    /// last sent to).
     pub local: SocketAddr,
     /// The interface's MAC address: the source of the frames sent.
     pub mac: MacAddress,
     /// The interface's MTU: the largest IP packet sent as a frame.
     pub mtu: usize,
+}
+
+/// The way back to a remote address, learned from the last frame from it.
+#[derive(Debug, Clone, Copy)]
+struct Hop {
+    /// The frame's source MAC: the next hop towards the remote.
+    mac: MacAddress,
+    /// The frame's destination address: the node's address the remote reaches, the source of
+    /// frames to it when the node is bound to a wildcard address and the batch names none.
+    local: IpAddr,
 }
 
 /// AF_XDP backend for one core.
@@ -55,7 +66,7 @@ pub struct XdpBackend {
     fallback: PortableBackend,
     wake_fd: RawFd,
     stats: Arc<CoreStats>,
-    neighbours: Neighbours,
+    neighbours: Neighbours<Hop>,
     local: SocketAddr,
     ours: [SocketAddr; 1],
     mac: MacAddress,
@@ -92,15 +103,18 @@ impl XdpBackend {
     /// a source address of the destination's family, and datagrams that fit a UMEM frame.
     fn frame_for(&mut self, batch: &OutBatch, now: Instant) -> Option<UdpFrame> {
         let dst = crate::address::unmapped(batch.destination);
+        let hop = self.neighbours.lookup(dst.ip(), now)?;
+        // A client connection's batches name no source: the specific listen address, or the
+        // address the destination reached the node at (as the kernel's route would pick it).
         let src_ip = match batch.src_ip.map(|ip| ip.to_canonical()) {
             Some(ip) => ip,
             None if !self.local.ip().is_unspecified() => self.local.ip(),
-            None => return None,
+            None => hop.local.to_canonical(),
         };
         if src_ip.is_ipv4() != dst.is_ipv4() {
             return None;
         }
-        let dst_mac = self.neighbours.lookup(dst.ip(), now)?;
+        let dst_mac = hop.mac;
         let frame = UdpFrame {
             src_mac: self.mac,
             dst_mac,
@@ -186,7 +200,8 @@ impl Backend for XdpBackend {
             let received = self.xsk.receive(RX_BATCH, |frame| match classify(frame, ours, max_len) {
                 Classified::Datagram(datagram) => {
                     let Some(payload) = frame.get(datagram.payload.clone()) else { return };
-                    neighbours.learn(datagram.src.ip(), datagram.src_mac, now);
+                    let hop = Hop { mac: datagram.src_mac, local: datagram.dst.ip() };
+                    neighbours.learn(datagram.src.ip(), hop, now);
                     bump(&stats.xdp_rx_datagrams, 1);
                     let meta = RecvMeta {
                         remote: datagram.src,

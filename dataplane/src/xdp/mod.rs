@@ -17,6 +17,7 @@ pub mod relay;
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 pub use program::{Counter, Destination, Filter};
 
@@ -54,7 +55,7 @@ pub struct Redirect {
     link: XdpLink,
     _program: Program,
     xsks: Map,
-    counters: Map,
+    counters: ProgramCounters,
     ifindex: u32,
     queues: u32,
 }
@@ -77,7 +78,7 @@ impl Redirect {
                 tracing::info!(interface, mode = link.mode().name(), queues, native_refused = %why, "XDP program attached")
             }
         }
-        Ok(Self { link, _program: program, xsks, counters, ifindex, queues })
+        Ok(Self { link, _program: program, xsks, counters: ProgramCounters(Arc::new(counters)), ifindex, queues })
     }
 
     /// Native or generic.
@@ -102,6 +103,23 @@ impl Redirect {
 
     /// One of the program's counters, summed over CPUs.
     pub fn count(&self, counter: Counter) -> io::Result<u64> {
-        self.counters.counter(counter as u32)
+        self.counters.count(counter)
+    }
+
+    /// The program's counters, for a reader that may outlive this attachment (the metrics).
+    pub fn counters(&self) -> ProgramCounters {
+        self.counters.clone()
+    }
+}
+
+/// The redirect program's per-CPU counter map, shared: holding it keeps the map, not the program
+/// or its attachment.
+#[derive(Debug, Clone)]
+pub struct ProgramCounters(Arc<Map>);
+
+impl ProgramCounters {
+    /// One counter, summed over CPUs.
+    pub fn count(&self, counter: Counter) -> io::Result<u64> {
+        self.0.counter(counter as u32)
     }
 }

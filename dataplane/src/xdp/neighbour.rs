@@ -1,6 +1,7 @@
 //! The next hop's MAC address for a remote address, learned from received frames: a server
 //! answers through the hop each packet came from, so the source MAC of a datagram from `addr` is
-//! where frames to `addr` go. Sans-IO: the caller passes the time.
+//! where frames to `addr` go. The table keeps any `Copy` value per address (the backend keeps the
+//! MAC and the local address the datagram was sent to). Sans-IO: the caller passes the time.
 //!
 //! An entry unused (neither learned again nor looked up) for [`Neighbours::expiry`] goes, so a
 //! router replaced on the path is not written to forever; the table holds at most
@@ -20,17 +21,17 @@ pub const EXPIRY: Duration = Duration::from_secs(5 * 60);
 pub const CAPACITY: usize = 65_536;
 
 #[derive(Debug, Clone, Copy)]
-struct Entry {
-    mac: MacAddress,
+struct Entry<H> {
+    hop: H,
     last_used: Instant,
     /// Which learning put the address in the table: matches its place in `order`.
     learned: u64,
 }
 
-/// Remote address → next hop's MAC address.
+/// Remote address → next hop's MAC address (or another `H` learned from the frames from it).
 #[derive(Debug)]
-pub struct Neighbours {
-    entries: HashMap<IpAddr, Entry>,
+pub struct Neighbours<H = MacAddress> {
+    entries: HashMap<IpAddr, Entry<H>>,
     /// Addresses in the order they were first learned, with the learning's number; a pair whose
     /// number no longer matches the entry (removed, learned anew) is stale and skipped.
     order: VecDeque<(IpAddr, u64)>,
@@ -40,13 +41,13 @@ pub struct Neighbours {
     last_sweep: Option<Instant>,
 }
 
-impl Default for Neighbours {
+impl<H: Copy> Default for Neighbours<H> {
     fn default() -> Self {
         Self::new(CAPACITY, EXPIRY)
     }
 }
 
-impl Neighbours {
+impl<H: Copy> Neighbours<H> {
     /// A table of at most `capacity` entries (at least 1), each going after `expiry` unused.
     pub fn new(capacity: usize, expiry: Duration) -> Self {
         Self {
@@ -79,12 +80,12 @@ impl Neighbours {
         self.entries.is_empty()
     }
 
-    /// A frame from `addr` came through `mac`.
-    pub fn learn(&mut self, addr: IpAddr, mac: MacAddress, now: Instant) {
+    /// A frame from `addr` came through `hop`.
+    pub fn learn(&mut self, addr: IpAddr, hop: H, now: Instant) {
         self.sweep_now_and_then(now);
         let addr = addr.to_canonical();
         if let Some(entry) = self.entries.get_mut(&addr) {
-            entry.mac = mac;
+            entry.hop = hop;
             entry.last_used = now;
             return;
         }
@@ -96,13 +97,13 @@ impl Neighbours {
         }
         let learned = self.next_learned;
         self.next_learned += 1;
-        self.entries.insert(addr, Entry { mac, last_used: now, learned });
+        self.entries.insert(addr, Entry { hop, last_used: now, learned });
         self.order.push_back((addr, learned));
     }
 
     /// The hop to send to `addr` through, if one was learned and has not expired; a hit counts as
     /// a use.
-    pub fn lookup(&mut self, addr: IpAddr, now: Instant) -> Option<MacAddress> {
+    pub fn lookup(&mut self, addr: IpAddr, now: Instant) -> Option<H> {
         let addr = addr.to_canonical();
         let entry = self.entries.get_mut(&addr)?;
         if now.saturating_duration_since(entry.last_used) >= self.expiry {
@@ -110,7 +111,7 @@ impl Neighbours {
             return None;
         }
         entry.last_used = now;
-        Some(entry.mac)
+        Some(entry.hop)
     }
 
     /// Drop every entry unused for the expiry time.

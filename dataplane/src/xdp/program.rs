@@ -60,6 +60,21 @@ pub enum Counter {
 /// How many counters the counter map holds.
 pub const COUNTERS: u32 = 4;
 
+impl Counter {
+    /// Every counter, in map order.
+    pub const ALL: [Counter; COUNTERS as usize] = [Self::Redirected, Self::Passed, Self::NoSocket, Self::Relayed];
+
+    /// What the counted frames had done to them, as a metric label value.
+    pub fn verdict(self) -> &'static str {
+        match self {
+            Self::Redirected => "redirected",
+            Self::Passed => "passed_not_ours",
+            Self::NoSocket => "passed_no_socket",
+            Self::Relayed => "relayed",
+        }
+    }
+}
+
 /// Which destination addresses of one IP family are the node's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination<A> {

@@ -1,6 +1,8 @@
 //! What one core does with the relay frames it receives: unwrap those from the relay of one of
 //! its path aliases (peer role), forward those between the ends of an allocation (bootstrap role),
-//! gathering each burst into one GSO send; and the upkeep of its forwarding table.
+//! gathering each burst into one GSO send; and the upkeep of its forwarding table, with the
+//! channels handed to the backend to forward below the core (`offload.rs`: the decisions; here
+//! their I/O through [`RelayOffload`]).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -11,8 +13,10 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use quinn_proto::EcnCodepoint;
 
+use crate::address::unmapped;
 use crate::backend::{Backend, OutBatch, RecvMeta};
 use crate::cid::Generation;
+use crate::relay::offload::{entry_for, ChannelCounters, ChannelEntry, Offloads, RelayOffload};
 use crate::relay::{ForwardingTable, RelayAllocation, RelayDrop, RelayFrameView, RELAY_HEADER_LEN};
 use crate::stats::{bump, CoreStats};
 use crate::transmit::{Transmitter, MAX_GSO_BYTES};
@@ -56,6 +60,8 @@ pub(crate) struct RelayIo {
     stats: Arc<CoreStats>,
     /// This process's generation: frames on another one's channels are counted apart.
     generation: Generation,
+    /// Channels forwarded below the core (the af-xdp backend's XDP program).
+    offloads: Offloads,
 }
 
 impl RelayIo {
@@ -67,32 +73,177 @@ impl RelayIo {
             next_sweep: Instant::now(),
             stats,
             generation,
+            offloads: Offloads::default(),
         }
     }
 
-    /// Forward relay frames on this allocation (install or renew).
-    pub(crate) fn install(&mut self, allocation: RelayAllocation, now: Instant) {
-        self.table.install(allocation, now);
+    /// Forward relay frames on this allocation (install or renew). A renewal of a channel this
+    /// core put below it renews the entry, keeping its counters; other ends start afresh.
+    pub(crate) fn install<B: Backend>(&mut self, allocation: RelayAllocation, now: Instant, backend: &mut B) {
+        let channel = allocation.channel;
+        let same_ends = |old: &RelayAllocation| (old.a, old.b) == (unmapped(allocation.a), unmapped(allocation.b));
+        let renewal = self.table.get(channel).is_some_and(|(old, _)| same_ends(old));
+        let offload = backend.relay_offload();
+        if !renewal {
+            if let Some(offload) = offload.filter(|_| self.offloads.is_offloaded(channel)) {
+                self.withdraw(channel, now, offload);
+            }
+            self.offloads.forget(channel);
+            self.table.install(allocation, now);
+        } else {
+            self.table.install(allocation, now);
+            if let Some(offload) = offload.filter(|_| self.offloads.is_offloaded(channel)) {
+                self.renew_offload(channel, now, offload);
+            }
+        }
         self.publish();
     }
 
     /// Stop forwarding `channel`.
-    pub(crate) fn remove(&mut self, channel: u32) {
+    pub(crate) fn remove<B: Backend>(&mut self, channel: u32, now: Instant, backend: &mut B) {
+        if let Some(offload) = backend.relay_offload().filter(|_| self.offloads.is_offloaded(channel)) {
+            self.withdraw(channel, now, offload);
+        }
+        self.offloads.forget(channel);
         self.table.remove(channel);
         self.publish();
     }
 
-    /// Forget the allocations that expired, at most once per [`SWEEP_INTERVAL`].
-    pub(crate) fn sweep(&mut self, now: Instant) {
-        if now < self.next_sweep || self.table.is_empty() {
+    /// Read the counters of the channels below the core and forget the allocations that
+    /// expired, at most once per [`SWEEP_INTERVAL`].
+    pub(crate) fn sweep<B: Backend>(&mut self, now: Instant, backend: &mut B) {
+        if now < self.next_sweep || (self.table.is_empty() && !self.offloads.any_offloaded()) {
             return;
         }
         self.next_sweep = now + SWEEP_INTERVAL;
+        if let Some(offload) = backend.relay_offload() {
+            self.check_offloads(now, offload);
+        }
         if self.table.purge_expired(now) > 0 {
+            let table = &self.table;
+            self.offloads.retain(|channel| table.get(channel).is_some());
             self.publish();
         }
     }
 
+    /// When the core must wake to sweep: while channels are below it, their counters are read
+    /// (metrics, limits) even if no frame reaches the core.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.offloads.any_offloaded().then_some(self.next_sweep)
+    }
+
+    /// Take back every channel below the core (the core stops; the entries would outlive it in
+    /// the map until the program goes).
+    pub(crate) fn withdraw_all<B: Backend>(&mut self, backend: &mut B) {
+        let Some(offload) = backend.relay_offload() else { return };
+        let now = Instant::now();
+        for channel in self.offloads.offloaded_channels() {
+            self.withdraw(channel, now, offload);
+        }
+    }
+
+    /// Fold each channel's counters in, and take back those whose allocation expired, was
+    /// removed or is used up (their frames are then dropped and counted by user space), and
+    /// those over their rate (their frames then meet the user-space token bucket).
+    fn check_offloads(&mut self, now: Instant, offload: &mut dyn RelayOffload) {
+        for channel in self.offloads.offloaded_channels() {
+            let Some((_, over_rate)) = self.fold(channel, now, offload) else { continue };
+            let done = self
+                .table
+                .get(channel)
+                .is_none_or(|(allocation, used)| now >= allocation.expires || used >= allocation.byte_limit);
+            if done || over_rate {
+                self.withdraw(channel, now, offload);
+            }
+            if over_rate && !done {
+                self.table.empty_buckets(channel, now);
+            }
+        }
+    }
+
+    /// Put `channel` below the core if the backend can reach both ends; it stays in user space
+    /// for good when it cannot take it (another core's entry, a full map, an IPv6 end).
+    fn try_offload(&mut self, channel: u32, now: Instant, offload: &mut dyn RelayOffload) {
+        let Some((&allocation, used)) = self.table.get(channel) else { return };
+        let (Some(mac_a), Some(mac_b)) = (offload.hop(allocation.a, now), offload.hop(allocation.b, now)) else {
+            // A hop not learned (yet): the next frame tries again.
+            return;
+        };
+        let entry = offload
+            .clock_ns(allocation.expires)
+            .ok()
+            .and_then(|expiry_ns| entry_for(&allocation, used, (mac_a, mac_b), expiry_ns, ChannelCounters::default()));
+        let inserted = match entry.map(|entry| offload.insert(channel, &entry)) {
+            Some(Ok(inserted)) => inserted,
+            Some(Err(error)) => {
+                tracing::debug!(channel, %error, "relay channel not offloaded; forwarded by the core");
+                false
+            }
+            None => false,
+        };
+        if inserted {
+            self.offloads.offloaded(channel, now, allocation.rate_limit);
+        } else {
+            self.offloads.keep_in_user_space(channel);
+        }
+    }
+
+    /// Renew the entry of `channel` from its (renewed) allocation, keeping its counters and hops.
+    fn renew_offload(&mut self, channel: u32, now: Instant, offload: &mut dyn RelayOffload) {
+        let Some((entry, _)) = self.fold(channel, now, offload) else { return };
+        let Some((&allocation, used)) = self.table.get(channel) else { return };
+        let renewed = offload
+            .clock_ns(allocation.expires)
+            .ok()
+            .and_then(|expiry_ns| entry_for(&allocation, used, (entry.a.1, entry.b.1), expiry_ns, entry.counters));
+        // The counts between the reading and the replacement are lost to the new entry: a few
+        // microseconds of frames (see docs/af-xdp.md).
+        match renewed.map(|renewed| offload.replace(channel, &renewed)) {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => self.offloads.forget(channel),
+            Some(Err(error)) => {
+                tracing::debug!(channel, %error, "relay channel not renewed below the core; forwarded by the core");
+                self.withdraw(channel, now, offload);
+            }
+            None => self.withdraw(channel, now, offload),
+        }
+    }
+
+    /// Read `channel`'s entry and fold what the backend forwarded since the last reading into
+    /// the table's byte count and the relay's counters: the entry, and whether it went over the
+    /// rate. `None` when this core owns no entry for it (one that vanished is forgotten).
+    fn fold(&mut self, channel: u32, now: Instant, offload: &mut dyn RelayOffload) -> Option<(ChannelEntry, bool)> {
+        let entry = match offload.read(channel) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => {
+                self.offloads.forget(channel);
+                return None;
+            }
+            Err(error) => {
+                tracing::debug!(channel, %error, "cannot read a relay channel's counters");
+                return None;
+            }
+        };
+        let rate_limit = self.table.get(channel).map_or(u32::MAX, |(allocation, _)| allocation.rate_limit);
+        let folded = self.offloads.fold(channel, entry.counters, now, rate_limit)?;
+        self.table.charge(channel, folded.since.bytes);
+        bump(&self.stats.relay_forwarded, folded.since.packets);
+        bump(&self.stats.relay_forwarded_bytes, folded.since.bytes);
+        bump(&self.stats.relay_xdp_forwarded, folded.since.packets);
+        Some((entry, folded.over_rate))
+    }
+
+    /// Take `channel` back from below the core, its last counts folded in: its frames reach
+    /// user space again, which keeps it for the rest of the allocation.
+    fn withdraw(&mut self, channel: u32, now: Instant, offload: &mut dyn RelayOffload) {
+        if self.fold(channel, now, offload).is_none() && !self.offloads.is_offloaded(channel) {
+            return;
+        }
+        if let Err(error) = offload.remove(channel) {
+            tracing::warn!(channel, %error, "cannot remove a relay channel from the XDP map");
+        }
+        self.offloads.keep_in_user_space(channel);
+    }
     fn publish(&self) {
         self.stats.relay_allocations.store(self.table.len() as u64, Ordering::Relaxed);
     }
@@ -116,10 +267,32 @@ impl RelayIo {
             let meta = RecvMeta { remote: alias, len: data.len(), stride: data.len(), ..meta };
             return Received::FromAlias(meta, data);
         }
+        // A frame on a channel below the core is one the program passed up (over the limit,
+        // expired, or not seen by it): its counts first, so that user space judges it on the
+        // budget both share.
+        let below = self.offloads.is_offloaded(channel);
+        if let Some(offload) = tx.backend.relay_offload().filter(|_| below) {
+            self.fold(channel, now, offload);
+        }
         match self.table.forward(now, meta.remote, channel, data.len()) {
             // Forwarded unchanged, from the local address it arrived on, with its ECN codepoint
             // (as a TURN relay does, RFC 8656 §12), so congestion marks reach the peer.
-            Ok(destination) => self.forward(tx, destination, meta.ecn, meta.local_ip, &data),
+            Ok(destination) => {
+                self.forward(tx, destination, meta.ecn, meta.local_ip, &data);
+                if let Some(offload) = tx.backend.relay_offload() {
+                    let from_a = self.table.get(channel).is_some_and(|(allocation, _)| allocation.b == destination);
+                    if self.offloads.forwarded(channel, from_a) {
+                        self.try_offload(channel, now, offload);
+                    }
+                }
+            }
+            Err(reason @ (RelayDrop::Expired | RelayDrop::ByteLimit)) if below => {
+                // Done below the core: its frames meet user space's count from now on.
+                if let Some(offload) = tx.backend.relay_offload() {
+                    self.withdraw(channel, now, offload);
+                }
+                self.stats.relay_drop(reason);
+            }
             Err(RelayDrop::UnknownChannel) => {
                 // Counted now, as every frame on a channel unknown when it arrives; one delivered
                 // later is counted again in `alias_received_relay`.

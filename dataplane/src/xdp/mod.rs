@@ -17,6 +17,7 @@ pub mod relay;
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 pub use program::{Counter, Destination, Filter};
 
@@ -55,6 +56,8 @@ pub struct Redirect {
     _program: Program,
     xsks: Map,
     counters: Map,
+    /// Relay channels the program forwards itself (`relay`), shared with the cores.
+    relay_channels: Arc<Map>,
     ifindex: u32,
     queues: u32,
 }
@@ -68,7 +71,16 @@ impl Redirect {
         let queues = rx_queues(interface).map_err(|e| XdpError::Interface(interface.to_owned(), e))?;
         let xsks = Map::xsk(queues, "aq_xsks").map_err(XdpError::Map)?;
         let counters = Map::counters(program::COUNTERS, "aq_counters").map_err(XdpError::Map)?;
-        let code = program::redirect_program(filter, xsks.as_raw_fd(), counters.as_raw_fd(), None)?;
+        let relay_channels = Arc::new(
+            Map::hash(relay::KEY_SIZE, relay::ENTRY_SIZE as u32, relay::CHANNELS, "aq_relays")
+                .map_err(XdpError::Map)?,
+        );
+        let code = program::redirect_program(
+            filter,
+            xsks.as_raw_fd(),
+            counters.as_raw_fd(),
+            Some(relay_channels.as_raw_fd()),
+        )?;
         let program = Program::load_xdp(&code, "aq_redirect")?;
         let link = XdpLink::attach(&program, ifindex)?;
         match link.native_refused() {
@@ -77,7 +89,7 @@ impl Redirect {
                 tracing::info!(interface, mode = link.mode().name(), queues, native_refused = %why, "XDP program attached")
             }
         }
-        Ok(Self { link, _program: program, xsks, counters, ifindex, queues })
+        Ok(Self { link, _program: program, xsks, counters, relay_channels, ifindex, queues })
     }
 
     /// Native or generic.
@@ -98,6 +110,17 @@ impl Redirect {
     /// Redirect the datagrams arriving on RX queue `queue` to `socket` (bound to that queue).
     pub fn add_socket(&self, queue: u32, socket: &XskSocket) -> Result<(), XdpError> {
         self.xsks.set_socket(queue, socket).map_err(|e| XdpError::Socket(queue, e))
+    }
+
+    /// The relay channel map, for the cores to install channels in.
+    pub fn relay_channels(&self) -> Arc<Map> {
+        Arc::clone(&self.relay_channels)
+    }
+
+    /// The map's entry for relay `channel`, if it has one.
+    pub fn relay_entry(&self, channel: u32) -> io::Result<Option<relay::RelayEntry>> {
+        let Some(bytes) = self.relay_channels.lookup(&relay::key(channel))? else { return Ok(None) };
+        relay::RelayEntry::decode(&bytes).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// One of the program's counters, summed over CPUs.

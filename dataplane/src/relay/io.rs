@@ -80,10 +80,13 @@ impl RelayIo {
     /// Forward relay frames on this allocation (install or renew). A renewal of a channel this
     /// core put below it renews the entry, keeping its counters; other ends start afresh.
     pub(crate) fn install<B: Backend>(&mut self, allocation: RelayAllocation, now: Instant, backend: &mut B) {
+        self.install_with(allocation, now, backend.relay_offload());
+    }
+
+    fn install_with(&mut self, allocation: RelayAllocation, now: Instant, offload: Option<&mut dyn RelayOffload>) {
         let channel = allocation.channel;
         let same_ends = |old: &RelayAllocation| (old.a, old.b) == (unmapped(allocation.a), unmapped(allocation.b));
         let renewal = self.table.get(channel).is_some_and(|(old, _)| same_ends(old));
-        let offload = backend.relay_offload();
         if !renewal {
             if let Some(offload) = offload.filter(|_| self.offloads.is_offloaded(channel)) {
                 self.withdraw(channel, now, offload);
@@ -101,7 +104,11 @@ impl RelayIo {
 
     /// Stop forwarding `channel`.
     pub(crate) fn remove<B: Backend>(&mut self, channel: u32, now: Instant, backend: &mut B) {
-        if let Some(offload) = backend.relay_offload().filter(|_| self.offloads.is_offloaded(channel)) {
+        self.remove_with(channel, now, backend.relay_offload());
+    }
+
+    fn remove_with(&mut self, channel: u32, now: Instant, offload: Option<&mut dyn RelayOffload>) {
+        if let Some(offload) = offload.filter(|_| self.offloads.is_offloaded(channel)) {
             self.withdraw(channel, now, offload);
         }
         self.offloads.forget(channel);
@@ -112,11 +119,15 @@ impl RelayIo {
     /// Read the counters of the channels below the core and forget the allocations that
     /// expired, at most once per [`SWEEP_INTERVAL`].
     pub(crate) fn sweep<B: Backend>(&mut self, now: Instant, backend: &mut B) {
+        self.sweep_with(now, backend.relay_offload());
+    }
+
+    fn sweep_with(&mut self, now: Instant, offload: Option<&mut dyn RelayOffload>) {
         if now < self.next_sweep || (self.table.is_empty() && !self.offloads.any_offloaded()) {
             return;
         }
         self.next_sweep = now + SWEEP_INTERVAL;
-        if let Some(offload) = backend.relay_offload() {
+        if let Some(offload) = offload {
             self.check_offloads(now, offload);
         }
         if self.table.purge_expired(now) > 0 {
@@ -135,8 +146,11 @@ impl RelayIo {
     /// Take back every channel below the core (the core stops; the entries would outlive it in
     /// the map until the program goes).
     pub(crate) fn withdraw_all<B: Backend>(&mut self, backend: &mut B) {
-        let Some(offload) = backend.relay_offload() else { return };
-        let now = Instant::now();
+        self.withdraw_all_with(Instant::now(), backend.relay_offload());
+    }
+
+    fn withdraw_all_with(&mut self, now: Instant, offload: Option<&mut dyn RelayOffload>) {
+        let Some(offload) = offload else { return };
         for channel in self.offloads.offloaded_channels() {
             self.withdraw(channel, now, offload);
         }
@@ -405,6 +419,7 @@ impl RelayIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::read;
 
     fn frame(channel: u32, payload: &[u8]) -> BytesMut {
         let mut data = BytesMut::new();
@@ -449,5 +464,169 @@ mod tests {
             relay.hold_early(now, meta("192.0.2.1:9000", 9), 0x0001_0009, frame(0x0001_0009, b"x"));
         }
         assert_eq!(relay.early.len(), EARLY_FRAMES_HELD, "the oldest forgotten");
+    }
+
+    /// A map and hop table in memory; `forward` plays the program.
+    #[derive(Default)]
+    struct FakeOffload {
+        entries: std::collections::HashMap<u32, ChannelEntry>,
+        hops: std::collections::HashMap<SocketAddr, crate::frame::MacAddress>,
+        clock_base: Option<Instant>,
+    }
+
+    impl FakeOffload {
+        fn with_hops(ends: &[SocketAddr]) -> Self {
+            let hops = ends.iter().enumerate().map(|(i, end)| (*end, [2, 0, 0, 0, 0, i as u8])).collect();
+            Self { hops, ..Self::default() }
+        }
+
+        fn forward(&mut self, channel: u32, bytes: u64) {
+            let entry = self.entries.get_mut(&channel).unwrap();
+            entry.counters.bytes += bytes;
+            entry.counters.packets += 1;
+        }
+    }
+
+    impl RelayOffload for FakeOffload {
+        fn hop(&mut self, end: SocketAddr, _now: Instant) -> Option<crate::frame::MacAddress> {
+            self.hops.get(&end).copied()
+        }
+        fn clock_ns(&self, at: Instant) -> std::io::Result<u64> {
+            // Nanoseconds since the base instant, plus a second.
+            let base = self.clock_base.unwrap();
+            Ok(crate::relay::offload::clock_at(at, base, 1_000_000_000))
+        }
+        fn insert(&mut self, channel: u32, entry: &ChannelEntry) -> std::io::Result<bool> {
+            if self.entries.contains_key(&channel) {
+                return Ok(false);
+            }
+            self.entries.insert(channel, *entry);
+            Ok(true)
+        }
+        fn replace(&mut self, channel: u32, entry: &ChannelEntry) -> std::io::Result<bool> {
+            Ok(self.entries.insert(channel, *entry).is_some())
+        }
+        fn read(&self, channel: u32) -> std::io::Result<Option<ChannelEntry>> {
+            Ok(self.entries.get(&channel).copied())
+        }
+        fn remove(&mut self, channel: u32) -> std::io::Result<bool> {
+            Ok(self.entries.remove(&channel).is_some())
+        }
+    }
+
+    const CHANNEL: u32 = 0x0001_0009;
+
+    fn allocation(now: Instant) -> RelayAllocation {
+        RelayAllocation {
+            channel: CHANNEL,
+            a: "192.0.2.1:1000".parse().unwrap(),
+            b: "198.51.100.2:2000".parse().unwrap(),
+            expires: now + Duration::from_secs(60),
+            byte_limit: 100_000,
+            rate_limit: u32::MAX,
+        }
+    }
+
+    /// `relay` with `alloc` installed, a frame forwarded each way by user space (100 bytes each),
+    /// and the channel offered to `offload`.
+    fn offloaded(alloc: RelayAllocation, now: Instant, offload: &mut FakeOffload) -> (RelayIo, Arc<CoreStats>) {
+        let stats = Arc::new(CoreStats::default());
+        let mut relay = RelayIo::new(stats.clone(), 1);
+        offload.clock_base = Some(now);
+        relay.install_with(alloc, now, Some(offload));
+        for (from, from_a) in [(alloc.a, true), (alloc.b, false)] {
+            relay.table.forward(now, from, CHANNEL, 100).unwrap();
+            if relay.offloads.forwarded(CHANNEL, from_a) {
+                relay.try_offload(CHANNEL, now, offload);
+            }
+        }
+        (relay, stats)
+    }
+
+    #[test]
+    fn a_channel_goes_below_the_core_with_what_remains_and_a_renewal_keeps_its_counters() {
+        let now = Instant::now();
+        let alloc = allocation(now);
+        let mut offload = FakeOffload::with_hops(&[alloc.a, alloc.b]);
+        let (mut relay, stats) = offloaded(alloc, now, &mut offload);
+        let entry = offload.entries[&CHANNEL];
+        assert_eq!(entry.byte_limit, 100_000 - 200, "what user space has not carried");
+        assert_eq!(entry.expiry_ns, 61_000_000_000, "the allocation's expiry on the backend's clock");
+        assert_eq!((entry.a.1, entry.b.1), ([2, 0, 0, 0, 0, 0], [2, 0, 0, 0, 0, 1]));
+        // The program forwards 3 frames; a renewal an hour on keeps their counts and the budget.
+        for _ in 0..3 {
+            offload.forward(CHANNEL, 1_000);
+        }
+        let renewed = RelayAllocation { expires: now + Duration::from_secs(3_600), ..alloc };
+        relay.install_with(renewed, now, Some(&mut offload));
+        let entry = offload.entries[&CHANNEL];
+        assert_eq!(entry.counters, ChannelCounters { bytes: 3_000, packets: 3 });
+        assert_eq!(entry.byte_limit, 100_000 - 200, "the entry's own count goes on against the same limit");
+        assert_eq!(entry.expiry_ns, 3_601_000_000_000);
+        assert_eq!(relay.table.get(CHANNEL).unwrap().1, 3_200, "one budget: user space's and the program's bytes");
+        assert_eq!(read(&stats.relay_xdp_forwarded), 3);
+        assert_eq!((read(&stats.relay_forwarded), read(&stats.relay_forwarded_bytes)), (3, 3_000));
+        // Another core gets the same command: the entry is this core's, nothing changes there.
+        let mut other = RelayIo::new(Arc::new(CoreStats::default()), 1);
+        other.install_with(renewed, now, Some(&mut offload));
+        assert_eq!(offload.entries[&CHANNEL].counters.packets, 3);
+        // Other ends on the channel: a new allocation, taken back from the program.
+        let moved = RelayAllocation { b: "198.51.100.3:2000".parse().unwrap(), ..alloc };
+        offload.forward(CHANNEL, 500);
+        relay.install_with(moved, now, Some(&mut offload));
+        assert!(offload.entries.is_empty());
+        assert_eq!(read(&stats.relay_xdp_forwarded), 4, "the last counts are folded in first");
+        assert!(!relay.offloads.is_offloaded(CHANNEL));
+    }
+
+    #[test]
+    fn a_channel_over_its_rate_falls_back_to_an_empty_user_space_bucket() {
+        let now = Instant::now();
+        let alloc = RelayAllocation { rate_limit: 20_000, ..allocation(now) };
+        let mut offload = FakeOffload::with_hops(&[alloc.a, alloc.b]);
+        let (mut relay, _) = offloaded(alloc, now, &mut offload);
+        assert!(relay.offloads.is_offloaded(CHANNEL));
+        // Within the rate: it stays.
+        offload.forward(CHANNEL, 20_000);
+        relay.sweep_with(now + Duration::from_secs(1), Some(&mut offload));
+        assert!(offload.entries.contains_key(&CHANNEL));
+        // 50 KB in the next second at 20 KB/s: back to user space, whose bucket starts empty.
+        offload.forward(CHANNEL, 50_000);
+        let later = now + Duration::from_secs(2);
+        relay.sweep_with(later, Some(&mut offload));
+        assert!(offload.entries.is_empty(), "taken back from the program");
+        assert_eq!(relay.table.forward(later, alloc.a, CHANNEL, 100), Err(RelayDrop::RateLimit));
+        assert_eq!(relay.table.forward(later + Duration::from_millis(10), alloc.a, CHANNEL, 100), Ok(alloc.b));
+        assert!(!relay.offloads.forwarded(CHANNEL, false), "not offered again for this allocation");
+    }
+
+    #[test]
+    fn expiry_a_used_up_budget_removal_and_stopping_take_channels_back() {
+        let now = Instant::now();
+        let alloc = allocation(now);
+        let mut offload = FakeOffload::with_hops(&[alloc.a, alloc.b]);
+        // Expired: out of the map and out of the table at the next sweep.
+        let (mut relay, _) = offloaded(alloc, now, &mut offload);
+        relay.sweep_with(alloc.expires, Some(&mut offload));
+        assert!(offload.entries.is_empty() && relay.table.is_empty());
+        assert!(!relay.offloads.any_offloaded());
+        // Used up: out of the map, still in the table (its frames are dropped as over the limit).
+        let (mut relay, _) = offloaded(alloc, now, &mut offload);
+        offload.forward(CHANNEL, 100_000 - 200);
+        relay.sweep_with(now + Duration::from_secs(1), Some(&mut offload));
+        assert!(offload.entries.is_empty());
+        assert_eq!(relay.table.forward(now, alloc.a, CHANNEL, 1), Err(RelayDrop::ByteLimit));
+        // Removed, and stopping.
+        let (mut relay, _) = offloaded(alloc, now, &mut offload);
+        assert_eq!(relay.next_deadline(), Some(relay.next_sweep), "the core wakes to read the counters");
+        relay.remove_with(CHANNEL, now, Some(&mut offload));
+        assert!(offload.entries.is_empty() && relay.table.is_empty());
+        let (mut relay, _) = offloaded(alloc, now, &mut offload);
+        relay.withdraw_all_with(now, Some(&mut offload));
+        assert!(offload.entries.is_empty());
+        // An end whose hop is unknown (not on the program's interface): never offered.
+        let mut one_hop = FakeOffload::with_hops(&[alloc.a]);
+        let (relay, _) = offloaded(alloc, now, &mut one_hop);
+        assert!(one_hop.entries.is_empty() && !relay.offloads.is_offloaded(CHANNEL));
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! - [`asm`]: an eBPF assembler with labels.
 //! - [`program`]: the redirect program, written with it.
-//! - [`relay`]: relay channels forwarded inside that program (its map's entries; IPv4).
+//! - [`relay`]: relay channels forwarded inside that program (its map's entries; IPv4), put
+//!   there by the cores (`crate::relay::offload`).
 //! - [`neighbour`]: the next hop's MAC address for each remote address, learned from received frames.
 //! - [`Redirect`]: the program loaded, attached to an interface and its maps.
 //!
@@ -47,8 +48,8 @@ pub enum XdpError {
     Socket(u32, io::Error),
 }
 
-/// The redirect program attached to one interface, with its socket map and counters. Dropping
-/// it detaches the program.
+/// The redirect program attached to one interface, with its socket map, counters and relay
+/// channel map. Dropping it detaches the program.
 #[derive(Debug)]
 pub struct Redirect {
     // Detached first, then the program and maps released.

@@ -198,3 +198,99 @@ fn established_relay_channels_are_forwarded_by_xdp_within_their_limits() {
     node.shutdown();
     node.join().unwrap();
 }
+
+/// CPU time (user + system) of the node's core thread so far.
+fn core_cpu() -> Duration {
+    let ticks = ant_quic_dataplane::sys::process::clock_ticks_per_second().unwrap();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path();
+        if std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim() != "ant-quic-core-0" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+        // The fields after the command's closing parenthesis; utime and stime are 14th and 15th.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let used: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        return Duration::from_millis(used * 1000 / ticks);
+    }
+    panic!("no core thread");
+}
+
+#[test]
+#[ignore = "a benchmark: cargo test --release -p ant-quic-dataplane --test xdp_relay_node -- --ignored --nocapture"]
+fn measure_relay_rate_and_core_cpu_in_xdp_against_through_the_core() {
+    if !lab_here() {
+        return;
+    }
+    const FRAMES: usize = 100_000;
+    let ns = Netns::create("xrbm");
+    run("ip", &["netns", "exec", &ns.peer, "ethtool", "-K", "v1", "tx", "off"]);
+    let _pass = pass_everything_on_v1(&ns);
+    let (a, b) = (end(&ns), end(&ns));
+    let mut results: Vec<(BackendKind, f64, f64)> = Vec::new();
+    for round in 0..5u32 {
+        for backend in [BackendKind::AfXdp, BackendKind::Portable] {
+            let node = in_netns(&ns.node, move || {
+                let mut config = NodeConfig::new(SocketAddr::from((NODE_IP, 0)), None);
+                config.cores = Some(1);
+                config.backend = Some(backend);
+                Node::start(config, Arc::new(|_core: usize| -> Box<dyn Application> { Box::new(Idle) })).unwrap()
+            });
+            let relay = node.local_addr();
+            let channel = 0x0001_0100 + round;
+            node.install_relay(RelayAllocation {
+                channel,
+                a: a.local_addr().unwrap(),
+                b: b.local_addr().unwrap(),
+                expires: Instant::now() + Duration::from_secs(600),
+                byte_limit: u64::MAX,
+                rate_limit: u32::MAX,
+            })
+            .unwrap();
+            wait_for("the allocation", || total(&node.handle(), |s| read(&s.relay_allocations)) == 1);
+            for (from, to) in [(&a, &b), (&b, &a)] {
+                from.send_to(&frame(channel, b"warm-up"), relay).unwrap();
+                receive(to);
+            }
+            if let Some(xdp) = node.xdp() {
+                wait_for("the channel in the map", || xdp.relay_entry(channel).unwrap().is_some());
+            }
+            let sink = b.try_clone().unwrap();
+            let sent = frame(channel, &[0x5a; 1195]);
+            let cpu_before = core_cpu();
+            let start = Instant::now();
+            let counter = std::thread::spawn(move || {
+                sink.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                let (mut count, mut last) = (0usize, Instant::now());
+                let mut buf = [0u8; 2048];
+                while sink.recv_from(&mut buf).is_ok() {
+                    count += 1;
+                    last = Instant::now();
+                }
+                (count, last)
+            });
+            for _ in 0..FRAMES {
+                a.send_to(&sent, relay).unwrap();
+            }
+            let (count, last) = counter.join().unwrap();
+            let cpu = core_cpu().saturating_sub(cpu_before);
+            let rate = count as f64 / last.saturating_duration_since(start).as_secs_f64();
+            let cpu_per_frame_ns = cpu.as_nanos() as f64 / count.max(1) as f64;
+            eprintln!(
+                "round {round} {backend}: {count}/{FRAMES} delivered, {:.0} frames/s, core CPU {cpu:?} ({cpu_per_frame_ns:.0} ns/frame)",
+                rate
+            );
+            results.push((backend, rate, cpu_per_frame_ns));
+            node.shutdown();
+            node.join().unwrap();
+        }
+    }
+    for backend in [BackendKind::AfXdp, BackendKind::Portable] {
+        let median = |f: fn(&(BackendKind, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = results.iter().filter(|r| r.0 == backend).map(f).collect();
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        eprintln!("{backend}: frames/s median/min/max {:?}, core ns/frame {:?}", median(|r| r.1), median(|r| r.2));
+    }
+}

@@ -281,10 +281,15 @@ impl RelayIo {
             let meta = RecvMeta { remote: alias, len: data.len(), stride: data.len(), ..meta };
             return Received::FromAlias(meta, data);
         }
-        // A frame on a channel below the core is one the program passed up (over the limit,
-        // expired, or not seen by it): its counts first, so that user space judges it on the
-        // budget both share.
-        let below = self.offloads.is_offloaded(channel);
+        // A frame from an end on a channel below the core is one the program passed up (over
+        // the limit, expired, or not seen by it): its counts first, so that user space judges it
+        // on the budget both share. (Others are dropped without a read: no system call for
+        // each spoofed frame.)
+        let below = self.offloads.is_offloaded(channel)
+            && self
+                .table
+                .get(channel)
+                .is_some_and(|(allocation, _)| [allocation.a, allocation.b].contains(&meta.remote));
         if let Some(offload) = tx.backend.relay_offload().filter(|_| below) {
             self.fold(channel, now, offload);
         }

@@ -8,7 +8,8 @@
 //!   forwarded counters include them once the core has read the map;
 //! - a frame from a third address on the channel is not relayed;
 //! - the byte limit stops forwarding at the limit, with the drop counted by the core;
-//! - at expiry the channel leaves the map and later frames are dropped.
+//! - at expiry the channel leaves the map and later frames are dropped;
+//! - a node that stops takes its channels out of the map.
 //!
 //! XDP_TX into a veth delivers only when the peer end can take XDP frames: `v1` gets a program
 //! that passes everything (see docs/af-xdp.md). Needs root, `ip`, `ethtool` and a kernel with
@@ -195,8 +196,12 @@ fn established_relay_channels_are_forwarded_by_xdp_within_their_limits() {
     // The open channel is still forwarded in XDP.
     send_and_check(&b, &a, open, b"still open");
     assert_eq!(xdp.count(Counter::Relayed).unwrap(), 104);
+    // A core that stops takes its channels back (the map, held here, outlives the program).
+    let channels = xdp.relay_channels();
+    assert!(channels.lookup(&ant_quic_dataplane::xdp::relay::key(open)).unwrap().is_some());
     node.shutdown();
     node.join().unwrap();
+    assert_eq!(channels.lookup(&ant_quic_dataplane::xdp::relay::key(open)).unwrap(), None, "removed at stop");
 }
 
 /// CPU time (user + system) of the node's core thread so far.

@@ -1,6 +1,7 @@
-//! The AF_XDP path (`--backend af-xdp`, stage 1 of issue 16): an XDP program on the interface
-//! sends the node's UDP datagrams straight to per-queue AF_XDP sockets, bypassing the kernel's
-//! UDP stack, and passes everything else on. See `docs/af-xdp.md`.
+//! The AF_XDP path (`--backend af-xdp`, issue 16): an XDP program on the interface sends the
+//! node's UDP datagrams straight to per-queue AF_XDP sockets, bypassing the kernel's UDP stack,
+//! forwards established relay channels itself, and passes everything else on. See
+//! `docs/af-xdp.md`.
 //!
 //! - [`asm`]: an eBPF assembler with labels.
 //! - [`program`]: the redirect program, written with it.

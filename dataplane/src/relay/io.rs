@@ -175,8 +175,9 @@ impl RelayIo {
         }
     }
 
-    /// Put `channel` below the core if the backend can reach both ends; it stays in user space
-    /// for good when it cannot take it (another core's entry, a full map, an IPv6 end).
+    /// Put `channel` below the core if the backend can reach both ends (an IPv6 end or one on
+    /// another interface has no hop: never); it stays in user space for good when the backend
+    /// cannot take it (another core's entry, a full map).
     fn try_offload(&mut self, channel: u32, now: Instant, offload: &mut dyn RelayOffload) {
         let Some((&allocation, used)) = self.table.get(channel) else { return };
         let (Some(mac_a), Some(mac_b)) = (offload.hop(allocation.a, now), offload.hop(allocation.b, now)) else {

@@ -248,6 +248,12 @@ impl Metrics {
         out.sample("relay_packets_total", &[], sum(&|c| read(&c.relay_forwarded)));
         out.family("relay_bytes_total", "counter", "Bytes of relay frames forwarded (5-byte relay header included).");
         out.sample("relay_bytes_total", &[], sum(&|c| read(&c.relay_forwarded_bytes)));
+        out.family(
+            "relay_xdp_packets_total",
+            "counter",
+            "Of relay_packets_total, the frames the XDP program forwarded itself (af-xdp backend), counted when a core reads the channel map (about once a second).",
+        );
+        out.sample("relay_xdp_packets_total", &[], sum(&|c| read(&c.relay_xdp_forwarded)));
         out.family("relay_dropped_total", "counter", "Relay frames not forwarded, by reason.");
         for reason in RelayDrop::ALL {
             out.sample("relay_dropped_total", &[("reason", reason.name())], sum(&|c| c.relay_drops(reason)));

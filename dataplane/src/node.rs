@@ -176,7 +176,7 @@ pub struct Node<M = ()> {
     _group_socket: Option<Arc<GroupSocket>>,
     /// The XDP program of the af-xdp backend: detached when the node drops (or the process dies).
     #[cfg(target_os = "linux")]
-    _xdp: Option<crate::xdp::Redirect>,
+    xdp: Option<crate::xdp::Redirect>,
 }
 
 impl<M> std::fmt::Debug for Node<M> {
@@ -370,7 +370,7 @@ impl<M: Send + 'static> Node<M> {
             messenger: Messenger { handle, inboxes },
             _group_socket: group_socket,
             #[cfg(target_os = "linux")]
-            _xdp: xdp,
+            xdp,
         };
         for _ in 0..count {
             match ready_rx.recv() {
@@ -392,6 +392,13 @@ impl<M: Send + 'static> Node<M> {
 }
 
 impl<M> Node<M> {
+    /// The XDP program of the af-xdp backend (its counters and relay channel map); `None` with
+    /// other backends.
+    #[cfg(target_os = "linux")]
+    pub fn xdp(&self) -> Option<&crate::xdp::Redirect> {
+        self.xdp.as_ref()
+    }
+
     /// Each core's counters, by core index; they outlive the node.
     pub fn stats(&self) -> Vec<Arc<CoreStats>> {
         self.messenger.handle.cores.iter().map(|c| Arc::clone(&c.stats)).collect()

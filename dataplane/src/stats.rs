@@ -109,6 +109,9 @@ pub struct CoreStats {
     pub relay_forwarded: AtomicU64,
     /// Bytes of the relay frames forwarded (header included).
     pub relay_forwarded_bytes: AtomicU64,
+    /// Of `relay_forwarded`, the frames the XDP program forwarded (af-xdp backend), counted when
+    /// the core reads the channel map (about once a second).
+    pub relay_xdp_forwarded: AtomicU64,
     /// Relay frames dropped, by [`RelayDrop`] (index: [`RelayDrop::index`]).
     pub relay_drops: [AtomicU64; RelayDrop::ALL.len()],
     /// Relay allocations in this core's forwarding table (a gauge; every core holds the same).

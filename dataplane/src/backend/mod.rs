@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use quinn_proto::EcnCodepoint;
 
+use crate::relay::offload::RelayOffload;
 use crate::stats::CoreStats;
 
 pub mod portable;
@@ -147,6 +148,12 @@ pub trait Backend {
 
     /// An empty buffer to build the next batch in, reusing one the kernel is done with.
     fn take_buffer(&mut self) -> Vec<u8>;
+
+    /// Where established relay channels can be forwarded below the core (the af-xdp backend's
+    /// XDP program); `None`, the default: every relay frame goes through the core.
+    fn relay_offload(&mut self) -> Option<&mut dyn RelayOffload> {
+        None
+    }
 }
 
 /// What a backend needs to be opened.

@@ -11,6 +11,9 @@
 //! hop to its destination is known and it fits a UMEM frame; otherwise the batch goes through the
 //! UDP socket (the kernel resolves the neighbour). Both are counted.
 //!
+//! Relay channels: the backend is the core's [`RelayOffload`], putting channels in the program's
+//! map (shared by every core) with the ends' hops from [`Neighbours`].
+//!
 //! See `docs/af-xdp.md`.
 
 use std::io;
@@ -22,9 +25,12 @@ use std::time::{Duration, Instant};
 use super::portable::PortableBackend;
 use super::{Backend, BackendKind, BackendParams, OutBatch, RecvMeta, SendRefused};
 use crate::frame::{classify, Classified, MacAddress, UdpFrame, ETHERNET_HEADER_LEN};
+use crate::relay::offload::{clock_at, ChannelEntry, RelayOffload};
 use crate::stats::{bump, CoreStats};
+use crate::sys::bpf::{ktime_now_ns, Map};
 use crate::sys::xdp::XskSocket;
 use crate::xdp::neighbour::Neighbours;
+use crate::xdp::relay::{key, RelayEntry};
 
 /// Frames taken from the RX ring per call.
 const RX_BATCH: u32 = 64;
@@ -46,6 +52,8 @@ pub struct XdpParams {
     pub mac: MacAddress,
     /// The interface's MTU: the largest IP packet sent as a frame.
     pub mtu: usize,
+    /// The program's relay channel map (one for the node).
+    pub relay_channels: Arc<Map>,
 }
 
 /// The way back to a remote address, learned from the last frame from it.
@@ -71,6 +79,7 @@ pub struct XdpBackend {
     ours: [SocketAddr; 1],
     mac: MacAddress,
     mtu: usize,
+    relay_channels: Arc<Map>,
     /// IPv4 identification of the next frame (DF is set: it need only differ between nearby
     /// datagrams, RFC 6864).
     identification: u16,
@@ -94,6 +103,7 @@ impl XdpBackend {
             ours: [xdp.local],
             mac: xdp.mac,
             mtu: xdp.mtu,
+            relay_channels: xdp.relay_channels,
             identification: 0,
             tx_blocked: false,
         })
@@ -273,5 +283,42 @@ impl Backend for XdpBackend {
 
     fn take_buffer(&mut self) -> Vec<u8> {
         self.fallback.take_buffer()
+    }
+
+    fn relay_offload(&mut self) -> Option<&mut dyn RelayOffload> {
+        Some(self)
+    }
+}
+
+impl RelayOffload for XdpBackend {
+    fn hop(&mut self, end: SocketAddr, now: Instant) -> Option<MacAddress> {
+        // The program relays IPv4 only; a learned hop means the end's frames reach this interface.
+        let end = crate::address::unmapped(end);
+        if !end.is_ipv4() {
+            return None;
+        }
+        self.neighbours.lookup(end.ip(), now).map(|hop| hop.mac)
+    }
+
+    fn clock_ns(&self, at: Instant) -> io::Result<u64> {
+        Ok(clock_at(at, Instant::now(), ktime_now_ns()?))
+    }
+
+    fn insert(&mut self, channel: u32, entry: &ChannelEntry) -> io::Result<bool> {
+        self.relay_channels.insert_new(&key(channel), &RelayEntry::from_channel(entry).encode())
+    }
+
+    fn replace(&mut self, channel: u32, entry: &ChannelEntry) -> io::Result<bool> {
+        self.relay_channels.replace(&key(channel), &RelayEntry::from_channel(entry).encode())
+    }
+
+    fn read(&self, channel: u32) -> io::Result<Option<ChannelEntry>> {
+        let Some(bytes) = self.relay_channels.lookup(&key(channel))? else { return Ok(None) };
+        let entry = RelayEntry::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(Some(entry.to_channel()))
+    }
+
+    fn remove(&mut self, channel: u32) -> io::Result<bool> {
+        self.relay_channels.remove(&key(channel))
     }
 }

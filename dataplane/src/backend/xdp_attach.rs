@@ -29,7 +29,7 @@ pub fn attach(listen: SocketAddr, interface: Option<&str>, cores: usize) -> Resu
     for queue in 0..cores as u32 {
         let socket = XskSocket::open(redirect.ifindex(), queue, XskConfig::default()).map_err(|e| e.to_string())?;
         redirect.add_socket(queue, &socket).map_err(|e| e.to_string())?;
-        per_core.push(XdpParams { socket, local: listen, mac, mtu });
+        per_core.push(XdpParams { socket, local: listen, mac, mtu, relay_channels: redirect.relay_channels() });
     }
     let copy_mode = per_core.first().map(|p| p.socket.mode());
     tracing::info!(

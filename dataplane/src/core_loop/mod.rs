@@ -245,6 +245,7 @@ impl<B: Backend, M> Core<B, M> {
     /// socket or backend fails in a way the core cannot recover from.
     pub(crate) fn run(mut self) -> std::io::Result<()> {
         let result = self.run_loop();
+        self.relay.withdraw_all(&mut self.tx.backend);
         // What was recorded since the last hand-over is not lost at shutdown.
         self.recorder.maybe_publish(Instant::now(), &self.shared.latency, &self.shared.latency_spare, true);
         result
@@ -256,7 +257,7 @@ impl<B: Backend, M> Core<B, M> {
             bump(&self.shared.stats.loop_turns, 1);
             self.shared.waker.drain();
             self.take_commands(now);
-            self.relay.sweep(now);
+            self.relay.sweep(now, &mut self.tx.backend);
             self.take_handoffs(now);
             self.receive(now)?;
             // Read the clock again: the packets sent now must not carry the time before this
@@ -288,7 +289,7 @@ impl<B: Backend, M> Core<B, M> {
                 let next = self.timers.peek().map(|Reverse((at, _))| *at);
                 let drain_tick = self.draining_since.map(|since| since + DRAIN_LIMIT);
                 let handshake_deadline = self.admission.next_deadline();
-                [next, drain_tick, handshake_deadline]
+                [next, drain_tick, handshake_deadline, self.relay.next_deadline()]
                     .into_iter()
                     .flatten()
                     .min()
@@ -328,8 +329,8 @@ impl<B: Backend, M> Core<B, M> {
                     tracing::warn!(core = self.index, ?duration, "core stalled on request (test hook)");
                     std::thread::sleep(duration);
                 }
-                Command::InstallRelay(allocation) => self.relay.install(allocation, now),
-                Command::RemoveRelay(channel) => self.relay.remove(channel),
+                Command::InstallRelay(allocation) => self.relay.install(allocation, now, &mut self.tx.backend),
+                Command::RemoveRelay(channel) => self.relay.remove(channel, now, &mut self.tx.backend),
                 Command::SetPath(alias, route) => {
                     if !self.tx.paths.set(alias, route) {
                         tracing::warn!(core = self.index, %alias, ?route, "path alias refused");

@@ -178,6 +178,28 @@ impl ForwardingTable {
         before - self.entries.len()
     }
 
+    /// The allocation of `channel` and the frame bytes it carried so far.
+    pub fn get(&self, channel: u32) -> Option<(&RelayAllocation, u64)> {
+        self.entries.get(&channel).map(|e| (&e.allocation, e.used))
+    }
+
+    /// Charge `bytes` forwarded elsewhere (by the XDP program) to `channel`'s byte limit.
+    pub fn charge(&mut self, channel: u32, bytes: u64) {
+        if let Some(entry) = self.entries.get_mut(&channel) {
+            entry.used = entry.used.saturating_add(bytes);
+        }
+    }
+
+    /// Empty both of `channel`'s token buckets at `now`: its frames were forwarded elsewhere as
+    /// fast as they came, so its rate limit starts from nothing rather than from a full burst.
+    pub fn empty_buckets(&mut self, channel: u32, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(&channel) {
+            for bucket in [&mut entry.a_to_b, &mut entry.b_to_a] {
+                *bucket = TokenBucket { tokens: 0, last: now };
+            }
+        }
+    }
+
     /// Allocations in the table (expired ones included until purged).
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -11,11 +11,13 @@
 //! - `forwarding.rs`: the allocations a bootstrap forwards ([`ForwardingTable`]).
 //! - `paths.rs`: the routes of path aliases ([`PathTable`]).
 //! - `io.rs`: what a core does with the relay frames it receives: unwrap or forward them.
+//! - [`offload`]: which channels a core hands to the backend to forward below it (XDP).
 //!   Framing the core's own transmits to an alias is in `crate::transmit`.
 
 mod forwarding;
 mod frame;
 pub(crate) mod io;
+pub mod offload;
 mod paths;
 
 pub use forwarding::{ForwardingTable, RelayAllocation, RelayDrop, MIN_RATE_BURST};

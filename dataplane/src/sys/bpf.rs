@@ -67,6 +67,10 @@ const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 /// `BPF_ANY` for map updates: create or replace.
 const BPF_ANY: u64 = 0;
+/// `BPF_NOEXIST`: create only.
+const BPF_NOEXIST: u64 = 1;
+/// `BPF_EXIST`: replace only.
+const BPF_EXIST: u64 = 2;
 /// The verifier's log, when a program is refused, is cut at this size.
 const LOG_SIZE: usize = 1 << 20;
 
@@ -224,7 +228,25 @@ impl Map {
 
     /// Create or replace the value under `key` (both of the map's sizes).
     pub fn insert(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
-        self.update(key, value)
+        self.update(key, value, BPF_ANY)
+    }
+
+    /// Create the value under `key` unless there is one; `false` when there was (nothing changed).
+    pub fn insert_new(&self, key: &[u8], value: &[u8]) -> io::Result<bool> {
+        match self.update(key, value, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replace the value under `key` if there is one; `false` when there was none (nothing changed).
+    pub fn replace(&self, key: &[u8], value: &[u8]) -> io::Result<bool> {
+        match self.update(key, value, BPF_EXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The value under `key`, or `None` when there is none.
@@ -266,10 +288,10 @@ impl Map {
     /// redirects to that index).
     pub fn set_socket(&self, index: u32, socket: &impl AsRawFd) -> io::Result<()> {
         let value = u32::try_from(socket.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-        self.update(&index.to_ne_bytes(), &value.to_ne_bytes())
+        self.update(&index.to_ne_bytes(), &value.to_ne_bytes(), BPF_ANY)
     }
 
-    fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+    fn update(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
         if key.len() != self.key_size as usize || value.len() != self.value_size as usize || self.per_cpu {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
@@ -277,7 +299,7 @@ impl Map {
             map_fd: self.raw_fd_u32(),
             key: key.as_ptr() as u64,
             value: value.as_ptr() as u64,
-            flags: BPF_ANY,
+            flags,
             ..Default::default()
         };
         // `key` and `value` are live slices of exactly the map's key and value sizes, which the
@@ -315,6 +337,20 @@ impl AsRawFd for Map {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of `bpf_ktime_get_ns()`, and of
+/// `std::time::Instant` on Linux.
+pub fn ktime_now_ns() -> io::Result<u64> {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a live, exclusively borrowed timespec that clock_gettime writes.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let secs = u64::try_from(now.tv_sec).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    let nanos = u64::try_from(now.tv_nsec).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    Ok(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
 }
 
 /// How many CPUs the kernel may ever bring up (the per-CPU maps' width):

@@ -1,10 +1,12 @@
-//! The AF_XDP path (`--backend af-xdp`, stage 1 of issue 16): an XDP program on the interface
-//! sends the node's UDP datagrams straight to per-queue AF_XDP sockets, bypassing the kernel's
-//! UDP stack, and passes everything else on. See `docs/af-xdp.md`.
+//! The AF_XDP path (`--backend af-xdp`, issue 16): an XDP program on the interface sends the
+//! node's UDP datagrams straight to per-queue AF_XDP sockets, bypassing the kernel's UDP stack,
+//! forwards established relay channels itself, and passes everything else on. See
+//! `docs/af-xdp.md`.
 //!
 //! - [`asm`]: an eBPF assembler with labels.
 //! - [`program`]: the redirect program, written with it.
-//! - [`relay`]: relay channels forwarded inside that program (its map's entries; IPv4).
+//! - [`relay`]: relay channels forwarded inside that program (its map's entries; IPv4), put
+//!   there by the cores (`crate::relay::offload`).
 //! - [`neighbour`]: the next hop's MAC address for each remote address, learned from received frames.
 //! - [`Redirect`]: the program loaded, attached to an interface and its maps.
 //!
@@ -47,8 +49,8 @@ pub enum XdpError {
     Socket(u32, io::Error),
 }
 
-/// The redirect program attached to one interface, with its socket map and counters. Dropping
-/// it detaches the program.
+/// The redirect program attached to one interface, with its socket map, counters and relay
+/// channel map. Dropping it detaches the program.
 #[derive(Debug)]
 pub struct Redirect {
     // Detached first, then the program and maps released.
@@ -56,6 +58,8 @@ pub struct Redirect {
     _program: Program,
     xsks: Map,
     counters: ProgramCounters,
+    /// Relay channels the program forwards itself (`relay`), shared with the cores.
+    relay_channels: Arc<Map>,
     ifindex: u32,
     queues: u32,
 }
@@ -69,7 +73,16 @@ impl Redirect {
         let queues = rx_queues(interface).map_err(|e| XdpError::Interface(interface.to_owned(), e))?;
         let xsks = Map::xsk(queues, "aq_xsks").map_err(XdpError::Map)?;
         let counters = Map::counters(program::COUNTERS, "aq_counters").map_err(XdpError::Map)?;
-        let code = program::redirect_program(filter, xsks.as_raw_fd(), counters.as_raw_fd(), None)?;
+        let relay_channels = Arc::new(
+            Map::hash(relay::KEY_SIZE, relay::ENTRY_SIZE as u32, relay::CHANNELS, "aq_relays")
+                .map_err(XdpError::Map)?,
+        );
+        let code = program::redirect_program(
+            filter,
+            xsks.as_raw_fd(),
+            counters.as_raw_fd(),
+            Some(relay_channels.as_raw_fd()),
+        )?;
         let program = Program::load_xdp(&code, "aq_redirect")?;
         let link = XdpLink::attach(&program, ifindex)?;
         match link.native_refused() {
@@ -78,7 +91,15 @@ impl Redirect {
                 tracing::info!(interface, mode = link.mode().name(), queues, native_refused = %why, "XDP program attached")
             }
         }
-        Ok(Self { link, _program: program, xsks, counters: ProgramCounters(Arc::new(counters)), ifindex, queues })
+        Ok(Self {
+            link,
+            _program: program,
+            xsks,
+            counters: ProgramCounters(Arc::new(counters)),
+            relay_channels,
+            ifindex,
+            queues,
+        })
     }
 
     /// Native or generic.
@@ -99,6 +120,17 @@ impl Redirect {
     /// Redirect the datagrams arriving on RX queue `queue` to `socket` (bound to that queue).
     pub fn add_socket(&self, queue: u32, socket: &XskSocket) -> Result<(), XdpError> {
         self.xsks.set_socket(queue, socket).map_err(|e| XdpError::Socket(queue, e))
+    }
+
+    /// The relay channel map, for the cores to install channels in.
+    pub fn relay_channels(&self) -> Arc<Map> {
+        Arc::clone(&self.relay_channels)
+    }
+
+    /// The map's entry for relay `channel`, if it has one.
+    pub fn relay_entry(&self, channel: u32) -> io::Result<Option<relay::RelayEntry>> {
+        let Some(bytes) = self.relay_channels.lookup(&relay::key(channel))? else { return Ok(None) };
+        relay::RelayEntry::decode(&bytes).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// One of the program's counters, summed over CPUs.

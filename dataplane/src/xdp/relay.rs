@@ -14,12 +14,16 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::asm::{Asm, Cmp, Label, Size, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use super::program::{Counter, XDP_TX};
 use crate::frame::MacAddress;
+use crate::relay::offload::{ChannelCounters, ChannelEntry};
 use crate::relay::RELAY_MARKER;
 
 /// The key size of the channel map: a `u32` channel in network byte order.
 pub const KEY_SIZE: u32 = 4;
 /// The value size of the channel map: a [`RelayEntry`].
 pub const ENTRY_SIZE: usize = 56;
+/// Channels the node's map holds at most (preallocated by the kernel: about 2 MB); a channel
+/// that does not fit is forwarded by the cores.
+pub const CHANNELS: u32 = 16_384;
 
 /// Byte offsets inside a [`RelayEntry`] (as the program reads them).
 pub mod offset {
@@ -94,6 +98,24 @@ impl RelayEntry {
     /// A new channel between `a` and `b` with zero counters.
     pub fn new(a: RelayEnd, b: RelayEnd, expiry_ns: u64, byte_limit: u64) -> Self {
         Self { a, b, expiry_ns, byte_limit, bytes: 0, packets: 0 }
+    }
+
+    /// The entry the core asked for ([`crate::relay::offload`]).
+    pub fn from_channel(entry: &ChannelEntry) -> Self {
+        let (a, b) = (RelayEnd::new(entry.a.0, entry.a.1), RelayEnd::new(entry.b.0, entry.b.1));
+        let counters = entry.counters;
+        Self { bytes: counters.bytes, packets: counters.packets, ..Self::new(a, b, entry.expiry_ns, entry.byte_limit) }
+    }
+
+    /// The entry as the core sees it.
+    pub fn to_channel(&self) -> ChannelEntry {
+        ChannelEntry {
+            a: (self.a.socket_addr(), self.a.mac),
+            b: (self.b.socket_addr(), self.b.mac),
+            expiry_ns: self.expiry_ns,
+            byte_limit: self.byte_limit,
+            counters: ChannelCounters { bytes: self.bytes, packets: self.packets },
+        }
     }
 
     /// The bytes the map stores.

@@ -41,6 +41,12 @@ pub enum XdpError {
     /// Neither native nor generic mode could attach it.
     #[error(transparent)]
     Attach(#[from] AttachError),
+    /// The program was attached without a relay channel map.
+    #[error("the XDP program was attached without a relay channel map")]
+    NoChannelMap,
+    /// A relay channel could not be written to or read from the map.
+    #[error("relay channel {0:#010x} in the XDP channel map: {1}")]
+    Channel(u32, io::Error),
     /// A socket could not be put in the socket map.
     #[error("cannot put the AF_XDP socket of queue {0} in the socket map: {1}")]
     Socket(u32, io::Error),
@@ -55,6 +61,8 @@ pub struct Redirect {
     _program: Program,
     xsks: Map,
     counters: Map,
+    /// The relay channel map, when attached with [`Redirect::attach_relaying`].
+    channels: Option<Map>,
     ifindex: u32,
     queues: u32,
 }
@@ -64,11 +72,25 @@ impl Redirect {
     /// supports it, generic otherwise; one log line says which). Datagrams are passed to the
     /// kernel until sockets are added with [`Redirect::add_socket`].
     pub fn attach(interface: &str, filter: &Filter) -> Result<Self, XdpError> {
+        Self::attach_with(interface, filter, None)
+    }
+
+    /// [`Redirect::attach`], with relay channels forwarded inside the program: a channel map of
+    /// `capacity` entries is created, and channels put in it with [`Redirect::install_channel`]
+    /// are relayed with XDP_TX (see [`relay`]).
+    pub fn attach_relaying(interface: &str, filter: &Filter, capacity: u32) -> Result<Self, XdpError> {
+        let channels = Map::hash(relay::KEY_SIZE, relay::ENTRY_SIZE as u32, capacity.max(1), "aq_channels")
+            .map_err(XdpError::Map)?;
+        Self::attach_with(interface, filter, Some(channels))
+    }
+
+    fn attach_with(interface: &str, filter: &Filter, channels: Option<Map>) -> Result<Self, XdpError> {
         let ifindex = interface_index(interface).map_err(|e| XdpError::Interface(interface.to_owned(), e))?;
         let queues = rx_queues(interface).map_err(|e| XdpError::Interface(interface.to_owned(), e))?;
         let xsks = Map::xsk(queues, "aq_xsks").map_err(XdpError::Map)?;
         let counters = Map::counters(program::COUNTERS, "aq_counters").map_err(XdpError::Map)?;
-        let code = program::redirect_program(filter, xsks.as_raw_fd(), counters.as_raw_fd(), None)?;
+        let channel_fd = channels.as_ref().map(AsRawFd::as_raw_fd);
+        let code = program::redirect_program(filter, xsks.as_raw_fd(), counters.as_raw_fd(), channel_fd)?;
         let program = Program::load_xdp(&code, "aq_redirect")?;
         let link = XdpLink::attach(&program, ifindex)?;
         match link.native_refused() {
@@ -77,7 +99,7 @@ impl Redirect {
                 tracing::info!(interface, mode = link.mode().name(), queues, native_refused = %why, "XDP program attached")
             }
         }
-        Ok(Self { link, _program: program, xsks, counters, ifindex, queues })
+        Ok(Self { link, _program: program, xsks, counters, channels, ifindex, queues })
     }
 
     /// Native or generic.
@@ -98,6 +120,23 @@ impl Redirect {
     /// Redirect the datagrams arriving on RX queue `queue` to `socket` (bound to that queue).
     pub fn add_socket(&self, queue: u32, socket: &XskSocket) -> Result<(), XdpError> {
         self.xsks.set_socket(queue, socket).map_err(|e| XdpError::Socket(queue, e))
+    }
+
+    /// Put (or replace) `channel` in the relay channel map: its frames are relayed by the program
+    /// from then on. Refused when the program was attached without the map.
+    pub fn install_channel(&self, channel: u32, entry: &relay::RelayEntry) -> Result<(), XdpError> {
+        let map = self.channels.as_ref().ok_or(XdpError::NoChannelMap)?;
+        map.insert(&relay::key(channel), &entry.encode()).map_err(|e| XdpError::Channel(channel, e))
+    }
+
+    /// `channel`'s entry as the program left it (its counters included), if it is in the map.
+    pub fn channel(&self, channel: u32) -> Result<Option<relay::RelayEntry>, XdpError> {
+        let map = self.channels.as_ref().ok_or(XdpError::NoChannelMap)?;
+        let bytes = map.lookup(&relay::key(channel)).map_err(|e| XdpError::Channel(channel, e))?;
+        bytes
+            .map(|b| relay::RelayEntry::decode(&b))
+            .transpose()
+            .map_err(|e| XdpError::Channel(channel, io::Error::new(io::ErrorKind::InvalidData, e)))
     }
 
     /// One of the program's counters, summed over CPUs.

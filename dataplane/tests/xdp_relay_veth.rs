@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use ant_quic_dataplane::sys::bpf::{Map, Program, XdpLink};
 use ant_quic_dataplane::sys::process::current_uid;
 use ant_quic_dataplane::sys::xdp::interface_index;
-use ant_quic_dataplane::xdp::asm::{Asm, R0};
-use ant_quic_dataplane::xdp::program::XDP_PASS;
+use ant_quic_dataplane::xdp::bench_programs::pass_all;
 use ant_quic_dataplane::xdp::relay::{RelayEnd, RelayEntry};
 use ant_quic_dataplane::xdp::{Counter, Filter, Redirect};
 use common::in_netns::in_netns;
@@ -51,10 +50,7 @@ fn here() -> bool {
 /// An XDP program that passes every frame, attached to `interface` of the calling thread's
 /// namespace, with its link (dropping both detaches it).
 fn attach_pass(interface: &str) -> (XdpLink, Program) {
-    let mut asm = Asm::default();
-    asm.mov_imm(R0, XDP_PASS as i32);
-    asm.exit();
-    let program = Program::load_xdp(&asm.finish().unwrap(), "t_pass").unwrap_or_else(|e| panic!("{e}"));
+    let program = Program::load_xdp(&pass_all().unwrap(), "t_pass").unwrap_or_else(|e| panic!("{e}"));
     let link = XdpLink::attach(&program, interface_index(interface).unwrap()).unwrap();
     (link, program)
 }

@@ -5,12 +5,14 @@
 //! - [`asm`]: an eBPF assembler with labels.
 //! - [`program`]: the redirect program, written with it.
 //! - [`relay`]: relay channels forwarded inside that program (its map's entries; IPv4).
+//! - [`bench_programs`]: a minimal XDP_TX forwarder and a pass-all program, for benchmarks and tests.
 //! - [`neighbour`]: the next hop's MAC address for each remote address, learned from received frames.
 //! - [`Redirect`]: the program loaded, attached to an interface and its maps.
 //!
 //! The system calls (bpf(2), AF_XDP sockets) are in `sys::bpf` and `sys::xdp`.
 
 pub mod asm;
+pub mod bench_programs;
 pub mod neighbour;
 pub mod program;
 pub mod relay;

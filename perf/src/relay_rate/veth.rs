@@ -7,7 +7,7 @@
 //! - `XDP relay`: the XDP relay program (`Redirect::attach_relaying`, the redirect program with
 //!   its channel map) with the channel installed by this benchmark through the same API the
 //!   node will call once it installs channels itself; no AF_XDP socket, no core;
-//! - `XDP_TX ceiling`: a minimal XDP_TX forwarder ([`super::xdp_tx`]), the ceiling.
+//! - `XDP_TX ceiling`: a minimal XDP_TX forwarder (`xdp::bench_programs`), the ceiling.
 //!
 //! XDP_TX on a veth hands the frame to the peer's end, which takes it only when that end runs
 //! NAPI. On Linux 6.18 turning GRO on there was not enough (every frame XDP_TXed was lost);
@@ -26,7 +26,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 
 use super::relay_node::{relay_counters, start_relay};
-use super::xdp_tx::{XdpPass, XdpTxForwarder};
+use super::xdp_tx::Attached;
 use super::{ratio, rcvbuf_errors, transfer, Ends, Load, Pins, RelayRateArgs, CHANNEL};
 use crate::harness::{command_line, fmt_opt, loadavg, machine, median, print_report, sorted, write_header, Machine};
 use crate::veth::{in_namespace, VethPair, NODE_IF, NODE_IP, PEER_IF, PEER_IP, PEER_MAC};
@@ -133,7 +133,7 @@ pub(super) fn run(args: &RelayRateArgs) -> Result<()> {
     let veth = VethPair::create("relay")?;
     veth.in_peer("ethtool", &["-K", PEER_IF, "gro", if args.peer_napi == PeerNapi::Gro { "on" } else { "off" }])?;
     let peer_pass = match args.peer_napi {
-        PeerNapi::XdpPass => Some(in_namespace(&veth.peer, || XdpPass::attach(PEER_IF))?),
+        PeerNapi::XdpPass => Some(in_namespace(&veth.peer, || Attached::pass_all(PEER_IF))?),
         _ => None,
     };
     let load_start = loadavg();
@@ -207,7 +207,7 @@ pub(super) fn run(args: &RelayRateArgs) -> Result<()> {
 
 /// What sits on `v0` during a run; dropping it removes it.
 enum Middle {
-    XdpTx(XdpTxForwarder),
+    XdpTx(Attached),
     XdpRelay(Redirect),
     Node(Node),
 }
@@ -217,7 +217,7 @@ impl Middle {
     fn start(kind: Kind, a: SocketAddrV4, b: SocketAddrV4, cpu: Option<usize>) -> Result<Self> {
         let relay = SocketAddr::from((NODE_IP, RELAY_PORT));
         Ok(match kind {
-            Kind::XdpTx => Middle::XdpTx(XdpTxForwarder::attach(NODE_IF, RELAY_PORT, b.port())?),
+            Kind::XdpTx => Middle::XdpTx(Attached::xdp_tx(NODE_IF, RELAY_PORT, b.port())?),
             Kind::XdpRelay => {
                 let redirect = Redirect::attach_relaying(NODE_IF, &Filter::for_bound(relay), 16)?;
                 // Limits out of the way: the figure is the forwarding path, not the policy.

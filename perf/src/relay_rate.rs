@@ -84,8 +84,8 @@ pub struct RelayRateArgs {
     #[arg(long)]
     veth: bool,
     /// With --veth: how the peer's end is made to take XDP_TX frames: `xdp-pass` (an XDP program
-    /// that passes everything; what works on Linux 6.18), `gro` (GRO on, which there is not
-    /// enough: nothing arrives) or `none`.
+    /// that passes everything, what works on Linux 6.18, attached for the XDP runs only),
+    /// `xdp-pass-always` (for every run), `gro` (GRO on, which there is not enough) or `none`.
     #[arg(long, value_enum, default_value = "xdp-pass")]
     peer_napi: veth::PeerNapi,
     /// Print JSON (every run and the summaries) instead of the markdown table.

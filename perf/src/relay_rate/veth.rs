@@ -31,14 +31,18 @@ use super::{ratio, rcvbuf_errors, transfer, Ends, Load, Pins, RelayRateArgs, CHA
 use crate::harness::{command_line, fmt_opt, loadavg, machine, median, print_report, sorted, write_header, Machine};
 use crate::veth::{in_namespace, VethPair, NODE_IF, NODE_IP, PEER_IF, PEER_IP, PEER_MAC};
 
-/// How the peer's end of the veth runs NAPI (XDP_TX towards it is dropped without).
+/// How the peer's end of the veth is made to take XDP_TX frames (it must run NAPI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PeerNapi {
-    /// GRO turned on on the peer's end.
-    Gro,
-    /// An XDP program that passes every frame, attached to the peer's end.
+    /// An XDP program that passes every frame, attached to the peer's end for the XDP runs only:
+    /// a NIC would need nothing, and the program slows what the user-space relay sends (GSO
+    /// batches are split before it), so those runs go without.
     XdpPass,
+    /// The same program for every run.
+    XdpPassAlways,
+    /// GRO turned on on the peer's end, no program.
+    Gro,
     /// Neither (GRO off, no program).
     None,
 }
@@ -133,7 +137,7 @@ pub(super) fn run(args: &RelayRateArgs) -> Result<()> {
     let veth = VethPair::create("relay")?;
     veth.in_peer("ethtool", &["-K", PEER_IF, "gro", if args.peer_napi == PeerNapi::Gro { "on" } else { "off" }])?;
     let peer_pass = match args.peer_napi {
-        PeerNapi::XdpPass => Some(in_namespace(&veth.peer, || Attached::pass_all(PEER_IF))?),
+        PeerNapi::XdpPassAlways => Some(in_namespace(&veth.peer, || Attached::pass_all(PEER_IF))?),
         _ => None,
     };
     let load_start = loadavg();
@@ -149,7 +153,7 @@ pub(super) fn run(args: &RelayRateArgs) -> Result<()> {
                     offered: args.offered_mpps.map(|m| m * 1e6),
                     pins,
                 };
-                match run_once(&veth, kind, load) {
+                match run_once(&veth, kind, load, args.peer_napi) {
                     Ok(mut r) => {
                         r.seq = runs.len() + 1;
                         eprintln!(
@@ -254,8 +258,14 @@ impl Middle {
     }
 }
 
-fn run_once(veth: &VethPair, kind: Kind, load: Load) -> Result<Run> {
+fn run_once(veth: &VethPair, kind: Kind, load: Load, peer_napi: PeerNapi) -> Result<Run> {
     let size = load.size;
+    let peer_pass = match (peer_napi, kind) {
+        (PeerNapi::XdpPass, Kind::XdpTx | Kind::XdpRelay) => {
+            Some(in_namespace(&veth.peer, || Attached::pass_all(PEER_IF))?)
+        }
+        _ => None,
+    };
     let ends = in_namespace(&veth.peer, move || Ends::bind(IpAddr::V4(PEER_IP), size))?;
     let v4 = |addr: SocketAddr| match addr {
         SocketAddr::V4(v4) => Ok(v4),
@@ -270,6 +280,7 @@ fn run_once(veth: &VethPair, kind: Kind, load: Load) -> Result<Run> {
     let result = transfer(ends, SocketAddr::from((NODE_IP, RELAY_PORT)), load);
     let busy_after = busy_cpu_seconds();
     let forwarded = middle.stop()?;
+    drop(peer_pass);
     let (sent, received) = result?;
     let busy = match (busy_before, busy_after) {
         (Some(x), Some(y)) => Some(y - x),
@@ -343,7 +354,11 @@ fn markdown(r: &Report) -> String {
         s,
         "- Peer's end: {} (a veth takes XDP_TX frames only while its peer runs NAPI)",
         match r.peer_napi {
-            PeerNapi::XdpPass => "an XDP program that passes every frame, GRO off",
+            PeerNapi::XdpPass => {
+                "an XDP program that passes every frame during the XDP runs (XDP_TX needs it there, a NIC would \
+                 not), nothing during the user-space relay runs (it would split their GSO batches); GRO off"
+            }
+            PeerNapi::XdpPassAlways => "an XDP program that passes every frame, in every run; GRO off",
             PeerNapi::Gro => "GRO on, no XDP program",
             PeerNapi::None => "GRO off, no XDP program",
         }

@@ -18,6 +18,22 @@ pub const PEER_MAC: [u8; 6] = [0x02, 0xab, 0, 0, 0, 2];
 pub const NODE_IF: &str = "v0";
 pub const PEER_IF: &str = "v1";
 
+/// What every namespace of these benchmarks is named with first, then the creating process's id.
+const PREFIX: &str = "aqb-";
+
+/// Deletes the namespaces a benchmark left behind when it was killed before it could remove
+/// them: ours by name, made by a process that no longer exists.
+fn remove_orphans() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).stderr(Stdio::null()).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(pid) = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "delete", name]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
 /// The namespaces and the veth pair; dropping it deletes both namespaces (and so the pair).
 #[derive(Debug)]
 pub struct VethPair {
@@ -45,12 +61,14 @@ fn mac(bytes: [u8; 6]) -> String {
 }
 
 impl VethPair {
-    /// Creates `aqb-PID-TAG` and `aqb-PID-TAG-p`, the pair, addresses, MACs, both ends up, and
-    /// transmit checksum offload off on the peer's end: with it on, the veth hands frames over
-    /// with the UDP checksum left undone, which an AF_XDP socket or an XDP program reads as
-    /// wrong (docs/af-xdp.md). Done for every kind of run, so that all see the same frames.
+    /// Creates `aqb-PID-TAG` and `aqb-PID-TAG-p` (first deleting those of killed runs), the
+    /// pair, addresses, MACs, both ends up, and transmit checksum offload off on the peer's end:
+    /// with it on, the veth hands frames over with the UDP checksum left undone, which an AF_XDP
+    /// socket or an XDP program reads as wrong (docs/af-xdp.md). Done for every kind of run, so
+    /// that all see the same frames.
     pub fn create(tag: &str) -> Result<Self> {
-        let node = format!("aqb-{}-{tag}", std::process::id());
+        remove_orphans();
+        let node = format!("{PREFIX}{}-{tag}", std::process::id());
         run("ip", &["netns", "add", &node]).context("creating a network namespace (needs root)")?;
         let mut pair = Self { node, peer: String::new() };
         let peer = format!("{}-p", pair.node);

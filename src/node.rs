@@ -41,6 +41,8 @@ pub struct NodeOptions {
     pub admission: AdmissionConfig,
     /// The af-xdp backend's interface (`[node] xdp_interface`); `None`: the listen address's.
     pub xdp_interface: Option<String>,
+    /// The af-xdp backend forwards established relay channels in XDP (`[node] xdp_relay`).
+    pub xdp_relay: bool,
 }
 
 /// What a process taking over a port joins with: its generation and the key every process on the
@@ -66,6 +68,7 @@ impl Default for NodeOptions {
             join: None,
             admission: AdmissionConfig::DEFAULT,
             xdp_interface: None,
+            xdp_relay: true,
         }
     }
 }
@@ -109,6 +112,7 @@ pub fn start_server_with(options: &NodeOptions, security: &ServerSecurity) -> Re
     config.control_datagrams = Some(datagrams);
     config.admission = options.admission.clone();
     config.xdp_interface = options.xdp_interface.clone();
+    config.xdp_relay = options.xdp_relay;
     if let Some(join) = &options.join {
         config.generation = join.generation;
         config.cid_key = Some(join.cid_key.clone());

@@ -79,6 +79,9 @@ pub struct NodeConfig {
     /// With the af-xdp backend: the interface to attach the XDP program to; `None`: the one that
     /// holds the listen address (which must then be a specific address).
     pub xdp_interface: Option<String>,
+    /// With the af-xdp backend: established relay channels are forwarded by the XDP program
+    /// (`crate::relay::offload`); `false`: every relay frame goes through a core.
+    pub xdp_relay: bool,
 }
 
 impl NodeConfig {
@@ -107,6 +110,7 @@ impl NodeConfig {
             join_group: false,
             admission: AdmissionConfig::DEFAULT,
             xdp_interface: None,
+            xdp_relay: true,
         }
     }
 }
@@ -242,9 +246,13 @@ impl<M: Send + 'static> Node<M> {
 
         #[cfg(target_os = "linux")]
         let (xdp, mut xdp_cores) = if kind == BackendKind::AfXdp {
-            let (redirect, cores) =
-                crate::backend::xdp_attach::attach(local_addr, config.xdp_interface.as_deref(), count)
-                    .map_err(|reason| StartError::BackendUnavailable { kind, reason })?;
+            let (redirect, cores) = crate::backend::xdp_attach::attach(
+                local_addr,
+                config.xdp_interface.as_deref(),
+                count,
+                config.xdp_relay,
+            )
+            .map_err(|reason| StartError::BackendUnavailable { kind, reason })?;
             (Some(redirect), cores.into_iter().map(Some).collect())
         } else {
             (None, Vec::new())

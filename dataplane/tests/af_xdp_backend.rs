@@ -76,7 +76,7 @@ fn the_backend_sends_through_its_socket_until_a_datagram_teaches_it_the_hop_then
     peer.set_read_timeout(Some(DEADLINE)).unwrap();
     let peer_addr = peer.local_addr().unwrap();
 
-    let (redirect, mut cores) = in_netns(&ns.node, move || xdp_attach::attach(listen, None, 1).unwrap());
+    let (redirect, mut cores) = in_netns(&ns.node, move || xdp_attach::attach(listen, None, 1, true).unwrap());
     let waker = Waker::new().unwrap();
     let stats = Arc::new(CoreStats::default());
     let params = BackendParams { socket: node_socket, wake_fd: waker.fd(), stats: &stats };

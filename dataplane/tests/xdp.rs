@@ -12,9 +12,6 @@
 //! them the tests fail under `CI=true` and are skipped elsewhere (tests/common/prerequisite.rs).
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-// setns into the test's namespaces, which the production code never does, stays here (as in
-// gso_refusal.rs) rather than in `sys`.
-#![allow(unsafe_code)]
 
 mod common;
 #[path = "../../tests/common/prerequisite.rs"]

@@ -21,6 +21,7 @@ use std::os::fd::AsRawFd;
 use ant_quic_dataplane::frame::{checksum, MacAddress, UdpFrame, IPV4_FRAME_OVERHEAD};
 use ant_quic_dataplane::sys::bpf::{Map, Program};
 use ant_quic_dataplane::sys::process::current_uid;
+use ant_quic_dataplane::xdp::bench_programs::xdp_tx_forwarder;
 use ant_quic_dataplane::xdp::program::{redirect_program, COUNTERS, XDP_PASS, XDP_TX};
 use ant_quic_dataplane::xdp::relay::{self, RelayEnd, RelayEntry, ENTRY_SIZE, KEY_SIZE};
 use ant_quic_dataplane::xdp::{Counter, Filter};
@@ -229,4 +230,28 @@ fn frames_failing_a_check_go_on_to_the_redirect_logic_unchanged() {
     assert!(relay.channels.lookup(&relay::key(CHANNEL)).unwrap().is_none());
     check_falls_through("a removed channel", &from_a(&data), &mut no_socket);
     assert_eq!(relay.count(Counter::Relayed), 3);
+}
+
+/// The benchmarks' XDP_TX ceiling (`bench_programs::xdp_tx_forwarder`): a frame to the relay
+/// port goes back out with MACs and addresses swapped, to the receiver's port, checksums valid
+/// (IPv4) and absent (UDP); a frame to another port is passed unchanged.
+#[test]
+fn the_benchmarks_xdp_tx_forwarder_turns_frames_around_to_the_receiver_port() {
+    if !bpf_here() {
+        return;
+    }
+    let program =
+        Program::load_xdp(&xdp_tx_forwarder(4433, 6000).unwrap(), "t_xdp_tx").unwrap_or_else(|e| panic!("{e}"));
+    let a = SocketAddr::V4(end_a());
+    let payload = relay_payload(CHANNEL, b"to the receiver");
+    let (action, out) = program.test_run_with_output(&frame(A_MAC, NODE_MAC, a, node(), &payload)).unwrap();
+    assert_eq!(action, XDP_TX);
+    let receiver = SocketAddr::new(a.ip(), 6000);
+    let mut expected = frame(NODE_MAC, A_MAC, node(), receiver, &payload);
+    expected[40..42].copy_from_slice(&[0, 0]);
+    // The frame keeps its identification and the rest of its IPv4 header, as `frame` builds both.
+    assert_eq!(out, expected, "turned around to the receiver's port, no UDP checksum");
+    assert!(checksum::verify(&out[14..34]), "IPv4 header checksum");
+    let other = frame(A_MAC, NODE_MAC, a, SocketAddr::new(node().ip(), 4434), &payload);
+    assert_eq!(program.test_run_with_output(&other).unwrap(), (XDP_PASS, other));
 }

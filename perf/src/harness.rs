@@ -91,8 +91,19 @@ pub fn child_json_watching<T: serde::de::DeserializeOwned>(
     timeout: Duration,
     watch: &mut dyn FnMut(),
 ) -> Result<T> {
-    let mut child = Command::new(exe)
-        .args(args)
+    let mut command = Command::new(exe);
+    command.args(args);
+    command_json_watching(command, timeout, watch)
+}
+
+/// Like [`child_json_watching`], for any command (e.g. behind `ip netns exec`).
+pub fn command_json_watching<T: serde::de::DeserializeOwned>(
+    mut command: Command,
+    timeout: Duration,
+    watch: &mut dyn FnMut(),
+) -> Result<T> {
+    let args: Vec<String> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -175,8 +186,15 @@ pub struct ServerChild {
 impl ServerChild {
     /// Start `exe server --impl implementation --cores cores` and wait for its ready line.
     pub fn start(exe: &Path, implementation: Implementation, cores: usize) -> Result<Self> {
-        let mut child = Command::new(exe)
-            .args(["server", "--impl", implementation.name(), "--cores", &cores.to_string()])
+        let mut command = Command::new(exe);
+        command.args(["server", "--impl", implementation.name(), "--cores", &cores.to_string()]);
+        Self::start_command(command)
+    }
+
+    /// Start `command` (a `server` invocation, perhaps behind `ip netns exec` or `taskset`) and
+    /// wait for its ready line.
+    pub fn start_command(mut command: Command) -> Result<Self> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -12,7 +12,9 @@
 //!   minimal forwarder at the same datagram size, alternating, with a markdown table (or JSON);
 //! - `server` / `client`: load workloads (bulk over many connections, request/response latency
 //!   at a fixed rate, handshake rate, idle connections) with either implementation (`load.rs`);
-//! - `compare`: runs the above as child processes, alternating, and prints a table.
+//! - `compare`: runs the above as child processes, alternating, and prints a table;
+//! - `xdp-bulk`: a node on io-uring against the same node on af-xdp, on a veth between two
+//!   network namespaces: one bulk download and many connections at once, with the node's CPU.
 
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
@@ -35,6 +37,8 @@ mod suite;
 mod tls;
 mod udp_ceiling;
 mod udp_flow;
+mod veth;
+mod xdp_bulk;
 
 use std::time::Duration;
 
@@ -121,6 +125,10 @@ enum Cmd {
     /// Each implementation's server under the same flood, with a legitimate client's handshakes
     /// and the server's memory measured; prints a markdown table (or JSON).
     FloodCompare(flood_compare::FloodCompareArgs),
+    /// A node on io-uring against the same node on af-xdp, downloads on a veth between two
+    /// network namespaces it makes (root): one connection and many at once, alternating; prints a
+    /// markdown table (or JSON).
+    XdpBulk(xdp_bulk::XdpBulkArgs),
     /// The `ant-quic` binary under idle connections and churn for a long time, sampled; fails
     /// unless its descriptors and connections come back to where they started.
     Soak(soak::SoakArgs),
@@ -193,6 +201,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::FloodCompare(args) => flood_compare::run(&args)?,
         Cmd::Soak(args) => soak::run(&args)?,
+        Cmd::XdpBulk(args) => xdp_bulk::run(&args)?,
     }
     Ok(())
 }

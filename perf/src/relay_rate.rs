@@ -17,7 +17,7 @@
 //! run's size (UDP payload, relay header included), in every kind of run. Loopback only; every
 //! loop is bounded in time and in count.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -34,6 +34,8 @@ use crate::udp_flow::{gso_transmit, receive_until_quiet, send_for};
 
 mod forwarder;
 mod relay_node;
+mod veth;
+mod xdp_tx;
 
 use forwarder::{Forwarder, ForwarderCounters};
 use relay_node::{relay_counters, start_relay, RelayCounters};
@@ -43,7 +45,7 @@ const MAX_UDP_SEND: usize = 65_535 - 20 - 8;
 /// IPv4 and UDP headers: what a datagram adds on the (loopback) wire.
 const IP_UDP_HEADERS: usize = 20 + 8;
 /// The channel of the allocation.
-const CHANNEL: u32 = 0x0A17_0001;
+pub(crate) const CHANNEL: u32 = 0x0A17_0001;
 /// Smallest and largest datagram accepted (a relay header and a minimal packet; an IPv4 path
 /// MTU of 1500).
 const SIZES: std::ops::RangeInclusive<usize> = 32..=1472;
@@ -75,6 +77,17 @@ pub struct RelayRateArgs {
     /// Leave out the minimal forwarder runs.
     #[arg(long)]
     no_forwarder: bool,
+    /// Run on a veth pair between two network namespaces made for the session (root) instead
+    /// of loopback: sender and receiver in one, the relay in the other; the kinds are then the
+    /// relay node on io-uring and on af-xdp, the XDP relay program and a minimal XDP_TX
+    /// forwarder (the ceiling); `--backends` and `--no-forwarder` do not apply.
+    #[arg(long)]
+    veth: bool,
+    /// With --veth: how the peer's end is made to take XDP_TX frames: `xdp-pass` (an XDP program
+    /// that passes everything, what works on Linux 6.18, attached for the XDP runs only),
+    /// `xdp-pass-always` (for every run), `gro` (GRO on, which there is not enough) or `none`.
+    #[arg(long, value_enum, default_value = "xdp-pass")]
+    peer_napi: veth::PeerNapi,
     /// Print JSON (every run and the summaries) instead of the markdown table.
     #[arg(long)]
     json: bool,
@@ -207,6 +220,9 @@ pub fn run(args: &RelayRateArgs) -> Result<()> {
     if args.sizes.is_empty() || args.sizes.iter().any(|s| !SIZES.contains(s)) {
         bail!("--sizes must be between {} and {} bytes", SIZES.start(), SIZES.end());
     }
+    if args.veth {
+        return veth::run(args);
+    }
     let duration = Duration::from_secs_f64(args.seconds);
     let mut skipped = Vec::new();
     let mut kinds = vec![Kind::Ceiling];
@@ -309,7 +325,7 @@ fn backend_label(kind: Kind) -> String {
     kind.backend().map_or_else(String::new, |b| format!("({b})"))
 }
 
-fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
+pub(crate) fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
     match (value, base) {
         (Some(v), Some(b)) if b > 0.0 => Some(v / b),
         _ => None,
@@ -318,28 +334,28 @@ fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
 
 /// What the sender offers in one run.
 #[derive(Debug, Clone, Copy)]
-struct Load {
+pub(crate) struct Load {
     /// UDP payload bytes per datagram (relay header included).
-    size: usize,
+    pub(crate) size: usize,
     /// How long the sender sends.
-    duration: Duration,
+    pub(crate) duration: Duration,
     /// Datagrams per second offered; `None`: as fast as the kernel takes them.
-    offered: Option<f64>,
+    pub(crate) offered: Option<f64>,
     /// CPUs to pin to, when pinning.
-    pins: Option<Pins>,
+    pub(crate) pins: Option<Pins>,
 }
 
 /// Where the threads of a run go when pinned.
 #[derive(Debug, Clone, Copy)]
-struct Pins {
+pub(crate) struct Pins {
     /// The relay core or the forwarder thread (the receiver in a ceiling run).
-    middle: usize,
+    pub(crate) middle: usize,
     /// The sender and the receiver.
-    ends: usize,
+    pub(crate) ends: usize,
 }
 
 /// Pins the calling thread to `cpu`, when given (a failure leaves it unpinned).
-fn pin(cpu: Option<usize>) {
+pub(crate) fn pin(cpu: Option<usize>) {
     if let Some(cpu) = cpu {
         let _ = ant_quic_dataplane::sys::thread::pin_current_thread(cpu);
     }
@@ -347,18 +363,9 @@ fn pin(cpu: Option<usize>) {
 
 fn run_once(kind: Kind, load: Load) -> Result<RateRun> {
     let size = load.size;
-    let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the receiver")?;
-    let rx_state = UdpSocketState::new((&receiver).into()).context("receiver socket state")?;
-    // A large receive buffer so the receiver, not the buffer, is what limits delivery.
-    let _ = rx_state.set_recv_buffer_size((&receiver).into(), 16 << 20);
-    receiver.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let gro_segments = rx_state.gro_segments();
-    let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the sender")?;
-    let tx_state = UdpSocketState::new((&sender).into()).context("sender socket state")?;
-    let _ = tx_state.set_send_buffer_size((&sender).into(), 4 << 20);
-    let gso_segments = tx_state.max_gso_segments().clamp(1, 64.min(MAX_UDP_SEND / size));
-    let (sender_addr, receiver_addr) = (sender.local_addr()?, receiver.local_addr()?);
-    let ends = Ends { sender, tx_state, receiver, rx_state, segments: gso_segments };
+    let ends = Ends::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), size)?;
+    let (sender_addr, receiver_addr) = (ends.sender.local_addr()?, ends.receiver.local_addr()?);
+    let (gso_segments, gro_segments) = (ends.segments, ends.rx_state.gro_segments());
 
     let snmp_before = rcvbuf_errors();
     let (sent, received, forwarder, relay) = match kind {
@@ -376,7 +383,15 @@ fn run_once(kind: Kind, load: Load) -> Result<RateRun> {
             (sent, received, Some(counters), None)
         }
         Kind::Relay(backend) => {
-            let node = start_relay(backend, CHANNEL, sender_addr, receiver_addr, load.pins.map(|p| p.middle))?;
+            let node = start_relay(
+                (Ipv4Addr::LOCALHOST, 0).into(),
+                backend,
+                false,
+                CHANNEL,
+                sender_addr,
+                receiver_addr,
+                load.pins.map(|p| p.middle),
+            )?;
             let via = node.local_addr();
             let result = transfer(ends, via, load);
             let counters = relay_counters(&node);
@@ -419,25 +434,42 @@ fn run_once(kind: Kind, load: Load) -> Result<RateRun> {
 
 /// What the receiver counted.
 #[derive(Debug, Clone, Copy, Default)]
-struct Received {
-    datagrams: u64,
-    corrupt: u64,
-    seconds: f64,
+pub(crate) struct Received {
+    pub(crate) datagrams: u64,
+    pub(crate) corrupt: u64,
+    pub(crate) seconds: f64,
 }
 
 /// The two plain sockets of a run.
-struct Ends {
-    sender: UdpSocket,
+pub(crate) struct Ends {
+    pub(crate) sender: UdpSocket,
     tx_state: UdpSocketState,
-    receiver: UdpSocket,
-    rx_state: UdpSocketState,
+    pub(crate) receiver: UdpSocket,
+    pub(crate) rx_state: UdpSocketState,
     /// Datagrams per GSO send.
-    segments: usize,
+    pub(crate) segments: usize,
+}
+
+impl Ends {
+    /// A sender and a receiver socket on `ip` (in the calling thread's network namespace), with
+    /// large buffers and GSO batches of relay frames of `size` bytes.
+    pub(crate) fn bind(ip: IpAddr, size: usize) -> Result<Self> {
+        let receiver = UdpSocket::bind((ip, 0)).context("binding the receiver")?;
+        let rx_state = UdpSocketState::new((&receiver).into()).context("receiver socket state")?;
+        // A large receive buffer so the receiver, not the buffer, is what limits delivery.
+        let _ = rx_state.set_recv_buffer_size((&receiver).into(), 16 << 20);
+        receiver.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let sender = UdpSocket::bind((ip, 0)).context("binding the sender")?;
+        let tx_state = UdpSocketState::new((&sender).into()).context("sender socket state")?;
+        let _ = tx_state.set_send_buffer_size((&sender).into(), 4 << 20);
+        let segments = tx_state.max_gso_segments().clamp(1, 64.min(MAX_UDP_SEND / size));
+        Ok(Self { sender, tx_state, receiver, rx_state, segments })
+    }
 }
 
 /// Sends from the sender to `to` on one thread while the receiver counts on another. Returns
 /// (datagrams sent, what the receiver got).
-fn transfer(ends: Ends, to: SocketAddr, load: Load) -> Result<(u64, Received)> {
+pub(crate) fn transfer(ends: Ends, to: SocketAddr, load: Load) -> Result<(u64, Received)> {
     let Ends { sender, tx_state, receiver, rx_state, segments } = ends;
     let receiver_addr = receiver.local_addr()?;
     let sending = Arc::new(AtomicBool::new(true));
@@ -526,7 +558,7 @@ fn recv_loop(
 // Summaries, table
 
 /// `RcvbufErrors` of the `Udp:` lines of /proc/net/snmp (the whole machine).
-fn rcvbuf_errors() -> Option<u64> {
+pub(crate) fn rcvbuf_errors() -> Option<u64> {
     let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
     let (names, values) = (udp.next()?, udp.next()?);

@@ -16,6 +16,8 @@ listen = "0.0.0.0:9000"
 # backend = "io-uring"
 # The interface af-xdp attaches to (default: the one holding the listen address).
 # xdp_interface = "eth0"
+# With af-xdp: established relay channels are forwarded by the XDP program, not by a core.
+# xdp_relay = true
 # Directory holding the identity key (default: ~/.ant-quic).
 # data_dir = "/var/lib/ant-quic"
 # Serve the files of this directory over hq-interop.

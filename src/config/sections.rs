@@ -60,6 +60,9 @@ pub struct NodeSection {
     /// holding the listen address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp_interface: Option<String>,
+    /// With `backend = "af-xdp"`: established relay channels are forwarded by the XDP program
+    /// itself (`false`: every relay frame goes through a core).
+    pub xdp_relay: bool,
 }
 
 /// `[node] drain_timeout` when none is given.
@@ -81,6 +84,7 @@ impl Default for NodeSection {
             preferred_address: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             xdp_interface: None,
+            xdp_relay: true,
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct XdpParams {
     pub mtu: usize,
     /// The program's relay channel map (one for the node).
     pub relay_channels: Arc<Map>,
+    /// Whether this core puts established relay channels in that map (`[node] xdp_relay`).
+    pub offload_relays: bool,
 }
 
 /// The way back to a remote address, learned from the last frame from it.
@@ -80,6 +82,7 @@ pub struct XdpBackend {
     mac: MacAddress,
     mtu: usize,
     relay_channels: Arc<Map>,
+    offload_relays: bool,
     /// IPv4 identification of the next frame (DF is set: it need only differ between nearby
     /// datagrams, RFC 6864).
     identification: u16,
@@ -104,6 +107,7 @@ impl XdpBackend {
             mac: xdp.mac,
             mtu: xdp.mtu,
             relay_channels: xdp.relay_channels,
+            offload_relays: xdp.offload_relays,
             identification: 0,
             tx_blocked: false,
         })
@@ -286,7 +290,11 @@ impl Backend for XdpBackend {
     }
 
     fn relay_offload(&mut self) -> Option<&mut dyn RelayOffload> {
-        Some(self)
+        if self.offload_relays {
+            Some(self)
+        } else {
+            None
+        }
     }
 }
 

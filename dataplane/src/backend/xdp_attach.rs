@@ -10,7 +10,13 @@ use crate::sys::xdp::{interface_mtu, XskConfig, XskSocket};
 use crate::xdp::{Filter, Redirect};
 
 /// The program attached and each core's socket, or one line saying why not.
-pub fn attach(listen: SocketAddr, interface: Option<&str>, cores: usize) -> Result<(Redirect, Vec<XdpParams>), String> {
+/// `offload_relays`: whether the cores put established relay channels in the program's map.
+pub fn attach(
+    listen: SocketAddr,
+    interface: Option<&str>,
+    cores: usize,
+    offload_relays: bool,
+) -> Result<(Redirect, Vec<XdpParams>), String> {
     let interface = match interface {
         Some(name) => name.to_owned(),
         None => interface_of(listen)?,
@@ -29,7 +35,8 @@ pub fn attach(listen: SocketAddr, interface: Option<&str>, cores: usize) -> Resu
     for queue in 0..cores as u32 {
         let socket = XskSocket::open(redirect.ifindex(), queue, XskConfig::default()).map_err(|e| e.to_string())?;
         redirect.add_socket(queue, &socket).map_err(|e| e.to_string())?;
-        per_core.push(XdpParams { socket, local: listen, mac, mtu, relay_channels: redirect.relay_channels() });
+        let relay_channels = redirect.relay_channels();
+        per_core.push(XdpParams { socket, local: listen, mac, mtu, relay_channels, offload_relays });
     }
     let copy_mode = per_core.first().map(|p| p.socket.mode());
     tracing::info!(

@@ -7,6 +7,7 @@
 //! - `cmsg`: control messages of UDP sends and receives, and raw socket addresses.
 //! - [`interfaces`]: the host's interface addresses (getifaddrs).
 //! - [`poll`]: poll(2) and the eventfd [`poll::Waker`] that ends a wait.
+//! - [`netns`]: entering a network namespace from a thread (the veth benchmarks).
 //! - [`thread`]: CPU affinity and timer slack of the calling thread.
 //! - [`signal`]: blocking signals and taking them synchronously.
 //! - [`process`]: user IDs, signals to other processes, clock ticks, seccomp for a child.
@@ -22,6 +23,8 @@ pub mod bpf;
 pub(crate) mod cmsg;
 #[cfg(target_os = "linux")]
 pub mod interfaces;
+#[cfg(target_os = "linux")]
+pub mod netns;
 pub mod poll;
 pub mod process;
 pub mod signal;

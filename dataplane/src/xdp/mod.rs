@@ -7,12 +7,14 @@
 //! - [`program`]: the redirect program, written with it.
 //! - [`relay`]: relay channels forwarded inside that program (its map's entries; IPv4), put
 //!   there by the cores (`crate::relay::offload`).
+//! - [`bench_programs`]: a minimal XDP_TX forwarder and a pass-all program, for benchmarks and tests.
 //! - [`neighbour`]: the next hop's MAC address for each remote address, learned from received frames.
 //! - [`Redirect`]: the program loaded, attached to an interface and its maps.
 //!
 //! The system calls (bpf(2), AF_XDP sockets) are in `sys::bpf` and `sys::xdp`.
 
 pub mod asm;
+pub mod bench_programs;
 pub mod neighbour;
 pub mod program;
 pub mod relay;
@@ -125,6 +127,12 @@ impl Redirect {
     /// The relay channel map, for the cores to install channels in.
     pub fn relay_channels(&self) -> Arc<Map> {
         Arc::clone(&self.relay_channels)
+    }
+
+    /// Put (or replace) `channel` in the relay channel map by hand, as benchmarks and tests do;
+    /// a node's cores install their channels themselves (`crate::relay::offload`).
+    pub fn install_channel(&self, channel: u32, entry: &relay::RelayEntry) -> io::Result<()> {
+        self.relay_channels.insert(&relay::key(channel), &entry.encode())
     }
 
     /// The map's entry for relay `channel`, if it has one.

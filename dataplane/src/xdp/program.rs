@@ -29,18 +29,18 @@ pub const XDP_REDIRECT: u32 = 4;
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_REDIRECT_MAP: i32 = 51;
 // struct xdp_md field offsets.
-const MD_DATA: i16 = 0;
-const MD_DATA_END: i16 = 4;
+pub(crate) const MD_DATA: i16 = 0;
+pub(crate) const MD_DATA_END: i16 = 4;
 const MD_RX_QUEUE_INDEX: i16 = 16;
 
-const ETH_HLEN: i32 = 14;
-const ETHERTYPE_AT: i16 = 12;
-const IPV4_HLEN: i32 = 20;
+pub(crate) const ETH_HLEN: i32 = 14;
+pub(crate) const ETHERTYPE_AT: i16 = 12;
+pub(crate) const IPV4_HLEN: i32 = 20;
 const IPV6_HLEN: i32 = 40;
-const UDP_HLEN: i32 = 8;
-const IPPROTO_UDP: i32 = 17;
+pub(crate) const UDP_HLEN: i32 = 8;
+pub(crate) const IPPROTO_UDP: i32 = 17;
 /// IPv4 version 4, IHL 5 in the first header byte.
-const IPV4_VERSION_IHL5: i32 = 0x45;
+pub(crate) const IPV4_VERSION_IHL5: i32 = 0x45;
 /// IPv4 flags-and-offset: MF (0x2000) and the fragment offset (0x1fff); DF may be set.
 const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
 
@@ -116,7 +116,7 @@ impl Filter {
 }
 
 /// A 16-bit field in network order as a little- or big-endian load of it yields it.
-fn loaded16(value: u16) -> i32 {
+pub(crate) fn loaded16(value: u16) -> i32 {
     i32::from(u16::from_ne_bytes(value.to_be_bytes()))
 }
 

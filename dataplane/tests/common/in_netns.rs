@@ -1,19 +1,14 @@
 //! Running test code inside the namespaces of [`super::veth`]: a thread that enters one, and a
-//! ping from there. setns, which the production code never does, stays in the tests.
-#![allow(dead_code, unsafe_code, clippy::unwrap_used, clippy::panic)]
+//! ping from there.
+#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Move the calling thread (only it) into namespace `name`.
 pub fn enter(name: &str) {
-    let file = File::open(format!("/var/run/netns/{name}")).unwrap();
-    // SAFETY: `file` is an open namespace file for the duration of the call; CLONE_NEWNET changes
-    // only this thread's network namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    let path = std::path::PathBuf::from(format!("/var/run/netns/{name}"));
+    ant_quic_dataplane::sys::netns::enter(&path).unwrap_or_else(|e| panic!("setns into {name}: {e}"));
 }
 
 /// Run `f` on a thread inside namespace `name`.

@@ -1,7 +1,7 @@
 //! The ant-quic relay node of `relay-rate`: a `Node` with one allocation whose ends are the
 //! sender's and the receiver's sockets, and its counters after a run.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,21 +42,25 @@ pub struct RelayCounters {
 struct Idle;
 impl Application for Idle {}
 
-/// A one-core relay node with one allocation on `channel` between `a` and `b`, installed.
+/// A one-core relay node on `listen` with one allocation on `channel` between `a` and `b`,
+/// installed.
 pub(super) fn start_relay(
+    listen: SocketAddr,
     backend: BackendKind,
+    xdp_relay: bool,
     channel: u32,
     a: SocketAddr,
     b: SocketAddr,
     cpu: Option<usize>,
 ) -> Result<Node> {
-    let mut config = NodeConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), None);
+    let mut config = NodeConfig::new(listen, None);
     // One flow from one source socket reaches one core whatever their number (SO_REUSEPORT
     // hashes the 4-tuple), so one core is what forwards it.
     config.cores = Some(1);
     config.pin_threads = cpu.is_some();
     config.cpus = cpu.map(|cpu| vec![cpu]);
     config.backend = Some(backend);
+    config.xdp_relay = xdp_relay;
     let node = Node::start(config, Arc::new(|_core: usize| -> Box<dyn Application> { Box::new(Idle) }))
         .map_err(|e| anyhow!("starting the relay node: {e}"))?;
     let allocation = RelayAllocation {

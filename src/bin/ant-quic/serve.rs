@@ -69,6 +69,7 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
         join: None,
         admission: config.security.admission(),
         xdp_interface: config.node.xdp_interface.clone(),
+        xdp_relay: config.node.xdp_relay,
     };
     if args.one_shot() {
         return finish(one_shot(args, &options, &security));

@@ -204,6 +204,56 @@ fn established_relay_channels_are_forwarded_by_xdp_within_their_limits() {
     assert_eq!(channels.lookup(&ant_quic_dataplane::xdp::relay::key(open)).unwrap(), None, "removed at stop");
 }
 
+#[test]
+fn with_xdp_relay_off_every_relay_frame_goes_through_the_core() {
+    if !lab_here() {
+        return;
+    }
+    let ns = Netns::create("xrof");
+    run("ip", &["netns", "exec", &ns.peer, "ethtool", "-K", "v1", "tx", "off"]);
+    let _pass = pass_everything_on_v1(&ns);
+    let node = in_netns(&ns.node, || {
+        let mut config = NodeConfig::new(SocketAddr::from((NODE_IP, 0)), None);
+        config.cores = Some(1);
+        config.backend = Some(BackendKind::AfXdp);
+        config.xdp_relay = false;
+        Node::start(config, Arc::new(|_core: usize| -> Box<dyn Application> { Box::new(Idle) })).unwrap()
+    });
+    let relay = node.local_addr();
+    let xdp = node.xdp().expect("the af-xdp backend attached its program");
+    let handle = node.handle();
+    let (a, b) = (end(&ns), end(&ns));
+    let channel = 0x0001_0001;
+    node.install_relay(RelayAllocation {
+        channel,
+        a: a.local_addr().unwrap(),
+        b: b.local_addr().unwrap(),
+        expires: Instant::now() + Duration::from_secs(600),
+        byte_limit: u64::MAX,
+        rate_limit: u32::MAX,
+    })
+    .unwrap();
+    wait_for("the allocation on the core", || total(&handle, |s| read(&s.relay_allocations)) == 1);
+    // Frames each way, over more than the core's once-a-second sweep: with the channel offered
+    // to XDP it would be in the map by then.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut frames = 0;
+    while Instant::now() < deadline {
+        for (from, to) in [(&a, &b), (&b, &a)] {
+            let sent = frame(channel, b"through the core");
+            from.send_to(&sent, relay).unwrap();
+            assert_eq!(receive(to), (sent, relay), "relayed intact from the node's address");
+            frames += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(xdp.relay_entry(channel).unwrap(), None, "the channel stays out of the map");
+    assert_eq!(xdp.count(Counter::Relayed).unwrap(), 0);
+    assert_eq!(total(&handle, |s| read(&s.relay_forwarded)), frames, "the core forwarded every frame");
+    node.shutdown();
+    node.join().unwrap();
+}
+
 /// CPU time (user + system) of the node's core thread so far.
 fn core_cpu() -> Duration {
     let ticks = ant_quic_dataplane::sys::process::clock_ticks_per_second().unwrap();

@@ -36,6 +36,7 @@
 pub mod bulk;
 pub mod client;
 pub mod config;
+pub mod endpoint;
 pub mod identity;
 pub mod logging;
 pub mod nat;

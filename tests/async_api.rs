@@ -1,0 +1,250 @@
+//! The async API (`ant_quic::endpoint`) between two endpoints over loopback, under tokio (both
+//! runtimes) and smol: echo, a 16 MB transfer with a slow reader (backpressure, bounded memory),
+//! futures dropped mid-way (no byte lost), a dropped connection closing cleanly, and a GET from
+//! aioquic's hq-interop server.
+
+mod common;
+
+use std::future::Future;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ant_quic::endpoint::{Connection, Endpoint, Error, PathKind, STREAM_BUDGET};
+use ant_quic::quinn_proto::ConnectionError;
+use ant_quic::tls::ServerAuth;
+use common::{aioquic_python, interop_script, left, random_bytes, sha256_hex, Process, TempDir};
+use smol::future::{or, zip};
+use smol::Timer;
+
+const ALPN: &[u8] = b"async-test";
+/// quinn-proto's default stream receive window, which the endpoints use.
+const STREAM_WINDOW: usize = 1_250_000;
+/// Every test's bound; a hang fails rather than blocks the run.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+fn server() -> Endpoint {
+    Endpoint::builder().listen("127.0.0.1:0".parse().unwrap()).alpn(ALPN).bind().unwrap()
+}
+
+fn client() -> Endpoint {
+    Endpoint::builder().listen("127.0.0.1:0".parse().unwrap()).alpn(ALPN).accept(false).bind().unwrap()
+}
+
+/// `future`, or a panic after [`TEST_LIMIT`] (runtime-agnostic: smol's timer has its own thread).
+async fn bounded<T>(future: impl Future<Output = T>) -> T {
+    or(future, async {
+        Timer::after(TEST_LIMIT).await;
+        panic!("test took longer than {TEST_LIMIT:?}");
+    })
+    .await
+}
+
+/// Connect a client to a server; both sides' connections.
+async fn connected(server: &Endpoint, client: &Endpoint) -> (Connection, Connection) {
+    let auth = ServerAuth::PeerId(server.local_peer_id());
+    let (dialed, accepted) = zip(client.connect(server.local_addr(), auth), server.accept()).await;
+    (dialed.unwrap(), accepted.expect("the server endpoint closed"))
+}
+
+/// Echo every bidirectional stream of `conn` back until the peer closes.
+async fn echo_streams(conn: Connection) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let data = recv.read_to_end(64 << 20).await.unwrap();
+        send.write_all(&data).await.unwrap();
+        send.finish().await.unwrap();
+    }
+}
+
+/// Three streams echoed through a server, with what the client knows of the connection.
+async fn echo_round() {
+    let (server, client) = (server(), client());
+    let (conn, accepted) = connected(&server, &client).await;
+    assert_eq!(conn.remote_peer_id(), Some(server.local_peer_id()));
+    assert_eq!(conn.alpn(), Some(ALPN));
+    assert_eq!(accepted.alpn(), Some(ALPN));
+    assert_eq!(conn.path().kind, PathKind::Direct);
+    assert_eq!(conn.path().remote, server.local_addr());
+    let echoing = echo_streams(accepted);
+    let talking = async {
+        for round in 0..3u8 {
+            let message = vec![round; 100_000 * usize::from(round + 1)];
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&message).await.unwrap();
+            send.finish().await.unwrap();
+            assert_eq!(recv.read_to_end(1 << 20).await.unwrap(), message, "round {round}");
+        }
+        assert!(conn.rtt() > Duration::ZERO);
+        let stats = conn.stats().await.unwrap();
+        assert!(stats.udp_tx.bytes >= 600_000, "{stats:?}");
+        conn.close(0, b"done");
+    };
+    bounded(zip(echoing, talking)).await;
+}
+
+#[test]
+fn echo_under_tokio_multi_thread() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(echo_round());
+}
+
+#[test]
+fn echo_under_tokio_current_thread() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(echo_round());
+}
+
+#[test]
+fn echo_under_smol() {
+    smol::block_on(echo_round());
+}
+
+/// 16 MB through one stream whose reader sleeps first: while it sleeps the writer stalls, with
+/// no more accepted than the reader's stream window and the two per-stream budgets; then
+/// everything arrives, SHA-256 equal.
+#[test]
+fn slow_reader_stalls_the_writer_and_16_mb_arrive_intact() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(bounded(async {
+        let (server, client) = (server(), client());
+        let (conn, accepted) = connected(&server, &client).await;
+        let payload = random_bytes(16 << 20).unwrap();
+        let written = Arc::new(AtomicUsize::new(0));
+        let writing = {
+            let (payload, written) = (payload.clone(), Arc::clone(&written));
+            tokio::spawn(async move {
+                let mut send = conn.open_uni().await.unwrap();
+                let mut at = 0;
+                while at < payload.len() {
+                    let end = payload.len().min(at + 100_000);
+                    at += send.write(&payload[at..end]).await.unwrap();
+                    written.store(at, Ordering::SeqCst);
+                }
+                send.finish().await.unwrap();
+                conn.closed().await
+            })
+        };
+        let mut recv = accepted.accept_uni().await.unwrap();
+        Timer::after(Duration::from_millis(700)).await;
+        let stalled_at = written.load(Ordering::SeqCst);
+        Timer::after(Duration::from_millis(500)).await;
+        let bound = STREAM_WINDOW + 2 * STREAM_BUDGET;
+        let later = written.load(Ordering::SeqCst);
+        assert!(later <= bound, "the writer got {later} bytes accepted while the reader slept (bound {bound})");
+        assert_eq!(later, stalled_at, "the writer kept going while the reader slept");
+        assert!(later >= STREAM_WINDOW / 2, "the writer stalled early, at {later} bytes");
+        let started = Instant::now();
+        let received = recv.read_to_end(32 << 20).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(received.len(), payload.len());
+        assert_eq!(sha256_hex(&received), sha256_hex(&payload));
+        eprintln!(
+            "stalled at {stalled_at} bytes; then 16 MiB in {elapsed:?} ({:.0} Mbit/s)",
+            received.len() as f64 * 8.0 / elapsed.as_secs_f64() / 1e6
+        );
+        accepted.close(0, b"");
+        let end = writing.await.unwrap();
+        assert!(end.is_clean_close(), "{end}");
+    }));
+}
+
+/// Every `write` and `read` raced against a short timer, so that many are dropped while
+/// pending: the bytes that arrive are exactly those sent.
+#[test]
+fn dropped_read_and_write_futures_lose_no_byte() {
+    smol::block_on(bounded(async {
+        let (server, client) = (server(), client());
+        let (conn, accepted) = connected(&server, &client).await;
+        let payload = random_bytes(4 << 20).unwrap();
+        let (mut send, _) = conn.open_bi().await.unwrap();
+        let tick = || async {
+            Timer::after(Duration::from_micros(300)).await;
+            None
+        };
+        let writing = async {
+            let (mut at, mut dropped) = (0, 0);
+            while at < payload.len() {
+                match or(async { Some(send.write(&payload[at..]).await) }, tick()).await {
+                    Some(written) => at += written.unwrap(),
+                    None => dropped += 1,
+                }
+            }
+            send.finish().await.unwrap();
+            dropped
+        };
+        let reading = async {
+            let (_, mut recv) = accepted.accept_bi().await.unwrap();
+            let (mut received, mut dropped, mut buf) = (Vec::new(), 0, vec![0u8; 50_000]);
+            loop {
+                match or(async { Some(recv.read(&mut buf).await) }, tick()).await {
+                    Some(Ok(0)) => break,
+                    Some(read) => received.extend_from_slice(&buf[..read.unwrap()]),
+                    None => dropped += 1,
+                }
+            }
+            (received, dropped)
+        };
+        let (writes_dropped, (received, reads_dropped)) = zip(writing, reading).await;
+        assert!(writes_dropped > 0 && reads_dropped > 0, "no future was dropped: the test proves nothing");
+        assert_eq!(received.len(), payload.len());
+        assert_eq!(sha256_hex(&received), sha256_hex(&payload));
+        eprintln!("{writes_dropped} writes and {reads_dropped} reads dropped while pending");
+    }));
+}
+
+/// Dropping every handle of a connection closes it, and the peer sees a clean close (code 0).
+#[test]
+fn dropping_a_connection_closes_it_cleanly() {
+    smol::block_on(bounded(async {
+        let (server, client) = (server(), client());
+        let (conn, accepted) = connected(&server, &client).await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"x").await.unwrap();
+        drop((conn, send, _recv));
+        match accepted.closed().await {
+            Error::ConnectionLost(ConnectionError::ApplicationClosed(close)) => {
+                assert_eq!(close.error_code, 0u32.into(), "{close:?}");
+            }
+            other => panic!("the peer saw {other} rather than a clean close"),
+        }
+        client.close(0, b"");
+        client.wait_idle().await;
+    }));
+}
+
+/// A GET over hq-interop (HTTP/0.9) from aioquic's server: the async API against another QUIC stack.
+#[test]
+fn get_from_aioquic_hq_interop() {
+    let dir = TempDir::new("async-api-aioquic").unwrap();
+    let www = dir.subdir("www").unwrap();
+    let payload = random_bytes(3 << 20).unwrap();
+    std::fs::write(www.join("payload.bin"), &payload).unwrap();
+    let python = aioquic_python().unwrap();
+    let deadline = Instant::now() + TEST_LIMIT;
+    let mut command = Command::new(python);
+    command.arg(interop_script("hq_server.py")).args(["--host", "127.0.0.1", "--port", "0", "--root"]);
+    command.arg(&www).args(["--max-seconds", &TEST_LIMIT.as_secs().to_string()]);
+    let mut server = Process::spawn("hq_server", &mut command, dir.path()).unwrap();
+    let port = server
+        .stdout_line(left(deadline), |l| l.strip_prefix("READY ").and_then(|p| p.trim().parse::<u16>().ok()))
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let received = runtime.block_on(bounded(async {
+        let endpoint = Endpoint::builder()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .alpn(ant_quic::tls::ALPN_HQ_INTEROP)
+            .accept(false)
+            .bind()
+            .unwrap();
+        let conn = endpoint.connect(([127, 0, 0, 1], port).into(), ServerAuth::Insecure).await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"GET /payload.bin\r\n").await.unwrap();
+        send.finish().await.unwrap();
+        let received = recv.read_to_end(16 << 20).await.unwrap();
+        conn.close(0, b"");
+        received
+    }));
+    assert_eq!(received.len(), payload.len());
+    assert_eq!(sha256_hex(&received), sha256_hex(&payload));
+}

@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bulk;

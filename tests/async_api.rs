@@ -73,7 +73,13 @@ async fn echo_round() {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             send.write_all(&message).await.unwrap();
             send.finish().await.unwrap();
-            assert_eq!(recv.read_to_end(1 << 20).await.unwrap(), message, "round {round}");
+            let echoed = recv.read_to_end(1 << 20).await.unwrap();
+            assert!(
+                echoed == message,
+                "round {round}: {} bytes came back of {}, or others",
+                echoed.len(),
+                message.len()
+            );
         }
         assert!(conn.rtt() > Duration::ZERO);
         let stats = conn.stats().await.unwrap();
@@ -247,4 +253,94 @@ fn get_from_aioquic_hq_interop() {
     }));
     assert_eq!(received.len(), payload.len());
     assert_eq!(sha256_hex(&received), sha256_hex(&payload));
+}
+
+/// The streams through the `futures-io` traits (what smol, async-std and futures adapters use).
+#[test]
+fn futures_io_traits_under_smol() {
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
+    smol::block_on(bounded(async {
+        let (server, client) = (server(), client());
+        let (conn, accepted) = connected(&server, &client).await;
+        let payload = random_bytes(2 << 20).unwrap();
+        let echoing = echo_streams(accepted);
+        let talking = async {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let (_, echoed) = zip(
+                async {
+                    AsyncWriteExt::write_all(&mut send, &payload).await.unwrap();
+                    AsyncWriteExt::flush(&mut send).await.unwrap();
+                    AsyncWriteExt::close(&mut send).await.unwrap();
+                },
+                async {
+                    let mut echoed = Vec::new();
+                    AsyncReadExt::read_to_end(&mut recv, &mut echoed).await.unwrap();
+                    echoed
+                },
+            )
+            .await;
+            assert_eq!(sha256_hex(&echoed), sha256_hex(&payload));
+            conn.close(0, b"");
+        };
+        zip(echoing, talking).await;
+    }));
+}
+
+/// The streams through tokio's `AsyncRead`/`AsyncWrite` (feature `tokio`).
+#[cfg(feature = "tokio")]
+#[test]
+fn tokio_io_traits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(bounded(async {
+        let (server, client) = (server(), client());
+        let (conn, accepted) = connected(&server, &client).await;
+        let payload = random_bytes(2 << 20).unwrap();
+        let echoing = tokio::spawn(echo_streams(accepted));
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let writing = {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                AsyncWriteExt::write_all(&mut send, &payload).await.unwrap();
+                AsyncWriteExt::shutdown(&mut send).await.unwrap();
+            })
+        };
+        let mut echoed = Vec::new();
+        AsyncReadExt::read_to_end(&mut recv, &mut echoed).await.unwrap();
+        writing.await.unwrap();
+        assert_eq!(sha256_hex(&echoed), sha256_hex(&payload));
+        conn.close(0, b"");
+        echoing.await.unwrap();
+    }));
+}
+
+/// Unreliable datagrams both ways; then a closed endpoint accepts nothing and goes idle.
+#[test]
+fn datagrams_and_endpoint_close() {
+    smol::block_on(bounded(async {
+        let (server, client) = (server(), client());
+        let (conn, accepted) = connected(&server, &client).await;
+        let max = conn.max_datagram_size().expect("the peer takes datagrams");
+        assert!(max >= 1000, "{max}");
+        // Loopback loses nothing in practice; a few tries cover a dropped one.
+        for round in 0..3u8 {
+            let sent = vec![round; 1000];
+            conn.send_datagram(sent.clone().into()).unwrap();
+            let received = or(async { Some(accepted.read_datagram().await.unwrap()) }, async {
+                Timer::after(Duration::from_secs(2)).await;
+                None
+            })
+            .await;
+            assert_eq!(received.as_deref(), Some(&sent[..]), "round {round}");
+            accepted.send_datagram(vec![round; 10].into()).unwrap();
+            assert_eq!(&conn.read_datagram().await.unwrap()[..], &[round; 10][..]);
+        }
+        assert!(matches!(conn.send_datagram(vec![0; 70_000].into()), Err(Error::DatagramTooLarge { .. })));
+        server.close(0, b"maintenance");
+        assert!(server.accept().await.is_none());
+        let reason = conn.closed().await;
+        assert!(reason.to_string().contains("maintenance") || reason.is_clean_close(), "{reason}");
+        server.wait_idle().await;
+        client.wait_idle().await;
+    }));
 }

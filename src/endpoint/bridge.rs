@@ -173,9 +173,9 @@ impl Bridge {
                 stop_receiving(conn, entry, code);
             }),
             Command::ReadMore { conn, stream } => {
-                self.with_stream(conns, &conn, &stream, |conn, entry| pump_read(conn, entry));
+                self.with_stream(conns, &conn, &stream, pump_read);
             }
-            Command::AcceptMore { conn } => self.with(conns, &conn, |conn, entry| deliver_backlog(conn, entry)),
+            Command::AcceptMore { conn } => self.with(conns, &conn, deliver_backlog),
             Command::Datagram { conn, data } => self.with(conns, &conn, |conn, _| {
                 // Unreliable by contract: a datagram QUIC refuses (too large, unsupported) is dropped.
                 let _ = conn.quic().datagrams().send(data, true);

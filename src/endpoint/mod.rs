@@ -64,6 +64,7 @@
 mod bridge;
 mod connection;
 mod error;
+mod handle;
 mod shared;
 mod stream;
 
@@ -81,9 +82,9 @@ use bytes::Bytes;
 use crate::identity::{Identity, PeerId};
 use crate::tls::{self, ServerAuth, ServerSecurity};
 use bridge::{Bridge, Command};
-use connection::{send, Awaited};
 pub use connection::{Connection, Path, PathKind};
 pub use error::Error;
+use handle::{send, Awaited};
 use shared::EndpointShared;
 pub use shared::STREAM_BUDGET;
 pub use stream::{RecvStream, SendStream};

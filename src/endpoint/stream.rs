@@ -10,7 +10,7 @@ use ant_quic_dataplane::quinn_proto::VarInt;
 use bytes::Bytes;
 
 use super::bridge::Command;
-use super::connection::ConnHandle;
+use super::handle::ConnHandle;
 use super::shared::{StreamShared, STREAM_BUDGET};
 use super::Error;
 

@@ -84,6 +84,8 @@ struct ConnEntry {
     backlog: VecDeque<StreamId>,
     /// Open requests waiting for the peer's stream credit.
     opens: VecDeque<(bool, Arc<StreamReply>)>,
+    /// A stream may have ended without being removed: look through them all once.
+    sweep: bool,
 }
 
 /// The per-core application of an endpoint (see the module documentation of [`super`]).
@@ -108,6 +110,7 @@ impl Bridge {
                 streams: HashMap::new(),
                 backlog: VecDeque::new(),
                 opens: VecDeque::new(),
+                sweep: false,
             },
         );
         self.endpoint.live.fetch_add(1, Ordering::SeqCst);
@@ -227,6 +230,9 @@ impl Bridge {
             if let Some(found) = entry.streams.get_mut(&stream.id) {
                 if Arc::ptr_eq(&found.shared, stream) {
                     f(conn, found);
+                    if found.done() {
+                        entry.streams.remove(&stream.id);
+                    }
                 }
             }
         });
@@ -249,6 +255,9 @@ impl Bridge {
         self.on_conn(conn, |conn, entry| {
             if let Some(found) = entry.streams.get_mut(&stream) {
                 f(conn, found);
+                if found.done() {
+                    entry.streams.remove(&stream);
+                }
             }
         });
     }
@@ -261,17 +270,28 @@ fn after(conn: &mut ConnRef<'_>, entry: &mut ConnEntry) {
         conn.close(VarInt::from_u32(0), b"");
         close_locally(&entry.shared);
     }
-    for stream in entry.streams.values_mut() {
-        if stream.shared.send_dropped.load(Ordering::Acquire) && stream.send_open && !stream.finish_pending {
-            stream.finish_pending = true;
-            pump_write(conn, stream);
-        }
-        if stream.shared.recv_dropped.load(Ordering::Acquire) && stream.recv_open {
-            stop_receiving(conn, stream, VarInt::from_u32(0));
+    if entry.shared.streams_dropped.swap(false, Ordering::AcqRel) {
+        entry.sweep = true;
+        for stream in entry.streams.values_mut() {
+            drop_handled(conn, stream);
         }
     }
-    entry.streams.retain(|_, stream| !stream.done());
+    // Only when a stream may have ended on a path that did not remove it: never per write.
+    if std::mem::take(&mut entry.sweep) {
+        entry.streams.retain(|_, stream| !stream.done());
+    }
     refresh(conn, &entry.shared);
+}
+
+/// A task dropped a handle of the stream without its last command reaching the core.
+fn drop_handled(conn: &mut ConnRef<'_>, stream: &mut StreamEntry) {
+    if stream.shared.send_dropped.load(Ordering::Acquire) && stream.send_open && !stream.finish_pending {
+        stream.finish_pending = true;
+        pump_write(conn, stream);
+    }
+    if stream.shared.recv_dropped.load(Ordering::Acquire) && stream.recv_open {
+        stop_receiving(conn, stream, VarInt::from_u32(0));
+    }
 }
 
 fn refresh(conn: &mut ConnRef<'_>, shared: &ConnShared) {
@@ -310,6 +330,7 @@ fn open_waiting(conn: &mut ConnRef<'_>, entry: &mut ConnEntry) {
                 stream.finish_pending = true;
                 pump_write(conn, stream);
                 stop_receiving(conn, stream, VarInt::from_u32(0));
+                entry.sweep = true;
             }
         }
     }
@@ -337,6 +358,7 @@ fn deliver(conn: &mut ConnRef<'_>, entry: &mut ConnEntry, id: StreamId) -> bool 
     stream.delivered = true;
     entry.shared.waiters.wake_all();
     pump_read(conn, stream);
+    entry.sweep |= stream.done();
     true
 }
 

@@ -151,6 +151,8 @@ pub(crate) struct ConnShared {
     pub(crate) accept_paused: AtomicBool,
     /// Every task handle is gone: the core closes the connection when it sees this.
     pub(crate) dropped: AtomicBool,
+    /// A stream handle was dropped without its last command reaching the core.
+    pub(crate) streams_dropped: AtomicBool,
 }
 
 impl ConnShared {
@@ -169,6 +171,7 @@ impl ConnShared {
             waiters: WakerList::default(),
             accept_paused: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
+            streams_dropped: AtomicBool::new(false),
         }
     }
 

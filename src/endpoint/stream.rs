@@ -148,10 +148,12 @@ impl Drop for SendStream {
         if self.closed {
             return;
         }
-        // Read by the core whenever it next touches the connection, should the queue be full now.
-        self.stream.send_dropped.store(true, Ordering::Release);
+        // With the core's queue full, the flags tell it when it next touches the connection.
         let command = Command::Finish { conn: Arc::clone(&self.conn.shared), stream: Arc::clone(&self.stream) };
-        let _ = self.conn.try_send(command);
+        if self.conn.try_send(command).is_err() {
+            self.stream.send_dropped.store(true, Ordering::Release);
+            self.conn.shared.streams_dropped.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -324,13 +326,16 @@ impl Drop for RecvStream {
         if self.done {
             return;
         }
-        self.stream.recv_dropped.store(true, Ordering::Release);
         let command = Command::Stop {
             conn: Arc::clone(&self.conn.shared),
             stream: Arc::clone(&self.stream),
             code: VarInt::from_u32(0),
         };
-        let _ = self.conn.try_send(command);
+        // With the core's queue full, the flags tell it when it next touches the connection.
+        if self.conn.try_send(command).is_err() {
+            self.stream.recv_dropped.store(true, Ordering::Release);
+            self.conn.shared.streams_dropped.store(true, Ordering::Release);
+        }
     }
 }
 

@@ -336,6 +336,7 @@ fn datagrams_and_endpoint_close() {
             assert_eq!(&conn.read_datagram().await.unwrap()[..], &[round; 10][..]);
         }
         assert!(matches!(conn.send_datagram(vec![0; 70_000].into()), Err(Error::DatagramTooLarge { .. })));
+        assert!(client.accept().await.is_none(), "a client-only endpoint accepted a connection");
         server.close(0, b"maintenance");
         assert!(server.accept().await.is_none());
         let reason = conn.closed().await;
@@ -403,5 +404,43 @@ fn many_connections_and_streams_on_two_cores() {
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..150).collect::<Vec<_>>());
+    }));
+}
+
+/// STOP_SENDING and RESET_STREAM reach the other side with their codes.
+#[test]
+fn stop_and_reset_reach_the_peer_with_their_codes() {
+    smol::block_on(bounded(async {
+        let (server, client) = (server(), client());
+        let (conn, accepted) = connected(&server, &client).await;
+        let (mut send, _) = conn.open_bi().await.unwrap();
+        send.write_all(b"first").await.unwrap();
+        let (_, mut recv) = accepted.accept_bi().await.unwrap();
+        let mut buf = [0u8; 5];
+        assert_eq!(recv.read(&mut buf).await.unwrap(), 5);
+        recv.stop(5).await.unwrap();
+        assert!(matches!(recv.read(&mut buf).await, Err(Error::ClosedStream)));
+        let stopped = loop {
+            match send.write(&[0u8; 10_000]).await {
+                Ok(_) => Timer::after(Duration::from_millis(5)).await,
+                Err(error) => break error,
+            };
+        };
+        assert!(matches!(stopped, Error::Stopped(code) if code == 5u32.into()), "{stopped}");
+
+        let (mut send, _) = conn.open_bi().await.unwrap();
+        send.write_all(b"partial").await.unwrap();
+        let (_, mut recv) = accepted.accept_bi().await.unwrap();
+        assert_eq!(recv.read(&mut buf).await.unwrap(), 5);
+        send.reset(9).await.unwrap();
+        let reset = loop {
+            match recv.read(&mut buf).await {
+                Ok(0) => panic!("a reset stream ended cleanly"),
+                Ok(_) => {}
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(reset, Error::Reset(code) if code == 9u32.into()), "{reset}");
+        assert!(matches!(send.write(b"x").await, Err(Error::ClosedStream)));
     }));
 }

@@ -25,8 +25,8 @@ pub enum Error {
     /// The peer abandoned the stream it was sending, with this application code.
     #[error("the peer reset the stream (code {0})")]
     Reset(VarInt),
-    /// The stream was already finished or reset by this side.
-    #[error("the stream is already finished or reset")]
+    /// The stream was already finished or reset (sending) or stopped (receiving) by this side.
+    #[error("the stream was already finished, reset or stopped by this side")]
     ClosedStream,
     /// The endpoint was closed: nothing new is accepted or opened.
     #[error("the endpoint is closed")]

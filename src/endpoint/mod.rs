@@ -208,7 +208,7 @@ impl EndpointBuilder {
         });
         let node = Node::start(config, factory).map_err(|e| Error::Setup(e.to_string()))?;
         let messenger = node.messenger();
-        let inner = Inner { node: Some(node), messenger, shared, identity, alpns: self.alpns };
+        let inner = Inner { node: Some(node), messenger, shared, identity, alpns: self.alpns, accepting: self.accept };
         Ok(Endpoint { inner: Arc::new(inner) })
     }
 }
@@ -220,6 +220,8 @@ struct Inner {
     shared: Arc<EndpointShared>,
     identity: Identity,
     alpns: Vec<Vec<u8>>,
+    /// Built with `accept(true)`: a client-only endpoint's `accept` ends at once.
+    accepting: bool,
 }
 
 impl Drop for Inner {
@@ -299,8 +301,12 @@ impl Endpoint {
     }
 
     /// The next connection a peer opened (its handshake complete), with one of the endpoint's
-    /// ALPNs (the handshake refuses others); `None` once the endpoint is closed.
+    /// ALPNs (the handshake refuses others); `None` once the endpoint is closed, and at once for
+    /// a client-only endpoint.
     pub async fn accept(&self) -> Option<Connection> {
+        if !self.inner.accepting {
+            return None;
+        }
         let shared = &self.inner.shared;
         let conn = poll_fn(|cx| {
             for attempt in 0..2 {

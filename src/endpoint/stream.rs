@@ -200,13 +200,15 @@ pub struct RecvStream {
     current: Bytes,
     /// The end was read, or we stopped: nothing more comes.
     done: bool,
+    /// We stopped the stream: reading it is an error.
+    stopped: bool,
     /// A ReadMore the core's full queue refused: sent again at the next poll.
     nudge_owed: bool,
 }
 
 impl RecvStream {
     pub(crate) fn new(conn: Arc<ConnHandle>, stream: Arc<StreamShared>) -> Self {
-        Self { conn, stream, current: Bytes::new(), done: false, nudge_owed: false }
+        Self { conn, stream, current: Bytes::new(), done: false, stopped: false, nudge_owed: false }
     }
 
     /// The stream's QUIC ID.
@@ -250,6 +252,7 @@ impl RecvStream {
         })
         .await?;
         self.done = true;
+        self.stopped = true;
         Ok(())
     }
 
@@ -266,6 +269,9 @@ impl RecvStream {
     }
 
     fn poll_read_inner(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<usize, Error>> {
+        if self.stopped {
+            return Poll::Ready(Err(Error::ClosedStream));
+        }
         if self.nudge_owed {
             self.consumed(0);
         }

@@ -165,7 +165,7 @@ fn dropped_read_and_write_futures_lose_no_byte() {
         let payload = random_bytes(4 << 20).unwrap();
         let (mut send, _) = conn.open_bi().await.unwrap();
         let tick = || async {
-            Timer::after(Duration::from_micros(300)).await;
+            Timer::after(Duration::from_micros(100)).await;
             None
         };
         let writing = async {

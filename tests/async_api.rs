@@ -444,3 +444,27 @@ fn stop_and_reset_reach_the_peer_with_their_codes() {
         assert!(matches!(send.write(b"x").await, Err(Error::ClosedStream)));
     }));
 }
+
+/// An endpoint built from a node's configuration file takes its listen address, cores, backend
+/// and data directory (the identity the node itself would use).
+#[test]
+fn endpoint_from_a_config_file() {
+    let dir = TempDir::new("async-api-config").unwrap();
+    let data = dir.subdir("data").unwrap();
+    let text = format!(
+        "[node]\nlisten = \"127.0.0.1:0\"\ncores = 2\nbackend = \"portable\"\ndata_dir = \"{}\"\n",
+        data.display()
+    );
+    let path = dir.path().join("ant-quic.toml");
+    let loaded =
+        ant_quic::config::load_text(Some((&path, &text)), Vec::new(), &ant_quic::config::Overrides::default()).unwrap();
+    let server = Endpoint::builder().config(&loaded.config).unwrap().alpn(ALPN).bind().unwrap();
+    let identity = ant_quic::identity::Identity::load_or_create(&data).unwrap();
+    assert_eq!(server.local_peer_id(), identity.peer_id());
+    assert!(server.local_addr().ip().is_loopback());
+    smol::block_on(bounded(async {
+        let client = client();
+        let (conn, _accepted) = connected(&server, &client).await;
+        assert_eq!(conn.remote_peer_id(), Some(identity.peer_id()));
+    }));
+}

@@ -76,9 +76,10 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use ant_quic_dataplane::quinn_proto::VarInt;
-use ant_quic_dataplane::{AppFactory, Application, BackendKind, Messenger, Node, NodeConfig};
+use ant_quic_dataplane::{AdmissionConfig, AppFactory, Application, BackendKind, Messenger, Node, NodeConfig};
 use bytes::Bytes;
 
+use crate::config::Config;
 use crate::identity::{Identity, PeerId};
 use crate::tls::{self, ServerAuth, ServerSecurity};
 use bridge::{Bridge, Command};
@@ -104,6 +105,8 @@ pub struct EndpointBuilder {
     security: ServerSecurity,
     accept: bool,
     accept_queue: usize,
+    admission: AdmissionConfig,
+    xdp_interface: Option<String>,
 }
 
 impl Default for EndpointBuilder {
@@ -118,6 +121,8 @@ impl Default for EndpointBuilder {
             security: ServerSecurity::default(),
             accept: true,
             accept_queue: ACCEPT_QUEUE,
+            admission: AdmissionConfig::DEFAULT,
+            xdp_interface: None,
         }
     }
 }
@@ -179,6 +184,23 @@ impl EndpointBuilder {
         self
     }
 
+    /// The settings of a node's configuration file (`ant-quic.toml`, [`Config`]): `[node]`
+    /// listen, cores, backend, data directory, preferred address and XDP interface; `[security]`
+    /// certificate, client certificates, 0-RTT and admission (Retry, half-open cap, handshake
+    /// timeout). `[node] bootstrap` is not used yet: this endpoint connects by address.
+    pub fn config(mut self, config: &Config) -> Result<Self, Error> {
+        self.listen = config.node.listen;
+        if let Some(cores) = config.node.cores {
+            self.cores = cores;
+        }
+        self.backend = config.node.backend.map(Into::into);
+        self.data_dir = Some(config.data_dir());
+        self.security = config.server_security().map_err(|e| Error::Setup(e.to_string()))?;
+        self.admission = config.security.admission();
+        self.xdp_interface = config.node.xdp_interface.clone();
+        Ok(self)
+    }
+
     /// Start the endpoint's cores and bind its socket.
     pub fn bind(self) -> Result<Endpoint, Error> {
         if self.alpns.is_empty() {
@@ -199,6 +221,8 @@ impl EndpointBuilder {
         let mut config = NodeConfig::new(self.listen, server);
         config.cores = Some(self.cores);
         config.backend = self.backend;
+        config.admission = self.admission;
+        config.xdp_interface = self.xdp_interface;
         // A library shares its host with the application's own threads: no pinning.
         config.pin_threads = false;
         let shared = Arc::new(EndpointShared::new(self.accept_queue));

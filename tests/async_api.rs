@@ -468,3 +468,49 @@ fn endpoint_from_a_config_file() {
         assert_eq!(conn.remote_peer_id(), Some(identity.peer_id()));
     }));
 }
+
+/// `connect` and `open_bi` futures dropped after their first poll (the request is with the
+/// core, the answer not yet back): the core undoes them. The connections are closed, the
+/// streams end empty, and the next real ones work.
+#[test]
+fn dropped_connect_and_open_futures_are_undone() {
+    use smol::future::poll_once;
+    smol::block_on(bounded(async {
+        let (server, client, other) = (server(), client(), self::server());
+        let auth = ServerAuth::PeerId(other.local_peer_id());
+        for _ in 0..5 {
+            assert!(poll_once(client.connect(other.local_addr(), auth)).await.is_none());
+        }
+        // Long enough for the handshakes (milliseconds on loopback): each connection is up,
+        // and then closed by its core, as nobody waits for it.
+        Timer::after(Duration::from_millis(500)).await;
+        let idle = or(async { Some(client.wait_idle().await) }, async {
+            Timer::after(Duration::from_secs(5)).await;
+            None
+        });
+        assert!(idle.await.is_some(), "connections whose connect future was dropped stay open");
+        let (conn, accepted) = connected(&server, &client).await;
+
+        for _ in 0..10 {
+            assert!(poll_once(conn.open_bi()).await.is_none());
+        }
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"real").await.unwrap();
+        send.finish().await.unwrap();
+        let mut empty = 0;
+        loop {
+            let (mut reply, mut request) = accepted.accept_bi().await.unwrap();
+            let body = request.read_to_end(100).await.unwrap();
+            if body.is_empty() {
+                empty += 1;
+                continue;
+            }
+            assert_eq!(body, b"real");
+            reply.write_all(b"answer").await.unwrap();
+            reply.finish().await.unwrap();
+            break;
+        }
+        assert!(empty <= 10, "{empty} empty streams from 10 abandoned opens");
+        assert_eq!(recv.read_to_end(100).await.unwrap(), b"answer");
+    }));
+}

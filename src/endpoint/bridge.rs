@@ -421,6 +421,7 @@ fn pump_read(conn: &mut ConnRef<'_>, entry: &mut StreamEntry) {
     let shared = Arc::clone(&entry.shared);
     let mut recv = conn.quic().recv_stream(shared.id);
     let Ok(mut chunks) = recv.read(true) else {
+        // QUIC knows the stream no more: everything, its end included, was read before.
         entry.recv_open = false;
         shared.fin.store(true, Ordering::Release);
         shared.read_waker.wake();

@@ -60,6 +60,10 @@
 //! [`Connection::path`] reports [`PathKind::Direct`] for the connections made here by address;
 //! connections to a peer ID through the bootstraps (direct, punched or relayed) will report
 //! [`PathKind::Relayed`] while they go through a relay.
+//!
+//! Not here yet: `connect_peer` (a peer ID through the bootstraps: direct, punched or relayed),
+//! the observed address, and a stream of path events (relayed to direct). The builder reads
+//! `[node] bootstrap` from a config file but does not use it until then.
 
 mod bridge;
 mod connection;

@@ -88,6 +88,9 @@ python3 scripts/check-structure.py
 step "tests, default build (aws-lc-rs, post-quantum key exchange)"
 cargo test --release --workspace
 
+step "the async API's tokio AsyncRead/AsyncWrite (feature tokio; the rest of tests/async_api.rs ran above)"
+cargo test --release -p ant-quic --features tokio --test async_api -- tokio_io_traits
+
 step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
 # The NAT lab matrices, the ops script checks, the systemd lab, the long takeover scenarios and
 # the interop fault cases (tests/interop_faults.rs, all named faultcase_*) do not depend on the

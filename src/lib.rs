@@ -5,7 +5,13 @@
 //! connection on it. Application code runs on the core that owns the connection, as an
 //! [`Application`](dataplane::Application) created per core.
 //!
-//! Opening a connection and exchanging data (see `examples/echo_client.rs` for a full program):
+//! Applications that run as async tasks (tokio, smol, any executor) use [`endpoint`] instead:
+//! `Endpoint::builder()...bind()`, `connect(addr, auth).await`, `open_bi().await`, streams with
+//! the `futures-io` (and, with feature `tokio`, tokio's) AsyncRead/AsyncWrite; it is built on the
+//! callback API below (`examples/async_echo.rs`).
+//!
+//! Opening a connection and exchanging data with callbacks (see `examples/echo_client.rs` for a
+//! full program):
 //!
 //! ```no_run
 //! use ant_quic::dataplane::{Application, ConnRef, ReadOutcome};
@@ -31,11 +37,13 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bulk;
 pub mod client;
 pub mod config;
+pub mod endpoint;
 pub mod identity;
 pub mod logging;
 pub mod nat;

@@ -40,6 +40,9 @@ pub trait Application<M = ()> {
     fn on_closed(&mut self, _id: ConnId, _tag: u64, _reason: &ConnectionError) {}
     /// A connection requested with `NodeHandle::connect` could not even be started.
     fn on_connect_failed(&mut self, _tag: u64, _error: &quinn_proto::ConnectError) {}
+    /// Unreliable datagrams arrived (RFC 9221): take them with `conn.quic().datagrams().recv()`.
+    /// Those not taken wait in quinn-proto's bounded receive buffer, oldest dropped first.
+    fn on_datagram(&mut self, _conn: &mut ConnRef<'_>) {}
     /// The peer allows more streams to be opened (after `open_bi`/`open_uni` returned `None`).
     fn on_streams_available(&mut self, _conn: &mut ConnRef<'_>) {}
     /// A message sent with `Messenger::send_message`, with this core's connections at hand.

@@ -680,7 +680,8 @@ impl<B: Backend, M> Core<B, M> {
         while let Some(event) = state.conn.poll() {
             let mut conn = ConnRef { id, tag: state.tag, now, inner: &mut state.conn };
             match event {
-                Event::HandshakeDataReady | Event::DatagramReceived | Event::DatagramsUnblocked => {}
+                Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
+                Event::DatagramReceived => self.app.on_datagram(&mut conn),
                 Event::Connected => {
                     bump(&self.shared.stats.handshakes_completed, 1);
                     state.connected = true;

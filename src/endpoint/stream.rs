@@ -1,0 +1,365 @@
+//! [`SendStream`] and [`RecvStream`]: a QUIC stream's two directions as async byte streams.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use ant_quic_dataplane::quinn_proto::VarInt;
+use bytes::Bytes;
+
+use super::bridge::Command;
+use super::handle::ConnHandle;
+use super::shared::{StreamShared, STREAM_BUDGET};
+use super::Error;
+
+/// The sending half of a stream. Dropping it finishes the stream (what was written is still
+/// delivered); [`SendStream::reset`] abandons it instead.
+#[derive(Debug)]
+pub struct SendStream {
+    conn: Arc<ConnHandle>,
+    stream: Arc<StreamShared>,
+    /// Finish or reset sent to the core: no more writes.
+    closed: bool,
+}
+
+impl SendStream {
+    pub(crate) fn new(conn: Arc<ConnHandle>, stream: Arc<StreamShared>) -> Self {
+        Self { conn, stream, closed: false }
+    }
+
+    /// The stream's QUIC ID.
+    pub fn id(&self) -> u64 {
+        self.stream.id.into()
+    }
+
+    /// Write some of `buf`: returns how many bytes were taken (at least one, unless `buf` is
+    /// empty). Waits while [`STREAM_BUDGET`] bytes already wait for QUIC flow control.
+    ///
+    /// Cancellation safe: bytes are taken only in the poll that returns them as written, so a
+    /// dropped `write` future wrote nothing it did not report.
+    pub async fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
+        poll_fn(|cx| self.poll_write_inner(cx, buf)).await
+    }
+
+    /// Write all of `buf`. Not cancellation safe in the sense that a dropped future may have
+    /// written a prefix of `buf` (as with any `write_all`); use [`SendStream::write`] to know how much.
+    pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), Error> {
+        while !buf.is_empty() {
+            let written = self.write(buf).await?;
+            buf = buf.get(written..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// Mark the end of the stream: everything written before is delivered, then the end.
+    /// Returns once the core has the request; the bytes are still on their way.
+    pub async fn finish(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| self.poll_finish(cx)).await
+    }
+
+    /// Abandon the stream with an application error `code`: what was not yet sent never is.
+    pub async fn reset(&mut self, code: u32) -> Result<(), Error> {
+        if self.closed {
+            return Err(Error::ClosedStream);
+        }
+        let (conn, stream) = (Arc::clone(&self.conn.shared), Arc::clone(&self.stream));
+        let code = VarInt::from_u32(code);
+        poll_fn(|cx| {
+            self.conn.poll_send(cx, || Command::Reset { conn: Arc::clone(&conn), stream: Arc::clone(&stream), code })
+        })
+        .await?;
+        self.closed = true;
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.closed {
+            return Err(Error::ClosedStream);
+        }
+        if let Some(code) = self.stream.stop_code() {
+            return Err(Error::Stopped(code));
+        }
+        match self.conn.shared.error() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn poll_write_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<Result<usize, Error>> {
+        self.check()?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut used = self.stream.in_flight.load(Ordering::Acquire);
+        if used >= STREAM_BUDGET {
+            self.stream.write_waker.register(cx.waker());
+            self.check()?;
+            used = self.stream.in_flight.load(Ordering::Acquire);
+            if used >= STREAM_BUDGET {
+                return Poll::Pending;
+            }
+        }
+        let take = buf.len().min(STREAM_BUDGET - used);
+        let data = Bytes::copy_from_slice(buf.get(..take).unwrap_or_default());
+        // Counted before the core can see it, so the core's decrement never goes below zero.
+        self.stream.in_flight.fetch_add(take, Ordering::AcqRel);
+        let (conn, stream) = (&self.conn.shared, &self.stream);
+        let command = Command::Write { conn: Arc::clone(conn), stream: Arc::clone(stream), data };
+        match self.conn.try_send(command) {
+            Ok(()) => Poll::Ready(Ok(take)),
+            Err(retry) => {
+                self.stream.in_flight.fetch_sub(take, Ordering::AcqRel);
+                retry.poll(cx).map(|result| result.map(|()| 0))
+            }
+        }
+    }
+
+    /// Ready once the core has handed every written byte to QUIC.
+    fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.stream.in_flight.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        self.check()?;
+        self.stream.write_waker.register(cx.waker());
+        if self.stream.in_flight.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        self.check()?;
+        Poll::Pending
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.closed {
+            return Poll::Ready(Err(Error::ClosedStream));
+        }
+        let (conn, stream) = (Arc::clone(&self.conn.shared), Arc::clone(&self.stream));
+        let sent = self.conn.poll_send(cx, || Command::Finish { conn: Arc::clone(&conn), stream: Arc::clone(&stream) });
+        if let Poll::Ready(Ok(())) = sent {
+            self.closed = true;
+        }
+        sent
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        // With the core's queue full, the flags tell it when it next touches the connection.
+        let command = Command::Finish { conn: Arc::clone(&self.conn.shared), stream: Arc::clone(&self.stream) };
+        if self.conn.try_send(command).is_err() {
+            self.stream.send_dropped.store(true, Ordering::Release);
+            self.conn.shared.streams_dropped.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl futures_io::AsyncWrite for SendStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.get_mut().poll_write_inner(cx, buf).map_err(Into::into)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().poll_flush_inner(cx).map_err(Into::into)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_finish(cx).map_err(Into::into)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncWrite for SendStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        futures_io::AsyncWrite::poll_write(self, cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures_io::AsyncWrite::poll_flush(self, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures_io::AsyncWrite::poll_close(self, cx)
+    }
+}
+
+/// The receiving half of a stream. Dropping it before the end asks the peer to stop sending
+/// (STOP_SENDING with code 0).
+#[derive(Debug)]
+pub struct RecvStream {
+    conn: Arc<ConnHandle>,
+    stream: Arc<StreamShared>,
+    /// Taken from the queue, not yet all copied out; counted in `stream.buffered` until it is.
+    current: Bytes,
+    /// The end was read, or we stopped: nothing more comes.
+    done: bool,
+    /// We stopped the stream: reading it is an error.
+    stopped: bool,
+    /// A ReadMore the core's full queue refused: sent again at the next poll.
+    nudge_owed: bool,
+}
+
+impl RecvStream {
+    pub(crate) fn new(conn: Arc<ConnHandle>, stream: Arc<StreamShared>) -> Self {
+        Self { conn, stream, current: Bytes::new(), done: false, stopped: false, nudge_owed: false }
+    }
+
+    /// The stream's QUIC ID.
+    pub fn id(&self) -> u64 {
+        self.stream.id.into()
+    }
+
+    /// Read into `buf`: how many bytes, 0 at the end of the stream (or for an empty `buf`).
+    ///
+    /// Cancellation safe: bytes leave the stream only in the poll that returns them.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        poll_fn(|cx| self.poll_read_inner(cx, buf)).await
+    }
+
+    /// Read to the end of the stream, refusing a stream longer than `limit` bytes (what was read
+    /// is then lost: stop the stream or drop it).
+    pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let read = self.read(&mut buf).await?;
+            if read == 0 {
+                return Ok(out);
+            }
+            if out.len() + read > limit {
+                return Err(Error::Invalid(format!("the stream is longer than the limit of {limit} bytes")));
+            }
+            out.extend_from_slice(buf.get(..read).unwrap_or_default());
+        }
+    }
+
+    /// Ask the peer to stop sending, with application error `code`; what arrives later is dropped.
+    pub async fn stop(&mut self, code: u32) -> Result<(), Error> {
+        if self.done {
+            return Err(Error::ClosedStream);
+        }
+        let (conn, stream) = (Arc::clone(&self.conn.shared), Arc::clone(&self.stream));
+        let code = VarInt::from_u32(code);
+        poll_fn(|cx| {
+            self.conn.poll_send(cx, || Command::Stop { conn: Arc::clone(&conn), stream: Arc::clone(&stream), code })
+        })
+        .await?;
+        self.done = true;
+        self.stopped = true;
+        Ok(())
+    }
+
+    /// `consumed` bytes left the budget: tell a core that stopped reading at the budget.
+    fn consumed(&mut self, consumed: usize) {
+        self.stream.buffered.fetch_sub(consumed, Ordering::SeqCst);
+        if self.stream.read_paused.swap(false, Ordering::SeqCst) {
+            self.nudge_owed = true;
+        }
+        if self.nudge_owed {
+            let command = Command::ReadMore { conn: Arc::clone(&self.conn.shared), stream: Arc::clone(&self.stream) };
+            self.nudge_owed = self.conn.try_send(command).is_err();
+        }
+    }
+
+    fn poll_read_inner(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<usize, Error>> {
+        if self.stopped {
+            return Poll::Ready(Err(Error::ClosedStream));
+        }
+        if self.nudge_owed {
+            self.consumed(0);
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        for attempt in 0..2 {
+            if self.current.is_empty() {
+                if let Some(chunk) = self.stream.chunks.pop() {
+                    self.current = chunk;
+                }
+            }
+            if !self.current.is_empty() {
+                let take = buf.len().min(self.current.len());
+                let chunk = self.current.split_to(take);
+                if let Some(out) = buf.get_mut(..take) {
+                    out.copy_from_slice(&chunk);
+                }
+                self.consumed(take);
+                return Poll::Ready(Ok(take));
+            }
+            if self.done {
+                return Poll::Ready(Ok(0));
+            }
+            // Every chunk is queued before the end, the reset or the close is flagged: after
+            // seeing a flag, the queue is looked at once more.
+            if self.stream.fin.load(Ordering::Acquire) {
+                if self.stream.chunks.is_empty() {
+                    self.done = true;
+                    return Poll::Ready(Ok(0));
+                }
+                continue;
+            }
+            if let Some(code) = self.stream.reset_code() {
+                return Poll::Ready(Err(Error::Reset(code)));
+            }
+            if let Some(error) = self.conn.shared.error() {
+                if self.stream.chunks.is_empty() {
+                    return Poll::Ready(Err(error));
+                }
+                continue;
+            }
+            if attempt == 0 {
+                self.stream.read_waker.register(cx.waker());
+            }
+        }
+        if self.nudge_owed {
+            // The core's queue was full: try again soon rather than wait for data that the
+            // core will not read until it hears from us.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let command = Command::Stop {
+            conn: Arc::clone(&self.conn.shared),
+            stream: Arc::clone(&self.stream),
+            code: VarInt::from_u32(0),
+        };
+        // With the core's queue full, the flags tell it when it next touches the connection.
+        if self.conn.try_send(command).is_err() {
+            self.stream.recv_dropped.store(true, Ordering::Release);
+            self.conn.shared.streams_dropped.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl futures_io::AsyncRead for RecvStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        self.get_mut().poll_read_inner(cx, buf).map_err(Into::into)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncRead for RecvStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let read = std::task::ready!(self.get_mut().poll_read_inner(cx, buf.initialize_unfilled()))?;
+        buf.advance(read);
+        Poll::Ready(Ok(()))
+    }
+}

@@ -40,7 +40,10 @@ pub fn can_run() -> Result<bool, MissingPrerequisite> {
 
 /// Why a network namespace cannot be created here (an unprivileged container), or "" if it can.
 fn netns_refused() -> String {
-    let name = format!("aq-probe-{}", std::process::id());
+    // Unique per call: the tests of one binary probe in parallel threads of one process.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let probe = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("aq-probe-{}-{probe}", std::process::id());
     match Command::new("ip").args(["netns", "add", &name]).output() {
         Ok(out) if out.status.success() => {
             let _ = Command::new("ip").args(["netns", "delete", &name]).status();
@@ -55,13 +58,24 @@ fn netns_refused() -> String {
 pub struct Lab {
     pub prefix: String,
     pub logs: PathBuf,
+    /// One lab at a time per test binary: its tests run in parallel threads, and a lab's timings
+    /// (the NAT matrix's punches) should not share the machine with another lab's.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Lab {
     /// Build a lab named after `tag` and this process, with `up_args` (e.g. the impairment). A
     /// failure is an error (call [`can_run`] first), and whatever `up` built is removed then too.
     pub fn up(tag: &str, logs: &Path, up_args: &[&str]) -> Result<Lab> {
-        let lab = Lab { prefix: format!("{tag}{}", std::process::id() % 100_000), logs: logs.to_owned() };
+        // A test that failed while holding the lab still removed it (Drop), so a poisoned lock is fine.
+        let one_at_a_time = ONE_LAB.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lab = Lab {
+            prefix: format!("{tag}{}", std::process::id() % 100_000),
+            logs: logs.to_owned(),
+            _one_at_a_time: one_at_a_time,
+        };
         let mut args = vec!["up"];
         args.extend_from_slice(up_args);
         let up = lab.run("up", &args, Duration::from_secs(90))?;

@@ -526,6 +526,7 @@ mod tests {
     }
 
     /// The group the server picked, as both sides see it.
+    #[cfg(feature = "aws-lc-rs")]
     fn negotiated_group(client: rustls::ClientConfig, server: rustls::ServerConfig) -> rustls::NamedGroup {
         let conn = handshake(client, server).unwrap();
         conn.negotiated_key_exchange_group().unwrap().name()

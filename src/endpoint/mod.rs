@@ -16,6 +16,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! `docs/api.md` in the repository walks through this API and sets it beside quinn's and iroh's,
+//! call by call.
+//!
 //! # How it works
 //!
 //! The API is built on the callback API ([`crate::dataplane::Application`]), not beside it: every

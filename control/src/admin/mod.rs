@@ -158,7 +158,7 @@ impl AdminServer {
     /// gives every new one to the other listener of the `SO_REUSEPORT` group (the process that
     /// took over). Connections already accepted or queued still get their answer, and the
     /// liveness watch keeps running. Returns once the listener is dropped (within about
-    /// [`IDLE_POLL`]; at most [`CLOSE_LISTENER_WAIT`]).
+    /// `IDLE_POLL`; at most `CLOSE_LISTENER_WAIT`).
     pub fn close_listener(&self) {
         self.flags.close_listener.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + CLOSE_LISTENER_WAIT;

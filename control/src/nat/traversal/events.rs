@@ -28,7 +28,7 @@ pub enum TraversalAction {
         probe: Probe,
     },
     /// Open a QUIC connection to `peer` at `address` (a valid pair), then call
-    /// [`Traversal::connection_result`].
+    /// [`Traversal::connection_result`](super::Traversal::connection_result).
     ConnectDirect {
         /// The attempt it belongs to.
         attempt: AttemptId,
@@ -50,7 +50,7 @@ pub enum TraversalAction {
         channel: u32,
     },
     /// Open a QUIC connection to `peer` at `alias` (routed through the relay), then call
-    /// [`Traversal::connection_result`].
+    /// [`Traversal::connection_result`](super::Traversal::connection_result).
     ConnectRelayed {
         /// The attempt it belongs to.
         attempt: AttemptId,
@@ -75,7 +75,7 @@ pub enum TraversalAction {
     },
     /// Open `sockets` extra UDP sockets for the many-probe round `token`: ephemeral ports on the
     /// node's IP, indexed from 0. Probes that arrive on them go to
-    /// [`Traversal::handle_spray_probe`]. Opening fewer (the system's limit) is allowed.
+    /// [`Traversal::handle_spray_probe`](super::Traversal::handle_spray_probe). Opening fewer (the system's limit) is allowed.
     SprayOpen {
         /// The round.
         token: [u8; 16],
@@ -121,7 +121,7 @@ pub enum TraversalAction {
     },
     /// Open a QUIC connection to `peer` through the bridge of round `token` (see
     /// [`TraversalAction::SprayKeep`]), which leads to `remote`; then call
-    /// [`Traversal::connection_result`].
+    /// [`Traversal::connection_result`](super::Traversal::connection_result).
     ConnectBridged {
         /// The attempt it belongs to.
         attempt: AttemptId,
@@ -164,7 +164,7 @@ pub enum TraversalEvent {
         /// Where it sees this peer.
         observed: Option<SocketAddr>,
     },
-    /// A [`Traversal::connect`] attempt ended.
+    /// A [`Traversal::connect`](super::Traversal::connect) attempt ended.
     AttemptFinished {
         /// The attempt.
         attempt: AttemptId,
@@ -174,14 +174,14 @@ pub enum TraversalEvent {
         outcome: Outcome,
         /// The peer's real address (direct) or the relay's (relayed); `None` when it failed.
         remote: Option<SocketAddr>,
-        /// Time from [`Traversal::connect`] to the end.
+        /// Time from [`Traversal::connect`](super::Traversal::connect) to the end.
         connect: Duration,
         /// Why it failed.
         reason: Option<String>,
     },
     /// Bootstrap `session` is being taken over by a new process on its address (REREGISTER):
     /// open a new connection to it after `delay`, and once that registration is confirmed (its
-    /// OBSERVED_ADDRESS), hand over with [`Traversal::bootstrap_handed_over`] and close the old
+    /// OBSERVED_ADDRESS), hand over with [`Traversal::bootstrap_handed_over`](super::Traversal::bootstrap_handed_over) and close the old
     /// connection.
     ReregisterRequested {
         /// The bootstrap connection that asked.

@@ -361,7 +361,7 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompatibilitySection {
-    /// Accept the renamed keys of [`RENAMED_KEYS`].
+    /// Accept the renamed keys of [`RENAMED_KEYS`](super::RENAMED_KEYS).
     pub support_deprecated_keys: bool,
     /// Warn about each renamed key accepted.
     pub migration_warnings: bool,

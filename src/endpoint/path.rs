@@ -145,3 +145,34 @@ impl PathEvents {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Error;
+    use ant_quic_dataplane::ConnId;
+
+    #[test]
+    fn a_relayed_connection_reports_its_move_to_a_direct_path_then_its_end() {
+        let alias: SocketAddr = "198.51.100.1:40000".parse().unwrap();
+        let relay: SocketAddr = "192.0.2.1:9000".parse().unwrap();
+        let mut routes = Routes::default();
+        assert_eq!(routes.kind(alias), PathKind::Direct, "an address that is no alias is direct");
+        routes.update(alias, Some(PathRoute::Relay { relay, channel: 7 }));
+        let conn = Arc::new(ConnShared::new(ConnId { core: 0, index: 0 }, alias, None, None));
+        conn.path.set(routes.kind(alias));
+        assert_eq!(conn.path.kind(), PathKind::Relayed { relay });
+
+        let mut events = PathEvents::new(Arc::clone(&conn));
+        let direct = routes.update(alias, Some(PathRoute::Direct("203.0.113.5:5000".parse().unwrap())));
+        conn.path.set(direct.unwrap());
+        let next = smol::block_on(events.next());
+        assert_eq!(next, Some(Path { kind: PathKind::Direct, remote: alias }));
+
+        // The same path again is no event; the connection's end is.
+        conn.path.set(PathKind::Direct);
+        let _ = conn.closed.set(Error::EndpointClosed);
+        conn.path.ended();
+        assert_eq!(smol::block_on(events.next()), None);
+    }
+}

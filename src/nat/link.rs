@@ -1,6 +1,6 @@
 //! The per-core half of NAT traversal: signalling streams and the connections the traversal
 //! opened, on the core that owns them. Messages are decoded here and handed to the driver thread
-//! ([`super::Driver`]) with the connection they came on; what the driver wants written arrives
+//! (`super::Driver`) with the connection they came on; what the driver wants written arrives
 //! back as a [`CoreRequest`].
 
 use std::collections::{HashMap, VecDeque};

@@ -2,9 +2,9 @@
 //! [`NatAgent`] (the sans-IO policy around both state machines of `ant_quic_control::nat`)
 //! against the node, and does for it what needs the host.
 //!
-//! Inputs: signalling messages and connection events from the cores ([`link::NatEvent`]), probe
+//! Inputs: signalling messages and connection events from the cores (`link::NatEvent`), probe
 //! datagrams from the data plane and from the extra sockets of many-probe rounds
-//! ([`spray::SprayEvent`]), requests from the node's owner. The agent's actions are carried out
+//! (`spray::SprayEvent`), requests from the node's owner. The agent's actions are carried out
 //! here: frames written on signalling streams, probes sent from the node socket and the extra
 //! sockets, connections opened (directly, through a relay alias, or through a bridge) with their
 //! TLS configuration, relay allocations and path aliases installed on every core, host

@@ -3,7 +3,7 @@
 //! the winning socket to the node socket.
 //!
 //! One helper thread per round owns the round's [`MultiSocket`]. It hands probe datagrams that
-//! arrive to the driver ([`SprayEvent`]) and carries out the driver's commands (probes from every
+//! arrive to the driver (`SprayEvent`) and carries out the driver's commands (probes from every
 //! socket, acks from one, keep one, close), woken by a [`Waker`]. When a socket wins, the thread
 //! becomes the bridge: datagrams from the remote peer on the winning socket are sent from a second
 //! socket (bound to loopback, or to the node's IP when it listens on a specific one) to the node
@@ -11,7 +11,7 @@
 //! peer. The node thus sees the peer at the second socket's address; the NAT sees the winning
 //! socket's mapping. Probe datagrams from the peer still go to the driver, so that the round keeps
 //! answering them. Every loop is bounded in time: the spraying phase ends after
-//! [`SPRAY_LIFETIME`], the bridge after [`BRIDGE_IDLE`] without traffic, both when the driver
+//! `SPRAY_LIFETIME`, the bridge after `BRIDGE_IDLE` without traffic, both when the driver
 //! stops.
 
 use std::collections::HashMap;

@@ -1,12 +1,15 @@
 //! `Endpoint::connect_peer` on loopback: a bootstrap node started in this process and two async
 //! endpoints registered with it. One reaches the other by peer ID, the other accepts; 4 MiB go
-//! each way, checked by SHA-256; each side knows the other's peer ID. An unknown peer ID, and an
-//! endpoint without bootstraps, fail with their own error. (Punched and relayed paths between
+//! each way, checked by SHA-256; each side knows the other's peer ID. A `connect_peer` dropped
+//! before it finishes leaves no connection open, and the next one works. An unknown peer ID, and
+//! an endpoint without bootstraps, fail with their own error. (Punched and relayed paths between
 //! NATs: tests/natlab_async.rs.)
 
 mod common;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ant_quic::endpoint::{Connection, Endpoint, Error, PathKind};
@@ -140,4 +143,55 @@ fn an_unknown_peer_id_and_a_missing_bootstrap_are_clear_errors() {
     }));
     let bad = Endpoint::builder().alpn(ALPN).bootstrap("nonsense").bind().expect_err("a bad bootstrap was taken");
     assert!(bad.to_string().contains("'nonsense' is not HOST:PORT"), "{bad}");
+}
+
+/// Echo every bidirectional stream of `conn` until it ends.
+async fn echo(conn: Connection) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let data = recv.read_to_end(TRANSFER).await.unwrap_or_default();
+        let _ = send.write_all(&data).await;
+        let _ = send.finish().await;
+    }
+}
+
+#[test]
+fn a_dropped_connect_peer_leaves_no_connection_behind() {
+    let bootstrap = Bootstrap::start();
+    let (a, b) = (peer(&bootstrap), peer(&bootstrap));
+    smol::block_on(bounded(async {
+        let (seen_a, seen_b) = zip(a.registered(), b.registered()).await;
+        seen_a.unwrap();
+        seen_b.unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (accepting, count) = (b.clone(), Arc::clone(&accepted));
+        let server = smol::spawn(async move {
+            while let Some(conn) = accepting.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                smol::spawn(echo(conn)).detach();
+            }
+        });
+        // Given up long before the traversal can finish; it finishes without a taker.
+        let gave_up = or(async { Some(a.connect_peer(b.local_peer_id()).await) }, async {
+            Timer::after(Duration::from_millis(1)).await;
+            None
+        })
+        .await;
+        assert!(gave_up.is_none(), "connected within 1 ms");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while accepted.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            Timer::after(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the abandoned attempt made no connection");
+        // Nothing left open on a: the connection nobody took was closed.
+        a.wait_idle().await;
+
+        // Asked again: a connection that works.
+        let conn = a.connect_peer(b.local_peer_id()).await.unwrap();
+        let data = random_bytes(64 * 1024).unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&data).await.unwrap();
+        send.finish().await.unwrap();
+        assert_eq!(recv.read_to_end(TRANSFER).await.unwrap(), data);
+        drop(server);
+    }));
 }

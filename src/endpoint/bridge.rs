@@ -169,6 +169,10 @@ impl Bridge {
             Command::CloseAll { code, reason } => {
                 for id in conns.ids() {
                     if let Some(mut conn) = conns.get(id) {
+                        // The bootstrap connections are the NAT driver's: it stops them itself.
+                        if matches!(ConnPurpose::of_tag(conn.tag()), Some(ConnPurpose::Bootstrap(_))) {
+                            continue;
+                        }
                         conn.close(code, &reason);
                     }
                     if let Some(entry) = self.conns.get(&id) {

@@ -51,7 +51,9 @@
 //! `write` takes bytes only in the poll that returns them as written, and `read` removes bytes
 //! only in the poll that returns them. A request that needs the core's answer (`connect`,
 //! `open_bi`, `open_uni`) is undone when its future is dropped: the core closes the connection,
-//! or finishes and stops the stream, whichever side sees the other give up. Dropping a
+//! or finishes and stops the stream, whichever side sees the other give up. Dropping
+//! `connect_peer`'s future leaves the traversal to finish on its own; the connection it makes
+//! then is closed, nobody having taken it. Dropping a
 //! [`SendStream`] finishes it, a [`RecvStream`] stops it (code 0), the last handle of a
 //! [`Connection`] closes it (code 0).
 //!

@@ -1,5 +1,5 @@
 //! `Endpoint::connect_peer` on loopback: a bootstrap node started in this process and two async
-//! endpoints registered with it. One reaches the other by peer ID, the other accepts; 4 MiB go
+//! endpoints registered with it (one given its bootstrap by a configuration file). One reaches the other by peer ID, the other accepts; 4 MiB go
 //! each way, checked by SHA-256; each side knows the other's peer ID. A `connect_peer` dropped
 //! before it finishes leaves no connection open, and the next one works. An unknown peer ID, and
 //! an endpoint without bootstraps, fail with their own error. (Punched and relayed paths between
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ant_quic::endpoint::{Connection, Endpoint, Error, PathKind};
 use ant_quic::identity::PeerId;
 use ant_quic::node::{start_server, NodeOptions, Server};
-use common::{random_bytes, sha256_hex};
+use common::{random_bytes, sha256_hex, TempDir};
 use smol::future::{or, zip};
 use smol::Timer;
 
@@ -94,10 +94,20 @@ async fn answer(conn: &Connection, data: &[u8]) -> Vec<u8> {
     received.unwrap()
 }
 
+/// An endpoint whose bootstrap comes from `[node] bootstrap` of a configuration file.
+fn peer_from_config(bootstrap: &Bootstrap, dir: &TempDir) -> Endpoint {
+    let text = format!("[node]\nlisten = \"127.0.0.1:0\"\nbootstrap = [\"{}\"]\n", bootstrap.pinned());
+    let path = dir.path().join("ant-quic.toml");
+    let overrides = ant_quic::config::Overrides::default();
+    let loaded = ant_quic::config::load_text(Some((&path, &text)), Vec::new(), &overrides).unwrap();
+    Endpoint::builder().config(&loaded.config).unwrap().alpn(ALPN).bind().unwrap()
+}
+
 #[test]
 fn a_peer_is_reached_by_its_id_and_bytes_go_both_ways() {
     let bootstrap = Bootstrap::start();
-    let (a, b) = (peer(&bootstrap), peer(&bootstrap));
+    let dir = TempDir::new("async-peer-config").unwrap();
+    let (a, b) = (peer(&bootstrap), peer_from_config(&bootstrap, &dir));
     smol::block_on(bounded(async {
         let (seen_a, seen_b) = zip(a.registered(), b.registered()).await;
         // No NAT on loopback: the bootstrap sees the endpoints' own addresses.
@@ -131,6 +141,7 @@ fn an_unknown_peer_id_and_a_missing_bootstrap_are_clear_errors() {
         let started = Instant::now();
         let error = a.connect_peer(stranger).await.expect_err("an unknown peer was reached");
         let line = error.to_string();
+        eprintln!("{line}");
         assert!(matches!(&error, Error::PeerUnreachable { peer, .. } if *peer == stranger), "{line}");
         assert!(line.contains(&stranger.to_string()) && !line.contains('\n'), "{line}");
         // The bootstrap says so: no need to wait for the timeout.

@@ -8,7 +8,9 @@
 //! and here on the files) and the receiver names the sender's peer ID.
 //!
 //! Needs root, `ip`, `nft`, `python3` and /dev/net/tun (tests/common/natlab.rs); the lab and every
-//! process in it are removed afterwards, also on failure.
+//! process in it are removed afterwards, also on failure. The example is the one cargo built
+//! beside the node binary (`cargo test --workspace` builds it; alone, run
+//! `cargo test --release --test natlab_async --example p2p_file`), built here when missing.
 
 mod common;
 

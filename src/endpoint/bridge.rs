@@ -130,7 +130,7 @@ impl Bridge {
     fn register(&mut self, conn: &mut ConnRef<'_>) -> Arc<ConnShared> {
         let peer_id = conn.peer_certificates().and_then(|certs| certs.first().and_then(peer_id_of_certificate));
         let shared = Arc::new(ConnShared::new(conn.id(), conn.remote_address(), conn.alpn(), peer_id));
-        shared.path.set(self.routes.kind(conn.remote_address()));
+        shared.path.set(self.routes.path(conn.remote_address()));
         self.conns.insert(
             conn.id(),
             ConnEntry {
@@ -245,11 +245,9 @@ impl Bridge {
             }
             Command::Nat(request) => {
                 if let CoreRequest::Route { alias, route } = &request {
-                    let kind = self.routes.update(*alias, *route);
-                    for entry in self.conns.values().filter(|entry| entry.shared.remote == *alias) {
-                        // A removed alias leaves its connections with nowhere to go: they end.
-                        if let Some(kind) = kind {
-                            entry.shared.path.set(kind);
+                    if let Some(path) = self.routes.update(*alias, *route) {
+                        for entry in self.conns.values().filter(|entry| entry.shared.remote == *alias) {
+                            entry.shared.path.set(path);
                         }
                     }
                 }

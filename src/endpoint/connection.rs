@@ -60,7 +60,7 @@ impl Connection {
     /// connection to a peer reached by peer ID may run through a relay, and move to a direct
     /// path later ([`Connection::path_events`]).
     pub fn path(&self) -> Path {
-        Path { kind: self.shared().path.kind(), remote: self.shared().remote }
+        self.shared().path.path(self.shared().remote)
     }
 
     /// The changes of [`Connection::path`] from now on, notably a relayed connection's upgrade

@@ -32,33 +32,41 @@ pub enum PathKind {
 pub struct Path {
     /// Direct or relayed.
     pub kind: PathKind,
-    /// The peer's address as this connection knows it.
+    /// Where the peer is reached: its address on a direct path (for a connection that moved off
+    /// a relay, the address it moved to); through a relay, the connection's own remote address
+    /// (a local alias the relay's frames arrive from).
     pub remote: SocketAddr,
 }
+
+/// The kind of a path, and where it leads when that is not the connection's remote address.
+type PathNow = (PathKind, Option<SocketAddr>);
 
 /// A connection's path as its core last saw it, with a version that moves on every change.
 #[derive(Debug)]
 pub(crate) struct PathState {
-    kind: Mutex<PathKind>,
+    now: Mutex<PathNow>,
     version: AtomicU64,
     waiters: WakerList,
 }
 
 impl Default for PathState {
     fn default() -> Self {
-        Self { kind: Mutex::new(PathKind::Direct), version: AtomicU64::new(0), waiters: WakerList::default() }
+        Self { now: Mutex::new((PathKind::Direct, None)), version: AtomicU64::new(0), waiters: WakerList::default() }
     }
 }
 
 impl PathState {
-    pub(crate) fn kind(&self) -> PathKind {
-        self.kind.lock().map(|k| *k).unwrap_or(PathKind::Direct)
+    /// The path of the connection whose remote address is `remote`.
+    pub(crate) fn path(&self, remote: SocketAddr) -> Path {
+        let (kind, to) = self.now.lock().map(|now| *now).unwrap_or((PathKind::Direct, None));
+        Path { kind, remote: to.unwrap_or(remote) }
     }
 
-    /// Core side: the path is `kind` now; tasks waiting for a change are woken if it changed.
-    pub(crate) fn set(&self, kind: PathKind) {
-        let changed = match self.kind.lock() {
-            Ok(mut current) => std::mem::replace(&mut *current, kind) != kind,
+    /// Core side: the path is `now` from here on; tasks waiting for a change are woken if it
+    /// changed.
+    pub(crate) fn set(&self, now: PathNow) {
+        let changed = match self.now.lock() {
+            Ok(mut current) => std::mem::replace(&mut *current, now) != now,
             Err(_) => false,
         };
         if changed {
@@ -73,36 +81,38 @@ impl PathState {
     }
 }
 
-/// What a route says about the connections whose remote address is its alias.
-pub(crate) fn kind_of(route: PathRoute) -> PathKind {
+/// What a route says about the connections whose remote address is its alias (none: a
+/// connection straight to its remote address).
+fn path_of(route: Option<PathRoute>) -> PathNow {
     match route {
-        PathRoute::Relay { relay, .. } => PathKind::Relayed { relay },
-        PathRoute::Direct(_) => PathKind::Direct,
+        Some(PathRoute::Relay { relay, .. }) => (PathKind::Relayed { relay }, None),
+        Some(PathRoute::Direct(address)) => (PathKind::Direct, Some(address)),
+        None => (PathKind::Direct, None),
     }
 }
 
 /// A core's path aliases (the remote addresses of relayed connections) and what they route by.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
-    kinds: HashMap<SocketAddr, PathKind>,
+    routes: HashMap<SocketAddr, PathRoute>,
 }
 
 impl Routes {
     /// The path of a connection to `remote`: an alias's route, or straight to it.
-    pub(crate) fn kind(&self, remote: SocketAddr) -> PathKind {
-        self.kinds.get(&remote).copied().unwrap_or(PathKind::Direct)
+    pub(crate) fn path(&self, remote: SocketAddr) -> PathNow {
+        path_of(self.routes.get(&remote).copied())
     }
 
-    /// `alias` routes by `route` now (`None`: gone); returns the new kind, for its connections.
-    pub(crate) fn update(&mut self, alias: SocketAddr, route: Option<PathRoute>) -> Option<PathKind> {
+    /// `alias` routes by `route` now (`None`: gone); returns the new path of its connections
+    /// (`None` when the alias is gone: its connections have nowhere to go, and end).
+    pub(crate) fn update(&mut self, alias: SocketAddr, route: Option<PathRoute>) -> Option<PathNow> {
         match route {
             Some(route) => {
-                let kind = kind_of(route);
-                self.kinds.insert(alias, kind);
-                Some(kind)
+                self.routes.insert(alias, route);
+                Some(path_of(Some(route)))
             }
             None => {
-                self.kinds.remove(&alias);
+                self.routes.remove(&alias);
                 None
             }
         }
@@ -131,7 +141,7 @@ impl PathEvents {
                 let version = self.conn.path.version.load(Ordering::SeqCst);
                 if version != self.seen {
                     self.seen = version;
-                    return Poll::Ready(Some(Path { kind: self.conn.path.kind(), remote: self.conn.remote }));
+                    return Poll::Ready(Some(self.conn.path.path(self.conn.remote)));
                 }
                 if self.conn.closed.get().is_some() {
                     return Poll::Ready(None);
@@ -154,23 +164,23 @@ mod tests {
 
     #[test]
     fn a_relayed_connection_reports_its_move_to_a_direct_path_then_its_end() {
-        let alias: SocketAddr = "198.51.100.1:40000".parse().unwrap();
+        let alias: SocketAddr = "240.0.0.1:1".parse().unwrap();
         let relay: SocketAddr = "192.0.2.1:9000".parse().unwrap();
+        let direct: SocketAddr = "203.0.113.5:5000".parse().unwrap();
         let mut routes = Routes::default();
-        assert_eq!(routes.kind(alias), PathKind::Direct, "an address that is no alias is direct");
+        assert_eq!(routes.path(direct), (PathKind::Direct, None), "an address that is no alias is direct");
         routes.update(alias, Some(PathRoute::Relay { relay, channel: 7 }));
         let conn = Arc::new(ConnShared::new(ConnId { core: 0, index: 0 }, alias, None, None));
-        conn.path.set(routes.kind(alias));
-        assert_eq!(conn.path.kind(), PathKind::Relayed { relay });
+        conn.path.set(routes.path(alias));
+        assert_eq!(conn.path.path(alias), Path { kind: PathKind::Relayed { relay }, remote: alias });
 
         let mut events = PathEvents::new(Arc::clone(&conn));
-        let direct = routes.update(alias, Some(PathRoute::Direct("203.0.113.5:5000".parse().unwrap())));
-        conn.path.set(direct.unwrap());
+        conn.path.set(routes.update(alias, Some(PathRoute::Direct(direct))).unwrap());
         let next = smol::block_on(events.next());
-        assert_eq!(next, Some(Path { kind: PathKind::Direct, remote: alias }));
+        assert_eq!(next, Some(Path { kind: PathKind::Direct, remote: direct }), "moved to the peer's address");
 
         // The same path again is no event; the connection's end is.
-        conn.path.set(PathKind::Direct);
+        conn.path.set(routes.path(alias));
         let _ = conn.closed.set(Error::EndpointClosed);
         conn.path.ended();
         assert_eq!(smol::block_on(events.next()), None);

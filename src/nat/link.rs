@@ -75,7 +75,8 @@ pub enum CoreRequest {
     Route {
         /// The alias: a relayed connection's remote address.
         alias: SocketAddr,
-        /// Through a relay, or straight to an address.
+        /// Through a relay, or straight to an address (a path through a many-probe round's
+        /// bridge is told as straight to the peer's address).
         route: Option<PathRoute>,
     },
     /// Report `conn`'s RTT and remote address.

@@ -445,7 +445,8 @@ impl<M: From<CoreRequest>> Driver<M> {
                     if let Err(error) = self.node.set_path(alias, Some(PathRoute::Direct(bridge))) {
                         tracing::warn!(%alias, %error, "bridged path not installed");
                     }
-                    self.announce_route(alias, Some(PathRoute::Direct(bridge)));
+                    // The application sees the peer's address, not the local bridge.
+                    self.announce_route(alias, Some(PathRoute::Direct(address)));
                 }
                 AgentAction::RemovePath { alias } => {
                     if let Err(error) = self.node.set_path(alias, None) {

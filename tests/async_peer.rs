@@ -1,8 +1,9 @@
 //! `Endpoint::connect_peer` on loopback: a bootstrap node started in this process and two async
 //! endpoints registered with it (one given its bootstrap by a configuration file). One reaches the other by peer ID, the other accepts; 4 MiB go
 //! each way, checked by SHA-256; each side knows the other's peer ID. A `connect_peer` dropped
-//! before it finishes leaves no connection open, and the next one works. An unknown peer ID, and
-//! an endpoint without bootstraps, fail with their own error. (Punched and relayed paths between
+//! before it finishes leaves no connection open, and the next one works. An unknown peer ID, a
+//! bootstrap that never answers (at the peer timeout) and an endpoint without bootstraps fail
+//! with their own error. (Punched and relayed paths between
 //! NATs: tests/natlab_async.rs.)
 
 mod common;
@@ -152,6 +153,20 @@ fn an_unknown_peer_id_and_a_missing_bootstrap_are_clear_errors() {
         assert!(matches!(alone.registered().await, Err(Error::NoBootstrap)));
         assert_eq!(alone.observed_address(), None);
     }));
+    // A bootstrap that never answers: the attempt ends at the endpoint's peer timeout.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let lonely = Endpoint::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .alpn(ALPN)
+        .bootstrap(&silent.local_addr().unwrap().to_string())
+        .peer_timeout(Duration::from_secs(2))
+        .bind()
+        .unwrap();
+    let started = Instant::now();
+    let error = smol::block_on(bounded(lonely.connect_peer(PeerId([0x43; 32])))).expect_err("reached through nobody");
+    let waited = started.elapsed();
+    assert!(matches!(error, Error::PeerUnreachable { .. }) && error.to_string().contains("within 2 s"), "{error}");
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(5), "gave up after {waited:?}");
     let bad = Endpoint::builder().alpn(ALPN).bootstrap("nonsense").bind().expect_err("a bad bootstrap was taken");
     assert!(bad.to_string().contains("'nonsense' is not HOST:PORT"), "{bad}");
 }

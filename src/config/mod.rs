@@ -19,4 +19,4 @@ pub use sections::{
     NatSection, NodeSection, SecuritySection, DEFAULT_DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT, MAX_RELAY_LIFETIME,
     MIN_RELAY_LIFETIME,
 };
-pub use validate::split_bootstrap;
+pub use validate::{resolve_bootstraps, split_bootstrap};

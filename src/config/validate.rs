@@ -2,7 +2,9 @@
 //! together.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+
+use ant_quic_control::nat::agent::BootstrapSpec;
 
 use super::origin::{ConfigError, Origin};
 use super::sections::{
@@ -188,6 +190,23 @@ pub fn split_bootstrap(entry: &str) -> Result<(Option<PeerId>, &str), String> {
         return Err(format!("'{entry}' is not HOST:PORT or PEER_ID@HOST:PORT"));
     }
     Ok((peer, address))
+}
+
+/// `[node] bootstrap` / `--bootstrap` entries (`[PEER_ID@]HOST:PORT`) resolved to addresses (the
+/// first address of each), with their pins.
+pub fn resolve_bootstraps(entries: &[String]) -> Result<Vec<BootstrapSpec>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            let (peer, host_port) = split_bootstrap(entry)?;
+            let address = host_port
+                .to_socket_addrs()
+                .map_err(|e| format!("bootstrap '{entry}' cannot be resolved: {e}; give [PEER_ID@]HOST:PORT"))?
+                .next()
+                .ok_or_else(|| format!("bootstrap '{entry}' has no address"))?;
+            Ok(BootstrapSpec { address, peer })
+        })
+        .collect()
 }
 
 #[cfg(test)]

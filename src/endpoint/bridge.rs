@@ -12,9 +12,12 @@ use ant_quic_dataplane::quinn_proto::{
 use ant_quic_dataplane::{Application, ConnId, ConnRef, Connections};
 use bytes::Bytes;
 
+use super::path::Routes;
 use super::shared::{ConnShared, EndpointShared, Reply, StreamShared, STREAM_BUDGET};
 use super::Error;
 use crate::identity::peer_id_of_certificate;
+use crate::nat::link::{CoreLink, CoreRequest};
+use ant_quic_control::nat::agent::ConnPurpose;
 
 /// A connection the core hands to the task that asked for it.
 pub(crate) type ConnReply = Reply<Result<Arc<ConnShared>, Error>>;
@@ -48,6 +51,16 @@ pub(crate) enum Command {
     Close { conn: Arc<ConnShared>, code: VarInt, reason: Bytes },
     /// Close every connection of the core.
     CloseAll { code: VarInt, reason: Bytes },
+    /// The connection the traversal made to a peer (its `conn`) is the task's: hand it over.
+    Claim { conn: ConnId, reply: Arc<ConnReply> },
+    /// For the NAT traversal's per-core half (endpoints with bootstraps).
+    Nat(CoreRequest),
+}
+
+impl From<CoreRequest> for Command {
+    fn from(request: CoreRequest) -> Self {
+        Command::Nat(request)
+    }
 }
 
 /// The core's side of one stream.
@@ -93,16 +106,31 @@ pub(crate) struct Bridge {
     endpoint: Arc<EndpointShared>,
     connects: HashMap<u64, Arc<ConnReply>>,
     conns: HashMap<ConnId, ConnEntry>,
+    /// Signalling with the bootstraps, when the endpoint has some: their connections are the
+    /// link's, not the tasks'.
+    link: Option<CoreLink>,
+    /// Connections the traversal made to peers, until `connect_peer` claims them.
+    unclaimed: HashMap<ConnId, Arc<ConnShared>>,
+    /// What the path aliases of relayed connections route by.
+    routes: Routes,
 }
 
 impl Bridge {
-    pub(crate) fn new(endpoint: Arc<EndpointShared>) -> Self {
-        Self { endpoint, connects: HashMap::new(), conns: HashMap::new() }
+    pub(crate) fn new(endpoint: Arc<EndpointShared>, link: Option<CoreLink>) -> Self {
+        Self {
+            endpoint,
+            connects: HashMap::new(),
+            conns: HashMap::new(),
+            link,
+            unclaimed: HashMap::new(),
+            routes: Routes::default(),
+        }
     }
 
     fn register(&mut self, conn: &mut ConnRef<'_>) -> Arc<ConnShared> {
         let peer_id = conn.peer_certificates().and_then(|certs| certs.first().and_then(peer_id_of_certificate));
         let shared = Arc::new(ConnShared::new(conn.id(), conn.remote_address(), conn.alpn(), peer_id));
+        shared.path.set(self.routes.path(conn.remote_address()));
         self.conns.insert(
             conn.id(),
             ConnEntry {
@@ -128,6 +156,7 @@ impl Bridge {
             let _ = reply.put(Err(error.clone()));
         }
         entry.shared.waiters.wake_all();
+        entry.shared.path.ended();
         self.endpoint.live.fetch_sub(1, Ordering::SeqCst);
         self.endpoint.idle_waiters.wake_all();
     }
@@ -140,6 +169,10 @@ impl Bridge {
             Command::CloseAll { code, reason } => {
                 for id in conns.ids() {
                     if let Some(mut conn) = conns.get(id) {
+                        // The bootstrap connections are the NAT driver's: it stops them itself.
+                        if matches!(ConnPurpose::of_tag(conn.tag()), Some(ConnPurpose::Bootstrap(_))) {
+                            continue;
+                        }
                         conn.close(code, &reason);
                     }
                     if let Some(entry) = self.conns.get(&id) {
@@ -198,6 +231,30 @@ impl Bridge {
                 conn.close(code, &reason);
                 close_locally(&entry.shared);
             }),
+            Command::Claim { conn, reply } => {
+                // Gone: it ended before the task came for it.
+                let gone = || Error::Invalid("the connection ended before it was handed over".into());
+                let result = self.unclaimed.remove(&conn).ok_or_else(gone);
+                if let Some(Ok(shared)) = reply.put(result) {
+                    // The task stopped waiting: nobody will use the connection.
+                    self.with(conns, &shared, |conn, entry| {
+                        conn.close(VarInt::from_u32(0), b"");
+                        close_locally(&entry.shared);
+                    });
+                }
+            }
+            Command::Nat(request) => {
+                if let CoreRequest::Route { alias, route } = &request {
+                    if let Some(path) = self.routes.update(*alias, *route) {
+                        for entry in self.conns.values().filter(|entry| entry.shared.remote == *alias) {
+                            entry.shared.path.set(path);
+                        }
+                    }
+                }
+                if let Some(link) = self.link.as_mut() {
+                    link.on_request(conns, request);
+                }
+            }
         }
     }
 
@@ -485,6 +542,17 @@ impl Application<Command> for Bridge {
             self.endpoint.incoming_waiters.wake_all();
             return;
         }
+        if let Some(purpose) = ConnPurpose::of_tag(conn.tag()) {
+            // The traversal's: a bootstrap (signalling only), or a peer a task asked for.
+            if let Some(link) = self.link.as_mut() {
+                link.on_connected(conn);
+            }
+            if matches!(purpose, ConnPurpose::Attempt(_)) {
+                let shared = self.register(conn);
+                self.unclaimed.insert(conn.id(), shared);
+            }
+            return;
+        }
         let Some(reply) = self.connects.remove(&conn.tag()) else {
             conn.close(VarInt::from_u32(0), b"");
             return;
@@ -509,10 +577,16 @@ impl Application<Command> for Bridge {
     }
 
     fn on_readable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        if self.link.as_mut().is_some_and(|link| link.on_readable(conn, stream)) {
+            return;
+        }
         self.on_stream(conn, stream, pump_read);
     }
 
     fn on_writable(&mut self, conn: &mut ConnRef<'_>, stream: StreamId) {
+        if self.link.as_mut().is_some_and(|link| link.on_writable(conn, stream)) {
+            return;
+        }
         self.on_stream(conn, stream, pump_write);
     }
 
@@ -538,6 +612,10 @@ impl Application<Command> for Bridge {
     }
 
     fn on_closed(&mut self, id: ConnId, tag: u64, reason: &ConnectionError) {
+        if let Some(link) = self.link.as_mut() {
+            link.on_closed(id, tag, reason);
+        }
+        self.unclaimed.remove(&id);
         if self.conns.get(&id).is_some_and(|entry| entry.shared.id == id) {
             self.forget(id, Error::ConnectionLost(reason.clone()));
         } else if let Some(reply) = self.connects.remove(&tag).filter(|_| tag != 0) {
@@ -546,6 +624,9 @@ impl Application<Command> for Bridge {
     }
 
     fn on_connect_failed(&mut self, tag: u64, error: &ConnectError) {
+        if let Some(link) = self.link.as_mut() {
+            link.on_connect_failed(tag, error);
+        }
         if let Some(reply) = self.connects.remove(&tag) {
             let _ = reply.put(Err(Error::ConnectFailed(error.clone())));
         }

@@ -13,33 +13,11 @@ use bytes::Bytes;
 
 use super::bridge::{Command, StreamReply};
 use super::handle::{ask, ConnHandle, SendFailed};
+use super::path::{Path, PathEvents};
 use super::shared::{ConnShared, StreamShared};
 use super::stream::{RecvStream, SendStream};
 use super::Error;
 use crate::identity::PeerId;
-
-/// How a connection reaches its peer now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PathKind {
-    /// Straight to the peer's address.
-    Direct,
-    /// Through a relay (a bootstrap forwarding the end-to-end encrypted packets).
-    Relayed {
-        /// The relay's address.
-        relay: SocketAddr,
-    },
-}
-
-/// A connection's current path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Path {
-    /// Direct or relayed.
-    pub kind: PathKind,
-    /// The peer's address as this connection knows it.
-    pub remote: SocketAddr,
-}
 
 /// A QUIC connection. Cheap to clone; when the last clone and the last of its streams are
 /// dropped, the connection is closed cleanly (application code 0).
@@ -78,10 +56,17 @@ impl Connection {
         Duration::from_micros(self.shared().rtt_micros.load(Ordering::Relaxed))
     }
 
-    /// The path the connection takes (direct for every connection this endpoint opens or
-    /// accepts by address).
+    /// The path the connection takes now: direct for every connection made by address; a
+    /// connection to a peer reached by peer ID may run through a relay, and move to a direct
+    /// path later ([`Connection::path_events`]).
     pub fn path(&self) -> Path {
-        Path { kind: PathKind::Direct, remote: self.shared().remote }
+        self.shared().path.path(self.shared().remote)
+    }
+
+    /// The changes of [`Connection::path`] from now on, notably a relayed connection's upgrade
+    /// to a direct path.
+    pub fn path_events(&self) -> PathEvents {
+        PathEvents::new(Arc::clone(&self.handle.shared))
     }
 
     /// Why the connection ended, if it has.

@@ -31,6 +31,18 @@ pub enum Error {
     /// The endpoint was closed: nothing new is accepted or opened.
     #[error("the endpoint is closed")]
     EndpointClosed,
+    /// [`super::Endpoint::connect_peer`] needs a bootstrap, and the endpoint was built without.
+    #[error("no bootstrap configured: give one with .bootstrap(\"[PEER_ID@]HOST:PORT\") or [node] bootstrap")]
+    NoBootstrap,
+    /// The peer could not be reached through the bootstraps: not registered there, no path
+    /// found, or not within the time allowed.
+    #[error("cannot reach peer {peer}: {reason}")]
+    PeerUnreachable {
+        /// The peer ID asked for.
+        peer: crate::identity::PeerId,
+        /// Why, as the traversal tells it.
+        reason: String,
+    },
     /// The peer does not take datagrams, or this one is larger than it takes.
     #[error("datagram of {size} bytes not sendable: the peer takes at most {max} (0: no datagrams)")]
     DatagramTooLarge {
@@ -60,7 +72,8 @@ impl From<Error> for std::io::Error {
             Error::Reset(_) | Error::ConnectionLost(_) => ErrorKind::ConnectionReset,
             Error::ClosedStream | Error::EndpointClosed => ErrorKind::NotConnected,
             Error::Invalid(_) | Error::DatagramTooLarge { .. } => ErrorKind::InvalidInput,
-            Error::Setup(_) | Error::ConnectFailed(_) => ErrorKind::Other,
+            Error::Setup(_) | Error::ConnectFailed(_) | Error::NoBootstrap => ErrorKind::Other,
+            Error::PeerUnreachable { .. } => ErrorKind::HostUnreachable,
         };
         std::io::Error::new(kind, error)
     }

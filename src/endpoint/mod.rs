@@ -54,24 +54,34 @@
 //! `write` takes bytes only in the poll that returns them as written, and `read` removes bytes
 //! only in the poll that returns them. A request that needs the core's answer (`connect`,
 //! `open_bi`, `open_uni`) is undone when its future is dropped: the core closes the connection,
-//! or finishes and stops the stream, whichever side sees the other give up. Dropping a
+//! or finishes and stops the stream, whichever side sees the other give up. Dropping
+//! `connect_peer`'s future leaves the traversal to finish on its own; the connection it makes
+//! then is closed, nobody having taken it. Dropping a
 //! [`SendStream`] finishes it, a [`RecvStream`] stops it (code 0), the last handle of a
 //! [`Connection`] closes it (code 0).
 //!
 //! # Paths
 //!
-//! [`Connection::path`] reports [`PathKind::Direct`] for the connections made here by address;
-//! connections to a peer ID through the bootstraps (direct, punched or relayed) will report
-//! [`PathKind::Relayed`] while they go through a relay.
+//! [`Connection::path`] reports [`PathKind::Direct`] for the connections made here by address.
 //!
-//! Not here yet: `connect_peer` (a peer ID through the bootstraps: direct, punched or relayed),
-//! the observed address, and a stream of path events (relayed to direct). The builder reads
-//! `[node] bootstrap` from a config file but does not use it until then.
+//! # Peers behind NATs
+//!
+//! An endpoint given bootstraps ([`EndpointBuilder::bootstrap`], or `[node] bootstrap`) runs the
+//! node's NAT traversal (`peer.rs`): it registers with them ([`Endpoint::registered`],
+//! [`Endpoint::observed_address`]), and [`Endpoint::connect_peer`] reaches a peer by its ID
+//! exactly as `ant-quic --connect` does: directly, through a punched hole, or through a
+//! bootstrap's relay. The signalling connections to the bootstraps (`ant-quic/1`) stay on the
+//! cores; the connection to the peer carries the endpoint's ALPNs and is an ordinary
+//! [`Connection`] on both sides (the peer's [`Endpoint::accept`] returns it).
+//! [`Connection::path`] reports [`PathKind::Relayed`] while it goes through a relay, and
+//! [`Connection::path_events`] the move to a direct path when a later punch finds one.
 
 mod bridge;
 mod connection;
 mod error;
 mod handle;
+mod path;
+mod peer;
 mod shared;
 mod stream;
 
@@ -81,6 +91,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use ant_quic_dataplane::quinn_proto::VarInt;
 use ant_quic_dataplane::{AdmissionConfig, AppFactory, Application, BackendKind, Messenger, Node, NodeConfig};
@@ -88,11 +99,15 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::identity::{Identity, PeerId};
+use crate::nat::link::CoreLink;
+use crate::nat::Nat;
 use crate::tls::{self, ServerAuth, ServerSecurity};
+use ant_quic_control::nat::traversal::TraversalConfig;
 use bridge::{Bridge, Command};
-pub use connection::{Connection, Path, PathKind};
+pub use connection::Connection;
 pub use error::Error;
 use handle::{send, Awaited};
+pub use path::{Path, PathEvents, PathKind};
 use shared::EndpointShared;
 pub use shared::STREAM_BUDGET;
 pub use stream::{RecvStream, SendStream};
@@ -114,6 +129,9 @@ pub struct EndpointBuilder {
     accept_queue: usize,
     admission: AdmissionConfig,
     xdp_interface: Option<String>,
+    bootstraps: Vec<String>,
+    traversal: TraversalConfig,
+    peer_timeout: Duration,
 }
 
 impl Default for EndpointBuilder {
@@ -130,6 +148,9 @@ impl Default for EndpointBuilder {
             accept_queue: ACCEPT_QUEUE,
             admission: AdmissionConfig::DEFAULT,
             xdp_interface: None,
+            bootstraps: Vec::new(),
+            traversal: TraversalConfig::default(),
+            peer_timeout: peer::PEER_TIMEOUT,
         }
     }
 }
@@ -191,10 +212,24 @@ impl EndpointBuilder {
         self
     }
 
+    /// Register with the bootstrap `entry`, `HOST:PORT` or `PEER_ID@HOST:PORT` (then its
+    /// certificate must prove that peer ID), as `--bootstrap`; repeatable, the first given
+    /// coordinates. Needed for [`Endpoint::connect_peer`].
+    pub fn bootstrap(mut self, entry: &str) -> Self {
+        self.bootstraps.push(entry.to_owned());
+        self
+    }
+
+    /// How long [`Endpoint::connect_peer`] tries before it gives up; default 30 s.
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = timeout;
+        self
+    }
+
     /// The settings of a node's configuration file (`ant-quic.toml`, [`Config`]): `[node]`
-    /// listen, cores, backend, data directory, preferred address and XDP interface; `[security]`
-    /// certificate, client certificates, 0-RTT and admission (Retry, half-open cap, handshake
-    /// timeout). `[node] bootstrap` is not used yet: this endpoint connects by address.
+    /// listen, cores, backend, data directory, XDP interface and bootstraps; `[nat]` traversal
+    /// settings; `[security]` certificate, client certificates, 0-RTT and admission (Retry,
+    /// half-open cap, handshake timeout).
     pub fn config(mut self, config: &Config) -> Result<Self, Error> {
         self.listen = config.node.listen;
         if let Some(cores) = config.node.cores {
@@ -205,6 +240,8 @@ impl EndpointBuilder {
         self.security = config.server_security().map_err(|e| Error::Setup(e.to_string()))?;
         self.admission = config.security.admission();
         self.xdp_interface = config.node.xdp_interface.clone();
+        self.bootstraps.clone_from(&config.node.bootstrap);
+        self.traversal = config.nat.traversal();
         Ok(self)
     }
 
@@ -232,20 +269,54 @@ impl EndpointBuilder {
         config.xdp_interface = self.xdp_interface;
         // A library shares its host with the application's own threads: no pinning.
         config.pin_threads = false;
+        let bootstraps = crate::config::resolve_bootstraps(&self.bootstraps).map_err(Error::Invalid)?;
+        // With bootstraps, each core runs the traversal's per-core half beside the bridge.
+        let (events, events_rx) = crossbeam_channel::bounded(crate::nat::EVENT_QUEUE);
+        let (datagrams, datagrams_rx) = crossbeam_channel::bounded(crate::nat::EVENT_QUEUE);
+        let with_nat = !bootstraps.is_empty();
+        if with_nat {
+            config.control_datagrams = Some(datagrams);
+        }
         let shared = Arc::new(EndpointShared::new(self.accept_queue));
         let for_cores = Arc::clone(&shared);
         let factory: Arc<dyn AppFactory<Command>> = Arc::new(move |_core: usize| {
-            Box::new(Bridge::new(Arc::clone(&for_cores))) as Box<dyn Application<Command>>
+            let link = with_nat.then(|| CoreLink::new(events.clone()));
+            Box::new(Bridge::new(Arc::clone(&for_cores), link)) as Box<dyn Application<Command>>
         });
         let node = Node::start(config, factory).map_err(|e| Error::Setup(e.to_string()))?;
+        let nat = if with_nat {
+            let start =
+                peer::NatStart { bootstraps, traversal: self.traversal, events: events_rx, datagrams: datagrams_rx };
+            match peer::start_nat(&node, &identity, &self.alpns, start) {
+                Ok(nat) => Some(nat),
+                Err(error) => {
+                    node.shutdown_now();
+                    let _ = node.join();
+                    return Err(error);
+                }
+            }
+        } else {
+            None
+        };
         let messenger = node.messenger();
-        let inner = Inner { node: Some(node), messenger, shared, identity, alpns: self.alpns, accepting: self.accept };
+        let inner = Inner {
+            nat,
+            node: Some(node),
+            messenger,
+            shared,
+            identity,
+            alpns: self.alpns,
+            accepting: self.accept,
+            peer_timeout: self.peer_timeout,
+        };
         Ok(Endpoint { inner: Arc::new(inner) })
     }
 }
 
 #[derive(Debug)]
 struct Inner {
+    /// The NAT traversal, when the endpoint has bootstraps; stopped before the cores.
+    nat: Option<Nat>,
     node: Option<Node<Command>>,
     messenger: Messenger<Command>,
     shared: Arc<EndpointShared>,
@@ -253,10 +324,14 @@ struct Inner {
     alpns: Vec<Vec<u8>>,
     /// Built with `accept(true)`: a client-only endpoint's `accept` ends at once.
     accepting: bool,
+    peer_timeout: Duration,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Some(mut nat) = self.nat.take() {
+            nat.stop();
+        }
         if let Some(node) = self.node.take() {
             node.shutdown_now();
             if let Err(error) = node.join() {

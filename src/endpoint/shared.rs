@@ -153,6 +153,8 @@ pub(crate) struct ConnShared {
     pub(crate) dropped: AtomicBool,
     /// A stream handle was dropped without its last command reaching the core.
     pub(crate) streams_dropped: AtomicBool,
+    /// Direct or through a relay, and its changes.
+    pub(crate) path: super::path::PathState,
 }
 
 impl ConnShared {
@@ -172,6 +174,7 @@ impl ConnShared {
             accept_paused: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
             streams_dropped: AtomicBool::new(false),
+            path: super::path::PathState::default(),
         }
     }
 

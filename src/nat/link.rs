@@ -12,6 +12,7 @@ use ant_quic_control::nat::wire::FrameReader;
 use ant_quic_control::nat::Message;
 use ant_quic_control::PeerId;
 use ant_quic_dataplane::quinn_proto::{ConnectionError, StreamId, VarInt};
+use ant_quic_dataplane::relay::PathRoute;
 use ant_quic_dataplane::Connections;
 use ant_quic_dataplane::{ConnId, ConnRef, ReadOutcome};
 use bytes::Bytes;
@@ -68,6 +69,15 @@ pub enum CoreRequest {
         conn: ConnId,
         /// Said in the CONNECTION_CLOSE, for the other side's logs.
         reason: &'static str,
+    },
+    /// The data plane now routes the path alias `alias` by `route` (`None`: the alias is gone).
+    /// Told to every core, for applications that report their connections' paths.
+    Route {
+        /// The alias: a relayed connection's remote address.
+        alias: SocketAddr,
+        /// Through a relay, or straight to an address (a path through a many-probe round's
+        /// bridge is told as straight to the peer's address).
+        route: Option<PathRoute>,
     },
     /// Report `conn`'s RTT and remote address.
     Describe {
@@ -343,6 +353,8 @@ impl CoreLink {
                     c.close(VarInt::from_u32(0), reason.as_bytes());
                 }
             }
+            // The node's services do not report paths.
+            CoreRequest::Route { .. } => {}
             CoreRequest::Describe { conn, report } => {
                 let answer = conns.get(conn).map(|mut c| (c.remote_address(), c.quic().rtt()));
                 let _ = report.send(answer);

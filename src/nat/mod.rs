@@ -18,6 +18,7 @@ pub mod spray;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,10 +58,25 @@ pub struct NatOptions {
     pub traversal: TraversalConfig,
     /// The alternate address for peers' mapping discovery (as a bootstrap); `None`: none.
     pub alternate: Option<AlternateOptions>,
+    /// The application protocols (ALPN) offered on connections to peers reached by peer ID;
+    /// empty: `ant-quic/1`, the node's own.
+    pub peer_alpns: Vec<Vec<u8>>,
+}
+
+/// Where the answer to a connection request goes: called once, with the connection or why there
+/// is none. Returns whether someone took the connection; one nobody took is closed.
+pub(crate) type ConnectReply = Box<dyn FnOnce(Result<PeerConnection, String>) -> bool + Send>;
+
+/// A connection request waiting for the agent's answer.
+struct PendingConnect {
+    target: PeerId,
+    timeout: Duration,
+    deadline: Instant,
+    reply: ConnectReply,
 }
 
 enum Request {
-    Connect { target: PeerId, reply: Sender<Result<PeerConnection, String>> },
+    Connect { target: PeerId, timeout: Duration, reply: ConnectReply },
     BeginHandover { window: Duration },
     Stop,
 }
@@ -70,6 +86,8 @@ enum Request {
 pub struct Nat {
     requests: Sender<Request>,
     status: Arc<Mutex<NatStatus>>,
+    /// Tasks to wake at the next change of `status`.
+    status_watchers: Arc<Mutex<Vec<Waker>>>,
     metrics: Arc<ant_quic_control::nat::NatMetrics>,
     thread: Option<JoinHandle<()>>,
     alternates: Option<Alternates>,
@@ -78,8 +96,8 @@ pub struct Nat {
 impl Nat {
     /// Start the driver for `node`, taking the cores' events and probe datagrams; `join`: the
     /// node takes another process's port over (see [`Alternates::start`]).
-    pub(crate) fn start(
-        node: Messenger<CoreRequest>,
+    pub(crate) fn start<M: From<CoreRequest> + Send + 'static>(
+        node: Messenger<M>,
         identity: &Identity,
         mut options: NatOptions,
         events: Receiver<NatEvent>,
@@ -104,6 +122,7 @@ impl Nat {
             Traversal::new(options.traversal.clone(), seed()),
         );
         let status = Arc::new(Mutex::new(agent.status().clone()));
+        let status_watchers = Arc::new(Mutex::new(Vec::new()));
         let (spray_events_tx, spray_events) = crossbeam_channel::bounded(EVENT_QUEUE);
         let sprays = Sprays::new(node.local_addr(), spray_events_tx);
         let mut driver = Driver {
@@ -114,25 +133,34 @@ impl Nat {
             replies: HashMap::new(),
             next_request: 0,
             status: Arc::clone(&status),
+            status_watchers: Arc::clone(&status_watchers),
             metrics: Arc::clone(&metrics),
             sprays,
+            peer_alpns: options.peer_alpns.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("ant-quic-nat".into())
             .spawn(move || driver.run(&events, &datagrams, &spray_events, &requests_rx))
             .map_err(|source| Error::Io { context: "starting the NAT traversal thread".into(), source })?;
-        Ok(Self { requests, status, metrics, thread: Some(thread), alternates })
+        Ok(Self { requests, status, status_watchers, metrics, thread: Some(thread), alternates })
     }
 
     /// Reach `target` by its peer ID through a bootstrap: directly when a hole can be punched,
     /// through the relay otherwise. Waits at most `timeout`.
     pub fn connect(&self, target: PeerId, timeout: Duration) -> Result<PeerConnection, String> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        self.requests.send(Request::Connect { target, reply }).map_err(|_| "the node is stopping".to_owned())?;
-        match answer.recv_timeout(timeout) {
+        self.request_connect(target, timeout, Box::new(move |result| reply.send(result).is_ok()))?;
+        // The driver answers by the deadline; the margin only covers a driver that stopped.
+        match answer.recv_timeout(timeout + Duration::from_secs(1)) {
             Ok(result) => result,
-            Err(_) => Err(format!("no connection to {target} within {} s", timeout.as_secs())),
+            Err(_) => Err("the node is stopping".to_owned()),
         }
+    }
+
+    /// [`Nat::connect`] without waiting: `reply` is called once, from the NAT thread, with the
+    /// connection or why there is none (at the latest after `timeout`).
+    pub(crate) fn request_connect(&self, target: PeerId, timeout: Duration, reply: ConnectReply) -> Result<(), String> {
+        self.requests.send(Request::Connect { target, timeout, reply }).map_err(|_| "the node is stopping".to_owned())
     }
 
     /// This node is being taken over by a new process on its address: tells every peer registered
@@ -148,6 +176,15 @@ impl Nat {
     /// A snapshot of the bootstraps and registrations.
     pub fn status(&self) -> NatStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Wake `waker` at the next change of [`Nat::status`] (look at the status again after this).
+    pub(crate) fn watch_status(&self, waker: &Waker) {
+        if let Ok(mut watchers) = self.status_watchers.lock() {
+            if !watchers.iter().any(|w| w.will_wake(waker)) {
+                watchers.push(waker.clone());
+            }
+        }
     }
 
     /// The bootstraps as JSON, for `/health`.
@@ -208,23 +245,39 @@ fn seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-struct Driver {
-    node: Messenger<CoreRequest>,
+struct Driver<M> {
+    node: Messenger<M>,
+    status_watchers: Arc<Mutex<Vec<Waker>>>,
     agent: NatAgent,
     /// Whether this host has a route to an address (looked up once per address).
     routes: HashMap<IpAddr, bool>,
     certified: CertifiedKey,
     /// Where the answers to connection requests go, by request.
-    replies: HashMap<RequestId, Sender<Result<PeerConnection, String>>>,
+    replies: HashMap<RequestId, PendingConnect>,
     next_request: RequestId,
     status: Arc<Mutex<NatStatus>>,
     metrics: Arc<ant_quic_control::nat::NatMetrics>,
     /// Extra sockets and bridges of many-probe rounds.
     sprays: Sprays,
+    /// [`NatOptions::peer_alpns`].
+    peer_alpns: Vec<Vec<u8>>,
 }
 
-impl Driver {
+impl<M: From<CoreRequest>> Driver<M> {
     fn run(
+        &mut self,
+        events: &Receiver<NatEvent>,
+        datagrams: &Receiver<ControlDatagram>,
+        spray_events: &Receiver<SprayEvent>,
+        requests: &Receiver<Request>,
+    ) {
+        self.serve(events, datagrams, spray_events, requests);
+        for (_, pending) in self.replies.drain() {
+            (pending.reply)(Err("the node is stopping".to_owned()));
+        }
+    }
+
+    fn serve(
         &mut self,
         events: &Receiver<NatEvent>,
         datagrams: &Receiver<ControlDatagram>,
@@ -234,7 +287,9 @@ impl Driver {
         loop {
             self.agent.handle_timeout(Instant::now());
             self.execute();
-            let timeout = self.agent.poll_timeout().saturating_duration_since(Instant::now());
+            self.expire_requests(Instant::now());
+            let wake = self.replies.values().map(|p| p.deadline).fold(self.agent.poll_timeout(), Instant::min);
+            let timeout = wake.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
                 recv(events) -> event => match event {
                     Ok(event) => self.on_event(Instant::now(), event),
@@ -255,10 +310,11 @@ impl Driver {
                     Err(_) => {}
                 },
                 recv(requests) -> request => match request {
-                    Ok(Request::Connect { target, reply }) => {
+                    Ok(Request::Connect { target, timeout, reply }) => {
                         let request = self.next_request;
                         self.next_request += 1;
-                        self.replies.insert(request, reply);
+                        let deadline = Instant::now() + timeout;
+                        self.replies.insert(request, PendingConnect { target, timeout, deadline, reply });
                         self.agent.handle(Instant::now(), AgentEvent::Connect { request, target });
                     }
                     Ok(Request::BeginHandover { window }) => {
@@ -267,6 +323,27 @@ impl Driver {
                     Ok(Request::Stop) | Err(_) => return,
                 },
                 default(timeout) => {}
+            }
+        }
+    }
+
+    /// Requests past their deadline are answered; the attempt goes on, and a connection it makes
+    /// later is closed (nobody takes it).
+    fn expire_requests(&mut self, now: Instant) {
+        let expired: Vec<RequestId> = self.replies.iter().filter(|(_, p)| p.deadline <= now).map(|(r, _)| *r).collect();
+        for request in expired {
+            if let Some(pending) = self.replies.remove(&request) {
+                let why = format!("no connection to {} within {} s", pending.target, pending.timeout.as_secs());
+                (pending.reply)(Err(why));
+            }
+        }
+    }
+
+    /// Tell every core that `alias` routes elsewhere now (applications report paths from it).
+    fn announce_route(&self, alias: SocketAddr, route: Option<PathRoute>) {
+        for core in 0..self.node.cores() {
+            if let Err(error) = self.node.send_message(core, M::from(CoreRequest::Route { alias, route })) {
+                tracing::debug!(%alias, %error, "route change not told to core {core}");
             }
         }
     }
@@ -317,12 +394,14 @@ impl Driver {
                     }
                 },
                 AgentAction::Signal { conn, frame } => {
-                    if let Err(error) = self.node.send_message(conn.core, CoreRequest::Signal { conn, frame }) {
+                    if let Err(error) = self.node.send_message(conn.core, M::from(CoreRequest::Signal { conn, frame }))
+                    {
                         tracing::debug!(?conn, %error, "signalling message not queued");
                     }
                 }
                 AgentAction::Close { conn, reason } => {
-                    if let Err(error) = self.node.send_message(conn.core, CoreRequest::Close { conn, reason }) {
+                    if let Err(error) = self.node.send_message(conn.core, M::from(CoreRequest::Close { conn, reason }))
+                    {
                         tracing::debug!(?conn, %error, "connection not closed");
                     }
                 }
@@ -345,14 +424,17 @@ impl Driver {
                     let _ = self.node.remove_relay(channel);
                 }
                 AgentAction::SetRelayPath { alias, relay, channel } => {
-                    if let Err(error) = self.node.set_path(alias, Some(PathRoute::Relay { relay, channel })) {
+                    let route = PathRoute::Relay { relay, channel };
+                    if let Err(error) = self.node.set_path(alias, Some(route)) {
                         tracing::warn!(%alias, %error, "relay path not installed");
                     }
+                    self.announce_route(alias, Some(route));
                 }
                 AgentAction::SetDirectPath { alias, address } => {
                     if let Err(error) = self.node.set_path(alias, Some(PathRoute::Direct(address))) {
                         tracing::warn!(%alias, %error, "direct path not installed");
                     }
+                    self.announce_route(alias, Some(PathRoute::Direct(address)));
                 }
                 AgentAction::SetBridgedPath { alias, token, address } => {
                     let Some(bridge) = self.sprays.bridge(token) else {
@@ -363,11 +445,14 @@ impl Driver {
                     if let Err(error) = self.node.set_path(alias, Some(PathRoute::Direct(bridge))) {
                         tracing::warn!(%alias, %error, "bridged path not installed");
                     }
+                    // The application sees the peer's address, not the local bridge.
+                    self.announce_route(alias, Some(PathRoute::Direct(address)));
                 }
                 AgentAction::RemovePath { alias } => {
                     if let Err(error) = self.node.set_path(alias, None) {
                         tracing::warn!(%alias, %error, "path alias not removed");
                     }
+                    self.announce_route(alias, None);
                 }
                 AgentAction::SprayOpen { token, sockets } => self.sprays.open(token, sockets),
                 AgentAction::SprayProbe { token, to, first_transaction } => {
@@ -380,17 +465,25 @@ impl Driver {
                 },
                 AgentAction::SprayClose { token } => self.sprays.close(token),
                 AgentAction::Reply { request, result } => {
-                    if let Some(reply) = self.replies.remove(&request) {
-                        let _ = reply.send(result);
+                    let connection = result.as_ref().ok().map(|c| c.conn);
+                    let taken = match self.replies.remove(&request) {
+                        Some(pending) => (pending.reply)(result),
+                        None => false,
+                    };
+                    if let (Some(conn), false) = (connection, taken) {
+                        // Its caller gave up (timed out, or went away): nobody will use it.
+                        let close = CoreRequest::Close { conn, reason: "nobody waits for the connection" };
+                        let _ = self.node.send_message(conn.core, M::from(close));
                     }
                 }
                 AgentAction::Abandon { request } => {
-                    // Dropping the sender tells the waiting caller at once.
-                    self.replies.remove(&request);
+                    if let Some(pending) = self.replies.remove(&request) {
+                        (pending.reply)(Err("a later request for the same peer took the attempt over".to_owned()));
+                    }
                 }
                 AgentAction::Sample { coordinator, traversal, relays_renewed } => {
                     for core in 0..self.node.cores() {
-                        let _ = self.node.send_message(core, CoreRequest::Sample);
+                        let _ = self.node.send_message(core, M::from(CoreRequest::Sample));
                     }
                     self.metrics.set_coordinator(coordinator);
                     self.metrics.set_traversal(traversal, relays_renewed);
@@ -402,6 +495,8 @@ impl Driver {
                     if let Ok(mut status) = self.status.lock() {
                         status.clone_from(self.agent.status());
                     }
+                    let watchers = self.status_watchers.lock().map(|mut w| std::mem::take(&mut *w));
+                    watchers.unwrap_or_default().into_iter().for_each(Waker::wake);
                 }
             }
         }
@@ -431,7 +526,14 @@ impl Driver {
         auth: ServerAuth,
         tag: u64,
     ) -> Result<ant_quic_dataplane::ConnectRequest, Error> {
-        let mut config = tls::client_config_with(auth, &[ALPN_ANT_QUIC], Some(&self.certified))?;
+        // Connections to peers carry the application's protocols; the rest speak ant-quic/1.
+        let alpns: Vec<&[u8]> = match ConnPurpose::of_tag(tag) {
+            Some(ConnPurpose::Attempt(_)) if !self.peer_alpns.is_empty() => {
+                self.peer_alpns.iter().map(Vec::as_slice).collect()
+            }
+            _ => vec![ALPN_ANT_QUIC],
+        };
+        let mut config = tls::client_config_with(auth, &alpns, Some(&self.certified))?;
         let mut transport = quinn_proto::TransportConfig::default();
         transport.keep_alive_interval(Some(KEEP_ALIVE));
         config.transport_config(Arc::new(transport));

@@ -1,33 +1,16 @@
 //! Reaching peers through the bootstraps: resolving `--bootstrap`, and the one-shot `--connect`
 //! and `--test` runs.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ant_quic::identity::PeerId;
 use ant_quic::node::{start_server_with, NodeOptions};
 use ant_quic::Error;
-use ant_quic_control::nat::agent::{BootstrapSpec, BootstrapStatus, PathKind};
+use ant_quic_control::nat::agent::{BootstrapStatus, PathKind};
 
 use crate::NodeArgs;
-
-/// `[node] bootstrap` / `--bootstrap` entries (`[PEER_ID@]HOST:PORT`) resolved to addresses (the
-/// first address of each), with their pins.
-pub(crate) fn resolve_bootstraps(entries: &[String]) -> Result<Vec<BootstrapSpec>, String> {
-    entries
-        .iter()
-        .map(|entry| {
-            let (peer, host_port) = ant_quic::config::split_bootstrap(entry)?;
-            let address = host_port
-                .to_socket_addrs()
-                .map_err(|e| format!("bootstrap '{entry}' cannot be resolved: {e}; give [PEER_ID@]HOST:PORT"))?
-                .next()
-                .ok_or_else(|| format!("bootstrap '{entry}' has no address"))?;
-            Ok(BootstrapSpec { address, peer })
-        })
-        .collect()
-}
 
 /// `--connect` and `--test`: start a node on its own port, register with the bootstraps, do the
 /// one thing, report, stop.

@@ -16,7 +16,9 @@ use ant_quic_control::admin::PreviousGeneration;
 use ant_quic_control::nat::coordinator::CoordinatorConfig;
 use ant_quic_control::{AdminServer, AdminView};
 
-use crate::peer::{one_shot, resolve_bootstraps};
+use ant_quic::config::resolve_bootstraps;
+
+use crate::peer::one_shot;
 use crate::{config_error, finish, NodeArgs};
 
 pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
@@ -65,6 +67,7 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
             },
             alternate: config.alternate(),
             traversal: config.nat.traversal(),
+            peer_alpns: Vec::new(),
         },
         join: None,
         admission: config.security.admission(),

@@ -62,6 +62,7 @@ async fn echo_round() {
     let (server, client) = (server(), client());
     let (conn, accepted) = connected(&server, &client).await;
     assert_eq!(conn.remote_peer_id(), Some(server.local_peer_id()));
+    assert_eq!(accepted.remote_peer_id(), Some(client.local_peer_id()), "the client presents its identity");
     assert_eq!(conn.alpn(), Some(ALPN));
     assert_eq!(accepted.alpn(), Some(ALPN));
     assert_eq!(conn.path().kind, PathKind::Direct);

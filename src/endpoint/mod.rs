@@ -365,14 +365,17 @@ impl Endpoint {
         self.inner.messenger.local_addr()
     }
 
-    /// Connect to `addr`, authenticating the server as `auth`, offering the endpoint's ALPNs.
-    /// Dropping the future before it completes abandons the connection.
+    /// Connect to `addr`, authenticating the server as `auth`, offering the endpoint's ALPNs and
+    /// presenting its identity (the server learns its peer ID). Dropping the future before it
+    /// completes abandons the connection.
     pub async fn connect(&self, addr: SocketAddr, auth: ServerAuth) -> Result<Connection, Error> {
         if self.inner.shared.closing.load(Ordering::Acquire) {
             return Err(Error::EndpointClosed);
         }
         let alpns: Vec<&[u8]> = self.inner.alpns.iter().map(Vec::as_slice).collect();
-        let config = tls::client_config(auth, &alpns).map_err(|e| Error::Setup(e.to_string()))?;
+        let certified = tls::CertifiedKey::of_identity(&self.inner.identity);
+        let config =
+            tls::client_config_with(auth, &alpns, Some(&certified)).map_err(|e| Error::Setup(e.to_string()))?;
         let messenger = &self.inner.messenger;
         let tag = self.inner.shared.next_tag.fetch_add(1, Ordering::Relaxed);
         let core = usize::try_from(tag).unwrap_or(0) % messenger.cores().max(1);

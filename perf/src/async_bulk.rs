@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ant_quic::endpoint::{Connection, Endpoint, RecvStream, SendStream};
 use ant_quic::tls::ServerAuth;
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
 
 use crate::harness::{direction_name, BulkResult};
 
@@ -21,12 +22,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The application protocol both endpoints offer.
 pub const ALPN: &[u8] = b"ant-quic-perf";
 
-/// The sender writes from this buffer, `write_all` of up to 1 MiB at a time (the API copies).
+/// The sender writes slices of this buffer, up to 1 MiB at a time, without copies.
 const CHUNK: usize = 1024 * 1024;
 static DATA: [u8; CHUNK] = [0xAB; CHUNK];
 
-/// The receiver reads into a buffer of this size (the stream's budget between core and task).
-const READ_BUF: usize = 256 * 1024;
+/// The most the receiver takes at once (the stream's budget between core and task).
+const READ_MAX: usize = 256 * 1024;
 
 /// A tokio multi-thread runtime with `workers` worker threads (at least 1).
 pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
@@ -147,26 +148,25 @@ async fn server_side(
     Ok(())
 }
 
-/// Writes `bytes` bytes of one static buffer, up to 1 MiB per `write_all`.
+/// Writes `bytes` bytes of one static buffer, 1 MiB per `write_chunk` (no copy, as quinn's
+/// `write_chunk` in `quinn-bulk`).
 async fn send_bytes(send: &mut SendStream, bytes: u64) -> Result<()> {
+    let chunk = Bytes::from_static(&DATA);
     let mut left = bytes;
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
-        send.write_all(DATA.get(..n).unwrap_or_default()).await.context("writing the stream")?;
+        send.write_chunk(chunk.slice(..n)).await.context("writing the stream")?;
         left -= n as u64;
     }
     Ok(())
 }
 
-/// Reads the stream to its end; returns the byte count.
+/// Reads the stream to its end with `read_chunk` (no copy, as quinn's `read_chunks`); returns the
+/// byte count.
 async fn drain(recv: &mut RecvStream) -> Result<u64> {
-    let mut buf = vec![0u8; READ_BUF];
     let mut total = 0u64;
-    loop {
-        let n = recv.read(&mut buf).await.context("reading the stream")?;
-        if n == 0 {
-            return Ok(total);
-        }
-        total += n as u64;
+    while let Some(chunk) = recv.read_chunk(READ_MAX).await.context("reading the stream")? {
+        total += chunk.len() as u64;
     }
+    Ok(total)
 }

@@ -94,6 +94,10 @@ cargo test --release --workspace
 step "the async API's tokio AsyncRead/AsyncWrite (feature tokio; the rest of tests/async_api.rs ran above)"
 cargo test --release -p ant-quic --features tokio --test async_api -- tokio_io_traits
 
+step "the async API benchmark's runners work (scripts/bench-async.sh --quick: a smoke, not a measurement)"
+# Every runner once with small sizes (a few seconds); fails if any run fails, never on a figure.
+bash scripts/bench-async.sh --quick >/dev/null
+
 step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
 # The NAT lab matrices (tests/natlab.rs, natlab_raw.rs, natlab_async.rs), the ops script checks,
 # the systemd lab, the long takeover scenarios and the interop fault cases (tests/interop_faults.rs, all named faultcase_*) do not depend on the

@@ -156,6 +156,39 @@ fn slow_reader_stalls_the_writer_and_16_mb_arrive_intact() {
     }));
 }
 
+/// 4 MiB written as one `Bytes` with `write_chunk` and read back with `read_chunk` of at most
+/// 1000 bytes: every chunk within the bound and not empty, the bytes equal, then the end.
+#[test]
+fn chunks_in_and_out_without_copies_arrive_intact() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(bounded(async {
+        let (server, client) = (server(), client());
+        let (conn, accepted) = connected(&server, &client).await;
+        let payload = bytes::Bytes::from(random_bytes(4 << 20).unwrap());
+        let writing = {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let mut send = conn.open_uni().await.unwrap();
+                send.write_chunk(payload).await.unwrap();
+                send.finish().await.unwrap();
+                conn.closed().await
+            })
+        };
+        let mut recv = accepted.accept_uni().await.unwrap();
+        let mut received = Vec::with_capacity(payload.len());
+        while let Some(chunk) = recv.read_chunk(1000).await.unwrap() {
+            assert!(!chunk.is_empty() && chunk.len() <= 1000, "a chunk of {} bytes", chunk.len());
+            received.extend_from_slice(&chunk);
+        }
+        assert_eq!(received.len(), payload.len());
+        assert_eq!(sha256_hex(&received), sha256_hex(&payload));
+        assert_eq!(recv.read_chunk(1000).await.unwrap(), None, "the end is read once more as the end");
+        accepted.close(0, b"");
+        let end = writing.await.unwrap();
+        assert!(end.is_clean_close(), "{end}");
+    }));
+}
+
 /// Every `write` and `read` raced against a short timer, so that many are dropped while
 /// pending: the bytes that arrive are exactly those sent.
 #[test]

@@ -233,13 +233,13 @@ fn replace_marked(text: &str, table: &str) -> Option<String> {
 
 /// A copy of the running executable in a private directory, removed on drop.
 #[derive(Debug)]
-struct PrivateExe {
+pub(crate) struct PrivateExe {
     dir: std::path::PathBuf,
-    path: std::path::PathBuf,
+    pub(crate) path: std::path::PathBuf,
 }
 
 impl PrivateExe {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("ant-quic-perf-compare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("ant-quic-perf");

@@ -12,6 +12,10 @@
 //!   minimal forwarder at the same datagram size, alternating, with a markdown table (or JSON);
 //! - `server` / `client`: load workloads (bulk over many connections, request/response latency
 //!   at a fixed rate, handshake rate, idle connections) with either implementation (`load.rs`);
+//! - `async-bulk`: the same transfer through ant-quic's async API (`ant_quic::endpoint`) on tokio;
+//! - `rpc-latency`: sequential 64-byte requests, one stream each, with the async API or quinn;
+//! - `async-compare`: the async API against the callback API and quinn (bulk) and against quinn
+//!   (latency), alternating, with a markdown table;
 //! - `compare`: runs the above as child processes, alternating, and prints a table;
 //! - `xdp-bulk`: a node on io-uring against the same node on af-xdp, on a veth between two
 //!   network namespaces: one bulk download and many connections at once, with the node's CPU.
@@ -21,6 +25,8 @@
 mod aead_ceiling;
 mod ant_bulk;
 mod ant_load;
+mod async_bulk;
+mod async_compare;
 mod compare;
 mod engine_ceiling;
 mod flood;
@@ -31,6 +37,7 @@ mod quinn_bulk;
 mod quinn_get;
 mod quinn_load;
 mod relay_rate;
+mod rpc_latency;
 mod shutdown;
 mod soak;
 mod suite;
@@ -81,6 +88,25 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         cores: usize,
     },
+    /// ant-quic's async API (`ant_quic::endpoint`) on a tokio multi-thread runtime: one
+    /// connection, one stream, server sends (or receives) N bytes.
+    AsyncBulk {
+        /// Bytes to transfer.
+        #[arg(long, default_value_t = harness::DEFAULT_BYTES)]
+        bytes: u64,
+        /// Client sends to the server instead of the server sending to the client.
+        #[arg(long)]
+        upload: bool,
+        /// tokio worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// Request/response latency: sequential requests, each a new bidirectional stream with a
+    /// 64-byte request and a 64-byte answer; one JSON line with the percentiles.
+    RpcLatency(rpc_latency::RpcLatencyArgs),
+    /// The async API against the callback API and quinn (bulk, both directions) and against quinn
+    /// (request/response latency), alternating, each run a fresh process; prints a markdown table.
+    AsyncCompare(async_compare::AsyncCompareArgs),
     /// quinn 0.11 doing what `ant-quic get` does: fetch files over hq-interop on one connection,
     /// write them under `--output`, print one line per file; then close and wait for the endpoint
     /// to be idle, as quinn's example client does.
@@ -155,6 +181,18 @@ fn run(cli: Cli) -> Result<()> {
             let r = ant_bulk::run(bytes, upload, backend.as_deref(), cores)?;
             println!("{}", serde_json::to_string(&r)?);
         }
+        Cmd::AsyncBulk { bytes, upload, workers } => {
+            if bytes == 0 || workers == 0 {
+                anyhow::bail!("--bytes and --workers must be at least 1");
+            }
+            let r = async_bulk::run(bytes, upload, workers)?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::RpcLatency(args) => {
+            let r = rpc_latency::run(&args)?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::AsyncCompare(args) => async_compare::run(&args)?,
         Cmd::QuinnGet(args) => quinn_get::run(&args)?,
         Cmd::UdpCeiling { seconds } => {
             if !(0.1..=60.0).contains(&seconds) {

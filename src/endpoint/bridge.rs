@@ -424,8 +424,10 @@ fn pump_write(conn: &mut ConnRef<'_>, entry: &mut StreamEntry) {
     let id = entry.shared.id;
     let mut progress = false;
     while let Some(front) = entry.pending.front_mut() {
-        match conn.write(id, front) {
-            Ok(0) => break,
+        // The task's chunk goes to QUIC as it is (a reference, not a copy on the core).
+        let mut chunk = [front.clone()];
+        match conn.quic().send_stream(id).write_chunks(&mut chunk).map(|written| written.bytes) {
+            Ok(0) | Err(WriteError::Blocked) => break,
             Ok(taken) => {
                 progress = true;
                 entry.shared.in_flight.fetch_sub(taken, Ordering::AcqRel);
@@ -439,7 +441,7 @@ fn pump_write(conn: &mut ConnRef<'_>, entry: &mut StreamEntry) {
                 discard_pending(entry);
                 return;
             }
-            Err(WriteError::ClosedStream | WriteError::Blocked) => {
+            Err(WriteError::ClosedStream) => {
                 discard_pending(entry);
                 return;
             }

@@ -53,6 +53,17 @@ impl SendStream {
         Ok(())
     }
 
+    /// Write all of `data` without copying it: the stream keeps references to `data` until
+    /// QUIC no longer needs them. Like [`SendStream::write_all`], a dropped future may have
+    /// written a prefix.
+    pub async fn write_chunk(&mut self, mut data: Bytes) -> Result<(), Error> {
+        while !data.is_empty() {
+            let written = poll_fn(|cx| self.poll_write_with(cx, data.len(), |take| data.slice(..take))).await?;
+            let _ = data.split_to(written);
+        }
+        Ok(())
+    }
+
     /// Mark the end of the stream: everything written before is delivered, then the end.
     /// Returns once the core has the request; the bytes are still on their way.
     pub async fn finish(&mut self) -> Result<(), Error> {
@@ -88,8 +99,18 @@ impl SendStream {
     }
 
     fn poll_write_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<Result<usize, Error>> {
+        self.poll_write_with(cx, buf.len(), |take| Bytes::copy_from_slice(buf.get(..take).unwrap_or_default()))
+    }
+
+    /// Take up to `len` bytes as `data(take)` makes them, within the budget.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        len: usize,
+        data: impl FnOnce(usize) -> Bytes,
+    ) -> Poll<Result<usize, Error>> {
         self.check()?;
-        if buf.is_empty() {
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
         let mut used = self.stream.in_flight.load(Ordering::Acquire);
@@ -101,8 +122,8 @@ impl SendStream {
                 return Poll::Pending;
             }
         }
-        let take = buf.len().min(STREAM_BUDGET - used);
-        let data = Bytes::copy_from_slice(buf.get(..take).unwrap_or_default());
+        let take = len.min(STREAM_BUDGET - used);
+        let data = data(take);
         // Counted before the core can see it, so the core's decrement never goes below zero.
         self.stream.in_flight.fetch_add(take, Ordering::AcqRel);
         let (conn, stream) = (&self.conn.shared, &self.stream);
@@ -223,6 +244,12 @@ impl RecvStream {
         poll_fn(|cx| self.poll_read_inner(cx, buf)).await
     }
 
+    /// The next bytes of the stream, at most `max`, without copying them; `None` at the end of
+    /// the stream. Cancellation safe, as [`RecvStream::read`].
+    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, Error> {
+        poll_fn(|cx| self.poll_chunk(cx, max)).await
+    }
+
     /// Read to the end of the stream, refusing a stream longer than `limit` bytes (what was read
     /// is then lost: stop the stream or drop it).
     pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, Error> {
@@ -269,14 +296,23 @@ impl RecvStream {
     }
 
     fn poll_read_inner(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<usize, Error>> {
+        let chunk = std::task::ready!(self.poll_chunk(cx, buf.len()))?.unwrap_or_default();
+        if let Some(out) = buf.get_mut(..chunk.len()) {
+            out.copy_from_slice(&chunk);
+        }
+        Poll::Ready(Ok(chunk.len()))
+    }
+
+    /// The next at most `max` bytes (at least one for `max` > 0), or `None` at the end.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Result<Option<Bytes>, Error>> {
         if self.stopped {
             return Poll::Ready(Err(Error::ClosedStream));
         }
         if self.nudge_owed {
             self.consumed(0);
         }
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
+        if max == 0 {
+            return Poll::Ready(Ok(Some(Bytes::new())));
         }
         for attempt in 0..2 {
             if self.current.is_empty() {
@@ -285,23 +321,19 @@ impl RecvStream {
                 }
             }
             if !self.current.is_empty() {
-                let take = buf.len().min(self.current.len());
-                let chunk = self.current.split_to(take);
-                if let Some(out) = buf.get_mut(..take) {
-                    out.copy_from_slice(&chunk);
-                }
-                self.consumed(take);
-                return Poll::Ready(Ok(take));
+                let chunk = self.current.split_to(max.min(self.current.len()));
+                self.consumed(chunk.len());
+                return Poll::Ready(Ok(Some(chunk)));
             }
             if self.done {
-                return Poll::Ready(Ok(0));
+                return Poll::Ready(Ok(None));
             }
             // Every chunk is queued before the end, the reset or the close is flagged: after
             // seeing a flag, the queue is looked at once more.
             if self.stream.fin.load(Ordering::Acquire) {
                 if self.stream.chunks.is_empty() {
                     self.done = true;
-                    return Poll::Ready(Ok(0));
+                    return Poll::Ready(Ok(None));
                 }
                 continue;
             }

@@ -100,8 +100,9 @@ bash scripts/bench-async.sh --quick >/dev/null
 
 step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
 # The NAT lab matrices (tests/natlab.rs, natlab_raw.rs, natlab_async.rs), the ops script checks,
-# the systemd lab, the long takeover scenarios and the interop fault cases (tests/interop_faults.rs, all named faultcase_*) do not depend on the
-# crypto provider: run once, above (the short takeover tests run in both). The interop feature
+# the systemd lab, the long takeover scenarios and the interop fault cases
+# (tests/interop_faults.rs, all named faultcase_*) do not depend on the crypto provider: run
+# once, above (the short takeover tests run in both). The interop feature
 # cases (feature_*, tests/interop_features.rs: key updates, resumption, 0-RTT, migration) touch
 # the provider and take about 5 s: they run in both.
 cargo test --release -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring,metrics -- \

@@ -506,7 +506,7 @@ impl<M> Messenger<M> {
         let (inbox, shared) =
             self.inboxes.get(core).zip(self.handle.cores.get(core)).ok_or(NodeError::NoSuchCore(core))?;
         inbox.push(CoreInput::Message(message)).map_err(|_| NodeError::Busy(core))?;
-        shared.waker.wake();
+        shared.waker.notify();
         Ok(())
     }
 }
@@ -535,7 +535,7 @@ fn push_command(cores: &[Arc<CoreShared>], core: usize, command: Command) -> Res
     if !shared.commands.push_command(command) {
         return Err(NodeError::Busy(core));
     }
-    shared.waker.wake();
+    shared.waker.notify();
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,15 +24,17 @@ use crate::batch::split_gro;
 use crate::cid::{route, CidKey, Generation, Route};
 use crate::connection::{ConnId, ConnRef, ConnState, ConnectRequest, Connections};
 use crate::datagram::{classify, ControlDatagram, DatagramKind};
-use crate::latency::{LatencySet, Recorder, LATENCY_QUEUE_CAPACITY};
+use crate::latency::Recorder;
 use crate::probe::SocketOwner;
 use crate::relay::io::{Received, RelayIo};
 use crate::relay::{is_alias, PathRoute, RelayAllocation, RELAY_HEADER_LEN};
 use crate::stats::{bump, CloseClass, CoreStats, DropReason};
-use crate::sys::poll::Waker;
 use crate::transmit::{to_batch, Transmitter, MAX_GSO_BYTES};
 
 mod admit;
+mod shared;
+
+pub(crate) use shared::CoreShared;
 
 /// How long a draining core waits for its connections to close before it exits.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -106,41 +108,6 @@ pub(crate) struct Handoff {
     local_ip: Option<IpAddr>,
     ecn: Option<EcnCodepoint>,
     data: BytesMut,
-}
-
-/// What a core shares with the node handle and the other cores.
-pub(crate) struct CoreShared {
-    pub(crate) waker: Waker,
-    /// The core's input queue; the core itself reads it typed.
-    pub(crate) commands: Arc<dyn CommandQueue>,
-    pub(crate) handoffs: ArrayQueue<Handoff>,
-    pub(crate) stats: Arc<CoreStats>,
-    /// Latency histograms handed to the control thread.
-    pub(crate) latency: ArrayQueue<Box<LatencySet>>,
-    /// Emptied sets the control thread gives back, so the core need not allocate.
-    pub(crate) latency_spare: ArrayQueue<Box<LatencySet>>,
-    /// The control thread wants the current histograms now rather than at the next interval.
-    pub(crate) latency_wanted: AtomicBool,
-}
-
-impl std::fmt::Debug for CoreShared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CoreShared").field("waker", &self.waker).finish_non_exhaustive()
-    }
-}
-
-impl CoreShared {
-    pub(crate) fn new(commands: Arc<dyn CommandQueue>) -> std::io::Result<Self> {
-        Ok(Self {
-            waker: Waker::new()?,
-            commands,
-            handoffs: ArrayQueue::new(QUEUE_CAPACITY),
-            stats: Arc::new(CoreStats::default()),
-            latency: ArrayQueue::new(LATENCY_QUEUE_CAPACITY),
-            latency_spare: ArrayQueue::new(LATENCY_QUEUE_CAPACITY),
-            latency_wanted: AtomicBool::new(false),
-        })
-    }
 }
 
 /// What a core is started with besides its socket, endpoint and application.
@@ -255,7 +222,6 @@ impl<B: Backend, M> Core<B, M> {
         loop {
             let now = Instant::now();
             bump(&self.shared.stats.loop_turns, 1);
-            self.shared.waker.drain();
             self.take_commands(now);
             self.relay.sweep(now, &mut self.tx.backend);
             self.take_handoffs(now);
@@ -295,13 +261,18 @@ impl<B: Backend, M> Core<B, M> {
                     .min()
                     .map(|at| at.saturating_duration_since(Instant::now()))
             };
-            // One submission per turn: `wait` submits what is queued before it sleeps. A wake-up
-            // since the drain at the top of this turn (io_uring's poll of the waker may already
-            // have been reaped with this turn's completions) means another turn, not a sleep.
-            if timeout == Some(Duration::ZERO) || self.shared.waker.drain() {
+            // One submission per turn: `wait` submits what is queued before it sleeps. Commands,
+            // messages or hand-offs queued during this turn mean another turn, not a sleep; once
+            // parked, a sender writes the eventfd (`CoreWaker`).
+            let (inbox, shared) = (&self.inbox, &self.shared);
+            if timeout == Some(Duration::ZERO)
+                || !shared.waker.park(|| !inbox.is_empty() || !shared.handoffs.is_empty())
+            {
                 self.tx.backend.flush()?;
             } else {
-                self.tx.backend.wait(timeout)?;
+                let slept = self.tx.backend.wait(timeout);
+                self.shared.waker.unpark();
+                slept?;
             }
         }
     }
@@ -791,7 +762,7 @@ impl<B: Backend, M> Core<B, M> {
         for (core, flag) in self.wake_mask.iter_mut().enumerate() {
             if std::mem::take(flag) {
                 if let Some(peer) = self.all.get(core) {
-                    peer.waker.wake();
+                    peer.waker.notify();
                 }
             }
         }

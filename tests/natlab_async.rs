@@ -15,7 +15,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -28,22 +27,7 @@ const FILE_BYTES: usize = 8 << 20;
 /// `p2p_file`, next to the node binary under test; built (same target directory and profile)
 /// when it is not there yet.
 fn example_bin() -> Result<PathBuf> {
-    let profile_dir = Path::new(NODE_BIN).parent().context("node binary directory")?;
-    let bin = profile_dir.join("examples").join("p2p_file");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    let target_dir = profile_dir.parent().context("target directory")?;
-    let profile = profile_dir.file_name().and_then(|p| p.to_str()).context("profile directory name")?;
-    let profile = if profile == "debug" { "dev" } else { profile };
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "ant-quic", "--example", "p2p_file", "--profile", profile])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build --example p2p_file")?;
-    ensure!(status.success() && bin.is_file(), "cargo build --example p2p_file failed ({status})");
-    Ok(bin)
+    common::workspace_bin("examples/p2p_file", &["-p", "ant-quic", "--example", "p2p_file"])
 }
 
 /// What the sender reported of one transfer.

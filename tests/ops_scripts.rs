@@ -95,22 +95,7 @@ fn the_dockerfile_passes_hadolint_and_a_sloppy_one_does_not() -> Result<()> {
 /// `ant-quic-perf`, next to the node binary under test; built (same target directory and profile)
 /// when it is not there yet.
 fn perf_bin() -> Result<PathBuf> {
-    let profile_dir = Path::new(NODE_BIN).parent().context("node binary directory")?;
-    let bin = profile_dir.join("ant-quic-perf");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    let target_dir = profile_dir.parent().context("target directory")?;
-    let profile = profile_dir.file_name().and_then(|p| p.to_str()).context("profile directory name")?;
-    let profile = if profile == "debug" { "dev" } else { profile };
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "ant-quic-perf", "--bin", "ant-quic-perf", "--profile", profile])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(REPO)
-        .status()
-        .context("running cargo build -p ant-quic-perf")?;
-    ensure!(status.success() && bin.is_file(), "cargo build -p ant-quic-perf failed ({status})");
-    Ok(bin)
+    common::workspace_bin("ant-quic-perf", &["-p", "ant-quic-perf", "--bin", "ant-quic-perf"])
 }
 
 fn node(dir: &TempDir, name: &str, extra: &[&str]) -> Result<NodeProcess> {

@@ -45,6 +45,30 @@ pub fn af_xdp_lab_here() -> bool {
 /// The node binary under test.
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_ant-quic");
 
+/// A workspace binary in the node binary's profile directory (`relative`: e.g.
+/// `examples/p2p_file`), built there with `cargo build` and `build` (package and target) when
+/// it is missing, in the same profile.
+pub fn workspace_bin(relative: &str, build: &[&str]) -> Result<PathBuf> {
+    let profile_dir = Path::new(NODE_BIN).parent().context("node binary directory")?;
+    let bin = profile_dir.join(relative);
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let target_dir = profile_dir.parent().context("target directory")?;
+    let profile = profile_dir.file_name().and_then(|p| p.to_str()).context("profile directory name")?;
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let status = Command::new(env!("CARGO"))
+        .arg("build")
+        .args(build)
+        .args(["--profile", profile])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .with_context(|| format!("running cargo build {}", build.join(" ")))?;
+    ensure!(status.success() && bin.is_file(), "cargo build {} failed ({status})", build.join(" "));
+    Ok(bin)
+}
+
 /// How long a node may take to announce its address.
 const NODE_STARTUP: Duration = Duration::from_secs(20);
 

@@ -447,7 +447,9 @@ fn pump_write(conn: &mut ConnRef<'_>, entry: &mut StreamEntry) {
             }
         }
     }
-    if progress {
+    // A writer waits only at a full budget; waking it once half is free (not at every ACK)
+    // lets it hand over half a budget per wake-up, and covers `flush`, which waits for zero.
+    if progress && entry.shared.in_flight.load(Ordering::Acquire) <= STREAM_BUDGET / 2 {
         entry.shared.write_waker.wake();
     }
     if entry.pending.is_empty() && entry.finish_pending && entry.send_open {

@@ -95,14 +95,16 @@ step "API docs build without warnings (broken or private intra-doc links fail; #
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --features ant-quic/tokio
 
 step "tests, default build (aws-lc-rs, post-quantum key exchange)"
-cargo test --release --workspace
+# Built with the `ci` profile (Cargo.toml): release code generation without cross-crate LTO, so
+# that each of the ~50 test binaries links in seconds rather than in 40 CPU-seconds of thin LTO.
+cargo test --profile ci --workspace
 
 step "the async API's tokio AsyncRead/AsyncWrite (feature tokio; the rest of tests/async_api.rs ran above)"
-cargo test --release -p ant-quic --features tokio --test async_api -- tokio_io_traits
+cargo test --profile ci -p ant-quic --features tokio --test async_api -- tokio_io_traits
 
 step "the async API benchmark's runners work (scripts/bench-async.sh --quick: a smoke, not a measurement)"
 # Every runner once with small sizes (a few seconds); fails if any run fails, never on a figure.
-bash scripts/bench-async.sh --quick >/dev/null
+ANT_QUIC_PERF_PROFILE=ci bash scripts/bench-async.sh --quick >/dev/null
 
 step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
 # Only the tests whose outcome depends on the crypto provider: the libraries' unit tests, the
@@ -112,7 +114,7 @@ step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
 # io_uring tests. Each integration test is its own thin-LTO binary (about 40 CPU-seconds to
 # link), so the rest of the suite, which runs above with aws-lc-rs, would add ten minutes for
 # no new coverage; the feature-tests job of comprehensive-ci.yml runs all of it on ring.
-cargo test --release -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring,metrics \
+cargo test --profile ci -p ant-quic -p ant-quic-dataplane --no-default-features --features rustls-ring,metrics \
     --lib --bins --test loopback --test interop_aioquic --test interop_features --test async_api \
     --test hostile_input --test takeover --test admission --test cid_steering --test uring_backend -- \
     --skip takeover_keeps_every_connection --skip relayed_flow_keeps_forwarding_across_a_takeover \

@@ -20,7 +20,12 @@ use crate::identity::PeerId;
 /// the task and not yet taken by QUIC, or read by the core and not yet by the task.
 pub const STREAM_BUDGET: usize = 256 * 1024;
 /// Chunks of received data queued per stream (each at most [`STREAM_BUDGET`] bytes in all).
-const STREAM_CHUNKS: usize = 64;
+/// A chunk is usually one packet's STREAM frame (about 1.2 KB): 256 of them hold the whole
+/// budget, so the byte budget, not the count, is what pauses the core.
+const STREAM_CHUNKS: usize = 256;
+/// The reader asks a paused core for more once this much of the budget is free again (half):
+/// one request per half budget, not one per chunk read.
+pub(crate) const READ_RESUME_BELOW: usize = STREAM_BUDGET / 2;
 /// Streams the peer opened that wait for `accept_bi`/`accept_uni`, per direction; past it the
 /// core leaves new streams unread in QUIC, where they hold the peer's stream credit.
 pub(crate) const ACCEPT_BACKLOG: usize = 64;

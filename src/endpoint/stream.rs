@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::bridge::Command;
 use super::handle::ConnHandle;
-use super::shared::{StreamShared, STREAM_BUDGET};
+use super::shared::{StreamShared, READ_RESUME_BELOW, STREAM_BUDGET};
 use super::Error;
 
 /// The sending half of a stream. Dropping it finishes the stream (what was written is still
@@ -283,10 +283,15 @@ impl RecvStream {
         Ok(())
     }
 
-    /// `consumed` bytes left the budget: tell a core that stopped reading at the budget.
+    /// `consumed` bytes left the budget: tell a core that stopped reading at the budget, once
+    /// half of it is free (the core looks again itself before it pauses, so none is missed).
     fn consumed(&mut self, consumed: usize) {
-        self.stream.buffered.fetch_sub(consumed, Ordering::SeqCst);
-        if self.stream.read_paused.swap(false, Ordering::SeqCst) {
+        let left = self.stream.buffered.fetch_sub(consumed, Ordering::SeqCst).saturating_sub(consumed);
+        if left <= READ_RESUME_BELOW
+            && self.stream.chunks.len() <= self.stream.chunks.capacity() / 2
+            && self.stream.read_paused.load(Ordering::SeqCst)
+            && self.stream.read_paused.swap(false, Ordering::SeqCst)
+        {
             self.nudge_owed = true;
         }
         if self.nudge_owed {

@@ -20,8 +20,11 @@ use crate::get::get;
 use crate::serve::run_node;
 
 /// A QUIC node for peer-to-peer networks behind NATs.
+///
+/// `--version` prints one line: version, git commit, cargo features, crypto provider and default
+/// I/O backend (as `/health` shows in `build` and the node logs when it starts).
 #[derive(Debug, Parser)]
-#[command(name = "ant-quic", version, about)]
+#[command(name = "ant-quic", version = ant_quic::build_info::build_line(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

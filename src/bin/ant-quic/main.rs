@@ -14,7 +14,7 @@ use ant_quic::config::{Loader, Overrides};
 use ant_quic::dataplane::BackendKind;
 use ant_quic::identity::PeerId;
 use ant_quic::Error;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::get::get;
 use crate::serve::run_node;
@@ -135,6 +135,15 @@ enum Command {
     /// Check a configuration file, or print the default one.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the completion script for SHELL (release packages install them; by hand:
+    /// `ant-quic completions bash > /usr/local/share/bash-completion/completions/ant-quic`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print this manual page in roff (`ant-quic man | man -l -`).
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,7 +224,31 @@ fn main() -> ExitCode {
                 Err(error) => config_error(&error),
             }
         }
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ant-quic", &mut script);
+            print_all(&script)
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => print_all(&page),
+                Err(error) => finish(Err(Error::Io { context: "rendering the manual page".into(), source: error })),
+            }
+        }
         None => run_node(&cli.node),
+    }
+}
+
+/// Write generated text to stdout. Built in memory first: clap_complete panics when its writer
+/// fails. A reader that stops early (`| head`) is not an error.
+fn print_all(text: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            finish(Err(Error::Io { context: "writing to stdout".into(), source: error }))
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 

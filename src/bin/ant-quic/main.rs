@@ -4,6 +4,7 @@
 
 mod get;
 mod peer;
+mod progress;
 mod serve;
 
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ struct NodeArgs {
     #[arg(long)]
     json: bool,
     /// With --connect: send this many random bytes over the connection and check their SHA-256.
+    /// On a terminal (and without --json), stderr shows a bar with rate and ETA meanwhile.
     #[arg(long, value_name = "BYTES", requires = "connect")]
     send_bytes: Option<u64>,
     /// With --connect: when the connection went through the relay, wait up to this many seconds
@@ -130,7 +132,9 @@ impl NodeArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Download files over hq-interop on one connection.
+    /// Download files over hq-interop on one connection. On a terminal, stderr shows progress
+    /// (bytes, rate and elapsed time per file and in total; no ETA: hq-interop sends no length),
+    /// cleared at the end.
     Get(GetArgs),
     /// Check a configuration file, or print the default one.
     #[command(subcommand)]

@@ -132,21 +132,26 @@ impl NodeArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Download files over hq-interop on one connection. On a terminal, stderr shows progress
-    /// (bytes, rate and elapsed time per file and in total; no ETA: hq-interop sends no length),
-    /// cleared at the end.
+    /// Download files over hq-interop on one connection.
+    ///
+    /// On a terminal, stderr shows progress (bytes, rate and elapsed time per file and in total;
+    /// no ETA: hq-interop sends no length), cleared at the end.
     Get(GetArgs),
     /// Check a configuration file, or print the default one.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Print the completion script for SHELL (release packages install them; by hand:
-    /// `ant-quic completions bash > /usr/local/share/bash-completion/completions/ant-quic`).
+    /// Print the shell completion script for SHELL.
+    ///
+    /// Release packages install them (setup-server.sh); by hand:
+    /// `ant-quic completions bash > /usr/local/share/bash-completion/completions/ant-quic`.
     Completions {
         /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print this manual page in roff (`ant-quic man | man -l -`).
+    /// Print the manual page (roff).
+    ///
+    /// Read it with `ant-quic man | man -l -`; release packages install it (setup-server.sh).
     Man,
 }
 

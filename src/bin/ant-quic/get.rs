@@ -125,6 +125,7 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut results = Vec::new();
     let mut never_connected = false;
+    // `get` prints no JSON: bars whenever stderr is a terminal.
     let bars = crate::progress::wanted(false).then(|| GetBars::new(urls.iter().map(|u| u.path.as_str())));
     // Index of the group's first request among all of them (the bars are numbered so).
     let mut first_of_group = 0;

@@ -3,7 +3,8 @@
 #   target/package/ant-quic-VERSION-x86_64-unknown-linux-gnu.tar.gz and its .sha256
 # holding the release binary, ant-quic.toml (every key at its default, data_dir set for the
 # server layout), the systemd unit, the Prometheus scrape config, alert rules and their tests,
-# the firewall rules, deploy-do.sh, setup-server.sh and a README. Prints the tarball's path as its
+# the firewall rules, shell completions and the man page (share/), deploy-do.sh, setup-server.sh
+# and a README. Prints the tarball's path as its
 # last line.
 #
 #   scripts/package.sh [--no-build] [--version V] [--binary FILE] [--out DIR]
@@ -59,6 +60,14 @@ install -m 755 "$binary" "$stage/bin/ant-quic"
 grep -q '^data_dir = "/opt/ant-quic/data"$' "$stage/ant-quic.toml" ||
     fail "'ant-quic config default' has no data_dir line to set"
 "$release" config check "$stage/ant-quic.toml" >/dev/null || fail "the packaged ant-quic.toml does not validate"
+# Shell completions and the manual page, generated from the CLI definition, laid out as under
+# /usr/local/share (setup-server.sh installs them there).
+mkdir -p "$stage/share/bash-completion/completions" "$stage/share/zsh/site-functions" \
+    "$stage/share/fish/vendor_completions.d" "$stage/share/man/man1"
+"$release" completions bash >"$stage/share/bash-completion/completions/ant-quic" || fail "ant-quic completions bash failed"
+"$release" completions zsh >"$stage/share/zsh/site-functions/_ant-quic" || fail "ant-quic completions zsh failed"
+"$release" completions fish >"$stage/share/fish/vendor_completions.d/ant-quic.fish" || fail "ant-quic completions fish failed"
+"$release" man >"$stage/share/man/man1/ant-quic.1" || fail "ant-quic man failed"
 install -m 644 deploy/systemd/ant-quic@.service "$stage/systemd/"
 install -m 644 deploy/firewall/ant-quic.nft "$stage/firewall/"
 for f in deploy/prometheus/*; do
@@ -77,6 +86,7 @@ cat >"$stage/README.md" <<README
 | systemd/ant-quic@.service | unit template, one instance per color (ant-quic@blue, ant-quic@green) |
 | firewall/ant-quic.nft | nftables: UDP 9000 and 9001 (alternate port), TCP 22, loopback, established; admin port loopback-only |
 | prometheus/ | scrape config, alert rules and their tests |
+| share/ | bash, zsh and fish completions and the man page (ant-quic.1), installed under /usr/local/share by setup-server.sh |
 | setup-server.sh | run once on the server as root: user, /opt/ant-quic, unit, firewall (idempotent) |
 | deploy-do.sh | blue-green deploy, switch, rollback, health, backup (run from anywhere, over SSH) |
 

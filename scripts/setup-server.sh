@@ -5,6 +5,7 @@
 #   - ROOT/config/ant-quic.toml from the package, unless one is there (never overwritten);
 #   - the unit template ant-quic@.service installed, systemd reloaded, ant-quic@blue enabled
 #     (unless a color already is);
+#   - shell completions (bash, zsh, fish) and the man page installed under /usr/local/share;
 #   - the nftables rules installed in /etc/nftables.d and loaded (and included from
 #     /etc/nftables.conf, so that they survive a reboot).
 # Idempotent: a second run changes nothing and says so.
@@ -28,6 +29,7 @@ done
 readonly user=ant-quic
 readonly unit_dir=/etc/systemd/system
 readonly nft_file=/etc/nftables.d/ant-quic.nft
+readonly share=/usr/local/share
 changes=0
 
 fail() { echo "setup-server: FAILED: $*" >&2; exit 1; }
@@ -92,6 +94,15 @@ else
     mv -f "$root/config/.ant-quic.toml.tmp" "$root/config/ant-quic.toml"
     changed "installed $root/config/ant-quic.toml"
 fi
+
+# Shell completions and the manual page, where bash-completion, zsh, fish and man look for
+# software installed outside the package manager (packages from before they shipped have none).
+for f in bash-completion/completions/ant-quic zsh/site-functions/_ant-quic \
+    fish/vendor_completions.d/ant-quic.fish man/man1/ant-quic.1; do
+    [ -f "$from/share/$f" ] || continue
+    mkdir -p "$(dirname "$share/$f")"
+    put "$from/share/$f" "$share/$f" 644 root:root || true
+done
 
 # The unit.
 unit_src=$(mktemp)

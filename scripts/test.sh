@@ -42,6 +42,10 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # --ssh), for tests/ops_scripts.rs
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# groff renders the packaged man page (tests/ops_scripts.rs); tmux runs `ant-quic get` on a
+# terminal to see its progress bar (tests/prompt_get.rs)
+command -v groff >/dev/null 2>&1 || missing+=(groff-base)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 # debootstrap, systemd-nspawn, systemd-analyze, ssh, pgrep: the deployment tests
 # (tests/deploy_systemd.rs: scripts/check-unit.sh and the systemd lab, scripts/systemd-lab/)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ant_quic_dataplane::quinn_proto::{ConnectionError, StreamId, VarInt};
@@ -67,6 +68,8 @@ pub struct GetApp {
     /// Force a key update every this many bytes received (a test knob); 0: never.
     key_update_every: u64,
     received: u64,
+    /// Bytes received so far of each request, in order, for a progress display on another thread.
+    progress: Arc<[AtomicU64]>,
 }
 
 impl std::fmt::Debug for GetApp {
@@ -79,6 +82,7 @@ impl GetApp {
     /// Fetch `paths`, writing each to `(path, file)`.
     pub fn new(requests: Vec<(String, PathBuf)>, report: mpsc::Sender<GetEvent>) -> Self {
         let now = Instant::now();
+        let progress = requests.iter().map(|_| AtomicU64::new(0)).collect();
         let downloads = requests
             .into_iter()
             .map(|(path, file_path)| Download {
@@ -101,7 +105,14 @@ impl GetApp {
             sent_early: false,
             key_update_every: 0,
             received: 0,
+            progress,
         }
+    }
+
+    /// Bytes received so far of each request, in the order given to [`GetApp::new`], updated as
+    /// they arrive (a refused 0-RTT attempt starts them over from 0).
+    pub fn progress(&self) -> Arc<[AtomicU64]> {
+        Arc::clone(&self.progress)
     }
 
     /// Initiate a 1-RTT key update every `bytes` received (0: never), to test that servers follow
@@ -210,7 +221,9 @@ impl Application for GetApp {
             if !accepted {
                 // The server never saw them: they are sent again now, from scratch.
                 self.by_stream.clear();
-                for download in self.downloads.iter_mut().filter(|d| !d.done) {
+                for (download, progress) in self.downloads.iter_mut().zip(self.progress.iter()).filter(|(d, _)| !d.done)
+                {
+                    progress.store(0, Ordering::Relaxed);
                     download.stream = None;
                     download.file = None;
                     download.hash = Sha256::new();
@@ -240,6 +253,9 @@ impl Application for GetApp {
                 }
             }
         });
+        if let Some(progress) = self.progress.get(index) {
+            progress.store(download.bytes, Ordering::Relaxed);
+        }
         let before = self.received;
         self.received = before + download.bytes.saturating_sub(bytes_before);
         if self.key_update_every > 0 && self.received / self.key_update_every > before / self.key_update_every {

@@ -39,6 +39,7 @@ fn view_of(server: &Server, generation: u16) -> AdminView {
     AdminView {
         node: server.node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
+        build: ant_quic::build_info::build_line().into(),
         peer_id: server.identity.peer_id().to_string(),
         started: Instant::now(),
         log_lines_dropped: None,
@@ -369,6 +370,7 @@ fn a_panic_on_a_core_is_caught_and_reported() {
     let view = AdminView {
         node: node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
+        build: ant_quic::build_info::build_line().into(),
         peer_id: "test".into(),
         started: Instant::now(),
         log_lines_dropped: None,

@@ -32,6 +32,7 @@ fn server_with_admin() -> (Server, AdminServer) {
     let view = AdminView {
         node: server.node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
+        build: ant_quic::build_info::build_line().into(),
         peer_id: server.identity.peer_id().to_string(),
         started: Instant::now(),
         log_lines_dropped: Some(Arc::new(|| 0)),

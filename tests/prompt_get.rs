@@ -12,6 +12,8 @@
 //! the connection, is at least about that long. A client that waited out the closing period would
 //! exit at least 2 s (the core's drain limit) after its close; the test allows 1 s.
 //!
+//! On a terminal (a tmux pane), `get` shows progress while it runs and clears it at the end.
+//!
 //! All traffic stays on 127.0.0.1; every wait has a deadline; the child is killed on every path.
 
 mod common;
@@ -196,4 +198,101 @@ fn get_from_a_silent_port_says_it_never_connected() {
         format!("error: no connection to {addr} within 2 s (the handshake never completed); 1 file(s) not fetched");
     assert!(stderr.contains(&expected), "get did not say it never connected; stderr:\n{stderr}");
     assert!(!dir.path().join("out").join("a.bin").exists());
+}
+
+/// Ends the tmux server of a test (and the shell and `get` in its pane) on every path.
+struct TmuxServer(std::path::PathBuf);
+
+impl TmuxServer {
+    fn command(&self) -> Command {
+        let mut command = Command::new("tmux");
+        command.arg("-S").arg(&self.0);
+        command
+    }
+
+    /// What the pane shows now, one line per screen row.
+    fn pane(&self) -> String {
+        let out = self.command().args(["capture-pane", "-p", "-t", "get"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = self.command().arg("kill-server").output();
+    }
+}
+
+/// A line of the progress display, `WHAT BYTES at RATE/s`, with a rate above zero (in B/s, KiB/s,
+/// MiB/s...).
+fn shows_rate(line: &str, what: &str) -> bool {
+    let Some(rest) = line.split(what).nth(1) else { return false };
+    let Some((_, rate)) = rest.split_once(" at ") else { return false };
+    let mut words = rate.split_whitespace();
+    let number = words.next().and_then(|n| n.parse::<f64>().ok()).is_some_and(|rate| rate > 0.0);
+    number && words.next().is_some_and(|unit| unit.trim_end_matches(',').ends_with("B/s"))
+}
+
+/// On a terminal, `get` shows the file's progress (bytes and rate) and a total line while it
+/// runs, and clears them: the pane ends with the usual result line and no bar. The server's core
+/// is held in short stalls (half the time) until a bar has been seen, so that a fast machine does not finish the
+/// 64 MB before the first redraw; then it runs free.
+#[test]
+fn get_on_a_terminal_shows_progress_and_clears_it() {
+    if !common::require(
+        common::installed("tmux").is_some(),
+        "`tmux` (Debian package tmux; scripts/test.sh installs it)",
+    )
+    .unwrap()
+    {
+        return;
+    }
+    let mut dir = TempDir::new("get-progress").unwrap().keep_unless_passed();
+    let www = dir.subdir("www").unwrap();
+    let payload = random_bytes(64 << 20).unwrap();
+    std::fs::write(www.join("big.bin"), &payload).unwrap();
+    let server = server(BackendKind::Portable, Some(www));
+    let out = dir.path().join("out");
+    let shell = format!(
+        "'{NODE_BIN}' get https://{}/big.bin --insecure --timeout 60 --output '{}'; echo \"get exited $?\"; sleep 120",
+        server.node.local_addr(),
+        out.display()
+    );
+    let tmux = TmuxServer(dir.path().join("tmux.sock"));
+    server.node.stall_core(0, Duration::from_millis(200)).unwrap();
+    let started = tmux.command().args(["new-session", "-d", "-s", "get", "-x", "400", "-y", "20", &shell]).status();
+    assert!(started.unwrap().success(), "tmux new-session failed");
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (mut bar, mut total) = (None, None);
+    // A stall of half the period: the server sends in the other half.
+    let mut last_stall = Instant::now();
+    let pane = loop {
+        let pane = tmux.pane();
+        if pane.contains("get exited") {
+            break pane;
+        }
+        bar = bar.or_else(|| pane.lines().find(|l| shows_rate(l, "/big.bin ")).map(str::to_owned));
+        total = total.or_else(|| pane.lines().find(|l| shows_rate(l, "total ")).map(str::to_owned));
+        if (bar.is_none() || total.is_none()) && last_stall.elapsed() >= Duration::from_millis(400) {
+            server.node.stall_core(0, Duration::from_millis(200)).unwrap();
+            last_stall = Instant::now();
+        }
+        assert!(Instant::now() < deadline, "get still running after 90 s:\n{pane}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let bar = bar.unwrap_or_else(|| panic!("no progress line for /big.bin was seen; at the end:\n{pane}"));
+    let total = total.unwrap_or_else(|| panic!("no total line was seen; at the end:\n{pane}"));
+    assert!(total.contains("0/1 files done") || total.contains("1/1 files done"), "{total}");
+
+    // The pane at the end: the usual result line, the exit status, and nothing of the bars.
+    let lines: Vec<&str> = pane.lines().filter(|l| !l.trim().is_empty()).collect();
+    let expected = format!("/big.bin: {} bytes, sha256 {}, ", payload.len(), sha256_hex(&payload));
+    assert_eq!(lines.len(), 2, "expected the result line and the exit status only (bar was {bar:?}):\n{pane}");
+    assert!(lines[0].starts_with(&expected), "{pane}");
+    assert_eq!(lines[1], "get exited 0", "{pane}");
+    assert_eq!(sha256_hex(&std::fs::read(out.join("big.bin")).unwrap()), sha256_hex(&payload));
+    drop(tmux);
+    stop(server);
+    dir.passed();
 }

@@ -716,11 +716,7 @@ impl NodeHandle {
 }
 
 fn choose_backend(requested: Option<BackendKind>) -> Result<BackendKind, StartError> {
-    #[cfg(target_os = "linux")]
-    let uring = crate::backend::uring::probe().map_err(|e| e.to_string());
-    #[cfg(not(target_os = "linux"))]
-    let uring: Result<(), String> = Err("io_uring needs Linux".into());
-    match (requested, uring) {
+    match (requested, crate::backend::io_uring_usable()) {
         (Some(BackendKind::IoUring), Err(reason)) => {
             Err(StartError::BackendUnavailable { kind: BackendKind::IoUring, reason })
         }

@@ -147,6 +147,11 @@ deploy setup --artifact "$p1"
 deploy_log setup --artifact "$p1" >/dev/null
 grep -q 'setup-server: done, nothing changed' "$work/last.log" || fail "a second setup changed something: $(grep -v unchanged "$work/last.log")"
 echo "second setup: nothing changed"
+for f in bash-completion/completions/ant-quic zsh/site-functions/_ant-quic fish/vendor_completions.d/ant-quic.fish \
+    man/man1/ant-quic.1; do
+    inside test -s "/usr/local/share/$f" || fail "setup installed no /usr/local/share/$f"
+done
+echo "completions and man page installed under /usr/local/share"
 inside nft list table inet ant_quic >/dev/null || fail "firewall table inet ant_quic not loaded"
 # A file to download, served by the node (the operator's config: www added before the first start).
 inside bash -c 'mkdir -p /opt/ant-quic/www && head -c 314572800 /dev/urandom >/opt/ant-quic/www/big.bin &&

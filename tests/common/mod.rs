@@ -321,7 +321,7 @@ pub fn parse_listening(line: &str) -> Option<SocketAddr> {
 pub struct NodeProcess {
     process: Process,
     pub addr: SocketAddr,
-    /// From the line `ant-quic VERSION peer id HEX`; empty if the node printed none.
+    /// From the line `ant-quic BUILD peer id HEX`; empty if the node printed none.
     pub peer_id: String,
     /// The line announcing the address, backend and crypto provider.
     pub banner: String,

@@ -54,6 +54,9 @@ pub struct AdminView {
     pub node: NodeHandle,
     /// The node's version (e.g. `env!("CARGO_PKG_VERSION")`).
     pub version: String,
+    /// What the build is, on one line (`ant_quic::build_info::build_line`: version, commit,
+    /// features, crypto provider, default backend); `/health` shows it as `build`.
+    pub build: String,
     /// The node's peer ID.
     pub peer_id: String,
     /// When the node started (for `uptime_seconds`).
@@ -377,6 +380,7 @@ impl Pages {
         let mut body = serde_json::json!({
             "status": status,
             "version": self.view.version,
+            "build": self.view.build,
             "peer_id": self.view.peer_id,
             "uptime_seconds": self.view.started.elapsed().as_secs(),
             "backend": self.view.node.backend().name(),

@@ -67,6 +67,24 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// Whether this kernel and sandbox let the io_uring backend run; why not otherwise.
+pub fn io_uring_usable() -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    let usable = uring::probe().map_err(|e| e.to_string());
+    #[cfg(not(target_os = "linux"))]
+    let usable = Err("io_uring needs Linux".into());
+    usable
+}
+
+/// The backend a node picks when none is asked for: io-uring when [`io_uring_usable`], the
+/// portable one otherwise.
+pub fn default_kind() -> BackendKind {
+    match io_uring_usable() {
+        Ok(()) => BackendKind::IoUring,
+        Err(_) => BackendKind::Portable,
+    }
+}
+
 /// One received buffer: a single datagram, or several of `stride` bytes each when the kernel
 /// coalesced them (GRO). The last segment may be shorter than `stride`.
 #[derive(Debug, Clone, Copy)]

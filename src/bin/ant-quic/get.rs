@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use ant_quic::tls::{ServerAuth, ALPN_HQ_INTEROP};
 use ant_quic::Error;
 use quinn_proto::crypto::rustls::QuicClientConfig;
 
+use crate::progress::{GetBars, TICK};
 use crate::GetArgs;
 
 /// A download client only acknowledges, and ACK-only packets do not elicit anything. After its
@@ -123,17 +125,19 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut results = Vec::new();
     let mut never_connected = false;
+    // `get` prints no JSON: bars whenever stderr is a terminal.
+    let bars = crate::progress::wanted(false).then(|| GetBars::new(urls.iter().map(|u| u.path.as_str())));
+    // Index of the group's first request among all of them (the bars are numbered so).
+    let mut first_of_group = 0;
     // Every connection clones the same client configuration, so they share rustls's session
     // store: the second connection resumes with a ticket the first one received.
     for group in split(requests, args.connections) {
         let expected = group.len();
         let (tx, rx) = mpsc::channel::<GetEvent>();
-        let node = start_client_app(
-            local,
-            args.backend,
-            None,
-            GetApp::new(group, tx).with_key_updates(args.key_update_every),
-        )?;
+        let files: Vec<PathBuf> = group.iter().map(|(_, file)| file.clone()).collect();
+        let app = GetApp::new(group, tx).with_key_updates(args.key_update_every);
+        let progress = app.progress();
+        let node = start_client_app(local, args.backend, None, app)?;
         node.connect(
             ConnectRequest { config: request.config.clone(), server_name: request.server_name.clone(), ..request },
             Some(0),
@@ -141,12 +145,27 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
         let before = results.len();
         let mut connected = false;
         while results.len() - before < expected {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = if bars.is_some() { left.min(TICK) } else { left };
+            match rx.recv_timeout(wait) {
                 Ok(GetEvent::Connected) => connected = true,
-                Ok(GetEvent::File(fetched)) => results.push(fetched),
+                Ok(GetEvent::File(fetched)) => {
+                    if let (Some(bars), Some(index)) = (&bars, files.iter().position(|f| *f == fetched.file)) {
+                        bars.ended(first_of_group + index);
+                    }
+                    results.push(fetched)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
                 Ok(GetEvent::Ended) | Err(_) => break,
             }
+            if let Some(bars) = &bars {
+                for (offset, bytes) in progress.iter().enumerate() {
+                    bars.received(first_of_group + offset, bytes.load(Ordering::Relaxed));
+                }
+                bars.update_total();
+            }
         }
+        first_of_group += expected;
         // The files are written and this connection is done: send CONNECTION_CLOSE and go,
         // rather than wait out the closing period (three PTOs) that a long-lived endpoint keeps.
         node.shutdown_now();
@@ -158,6 +177,9 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
         }
     }
 
+    if let Some(bars) = bars {
+        bars.clear();
+    }
     let mut failed = expected.saturating_sub(results.len());
     if failed > 0 && never_connected {
         eprintln!(

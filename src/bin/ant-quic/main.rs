@@ -4,6 +4,7 @@
 
 mod get;
 mod peer;
+mod progress;
 mod serve;
 
 use std::net::SocketAddr;
@@ -14,14 +15,17 @@ use ant_quic::config::{Loader, Overrides};
 use ant_quic::dataplane::BackendKind;
 use ant_quic::identity::PeerId;
 use ant_quic::Error;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::get::get;
 use crate::serve::run_node;
 
 /// A QUIC node for peer-to-peer networks behind NATs.
+///
+/// `--version` prints one line: version, git commit, cargo features, crypto provider and default
+/// I/O backend (as `/health` shows in `build` and the node logs when it starts).
 #[derive(Debug, Parser)]
-#[command(name = "ant-quic", version, about)]
+#[command(name = "ant-quic", version = ant_quic::build_info::build_line(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -72,6 +76,7 @@ struct NodeArgs {
     #[arg(long)]
     json: bool,
     /// With --connect: send this many random bytes over the connection and check their SHA-256.
+    /// On a terminal (and without --json), stderr shows a bar with rate and ETA meanwhile.
     #[arg(long, value_name = "BYTES", requires = "connect")]
     send_bytes: Option<u64>,
     /// With --connect: when the connection went through the relay, wait up to this many seconds
@@ -128,10 +133,26 @@ impl NodeArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Download files over hq-interop on one connection.
+    ///
+    /// On a terminal, stderr shows progress (bytes, rate and elapsed time per file and in total;
+    /// no ETA: hq-interop sends no length), cleared at the end.
     Get(GetArgs),
     /// Check a configuration file, or print the default one.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the shell completion script for SHELL.
+    ///
+    /// Release packages install them (setup-server.sh); by hand:
+    /// `ant-quic completions bash > /usr/local/share/bash-completion/completions/ant-quic`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    ///
+    /// Read it with `ant-quic man | man -l -`; release packages install it (setup-server.sh).
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,7 +233,31 @@ fn main() -> ExitCode {
                 Err(error) => config_error(&error),
             }
         }
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ant-quic", &mut script);
+            print_all(&script)
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => print_all(&page),
+                Err(error) => finish(Err(Error::Io { context: "rendering the manual page".into(), source: error })),
+            }
+        }
         None => run_node(&cli.node),
+    }
+}
+
+/// Write generated text to stdout. Built in memory first: clap_complete panics when its writer
+/// fails. A reader that stops early (`| head`) is not an error.
+fn print_all(text: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            finish(Err(Error::Io { context: "writing to stdout".into(), source: error }))
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 

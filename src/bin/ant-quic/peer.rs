@@ -10,6 +10,7 @@ use ant_quic::node::{start_server_with, NodeOptions};
 use ant_quic::Error;
 use ant_quic_control::nat::agent::{BootstrapStatus, PathKind};
 
+use crate::progress::{TransferBar, TICK};
 use crate::NodeArgs;
 
 /// `--connect` and `--test`: start a node on its own port, register with the bootstraps, do the
@@ -129,11 +130,29 @@ fn connect_to_peer(
     });
     if let Some(bytes) = args.send_bytes {
         let (report, reports) = crossbeam_channel::bounded(1);
+        // The bar counts the UDP bytes this node sends from here on: the upload, with its packet
+        // overhead and the little else a one-shot node sends meanwhile.
+        let sent =
+            || server.node.handle().all_stats().map(|c| ant_quic::dataplane::stats::read(&c.tx_bytes)).sum::<u64>();
+        let sent_before = sent();
         let request = ant_quic::nat::link::CoreRequest::Upload { conn: connection.conn, bytes, report };
         server.node.send_message(core, request).map_err(|e| e.to_string())?;
-        let upload = reports
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .map_err(|_| format!("the transfer of {bytes} bytes did not finish in time"))?;
+        let bar = crate::progress::wanted(args.json).then(|| TransferBar::new("sending", bytes));
+        let upload = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match reports.recv_timeout(if bar.is_some() { left.min(TICK) } else { left }) {
+                Ok(upload) => break Ok(upload),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) if !left.is_zero() => {}
+                Err(_) => break Err(format!("the transfer of {bytes} bytes did not finish in time")),
+            }
+            if let Some(bar) = &bar {
+                bar.moved(sent().saturating_sub(sent_before));
+            }
+        };
+        if let Some(bar) = bar {
+            bar.clear();
+        }
+        let upload = upload?;
         if let Some(error) = &upload.error {
             return Err(format!("transfer failed: {error}"));
         }

@@ -136,6 +136,7 @@ fn serve(
     let view = AdminView {
         node: node.handle(),
         version: env!("CARGO_PKG_VERSION").into(),
+        build: ant_quic::build_info::build_line().into(),
         peer_id: server.identity.peer_id().to_string(),
         started,
         log_lines_dropped: Some(Arc::new(ant_quic::logging::dropped_lines)),
@@ -213,7 +214,9 @@ fn serve(
             tracing::warn!(%error, "cannot follow the predecessor's drain; steering stays as set at the switch");
         }
     }
-    println!("ant-quic {} peer id {}", env!("CARGO_PKG_VERSION"), server.identity.peer_id());
+    let build = ant_quic::build_info::build_line();
+    println!("ant-quic {build} peer id {}", server.identity.peer_id());
+    tracing::info!(peer_id = %server.identity.peer_id(), listen = %node.local_addr(), "ant-quic {build} serving");
     println!(
         "listening on {} (udp, {} cores, backend {}, crypto {})",
         node.local_addr(),

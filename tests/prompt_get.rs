@@ -235,10 +235,12 @@ fn shows_rate(line: &str, what: &str) -> bool {
 
 /// On a terminal, `get` shows the file's progress (bytes and rate) and a total line while it
 /// runs, and clears them: the pane ends with the usual result line and no bar. The server's core
-/// is held in short stalls (half the time) until a bar has been seen, so that a fast machine does not finish the
-/// 64 MB before the first redraw; then it runs free.
+/// is held in short stalls (300 ms of every 350) until a bar and the total have been seen, so that
+/// a fast machine (250 MB/s here) does not finish the 64 MB between two looks at the pane; then it
+/// runs free.
 #[test]
 fn get_on_a_terminal_shows_progress_and_clears_it() {
+    const STALL: Duration = Duration::from_millis(300);
     if !common::require(
         common::installed("tmux").is_some(),
         "`tmux` (Debian package tmux; scripts/test.sh installs it)",
@@ -259,13 +261,14 @@ fn get_on_a_terminal_shows_progress_and_clears_it() {
         out.display()
     );
     let tmux = TmuxServer(dir.path().join("tmux.sock"));
-    server.node.stall_core(0, Duration::from_millis(200)).unwrap();
+    server.node.stall_core(0, STALL).unwrap();
     let started = tmux.command().args(["new-session", "-d", "-s", "get", "-x", "400", "-y", "20", &shell]).status();
     assert!(started.unwrap().success(), "tmux new-session failed");
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let (mut bar, mut total) = (None, None);
-    // A stall of half the period: the server sends in the other half.
+    // The server sends in the 50 ms between stalls; the bar drawn then stays on screen during the
+    // next stall, where the pane (looked at every 100 ms) shows it.
     let mut last_stall = Instant::now();
     let pane = loop {
         let pane = tmux.pane();
@@ -274,8 +277,8 @@ fn get_on_a_terminal_shows_progress_and_clears_it() {
         }
         bar = bar.or_else(|| pane.lines().find(|l| shows_rate(l, "/big.bin ")).map(str::to_owned));
         total = total.or_else(|| pane.lines().find(|l| shows_rate(l, "total ")).map(str::to_owned));
-        if (bar.is_none() || total.is_none()) && last_stall.elapsed() >= Duration::from_millis(400) {
-            server.node.stall_core(0, Duration::from_millis(200)).unwrap();
+        if (bar.is_none() || total.is_none()) && last_stall.elapsed() >= STALL + Duration::from_millis(50) {
+            server.node.stall_core(0, STALL).unwrap();
             last_stall = Instant::now();
         }
         assert!(Instant::now() < deadline, "get still running after 90 s:\n{pane}");

@@ -12,8 +12,10 @@
 //! expired), deletes what was unregistered meanwhile, reloads the cache and watches from there.
 
 mod record;
+mod shared;
 
 pub use record::{Keys, PeerRecord};
+pub use shared::SharedRegistry;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -67,6 +67,9 @@ impl EtcdDriver {
             stop: Arc::clone(&stop),
             first: Some(first_tx),
             lease: None,
+            in_step: false,
+            quick_retries: 0,
+            endpoint: 0,
         };
         let thread = std::thread::Builder::new()
             .name("ant-quic-registry".into())
@@ -159,6 +162,14 @@ struct Session {
     first: Option<std::sync::mpsc::SyncSender<FirstOutcome>>,
     /// The lease granted last, revoked on stop.
     lease: Option<i64>,
+    /// The current connection got in step (its watch runs): a failure of it is retried at once
+    /// on the other endpoints before the registry reports an outage.
+    in_step: bool,
+    /// Immediate retries left on other endpoints after a connection in step broke.
+    quick_retries: usize,
+    /// The endpoint of the next connection. One at a time, the next one after a failure: a
+    /// balanced channel keeps sending some requests to a dead member.
+    endpoint: usize,
 }
 
 /// The live streams of one connection.
@@ -173,13 +184,26 @@ struct Streams {
 impl Session {
     async fn run(&mut self) {
         let mut backoff = BACKOFF.0;
+        // At start, and after a connection in step broke, every member is tried once at once.
+        self.quick_retries = self.endpoints.len().saturating_sub(1);
         while !self.stop.load(Ordering::Relaxed) {
             let result = self.connected().await;
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
             let Err(error) = result else { continue };
+            self.endpoint = (self.endpoint + 1) % self.endpoints.len().max(1);
+            if std::mem::take(&mut self.in_step) {
+                self.quick_retries = self.endpoints.len().saturating_sub(1);
+                backoff = BACKOFF.0;
+            }
             let refused = is_refusal(&error);
+            if self.quick_retries > 0 && !refused {
+                self.quick_retries -= 1;
+                tracing::info!(%error, "registry: etcd member failed; trying another");
+                self.shared.lock().interrupted();
+                continue;
+            }
             if let Some(first) = self.first.take() {
                 let outcome = if refused {
                     FirstOutcome::Refused(error.to_string())
@@ -209,7 +233,8 @@ impl Session {
     /// One connection: carries out actions and follows the lease and the watch until something
     /// fails (or the thread stops: `Ok`).
     async fn connected(&mut self) -> Result<(), etcd_client::Error> {
-        let mut client = Client::connect(&self.endpoints, Some(self.connect.clone())).await?;
+        let endpoint = self.endpoints.get(self.endpoint).cloned().unwrap_or_default();
+        let mut client = Client::connect([endpoint], Some(self.connect.clone())).await?;
         let mut streams = Streams::default();
         let renew_every = self.lease_ttl / 3;
         let mut renew = tokio::time::interval(renew_every.max(Duration::from_millis(100)));
@@ -308,6 +333,7 @@ impl Session {
                 RegistryAction::Watch { prefix, from_revision } => {
                     let options = WatchOptions::new().with_prefix().with_start_revision(from_revision);
                     streams.watch = Some(client.watch(prefix, Some(options)).await?);
+                    self.in_step = true;
                     match self.first.take() {
                         Some(first) => {
                             let _ = first.send(FirstOutcome::Ready);

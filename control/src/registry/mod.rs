@@ -314,6 +314,15 @@ impl Registry {
         true
     }
 
+    /// The connection to the store broke while in step (e.g. the member it used died): resync
+    /// at once over another, without reporting an outage yet ([`Registry::failed`] follows if
+    /// that fails too). Counted as an error.
+    pub fn interrupted(&mut self) {
+        self.stats.errors += 1;
+        self.connected = false;
+        self.reconnect();
+    }
+
     /// Try the store again after a failure: keep the old lease if it lives, else a new one.
     pub fn reconnect(&mut self) {
         self.actions.clear();

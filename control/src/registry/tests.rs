@@ -182,3 +182,18 @@ fn an_expired_lease_is_replaced_and_nothing_stale_is_deleted() {
     assert_eq!(writes(&actions), vec![("put", kept)], "the old lease took the left peer's key with it");
     assert!(actions.iter().all(|a| !matches!(a, RegistryAction::Put { lease, .. } if *lease != 8)));
 }
+
+#[test]
+fn a_broken_connection_resyncs_without_reporting_an_outage() {
+    let mut registry = connected();
+    let peer = PeerId([1; 32]);
+    registry.register(peer, addr(5001), vec![]);
+    drain(&mut registry);
+    registry.interrupted();
+    assert_eq!(registry.status(), Status::Ok, "not degraded until the retry fails too");
+    registry.register(PeerId([2; 32]), addr(5002), vec![]);
+    assert_eq!(drain(&mut registry), vec![RegistryAction::RenewLease { lease: 7 }], "no write before the resync");
+    registry.lease_granted(7);
+    assert_eq!(writes(&drain(&mut registry)), vec![("put", peer), ("put", PeerId([2; 32]))]);
+    assert_eq!(registry.stats().errors, 1);
+}

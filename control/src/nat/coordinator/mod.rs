@@ -500,6 +500,8 @@ impl Coordinator {
                     if let Some(registration) = self.peers.get_mut(&peer) {
                         registration.added.retain(|a| a.sequence != sequence || a.expires > now);
                     }
+                    // The shared registry drops the candidate too (nothing is written if unchanged).
+                    self.announce(now, peer);
                 }
                 Timer::RelayExpiry { channel } => {
                     if self.relays.get(&channel).is_some_and(|relay| relay.expires <= now) {

@@ -731,6 +731,8 @@ fn registrations_are_announced_on_register_move_candidates_and_leave_only() {
     assert_eq!(announced(&drain(&mut c)), vec![registered("198.18.0.10:40000", vec![addr("10.0.0.10:40000")])]);
     c.observed_changed(now, 1, addr("198.18.0.10:40001"));
     assert_eq!(announced(&drain(&mut c)), vec![registered("198.18.0.10:40001", vec![addr("10.0.0.10:40000")])]);
+    c.handle_timeout(now + CoordinatorConfig::default().candidate_lifetime + Duration::from_secs(1));
+    assert_eq!(announced(&drain(&mut c)), vec![registered("198.18.0.10:40001", vec![])], "an expired candidate goes");
     c.session_closed(now, 1);
     assert_eq!(announced(&drain(&mut c)), vec![CoordinatorAction::Unregistered { peer: A }]);
 

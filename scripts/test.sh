@@ -53,6 +53,10 @@ command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 command -v pgrep >/dev/null 2>&1 || missing+=(procps)
+# protoc and etcd: the etcd feature builds etcd-client's protocol (clippy --all-features too) and
+# tests/federation.rs runs a 3-member etcd cluster
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 # a C++ compiler: libfuzzer-sys builds libFuzzer (scripts/fuzz-short.sh)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 # valgrind, for the instruction-count gate (scripts/bench-gate) unless it is skipped
@@ -105,6 +109,10 @@ cargo test --profile ci --workspace
 
 step "the async API's tokio AsyncRead/AsyncWrite (feature tokio; the rest of tests/async_api.rs ran above)"
 cargo test --profile ci -p ant-quic --features tokio --test async_api -- tokio_io_traits
+
+step "bootstraps sharing a peer registry on etcd (feature etcd; docs/federation.md)"
+# Only this test binary: it is the only one the feature changes (about 10 s with 3 etcd members).
+cargo test --profile ci -p ant-quic --features etcd --test federation
 
 step "the async API benchmark's runners work (scripts/bench-async.sh --quick: a smoke, not a measurement)"
 # Every runner once with small sizes (a few seconds); fails if any run fails, never on a figure.

@@ -50,6 +50,7 @@ pub mod logging;
 pub mod nat;
 pub mod node;
 pub mod protocol;
+pub mod registry;
 pub mod service;
 pub mod takeover;
 pub mod tls;

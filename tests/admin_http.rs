@@ -45,6 +45,7 @@ fn view_of(server: &Server, generation: u16) -> AdminView {
         log_lines_dropped: None,
         bootstraps: None,
         nat: None,
+        registry: None,
         generation,
         previous: Default::default(),
     }
@@ -376,6 +377,7 @@ fn a_panic_on_a_core_is_caught_and_reported() {
         log_lines_dropped: None,
         bootstraps: None,
         nat: None,
+        registry: None,
         generation: 1,
         previous: Default::default(),
     };

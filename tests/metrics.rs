@@ -38,6 +38,7 @@ fn server_with_admin() -> (Server, AdminServer) {
         log_lines_dropped: Some(Arc::new(|| 0)),
         bootstraps: None,
         nat: Some(Arc::clone(&server.nat.metrics())),
+        registry: Some(server.nat.registry()),
         generation: 2,
         previous: Default::default(),
     };

@@ -11,6 +11,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod nat;
 mod peer_id;
+pub mod registry;
 
 pub use admin::{AdminServer, AdminView, PreviousGeneration};
 pub use metrics::Metrics;

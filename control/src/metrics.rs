@@ -26,6 +26,7 @@ use hdrhistogram::Histogram;
 
 use crate::liveness::Liveness;
 use crate::nat::NatMetrics;
+use crate::registry::SharedRegistry;
 
 /// A counter the binary provides (e.g. log lines dropped by the non-blocking writer).
 pub type CounterFn = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -51,6 +52,7 @@ type PerCore = dyn Fn(&CoreStats) -> Vec<(&'static str, &'static str, u64)>;
 pub struct Metrics {
     node: NodeHandle,
     nat: Option<Arc<NatMetrics>>,
+    registry: Option<SharedRegistry>,
     latency: Option<LatencySet>,
     log_lines_dropped: Option<CounterFn>,
     /// This process's generation on its port (1 unless it took over from a predecessor).
@@ -66,7 +68,7 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Metrics of `node`; `log_lines_dropped` reports lines the logger dropped under pressure.
     pub fn new(node: NodeHandle, log_lines_dropped: Option<CounterFn>) -> Self {
-        Self { node, nat: None, latency: LatencySet::new(), log_lines_dropped, generation: 1 }
+        Self { node, nat: None, registry: None, latency: LatencySet::new(), log_lines_dropped, generation: 1 }
     }
 
     /// Export `generation` as this process's generation (`ant_quic_generation`).
@@ -79,6 +81,43 @@ impl Metrics {
     pub fn with_nat(mut self, nat: Option<Arc<NatMetrics>>) -> Self {
         self.nat = nat;
         self
+    }
+
+    /// Include the peer registry's series (`ant_quic_registry_*`).
+    pub fn with_registry(mut self, registry: Option<SharedRegistry>) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    fn encode_registry(&self, out: &mut Text) {
+        let Some(registry) = &self.registry else { return };
+        let s = registry.stats();
+        out.family(
+            "ant_quic_registry_peers",
+            "gauge",
+            "Peers registered here (local) and across the federation (global).",
+        );
+        out.sample("ant_quic_registry_peers", &[("scope", "local")], s.local);
+        out.sample("ant_quic_registry_peers", &[("scope", "global")], s.global);
+        out.family(
+            "ant_quic_registry_lookups_total",
+            "counter",
+            "Registry lookups by result: a peer registered here, at another bootstrap, or unknown.",
+        );
+        out.sample("ant_quic_registry_lookups_total", &[("result", "local")], s.lookups_local);
+        out.sample("ant_quic_registry_lookups_total", &[("result", "remote")], s.lookups_remote);
+        out.sample("ant_quic_registry_lookups_total", &[("result", "miss")], s.lookups_miss);
+        out.family("ant_quic_registry_writes_total", "counter", "Writes to the shared registry's store, by operation.");
+        out.sample("ant_quic_registry_writes_total", &[("op", "put")], s.puts);
+        out.sample("ant_quic_registry_writes_total", &[("op", "delete")], s.deletes);
+        out.family("ant_quic_registry_errors_total", "counter", "Failures of the shared registry's store.");
+        out.sample("ant_quic_registry_errors_total", &[], s.errors);
+        out.family(
+            "ant_quic_registry_degraded",
+            "gauge",
+            "1 while the store is unreachable (own peers served from memory only), else 0.",
+        );
+        out.sample("ant_quic_registry_degraded", &[], u8::from(s.degraded));
     }
 
     fn encode_nat(&self, out: &mut Text) {
@@ -211,6 +250,7 @@ impl Metrics {
         out.sample("quic_bytes_transmitted", &[("direction", "sent")], sum(&|c| read(&c.tx_bytes)));
         out.sample("quic_bytes_transmitted", &[("direction", "received")], sum(&|c| read(&c.rx_bytes)));
         self.encode_nat(&mut out);
+        self.encode_registry(&mut out);
 
         out.family("quic_errors_total", "counter", "Errors by kind: connection ends other than graceful closes, handshake and connect failures, failed UDP sends.");
         for class in CloseClass::ALL.into_iter().filter(|c| c.is_error()) {

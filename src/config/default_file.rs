@@ -101,6 +101,26 @@ two_sided_rate = 12800
 # apart as well).
 # alternate_ip = "203.0.113.2"
 
+[registry]
+# Where this node, as a bootstrap, keeps the peers registered with it: "memory" (this process
+# only) or "etcd": shared by every bootstrap of a federation, so that each can find the peers
+# registered at the others (docs/federation.md; needs a build with `--features etcd`).
+# --registry-backend, ANT_QUIC_REGISTRY_BACKEND.
+backend = "memory"
+# etcd client URLs, http://HOST:PORT or https://HOST:PORT (--registry-endpoint, repeatable;
+# ANT_QUIC_REGISTRY_ENDPOINTS, comma-separated).
+endpoints = []
+# Key prefix: every bootstrap of one federation uses the same.
+prefix = "/ant-quic"
+# Seconds the peers of a bootstrap that died stay in etcd (its lease's TTL, kept alive every
+# third of it). 1 to 3600.
+lease_ttl = 10
+# With https:// endpoints: the CA the etcd server certificates chain to, and this node's client
+# certificate and key if etcd asks for one.
+# ca_file = "/etc/ant-quic/etcd-ca.pem"
+# cert_file = "/etc/ant-quic/etcd-client.pem"
+# key_file = "/etc/ant-quic/etcd-client-key.pem"
+
 [compatibility]
 # Accept keys renamed since older versions (e.g. [logging] log_level).
 support_deprecated_keys = true

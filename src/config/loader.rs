@@ -61,6 +61,10 @@ pub struct Overrides {
     pub drain_timeout: Option<u64>,
     /// `--relay-lifetime`.
     pub relay_lifetime: Option<u64>,
+    /// `--registry-backend`.
+    pub registry_backend: Option<super::RegistryBackend>,
+    /// `--registry-endpoint` (repeatable): replaces `[registry] endpoints` when given.
+    pub registry_endpoints: Vec<String>,
 }
 
 /// A loaded, validated configuration.
@@ -271,7 +275,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigEr
     Ok((config, warnings))
 }
 
-const SECTIONS: [&str; 6] = ["node", "metrics", "logging", "security", "nat", "compatibility"];
+const SECTIONS: [&str; 7] = ["node", "metrics", "logging", "security", "nat", "registry", "compatibility"];
 
 /// `ANT_QUIC_<SECTION>_<KEY>=value` overrides `[section] key`. Variables naming no section are
 /// left alone (tests and scripts use other `ANT_QUIC_` variables).
@@ -369,6 +373,14 @@ fn apply_overrides(config: &mut Config, flags: &Overrides, origins: &mut HashMap
     if let Some(seconds) = flags.relay_lifetime {
         config.nat.relay_lifetime = seconds;
         set("nat.relay_lifetime", "--relay-lifetime");
+    }
+    if let Some(backend) = flags.registry_backend {
+        config.registry.backend = backend;
+        set("registry.backend", "--registry-backend");
+    }
+    if !flags.registry_endpoints.is_empty() {
+        config.registry.endpoints = flags.registry_endpoints.clone();
+        set("registry.endpoints", "--registry-endpoint");
     }
 }
 

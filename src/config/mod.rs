@@ -8,12 +8,14 @@
 mod default_file;
 mod loader;
 mod origin;
+mod registry;
 mod sections;
 mod validate;
 
 pub use default_file::DEFAULT_FILE;
 pub use loader::{load, load_text, Loaded, Loader, Overrides, RenamedKey, ENV_PREFIX, RENAMED_KEYS, SEARCH_PATHS};
 pub use origin::ConfigError;
+pub use registry::{RegistryBackend, RegistrySection, DEFAULT_LEASE_TTL, DEFAULT_REGISTRY_PREFIX, NO_ETCD_FEATURE};
 pub use sections::{
     Backend, CompatibilitySection, Config, LogFormat, LogOutput, LogRotation, LoggingSection, MetricsSection,
     NatSection, NodeSection, SecuritySection, DEFAULT_DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT, MAX_RELAY_LIFETIME,

@@ -24,6 +24,8 @@ pub struct Config {
     pub security: SecuritySection,
     /// `[nat]`: NAT traversal (mapping discovery and relays, as a bootstrap).
     pub nat: NatSection,
+    /// `[registry]`: where a bootstrap keeps its peers (memory, or etcd shared with others).
+    pub registry: super::RegistrySection,
     /// `[compatibility]`: keys from older versions.
     pub compatibility: CompatibilitySection,
 }

@@ -74,6 +74,7 @@ pub(super) fn validate(config: &Config, origins: &HashMap<String, Origin>) -> Re
             ),
         ));
     }
+    config.registry.check().map_err(|(key, message)| fail(key, message))?;
     let level = config.logging.level.trim();
     let plain = !level.contains(['=', ',', '[', ':']);
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];

@@ -49,6 +49,7 @@ pub(crate) fn start_nat(
         traversal: start.traversal,
         alternate: None,
         peer_alpns: alpns.to_vec(),
+        registry: crate::registry::RegistryOptions::default(),
     };
     Nat::start(node.messenger(), identity, options, start.events, start.datagrams, false)
         .map_err(|e| Error::Setup(e.to_string()))

@@ -33,9 +33,11 @@ use ant_quic_dataplane::{ControlDatagram, Messenger};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::identity::Identity;
+use crate::registry::RegistryService;
 use crate::tls::{self, CertifiedKey, ServerAuth, ALPN_ANT_QUIC};
 use crate::Error;
 use alternate::{AlternateOptions, Alternates};
+use ant_quic_control::registry::SharedRegistry;
 use link::{CoreRequest, NatEvent};
 use spray::{SprayEvent, Sprays};
 
@@ -61,6 +63,8 @@ pub struct NatOptions {
     /// The application protocols (ALPN) offered on connections to peers reached by peer ID;
     /// empty: `ant-quic/1`, the node's own.
     pub peer_alpns: Vec<Vec<u8>>,
+    /// Where the peers registered here are kept (memory, or etcd shared with other bootstraps).
+    pub registry: crate::registry::RegistryOptions,
 }
 
 /// Where the answer to a connection request goes: called once, with the connection or why there
@@ -91,6 +95,8 @@ pub struct Nat {
     metrics: Arc<ant_quic_control::nat::NatMetrics>,
     thread: Option<JoinHandle<()>>,
     alternates: Option<Alternates>,
+    registry: Option<Arc<RegistryService>>,
+    shared_registry: SharedRegistry,
 }
 
 impl Nat {
@@ -113,6 +119,9 @@ impl Nat {
         if let Some(alternates) = &alternates {
             options.coordinator.other_addresses.clone_from(&alternates.announced);
         }
+        let registry = Arc::new(RegistryService::start(&options.registry, identity.peer_id(), node.local_addr())?);
+        let shared_registry = registry.shared();
+        options.coordinator.announce_registrations = true;
         let now = Instant::now();
         let agent = NatAgent::new(
             now,
@@ -137,12 +146,22 @@ impl Nat {
             metrics: Arc::clone(&metrics),
             sprays,
             peer_alpns: options.peer_alpns.clone(),
+            registry: Arc::clone(&registry),
         };
         let thread = std::thread::Builder::new()
             .name("ant-quic-nat".into())
             .spawn(move || driver.run(&events, &datagrams, &spray_events, &requests_rx))
             .map_err(|source| Error::Io { context: "starting the NAT traversal thread".into(), source })?;
-        Ok(Self { requests, status, status_watchers, metrics, thread: Some(thread), alternates })
+        Ok(Self {
+            requests,
+            status,
+            status_watchers,
+            metrics,
+            thread: Some(thread),
+            alternates,
+            registry: Some(registry),
+            shared_registry,
+        })
     }
 
     /// Reach `target` by its peer ID through a bootstrap: directly when a hole can be punched,
@@ -225,6 +244,13 @@ impl Nat {
         if let Some(mut alternates) = self.alternates.take() {
             alternates.stop();
         }
+        // The driver's reference went with its thread: the store's thread stops here.
+        self.registry.take();
+    }
+
+    /// The peer registry (for `/health`, metrics, the admin endpoint and lookups).
+    pub fn registry(&self) -> SharedRegistry {
+        self.shared_registry.clone()
     }
 
     /// The alternate addresses this node answers mapping discovery on (as bound).
@@ -261,6 +287,7 @@ struct Driver<M> {
     sprays: Sprays,
     /// [`NatOptions::peer_alpns`].
     peer_alpns: Vec<Vec<u8>>,
+    registry: Arc<RegistryService>,
 }
 
 impl<M: From<CoreRequest>> Driver<M> {
@@ -423,6 +450,10 @@ impl<M: From<CoreRequest>> Driver<M> {
                 AgentAction::RemoveRelay { channel } => {
                     let _ = self.node.remove_relay(channel);
                 }
+                AgentAction::Registered { peer, observed, candidates } => {
+                    self.registry.register(peer, observed, candidates);
+                }
+                AgentAction::Unregistered { peer } => self.registry.unregister(peer),
                 AgentAction::SetRelayPath { alias, relay, channel } => {
                     let route = PathRoute::Relay { relay, channel };
                     if let Err(error) = self.node.set_path(alias, Some(route)) {

@@ -68,6 +68,9 @@ pub struct AdminView {
     pub bootstraps: Option<JsonFn>,
     /// NAT traversal counters, when the node runs NAT traversal.
     pub nat: Option<Arc<crate::nat::NatMetrics>>,
+    /// The peer registry (as a bootstrap): `/health`'s `registry`, its metrics and
+    /// `/registry/peers/<peer-id>`.
+    pub registry: Option<crate::registry::SharedRegistry>,
     /// This process's generation on its port: 1 when started alone, the predecessor's + 1 after
     /// a takeover.
     pub generation: u16,
@@ -227,7 +230,9 @@ struct Pages {
 
 impl ControlThread {
     fn new(listener: TcpListener, view: AdminView, flags: Arc<Flags>) -> Self {
-        let metrics = Metrics::new(view.node.clone(), view.log_lines_dropped.clone()).with_nat(view.nat.clone());
+        let metrics = Metrics::new(view.node.clone(), view.log_lines_dropped.clone())
+            .with_nat(view.nat.clone())
+            .with_registry(view.registry.clone());
         let liveness = Liveness::new(&view.node, Instant::now());
         let metrics = metrics.with_generation(view.generation);
         let pages = Pages { view, flags: Arc::clone(&flags), metrics, liveness };
@@ -340,6 +345,7 @@ impl Pages {
                     Some(reason) => Response::text(503, format!("not ready: {reason}\n")),
                 }
             }
+            _ if path.starts_with(REGISTRY_PEERS) => registry_peer(self.view.registry.as_ref(), path),
             _ => Response::text(404, "not found: try /metrics, /health or /ready\n"),
         }
     }
@@ -394,11 +400,31 @@ impl Pages {
         if let (Some(bootstraps), Some(object)) = (&self.view.bootstraps, body.as_object_mut()) {
             object.insert("bootstraps".into(), bootstraps());
         }
+        if let (Some(registry), Some(object)) = (&self.view.registry, body.as_object_mut()) {
+            object.insert("registry".into(), registry.health_json());
+        }
         Response {
             status: if reason.is_none() { 200 } else { 503 },
             content_type: "application/json",
             body: format!("{body}\n"),
         }
+    }
+}
+
+/// Where the admin endpoint of the registry answers: `GET /registry/peers/<peer-id-hex>`.
+const REGISTRY_PEERS: &str = "/registry/peers/";
+
+/// `GET /registry/peers/<peer-id-hex>`: the peer's record as JSON (registered here or at another
+/// bootstrap of the federation), 404 when unknown, 400 for a malformed ID.
+fn registry_peer(registry: Option<&crate::registry::SharedRegistry>, path: &str) -> Response {
+    let Some(registry) = registry else { return Response::text(404, "no registry on this node\n") };
+    let id = path.get(REGISTRY_PEERS.len()..).unwrap_or_default();
+    match id.parse::<crate::PeerId>() {
+        Err(error) => Response::text(400, format!("{error}\n")),
+        Ok(peer) => match registry.lookup_json(peer) {
+            Some(record) => Response { status: 200, content_type: "application/json", body: format!("{record}\n") },
+            None => Response::text(404, format!("peer {peer} is not registered\n")),
+        },
     }
 }
 

@@ -600,6 +600,10 @@ impl NatAgent {
                 AgentAction::InstallRelay { channel, a, b, expires, byte_limit, rate_limit }
             }
             CoordinatorAction::RemoveRelay { channel } => AgentAction::RemoveRelay { channel },
+            CoordinatorAction::Registered { peer, observed, candidates } => {
+                AgentAction::Registered { peer, observed, candidates }
+            }
+            CoordinatorAction::Unregistered { peer } => AgentAction::Unregistered { peer },
         };
         self.actions.push_back(action);
     }

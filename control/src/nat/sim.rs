@@ -402,6 +402,7 @@ impl World {
                 CoordinatorAction::RemoveRelay { channel } => {
                     self.relays.remove(&channel);
                 }
+                CoordinatorAction::Registered { .. } | CoordinatorAction::Unregistered { .. } => {}
             }
         }
         for index in 0..self.nodes.len() {

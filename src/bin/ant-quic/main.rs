@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ant_quic::config::{Loader, Overrides};
+use ant_quic::config::{Loader, Overrides, RegistryBackend};
 use ant_quic::dataplane::BackendKind;
 use ant_quic::identity::PeerId;
 use ant_quic::Error;
@@ -97,6 +97,14 @@ struct NodeArgs {
     /// Seconds a relay allocation this node grants as a bootstrap lives (default 600).
     #[arg(long, value_name = "SECONDS")]
     relay_lifetime: Option<u64>,
+    /// Where this node, as a bootstrap, keeps its peers: memory, or etcd shared with other
+    /// bootstraps (needs a build with `--features etcd`; docs/federation.md).
+    #[arg(long, value_name = "BACKEND")]
+    registry_backend: Option<RegistryBackend>,
+    /// An etcd client URL, http://HOST:PORT or https://HOST:PORT (repeatable; replaces
+    /// `[registry] endpoints`).
+    #[arg(long = "registry-endpoint", value_name = "URL")]
+    registry_endpoints: Vec<String>,
 }
 
 impl NodeArgs {
@@ -125,6 +133,8 @@ impl NodeArgs {
                 bootstrap: self.bootstrap.clone(),
                 drain_timeout: self.drain_timeout,
                 relay_lifetime: self.relay_lifetime,
+                registry_backend: self.registry_backend,
+                registry_endpoints: self.registry_endpoints.clone(),
             },
         }
     }

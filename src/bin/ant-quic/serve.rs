@@ -68,6 +68,7 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
             alternate: config.alternate(),
             traversal: config.nat.traversal(),
             peer_alpns: Vec::new(),
+            registry: (&config.registry).into(),
         },
         join: None,
         admission: config.security.admission(),
@@ -142,6 +143,7 @@ fn serve(
         log_lines_dropped: Some(Arc::new(ant_quic::logging::dropped_lines)),
         bootstraps: Some(server.nat.bootstraps_json()),
         nat: Some(server.nat.metrics()),
+        registry: Some(server.nat.registry()),
         generation: node.handle().generation(),
         previous: Arc::clone(&previous),
     };

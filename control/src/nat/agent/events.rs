@@ -122,6 +122,10 @@ pub enum AgentAction {
     InstallRelay { channel: u32, a: SocketAddr, b: SocketAddr, expires: Instant, byte_limit: u64, rate_limit: u32 },
     /// Remove relay allocation `channel`.
     RemoveRelay { channel: u32 },
+    /// `peer` registered here or moved: update the shared registry (as a bootstrap).
+    Registered { peer: PeerId, observed: SocketAddr, candidates: Vec<SocketAddr> },
+    /// `peer` is no longer registered here: remove it from the shared registry.
+    Unregistered { peer: PeerId },
     /// Route `alias` through the relay at `relay` on `channel`.
     SetRelayPath { alias: SocketAddr, relay: SocketAddr, channel: u32 },
     /// Route `alias` straight to `address`.

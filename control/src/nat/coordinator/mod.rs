@@ -20,6 +20,7 @@ use super::message::{Candidate, CandidateKind, ErrorCode, Message, Outcome, Punc
 use crate::PeerId;
 use relay::Relay;
 
+mod federation;
 mod relay;
 
 #[cfg(test)]
@@ -76,6 +77,9 @@ pub struct CoordinatorConfig {
     /// uncertain ([`candidate::direct_uncertain`]), so that the initiator connects at once.
     /// Default true.
     pub relay_at_once: bool,
+    /// Emit [`CoordinatorAction::Registered`] and [`CoordinatorAction::Unregistered`] (for a
+    /// registry shared with other bootstraps). Default false.
+    pub announce_registrations: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -95,6 +99,7 @@ impl Default for CoordinatorConfig {
             channel_prefix: 0,
             other_addresses: Vec::new(),
             relay_at_once: true,
+            announce_registrations: false,
         }
     }
 }
@@ -131,6 +136,20 @@ pub enum CoordinatorAction {
     RemoveRelay {
         /// The channel of an earlier [`CoordinatorAction::InstallRelay`].
         channel: u32,
+    },
+    /// `peer` registered here, or where it is seen changed (with `announce_registrations`).
+    Registered {
+        /// The peer.
+        peer: PeerId,
+        /// Its observed address.
+        observed: SocketAddr,
+        /// The candidates it added, highest priority first.
+        candidates: Vec<SocketAddr>,
+    },
+    /// `peer` is no longer registered here (with `announce_registrations`).
+    Unregistered {
+        /// The peer.
+        peer: PeerId,
     },
 }
 
@@ -317,6 +336,7 @@ impl Coordinator {
         // A new connection is a new registration: candidates added on the old one are dropped (the
         // peer re-adds its current ones), relays follow the new observed address.
         self.peers.insert(peer, Registration { session, added: Vec::new() });
+        self.announce(now, peer);
         self.move_relays(peer, observed);
         // Before OBSERVED_ADDRESS: a peer that knows it is observed knows by then whether to wait
         // for discovery answers too.
@@ -374,7 +394,7 @@ impl Coordinator {
     /// The connection of `session` now comes from `observed` (the peer's NAT rebound or it moved):
     /// tells the peer with a higher OBSERVED_ADDRESS sequence, and moves its reflexive candidate and
     /// relay allocations (draft-ietf-quic-address-discovery §4).
-    pub fn observed_changed(&mut self, _now: Instant, session: SessionId, observed: SocketAddr) {
+    pub fn observed_changed(&mut self, now: Instant, session: SessionId, observed: SocketAddr) {
         let Some(state) = self.sessions.get_mut(&session) else { return };
         if state.observed == observed {
             return;
@@ -385,6 +405,7 @@ impl Coordinator {
         let sequence = state.observed_sequence;
         self.send(session, Message::ObservedAddress { sequence, address: observed });
         if self.current_session(peer) == Some(session) {
+            self.announce(now, peer);
             self.move_relays(peer, observed);
         }
     }
@@ -405,6 +426,7 @@ impl Coordinator {
             return;
         }
         self.peers.remove(&peer);
+        self.announce_gone(peer);
         if self.handover.is_some() {
             // The peer moved to the successor; what it relays stays here until it lapses.
             return;
@@ -439,6 +461,7 @@ impl Coordinator {
                     if let Some(registration) = self.peers.get_mut(&peer) {
                         registration.added.retain(|a| a.sequence != sequence);
                     }
+                    self.announce(now, peer);
                 }
             }
             Message::ConnectRequest { request, target } => self.connect_request(now, session, request, target),
@@ -477,6 +500,8 @@ impl Coordinator {
                     if let Some(registration) = self.peers.get_mut(&peer) {
                         registration.added.retain(|a| a.sequence != sequence || a.expires > now);
                     }
+                    // The shared registry drops the candidate too (nothing is written if unchanged).
+                    self.announce(now, peer);
                 }
                 Timer::RelayExpiry { channel } => {
                     if self.relays.get(&channel).is_some_and(|relay| relay.expires <= now) {
@@ -588,6 +613,7 @@ impl Coordinator {
         }
         registration.added.push(Added { sequence, candidate, added: now, expires });
         self.timers.push(Reverse((expires, Timer::CandidateExpiry { peer, sequence })));
+        self.announce(now, peer);
     }
 
     /// `peer`'s candidates for a PUNCH_ME_NOW: its observed address as server-reflexive, then what

@@ -707,3 +707,37 @@ fn a_full_registry_refuses_new_peers() {
     c.session_opened(now, 3, Some(A), addr("198.18.0.10:40001"), Duration::ZERO);
     assert!(matches!(sent_to(&drain(&mut c), 3)[..], [Message::ObservedAddress { .. }]));
 }
+
+#[test]
+fn registrations_are_announced_on_register_move_candidates_and_leave_only() {
+    let announced = |actions: &[CoordinatorAction]| -> Vec<CoordinatorAction> {
+        actions
+            .iter()
+            .filter(|a| matches!(a, CoordinatorAction::Registered { .. } | CoordinatorAction::Unregistered { .. }))
+            .cloned()
+            .collect()
+    };
+    let now = Instant::now();
+    let config = CoordinatorConfig { announce_registrations: true, ..CoordinatorConfig::default() };
+    let mut c = Coordinator::new(config, 1);
+    c.session_opened(now, 1, Some(A), addr("198.18.0.10:40000"), Duration::from_millis(20));
+    let registered = |observed: &str, candidates: Vec<SocketAddr>| CoordinatorAction::Registered {
+        peer: A,
+        observed: addr(observed),
+        candidates,
+    };
+    assert_eq!(announced(&drain(&mut c)), vec![registered("198.18.0.10:40000", vec![])]);
+    c.handle(now, 1, Message::AddAddress { sequence: 1, candidate: host("10.0.0.10:40000", 1) });
+    assert_eq!(announced(&drain(&mut c)), vec![registered("198.18.0.10:40000", vec![addr("10.0.0.10:40000")])]);
+    c.observed_changed(now, 1, addr("198.18.0.10:40001"));
+    assert_eq!(announced(&drain(&mut c)), vec![registered("198.18.0.10:40001", vec![addr("10.0.0.10:40000")])]);
+    c.handle_timeout(now + CoordinatorConfig::default().candidate_lifetime + Duration::from_secs(1));
+    assert_eq!(announced(&drain(&mut c)), vec![registered("198.18.0.10:40001", vec![])], "an expired candidate goes");
+    c.session_closed(now, 1);
+    assert_eq!(announced(&drain(&mut c)), vec![CoordinatorAction::Unregistered { peer: A }]);
+
+    // Off by default: the actions the driver knows are unchanged.
+    let (mut quiet, _) = two_peers();
+    quiet.session_closed(now, 1);
+    assert!(announced(&drain(&mut quiet)).is_empty());
+}

@@ -12,6 +12,7 @@ fn features() -> Vec<&'static str> {
         (cfg!(feature = "pqc"), "pqc"),
         (cfg!(feature = "metrics"), "metrics"),
         (cfg!(feature = "tokio"), "tokio"),
+        (cfg!(feature = "etcd"), "etcd"),
         (cfg!(feature = "profiling"), "profiling"),
     ]
     .into_iter()

@@ -167,7 +167,7 @@ fn until_status(node: &NodeProcess, status: &str, limit: Duration) -> Result<Dur
     let started = Instant::now();
     loop {
         let registry = registry_health(node)?;
-        if registry["status"] == status {
+        if registry["state"] == status {
             return Ok(started.elapsed());
         }
         ensure!(started.elapsed() < limit, "registry of {} not {status} after {limit:?}: {registry}", node.addr);
@@ -257,7 +257,7 @@ fn bootstraps_go_on_without_one_etcd_member_and_degrade_then_recover_without_two
     let p1 = peer(&f.dir, "p1", b1)?;
     let reached = until_record(b2, &p1.peer_id, Duration::from_secs(10), from_b1(b1))?;
     println!("one etcd member down: registration reached B2 in {reached:?}");
-    ensure!(registry_health(b1)?["status"] == "ok" && degraded_gauge(b1)? == Some(0.0), "B1 still in step");
+    ensure!(registry_health(b1)?["state"] == "ok" && degraded_gauge(b1)? == Some(0.0), "B1 still in step");
 
     f.etcd.kill(1);
     for b in [b1, b2] {

@@ -74,12 +74,13 @@ impl SharedRegistry {
         }
     }
 
-    /// The `registry` object of `/health`.
+    /// The `registry` object of `/health`. Its state is `state`, not `status`: tools that read
+    /// `/health` line by line (scripts/deploy-do.sh) take the first `"status"` as the node's.
     pub fn health_json(&self) -> Value {
         let stats = self.stats();
         json!({
             "backend": self.backend,
-            "status": self.status_name(),
+            "state": self.status_name(),
             "local": stats.local,
             "global": stats.global,
         })

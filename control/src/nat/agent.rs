@@ -115,6 +115,10 @@ fn probe_datagram(probe: &Probe) -> Vec<u8> {
     datagram
 }
 
+/// The bootstrap a peer is registered at (its peer ID), as the shared registry knows it: a
+/// lookup in memory, answered at once.
+pub type Directory = Box<dyn Fn(PeerId) -> Option<PeerId> + Send>;
+
 /// A node's NAT traversal policy around its coordinator and traversal; see the module doc.
 pub struct NatAgent {
     local_peer: PeerId,
@@ -140,6 +144,8 @@ pub struct NatAgent {
     requested: HashMap<PeerId, Instant>,
     /// Probe datagrams for the node socket, sent [`PROBE_BURST`] at a time.
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Which bootstrap a peer is registered at, from the registry shared by a federation.
+    directory: Option<Directory>,
     /// When the next burst is due, while the outbox is not empty.
     next_burst: Option<Instant>,
     actions: VecDeque<AgentAction>,
@@ -198,9 +204,17 @@ impl NatAgent {
             pending: Vec::new(),
             requested: HashMap::new(),
             outbox: VecDeque::new(),
+            directory: None,
             next_burst: None,
             actions: VecDeque::new(),
         }
+    }
+
+    /// Where connection requests for peers registered at other bootstraps are looked up (with
+    /// [`super::coordinator::CoordinatorConfig::peer_bootstraps`]; without a directory they
+    /// fail).
+    pub fn set_directory(&mut self, directory: Directory) {
+        self.directory = Some(directory);
     }
 
     /// What the driver publishes.
@@ -277,7 +291,10 @@ impl NatAgent {
                 }
                 Some(SignalRole::Peer) => {
                     tracing::debug!(?conn, ?message, "signalling message from a bootstrap");
-                    self.traversal.handle_signal(now, session_of(conn), message);
+                    // Answers to requests forwarded on this link go to the requesters.
+                    if let Some(message) = self.coordinator.forward_answer(now, session_of(conn), message) {
+                        self.traversal.handle_signal(now, session_of(conn), message);
+                    }
                 }
                 None => {}
             },
@@ -566,7 +583,7 @@ impl NatAgent {
             let mut progressed = false;
             while let Some(action) = self.coordinator.poll_action() {
                 progressed = true;
-                self.on_coordinator_action(action);
+                self.on_coordinator_action(now, action);
             }
             while let Some(action) = self.traversal.poll_action() {
                 progressed = true;
@@ -591,7 +608,7 @@ impl NatAgent {
         }
     }
 
-    fn on_coordinator_action(&mut self, action: CoordinatorAction) {
+    fn on_coordinator_action(&mut self, now: Instant, action: CoordinatorAction) {
         let action = match action {
             CoordinatorAction::Send { session, message } => {
                 AgentAction::Signal { conn: conn_of(session), frame: encode_frame(&message) }
@@ -604,8 +621,31 @@ impl NatAgent {
                 AgentAction::Registered { peer, observed, candidates }
             }
             CoordinatorAction::Unregistered { peer } => AgentAction::Unregistered { peer },
+            CoordinatorAction::Forward { forward, target } => {
+                self.route_forward(now, forward, target);
+                return;
+            }
+            CoordinatorAction::Forwarded { elapsed, punched } => AgentAction::CountForwarded { elapsed, punched },
         };
         self.actions.push_back(action);
+    }
+
+    /// Sends the forwarded request `forward` on the link to the bootstrap `target` is registered
+    /// at, or tells the coordinator why it cannot.
+    fn route_forward(&mut self, now: Instant, forward: u64, target: PeerId) {
+        let Some(bootstrap) = self.directory.as_ref().and_then(|lookup| lookup(target)) else {
+            self.coordinator.forward_failed(forward, "the target peer is not registered at any bootstrap");
+            return;
+        };
+        if !self.coordinator.is_peer_bootstrap(bootstrap) {
+            // Its own entries are answered before a forward; others are not trusted.
+            self.coordinator.forward_failed(forward, "the target's bootstrap is not on this one's allow-list");
+            return;
+        }
+        match self.bootstraps.iter().find(|b| b.peer == Some(bootstrap)).and_then(|b| b.conn) {
+            Some(conn) => self.coordinator.forward_via(now, forward, session_of(conn)),
+            None => self.coordinator.forward_failed(forward, "the target's bootstrap is not connected to this one"),
+        }
     }
 
     fn on_traversal_action(&mut self, action: TraversalAction) {

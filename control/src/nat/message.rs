@@ -129,6 +129,25 @@ pub enum Message {
         /// The other peer's candidates (at most [`MAX_CANDIDATES`]).
         candidates: Vec<Candidate>,
     },
+    /// Bootstrap → bootstrap (one on the receiver's allow-list): `requester`, registered at the
+    /// sender, asks to reach `target`, registered at the receiver. The receiver sends
+    /// PUNCH_ME_NOW to `target` and answers the sender with the requester's PUNCH_ME_NOW (same
+    /// `request`), which the sender passes on; or an ERROR.
+    ForwardConnect {
+        /// Chosen by the sender; echoed in the answer.
+        request: u64,
+        /// The peer that asked.
+        requester: PeerId,
+        /// The peer to reach.
+        target: PeerId,
+        /// The requester's NAT mapping as the sender sees it
+        /// ([`super::candidate::punch_flags`] of the requester and an unknown other).
+        flags: u8,
+        /// Milliseconds the answer takes from the sender to the requester (half their RTT).
+        delay_ms: u32,
+        /// The requester's candidates, best first (at most [`MAX_CANDIDATES`]).
+        candidates: Vec<Candidate>,
+    },
     /// Peer → bootstrap: allocate a relay channel to `target`.
     RelayRequest {
         /// Chosen by the requester; echoed in the answers.

@@ -402,7 +402,11 @@ impl World {
                 CoordinatorAction::RemoveRelay { channel } => {
                     self.relays.remove(&channel);
                 }
-                CoordinatorAction::Registered { .. } | CoordinatorAction::Unregistered { .. } => {}
+                // One bootstrap: nothing is shared or forwarded.
+                CoordinatorAction::Registered { .. }
+                | CoordinatorAction::Unregistered { .. }
+                | CoordinatorAction::Forward { .. }
+                | CoordinatorAction::Forwarded { .. } => {}
             }
         }
         for index in 0..self.nodes.len() {

@@ -157,6 +157,9 @@ pub enum AgentAction {
     CountAttempt { outcome: Outcome, connect: Duration },
     /// Count an attempt a registered peer reported.
     CountReported { outcome: Outcome, connect: Duration },
+    /// Count a connection request forwarded to another bootstrap: answered with a punch, or
+    /// failed, `elapsed` after the requester asked.
+    CountForwarded { elapsed: Duration, punched: bool },
     /// Count a relayed connection moved to a direct path, `after` this node's request (`None`
     /// on the responder).
     CountUpgrade { after: Option<Duration> },

@@ -11,7 +11,7 @@ impl Coordinator {
     /// `peer` registered, moved or changed its candidates: [`CoordinatorAction::Registered`] with
     /// where it is seen now (the registry drops repeats: a refreshed candidate writes nothing).
     pub(super) fn announce(&mut self, now: Instant, peer: PeerId) {
-        if !self.config.announce_registrations {
+        if !self.config.announce_registrations || self.is_peer_bootstrap(peer) {
             return;
         }
         let Some(registration) = self.peers.get(&peer) else { return };
@@ -24,7 +24,7 @@ impl Coordinator {
 
     /// `peer` is no longer registered here.
     pub(super) fn announce_gone(&mut self, peer: PeerId) {
-        if self.config.announce_registrations {
+        if self.config.announce_registrations && !self.is_peer_bootstrap(peer) {
             self.actions.push_back(CoordinatorAction::Unregistered { peer });
         }
     }

@@ -21,6 +21,7 @@ use crate::PeerId;
 use relay::Relay;
 
 mod federation;
+mod forward;
 mod relay;
 
 #[cfg(test)]
@@ -80,6 +81,14 @@ pub struct CoordinatorConfig {
     /// Emit [`CoordinatorAction::Registered`] and [`CoordinatorAction::Unregistered`] (for a
     /// registry shared with other bootstraps). Default false.
     pub announce_registrations: bool,
+    /// The other bootstraps of a federation, by peer ID (the allow-list): connection requests
+    /// for peers registered at one of them are forwarded there, and only they may forward here
+    /// (FORWARD_CONNECT). Their sessions are links, not registrations to announce. Default
+    /// none: nothing is forwarded.
+    pub peer_bootstraps: HashSet<PeerId>,
+    /// How long a forwarded connection request waits for the other bootstrap's answer.
+    /// Default 3 s.
+    pub forward_timeout: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -100,6 +109,8 @@ impl Default for CoordinatorConfig {
             other_addresses: Vec::new(),
             relay_at_once: true,
             announce_registrations: false,
+            peer_bootstraps: HashSet::new(),
+            forward_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -151,6 +162,23 @@ pub enum CoordinatorAction {
         /// The peer.
         peer: PeerId,
     },
+    /// A CONNECT_REQUEST for `target`, not registered here, goes to the bootstrap it is
+    /// registered at: find the link to it and call [`Coordinator::forward_via`] with `forward`,
+    /// or [`Coordinator::forward_failed`] when there is none.
+    Forward {
+        /// Names the forward in those calls.
+        forward: u64,
+        /// The peer the request is for.
+        target: PeerId,
+    },
+    /// A forwarded request was answered (`punched`: with a PUNCH_ME_NOW) or failed, `elapsed`
+    /// after the requester asked.
+    Forwarded {
+        /// From the CONNECT_REQUEST to the answer.
+        elapsed: Duration,
+        /// Whether the other bootstrap coordinated the punch.
+        punched: bool,
+    },
 }
 
 /// Counters of a coordinator, for metrics.
@@ -181,6 +209,16 @@ pub struct CoordinatorStats {
     pub malformed: u64,
     /// REREGISTERs sent (one per peer during a handover).
     pub reregisters_sent: u64,
+    /// CONNECT_REQUESTs forwarded to the target's bootstrap.
+    pub forwards_sent: u64,
+    /// Forwarded requests the other bootstrap answered with a punch.
+    pub forwards_punched: u64,
+    /// Forwarded requests that failed: no link, an ERROR, or no answer in time.
+    pub forwards_failed: u64,
+    /// FORWARD_CONNECTs from other bootstraps coordinated here.
+    pub forwards_received: u64,
+    /// FORWARD_CONNECTs refused: the sender is not on the allow-list.
+    pub forwards_refused: u64,
 }
 
 /// A small deterministic generator (splitmix64) for tokens, channels and request numbers.
@@ -270,6 +308,7 @@ struct Registration {
 enum Timer {
     CandidateExpiry { peer: PeerId, sequence: u64 },
     RelayExpiry { channel: u32 },
+    ForwardExpiry { forward: u64 },
 }
 
 /// The bootstrap role of NAT traversal (see the module documentation).
@@ -280,6 +319,9 @@ pub struct Coordinator {
     sessions: HashMap<SessionId, Session>,
     peers: HashMap<PeerId, Registration>,
     relays: HashMap<u32, Relay>,
+    /// Connection requests forwarded to other bootstraps, by forward number.
+    forwarded: HashMap<u64, forward::Forward>,
+    next_forward: u64,
     /// Deadlines; an entry whose object was refreshed or removed is skipped when it comes due.
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     next_round: u64,
@@ -296,12 +338,15 @@ impl Coordinator {
         let mut random = SplitMix64::new(seed);
         // Round numbers start at a random point so that they do not repeat across restarts.
         let next_round = random.next_u64() >> 16;
+        let next_forward = random.next_u64();
         Self {
             config,
             random,
             sessions: HashMap::new(),
             peers: HashMap::new(),
             relays: HashMap::new(),
+            forwarded: HashMap::new(),
+            next_forward,
             timers: BinaryHeap::new(),
             next_round,
             handover: None,
@@ -465,6 +510,10 @@ impl Coordinator {
                 }
             }
             Message::ConnectRequest { request, target } => self.connect_request(now, session, request, target),
+            Message::ForwardConnect { request, requester, target, flags, delay_ms, candidates } => {
+                let forwarded = forward::Forwarded { request, requester, target, flags, delay_ms, candidates };
+                self.forwarded_connect(now, session, forwarded);
+            }
             Message::RelayRequest { request, target } => self.relay_request(now, session, request, target),
             Message::Report { request, outcome, .. } => {
                 if self.registered_peer(session, request).is_some() {
@@ -503,6 +552,7 @@ impl Coordinator {
                     // The shared registry drops the candidate too (nothing is written if unchanged).
                     self.announce(now, peer);
                 }
+                Timer::ForwardExpiry { forward } => self.forward_expired(now, forward),
                 Timer::RelayExpiry { channel } => {
                     if self.relays.get(&channel).is_some_and(|relay| relay.expires <= now) {
                         self.relays.remove(&channel);
@@ -666,6 +716,10 @@ impl Coordinator {
 
     fn connect_request(&mut self, now: Instant, session: SessionId, request: u64, target: PeerId) {
         let Some(requester) = self.registered_peer(session, request) else { return };
+        if target != requester && self.current_session(target).is_none() && self.forwards() {
+            self.forward_connect(now, session, requester, request, target);
+            return;
+        }
         let Some(target_session) = self.current_session(target).filter(|_| target != requester) else {
             self.send_error(session, request, ErrorCode::UnknownPeer, "the target peer is not registered here");
             return;
@@ -754,6 +808,7 @@ fn acceptable(candidate: &Candidate) -> Result<(), &'static str> {
 fn request_of(message: &Message) -> u64 {
     match message {
         Message::ConnectRequest { request, .. }
+        | Message::ForwardConnect { request, .. }
         | Message::RelayRequest { request, .. }
         | Message::Report { request, .. }
         | Message::PunchMeNow { request, .. }

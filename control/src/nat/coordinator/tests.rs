@@ -741,3 +741,5 @@ fn registrations_are_announced_on_register_move_candidates_and_leave_only() {
     quiet.session_closed(now, 1);
     assert!(announced(&drain(&mut quiet)).is_empty());
 }
+
+mod forward;

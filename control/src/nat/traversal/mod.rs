@@ -384,6 +384,8 @@ impl Traversal {
             | Message::ConnectRequest { .. }
             | Message::RelayRequest { .. }
             | Message::Report { .. } => {}
+            // Bootstraps send these to each other; the agent's coordinator takes them.
+            Message::ForwardConnect { .. } => {}
         }
     }
 

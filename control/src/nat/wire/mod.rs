@@ -78,6 +78,9 @@ pub mod message_type {
     pub const REREGISTER: u8 = 0x0a;
     /// OTHER_ADDRESS (a bootstrap's alternate address for mapping discovery; RFC 5780 §7.4).
     pub const OTHER_ADDRESS: u8 = 0x0b;
+    /// FORWARD_CONNECT (bootstrap to bootstrap: a connection request for a peer registered at
+    /// the receiver).
+    pub const FORWARD_CONNECT: u8 = 0x0c;
 }
 
 /// Shortest message: version and type, no body.
@@ -87,88 +90,7 @@ pub const FRAME_HEADER: usize = 2;
 /// Longest frame: the length prefix and a message of [`MAX_MESSAGE`] bytes.
 pub const MAX_FRAME: usize = FRAME_HEADER + MAX_MESSAGE;
 
-/// Byte offsets of the fields, from the start of the message (version byte).
-mod field {
-    use std::ops::Range;
-
-    pub const VERSION: usize = 0;
-    pub const TYPE: usize = 1;
-    pub const BODY: usize = 2;
-    /// The u64 that opens every body: sequence, round or request.
-    pub const LEADING: Range<usize> = 2..10;
-
-    pub mod observed_address {
-        pub const SEQUENCE: std::ops::Range<usize> = super::LEADING;
-        pub const ADDRESS: usize = 10;
-    }
-    pub mod add_address {
-        pub const SEQUENCE: std::ops::Range<usize> = super::LEADING;
-        pub const CANDIDATE: usize = 10;
-    }
-    pub mod remove_address {
-        pub const SEQUENCE: std::ops::Range<usize> = super::LEADING;
-        pub const LEN: usize = 10;
-    }
-    /// CONNECT_REQUEST and RELAY_REQUEST.
-    pub mod peer_request {
-        pub const REQUEST: std::ops::Range<usize> = super::LEADING;
-        pub const TARGET: std::ops::Range<usize> = 10..42;
-        pub const LEN: usize = 42;
-    }
-    pub mod punch_me_now {
-        pub const ROUND: std::ops::Range<usize> = super::LEADING;
-        pub const REQUEST: std::ops::Range<usize> = 10..18;
-        pub const PEER: std::ops::Range<usize> = 18..50;
-        pub const ROLE: usize = 50;
-        pub const FLAGS: usize = 51;
-        pub const START_IN_MS: std::ops::Range<usize> = 52..56;
-        pub const TOKEN: std::ops::Range<usize> = 56..72;
-        pub const COUNT: usize = 72;
-        pub const CANDIDATES: usize = 73;
-    }
-    pub mod relay_grant {
-        pub const REQUEST: std::ops::Range<usize> = super::LEADING;
-        pub const PEER: std::ops::Range<usize> = 10..42;
-        pub const CHANNEL: std::ops::Range<usize> = 42..46;
-        pub const LIFETIME_S: std::ops::Range<usize> = 46..50;
-        pub const BYTE_LIMIT: std::ops::Range<usize> = 50..58;
-        pub const RATE_LIMIT: std::ops::Range<usize> = 58..62;
-        pub const LEN: usize = 62;
-    }
-    pub mod error {
-        pub const REQUEST: std::ops::Range<usize> = super::LEADING;
-        pub const CODE: std::ops::Range<usize> = 10..12;
-        pub const REASON_LEN: usize = 12;
-        pub const REASON: usize = 13;
-    }
-    pub mod report {
-        pub const REQUEST: std::ops::Range<usize> = super::LEADING;
-        pub const OUTCOME: usize = 10;
-        pub const CONNECT_MS: std::ops::Range<usize> = 11..15;
-        pub const LEN: usize = 15;
-    }
-    /// The one body without a leading u64: nothing to number, the delay is all it says.
-    pub mod reregister {
-        pub const DELAY_MS: std::ops::Range<usize> = super::BODY..6;
-        pub const LEN: usize = 6;
-    }
-    pub mod other_address {
-        pub const ADDRESS: usize = super::BODY;
-    }
-    /// Within a candidate: kind, priority, then the address.
-    pub mod candidate {
-        pub const KIND: usize = 0;
-        pub const PRIORITY: std::ops::Range<usize> = 1..5;
-        pub const ADDRESS: usize = 5;
-    }
-    /// Within an address: family, ip, then the port.
-    pub mod address {
-        pub const FAMILY: usize = 0;
-        pub const IP: usize = 1;
-        pub const V4_LEN: usize = 1 + 4 + 2;
-        pub const V6_LEN: usize = 1 + 16 + 2;
-    }
-}
+mod field;
 
 // ---------------------------------------------------------------------------------------------
 // Primitive readers shared by the message and probe views. They never panic: bytes beyond the
@@ -391,18 +313,8 @@ impl<T: AsRef<[u8]>> MessageView<T> {
             }
             t::REMOVE_ADDRESS => Ok(field::remove_address::LEN),
             t::CONNECT_REQUEST | t::RELAY_REQUEST => Ok(field::peer_request::LEN),
-            t::PUNCH_ME_NOW => {
-                let count = *buf.get(field::punch_me_now::COUNT).ok_or(WireError::Truncated)?;
-                if usize::from(count) > MAX_CANDIDATES {
-                    return Err(WireError::TooManyCandidates(count));
-                }
-                let mut at = field::punch_me_now::CANDIDATES;
-                for _ in 0..count {
-                    at += field::candidate::ADDRESS;
-                    at += address_len_at(buf, at)?;
-                }
-                Ok(at)
-            }
+            t::PUNCH_ME_NOW => candidate_list_end(buf, field::punch_me_now::COUNT),
+            t::FORWARD_CONNECT => candidate_list_end(buf, field::forward_connect::COUNT),
             t::RELAY_GRANT => Ok(field::relay_grant::LEN),
             t::ERROR => {
                 let reason_len = *buf.get(field::error::REASON_LEN).ok_or(WireError::Truncated)?;
@@ -444,6 +356,7 @@ impl<T: AsRef<[u8]>> MessageView<T> {
         let range = match self.message_type() {
             t::CONNECT_REQUEST | t::RELAY_REQUEST | t::RELAY_GRANT | t::ERROR | t::REPORT => field::LEADING,
             t::PUNCH_ME_NOW => field::punch_me_now::REQUEST,
+            t::FORWARD_CONNECT => field::forward_connect::REQUEST,
             _ => return None,
         };
         let bytes = self.buffer.as_ref().get(range)?;
@@ -458,6 +371,22 @@ impl<T: AsRef<[u8]>> MessageView<T> {
             priority: u32_at(buf, at + field::candidate::PRIORITY.start),
             address: address_at(buf, at + field::candidate::ADDRESS)?,
         })
+    }
+
+    /// The candidates of a list whose count byte is at `count_at` (the candidates follow it).
+    fn candidate_list(&self, count_at: usize) -> Result<Vec<Candidate>, WireError> {
+        let buf = self.buffer.as_ref();
+        let count = u8_at(buf, count_at);
+        if usize::from(count) > MAX_CANDIDATES {
+            return Err(WireError::TooManyCandidates(count));
+        }
+        let mut candidates = Vec::with_capacity(usize::from(count));
+        let mut at = count_at + 1;
+        for _ in 0..count {
+            candidates.push(self.candidate_at(at)?);
+            at += field::candidate::ADDRESS + address_len_at(buf, at + field::candidate::ADDRESS)?;
+        }
+        Ok(candidates)
     }
 
     fn peer_at(&self, range: std::ops::Range<usize>) -> PeerId {
@@ -491,16 +420,6 @@ impl<T: AsRef<[u8]>> MessageView<T> {
             },
             t::PUNCH_ME_NOW => {
                 use field::punch_me_now as f;
-                let count = usize::from(u8_at(buf, f::COUNT));
-                if count > MAX_CANDIDATES {
-                    return Err(WireError::TooManyCandidates(u8_at(buf, f::COUNT)));
-                }
-                let mut candidates = Vec::with_capacity(count);
-                let mut at = f::CANDIDATES;
-                for _ in 0..count {
-                    candidates.push(self.candidate_at(at)?);
-                    at += field::candidate::ADDRESS + address_len_at(buf, at + field::candidate::ADDRESS)?;
-                }
                 Message::PunchMeNow {
                     round: u64_at(buf, f::ROUND.start),
                     request: u64_at(buf, f::REQUEST.start),
@@ -509,7 +428,18 @@ impl<T: AsRef<[u8]>> MessageView<T> {
                     flags: u8_at(buf, f::FLAGS),
                     start_in_ms: u32_at(buf, f::START_IN_MS.start),
                     token: array_at(buf, f::TOKEN.start),
-                    candidates,
+                    candidates: self.candidate_list(f::COUNT)?,
+                }
+            }
+            t::FORWARD_CONNECT => {
+                use field::forward_connect as f;
+                Message::ForwardConnect {
+                    request: u64_at(buf, f::REQUEST.start),
+                    requester: self.peer_at(f::REQUESTER),
+                    target: self.peer_at(f::TARGET),
+                    flags: u8_at(buf, f::FLAGS),
+                    delay_ms: u32_at(buf, f::DELAY_MS.start),
+                    candidates: self.candidate_list(f::COUNT)?,
                 }
             }
             t::RELAY_GRANT => {
@@ -559,7 +489,21 @@ fn emitted_reason(reason: &str) -> &str {
     reason.get(..end).unwrap_or_default()
 }
 
-/// The candidates a PUNCH_ME_NOW carries: the first [`MAX_CANDIDATES`].
+/// Where a candidate list whose count byte is at `count_at` ends (the candidates follow it).
+fn candidate_list_end(buf: &[u8], count_at: usize) -> Result<usize, WireError> {
+    let count = *buf.get(count_at).ok_or(WireError::Truncated)?;
+    if usize::from(count) > MAX_CANDIDATES {
+        return Err(WireError::TooManyCandidates(count));
+    }
+    let mut at = count_at + 1;
+    for _ in 0..count {
+        at += field::candidate::ADDRESS;
+        at += address_len_at(buf, at)?;
+    }
+    Ok(at)
+}
+
+/// The candidates a PUNCH_ME_NOW or FORWARD_CONNECT carries: the first [`MAX_CANDIDATES`].
 fn emitted_candidates(candidates: &[Candidate]) -> &[Candidate] {
     candidates.get(..MAX_CANDIDATES).unwrap_or(candidates)
 }
@@ -572,6 +516,16 @@ fn emit_candidate(out: &mut Vec<u8>, candidate: &Candidate) {
     out.push(kind_to_wire(candidate.kind));
     out.extend_from_slice(&candidate.priority.to_be_bytes());
     emit_address(out, &candidate.address);
+}
+
+/// The count byte and the first [`MAX_CANDIDATES`] candidates.
+fn emit_candidate_list(out: &mut Vec<u8>, candidates: &[Candidate]) {
+    let candidates = emitted_candidates(candidates);
+    // At most MAX_CANDIDATES (8) after the cut, so the count fits a byte.
+    out.push(candidates.len() as u8);
+    for candidate in candidates {
+        emit_candidate(out, candidate);
+    }
 }
 
 impl Message {
@@ -596,6 +550,7 @@ impl Message {
             Message::Report { .. } => t::REPORT,
             Message::Reregister { .. } => t::REREGISTER,
             Message::OtherAddress { .. } => t::OTHER_ADDRESS,
+            Message::ForwardConnect { .. } => t::FORWARD_CONNECT,
         }
     }
 
@@ -608,6 +563,10 @@ impl Message {
             Message::ConnectRequest { .. } | Message::RelayRequest { .. } => field::peer_request::LEN,
             Message::PunchMeNow { candidates, .. } => {
                 field::punch_me_now::CANDIDATES
+                    + emitted_candidates(candidates).iter().map(candidate_len).sum::<usize>()
+            }
+            Message::ForwardConnect { candidates, .. } => {
+                field::forward_connect::CANDIDATES
                     + emitted_candidates(candidates).iter().map(candidate_len).sum::<usize>()
             }
             Message::RelayGrant { .. } => field::relay_grant::LEN,
@@ -643,7 +602,6 @@ impl Message {
                 out.extend_from_slice(&target.0);
             }
             Message::PunchMeNow { round, request, peer, role, flags, start_in_ms, token, candidates } => {
-                let candidates = emitted_candidates(candidates);
                 out.extend_from_slice(&round.to_be_bytes());
                 out.extend_from_slice(&request.to_be_bytes());
                 out.extend_from_slice(&peer.0);
@@ -651,11 +609,15 @@ impl Message {
                 out.push(*flags);
                 out.extend_from_slice(&start_in_ms.to_be_bytes());
                 out.extend_from_slice(token);
-                // At most MAX_CANDIDATES (8) after the cut above, so the count fits a byte.
-                out.push(candidates.len() as u8);
-                for candidate in candidates {
-                    emit_candidate(out, candidate);
-                }
+                emit_candidate_list(out, candidates);
+            }
+            Message::ForwardConnect { request, requester, target, flags, delay_ms, candidates } => {
+                out.extend_from_slice(&request.to_be_bytes());
+                out.extend_from_slice(&requester.0);
+                out.extend_from_slice(&target.0);
+                out.push(*flags);
+                out.extend_from_slice(&delay_ms.to_be_bytes());
+                emit_candidate_list(out, candidates);
             }
             Message::RelayGrant { request, peer, channel, lifetime_s, byte_limit, rate_limit } => {
                 out.extend_from_slice(&request.to_be_bytes());

@@ -99,6 +99,13 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         any::<u32>().prop_map(|delay_ms| Message::Reregister { delay_ms }),
         socket_addr().prop_map(|address| Message::OtherAddress { address }),
+        (
+            (any::<u64>(), peer_id(), peer_id(), any::<u8>(), any::<u32>()),
+            proptest::collection::vec(candidate(), 0..=MAX_CANDIDATES),
+        )
+            .prop_map(|((request, requester, target, flags, delay_ms), candidates)| {
+                Message::ForwardConnect { request, requester, target, flags, delay_ms, candidates }
+            }),
     ]
 }
 
@@ -211,6 +218,30 @@ fn known_encodings() -> Vec<(Message, Vec<u8>)> {
             Message::OtherAddress { address: "0.0.0.0:9001".parse().unwrap() },
             cat(&[&[1, 0x0b], &[4, 0, 0, 0, 0, 0x23, 0x29]]),
         ),
+        (
+            Message::ForwardConnect {
+                request: 3,
+                requester: PeerId([0xee; 32]),
+                target: PeerId([0xaa; 32]),
+                flags: 0x01,
+                delay_ms: 20,
+                candidates: vec![Candidate {
+                    kind: CandidateKind::ServerReflexive,
+                    priority: 100,
+                    address: "198.51.100.7:4000".parse().unwrap(),
+                }],
+            },
+            cat(&[
+                &[1, 0x0c],
+                &[0, 0, 0, 0, 0, 0, 0, 3],
+                &[0xee; 32],
+                &[0xaa; 32],
+                &[0x01],
+                &[0, 0, 0, 20],
+                &[1],
+                &[1, 0, 0, 0, 100, 4, 198, 51, 100, 7, 0x0f, 0xa0],
+            ]),
+        ),
     ]
 }
 
@@ -219,7 +250,7 @@ fn known_encodings_of_every_type() {
     let known = known_encodings();
     let mut types: Vec<u8> = known.iter().map(|(m, _)| m.message_type()).collect();
     types.dedup();
-    assert_eq!(types, (1..=11).collect::<Vec<u8>>(), "one vector per type, in type order");
+    assert_eq!(types, (1..=12).collect::<Vec<u8>>(), "one vector per type, in type order");
     for (message, bytes) in known {
         assert_eq!(encode(&message), bytes, "emit {message:?}");
         assert_eq!(message.encoded_len(), bytes.len(), "encoded_len {message:?}");
@@ -273,7 +304,8 @@ fn refusals_name_what_is_wrong() {
     assert_eq!(Message::parse(&[1]), Err(WireError::Truncated));
     assert_eq!(Message::parse(&[2, 3, 0, 0, 0, 0, 0, 0, 0, 0]), Err(WireError::UnknownVersion(2)));
     assert_eq!(Message::parse(&[1, 0]), Err(WireError::UnknownType(0)));
-    assert_eq!(Message::parse(&[1, 0x0c]), Err(WireError::UnknownType(0x0c)));
+    assert_eq!(Message::parse(&[1, 0x0d]), Err(WireError::UnknownType(0x0d)));
+    assert_eq!(Message::parse(&[1, 0x0c]), Err(WireError::Truncated), "FORWARD_CONNECT without a body");
     assert_eq!(Message::parse(&[1, 0x0b]), Err(WireError::Truncated), "OTHER_ADDRESS without an address");
     assert_eq!(Message::parse(&vec![1; MAX_MESSAGE + 1]), Err(WireError::TooLong));
 

@@ -64,7 +64,7 @@ impl Coordinator {
         self.next_forward = self.next_forward.wrapping_add(1);
         let forward_entry = Forward { session, request, requester, target, link: None, sent: now };
         self.forwarded.insert(forward, forward_entry);
-        self.timers.push(Reverse((now + self.config.forward_timeout, Timer::ForwardExpiry { forward })));
+        self.timers.push(Reverse((now + self.config.forward_timeout, Timer::Forward { forward })));
         self.actions.push_back(CoordinatorAction::Forward { forward, target });
     }
 
@@ -104,7 +104,7 @@ impl Coordinator {
             Message::PunchMeNow { request, .. } | Message::Error { request, .. } => *request,
             _ => return Some(message),
         };
-        if !self.forwarded.get(&forward).is_some_and(|entry| entry.link == Some(link)) {
+        if self.forwarded.get(&forward).is_none_or(|entry| entry.link != Some(link)) {
             return Some(message);
         }
         let entry = self.forwarded.remove(&forward)?;

@@ -113,7 +113,7 @@ impl Coordinator {
         request: u64,
     ) {
         let Some(&Relay { a_address: a, b_address: b, expires, .. }) = self.relays.get(&channel) else { return };
-        self.timers.push(Reverse((expires, Timer::RelayExpiry { channel })));
+        self.timers.push(Reverse((expires, Timer::Relay { channel })));
         let (byte_limit, rate_limit) = (self.config.relay_byte_limit, self.config.relay_rate_limit);
         self.actions.push_back(CoordinatorAction::InstallRelay { channel, a, b, expires, byte_limit, rate_limit });
         let lifetime_s = u32::try_from(self.config.relay_lifetime.as_secs()).unwrap_or(u32::MAX);

@@ -9,7 +9,13 @@
 //! - `kill -9` of one etcd member: registrations still reach the other bootstraps; of a second:
 //!   `/health` says degraded, `ant_quic_registry_degraded` is 1, B1 still registers and serves its
 //!   own peers; the members back: status ok, and the registration made meanwhile reaches B2;
-//! - a malformed endpoint URL or an unreadable CA file: exit 2 with one line.
+//! - a malformed endpoint URL or an unreadable CA file: exit 2 with one line;
+//! - with the bootstraps linked (`--registry-bootstrap PEER_ID@HOST:PORT`, each naming the
+//!   others): a peer that knows only B2 reaches by `--connect PEER_ID` a peer registered only at
+//!   B1, directly, 8 MB SHA-256 checked; B2 forwarded the request and B1 coordinated it (their
+//!   metrics); a rogue bootstrap on the same etcd but on nobody's allow-list cannot coordinate
+//!   through B1 (refused, counted, the target is told nothing) and its entries are not used by B2;
+//!   `[registry] bootstraps` without a peer ID exits 2 with one line.
 //!
 //! Needs `etcd` (Debian's etcd-server) and a build with `--features etcd`.
 
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use common::prerequisite::require;
-use common::{http_get, run, sample, NodeProcess, Process, TempDir, NODE_BIN};
+use common::{describe, http_get, run, sample, Finished, NodeProcess, Process, TempDir, NODE_BIN};
 
 /// Lease TTL of the bootstraps here: entries of a dead bootstrap go within it.
 const LEASE_TTL: Duration = Duration::from_secs(3);
@@ -114,12 +120,26 @@ impl Etcd {
 }
 
 fn bootstrap(dir: &TempDir, etcd: &Etcd, name: &str) -> Result<NodeProcess> {
+    bootstrap_at(dir, etcd, name, "127.0.0.1:0", &[], name)
+}
+
+/// A bootstrap listening on `listen` with `links` (`PEER_ID@HOST:PORT` of the others); its log
+/// goes to `{logs}-logs`.
+fn bootstrap_at(
+    dir: &TempDir,
+    etcd: &Etcd,
+    name: &str,
+    listen: &str,
+    links: &[String],
+    logs: &str,
+) -> Result<NodeProcess> {
     let mut cmd = Command::new(NODE_BIN);
-    cmd.args(["--listen", "127.0.0.1:0", "--cores", "1", "--registry-backend", "etcd", "--data-dir"])
+    cmd.args(["--listen", listen, "--cores", "1", "--registry-backend", "etcd", "--data-dir"])
         .arg(dir.path().join(name))
         .args(etcd.endpoint_flags())
+        .args(links.iter().flat_map(|link| ["--registry-bootstrap", link.as_str()]))
         .env("ANT_QUIC_REGISTRY_LEASE_TTL", LEASE_TTL.as_secs().to_string());
-    NodeProcess::start(&mut cmd, &dir.subdir(&format!("{name}-logs"))?)
+    NodeProcess::start(&mut cmd, &dir.subdir(&format!("{logs}-logs"))?)
 }
 
 fn peer(dir: &TempDir, name: &str, bootstrap: &NodeProcess) -> Result<NodeProcess> {
@@ -304,6 +324,137 @@ fn bad_etcd_settings_exit_2_with_one_line() -> Result<()> {
     let missing = dir.path().join("no-such-ca.pem");
     let ca = missing.to_str().context("path")?;
     refused_at_start(dir.path(), "ca", &https, &[("ANT_QUIC_REGISTRY_CA_FILE", ca)], "[registry] ca_file")?;
+    dir.passed();
+    Ok(())
+}
+
+/// `PEER_ID@ADDRESS` of a running node.
+fn pinned(node: &NodeProcess) -> String {
+    format!("{}@{}", node.peer_id, node.addr)
+}
+
+/// Polls `/metrics` of `node` until the sample `series` is at least `at_least`.
+fn until_sample(node: &NodeProcess, series: &str, at_least: f64) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http_get(node.admin()?, "/metrics").1;
+        if let Some(value) = sample(&metrics, series).filter(|v| *v >= at_least) {
+            return Ok(value);
+        }
+        ensure!(Instant::now() < deadline, "{series} at {} stayed below {at_least}", node.addr);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `node` registered with every bootstrap it links to.
+fn until_linked(node: &NodeProcess, links: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(node.admin()?, "/health");
+        let health: serde_json::Value = serde_json::from_str(&body).with_context(|| body.clone())?;
+        let linked = health["bootstraps"]
+            .as_array()
+            .is_some_and(|b| b.len() == links && b.iter().all(|b| b["observed"].is_string() && b["error"].is_null()));
+        if linked {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{} not linked to its {links} bootstraps: {health}", node.addr);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A one-shot `ant-quic --bootstrap BOOTSTRAP --connect PEER_ID ...`.
+fn connect(dir: &TempDir, name: &str, bootstrap: &NodeProcess, target: &str, extra: &[&str]) -> Result<Finished> {
+    let mut cmd = Command::new(NODE_BIN);
+    cmd.args(["--cores", "1", "--log-level", "info", "--data-dir"])
+        .arg(dir.path().join(name))
+        .args(["--bootstrap", &bootstrap.addr.to_string(), "--connect", target, "--timeout", "20"])
+        .args(extra)
+        .env_remove("RUST_LOG");
+    run(name, &mut cmd, dir.path(), Duration::from_secs(40))
+}
+
+/// The JSON line of a `--connect --json --send-bytes N` that delivered N bytes, SHA-256 checked.
+fn delivered(done: &Finished, bytes: u64) -> Result<serde_json::Value> {
+    ensure!(done.status.success(), "--connect failed: {}", describe(done));
+    let line: serde_json::Value = serde_json::from_str(done.stdout.trim()).context("one JSON line")?;
+    ensure!(line["bytes"] == bytes && line["verified"] == true, "not delivered intact: {line}");
+    Ok(line)
+}
+
+#[test]
+fn a_peer_registered_at_one_bootstrap_is_reached_through_another() -> Result<()> {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(mut f) = federation("federation-connect")? else { return Ok(()) };
+    // The bootstraps learned their peer IDs and ports; each restarts there naming the others.
+    let known: Vec<(String, String)> = f.bootstraps.iter().map(|b| (b.addr.to_string(), pinned(b))).collect();
+    for mut b in f.bootstraps.drain(..) {
+        b.stop_with(libc::SIGTERM, Duration::from_secs(10))?;
+    }
+    for (i, (listen, _)) in known.iter().enumerate() {
+        let others: Vec<String> =
+            known.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, pin))| pin.clone()).collect();
+        let name = format!("b{}", i + 1);
+        let linked = bootstrap_at(&f.dir, &f.etcd, &name, listen, &others, &format!("{name}-linked"))?;
+        f.bootstraps.push(linked);
+    }
+    for b in &f.bootstraps {
+        until_status(b, "ok", Duration::from_secs(10))?;
+        until_linked(b, 2)?;
+    }
+    let [b1, b2, _] = &f.bootstraps[..] else { bail!("three bootstraps") };
+    let target = peer(&f.dir, "target", b1)?;
+    until_record(b2, &target.peer_id, Duration::from_secs(10), from_b1(b1))?;
+
+    // Through B2, which does not hold the target: forwarded to B1, punched, direct.
+    let across = connect(&f.dir, "across", b2, &target.peer_id, &["--json", "--send-bytes", "8000000"])?;
+    let line = delivered(&across, 8_000_000)?;
+    ensure!(line["path"] == "direct" && line["remote"] == target.addr.to_string().as_str(), "{line}");
+    // The same through B1, which holds it: the baseline of the connect time.
+    let through_one = connect(&f.dir, "through-one", b1, &target.peer_id, &["--json", "--send-bytes", "8000000"])?;
+    let baseline = delivered(&through_one, 8_000_000)?;
+    println!(
+        "connect across bootstraps {} ms, through one {} ms (loopback)",
+        line["connect_ms"], baseline["connect_ms"]
+    );
+    until_sample(b2, "nat_forwards_total{result=\"punched\"}", 1.0)?;
+    until_sample(b2, "nat_forward_seconds_count", 1.0)?;
+    until_sample(b1, "nat_forwards_received_total{result=\"coordinated\"}", 1.0)?;
+
+    // A rogue bootstrap on the same etcd, linked to B1 but on nobody's allow-list.
+    let rogue = bootstrap_at(&f.dir, &f.etcd, "rogue", "127.0.0.1:0", &[pinned(b1)], "rogue")?;
+    until_linked(&rogue, 1)?;
+    // The target's counters are published once a second: read them settled, before and after.
+    let probes_sent = || -> Result<Option<f64>> {
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(sample(&http_get(target.admin()?, "/metrics").1, "nat_probes_total{kind=\"sent\"}"))
+    };
+    let punches_before = probes_sent()?;
+    ensure!(punches_before.is_some_and(|n| n > 0.0), "the target punched for the connects above");
+    let refused = connect(&f.dir, "via-rogue", &rogue, &target.peer_id, &[])?;
+    ensure!(!refused.status.success(), "a rogue bootstrap coordinated through B1: {}", describe(&refused));
+    ensure!(refused.stderr.contains("allow-list"), "the refusal says why: {}", describe(&refused));
+    until_sample(b1, "nat_forwards_received_total{result=\"refused\"}", 1.0)?;
+    let punches_after = probes_sent()?;
+    ensure!(punches_before == punches_after, "the target was told to punch: {punches_before:?} -> {punches_after:?}");
+    // Its peers are in etcd, but B2 does not act on its entries.
+    let stray = peer(&f.dir, "stray", &rogue)?;
+    until_record(b2, &stray.peer_id, Duration::from_secs(10), |r| r.is_some())?;
+    let ignored = connect(&f.dir, "to-stray", b2, &stray.peer_id, &[])?;
+    ensure!(!ignored.status.success(), "B2 forwarded to a rogue bootstrap: {}", describe(&ignored));
+    ensure!(ignored.stderr.contains("allow-list"), "the refusal says why: {}", describe(&ignored));
+    f.dir.passed();
+    Ok(())
+}
+
+#[test]
+fn registry_bootstraps_need_a_peer_id_and_etcd() -> Result<()> {
+    let mut dir = TempDir::new("federation-links-refused")?.keep_unless_passed();
+    let etcd = ["--registry-backend", "etcd", "--registry-endpoint", "http://127.0.0.1:2379"];
+    let unpinned = [&etcd[..], &["--registry-bootstrap", "127.0.0.1:9000"]].concat();
+    refused_at_start(dir.path(), "unpinned", &unpinned, &[], "needs the bootstrap's peer ID")?;
+    let pin = format!("{}@127.0.0.1:9000", "ab".repeat(32));
+    refused_at_start(dir.path(), "memory", &["--registry-bootstrap", &pin], &[], "needs backend = \"etcd\"")?;
     dir.passed();
     Ok(())
 }

@@ -153,6 +153,21 @@ impl Metrics {
         out.sample("nat_signalling_rejected_total", &[("reason", "malformed")], coordinator.malformed);
         out.family("nat_relay_renewals_total", "counter", "Relay allocations this node renewed for live connections.");
         out.sample("nat_relay_renewals_total", &[], snapshot.as_ref().map_or(0, |s| s.relays_renewed));
+        let [punched, failed] = snapshot.as_ref().map(|s| s.forwards).unwrap_or_default();
+        out.family(
+            "nat_forwards_total",
+            "counter",
+            "Connection requests for peers registered at another bootstrap that this node forwarded there, by result: punched (that bootstrap coordinated the punch) or failed (no link, an error, or no answer in time).",
+        );
+        out.sample("nat_forwards_total", &[("result", "punched")], punched);
+        out.sample("nat_forwards_total", &[("result", "failed")], failed);
+        out.family(
+            "nat_forwards_received_total",
+            "counter",
+            "Connection requests other bootstraps forwarded to this one: coordinated, or refused (the sender is not on the allow-list).",
+        );
+        out.sample("nat_forwards_received_total", &[("result", "coordinated")], coordinator.forwards_received);
+        out.sample("nat_forwards_received_total", &[("result", "refused")], coordinator.forwards_refused);
         let traversal = snapshot.as_ref().map(|s| s.traversal).unwrap_or_default();
         out.family(
             "nat_probes_total",
@@ -185,6 +200,14 @@ impl Metrics {
             out.histogram(
                 "nat_traversal_time_to_direct_seconds",
                 "Time from a connect request to a direct path: a direct connection, or a relayed one moved to a direct path, in seconds.",
+                histogram,
+                &CONNECT_BUCKETS,
+            );
+        }
+        if let Some(histogram) = snapshot.as_ref().and_then(|s| s.forward_time.as_ref()) {
+            out.histogram(
+                "nat_forward_seconds",
+                "Time from a connection request forwarded to another bootstrap to that bootstrap's answer, in seconds.",
                 histogram,
                 &CONNECT_BUCKETS,
             );

@@ -112,6 +112,12 @@ backend = "memory"
 endpoints = []
 # Key prefix: every bootstrap of one federation uses the same.
 prefix = "/ant-quic"
+# The other bootstraps of the federation, PEER_ID@HOST:PORT (the peer ID is required: bootstraps
+# know each other by it, never by address). This node keeps a link to each, forwards connection
+# requests for peers registered there, and takes forwarded requests from them only. Empty: no
+# forwarding. Needs backend = "etcd". --registry-bootstrap (repeatable),
+# ANT_QUIC_REGISTRY_BOOTSTRAPS (comma-separated).
+bootstraps = []
 # Seconds the peers of a bootstrap that died stay in etcd (its lease's TTL, kept alive every
 # third of it). 1 to 3600.
 lease_ttl = 10

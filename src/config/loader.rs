@@ -65,6 +65,8 @@ pub struct Overrides {
     pub registry_backend: Option<super::RegistryBackend>,
     /// `--registry-endpoint` (repeatable): replaces `[registry] endpoints` when given.
     pub registry_endpoints: Vec<String>,
+    /// `--registry-bootstrap` (repeatable): replaces `[registry] bootstraps` when given.
+    pub registry_bootstraps: Vec<String>,
 }
 
 /// A loaded, validated configuration.
@@ -381,6 +383,10 @@ fn apply_overrides(config: &mut Config, flags: &Overrides, origins: &mut HashMap
     if !flags.registry_endpoints.is_empty() {
         config.registry.endpoints = flags.registry_endpoints.clone();
         set("registry.endpoints", "--registry-endpoint");
+    }
+    if !flags.registry_bootstraps.is_empty() {
+        config.registry.bootstraps = flags.registry_bootstraps.clone();
+        set("registry.bootstraps", "--registry-bootstrap");
     }
 }
 

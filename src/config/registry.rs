@@ -30,6 +30,9 @@ pub struct RegistrySection {
     pub prefix: String,
     /// Seconds a dead bootstrap's peers stay in etcd (its lease's TTL); kept alive every third.
     pub lease_ttl: u64,
+    /// The other bootstraps of the federation, `PEER_ID@HOST:PORT`: linked to, forwarded to, and
+    /// the only ones whose forwarded connection requests are taken.
+    pub bootstraps: Vec<String>,
     /// PEM CA certificates the etcd server certificates must chain to (with `https://`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
@@ -55,6 +58,7 @@ impl Default for RegistrySection {
             endpoints: Vec::new(),
             prefix: DEFAULT_REGISTRY_PREFIX.to_owned(),
             lease_ttl: DEFAULT_LEASE_TTL,
+            bootstraps: Vec::new(),
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -69,7 +73,30 @@ pub const NO_ETCD_FEATURE: &str = "[registry] backend = \"etcd\" needs a build w
 impl RegistrySection {
     /// Why this section cannot be used, as `(key, message)`: the key names the origin.
     pub(super) fn check(&self) -> Result<(), (&'static str, String)> {
+        for entry in &self.bootstraps {
+            match super::split_bootstrap(entry) {
+                Ok((Some(_), _)) => {}
+                Ok((None, _)) => {
+                    return Err((
+                        "registry.bootstraps",
+                        format!(
+                            "[registry] bootstraps: '{entry}' needs the bootstrap's peer ID: PEER_ID@HOST:PORT \
+                             (bootstraps know each other by peer ID, never by address)"
+                        ),
+                    ))
+                }
+                Err(why) => return Err(("registry.bootstraps", format!("[registry] bootstraps: {why}"))),
+            }
+        }
         if self.backend == RegistryBackend::Memory {
+            if !self.bootstraps.is_empty() {
+                return Err((
+                    "registry.bootstraps",
+                    "[registry] bootstraps needs backend = \"etcd\": the peers of the other bootstraps are found in \
+                     the shared registry"
+                        .into(),
+                ));
+            }
             return Ok(());
         }
         if !cfg!(feature = "etcd") {

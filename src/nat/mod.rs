@@ -123,13 +123,15 @@ impl Nat {
         let shared_registry = registry.shared();
         options.coordinator.announce_registrations = true;
         let now = Instant::now();
-        let agent = NatAgent::new(
+        let mut agent = NatAgent::new(
             now,
             identity.peer_id(),
             &options.bootstraps,
             Coordinator::new(options.coordinator.clone(), seed()),
             Traversal::new(options.traversal.clone(), seed()),
         );
+        let directory = shared_registry.clone();
+        agent.set_directory(Box::new(move |peer| directory.lookup(peer).map(|record| record.bootstrap)));
         let status = Arc::new(Mutex::new(agent.status().clone()));
         let status_watchers = Arc::new(Mutex::new(Vec::new()));
         let (spray_events_tx, spray_events) = crossbeam_channel::bounded(EVENT_QUEUE);
@@ -521,6 +523,7 @@ impl<M: From<CoreRequest>> Driver<M> {
                 }
                 AgentAction::CountAttempt { outcome, connect } => self.metrics.attempt(outcome, connect),
                 AgentAction::CountReported { outcome, connect } => self.metrics.reported(outcome, connect),
+                AgentAction::CountForwarded { elapsed, punched } => self.metrics.forwarded(elapsed, punched),
                 AgentAction::CountUpgrade { after } => self.metrics.upgraded(after),
                 AgentAction::StatusChanged => {
                     if let Ok(mut status) = self.status.lock() {

@@ -433,6 +433,8 @@ impl NatAgent {
                 relay_grants: stats.relays_granted,
                 rate_limited: stats.rate_limited,
                 malformed: stats.malformed,
+                forwards_received: stats.forwards_received,
+                forwards_refused: stats.forwards_refused,
             },
             traversal: self.traversal.stats(),
             relays_renewed: stats.relays_renewed,

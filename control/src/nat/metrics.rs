@@ -33,6 +33,11 @@ pub struct NatMetrics {
     relays_renewed: AtomicU64,
     /// Discover datagrams answered on the alternate addresses, and refused past the rate cap.
     discovery: [AtomicU64; 2],
+    /// Connection requests this node forwarded to another bootstrap: punched, failed.
+    forwards: [AtomicU64; 2],
+    forwards_received: AtomicU64,
+    forwards_refused: AtomicU64,
+    forward_time: Mutex<Option<Histogram<u64>>>,
 }
 
 /// What the coordinator of this node has done, as last published.
@@ -48,6 +53,10 @@ pub struct CoordinatorCounts {
     pub rate_limited: u64,
     /// Signalling messages that could not be used.
     pub malformed: u64,
+    /// FORWARD_CONNECTs from other bootstraps coordinated here.
+    pub forwards_received: u64,
+    /// FORWARD_CONNECTs refused: the sender is not on the allow-list.
+    pub forwards_refused: u64,
 }
 
 /// A consistent-enough view for one scrape.
@@ -71,6 +80,10 @@ pub struct NatSnapshot {
     pub relays_renewed: u64,
     /// Discover datagrams answered on the alternate addresses, and refused past the rate cap.
     pub discovery: [u64; 2],
+    /// Connection requests this node forwarded to another bootstrap: punched, failed.
+    pub forwards: [u64; 2],
+    /// From a forwarded CONNECT_REQUEST to the other bootstrap's answer, in nanoseconds.
+    pub forward_time: Option<Histogram<u64>>,
 }
 
 impl NatSnapshot {
@@ -130,6 +143,15 @@ impl NatMetrics {
         }
     }
 
+    /// A connection request this node forwarded was answered with a punch (`punched`) or failed,
+    /// `elapsed` after it came in.
+    pub fn forwarded(&self, elapsed: Duration, punched: bool) {
+        if let Some(counter) = self.forwards.get(usize::from(!punched)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        record(&self.forward_time, elapsed);
+    }
+
     /// Publish the coordinator's counts.
     pub fn set_coordinator(&self, counts: CoordinatorCounts) {
         self.registered_peers.store(counts.registered_peers, Ordering::Relaxed);
@@ -137,6 +159,8 @@ impl NatMetrics {
         self.relay_grants.store(counts.relay_grants, Ordering::Relaxed);
         self.rejected_rate.store(counts.rate_limited, Ordering::Relaxed);
         self.rejected_malformed.store(counts.malformed, Ordering::Relaxed);
+        self.forwards_received.store(counts.forwards_received, Ordering::Relaxed);
+        self.forwards_refused.store(counts.forwards_refused, Ordering::Relaxed);
     }
 
     /// Publish this node's traversal counters and the coordinator's renewals.
@@ -161,12 +185,16 @@ impl NatMetrics {
                 relay_grants: load(&self.relay_grants),
                 rate_limited: load(&self.rejected_rate),
                 malformed: load(&self.rejected_malformed),
+                forwards_received: load(&self.forwards_received),
+                forwards_refused: load(&self.forwards_refused),
             },
             time_to_direct: self.time_to_direct.lock().ok().and_then(|h| h.clone()),
             first_byte: self.first_byte.lock().ok().and_then(|h| h.clone()),
             traversal: self.traversal.lock().map(|t| *t).unwrap_or_default(),
             relays_renewed: load(&self.relays_renewed),
             discovery: self.discovery.each_ref().map(load),
+            forwards: self.forwards.each_ref().map(load),
+            forward_time: self.forward_time.lock().ok().and_then(|h| h.clone()),
         }
     }
 }

@@ -105,6 +105,11 @@ struct NodeArgs {
     /// `[registry] endpoints`).
     #[arg(long = "registry-endpoint", value_name = "URL")]
     registry_endpoints: Vec<String>,
+    /// Another bootstrap of the federation, PEER_ID@HOST:PORT (repeatable; replaces `[registry]
+    /// bootstraps`): this node links to it, forwards connection requests for its peers, and
+    /// takes forwarded requests from the bootstraps so named only.
+    #[arg(long = "registry-bootstrap", value_name = "PEER_ID@HOST:PORT")]
+    registry_bootstraps: Vec<String>,
 }
 
 impl NodeArgs {
@@ -135,6 +140,7 @@ impl NodeArgs {
                 relay_lifetime: self.relay_lifetime,
                 registry_backend: self.registry_backend,
                 registry_endpoints: self.registry_endpoints.clone(),
+                registry_bootstraps: self.registry_bootstraps.clone(),
             },
         }
     }

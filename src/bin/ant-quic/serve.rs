@@ -48,10 +48,15 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
     if let Some(file) = &loaded.file {
         tracing::info!(config = %file.display(), "configuration loaded");
     }
-    let bootstraps = match resolve_bootstraps(&config.node.bootstrap) {
-        Ok(bootstraps) => bootstraps,
-        Err(error) => return config_error(&error),
-    };
+    let (bootstraps, federation) =
+        match (resolve_bootstraps(&config.node.bootstrap), resolve_bootstraps(&config.registry.bootstraps)) {
+            (Ok(bootstraps), Ok(federation)) => (bootstraps, federation),
+            (Err(error), _) | (_, Err(error)) => return config_error(&error),
+        };
+    // This node links to the other bootstraps of its federation as to any bootstrap, pinned by
+    // peer ID; they are the allow-list of forwarded connection requests.
+    let peer_bootstraps = federation.iter().filter_map(|b| b.peer).collect();
+    let bootstraps = bootstraps.into_iter().chain(federation).collect();
     let mut options = NodeOptions {
         listen: config.node.listen,
         cores: config.node.cores,
@@ -63,6 +68,7 @@ pub(crate) fn run_node(args: &NodeArgs) -> ExitCode {
             bootstraps,
             coordinator: CoordinatorConfig {
                 relay_lifetime: Duration::from_secs(config.nat.relay_lifetime),
+                peer_bootstraps,
                 ..CoordinatorConfig::default()
             },
             alternate: config.alternate(),

@@ -146,7 +146,7 @@ fn figure(cell: &str) -> f64 {
 
 /// In a tmux pane the view shows both cores, its packet rates move with the `get` traffic, its
 /// connection count is `/metrics`' `quic_connections_active` (within 2: a `get` connection may
-/// open or close between the view's scrape and the test's), and `q` ends it with status 0 and
+/// open or close between the view's scrape and the test's) and the cores' sum (within 1), and `q` ends it with status 0 and
 /// the terminal as it was (the pane shows only what the shell printed after).
 #[test]
 fn top_in_a_terminal_shows_the_node_and_quits_on_q() {
@@ -184,7 +184,9 @@ fn top_in_a_terminal_shows_the_node_and_quits_on_q() {
         assert!((shown - actual).abs() <= 2.0, "view shows {shown} connections, /metrics {actual}:\n{pane}");
         assert!(shown >= HELD as f64, "view shows {shown} connections, {HELD} are held open:\n{pane}");
         let per_core: f64 = core_rows(pane).iter().map(|row| figure(&row[2])).sum();
-        assert_eq!(per_core, shown, "the cores' connections do not add up to the node's:\n{pane}");
+        // One scrape, but the node reads each core's gauge twice (per core, then summed): a `get`
+        // connection may come or go in between.
+        assert!((per_core - shown).abs() <= 1.0, "the cores' connections do not add up to the node's:\n{pane}");
     }
     let tx_packets = |pane: &str| core_rows(pane).iter().map(|row| figure(&row[4])).sum::<f64>();
     let (first, second) = (&looks[0].0, &looks[1].0);

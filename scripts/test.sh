@@ -43,7 +43,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # groff renders the packaged man page (tests/ops_scripts.rs); tmux runs `ant-quic get` on a
-# terminal to see its progress bar (tests/prompt_get.rs)
+# terminal to see its progress bar (tests/prompt_get.rs), and `ant-quic top` (tests/node_ops/top.rs)
 command -v groff >/dev/null 2>&1 || missing+=(groff-base)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 # debootstrap, systemd-nspawn, systemd-analyze, ssh, pgrep: the deployment tests

@@ -116,6 +116,11 @@ fn a_transfer_moves_counters_and_histograms() {
     assert!(value(&after, "ant_quic_core_loop_turn_seconds_count") > 0.0);
     assert!(after.contains("ant_quic_backend_info{backend=\""), "backend info missing");
     assert_eq!(value(&after, "ant_quic_core_alive{core=\"0\"}"), 1.0);
+    assert_eq!(
+        value(&after, "ant_quic_core_connections_active{core=\"0\"}"),
+        value(&after, "quic_connections_active"),
+        "one core: its open connections are the node's"
+    );
     // No traversal attempt yet: the rate is undefined (NaN keeps `< 0.8` alerts quiet).
     assert!(value(&after, "nat_traversal_success_rate").is_nan(), "success rate before any attempt");
     assert_eq!(value(&after, "nat_traversal_attempts_total{outcome=\"failed\",path=\"none\"}"), 0.0);
@@ -132,6 +137,27 @@ fn a_transfer_moves_counters_and_histograms() {
     if require_prometheus("promtool").unwrap() {
         promtool_check_metrics(&after);
     }
+    admin.shutdown();
+    server.node.shutdown();
+    server.node.join().unwrap();
+}
+
+/// A core's busy time counts its loop's work, not its sleep: an idle core stays near zero, and a
+/// turn held for 400 ms (the test's stall) adds at least that.
+#[test]
+fn a_core_s_busy_seconds_count_its_work_and_not_its_sleep() {
+    const STALL: Duration = Duration::from_millis(400);
+    let (server, admin) = server_with_admin();
+    let addr = admin.local_addr();
+    let busy = |metrics: &str| value(metrics, "ant_quic_core_busy_seconds_total{core=\"0\"}");
+    let first = scrape_until(addr, "the first scrape", |_| true);
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = scrape_until(addr, "a second scrape", |_| true);
+    assert!(busy(&idle) - busy(&first) < 0.1, "an idle core was busy for {} s of 1 s", busy(&idle) - busy(&first));
+
+    server.node.stall_core(0, STALL).unwrap();
+    let stalled = scrape_until(addr, "the stalled turn", |m| busy(m) - busy(&idle) >= STALL.as_secs_f64());
+    assert!(busy(&stalled) - busy(&idle) < 5.0, "{stalled}");
     admin.shutdown();
     server.node.shutdown();
     server.node.join().unwrap();

@@ -1,9 +1,12 @@
 //! Running the `ant-quic` binary as an operator does: the admin HTTP listener it serves (at the
 //! UDP port's number unless told otherwise), the systemd notifications it sends (READY, WATCHDOG,
 //! STOPPING), and SIGHUP reloads (a broken file changes nothing; a valid one sets the log level
-//! and the certificate presented in the handshakes that follow).
+//! and the certificate presented in the handshakes that follow). `ant-quic top` watching a node:
+//! `node_ops/top.rs`.
 
 mod common;
+#[path = "node_ops/top.rs"]
+mod top;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -28,7 +28,7 @@ use ant_quic::dataplane::{Application, BackendKind, ConnRef};
 use ant_quic::node::{connect_request, start_client, start_server, NodeOptions, Server};
 use ant_quic::quinn_proto::VarInt;
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
-use common::{random_bytes, sha256_hex, Process, TempDir, NODE_BIN};
+use common::{random_bytes, sha256_hex, Process, TempDir, TmuxServer, NODE_BIN};
 
 /// How long the server's core is held while the client's first Initial waits: under the client's
 /// first PTO (about 1 s with quinn-proto's initial RTT of 333 ms), so the Initial is not resent.
@@ -200,29 +200,6 @@ fn get_from_a_silent_port_says_it_never_connected() {
     assert!(!dir.path().join("out").join("a.bin").exists());
 }
 
-/// Ends the tmux server of a test (and the shell and `get` in its pane) on every path.
-struct TmuxServer(std::path::PathBuf);
-
-impl TmuxServer {
-    fn command(&self) -> Command {
-        let mut command = Command::new("tmux");
-        command.arg("-S").arg(&self.0);
-        command
-    }
-
-    /// What the pane shows now, one line per screen row.
-    fn pane(&self) -> String {
-        let out = self.command().args(["capture-pane", "-p", "-t", "get"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for TmuxServer {
-    fn drop(&mut self) {
-        let _ = self.command().arg("kill-server").output();
-    }
-}
-
 /// A line of the progress display, `WHAT BYTES at RATE/s`, with a rate above zero (in B/s, KiB/s,
 /// MiB/s...).
 fn shows_rate(line: &str, what: &str) -> bool {
@@ -271,7 +248,7 @@ fn get_on_a_terminal_shows_progress_and_clears_it() {
     // next stall, where the pane (looked at every 100 ms) shows it.
     let mut last_stall = Instant::now();
     let pane = loop {
-        let pane = tmux.pane();
+        let pane = tmux.pane("get");
         if pane.contains("get exited") {
             break pane;
         }

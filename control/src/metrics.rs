@@ -473,6 +473,18 @@ impl Metrics {
             "Event-loop turns (the liveness heartbeat).",
             &|c| vec![("", "", read(&c.loop_turns))],
         );
+        let busy = "ant_quic_core_busy_seconds_total";
+        out.family(
+            busy,
+            "counter",
+            "Seconds the core's loop spent working, sleep excluded (its rate is the core's busy share).",
+        );
+        for (index, c) in cores.iter().enumerate() {
+            out.sample(busy, &[("core", &index.to_string())], read(&c.busy_nanos) as f64 / 1e9);
+        }
+        per_core(&mut out, "ant_quic_core_connections_active", "gauge", "Connections open on the core.", &|c| {
+            vec![("", "", read(&c.connections_active))]
+        });
         per_core(
             &mut out,
             "ant_quic_core_connections_accepted_total",

@@ -149,6 +149,8 @@ pub struct CoreStats {
     pub preferred_address_migrations: AtomicU64,
     /// Loop turns (for liveness: it moves while the core runs).
     pub loop_turns: AtomicU64,
+    /// Nanoseconds the loop spent in its turns, sleep excluded: its rate is how busy the core is.
+    pub busy_nanos: AtomicU64,
     /// Connections ended, by [`CloseClass`] (index: `CloseClass as usize`).
     pub closes: [AtomicU64; CloseClass::ALL.len()],
     /// Connections lost before their handshake completed.

@@ -505,3 +505,28 @@ pub fn describe(done: &Finished) -> String {
         tail(&done.stderr, 60)
     )
 }
+
+/// A test's own tmux server (on the socket at the path it holds), ended with the shells and
+/// programs in its panes on every path.
+pub struct TmuxServer(pub PathBuf);
+
+impl TmuxServer {
+    /// `tmux -S SOCKET`, to add a subcommand to.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("tmux");
+        command.arg("-S").arg(&self.0);
+        command
+    }
+
+    /// What the pane of session `target` shows now, one line per screen row.
+    pub fn pane(&self, target: &str) -> String {
+        let out = self.command().args(["capture-pane", "-p", "-t", target]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = self.command().arg("kill-server").output();
+    }
+}

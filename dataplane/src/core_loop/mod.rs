@@ -220,7 +220,8 @@ impl<B: Backend, M> Core<B, M> {
 
     fn run_loop(&mut self) -> std::io::Result<()> {
         loop {
-            let now = Instant::now();
+            let turn_start = Instant::now();
+            let now = turn_start;
             bump(&self.shared.stats.loop_turns, 1);
             self.take_commands(now);
             self.relay.sweep(now, &mut self.tx.backend);
@@ -245,6 +246,8 @@ impl<B: Backend, M> Core<B, M> {
 
             let end = Instant::now();
             self.recorder.loop_turn(end.saturating_duration_since(now));
+            let busy = end.saturating_duration_since(turn_start).as_nanos();
+            bump(&self.shared.stats.busy_nanos, u64::try_from(busy).unwrap_or(u64::MAX));
             let wanted = self.shared.latency_wanted.load(Ordering::Relaxed)
                 && self.shared.latency_wanted.swap(false, Ordering::Relaxed);
             self.recorder.maybe_publish(end, &self.shared.latency, &self.shared.latency_spare, wanted);

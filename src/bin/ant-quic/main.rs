@@ -6,6 +6,7 @@ mod get;
 mod peer;
 mod progress;
 mod serve;
+mod top;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -153,6 +154,15 @@ enum Command {
     /// On a terminal, stderr shows progress (bytes, rate and elapsed time per file and in total;
     /// no ETA: hq-interop sends no length), cleared at the end.
     Get(GetArgs),
+    /// Live view of a running node, refreshed from its admin endpoint's /metrics.
+    ///
+    /// Per core: state, connections, packets and bits per second, loop busy share, hand-offs and
+    /// drops; node-wide: handshakes per second with p50/p99 handshake time, RTT p50/p99, traffic,
+    /// NAT attempts and success rate, registered peers, relay allocations and forwarded traffic,
+    /// errors by kind. Keys: q (or Esc, Ctrl-C) quits; left/right, or n s c p b l h d, choose the
+    /// column the cores are sorted by. When stdout is not a terminal it prints one plain line per
+    /// interval instead; --once prints one JSON snapshot.
+    Top(top::TopArgs),
     /// Check a configuration file, or print the default one.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -233,6 +243,7 @@ fn main() -> ExitCode {
             };
             finish(get(&args))
         }
+        Some(Command::Top(args)) => top::top(&args),
         Some(Command::Config(ConfigCommand::Default)) => {
             print!("{}", ant_quic::config::DEFAULT_FILE);
             ExitCode::SUCCESS

@@ -534,6 +534,71 @@ fn markdown(r: &Report) -> String {
 mod tests {
     use super::*;
 
+    fn bulk(implementation: &str, direction: &str, gbps: f64) -> BulkResult {
+        BulkResult {
+            implementation: implementation.into(),
+            bytes: 1 << 20,
+            seconds: 1.0,
+            gbps,
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            direction: direction.into(),
+            kx: None,
+            mtu: Some(1452),
+            backend: None,
+        }
+    }
+
+    #[test]
+    fn the_plot_shows_the_tables_medians_spreads_and_ceiling() {
+        let mut runs = Vec::new();
+        for (pair, (a, q)) in [(9.0, 6.0), (10.0, 7.0), (8.0, 6.5)].into_iter().enumerate() {
+            for (implementation, gbps, name) in [(Impl::AntQuic, a, "ant-quic"), (Impl::Quinn, q, "quinn")] {
+                let result = Some(bulk(name, "download", gbps));
+                runs.push(Run {
+                    seq: runs.len() + 1,
+                    implementation,
+                    direction: Direction::Download,
+                    pair,
+                    result,
+                    error: None,
+                });
+            }
+        }
+        let ceiling: CeilingResult = serde_json::from_value(serde_json::json!({"impl": "udp", "gbps": 20.5,
+            "bytes_received": 1, "bytes_sent": 1, "seconds": 1.0, "receives": 1, "datagram": 1200,
+            "gso_segments": 64, "gro_segments": 64}))
+        .unwrap();
+        let report = Report {
+            command: "ant-quic-perf compare --pairs 3".into(),
+            machine: Machine { cpu: "Test CPU".into(), cores: 2, kernel: "6.18".into() },
+            bytes: 1 << 20,
+            pairs: 3,
+            ceiling_start: Some(ceiling),
+            ceiling_end: None,
+            ceiling_errors: vec![],
+            load_start: None,
+            load_end: None,
+            summaries: vec![
+                summarize(&runs, Direction::Download, Impl::AntQuic),
+                summarize(&runs, Direction::Download, Impl::Quinn),
+            ],
+            ratios: vec![],
+            runs,
+            suite: None,
+        };
+        let table = markdown(&report);
+        assert!(table.contains("| download | ant-quic | 9.00 | 8.00–10.00 | 3/3 |"), "{table}");
+        let plots = plot_tables(&report, Some("Short run".into()));
+        assert_eq!(plots.len(), 1);
+        let (name, plot) = &plots[0];
+        assert_eq!(*name, "bulk");
+        assert!(plot.header.iter().any(|l| l.contains("Test CPU")) && plot.header.contains(&"Short run".to_owned()));
+        let row = &plot.rows[0];
+        assert_eq!(row.ant_quic, Spread { median: Some(9.0), min: Some(8.0), max: Some(10.0) });
+        assert_eq!(row.quinn, Spread { median: Some(6.5), min: Some(6.0), max: Some(7.0) });
+        assert_eq!(row.ceiling, Some((20.5, "raw UDP ceiling".to_owned())));
+    }
+
     #[test]
     fn the_marked_section_is_replaced_and_the_rest_kept() {
         let text = "head\n<!-- compare:begin -->\nold table\n<!-- compare:end -->\ntail\n";

@@ -44,9 +44,29 @@ const ANT_QUIC_COLOUR: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const QUINN_COLOUR: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const CEILING_COLOUR: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 
-/// The header lines `harness::write_header` printed (`- Machine: …`), without their bullets.
+/// Characters of a header line before it wraps (the command lines are long).
+const HEADER_WRAP: usize = 150;
+
+/// The header lines `harness::write_header` printed (`- Machine: …`), without their bullets,
+/// wrapped at spaces to fit the plot's width.
 pub fn header_lines(markdown_header: &str) -> Vec<String> {
-    markdown_header.lines().map(|l| l.trim_start_matches("- ").replace('`', "")).filter(|l| !l.is_empty()).collect()
+    let mut out = Vec::new();
+    for line in markdown_header.lines().map(|l| l.trim_start_matches("- ").replace('`', "")) {
+        let mut current = String::new();
+        for word in line.split_whitespace() {
+            if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > HEADER_WRAP {
+                out.push(std::mem::take(&mut current));
+                current.push_str("    ");
+            } else if !current.is_empty() {
+                current.push(' ');
+            }
+            current.push_str(word);
+        }
+        if !current.is_empty() {
+            out.push(current);
+        }
+    }
+    out
 }
 
 /// Writes `table` as `dir/name.svg`, creating `dir`; returns the file's path.
@@ -124,7 +144,15 @@ where
         .x_label_area_size(22)
         .y_label_area_size(90)
         .build_cartesian_2d(0.0..x_max, 0.0..2.0)?;
-    chart.configure_mesh().disable_y_mesh().y_labels(0).x_labels(8).label_style(("sans-serif", 11)).draw()?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_labels(8)
+        .x_max_light_lines(1)
+        .x_label_formatter(&|v| short(*v))
+        .label_style(("sans-serif", 11))
+        .draw()?;
 
     for (name, colour, spread, centre) in
         [("ant-quic", ANT_QUIC_COLOUR, row.ant_quic, 1.5), ("quinn 0.11", QUINN_COLOUR, row.quinn, 0.5)]
@@ -172,7 +200,8 @@ where
             .into_font()
             .color(&CEILING_COLOUR)
             .pos(text_anchor::Pos::new(text_anchor::HPos::Right, text_anchor::VPos::Top));
-        chart.plotting_area().draw(&Text::new(format!("{what} {}", short(*value)), (*value, 1.98), style))?;
+        let left_of_line = *value - x_max * 0.006;
+        chart.plotting_area().draw(&Text::new(format!("{what} {}", short(*value)), (left_of_line, 1.98), style))?;
     }
     Ok(())
 }
@@ -222,6 +251,8 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "not an SVG document: {svg:.200}");
         // Balanced elements: every opened text and rect is closed (XML-ish enough for a viewer).
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+        let long = header_lines(&format!("- Command: `{}`\n", "word ".repeat(60)));
+        assert!(long.len() > 1 && long.iter().all(|l| l.chars().count() <= HEADER_WRAP), "{long:?}");
         for needed in [
             "ant-quic against quinn: bulk",
             "Machine: AMD EPYC, 2 cores",

@@ -71,7 +71,10 @@ def render(rows, title, subtitle="", time_label="the first-byte time"):
     # Rows and columns with at least one cell (all pairs: the last peer starts none, the first ends none).
     firsts = [a for a in peers if any(drawn(a, b) for b in peers)]
     seconds = [b for b in peers if any(drawn(a, b) for a in firsts)]
-    width = LABEL_W + CELL_W * len(seconds) + 20
+    explain = f"rows: first peer (connects); columns: second peer; in each cell: {time_label} in ms"
+    legend_w = 10 + sum(30 + 8 * len(name) for _, name in OUTCOMES.values())
+    # Wide enough for the cells, the legend and the text (about 7 px a character at 12 px).
+    width = max(LABEL_W + CELL_W * len(seconds) + 20, legend_w, 20 + 7 * max(len(subtitle), len(explain)))
     height = TOP + CELL_H * len(firsts) + 70
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -79,8 +82,7 @@ def render(rows, title, subtitle="", time_label="the first-byte time"):
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="10" y="22" font-size="16" font-weight="bold">{html.escape(title)}</text>',
         f'<text x="10" y="42" font-size="12">{html.escape(subtitle)}</text>',
-        '<text x="10" y="62" font-size="12">rows: first peer (connects); columns: second peer; '
-        f"in each cell: {html.escape(time_label)} in ms</text>",
+        f'<text x="10" y="62" font-size="12">{html.escape(explain)}</text>',
     ]
     for j, peer in enumerate(seconds):
         x = LABEL_W + CELL_W * j + CELL_W / 2

@@ -145,6 +145,10 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     {
         bail!("--section must be a name of lowercase letters, digits and '-', e.g. compare-short");
     }
+    if let Some(dir) = &args.plot {
+        // Fail before the runs, not after them.
+        std::fs::create_dir_all(dir).with_context(|| format!("--plot: creating {}", dir.display()))?;
+    }
     // The target directory is shared: a build elsewhere may replace this binary mid-run. Run every
     // child from a private copy of the running executable instead.
     let private = PrivateExe::new()?;

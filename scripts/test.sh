@@ -76,6 +76,11 @@ fi
 step "python environment for the interop tests (aioquic)"
 bash scripts/python-env.sh >/dev/null
 
+step "plots in the docs: each exists, names its command, and the NAT grids match their tables (no build)"
+python3 scripts/check-plots.py --self-test
+python3 scripts/check-plots.py
+python3 -m unittest discover -s scripts/natlab -p 'test_*.py'
+
 step "formatting"
 cargo fmt --all --check
 

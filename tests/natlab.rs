@@ -52,7 +52,10 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
     // Every pair, coordinated by the clean bootstrap, 100 MB each.
     let table = dir.path().join("matrix.md");
     let table_arg = table.to_string_lossy().into_owned();
-    let args = ["--binary", NODE_BIN, "--bytes", MATRIX_BYTES, "--via", "b1", "--table", &table_arg];
+    let grid = dir.path().join("matrix.svg");
+    let grid_arg = grid.to_string_lossy().into_owned();
+    let args =
+        ["--binary", NODE_BIN, "--bytes", MATRIX_BYTES, "--via", "b1", "--table", &table_arg, "--grid", &grid_arg];
     let out = run("traverse-b1", &mut lab.command(TRAVERSE, &args), dir.path(), Duration::from_secs(1200))?;
     let report = parse_report("traverse b1", &out)?;
     let rows = report.at("rows")?.list()?;
@@ -74,6 +77,11 @@ fn every_pair_of_peers_connects_as_the_nats_allow() -> Result<()> {
     eprintln!("{}", std::fs::read_to_string(&table).unwrap_or_default());
     ensure!(wrong.is_empty(), "pairs not connected as their NATs allow:\n{}\n{}", wrong.join("\n"), out.stderr);
     eprintln!("clean matrix: {paths:?}");
+    // The grid (scripts/natlab/grid.py) has a cell for every pair, relayed ones as such.
+    let svg = std::fs::read_to_string(&grid).with_context(|| format!("traverse.py drew no {}", grid.display()))?;
+    ensure!(svg.matches("class=\"cell ").count() == rows.len(), "the grid's cells are not the pairs:\n{svg}");
+    let relayed = paths.get("relayed").copied().unwrap_or(0);
+    ensure!(svg.matches("class=\"cell relayed\"").count() == relayed, "the grid's relayed cells:\n{svg}");
     let direct_with_two: Vec<String> = rows
         .iter()
         .filter(|row| row.at("path").and_then(|p| p.text()).is_ok_and(|p| p == "direct"))

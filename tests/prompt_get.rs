@@ -12,7 +12,8 @@
 //! the connection, is at least about that long. A client that waited out the closing period would
 //! exit at least 2 s (the core's drain limit) after its close; the test allows 1 s.
 //!
-//! On a terminal (a tmux pane), `get` shows progress while it runs and clears it at the end.
+//! On a terminal (a tmux pane), `get` and `--connect PEER --send-bytes N` show progress while they
+//! run and clear it at the end.
 //!
 //! All traffic stays on 127.0.0.1; every wait has a deadline; the child is killed on every path.
 
@@ -25,9 +26,11 @@ use std::time::{Duration, Instant};
 
 use ant_quic::dataplane::stats::{read, CloseClass};
 use ant_quic::dataplane::{Application, BackendKind, ConnRef};
+use ant_quic::nat::NatOptions;
 use ant_quic::node::{connect_request, start_client, start_server, NodeOptions, Server};
 use ant_quic::quinn_proto::VarInt;
 use ant_quic::tls::{ServerAuth, ALPN_ANT_QUIC};
+use ant_quic_control::nat::agent::BootstrapSpec;
 use common::{random_bytes, sha256_hex, Process, TempDir, TmuxServer, NODE_BIN};
 
 /// How long the server's core is held while the client's first Initial waits: under the client's
@@ -200,6 +203,19 @@ fn get_from_a_silent_port_says_it_never_connected() {
     assert!(!dir.path().join("out").join("a.bin").exists());
 }
 
+/// A tmux server on a socket in `dir` running `shell` in a 400×20 pane of the session "get".
+fn start_tmux(dir: &std::path::Path, shell: &str) -> TmuxServer {
+    let tmux = TmuxServer(dir.join("tmux.sock"));
+    let started = tmux.command().args(["new-session", "-d", "-s", "get", "-x", "400", "-y", "20", shell]).status();
+    assert!(started.unwrap().success(), "tmux new-session failed");
+    tmux
+}
+
+fn tmux_installed() -> bool {
+    common::require(common::installed("tmux").is_some(), "`tmux` (Debian package tmux; scripts/test.sh installs it)")
+        .unwrap()
+}
+
 /// A line of the progress display, `WHAT BYTES at RATE/s`, with a rate above zero (in B/s, KiB/s,
 /// MiB/s...).
 fn shows_rate(line: &str, what: &str) -> bool {
@@ -218,12 +234,7 @@ fn shows_rate(line: &str, what: &str) -> bool {
 #[test]
 fn get_on_a_terminal_shows_progress_and_clears_it() {
     const STALL: Duration = Duration::from_millis(300);
-    if !common::require(
-        common::installed("tmux").is_some(),
-        "`tmux` (Debian package tmux; scripts/test.sh installs it)",
-    )
-    .unwrap()
-    {
+    if !tmux_installed() {
         return;
     }
     let mut dir = TempDir::new("get-progress").unwrap().keep_unless_passed();
@@ -237,10 +248,8 @@ fn get_on_a_terminal_shows_progress_and_clears_it() {
         server.node.local_addr(),
         out.display()
     );
-    let tmux = TmuxServer(dir.path().join("tmux.sock"));
     server.node.stall_core(0, STALL).unwrap();
-    let started = tmux.command().args(["new-session", "-d", "-s", "get", "-x", "400", "-y", "20", &shell]).status();
-    assert!(started.unwrap().success(), "tmux new-session failed");
+    let tmux = start_tmux(dir.path(), &shell);
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let (mut bar, mut total) = (None, None);
@@ -274,5 +283,85 @@ fn get_on_a_terminal_shows_progress_and_clears_it() {
     assert_eq!(sha256_hex(&std::fs::read(out.join("big.bin")).unwrap()), sha256_hex(&payload));
     drop(tmux);
     stop(server);
+    dir.passed();
+}
+
+/// On a terminal, `--connect PEER --send-bytes N` shows one bar while it sends (bytes, rate and an
+/// ETA) and clears it: the pane ends with the usual `connected to …; sent N bytes …` line. The
+/// receiving peer runs in this process; once the bar is up its core is held in short stalls (300
+/// ms of every 350) until a bar with a rate has been seen, so that the 200 MB (about a second on
+/// loopback unhindered) cannot end between two looks at the pane; then it runs free.
+#[test]
+fn connect_send_bytes_on_a_terminal_shows_a_bar_and_clears_it() {
+    const STALL: Duration = Duration::from_millis(300);
+    const BYTES: u64 = 200_000_000;
+    if !tmux_installed() {
+        return;
+    }
+    let mut dir = TempDir::new("send-progress").unwrap().keep_unless_passed();
+    let bootstrap = server(BackendKind::Portable, None);
+    let peer = start_server(&NodeOptions {
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        cores: Some(1),
+        backend: Some(BackendKind::Portable),
+        nat: NatOptions {
+            bootstraps: vec![BootstrapSpec::unpinned(bootstrap.node.local_addr())],
+            ..NatOptions::default()
+        },
+        ..NodeOptions::default()
+    })
+    .unwrap();
+    let registered = Instant::now() + Duration::from_secs(20);
+    while !peer.nat.status().bootstraps.iter().all(|b| b.registered && b.observed.is_some()) {
+        assert!(Instant::now() < registered, "the peer did not register with the bootstrap in 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peer_id = peer.identity.peer_id().to_string();
+    let shell = format!(
+        "'{NODE_BIN}' --cores 1 --data-dir '{}' --bootstrap {} --connect {peer_id} --send-bytes {BYTES} --timeout 60; \
+         echo \"connect exited $?\"; sleep 120",
+        dir.path().join("client").display(),
+        bootstrap.node.local_addr(),
+    );
+    let tmux = start_tmux(dir.path(), &shell);
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut bar = None;
+    let mut last_stall: Option<Instant> = None;
+    let pane = loop {
+        let pane = tmux.pane("get");
+        if pane.contains("connect exited") {
+            break pane;
+        }
+        let sending = pane.lines().find(|l| l.contains("sending ["));
+        bar = bar.or_else(|| sending.filter(|l| shows_rate(l, "sending ") && l.contains(", ETA ")).map(str::to_owned));
+        // Hold the receiver once the bar is up, until one with a rate has been seen.
+        let stalled_out = last_stall.is_none_or(|t| t.elapsed() >= STALL + Duration::from_millis(50));
+        if bar.is_none() && sending.is_some() && stalled_out {
+            peer.node.stall_core(0, STALL).unwrap();
+            last_stall = Some(Instant::now());
+        }
+        assert!(Instant::now() < deadline, "--connect still running after 90 s:\n{pane}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let bar =
+        bar.unwrap_or_else(|| panic!("no `sending [...] ... at RATE, ETA ...` bar was seen; at the end:\n{pane}"));
+    assert!(bar.contains("/190.73 MiB at "), "the bar does not show the total: {bar}");
+
+    // The pane at the end: the node's log lines (identity, bootstrap), the usual result line, the
+    // exit status, and nothing of the bar.
+    let lines: Vec<&str> = pane.lines().filter(|l| !l.trim().is_empty()).collect();
+    let (logs, end) = lines.split_at(lines.len().saturating_sub(2));
+    let log_line = |l: &&str| l.starts_with("20") && (l.contains(" INFO ") || l.contains(" WARN "));
+    assert!(
+        logs.iter().all(log_line),
+        "expected log lines, the result and the exit status only (bar was {bar:?}):\n{pane}"
+    );
+    assert!(end.len() == 2 && end[0].starts_with(&format!("connected to {peer_id} ")), "{pane}");
+    assert!(end[0].contains(&format!("; sent {BYTES} bytes, sha256 ")) && end[0].contains("verified true"), "{pane}");
+    assert_eq!(end[1], "connect exited 0", "{pane}");
+    drop(tmux);
+    stop(peer);
+    stop(bootstrap);
     dir.passed();
 }

@@ -1,7 +1,10 @@
 //! `compare`: ant-quic against quinn, alternating, each run in a fresh child process, with the raw
 //! UDP ceiling measured at the start and at the end of the same run.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -11,6 +14,7 @@ use crate::harness::{
     child_json, command_line, fmt_opt, loadavg, machine, median, print_report, progress, sorted, write_header,
     BulkResult, Machine, DEFAULT_BYTES,
 };
+use crate::plot::{self, PlotRow, PlotTable, Spread};
 use crate::suite::{self, RowKind, SuiteArgs, SuiteReport};
 use crate::udp_ceiling::CeilingResult;
 
@@ -46,7 +50,15 @@ pub struct CompareArgs {
     /// Also write the markdown table into this file, between the lines `<!-- compare:begin -->`
     /// and `<!-- compare:end -->` (e.g. BENCHMARKS.md).
     #[arg(long)]
-    write: Option<std::path::PathBuf>,
+    write: Option<PathBuf>,
+    /// Also draw each table as an SVG plot in this directory (`SECTION-bulk.svg`,
+    /// `SECTION-rows.svg`, `SECTION-curve.svg`); with `--write`, the written section embeds them.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+    /// The section `--write` replaces (between `<!-- SECTION:begin -->` and `<!-- SECTION:end -->`)
+    /// and the plots' file-name prefix: one file can hold the tables of several runs.
+    #[arg(long, default_value = "compare")]
+    section: String,
     #[command(flatten)]
     suite: SuiteArgs,
 }
@@ -127,6 +139,15 @@ struct Report {
 pub fn run(args: &CompareArgs) -> Result<()> {
     if args.pairs == 0 || args.pairs > 100 {
         bail!("--pairs must be between 1 and 100");
+    }
+    if args.section.is_empty()
+        || !args.section.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        bail!("--section must be a name of lowercase letters, digits and '-', e.g. compare-short");
+    }
+    if let Some(dir) = &args.plot {
+        // Fail before the runs, not after them.
+        std::fs::create_dir_all(dir).with_context(|| format!("--plot: creating {}", dir.display()))?;
     }
     // The target directory is shared: a build elsewhere may replace this binary mid-run. Run every
     // child from a private copy of the running executable instead.
@@ -210,25 +231,111 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         suite,
     };
     print_report(&report, args.json, markdown)?;
+    let mut plots = Vec::new();
+    if let Some(dir) = &args.plot {
+        for (name, table) in plot_tables(&report, short_run(args)) {
+            let path = plot::write_svg(dir, &format!("{}-{name}", args.section), &table)?;
+            progress(format_args!("drew {}", path.display()));
+            plots.push((table.title, path));
+        }
+    }
     if let Some(path) = &args.write {
+        let mut section = markdown(&report);
+        section.push_str(&embeds(path, &plots));
+        let (begin, end) = marks(&args.section);
         let old = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let new = replace_marked(&old, &markdown(&report))
-            .with_context(|| format!("{}: no `{BEGIN_MARK}` … `{END_MARK}` section to replace", path.display()))?;
+        let new = replace_marked(&old, &args.section, &section)
+            .with_context(|| format!("{}: no `{begin}` … `{end}` section to replace", path.display()))?;
         std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
         progress(format_args!("wrote the table into {}", path.display()));
     }
     Ok(())
 }
 
-/// The lines around the generated table in a markdown file (`--write`).
-const BEGIN_MARK: &str = "<!-- compare:begin -->";
-const END_MARK: &str = "<!-- compare:end -->";
+/// The lines around a generated section in a markdown file (`--write`).
+fn marks(section: &str) -> (String, String) {
+    (format!("<!-- {section}:begin -->"), format!("<!-- {section}:end -->"))
+}
 
-/// `text` with what lies between the two marks replaced by `table`; `None` without both marks.
-fn replace_marked(text: &str, table: &str) -> Option<String> {
-    let begin = text.find(BEGIN_MARK)? + BEGIN_MARK.len();
-    let end = begin + text.get(begin..)?.find(END_MARK)?;
+/// `text` with what lies between the section's marks replaced by `table`; `None` without both.
+fn replace_marked(text: &str, section: &str, table: &str) -> Option<String> {
+    let (begin_mark, end_mark) = marks(section);
+    let begin = text.find(&begin_mark)? + begin_mark.len();
+    let end = begin + text.get(begin..)?.find(&end_mark)?;
     Some(format!("{}\n{}\n{}", text.get(..begin)?, table.trim_end(), text.get(end..)?))
+}
+
+/// Why a run is shorter than the defaults the published tables use, if it is.
+fn short_run(args: &CompareArgs) -> Option<String> {
+    let full = args.pairs >= 5
+        && args.bytes >= DEFAULT_BYTES
+        && args.suite.row_pairs >= 5
+        && args.suite.curve_pairs >= 3
+        && args.ceiling_seconds >= 3.0;
+    (!full).then(|| {
+        format!(
+            "Short run ({} pairs of {} MiB, {} pairs per row, {} per curve point): noisy, not the published figures",
+            args.pairs,
+            args.bytes >> 20,
+            args.suite.row_pairs,
+            args.suite.curve_pairs
+        )
+    })
+}
+
+/// The report's tables as plots, named by their file stem: the bulk rows, then the suite's.
+fn plot_tables(r: &Report, short: Option<String>) -> Vec<(&'static str, PlotTable)> {
+    let mut header_text = String::new();
+    write_header(&mut header_text, &r.machine, (r.load_start, r.load_end), &r.command);
+    let mut header = plot::header_lines(&header_text);
+    header.extend(short);
+    let table = |title: String, rows: Vec<PlotRow>| PlotTable { title, header: header.clone(), rows };
+    let mut out = Vec::new();
+    if !r.runs.is_empty() {
+        let ceiling =
+            [&r.ceiling_start, &r.ceiling_end].iter().filter_map(|c| c.as_ref().map(|c| c.gbps)).reduce(f64::max);
+        let spread = |d: Direction, i: Impl| {
+            r.summaries
+                .iter()
+                .find(|s| s.direction == d && s.implementation == i)
+                .map_or_else(Spread::default, |s| Spread { median: s.median_gbps, min: s.min_gbps, max: s.max_gbps })
+        };
+        let mut directions: Vec<Direction> = r.summaries.iter().map(|s| s.direction).collect();
+        directions.dedup();
+        let rows = directions
+            .into_iter()
+            .map(|d| PlotRow {
+                label: format!("{}, one connection, {} MiB", d.name(), r.bytes >> 20),
+                unit: "Gbit/s".to_owned(),
+                ant_quic: spread(d, Impl::AntQuic),
+                quinn: spread(d, Impl::Quinn),
+                ceiling: ceiling.map(|c| (c, "raw UDP ceiling".to_owned())),
+            })
+            .collect();
+        out.push(("bulk", table("ant-quic against quinn 0.11: bulk throughput".to_owned(), rows)));
+    }
+    if let Some(suite) = &r.suite {
+        for (name, title, rows) in suite::plot_tables(suite) {
+            out.push((name, table(format!("ant-quic against quinn 0.11: {}", title.to_lowercase()), rows)));
+        }
+    }
+    out
+}
+
+/// Markdown embedding each plot, with the command that drew it, as seen from `written`'s folder.
+fn embeds(written: &Path, plots: &[(String, PathBuf)]) -> String {
+    use std::fmt::Write;
+    let made_by = std::env::var("ANT_QUIC_PERF_VIA").unwrap_or_else(|_| command_line());
+    let base = written.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut s = String::new();
+    for (title, path) in plots {
+        let shown = match (base.canonicalize(), path.canonicalize()) {
+            (Ok(b), Ok(p)) => p.strip_prefix(&b).map(Path::to_path_buf).unwrap_or(p),
+            _ => path.clone(),
+        };
+        let _ = write!(s, "\n<!-- made by: {} -->\n![{title}]({})\n", made_by.trim(), shown.display());
+    }
+    s
 }
 
 /// A copy of the running executable in a private directory, removed on drop.
@@ -431,13 +538,82 @@ fn markdown(r: &Report) -> String {
 mod tests {
     use super::*;
 
+    fn bulk(implementation: &str, direction: &str, gbps: f64) -> BulkResult {
+        BulkResult {
+            implementation: implementation.into(),
+            bytes: 1 << 20,
+            seconds: 1.0,
+            gbps,
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            direction: direction.into(),
+            kx: None,
+            mtu: Some(1452),
+            backend: None,
+        }
+    }
+
+    #[test]
+    fn the_plot_shows_the_tables_medians_spreads_and_ceiling() {
+        let mut runs = Vec::new();
+        for (pair, (a, q)) in [(9.0, 6.0), (10.0, 7.0), (8.0, 6.5)].into_iter().enumerate() {
+            for (implementation, gbps, name) in [(Impl::AntQuic, a, "ant-quic"), (Impl::Quinn, q, "quinn")] {
+                let result = Some(bulk(name, "download", gbps));
+                runs.push(Run {
+                    seq: runs.len() + 1,
+                    implementation,
+                    direction: Direction::Download,
+                    pair,
+                    result,
+                    error: None,
+                });
+            }
+        }
+        let ceiling: CeilingResult = serde_json::from_value(serde_json::json!({"impl": "udp", "gbps": 20.5,
+            "bytes_received": 1, "bytes_sent": 1, "seconds": 1.0, "receives": 1, "datagram": 1200,
+            "gso_segments": 64, "gro_segments": 64}))
+        .unwrap();
+        let report = Report {
+            command: "ant-quic-perf compare --pairs 3".into(),
+            machine: Machine { cpu: "Test CPU".into(), cores: 2, kernel: "6.18".into() },
+            bytes: 1 << 20,
+            pairs: 3,
+            ceiling_start: Some(ceiling),
+            ceiling_end: None,
+            ceiling_errors: vec![],
+            load_start: None,
+            load_end: None,
+            summaries: vec![
+                summarize(&runs, Direction::Download, Impl::AntQuic),
+                summarize(&runs, Direction::Download, Impl::Quinn),
+            ],
+            ratios: vec![],
+            runs,
+            suite: None,
+        };
+        let table = markdown(&report);
+        assert!(table.contains("| download | ant-quic | 9.00 | 8.00–10.00 | 3/3 |"), "{table}");
+        let plots = plot_tables(&report, Some("Short run".into()));
+        assert_eq!(plots.len(), 1);
+        let (name, plot) = &plots[0];
+        assert_eq!(*name, "bulk");
+        assert!(plot.header.iter().any(|l| l.contains("Test CPU")) && plot.header.contains(&"Short run".to_owned()));
+        let row = &plot.rows[0];
+        assert_eq!(row.ant_quic, Spread { median: Some(9.0), min: Some(8.0), max: Some(10.0) });
+        assert_eq!(row.quinn, Spread { median: Some(6.5), min: Some(6.0), max: Some(7.0) });
+        assert_eq!(row.ceiling, Some((20.5, "raw UDP ceiling".to_owned())));
+    }
+
     #[test]
     fn the_marked_section_is_replaced_and_the_rest_kept() {
         let text = "head\n<!-- compare:begin -->\nold table\n<!-- compare:end -->\ntail\n";
-        let new = replace_marked(text, "| new |\n").unwrap();
+        let new = replace_marked(text, "compare", "| new |\n").unwrap();
         assert_eq!(new, "head\n<!-- compare:begin -->\n| new |\n<!-- compare:end -->\ntail\n");
-        assert_eq!(replace_marked(&new, "| again |").unwrap().matches("compare:begin").count(), 1);
-        assert!(replace_marked("no marks here", "x").is_none());
-        assert!(replace_marked("<!-- compare:end --> <!-- compare:begin -->", "x").is_none());
+        assert_eq!(replace_marked(&new, "compare", "| again |").unwrap().matches("compare:begin").count(), 1);
+        assert!(replace_marked("no marks here", "compare", "x").is_none());
+        assert!(replace_marked("<!-- compare:end --> <!-- compare:begin -->", "compare", "x").is_none());
+        // Another section in the same file is left alone.
+        let two = format!("{text}<!-- short:begin -->\nold\n<!-- short:end -->\n");
+        let new = replace_marked(&two, "short", "| short |").unwrap();
+        assert!(new.contains("old table") && new.contains("| short |") && !new.contains("\nold\n"));
     }
 }

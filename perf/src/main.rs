@@ -33,6 +33,7 @@ mod flood;
 mod flood_compare;
 mod harness;
 mod load;
+mod plot;
 mod quinn_bulk;
 mod quinn_get;
 mod quinn_load;

@@ -17,6 +17,7 @@ use crate::aead_ceiling::AeadResult;
 use crate::engine_ceiling::EngineResult;
 use crate::harness::{child_json, child_json_watching, cpu_seconds, median, progress, rss_kib, ServerChild};
 use crate::load::{Implementation, LoadResult};
+use crate::plot::{PlotRow, Spread};
 
 /// Rows `compare` can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -539,6 +540,39 @@ fn fmt_figure(f: &Figure, metric: Metric) -> String {
     }
 }
 
+/// What a table row is called: the point's label and, where it has several, the metric.
+fn row_name(l: &Line) -> String {
+    match l.metric {
+        Metric::P50Micros => format!("{} — p50", l.label),
+        Metric::P99Micros => format!("{} — p99", l.label),
+        Metric::ServerCpuMicrosPerOp | Metric::ServerCpuSecondsPerGib => format!("{} — server CPU", l.label),
+        _ => l.label.clone(),
+    }
+}
+
+/// The tables `markdown` prints, as plot rows: (file stem, title, rows), from the same lines.
+pub fn plot_tables(r: &SuiteReport) -> Vec<(&'static str, &'static str, Vec<PlotRow>)> {
+    let spread = |f: &Figure| Spread { median: f.median, min: f.min, max: f.max };
+    [("rows", "Rows"), ("curve", "Cost curve")]
+        .into_iter()
+        .filter_map(|(group, title)| {
+            let rows: Vec<PlotRow> = r
+                .lines
+                .iter()
+                .filter(|l| l.group == group)
+                .map(|l| PlotRow {
+                    label: format!("{}, {} core(s)", row_name(l), l.cores),
+                    unit: l.metric.unit().to_owned(),
+                    ant_quic: spread(&l.ant_quic),
+                    quinn: spread(&l.quinn),
+                    ceiling: None,
+                })
+                .collect();
+            (!rows.is_empty()).then_some((group, title, rows))
+        })
+        .collect()
+}
+
 /// The suite's markdown tables.
 pub fn markdown(r: &SuiteReport, udp_ceiling_gbps: Option<f64>) -> String {
     use std::fmt::Write;
@@ -565,12 +599,7 @@ pub fn markdown(r: &SuiteReport, udp_ceiling_gbps: Option<f64>) -> String {
                 Some(false) => "**no**",
                 None => "—",
             };
-            let what = match l.metric {
-                Metric::P50Micros => format!("{} — p50", l.label),
-                Metric::P99Micros => format!("{} — p99", l.label),
-                Metric::ServerCpuMicrosPerOp | Metric::ServerCpuSecondsPerGib => format!("{} — server CPU", l.label),
-                _ => l.label.clone(),
-            };
+            let what = row_name(l);
             let _ = writeln!(
                 s,
                 "| {what} | {} | {} | {} | {} | {} | {target} | {met} |",

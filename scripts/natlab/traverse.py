@@ -37,6 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grid  # noqa: E402  (same directory)
 import natlab  # noqa: E402  (same directory)
 
 BOOTSTRAP_ADDR = {"b1": "198.18.0.11", "b2": "198.18.0.12"}
@@ -154,7 +155,7 @@ def connect(prefix, binary, workdir, src, dst_id, bootstraps, nbytes, timeout, w
 def main():
     parser = argparse.ArgumentParser(prog="traverse.py", description=__doc__.splitlines()[0])
     parser.add_argument("--prefix", default="aqlab")
-    parser.add_argument("--binary", required=True)
+    parser.add_argument("--binary", help="the node binary (required unless --grid-from)")
     parser.add_argument("--bytes", type=int, default=100_000_000)
     parser.add_argument("--via", default="b1", choices=["b1", "b2"], help="bootstrap that coordinates")
     parser.add_argument("--single", action="store_true", help="register with the coordinating bootstrap only")
@@ -164,6 +165,14 @@ def main():
     )
     parser.add_argument("--pairs", default="all", help="comma-separated a-b pairs, or all")
     parser.add_argument("--table", default=None, help="write a Markdown table here")
+    parser.add_argument("--grid", default=None, help="write the matrix as an SVG grid here (scripts/natlab/grid.py)")
+    parser.add_argument(
+        "--grid-from",
+        default=None,
+        metavar="TABLE.md",
+        help="run nothing: draw --grid from a matrix table this script wrote (or a file holding it)",
+    )
+    parser.add_argument("--heading", default=None, help="with --grid-from: the table under the first heading with this")
     parser.add_argument("--timeout", type=int, default=60)
     parser.add_argument("--logs", default=None, help="keep the nodes' output in this directory")
     parser.add_argument(
@@ -171,6 +180,10 @@ def main():
     )
     parser.add_argument("--peer-backend", default=None, choices=["af-xdp"], help="I/O backend of the long-lived peers")
     args = parser.parse_args()
+    if args.grid_from:
+        return grid_from_table(args)
+    if not args.binary:
+        parser.error("--binary is required (or --grid-from TABLE.md --grid FILE.svg)")
 
     try:
         natlab.require_root_and_tools(need_nft=False)
@@ -285,6 +298,8 @@ def main():
             summary["peer_af_xdp"] = peers_af_xdp
         if args.table:
             write_table(args.table, summary)
+        if args.grid:
+            write_grid(args.grid, summary["rows"], f"NAT traversal matrix, coordinated by {args.via}", summary_line(summary))
         print(json.dumps(summary))
         return 0 if summary["ok"] else 1
     except natlab.LabError as err:
@@ -310,13 +325,39 @@ def write_table(path, summary):
             f"| {ms(r['mbit_s'])} |"
         )
     lines.append("")
-    lines.append(
+    lines.append(summary_line(summary))
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def summary_line(summary):
+    return (
         f"{summary['pairs']} pairs: {summary['direct']} direct, {summary['relayed']} relayed, "
         f"{summary['failed']} failed; coordinated by {summary['via']}"
         f"{' (the only bootstrap)' if summary['bootstraps'] == 1 else ''}."
     )
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+
+
+def write_grid(path, rows, title, subtitle, time_label="the first-byte time"):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(grid.render(rows, title, subtitle, time_label))
+    print(f"traverse: drew {path}", file=sys.stderr)
+
+
+def grid_from_table(args):
+    """--grid-from: the grid of a table written earlier; one error line if it is not one."""
+    if not args.grid:
+        print("traverse: error: --grid-from needs --grid FILE.svg", file=sys.stderr)
+        return 2
+    try:
+        with open(args.grid_from, encoding="utf-8") as f:
+            rows, summary, time_label = grid.read_table(f.read(), args.heading)
+    except (OSError, ValueError) as err:
+        print(f"traverse: error: {args.grid_from}: {err}", file=sys.stderr)
+        return 1
+    title = f"NAT traversal matrix: {args.heading}" if args.heading else "NAT traversal matrix"
+    write_grid(args.grid, rows, title, summary, time_label)
+    return 0
 
 
 if __name__ == "__main__":

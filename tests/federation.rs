@@ -10,8 +10,9 @@
 //!   `/health` says degraded, `ant_quic_registry_degraded` is 1, B1 still registers and serves its
 //!   own peers; the members back: status ok, and the registration made meanwhile reaches B2;
 //! - a malformed endpoint URL or an unreadable CA file: exit 2 with one line;
-//! - with the bootstraps linked (`--registry-bootstrap PEER_ID@HOST:PORT`, each naming the
-//!   others): a peer that knows only B2 reaches by `--connect PEER_ID` a peer registered only at
+//! - with the bootstraps linked (`--registry-bootstrap PEER_ID@HOST:PORT`, each naming the others
+//!   by the peer ID `ant-quic peer-id` printed before it started, which is the one it runs as;
+//!   a peer that knows only B2 reaches by `--connect PEER_ID` a peer registered only at
 //!   B1, directly, 8 MB SHA-256 checked; B2 forwarded the request and B1 coordinated it (their
 //!   metrics); a rogue bootstrap on the same etcd but on nobody's allow-list cannot coordinate
 //!   through B1 (refused, counted, the target is told nothing) and its entries are not used by B2;
@@ -385,19 +386,30 @@ fn delivered(done: &Finished, bytes: u64) -> Result<serde_json::Value> {
 #[test]
 fn a_peer_registered_at_one_bootstrap_is_reached_through_another() -> Result<()> {
     let _one = ONE_CLUSTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(mut f) = federation("federation-connect")? else { return Ok(()) };
-    // The bootstraps learned their peer IDs and ports; each restarts there naming the others.
-    let known: Vec<(String, String)> = f.bootstraps.iter().map(|b| (b.addr.to_string(), pinned(b))).collect();
-    for mut b in f.bootstraps.drain(..) {
-        b.stop_with(libc::SIGTERM, Duration::from_secs(10))?;
+    if !require(etcd_here(), "etcd (Debian: apt-get install etcd-server)")? {
+        return Ok(());
     }
-    for (i, (listen, _)) in known.iter().enumerate() {
-        let others: Vec<String> =
-            known.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, pin))| pin.clone()).collect();
-        let name = format!("b{}", i + 1);
-        let linked = bootstrap_at(&f.dir, &f.etcd, &name, listen, &others, &format!("{name}-linked"))?;
-        f.bootstraps.push(linked);
+    let dir = TempDir::new("federation-connect")?.keep_unless_passed();
+    let etcd = Etcd::start(&dir)?;
+    // Each bootstrap's peer ID, known before it starts (`ant-quic peer-id`), and a free port.
+    let mut known = Vec::new();
+    for i in 1..=3 {
+        let name = format!("b{i}");
+        let mut cmd = Command::new(NODE_BIN);
+        cmd.args(["peer-id", "--data-dir"]).arg(dir.path().join(&name));
+        let id = run(&format!("{name}-id"), &mut cmd, dir.path(), Duration::from_secs(10))?;
+        ensure!(id.status.success() && id.stdout.trim().len() == 64, "peer-id: {}", describe(&id));
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        known.push((name, format!("127.0.0.1:{port}"), format!("{}@127.0.0.1:{port}", id.stdout.trim())));
     }
+    let mut bootstraps = Vec::new();
+    for (name, listen, pin) in &known {
+        let others: Vec<String> = known.iter().map(|(_, _, p)| p.clone()).filter(|p| p != pin).collect();
+        let b = bootstrap_at(&dir, &etcd, name, listen, &others, name)?;
+        ensure!(pin.starts_with(&b.peer_id), "{name} runs as {}, not as `peer-id` said ({pin})", b.peer_id);
+        bootstraps.push(b);
+    }
+    let mut f = Federation { dir, etcd, bootstraps };
     for b in &f.bootstraps {
         until_status(b, "ok", Duration::from_secs(10))?;
         until_linked(b, 2)?;

@@ -175,6 +175,14 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print this node's peer ID and exit: the key in its data directory (created there if
+    /// missing), as other bootstraps name it in `[registry] bootstraps` and peers in
+    /// `--bootstrap PEER_ID@HOST:PORT`.
+    PeerId {
+        /// Directory holding the node's identity key (default: ~/.ant-quic, as for the node).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Print the manual page (roff).
     ///
     /// Read it with `ant-quic man | man -l -`; release packages install it (setup-server.sh).
@@ -264,6 +272,16 @@ fn main() -> ExitCode {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "ant-quic", &mut script);
             print_all(&script)
+        }
+        Some(Command::PeerId { data_dir }) => {
+            let dir = data_dir.unwrap_or_else(|| ant_quic::config::Config::default().data_dir());
+            match ant_quic::identity::Identity::load_or_create(&dir) {
+                Ok(identity) => {
+                    println!("{}", identity.peer_id());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => config_error(&error),
+            }
         }
         Some(Command::Man) => {
             let mut page = Vec::new();

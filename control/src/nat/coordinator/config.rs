@@ -48,10 +48,10 @@ pub struct CoordinatorConfig {
     /// one the peer reached. Default none.
     pub other_addresses: Vec<SocketAddr>,
     /// Grant the relay together with the punch where the pair's mappings make a direct path
-    /// uncertain ([`candidate::direct_uncertain`]), so that the initiator connects at once.
+    /// uncertain ([`crate::nat::candidate::direct_uncertain`]), so that the initiator connects at once.
     /// Default true.
     pub relay_at_once: bool,
-    /// Emit [`CoordinatorAction::Registered`] and [`CoordinatorAction::Unregistered`] (for a
+    /// Emit [`super::CoordinatorAction::Registered`] and [`super::CoordinatorAction::Unregistered`] (for a
     /// registry shared with other bootstraps). Default false.
     pub announce_registrations: bool,
     /// The other bootstraps of a federation, by peer ID (the allow-list): connection requests

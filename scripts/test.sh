@@ -118,6 +118,9 @@ cargo test --profile ci -p ant-quic --features tokio --test async_api -- tokio_i
 step "bootstraps sharing a peer registry on etcd (feature etcd; docs/federation.md)"
 # Only this test binary: it is the only one the feature changes (about 10 s with 3 etcd members).
 cargo test --profile ci -p ant-quic --features etcd --test federation
+# The etcd load benchmark's phases run and add up (a smoke with 6 peers, not a measurement), with
+# the binary the test above built (feature etcd), before another step rebuilds it.
+python3 scripts/bench-registry.py --quick --bin target/ci/ant-quic >/dev/null
 
 step "the async API benchmark's runners work (scripts/bench-async.sh --quick: a smoke, not a measurement)"
 # Every runner once with small sizes (a few seconds); fails if any run fails, never on a figure.

@@ -16,7 +16,10 @@
 //!   B1, directly, 8 MB SHA-256 checked; B2 forwarded the request and B1 coordinated it (their
 //!   metrics); a rogue bootstrap on the same etcd but on nobody's allow-list cannot coordinate
 //!   through B1 (refused, counted, the target is told nothing) and its entries are not used by B2;
-//!   `[registry] bootstraps` without a peer ID exits 2 with one line.
+//!   `[registry] bootstraps` without a peer ID exits 2 with one line;
+//! - a peer registered with B1 and B2: `kill -9` of the one holding its entry, and the other
+//!   writes it again within the lease TTL; a peer that knows only B3 reaches it through the
+//!   survivor, 4 MB SHA-256 checked.
 //!
 //! Needs `etcd` (Debian's etcd-server) and a build with `--features etcd`.
 
@@ -144,9 +147,16 @@ fn bootstrap_at(
 }
 
 fn peer(dir: &TempDir, name: &str, bootstrap: &NodeProcess) -> Result<NodeProcess> {
+    peer_of(dir, name, &[bootstrap])
+}
+
+/// A peer registered with every one of `bootstraps`.
+fn peer_of(dir: &TempDir, name: &str, bootstraps: &[&NodeProcess]) -> Result<NodeProcess> {
     let mut cmd = Command::new(NODE_BIN);
-    cmd.args(["--listen", "127.0.0.1:0", "--cores", "1", "--bootstrap", &bootstrap.addr.to_string(), "--data-dir"])
-        .arg(dir.path().join(name));
+    cmd.args(["--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"]).arg(dir.path().join(name));
+    for bootstrap in bootstraps {
+        cmd.args(["--bootstrap", &bootstrap.addr.to_string()]);
+    }
     NodeProcess::start(&mut cmd, &dir.subdir(&format!("{name}-logs"))?)
 }
 
@@ -383,13 +393,12 @@ fn delivered(done: &Finished, bytes: u64) -> Result<serde_json::Value> {
     Ok(line)
 }
 
-#[test]
-fn a_peer_registered_at_one_bootstrap_is_reached_through_another() -> Result<()> {
-    let _one = ONE_CLUSTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Three bootstraps on one etcd cluster, each linked to the other two by peer ID.
+fn linked_federation(name: &str) -> Result<Option<Federation>> {
     if !require(etcd_here(), "etcd (Debian: apt-get install etcd-server)")? {
-        return Ok(());
+        return Ok(None);
     }
-    let dir = TempDir::new("federation-connect")?.keep_unless_passed();
+    let dir = TempDir::new(name)?.keep_unless_passed();
     let etcd = Etcd::start(&dir)?;
     // Each bootstrap's peer ID, known before it starts (`ant-quic peer-id`), and a free port.
     let mut known = Vec::new();
@@ -409,11 +418,18 @@ fn a_peer_registered_at_one_bootstrap_is_reached_through_another() -> Result<()>
         ensure!(pin.starts_with(&b.peer_id), "{name} runs as {}, not as `peer-id` said ({pin})", b.peer_id);
         bootstraps.push(b);
     }
-    let mut f = Federation { dir, etcd, bootstraps };
+    let f = Federation { dir, etcd, bootstraps };
     for b in &f.bootstraps {
         until_status(b, "ok", Duration::from_secs(10))?;
         until_linked(b, 2)?;
     }
+    Ok(Some(f))
+}
+
+#[test]
+fn a_peer_registered_at_one_bootstrap_is_reached_through_another() -> Result<()> {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(mut f) = linked_federation("federation-connect")? else { return Ok(()) };
     let [b1, b2, _] = &f.bootstraps[..] else { bail!("three bootstraps") };
     let target = peer(&f.dir, "target", b1)?;
     until_record(b2, &target.peer_id, Duration::from_secs(10), from_b1(b1))?;
@@ -455,6 +471,48 @@ fn a_peer_registered_at_one_bootstrap_is_reached_through_another() -> Result<()>
     let ignored = connect(&f.dir, "to-stray", b2, &stray.peer_id, &[])?;
     ensure!(!ignored.status.success(), "B2 forwarded to a rogue bootstrap: {}", describe(&ignored));
     ensure!(ignored.stderr.contains("allow-list"), "the refusal says why: {}", describe(&ignored));
+    f.dir.passed();
+    Ok(())
+}
+
+#[test]
+fn a_peer_of_two_bootstraps_is_reached_again_after_the_one_holding_its_entry_is_killed() -> Result<()> {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(mut f) = linked_federation("federation-failover")? else { return Ok(()) };
+    let target = peer_of(&f.dir, "target", &[&f.bootstraps[0], &f.bootstraps[1]])?;
+    until_linked(&target, 2)?;
+    // Both wrote its entry; the last writer holds it. Wait until it stops changing.
+    let b3 = &f.bootstraps[2];
+    let mut held = until_record(b3, &target.peer_id, Duration::from_secs(10), |r| r.is_some())
+        .and_then(|_| record(b3, &target.peer_id))?;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = record(b3, &target.peer_id)?;
+        if now == held {
+            break;
+        }
+        held = now;
+    }
+    let holder = held.as_ref().and_then(|r| r["bootstrap"].as_str()).context("the entry names a bootstrap")?;
+    let index = f.bootstraps.iter().position(|b| b.peer_id == holder).context("held by one of the bootstraps")?;
+    ensure!(index < 2, "the entry is held by B{}, where the target is not registered", index + 1);
+
+    drop(f.bootstraps.remove(index)); // kill -9 of the holder
+    let [survivor, b3] = &f.bootstraps[..] else { bail!("two bootstraps left") };
+    let back = until_record(b3, &target.peer_id, LEASE_TTL + Duration::from_secs(3), |r| {
+        r.is_some_and(|r| r["bootstrap"] == survivor.peer_id.as_str())
+    })?;
+    println!(
+        "B{} (holding the entry) killed: held by the other at B3 after {back:?} (lease TTL {LEASE_TTL:?})",
+        index + 1
+    );
+
+    // A peer that knows only B3 reaches it: B3 forwards to the survivor, which coordinates.
+    let after = connect(&f.dir, "after-kill", b3, &target.peer_id, &["--json", "--send-bytes", "4000000"])?;
+    let line = delivered(&after, 4_000_000)?;
+    ensure!(line["path"] == "direct" && line["remote"] == target.addr.to_string().as_str(), "{line}");
+    until_sample(b3, "nat_forwards_total{result=\"punched\"}", 1.0)?;
+    until_sample(survivor, "nat_forwards_received_total{result=\"coordinated\"}", 1.0)?;
     f.dir.passed();
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! watch. [`Registry`] decides what is written and when; the driver runs its
 //! [`RegistryAction`]s against the store and reports back. It owns no socket and reads no clock.
 //!
-//! Writes happen on register, address change and unregister only. While the store is
+//! Writes happen on register, address change and unregister only, and when the entry of a peer
+//! registered here and at another bootstrap vanishes with that bootstrap (its lease expired, or
+//! the peer left it): this bootstrap writes it again. While the store is
 //! unreachable the registry keeps its own peers (lookups of them still answer), says so in its
 //! [`Status`], and on reconnection puts every local entry again (under a new lease if the old one
 //! expired), deletes what was unregistered meanwhile, reloads the cache and watches from there.
@@ -296,6 +298,14 @@ impl Registry {
                 let Some(peer) = self.keys.peer_of(&key) else { return };
                 if self.remote.get(&peer).is_some_and(|c| c.revision < revision) {
                     self.remote.remove(&peer);
+                }
+                // A peer registered here and at another bootstrap, whose entry that bootstrap
+                // held: it died (lease expired) or the peer left it. The peer is still here, so
+                // its entry is ours to write again, or the federation loses it.
+                if self.connected {
+                    if let Some(record) = self.local.get(&peer).cloned() {
+                        self.put_peer(peer, &record);
+                    }
                 }
             }
         }

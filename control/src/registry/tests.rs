@@ -123,6 +123,43 @@ fn other_bootstraps_peers_come_from_the_read_and_the_watch_by_revision() {
 }
 
 #[test]
+fn a_peer_also_registered_here_is_written_again_when_the_other_bootstraps_entry_goes() {
+    let mut registry = connected();
+    let keys = Keys::new("/ant-quic");
+    let (both, elsewhere) = (PeerId([0xd; 32]), PeerId([0xe; 32]));
+    let b2 = PeerId([0xb2; 32]);
+    registry.register(both, addr(1), vec![]);
+    assert_eq!(writes(&drain(&mut registry)), vec![("put", both)]);
+    // B2 wrote it last (the peer registered there too), and B2 holds `elsewhere` alone.
+    registry.watched(WatchEvent::Put { key: keys.peer(both), value: remote_value(both, b2, addr(1)), revision: 60 });
+    registry.watched(WatchEvent::Put {
+        key: keys.peer(elsewhere),
+        value: remote_value(elsewhere, b2, addr(2)),
+        revision: 61,
+    });
+    assert!(drain(&mut registry).is_empty(), "another bootstrap's write costs nothing here");
+    // B2's lease expired: the peer registered here too gets its entry back, the other does not.
+    registry.watched(WatchEvent::Delete { key: keys.peer(both), revision: 62 });
+    registry.watched(WatchEvent::Delete { key: keys.peer(elsewhere), revision: 62 });
+    let actions = drain(&mut registry);
+    assert_eq!(writes(&actions), vec![("put", both)]);
+    assert!(matches!(&actions[0], RegistryAction::Put { lease: 7, value, .. } if value.contains(&addr(1).to_string())));
+    assert!(matches!(registry.lookup(both), Lookup::Local(_)));
+    assert_eq!(registry.lookup(elsewhere), Lookup::Miss);
+    // Our own delete (the peer left here) is not undone.
+    registry.unregister(both);
+    assert_eq!(writes(&drain(&mut registry)), vec![("delete", both)]);
+    registry.watched(WatchEvent::Delete { key: keys.peer(both), revision: 63 });
+    assert!(drain(&mut registry).is_empty());
+    // While the store is unreachable nothing is written; the resync puts every local entry.
+    registry.register(both, addr(1), vec![]);
+    drain(&mut registry);
+    registry.failed(Instant::now());
+    registry.watched(WatchEvent::Delete { key: keys.peer(both), revision: 64 });
+    assert!(drain(&mut registry).is_empty());
+}
+
+#[test]
 fn an_outage_keeps_local_peers_and_the_resync_writes_what_changed_meanwhile() {
     let mut registry = connected();
     let (kept, left, joined) = (PeerId([1; 32]), PeerId([2; 32]), PeerId([3; 32]));

@@ -35,6 +35,7 @@ mod federation;
 mod status;
 
 pub use events::{AgentAction, AgentEvent, ConnPurpose, RequestId, SignalRole};
+pub use federation::MAX_EXTRA_BOOTSTRAPS;
 pub use status::{BootstrapSpec, BootstrapStatus, NatStatus, PathKind, PeerConnection};
 
 /// How often the cores report the signalling connections' addresses and RTTs.

@@ -119,6 +119,10 @@ step "bootstraps sharing a peer registry on etcd (feature etcd; docs/federation.
 # Only this test binary: it is the only one the feature changes (about 10 s with 3 etcd members).
 cargo test --profile ci -p ant-quic --features etcd --test federation
 
+step "a relay across bootstraps behind the NAT lab's symmetric NATs (feature etcd; tests/natlab_federation.rs)"
+# Two linked bootstraps on one etcd member inside the lab; about half a minute, most of it the lab.
+cargo test --profile ci -p ant-quic --features etcd --test natlab_federation
+
 step "the async API benchmark's runners work (scripts/bench-async.sh --quick: a smoke, not a measurement)"
 # Every runner once with small sizes (a few seconds); fails if any run fails, never on a figure.
 ANT_QUIC_PERF_PROFILE=ci bash scripts/bench-async.sh --quick >/dev/null

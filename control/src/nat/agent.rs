@@ -156,6 +156,9 @@ pub struct NatAgent {
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Which bootstrap a peer is registered at, from the registry shared by a federation.
     directory: Option<Directory>,
+    /// Peers registered here that another linked bootstrap holds in the shared registry: not
+    /// announced while it does (see `federation.rs`), with the record to announce then.
+    visitors: HashMap<PeerId, (SocketAddr, Vec<SocketAddr>)>,
     /// When the next burst is due, while the outbox is not empty.
     next_burst: Option<Instant>,
     actions: VecDeque<AgentAction>,
@@ -218,6 +221,7 @@ impl NatAgent {
             requested: HashMap::new(),
             outbox: VecDeque::new(),
             directory: None,
+            visitors: HashMap::new(),
             next_burst: None,
             actions: VecDeque::new(),
         }
@@ -460,6 +464,7 @@ impl NatAgent {
             self.status_changed = true;
         }
         self.release_idle_extras();
+        self.announce_visitors_left_alone();
     }
 
     /// Turns what the state machines want into actions, until they want nothing more; starts the
@@ -504,9 +509,15 @@ impl NatAgent {
             }
             CoordinatorAction::RemoveRelay { channel } => AgentAction::RemoveRelay { channel },
             CoordinatorAction::Registered { peer, observed, candidates } => {
-                AgentAction::Registered { peer, observed, candidates }
+                self.announce(peer, observed, candidates);
+                return;
             }
-            CoordinatorAction::Unregistered { peer } => AgentAction::Unregistered { peer },
+            CoordinatorAction::Unregistered { peer } => {
+                if self.visitors.remove(&peer).is_some() {
+                    return;
+                }
+                AgentAction::Unregistered { peer }
+            }
             CoordinatorAction::Forward { forward, target } => {
                 self.route_forward(now, forward, target);
                 return;

@@ -153,6 +153,41 @@ impl NatAgent {
         }
     }
 
+    /// `peer`, registered here, is seen at `observed` with `candidates`: the shared registry
+    /// hears it, unless another bootstrap of the allow-list, linked to this one, holds the peer
+    /// there. Then the peer came only to be relayed (RELAY_AT) or registers with both: its entry
+    /// stays that bootstrap's, and this one does not delete it when the peer leaves here. It is
+    /// announced from here once that bootstrap no longer holds it.
+    pub(super) fn announce(&mut self, peer: PeerId, observed: SocketAddr, candidates: Vec<SocketAddr>) {
+        if self.held_elsewhere(peer) {
+            self.visitors.insert(peer, (observed, candidates));
+            return;
+        }
+        self.visitors.remove(&peer);
+        self.actions.push_back(AgentAction::Registered { peer, observed, candidates });
+    }
+
+    /// Visitors whose other bootstrap no longer holds them (they left it, or it is not linked any
+    /// more) are announced from here.
+    pub(super) fn announce_visitors_left_alone(&mut self) {
+        let alone: Vec<PeerId> = self.visitors.keys().copied().filter(|peer| !self.held_elsewhere(*peer)).collect();
+        for peer in alone {
+            if let Some((observed, candidates)) = self.visitors.remove(&peer) {
+                tracing::debug!(%peer, "registered here and no longer elsewhere: announced");
+                self.actions.push_back(AgentAction::Registered { peer, observed, candidates });
+            }
+        }
+    }
+
+    /// Whether the shared registry says `peer` is registered at another bootstrap of the
+    /// allow-list that this one is linked to now.
+    fn held_elsewhere(&self, peer: PeerId) -> bool {
+        let Some(bootstrap) = self.directory.as_ref().and_then(|lookup| lookup(peer)) else { return false };
+        bootstrap != self.local_peer
+            && self.coordinator.is_peer_bootstrap(bootstrap)
+            && self.bootstraps.iter().any(|b| !b.extra && b.peer == Some(bootstrap) && b.conn.is_some())
+    }
+
     /// Whether bootstrap `index` is pinned by peer ID (its connection must prove it).
     pub fn pinned(&self, index: usize) -> bool {
         self.bootstraps.get(index).is_some_and(|b| b.peer.is_some())

@@ -272,3 +272,56 @@ fn a_bootstrap_names_the_targets_bootstrap_only_from_its_allow_list() {
     });
     assert_eq!(across, Some(1), "one relay handed across");
 }
+
+#[test]
+fn a_visitor_stays_its_home_bootstraps_in_the_shared_registry() {
+    use std::sync::{Arc, Mutex};
+    let start = Instant::now();
+    let b2 = PeerId([0xb2; 32]);
+    let b2_address = addr("198.18.0.12:9000");
+    let config = CoordinatorConfig {
+        peer_bootstraps: [b2].into_iter().collect(),
+        announce_registrations: true,
+        ..CoordinatorConfig::default()
+    };
+    let specs = [BootstrapSpec { address: b2_address, peer: Some(b2) }];
+    let coordinator = Coordinator::new(config, 1);
+    let mut agent = NatAgent::new(start, B1, &specs, coordinator, Traversal::new(TraversalConfig::default(), 2));
+    let home = Arc::new(Mutex::new(Some(b2)));
+    let lookup = Arc::clone(&home);
+    agent.set_directory(Box::new(move |peer| if peer == R { *lookup.lock().unwrap() } else { None }));
+    agent.handle_timeout(start);
+    register(&mut agent, start, 0, conn(1), b2_address);
+    actions(&mut agent);
+    let announced = |actions: &[AgentAction]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, AgentAction::Registered { .. } | AgentAction::Unregistered { .. }))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // R, registered at B2 (linked), comes here for a relay: its entry stays B2's.
+    let remote = addr("198.18.0.107:41234");
+    let opened =
+        AgentEvent::SignalOpened { conn: conn(7), role: SignalRole::Coordinator, peer: Some(R), remote, rtt: RTT };
+    agent.handle(start, opened);
+    assert_eq!(announced(&actions(&mut agent)), [], "B2's entry for R is not overwritten");
+    // It leaves: B2's entry is not deleted either.
+    agent.handle(start, AgentEvent::SignalClosed { conn: conn(7) });
+    assert_eq!(announced(&actions(&mut agent)), []);
+
+    // Back here while B2 holds it; then B2 no longer does: announced from here within a second.
+    agent.handle(
+        start,
+        AgentEvent::SignalOpened { conn: conn(8), role: SignalRole::Coordinator, peer: Some(R), remote, rtt: RTT },
+    );
+    assert_eq!(announced(&actions(&mut agent)), []);
+    *home.lock().unwrap() = None;
+    agent.handle_timeout(start + SAMPLE_INTERVAL);
+    let now_here = announced(&actions(&mut agent));
+    assert_eq!(now_here, [AgentAction::Registered { peer: R, observed: remote, candidates: vec![] }]);
+    // From then on it is this bootstrap's, and its departure deletes it.
+    agent.handle(start + SAMPLE_INTERVAL, AgentEvent::SignalClosed { conn: conn(8) });
+    assert_eq!(announced(&actions(&mut agent)), [AgentAction::Unregistered { peer: R }]);
+}

@@ -10,22 +10,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::attempt::Phase;
+use super::attempt::{Attempt, Phase, Visit};
 use super::{AttemptId, Traversal, TraversalAction};
 use crate::nat::coordinator::SessionId;
 use crate::nat::message::Message;
 use crate::PeerId;
-
-/// An attempt's relay asked at its target's bootstrap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Visit {
-    /// The target's bootstrap, as RELAY_AT named it.
-    pub(super) bootstrap: PeerId,
-    /// The signalling session registered there, once the driver reports it.
-    pub(super) session: Option<SessionId>,
-    /// The RELAY_REQUEST sent there (0 before).
-    pub(super) request: u64,
-}
 
 impl Traversal {
     /// RELAY_AT on `session`: the relay to `target` is to be asked at `bootstrap` (`address`).
@@ -102,8 +91,7 @@ impl Traversal {
         if request == 0 {
             return None;
         }
-        let asked =
-            |a: &super::attempt::Attempt| a.visit.is_some_and(|v| v.session == Some(session) && v.request == request);
+        let asked = |a: &Attempt| a.visit.is_some_and(|v| v.session == Some(session) && v.request == request);
         self.attempts.iter().find(|(_, a)| asked(a)).map(|(id, _)| *id)
     }
 

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::across::Visit;
 use super::{AttemptId, Traversal, TraversalEvent};
 use crate::nat::coordinator::SessionId;
 use crate::nat::message::{ErrorCode, Message, Outcome};
@@ -22,6 +21,17 @@ pub(super) enum Phase {
     AwaitingRelay { deadline: Instant },
     /// ConnectRelayed went out; waiting for the connection's outcome.
     ConnectingRelayed { relay: SocketAddr },
+}
+
+/// An attempt's relay asked at its target's bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Visit {
+    /// The target's bootstrap, as RELAY_AT named it.
+    pub(super) bootstrap: PeerId,
+    /// The signalling session registered there, once the driver reports it.
+    pub(super) session: Option<SessionId>,
+    /// The RELAY_REQUEST sent there (0 before).
+    pub(super) request: u64,
 }
 
 #[derive(Debug)]

@@ -182,10 +182,16 @@ impl NatAgent {
     /// Whether the shared registry says `peer` is registered at another bootstrap of the
     /// allow-list that this one is linked to now.
     fn held_elsewhere(&self, peer: PeerId) -> bool {
+        let linked = |bootstrap: PeerId| {
+            self.coordinator.is_peer_bootstrap(bootstrap)
+                && self.bootstraps.iter().any(|b| !b.extra && b.peer == Some(bootstrap) && b.conn.is_some())
+        };
+        // Not linked to any bootstrap of the list (a single bootstrap, a peer): no lookup at all.
+        if !self.bootstraps.iter().filter_map(|b| b.peer.filter(|_| b.conn.is_some())).any(linked) {
+            return false;
+        }
         let Some(bootstrap) = self.directory.as_ref().and_then(|lookup| lookup(peer)) else { return false };
-        bootstrap != self.local_peer
-            && self.coordinator.is_peer_bootstrap(bootstrap)
-            && self.bootstraps.iter().any(|b| !b.extra && b.peer == Some(bootstrap) && b.conn.is_some())
+        bootstrap != self.local_peer && linked(bootstrap)
     }
 
     /// Whether bootstrap `index` is pinned by peer ID (its connection must prove it).

@@ -33,7 +33,7 @@ impl Coordinator {
         address: SocketAddr,
     ) {
         let requester = self.sessions.get(&session).and_then(|s| s.peer);
-        if !requester.is_some_and(|peer| self.current_session(peer) == Some(session)) {
+        if requester.is_none_or(|peer| self.current_session(peer) != Some(session)) {
             return;
         }
         self.stats.relays_across += 1;

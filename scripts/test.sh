@@ -122,6 +122,10 @@ cargo test --profile ci -p ant-quic --features etcd --test federation
 # the binary the test above built (feature etcd), before another step rebuilds it.
 python3 scripts/bench-registry.py --quick --bin target/ci/ant-quic >/dev/null
 
+step "a relay across bootstraps behind the NAT lab's symmetric NATs (feature etcd; tests/natlab_federation.rs)"
+# Two linked bootstraps on one etcd member inside the lab; about half a minute, most of it the lab.
+cargo test --profile ci -p ant-quic --features etcd --test natlab_federation
+
 step "the async API benchmark's runners work (scripts/bench-async.sh --quick: a smoke, not a measurement)"
 # Every runner once with small sizes (a few seconds); fails if any run fails, never on a figure.
 ANT_QUIC_PERF_PROFILE=ci bash scripts/bench-async.sh --quick >/dev/null

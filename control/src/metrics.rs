@@ -168,6 +168,12 @@ impl Metrics {
         );
         out.sample("nat_forwards_received_total", &[("result", "coordinated")], coordinator.forwards_received);
         out.sample("nat_forwards_received_total", &[("result", "refused")], coordinator.forwards_refused);
+        out.family(
+            "nat_relays_across_total",
+            "counter",
+            "Relays handed across bootstraps: peers this node sent to the bootstrap their target is registered at, to be relayed there (RELAY_AT).",
+        );
+        out.sample("nat_relays_across_total", &[], coordinator.relays_across);
         let traversal = snapshot.as_ref().map(|s| s.traversal).unwrap_or_default();
         out.family(
             "nat_probes_total",
@@ -188,6 +194,13 @@ impl Metrics {
         out.sample("nat_many_probe_rounds_total", &[("outcome", "sprayed")], traversal.spray_rounds);
         out.sample("nat_many_probe_rounds_total", &[("outcome", "won")], traversal.spray_wins);
         out.sample("nat_many_probe_rounds_total", &[("outcome", "two_sided")], traversal.birthday_rounds);
+        out.family(
+            "nat_relay_at_received_total",
+            "counter",
+            "RELAY_ATs this node received as a peer: followed (it asked the relay at its target's bootstrap) or ignored (they answered no request of its own).",
+        );
+        out.sample("nat_relay_at_received_total", &[("outcome", "followed")], traversal.relay_at_followed);
+        out.sample("nat_relay_at_received_total", &[("outcome", "ignored")], traversal.relay_at_ignored);
         let [answered, rate_limited] = snapshot.as_ref().map(|s| s.discovery).unwrap_or_default();
         out.family(
             "nat_discovery_answers_total",

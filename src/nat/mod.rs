@@ -387,9 +387,9 @@ impl<M: From<CoreRequest>> Driver<M> {
             NatEvent::SignalClosed { conn } => AgentEvent::SignalClosed { conn },
             NatEvent::PathSample { conn, remote, rtt } => AgentEvent::PathSample { conn, remote, rtt },
             NatEvent::Connected { purpose, conn, remote, rtt } => AgentEvent::Connected { purpose, conn, remote, rtt },
+            // Extra bootstraps (a relay across bootstraps) are pinned too, and not in the status.
             NatEvent::Closed { purpose: ConnPurpose::Bootstrap(index), conn, reason }
-                if self.agent.status().bootstraps.get(index).is_some_and(|b| b.peer.is_some())
-                    && tls::is_certificate_refusal(&reason) =>
+                if self.agent.pinned(index) && tls::is_certificate_refusal(&reason) =>
             {
                 AgentEvent::BootstrapWrongPeer { index, conn, reason }
             }

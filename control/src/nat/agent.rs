@@ -29,10 +29,13 @@ use super::wire::encode_frame;
 use super::{Message, Outcome, Probe, ProbeKind};
 use crate::PeerId;
 
+mod bootstraps;
 mod events;
+mod federation;
 mod status;
 
 pub use events::{AgentAction, AgentEvent, ConnPurpose, RequestId, SignalRole};
+pub use federation::MAX_EXTRA_BOOTSTRAPS;
 pub use status::{BootstrapSpec, BootstrapStatus, NatStatus, PathKind, PeerConnection};
 
 /// How often the cores report the signalling connections' addresses and RTTs.
@@ -71,6 +74,13 @@ struct Bootstrap {
     delay: Duration,
     /// A re-registration the bootstrap asked for (REREGISTER), under way.
     handover: Option<Handover>,
+    /// Connected to only for relays to peers registered there (RELAY_AT): not in the status,
+    /// never coordinates this node's own requests, not reconnected, closed when unused.
+    extra: bool,
+    /// An extra bootstrap's slot is taken (connecting, or connected and used).
+    in_use: bool,
+    /// Attempts whose relay waits for the registration here (RELAY_AT).
+    waiting: Vec<AttemptId>,
 }
 
 impl Bootstrap {
@@ -146,6 +156,9 @@ pub struct NatAgent {
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Which bootstrap a peer is registered at, from the registry shared by a federation.
     directory: Option<Directory>,
+    /// Peers registered here that another linked bootstrap holds in the shared registry: not
+    /// announced while it does (see `federation.rs`), with the record to announce then.
+    visitors: HashMap<PeerId, (SocketAddr, Vec<SocketAddr>)>,
     /// When the next burst is due, while the outbox is not empty.
     next_burst: Option<Instant>,
     actions: VecDeque<AgentAction>,
@@ -191,6 +204,9 @@ impl NatAgent {
                     reconnect_at: Some(now),
                     delay: FIRST_RECONNECT_DELAY,
                     handover: None,
+                    extra: false,
+                    in_use: true,
+                    waiting: Vec::new(),
                 })
                 .collect(),
             sessions: HashMap::new(),
@@ -205,6 +221,7 @@ impl NatAgent {
             requested: HashMap::new(),
             outbox: VecDeque::new(),
             directory: None,
+            visitors: HashMap::new(),
             next_burst: None,
             actions: VecDeque::new(),
         }
@@ -412,7 +429,8 @@ impl NatAgent {
         self.requested.insert(target, now);
         // The first bootstrap given (and connected) coordinates; when it does not answer, the
         // next one in the order given takes the request over.
-        let order: Vec<SessionId> = self.bootstraps.iter().filter_map(|b| b.conn).map(session_of).collect();
+        let order: Vec<SessionId> =
+            self.bootstraps.iter().filter(|b| !b.extra).filter_map(|b| b.conn).map(session_of).collect();
         match self.traversal.connect_via(now, target, &order) {
             Ok(attempt) => {
                 // A request for a peer already being reached takes the attempt over.
@@ -435,6 +453,7 @@ impl NatAgent {
                 malformed: stats.malformed,
                 forwards_received: stats.forwards_received,
                 forwards_refused: stats.forwards_refused,
+                relays_across: stats.relays_across,
             },
             traversal: self.traversal.stats(),
             relays_renewed: stats.relays_renewed,
@@ -444,138 +463,8 @@ impl NatAgent {
             self.status.relay_allocations = stats.active_relays;
             self.status_changed = true;
         }
-    }
-
-    fn connect_bootstrap(&mut self, index: usize) {
-        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
-        bootstrap.reconnect_at = None;
-        let (remote, peer) = (bootstrap.address, bootstrap.peer);
-        self.actions.push_back(AgentAction::OpenBootstrap { index, remote, peer });
-        // Host candidates: the address this host would use toward each bootstrap, with our port.
-        let bootstraps = self.bootstraps.iter().map(|b| b.address).collect();
-        self.actions.push_back(AgentAction::DiscoverHostCandidates { bootstraps });
-    }
-
-    /// Opens the new connection of a re-registration with bootstrap `index`. Same purpose as the
-    /// old one: the events of both are told apart by connection.
-    fn open_replacement(&mut self, index: usize) {
-        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
-        bootstrap.handover = Some(Handover::Connecting);
-        let (remote, peer) = (bootstrap.address, bootstrap.peer);
-        self.actions.push_back(AgentAction::OpenBootstrap { index, remote, peer });
-    }
-
-    fn bootstrap_connected(&mut self, index: usize, conn: ConnId, remote: SocketAddr, rtt: Duration) {
-        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
-        if bootstrap.handover == Some(Handover::Connecting) && bootstrap.conn.is_some() {
-            tracing::debug!(bootstrap = %remote, "new bootstrap connection up; registering");
-            bootstrap.handover = Some(Handover::Registering { new: conn });
-            return;
-        }
-        bootstrap.conn = Some(conn);
-        bootstrap.delay = FIRST_RECONNECT_DELAY;
-        self.update_bootstrap_status(index, |entry| {
-            entry.registered = true;
-            entry.wrong_peer = false;
-            entry.rtt = Some(rtt);
-            entry.last_error = None;
-        });
-        tracing::info!(bootstrap = %remote, "connected to bootstrap");
-    }
-
-    /// Bootstrap `conn` asked this node to re-register (its process is being taken over).
-    fn on_reregister_requested(&mut self, now: Instant, conn: ConnId, delay: Duration) {
-        let Some(bootstrap) = self.bootstraps.iter_mut().find(|b| b.conn == Some(conn)) else { return };
-        if bootstrap.handover.is_some() {
-            return;
-        }
-        tracing::info!(bootstrap = %bootstrap.address, ?delay, "bootstrap is being taken over: re-registering");
-        bootstrap.handover = Some(Handover::Waiting { until: now + delay });
-    }
-
-    /// The new connection of a handover got its OBSERVED_ADDRESS: it replaces the old one, which
-    /// is closed without error.
-    fn confirm_replacement(&mut self, now: Instant, conn: ConnId) {
-        let Some(bootstrap) =
-            self.bootstraps.iter_mut().find(|b| b.handover == Some(Handover::Registering { new: conn }))
-        else {
-            return;
-        };
-        bootstrap.handover = None;
-        let old = bootstrap.conn.replace(conn);
-        tracing::info!(bootstrap = %bootstrap.address, "re-registered with bootstrap; closing the old connection");
-        if let Some(old) = old {
-            self.traversal.bootstrap_handed_over(now, session_of(old), session_of(conn));
-            self.retired.insert(old);
-            self.actions.push_back(AgentAction::Close { conn: old, reason: "re-registered" });
-        }
-    }
-
-    /// A connection for bootstrap `index` ended (`conn`: `None` when it never started).
-    fn bootstrap_closed(&mut self, now: Instant, index: usize, conn: Option<ConnId>, reason: String) {
-        if conn.is_some_and(|c| self.retired.remove(&c)) {
-            return;
-        }
-        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
-        let current = conn.is_some() && conn == bootstrap.conn;
-        match bootstrap.handover {
-            Some(Handover::Registering { new }) if current => {
-                // The old process went first: the new connection is registered, or about to be.
-                tracing::info!(bootstrap = %bootstrap.address, %reason, "old bootstrap connection ended during re-registration");
-                bootstrap.conn = Some(new);
-                bootstrap.handover = None;
-            }
-            Some(Handover::Registering { new }) if conn == Some(new) => {
-                tracing::warn!(bootstrap = %bootstrap.address, %reason, "new bootstrap connection failed; retrying");
-                bootstrap.handover = Some(Handover::Waiting { until: now + REREGISTER_RETRY });
-            }
-            Some(Handover::Connecting) if !current => {
-                tracing::warn!(bootstrap = %bootstrap.address, %reason, "new bootstrap connection failed; retrying");
-                bootstrap.handover = Some(Handover::Waiting { until: now + REREGISTER_RETRY });
-            }
-            Some(Handover::Connecting) => {
-                // The old connection ended while the new one is being opened: that one becomes
-                // the ordinary connection (no reconnect of our own).
-                bootstrap.conn = None;
-                bootstrap.handover = None;
-                self.update_bootstrap_status(index, |entry| entry.registered = false);
-            }
-            _ => {
-                bootstrap.handover = None;
-                self.bootstrap_failed(now, index, reason);
-            }
-        }
-    }
-
-    /// A connection to pinned bootstrap `index` was refused: its certificate proves another peer.
-    /// Handled as any failure (reconnect with backoff), with a reason that names the pin.
-    fn bootstrap_wrong_peer(&mut self, now: Instant, index: usize, conn: Option<ConnId>, reason: String) {
-        let Some(bootstrap) = self.bootstraps.get(index) else { return };
-        let (address, pin) = (bootstrap.address, bootstrap.peer);
-        let message = match pin {
-            Some(pin) => format!("the bootstrap at {address} is not peer {pin}"),
-            None => reason.clone(),
-        };
-        tracing::warn!(bootstrap = %address, %reason, "{message}");
-        self.bootstrap_closed(now, index, conn, message.clone());
-        self.update_bootstrap_status(index, |entry| {
-            if !entry.registered {
-                entry.wrong_peer = true;
-                entry.last_error = Some(message);
-            }
-        });
-    }
-
-    fn bootstrap_failed(&mut self, now: Instant, index: usize, reason: String) {
-        let Some(bootstrap) = self.bootstraps.get_mut(index) else { return };
-        tracing::warn!(bootstrap = %bootstrap.address, %reason, "bootstrap unreachable; retrying in {:?}", bootstrap.delay);
-        bootstrap.conn = None;
-        bootstrap.reconnect_at = Some(now + bootstrap.delay);
-        bootstrap.delay = (bootstrap.delay * 2).min(MAX_RECONNECT_DELAY);
-        self.update_bootstrap_status(index, |entry| {
-            entry.registered = false;
-            entry.last_error = Some(reason);
-        });
+        self.release_idle_extras();
+        self.announce_visitors_left_alone();
     }
 
     /// Turns what the state machines want into actions, until they want nothing more; starts the
@@ -589,7 +478,7 @@ impl NatAgent {
             }
             while let Some(action) = self.traversal.poll_action() {
                 progressed = true;
-                self.on_traversal_action(action);
+                self.on_traversal_action(now, action);
             }
             while let Some(event) = self.traversal.poll_event() {
                 progressed = true;
@@ -620,11 +509,21 @@ impl NatAgent {
             }
             CoordinatorAction::RemoveRelay { channel } => AgentAction::RemoveRelay { channel },
             CoordinatorAction::Registered { peer, observed, candidates } => {
-                AgentAction::Registered { peer, observed, candidates }
+                self.announce(peer, observed, candidates);
+                return;
             }
-            CoordinatorAction::Unregistered { peer } => AgentAction::Unregistered { peer },
+            CoordinatorAction::Unregistered { peer } => {
+                if self.visitors.remove(&peer).is_some() {
+                    return;
+                }
+                AgentAction::Unregistered { peer }
+            }
             CoordinatorAction::Forward { forward, target } => {
                 self.route_forward(now, forward, target);
+                return;
+            }
+            CoordinatorAction::RelayAcross { session, request, target } => {
+                self.route_relay_across(session, request, target);
                 return;
             }
             CoordinatorAction::Forwarded { elapsed, punched } => AgentAction::CountForwarded { elapsed, punched },
@@ -632,25 +531,7 @@ impl NatAgent {
         self.actions.push_back(action);
     }
 
-    /// Sends the forwarded request `forward` on the link to the bootstrap `target` is registered
-    /// at, or tells the coordinator why it cannot.
-    fn route_forward(&mut self, now: Instant, forward: u64, target: PeerId) {
-        let Some(bootstrap) = self.directory.as_ref().and_then(|lookup| lookup(target)) else {
-            self.coordinator.forward_failed(forward, "the target peer is not registered at any bootstrap");
-            return;
-        };
-        if !self.coordinator.is_peer_bootstrap(bootstrap) {
-            // Its own entries are answered before a forward; others are not trusted.
-            self.coordinator.forward_failed(forward, "the target's bootstrap is not on this one's allow-list");
-            return;
-        }
-        match self.bootstraps.iter().find(|b| b.peer == Some(bootstrap)).and_then(|b| b.conn) {
-            Some(conn) => self.coordinator.forward_via(now, forward, session_of(conn)),
-            None => self.coordinator.forward_failed(forward, "the target's bootstrap is not connected to this one"),
-        }
-    }
-
-    fn on_traversal_action(&mut self, action: TraversalAction) {
+    fn on_traversal_action(&mut self, now: Instant, action: TraversalAction) {
         if !matches!(action, TraversalAction::SendProbe { .. } | TraversalAction::SprayProbe { .. }) {
             tracing::debug!(?action, "traversal action");
         }
@@ -695,6 +576,10 @@ impl NatAgent {
             TraversalAction::SetPathBridged { alias, token, address } => {
                 AgentAction::SetBridgedPath { alias, token, address }
             }
+            TraversalAction::VisitBootstrap { attempt, bootstrap, address } => {
+                self.visit_bootstrap(now, attempt, bootstrap, address);
+                return;
+            }
         };
         self.actions.push_back(action);
     }
@@ -728,6 +613,7 @@ impl NatAgent {
             TraversalEvent::ObservedAddress { session, address } => {
                 let conn = conn_of(session);
                 self.confirm_replacement(now, conn);
+                self.registered_at(now, conn);
                 if let Some(index) = self.bootstrap_of(conn) {
                     // OTHER_ADDRESS comes first: whether discovery is under way is known by now.
                     let discovering = self.traversal.discovering(session);

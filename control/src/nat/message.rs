@@ -148,6 +148,20 @@ pub enum Message {
         /// The requester's candidates, best first (at most [`MAX_CANDIDATES`]).
         candidates: Vec<Candidate>,
     },
+    /// Bootstrap → peer: `target`, the subject of the sender's request `request`, is registered
+    /// at another bootstrap of the federation, `bootstrap` (by peer ID) at `address`: ask that
+    /// one for the relay (connect to it, proving its peer ID, register, and send RELAY_REQUEST
+    /// there). A relay needs both peers' addresses as the relaying bootstrap observes them.
+    RelayAt {
+        /// The request it answers (a RELAY_REQUEST's, or the CONNECT_REQUEST's).
+        request: u64,
+        /// The peer to relay to.
+        target: PeerId,
+        /// The bootstrap the target is registered at; its certificate must prove this ID.
+        bootstrap: PeerId,
+        /// Where to reach it.
+        address: SocketAddr,
+    },
     /// Peer → bootstrap: allocate a relay channel to `target`.
     RelayRequest {
         /// Chosen by the requester; echoed in the answers.

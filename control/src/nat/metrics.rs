@@ -37,6 +37,7 @@ pub struct NatMetrics {
     forwards: [AtomicU64; 2],
     forwards_received: AtomicU64,
     forwards_refused: AtomicU64,
+    relays_across: AtomicU64,
     forward_time: Mutex<Option<Histogram<u64>>>,
 }
 
@@ -57,6 +58,8 @@ pub struct CoordinatorCounts {
     pub forwards_received: u64,
     /// FORWARD_CONNECTs refused: the sender is not on the allow-list.
     pub forwards_refused: u64,
+    /// Relays handed across: peers sent to their target's bootstrap for a relay (RELAY_AT).
+    pub relays_across: u64,
 }
 
 /// A consistent-enough view for one scrape.
@@ -161,6 +164,7 @@ impl NatMetrics {
         self.rejected_malformed.store(counts.malformed, Ordering::Relaxed);
         self.forwards_received.store(counts.forwards_received, Ordering::Relaxed);
         self.forwards_refused.store(counts.forwards_refused, Ordering::Relaxed);
+        self.relays_across.store(counts.relays_across, Ordering::Relaxed);
     }
 
     /// Publish this node's traversal counters and the coordinator's renewals.
@@ -187,6 +191,7 @@ impl NatMetrics {
                 malformed: load(&self.rejected_malformed),
                 forwards_received: load(&self.forwards_received),
                 forwards_refused: load(&self.forwards_refused),
+                relays_across: load(&self.relays_across),
             },
             time_to_direct: self.time_to_direct.lock().ok().and_then(|h| h.clone()),
             first_byte: self.first_byte.lock().ok().and_then(|h| h.clone()),

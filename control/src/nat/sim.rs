@@ -406,6 +406,7 @@ impl World {
                 CoordinatorAction::Registered { .. }
                 | CoordinatorAction::Unregistered { .. }
                 | CoordinatorAction::Forward { .. }
+                | CoordinatorAction::RelayAcross { .. }
                 | CoordinatorAction::Forwarded { .. } => {}
             }
         }
@@ -449,6 +450,8 @@ impl World {
             }
             TraversalAction::SetPathDirect { alias, address } => node.direct_paths.push((alias, address)),
             TraversalAction::RemovePath { alias } => node.removed_paths.push(alias),
+            // One bootstrap: no RELAY_AT names another.
+            TraversalAction::VisitBootstrap { .. } => {}
             TraversalAction::SprayOpen { token, sockets } => {
                 let first = node.next_socket;
                 node.next_socket += Socket::from(sockets);

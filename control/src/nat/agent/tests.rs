@@ -464,3 +464,5 @@ fn a_pinned_bootstrap_is_opened_with_its_peer_id_and_a_wrong_one_is_named() {
     let status = &agent.status().bootstraps[0];
     assert!(!status.wrong_peer && status.last_error.is_none());
 }
+
+mod across;

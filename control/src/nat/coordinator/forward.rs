@@ -120,6 +120,13 @@ impl Coordinator {
                     let punch =
                         Message::PunchMeNow { round, request, peer, role, flags, start_in_ms, token, candidates };
                     self.send(entry.session, punch);
+                    // Where a direct path is uncertain, the requester is sent to the target's
+                    // bootstrap for the relay at once, as one bootstrap grants it with the punch
+                    // (docs/nat-traversal.md, "Connect at once").
+                    let (requester_mapping, target_mapping) = candidate::flag_mappings(flags);
+                    if self.config.relay_at_once && candidate::direct_uncertain(requester_mapping, target_mapping) {
+                        self.relay_across(entry.session, request, entry.target);
+                    }
                 }
             }
             Message::Error { code, reason, .. } => {

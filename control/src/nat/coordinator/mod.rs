@@ -20,6 +20,7 @@ use super::message::{Candidate, CandidateKind, ErrorCode, Message, Outcome, Punc
 use crate::PeerId;
 use relay::Relay;
 
+mod across;
 mod config;
 mod federation;
 mod forward;
@@ -93,6 +94,18 @@ pub enum CoordinatorAction {
         /// The peer the request is for.
         target: PeerId,
     },
+    /// The peer on `session` needs a relay to `target`, registered at another bootstrap (its
+    /// RELAY_REQUEST, or a forwarded connection request whose direct path is uncertain): find
+    /// that bootstrap and call [`Coordinator::relay_at`], or [`Coordinator::relay_across_failed`]
+    /// when it is not on the allow-list or unknown.
+    RelayAcross {
+        /// The requester's session.
+        session: SessionId,
+        /// The request the answer names.
+        request: u64,
+        /// The peer to relay to.
+        target: PeerId,
+    },
     /// A forwarded request was answered (`punched`: with a PUNCH_ME_NOW) or failed, `elapsed`
     /// after the requester asked.
     Forwarded {
@@ -141,6 +154,8 @@ pub struct CoordinatorStats {
     pub forwards_received: u64,
     /// FORWARD_CONNECTs refused: the sender is not on the allow-list.
     pub forwards_refused: u64,
+    /// Relays handed across: RELAY_ATs sent, naming the target's bootstrap.
+    pub relays_across: u64,
 }
 
 /// A small deterministic generator (splitmix64) for tokens, channels and request numbers.
@@ -416,6 +431,7 @@ impl Coordinator {
             Message::ObservedAddress { .. }
             | Message::PunchMeNow { .. }
             | Message::RelayGrant { .. }
+            | Message::RelayAt { .. }
             | Message::Error { .. }
             | Message::Reregister { .. }
             | Message::OtherAddress { .. } => {
@@ -735,6 +751,7 @@ fn request_of(message: &Message) -> u64 {
         | Message::Report { request, .. }
         | Message::PunchMeNow { request, .. }
         | Message::RelayGrant { request, .. }
+        | Message::RelayAt { request, .. }
         | Message::Error { request, .. } => *request,
         Message::ObservedAddress { .. }
         | Message::AddAddress { .. }

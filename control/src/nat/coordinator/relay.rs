@@ -24,6 +24,11 @@ pub(super) struct Relay {
 impl Coordinator {
     pub(super) fn relay_request(&mut self, now: Instant, session: SessionId, request: u64, target: PeerId) {
         let Some(requester) = self.registered_peer(session, request) else { return };
+        if target != requester && self.current_session(target).is_none() && self.forwards() {
+            // The relay is asked where the target is registered (docs/federation.md).
+            self.relay_across(session, request, target);
+            return;
+        }
         let Some(target_session) = self.current_session(target).filter(|_| target != requester) else {
             self.send_error(session, request, ErrorCode::UnknownPeer, "the target peer is not registered here");
             return;

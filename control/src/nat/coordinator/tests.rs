@@ -742,4 +742,5 @@ fn registrations_are_announced_on_register_move_candidates_and_leave_only() {
     assert!(announced(&drain(&mut quiet)).is_empty());
 }
 
+mod across;
 mod forward;

@@ -23,6 +23,17 @@ pub(super) enum Phase {
     ConnectingRelayed { relay: SocketAddr },
 }
 
+/// An attempt's relay asked at its target's bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Visit {
+    /// The target's bootstrap, as RELAY_AT named it.
+    pub(super) bootstrap: PeerId,
+    /// The signalling session registered there, once the driver reports it.
+    pub(super) session: Option<SessionId>,
+    /// The RELAY_REQUEST sent there (0 before).
+    pub(super) request: u64,
+}
+
 #[derive(Debug)]
 pub(super) struct Attempt {
     pub(super) peer: PeerId,
@@ -40,6 +51,8 @@ pub(super) struct Attempt {
     pub(super) order: Vec<SessionId>,
     /// The addresses of the bootstraps asked so far, the current one last.
     pub(super) tried: Vec<SocketAddr>,
+    /// The relay asked at the target's bootstrap (after RELAY_AT).
+    pub(super) visit: Option<Visit>,
 }
 
 impl Traversal {
@@ -67,6 +80,7 @@ impl Traversal {
                 upgrade,
                 order: Vec::new(),
                 tried,
+                visit: None,
             },
         );
         self.signal(session, Message::ConnectRequest { request, target });
@@ -82,12 +96,19 @@ impl Traversal {
             return;
         }
         let (session, peer) = (state.session, state.peer);
+        let deadline = now + self.config.answer_timeout;
+        if state.visit.is_some() {
+            // The relay is being asked at the target's bootstrap already: wait for its grant.
+            if let Some(state) = self.attempts.get_mut(&attempt) {
+                state.phase = Phase::AwaitingRelay { deadline };
+            }
+            return;
+        }
         if !self.config.relay_fallback || !self.bootstraps.contains_key(&session) {
             self.fail(now, attempt, why.to_owned());
             return;
         }
         let request = self.fresh_request();
-        let deadline = now + self.config.answer_timeout;
         if let Some(state) = self.attempts.get_mut(&attempt) {
             state.request = request;
             state.phase = Phase::AwaitingRelay { deadline };
@@ -119,6 +140,7 @@ impl Traversal {
         let Some(state) = self.attempts.get_mut(&attempt) else { return };
         let (previous, peer) = (std::mem::replace(&mut state.phase, Phase::AwaitingPunch { deadline }), state.peer);
         state.session = next;
+        state.visit = None;
         state.request = request;
         state.connect_request = request;
         state.tried.push(to);

@@ -132,6 +132,18 @@ pub enum TraversalAction {
         /// Where the bridge leads (reported as the connection's remote address).
         remote: SocketAddr,
     },
+    /// Connect to bootstrap `bootstrap` at `address`, which must prove that peer ID, and
+    /// register there (a RELAY_AT for `attempt`); then call
+    /// [`Traversal::visit_ready`](super::Traversal::visit_ready) with its session, or
+    /// [`Traversal::visit_failed`](super::Traversal::visit_failed).
+    VisitBootstrap {
+        /// The attempt whose relay is asked there.
+        attempt: AttemptId,
+        /// The bootstrap's peer ID.
+        bootstrap: PeerId,
+        /// Where to reach it.
+        address: SocketAddr,
+    },
     /// Route `alias` to the bridge of round `token` from now on (it leads to `address`): the
     /// relayed connection migrates to the sprayed path.
     SetPathBridged {

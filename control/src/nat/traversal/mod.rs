@@ -45,6 +45,7 @@ use upgrade::Upgrade;
 
 pub use events::{TraversalAction, TraversalEvent};
 
+mod across;
 mod attempt;
 mod candidates;
 mod discovery;
@@ -228,6 +229,7 @@ impl Traversal {
         for attempt in stranded {
             self.fail_over(now, attempt, "the bootstrap connection was lost");
         }
+        self.visits_lost(now, session);
         let lost: Vec<PeerId> = self
             .relay_paths
             .iter()
@@ -263,6 +265,13 @@ impl Traversal {
                 Phase::AwaitingPunch { .. } => again.push(Message::ConnectRequest { request, target }),
                 Phase::AwaitingRelay { .. } => again.push(Message::RelayRequest { request, target }),
                 _ => {}
+            }
+        }
+        for attempt in self.attempts.values_mut() {
+            let Some(visit) = attempt.visit.as_mut().filter(|v| v.session == Some(old)) else { continue };
+            visit.session = Some(new);
+            if !matches!(attempt.phase, Phase::ConnectingRelayed { .. } | Phase::ConnectingDirect { .. }) {
+                again.push(Message::RelayRequest { request: visit.request, target: attempt.peer });
             }
         }
         for message in again {
@@ -362,6 +371,14 @@ impl Traversal {
             }
             Message::RelayGrant { request, peer, channel, lifetime_s, .. } => {
                 self.relay_grant(now, session, request, peer, channel, lifetime_s);
+            }
+            Message::RelayAt { request, target, bootstrap, address } => {
+                self.relay_at(now, session, request, target, (bootstrap, address));
+            }
+            Message::Error { request, code, reason } if self.visit_waiting_for(session, request).is_some() => {
+                if let Some(id) = self.visit_waiting_for(session, request) {
+                    self.visit_failed(now, id, &format!("{}: {reason}", code_name(code)));
+                }
             }
             Message::Error { request, code, reason } => {
                 let attempt = self.attempt_waiting_for(session, request).filter(|id| {

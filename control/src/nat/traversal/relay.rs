@@ -45,7 +45,9 @@ impl Traversal {
         let lifetime = Duration::from_secs(u64::from(lifetime_s));
         // Asked for after a punch that found nothing, or granted at once with the punch (the
         // bootstrap found a direct path uncertain): either way the connection goes through it now.
-        let waiting = self.attempt_waiting_for(session, request).filter(|id| {
+        // The grant of a relay asked at the target's bootstrap comes from there (RELAY_AT).
+        let asked = self.attempt_waiting_for(session, request).or_else(|| self.visit_waiting_for(session, request));
+        let waiting = asked.filter(|id| {
             self.attempts.get(id).is_some_and(|a| {
                 a.peer == peer
                     && (matches!(a.phase, Phase::AwaitingRelay { .. })

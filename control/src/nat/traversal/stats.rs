@@ -29,4 +29,8 @@ pub struct TraversalStats {
     pub spray_wins: u64,
     /// Two-sided rounds (both sides behind endpoint-dependent mapping) that guessed.
     pub birthday_rounds: u64,
+    /// RELAY_ATs followed: the relay asked at the target's bootstrap.
+    pub relay_at_followed: u64,
+    /// RELAY_ATs that answered no request of ours (ignored).
+    pub relay_at_ignored: u64,
 }

@@ -927,3 +927,5 @@ fn symmetric_pairs_move_to_a_direct_path_by_guessing_from_both_sides() {
     assert!(w.nodes[0].direct_paths.is_empty());
     assert_eq!(w.nodes[0].traversal.stats().guesses_sent, 0);
 }
+
+mod across;

@@ -46,6 +46,12 @@ pub mod forward_connect {
     pub const COUNT: usize = 79;
     pub const CANDIDATES: usize = 80;
 }
+pub mod relay_at {
+    pub const REQUEST: std::ops::Range<usize> = super::LEADING;
+    pub const TARGET: std::ops::Range<usize> = 10..42;
+    pub const BOOTSTRAP: std::ops::Range<usize> = 42..74;
+    pub const ADDRESS: usize = 74;
+}
 pub mod relay_grant {
     pub const REQUEST: std::ops::Range<usize> = super::LEADING;
     pub const PEER: std::ops::Range<usize> = 10..42;

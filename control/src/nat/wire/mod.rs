@@ -81,6 +81,8 @@ pub mod message_type {
     /// FORWARD_CONNECT (bootstrap to bootstrap: a connection request for a peer registered at
     /// the receiver).
     pub const FORWARD_CONNECT: u8 = 0x0c;
+    /// RELAY_AT (the relay for a peer registered at another bootstrap is asked there).
+    pub const RELAY_AT: u8 = 0x0d;
 }
 
 /// Shortest message: version and type, no body.
@@ -316,6 +318,7 @@ impl<T: AsRef<[u8]>> MessageView<T> {
             t::PUNCH_ME_NOW => candidate_list_end(buf, field::punch_me_now::COUNT),
             t::FORWARD_CONNECT => candidate_list_end(buf, field::forward_connect::COUNT),
             t::RELAY_GRANT => Ok(field::relay_grant::LEN),
+            t::RELAY_AT => Ok(field::relay_at::ADDRESS + address_len_at(buf, field::relay_at::ADDRESS)?),
             t::ERROR => {
                 let reason_len = *buf.get(field::error::REASON_LEN).ok_or(WireError::Truncated)?;
                 Ok(field::error::REASON + usize::from(reason_len))
@@ -348,13 +351,15 @@ impl<T: AsRef<[u8]>> MessageView<T> {
     }
 
     /// The request number of a message type that carries one (CONNECT_REQUEST, PUNCH_ME_NOW,
-    /// RELAY_REQUEST, RELAY_GRANT, ERROR, REPORT), if its bytes are there. Readable on an
-    /// unchecked view, so that a receiver can answer a malformed request with an ERROR that
+    /// RELAY_REQUEST, RELAY_GRANT, RELAY_AT, ERROR, REPORT, FORWARD_CONNECT), if its bytes are
+    /// there. Readable on an unchecked view, so that a receiver can answer a malformed request with an ERROR that
     /// names it.
     pub fn request(&self) -> Option<u64> {
         use message_type as t;
         let range = match self.message_type() {
-            t::CONNECT_REQUEST | t::RELAY_REQUEST | t::RELAY_GRANT | t::ERROR | t::REPORT => field::LEADING,
+            t::CONNECT_REQUEST | t::RELAY_REQUEST | t::RELAY_GRANT | t::RELAY_AT | t::ERROR | t::REPORT => {
+                field::LEADING
+            }
             t::PUNCH_ME_NOW => field::punch_me_now::REQUEST,
             t::FORWARD_CONNECT => field::forward_connect::REQUEST,
             _ => return None,
@@ -451,6 +456,15 @@ impl<T: AsRef<[u8]>> MessageView<T> {
                     lifetime_s: u32_at(buf, f::LIFETIME_S.start),
                     byte_limit: u64_at(buf, f::BYTE_LIMIT.start),
                     rate_limit: u32_at(buf, f::RATE_LIMIT.start),
+                }
+            }
+            t::RELAY_AT => {
+                use field::relay_at as f;
+                Message::RelayAt {
+                    request: u64_at(buf, f::REQUEST.start),
+                    target: self.peer_at(f::TARGET),
+                    bootstrap: self.peer_at(f::BOOTSTRAP),
+                    address: address_at(buf, f::ADDRESS)?,
                 }
             }
             t::ERROR => {
@@ -551,6 +565,7 @@ impl Message {
             Message::Reregister { .. } => t::REREGISTER,
             Message::OtherAddress { .. } => t::OTHER_ADDRESS,
             Message::ForwardConnect { .. } => t::FORWARD_CONNECT,
+            Message::RelayAt { .. } => t::RELAY_AT,
         }
     }
 
@@ -570,6 +585,7 @@ impl Message {
                     + emitted_candidates(candidates).iter().map(candidate_len).sum::<usize>()
             }
             Message::RelayGrant { .. } => field::relay_grant::LEN,
+            Message::RelayAt { address, .. } => field::relay_at::ADDRESS + address_len(address),
             Message::Error { reason, .. } => field::error::REASON + emitted_reason(reason).len(),
             Message::Report { .. } => field::report::LEN,
             Message::Reregister { .. } => field::reregister::LEN,
@@ -626,6 +642,12 @@ impl Message {
                 out.extend_from_slice(&lifetime_s.to_be_bytes());
                 out.extend_from_slice(&byte_limit.to_be_bytes());
                 out.extend_from_slice(&rate_limit.to_be_bytes());
+            }
+            Message::RelayAt { request, target, bootstrap, address } => {
+                out.extend_from_slice(&request.to_be_bytes());
+                out.extend_from_slice(&target.0);
+                out.extend_from_slice(&bootstrap.0);
+                emit_address(out, address);
             }
             Message::Error { request, code, reason } => {
                 let reason = emitted_reason(reason);

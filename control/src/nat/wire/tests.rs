@@ -106,6 +106,9 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|((request, requester, target, flags, delay_ms), candidates)| {
                 Message::ForwardConnect { request, requester, target, flags, delay_ms, candidates }
             }),
+        (any::<u64>(), peer_id(), peer_id(), socket_addr()).prop_map(|(request, target, bootstrap, address)| {
+            Message::RelayAt { request, target, bootstrap, address }
+        }),
     ]
 }
 
@@ -242,6 +245,15 @@ fn known_encodings() -> Vec<(Message, Vec<u8>)> {
                 &[1, 0, 0, 0, 100, 4, 198, 51, 100, 7, 0x0f, 0xa0],
             ]),
         ),
+        (
+            Message::RelayAt {
+                request: 9,
+                target: PeerId([0xaa; 32]),
+                bootstrap: PeerId([0xbb; 32]),
+                address: "203.0.113.1:9000".parse().unwrap(),
+            },
+            cat(&[&[1, 0x0d], &[0, 0, 0, 0, 0, 0, 0, 9], &[0xaa; 32], &[0xbb; 32], &[4, 203, 0, 113, 1, 0x23, 0x28]]),
+        ),
     ]
 }
 
@@ -250,7 +262,7 @@ fn known_encodings_of_every_type() {
     let known = known_encodings();
     let mut types: Vec<u8> = known.iter().map(|(m, _)| m.message_type()).collect();
     types.dedup();
-    assert_eq!(types, (1..=12).collect::<Vec<u8>>(), "one vector per type, in type order");
+    assert_eq!(types, (1..=13).collect::<Vec<u8>>(), "one vector per type, in type order");
     for (message, bytes) in known {
         assert_eq!(encode(&message), bytes, "emit {message:?}");
         assert_eq!(message.encoded_len(), bytes.len(), "encoded_len {message:?}");
@@ -304,7 +316,8 @@ fn refusals_name_what_is_wrong() {
     assert_eq!(Message::parse(&[1]), Err(WireError::Truncated));
     assert_eq!(Message::parse(&[2, 3, 0, 0, 0, 0, 0, 0, 0, 0]), Err(WireError::UnknownVersion(2)));
     assert_eq!(Message::parse(&[1, 0]), Err(WireError::UnknownType(0)));
-    assert_eq!(Message::parse(&[1, 0x0d]), Err(WireError::UnknownType(0x0d)));
+    assert_eq!(Message::parse(&[1, 0x0e]), Err(WireError::UnknownType(0x0e)));
+    assert_eq!(Message::parse(&[1, 0x0d]), Err(WireError::Truncated), "RELAY_AT without a body");
     assert_eq!(Message::parse(&[1, 0x0c]), Err(WireError::Truncated), "FORWARD_CONNECT without a body");
     assert_eq!(Message::parse(&[1, 0x0b]), Err(WireError::Truncated), "OTHER_ADDRESS without an address");
     assert_eq!(Message::parse(&vec![1; MAX_MESSAGE + 1]), Err(WireError::TooLong));
@@ -312,6 +325,11 @@ fn refusals_name_what_is_wrong() {
     let mut bad_family = known(t::OBSERVED_ADDRESS);
     bad_family[10] = 5;
     assert_eq!(Message::parse(&bad_family), Err(WireError::BadAddressFamily(5)));
+
+    let mut relay_at_family = known(t::RELAY_AT);
+    relay_at_family[74] = 5;
+    assert_eq!(Message::parse(&relay_at_family), Err(WireError::BadAddressFamily(5)));
+    assert_eq!(MessageView::new_unchecked(&relay_at_family).request(), Some(9), "still answerable");
 
     let mut bad_kind = known(t::ADD_ADDRESS);
     bad_kind[10] = 4;

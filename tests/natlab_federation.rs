@@ -152,11 +152,16 @@ fn a_peer_behind_a_symmetric_nat_is_relayed_to_one_registered_only_at_another_bo
     ensure!(report.at("first_path")?.text()? == "relayed" && report.at("path")?.text()? == "relayed", "{report}");
     ensure!(report.at("remote")?.text()? == B1, "relayed through b1, the target's bootstrap: {report}");
 
-    let metrics = |node| admin_get(&lab, &dir, node, 9000, "/metrics").map(|(_, body)| body);
-    let across = sample(&metrics("b2")?, "nat_relays_across_total");
-    ensure!(across.is_some_and(|n| n >= 1.0), "b2 counted no relay handed across: {across:?}");
-    let granted = sample(&metrics("b1")?, "nat_relay_grants_total");
-    ensure!(granted.is_some_and(|n| n >= 1.0), "b1 granted no relay: {granted:?}");
+    // The NAT driver's counters reach /metrics within a second: poll for them.
+    let limit = Duration::from_secs(5);
+    until(&lab, &dir, ("b2", 9000, "/metrics"), limit, |_, body| {
+        sample(body, "nat_relays_across_total").is_some_and(|n| n >= 1.0)
+    })
+    .context("b2 counted no relay handed across")?;
+    until(&lab, &dir, ("b1", 9000, "/metrics"), limit, |_, body| {
+        sample(body, "nat_relay_grants_total").is_some_and(|n| n >= 1.0)
+    })
+    .context("b1 granted no relay")?;
     eprintln!(
         "relayed across bootstraps: first byte {} ms, {} bytes verified, {:.1} s for the connect command, \
          {:.1} s in all",

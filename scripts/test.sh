@@ -116,7 +116,7 @@ step "the async API's tokio AsyncRead/AsyncWrite (feature tokio; the rest of tes
 cargo test --profile ci -p ant-quic --features tokio --test async_api -- tokio_io_traits
 
 step "bootstraps sharing a peer registry on etcd (feature etcd; docs/federation.md)"
-# Only this test binary: it is the only one the feature changes (about 10 s with 3 etcd members).
+# Only the test binaries the feature changes (federation: about 25 s with 3 etcd members).
 cargo test --profile ci -p ant-quic --features etcd --test federation
 # The etcd load benchmark's phases run and add up (a smoke with 6 peers, not a measurement), with
 # the binary the test above built (feature etcd), before another step rebuilds it.

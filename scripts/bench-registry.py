@@ -12,7 +12,10 @@ then, in phases:
 4. propagation: SAMPLES peers register at B1 one after another; the time from B1 listing it
    (`/registry/peers/ID`) to B2 listing it, polled every millisecond;
 5. connects: CONNECTS `--connect PEER_ID` through B2 to peers registered at B1 (forwarded
-   across); what etcd did per connect (lookups come from the watch-fed cache: nothing).
+   across); what etcd did per connect (lookups come from the watch-fed cache: nothing);
+6. capacity: CACHED synthetic peer entries (what a bootstrap writes, two candidates each) put
+   straight into etcd (its JSON gateway, 128 per transaction); the growth of each bootstrap's
+   resident memory per cached peer and of etcd's database per entry.
 
 etcd's own counters are read from its /metrics (mvcc puts and deletes on one member, as every
 member applies every write; gRPC requests, WAL fsyncs and bytes summed over the members), CPU
@@ -21,12 +24,14 @@ stderr; `--quick` is the smoke test `scripts/test.sh` runs (a few peers, a few s
 that the phases run and that the counts add up, it measures nothing).
 
 Usage: scripts/bench-registry.py [--bin PATH] [--peers N] [--idle S] [--churn S] [--rate R]
-       [--samples N] [--connects N] [--quick]
+       [--samples N] [--connects N] [--cached N] [--quick]
 Without --bin it builds `cargo build --release -p ant-quic --features etcd --bin ant-quic`.
 Sends traffic only to 127.0.0.1; every process it starts is killed when it ends.
 """
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import platform
@@ -244,10 +249,12 @@ def main():
     parser.add_argument("--rate", type=float, default=5.0, help="departures (and registrations) per second")
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--connects", type=int, default=10)
+    parser.add_argument("--cached", type=int, default=100_000, help="synthetic entries for the capacity phase")
     parser.add_argument("--quick", action="store_true", help="smoke test: 6 peers, 3 s phases")
     args = parser.parse_args()
     if args.quick:
         args.peers, args.idle, args.churn, args.rate, args.samples, args.connects = 6, 3.0, 3.0, 2.0, 3, 1
+        args.cached = 1000
     if shutil.which("etcd") is None:
         sys.exit("bench-registry: etcd is not installed (Debian: apt-get install etcd-server)")
     binary = args.bin
@@ -409,7 +416,54 @@ def run(args, binary, base, procs):
     report["connect_ms"] = connect_ms
     report["forwards"] = b2.metric("nat_forwards_total")[1]
     log(f"connects: {len(connect_ms)}")
+
+    # 6. capacity
+    report["capacity"] = capacity(etcd, bootstraps, args.cached)
+    log(f"capacity: {args.cached} entries cached")
     return report
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def capacity(etcd, bootstraps, count):
+    """Synthetic entries of `count` peers at a bootstrap that is not running: every running
+    bootstrap caches them all (what a federation of 1 M peers asks of each bootstrap)."""
+    global_of = lambda b: b.health().get("registry", {}).get("global", -1)
+    before = {"rss": [rss_bytes(b.process.pid) for b in bootstraps], "global": [global_of(b) for b in bootstraps],
+              "etcd": etcd.snapshot()}
+    encode = lambda text: base64.b64encode(text.encode()).decode()
+    elsewhere = hashlib.sha256(b"a bootstrap that is not running").hexdigest()
+    started = time.monotonic()
+    for first in range(0, count, 128):
+        ops = []
+        for i in range(first, min(count, first + 128)):
+            peer = hashlib.sha256(f"synthetic peer {i}".encode()).hexdigest()
+            value = {"peer": peer, "bootstrap": elsewhere, "bootstrap_address": "198.51.100.1:9000",
+                     "observed": f"203.0.113.{i % 250 + 1}:{1024 + i % 60000}",
+                     "candidates": [f"203.0.113.{i % 250 + 1}:{1024 + i % 60000}", f"10.{i % 250}.0.2:9000"]}
+            ops.append({"requestPut": {"key": encode(f"/ant-quic/peers/{peer}"), "value": encode(json.dumps(value))}})
+        request = urllib.request.Request(f"http://127.0.0.1:{etcd.clients[0]}/v3/kv/txn",
+                                         data=json.dumps({"success": ops}).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+    written = time.monotonic() - started
+    wanted = [g + count for g in before["global"]]
+    wait_for("the bootstraps cached every synthetic entry",
+             lambda: all(global_of(b) >= w for b, w in zip(bootstraps, wanted)), 120)
+    cached = time.monotonic() - started
+    time.sleep(2)
+    after_rss = [rss_bytes(b.process.pid) for b in bootstraps]
+    after = etcd.snapshot()
+    return {"count": count, "written_s": written, "cached_s": cached,
+            "rss_per_peer": [(a - b) / count for a, b in zip(after_rss, before["rss"])],
+            "db_per_entry": (after["db_bytes"] - before["etcd"]["db_bytes"]) / count,
+            "bytes_in_per_entry": (after["bytes_in"] - before["etcd"]["bytes_in"]) / count}
 
 
 def grpc_text(grpc):
@@ -457,6 +511,11 @@ def print_report(args, r, commit, load_before, load_after):
     if r["connect_ms"]:
         print(f"Connect across bootstraps (B2 forwarding to B1): median {statistics.median(r['connect_ms']):.1f} ms "
               f"over {len(r['connect_ms'])}; B2's forwards: {r['forwards']}.")
+    c = r["capacity"]
+    print(f"Capacity: {c['count']} synthetic entries written in {c['written_s']:.1f} s, cached by both bootstraps "
+          f"{c['cached_s']:.1f} s after the first; each bootstrap's resident memory grew by "
+          f"{' and '.join(f'{x:.0f}' for x in c['rss_per_peer'])} bytes per cached peer, etcd's database in use by "
+          f"{c['db_per_entry']:.0f} bytes per entry ({c['bytes_in_per_entry']:.0f} bytes of gRPC in).")
     print(f"Bootstraps' own count of their writes during the churn: {churn['bootstrap_writes']:.0f} "
           f"({per(churn['bootstrap_writes'], cycles):.2f} per cycle). etcd at the end: {churn['keys']:.0f} keys, "
           f"{churn['db_bytes'] / 1024:.0f} KiB in use.")

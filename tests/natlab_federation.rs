@@ -8,6 +8,9 @@
 //!
 //! Asserted: the bytes arrive with their SHA-256 verified, over the relay from the first byte
 //! to the end, through b1; b2 counts the relay it handed across, b1 the allocation it granted.
+//! Then a pair the NATs let punch (port-restricted pr2 → pr1, the target registered only at b1,
+//! the requester knowing only b2) connects directly across the bootstraps, SHA-256 verified, and
+//! through b1 alone for the connect time's baseline.
 //! Two-sided guessing (`[nat] two_sided_rate`) is off for the peers, so that the connection stays
 //! on the relay it starts on (the guessing is `tests/natlab.rs`'s).
 //!
@@ -90,7 +93,7 @@ fn bootstrap(lab: &Lab, dir: &TempDir, node: &str, listen: &str, other: &str) ->
 }
 
 #[test]
-fn a_peer_behind_a_symmetric_nat_is_relayed_to_one_registered_only_at_another_bootstrap() -> Result<()> {
+fn across_bootstraps_behind_nats_a_symmetric_pair_is_relayed_and_a_punchable_pair_direct() -> Result<()> {
     if !can_run()? || !require(etcd_here(), "etcd (Debian: apt-get install etcd-server)")? {
         return Ok(());
     }
@@ -163,14 +166,41 @@ fn a_peer_behind_a_symmetric_nat_is_relayed_to_one_registered_only_at_another_bo
     })
     .context("b1 granted no relay")?;
     eprintln!(
-        "relayed across bootstraps: first byte {} ms, {} bytes verified, {:.1} s for the connect command, \
-         {:.1} s in all",
+        "relayed across bootstraps: first byte {} ms, {} bytes verified, {:.1} s for the connect command",
         report.at("first_byte_ms")?,
         BYTES,
         took.as_secs_f64(),
+    );
+
+    // Where the NATs allow a hole, across is direct: R' behind pr2 knowing only b2 reaches T'
+    // behind pr1 registered only at b1 (b2 forwards the request, b1 has both punch). Through b1
+    // alone, the same pair is the baseline of the connect time.
+    let mut cmd = lab.exec("pr1", NODE_BIN);
+    cmd.args(["--cores", "1", "--bootstrap", &format!("{id1}@{B1}"), "--data-dir"]).arg(dir.path().join("t-pr1"));
+    let punched_target = NodeProcess::start(&mut cmd, &dir.subdir("t-pr1-logs")?)?;
+    let record = format!("/registry/peers/{}", punched_target.peer_id);
+    until(&lab, &dir, ("b2", 9000, &record), Duration::from_secs(20), seen_from_b1)?;
+    let connect_from_pr2 = |name: &str, bootstrap: String| -> Result<serde_json::Value> {
+        let mut cmd = lab.exec("pr2", NODE_BIN);
+        cmd.args(["--cores", "1", "--bootstrap", &bootstrap, "--connect", &punched_target.peer_id, "--json"])
+            .args(["--send-bytes", &BYTES.to_string(), "--timeout", "20", "--data-dir"])
+            .arg(dir.path().join(name));
+        let out = run(name, &mut cmd, dir.path(), Duration::from_secs(40))?;
+        ensure!(out.status.success(), "pr2 → pr1 ({name}) failed: {}", describe(&out));
+        let report = parse_report("--connect", &out)?;
+        ensure!(report.at("verified")?.flag()? && report.at("bytes")?.num()? == BYTES as f64, "{report}");
+        ensure!(report.at("path")?.text()? == "direct", "pr2 → pr1 ({name}) not direct: {report}");
+        Ok(report)
+    };
+    let across = connect_from_pr2("across", format!("{id2}@{B2}"))?;
+    let through_one = connect_from_pr2("through-b1", format!("{id1}@{B1}"))?;
+    eprintln!(
+        "punched across bootstraps: connect {} ms; the same pair through b1 alone: {} ms; {:.1} s in all",
+        across.at("connect_ms")?,
+        through_one.at("connect_ms")?,
         started.elapsed().as_secs_f64()
     );
-    drop((target, b2, b1, etcd));
+    drop((punched_target, target, b2, b1, etcd));
     drop(lab);
     dir.passed();
     Ok(())

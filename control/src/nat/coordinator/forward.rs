@@ -10,9 +10,10 @@
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
+use super::punch::PunchEnd;
 use super::{millis_rounded, Coordinator, CoordinatorAction, SessionId, Timer};
 use crate::nat::candidate::{self, Mapping};
-use crate::nat::message::{Candidate, ErrorCode, Message, PunchRole, MAX_CANDIDATES};
+use crate::nat::message::{Candidate, ErrorCode, Message, MAX_CANDIDATES};
 use crate::PeerId;
 
 /// A CONNECT_REQUEST sent on to another bootstrap, waiting for its answer.
@@ -180,37 +181,27 @@ impl Coordinator {
         let to_requester = rtt_of(session) / 2 + Duration::from_millis(u64::from(delay_ms)).min(cap / 2);
         let to_target = rtt_of(target_session) / 2;
         let d = to_requester.max(to_target) + self.config.punch_margin;
-        let round = self.next_round;
-        self.next_round = self.next_round.wrapping_add(1);
-        let token = self.random.token();
+        let round = self.next_round();
         let (mapping_requester, _) = candidate::flag_mappings(flags);
-        let mapping_target = self.mapping_of(target, now);
         let mut candidates: Vec<Candidate> =
             candidates.into_iter().filter(|c| super::acceptable(c).is_ok()).take(MAX_CANDIDATES).collect();
         candidates.dedup_by_key(|c| c.address);
-        let to_link = Message::PunchMeNow {
-            round,
-            request,
-            peer: target,
-            role: PunchRole::Initiator,
-            flags: candidate::punch_flags(mapping_requester, mapping_target),
-            start_in_ms: millis_rounded(d.saturating_sub(to_requester)),
-            token,
-            candidates: self.candidates_of(target, now),
-        };
-        let to_target_message = Message::PunchMeNow {
-            round,
-            request: 0,
+        // The requester's PUNCH_ME_NOW goes out on the link, which passes it on.
+        let initiator = PunchEnd {
             peer: requester,
-            role: PunchRole::Responder,
-            flags: candidate::punch_flags(mapping_target, mapping_requester),
-            start_in_ms: millis_rounded(d.saturating_sub(to_target)),
-            token,
+            session,
+            mapping: mapping_requester,
+            start_in_ms: millis_rounded(d.saturating_sub(to_requester)),
             candidates,
         };
-        self.send(session, to_link);
-        self.send(target_session, to_target_message);
-        self.stats.punches_coordinated += 1;
+        let responder = PunchEnd {
+            peer: target,
+            session: target_session,
+            mapping: self.mapping_of(target, now),
+            start_in_ms: millis_rounded(d.saturating_sub(to_target)),
+            candidates: self.candidates_of(target, now),
+        };
+        self.send_punch_round(round, request, initiator, responder);
         self.stats.forwards_received += 1;
     }
 }

@@ -16,14 +16,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::candidate::{self, Mapping};
-use super::message::{Candidate, CandidateKind, ErrorCode, Message, Outcome, PunchRole, MAX_CANDIDATES};
+use super::message::{Candidate, CandidateKind, ErrorCode, Message, Outcome, MAX_CANDIDATES};
 use crate::PeerId;
+use punch::PunchEnd;
 use relay::Relay;
 
 mod across;
 mod config;
 mod federation;
 mod forward;
+mod punch;
 mod relay;
 
 pub use config::CoordinatorConfig;
@@ -670,9 +672,7 @@ impl Coordinator {
         let d = rtt_a.max(rtt_b) / 2 + self.config.punch_margin;
         let start_a = millis_rounded(d.saturating_sub(rtt_a / 2));
         let start_b = millis_rounded(d.saturating_sub(rtt_b / 2));
-        let round = self.next_round;
-        self.next_round = self.next_round.wrapping_add(1);
-        let token = self.random.token();
+        let (round, token) = self.next_round();
         // Who is behind endpoint-dependent mapping decides whether the round sprays
         // (docs/nat-traversal.md, "Many-probe rounds").
         let (mapping_a, mapping_b) = (self.mapping_of(requester, now), self.mapping_of(target, now));
@@ -686,30 +686,23 @@ impl Coordinator {
                 Err(reason) => tracing::debug!(%requester, %target, reason, "no relay at once: punching only"),
             }
         }
-        let to_a = Message::PunchMeNow {
-            round,
-            request,
-            peer: target,
-            role: PunchRole::Initiator,
-            flags: candidate::punch_flags(mapping_a, mapping_b),
-            start_in_ms: start_a,
-            token,
-            candidates: self.candidates_of(target, now),
-        };
-        let to_b = Message::PunchMeNow {
-            round,
-            request: 0,
+        let initiator = PunchEnd {
             peer: requester,
-            role: PunchRole::Responder,
-            flags: candidate::punch_flags(mapping_b, mapping_a),
-            start_in_ms: start_b,
-            token,
+            session,
+            mapping: mapping_a,
+            start_in_ms: start_a,
             candidates: self.candidates_of(requester, now),
         };
-        self.send(session, to_a);
-        self.send(target_session, to_b);
-        self.stats.punches_coordinated += 1;
+        let responder = PunchEnd {
+            peer: target,
+            session: target_session,
+            mapping: mapping_b,
+            start_in_ms: start_b,
+            candidates: self.candidates_of(target, now),
+        };
+        self.send_punch_round((round, token), request, initiator, responder);
     }
+
     fn send(&mut self, session: SessionId, message: Message) {
         self.actions.push_back(CoordinatorAction::Send { session, message });
     }

@@ -1,6 +1,7 @@
 //! The coordinator's tests.
 
 use super::*;
+use crate::nat::message::PunchRole;
 
 const A: PeerId = PeerId([0xaa; 32]);
 const B: PeerId = PeerId([0xbb; 32]);

@@ -22,5 +22,6 @@ pub fn run(bytes: u64, upload: bool, backend: Option<&str>, cores: usize) -> Res
         kx: None,
         mtu: Some(report.mtu),
         backend: Some(report.backend),
+        cpu_seconds: None,
     })
 }

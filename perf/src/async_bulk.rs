@@ -91,6 +91,7 @@ pub fn run(bytes: u64, upload: bool, workers: usize) -> Result<BulkResult> {
         kx: None,
         mtu: Some(outcome.mtu),
         backend: Some(format!("endpoint, tokio {workers} worker")),
+        cpu_seconds: None,
     })
 }
 

@@ -63,6 +63,8 @@ impl Api {
 
 const DIRECTIONS: [&str; 2] = ["download", "upload"];
 
+const GIB: f64 = (1u64 << 30) as f64;
+
 #[derive(Debug, Serialize)]
 struct BulkRun {
     seq: usize,
@@ -238,20 +240,35 @@ fn markdown(r: &Report) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| direction | API | median Gbit/s | min–max Gbit/s | runs ok | async / callback | async / quinn | MTU |"
+        "| direction | API | median Gbit/s | min–max Gbit/s | runs ok | async / callback | async / quinn | \
+         median CPU s per GiB | CPU: callback / async | CPU: quinn / async | MTU |"
     );
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for direction in DIRECTIONS {
         let of = |api: Api| {
             figures(r.bulk.iter().filter(|b| b.direction == direction && b.api == api).map(|b| &b.result), |x| x.gbps)
         };
         let (asy, cb, qn) = (of(Api::Async), of(Api::Callback), of(Api::Quinn));
         let asy_median = median(&asy.0);
+        // CPU seconds per GiB moved, of the runs that report it.
+        let cpu_of = |api: Api| {
+            let runs = r.bulk.iter().filter(|b| b.direction == direction && b.api == api);
+            let per_gib = runs
+                .filter_map(|b| b.result.as_ref())
+                .filter_map(|x| x.cpu_seconds.filter(|_| x.bytes > 0).map(|cpu| cpu / (x.bytes as f64 / GIB)));
+            median(&sorted(per_gib))
+        };
+        let asy_cpu = cpu_of(Api::Async);
         for (api, (v, total)) in [(Api::Async, &asy), (Api::Callback, &cb), (Api::Quinn, &qn)] {
-            let (vs_callback, vs_quinn) = match api {
-                Api::Async => (ratio(asy_median, median(&cb.0)), ratio(asy_median, median(&qn.0))),
-                Api::Callback => ("1 (baseline)".to_owned(), "—".to_owned()),
-                Api::Quinn => ("—".to_owned(), "1 (baseline)".to_owned()),
+            let (vs_callback, vs_quinn, cpu_vs_callback, cpu_vs_quinn) = match api {
+                Api::Async => (
+                    ratio(asy_median, median(&cb.0)),
+                    ratio(asy_median, median(&qn.0)),
+                    ratio(cpu_of(Api::Callback), asy_cpu),
+                    ratio(cpu_of(Api::Quinn), asy_cpu),
+                ),
+                Api::Callback => ("1 (baseline)".to_owned(), "—".to_owned(), "1 (baseline)".to_owned(), "—".to_owned()),
+                Api::Quinn => ("—".to_owned(), "1 (baseline)".to_owned(), "—".to_owned(), "1 (baseline)".to_owned()),
             };
             let mtu = r
                 .bulk
@@ -261,11 +278,13 @@ fn markdown(r: &Report) -> String {
                 .map_or_else(|| "—".to_owned(), |m| m.to_string());
             let _ = writeln!(
                 s,
-                "| {direction} | {} | {} | {} | {}/{total} | {vs_callback} | {vs_quinn} | {mtu} |",
+                "| {direction} | {} | {} | {} | {}/{total} | {vs_callback} | {vs_quinn} | {} | {cpu_vs_callback} | \
+                 {cpu_vs_quinn} | {mtu} |",
                 api.name(),
                 fmt_opt(median(v), 2),
                 spread(v, 2),
                 v.len(),
+                fmt_opt(cpu_of(api), 2),
             );
         }
     }
@@ -305,7 +324,10 @@ fn markdown(r: &Report) -> String {
     let _ = writeln!(s);
     for b in &r.bulk {
         let figure = match (&b.result, &b.error) {
-            (Some(x), _) => format!("{:.3} Gbit/s", x.gbps),
+            (Some(x), _) => match x.cpu_seconds {
+                Some(cpu) => format!("{:.3} Gbit/s, {cpu:.2} s CPU", x.gbps),
+                None => format!("{:.3} Gbit/s", x.gbps),
+            },
             (None, e) => format!("failed: {}", e.as_deref().unwrap_or("")),
         };
         let _ = writeln!(s, "{}. {} {} pair {}: {figure}", b.seq, b.direction, b.api.name(), b.pair);

@@ -549,6 +549,7 @@ mod tests {
             kx: None,
             mtu: Some(1452),
             backend: None,
+            cpu_seconds: None,
         }
     }
 

@@ -44,6 +44,10 @@ pub struct BulkResult {
     /// The I/O backend, when the implementation has a choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// CPU seconds (user + system, every thread) the whole process spent, setup included:
+    /// the figure a busy host disturbs less than the rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 impl BulkResult {

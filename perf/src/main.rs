@@ -172,21 +172,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `result` with the CPU time this process has spent so far.
+fn with_cpu(result: harness::BulkResult) -> harness::BulkResult {
+    harness::BulkResult { cpu_seconds: harness::cpu_seconds(std::process::id()), ..result }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::QuinnBulk { bytes, upload, pin } => {
-            let r = quinn_bulk::run(bytes, upload, pin)?;
+            let r = with_cpu(quinn_bulk::run(bytes, upload, pin)?);
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::AntQuicBulk { bytes, upload, backend, cores } => {
-            let r = ant_bulk::run(bytes, upload, backend.as_deref(), cores)?;
+            let r = with_cpu(ant_bulk::run(bytes, upload, backend.as_deref(), cores)?);
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::AsyncBulk { bytes, upload, workers } => {
             if bytes == 0 || workers == 0 {
                 anyhow::bail!("--bytes and --workers must be at least 1");
             }
-            let r = async_bulk::run(bytes, upload, workers)?;
+            let r = with_cpu(async_bulk::run(bytes, upload, workers)?);
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::RpcLatency(args) => {

@@ -67,6 +67,7 @@ pub fn run(bytes: u64, upload: bool, pin: bool) -> Result<BulkResult> {
         kx: Some(kx),
         mtu: Some(client.mtu),
         backend: Some(if pin { "quinn-udp, pinned" } else { "quinn-udp" }.into()),
+        cpu_seconds: None,
     })
 }
 

@@ -327,7 +327,10 @@ fn after(conn: &mut ConnRef<'_>, entry: &mut ConnEntry) {
         conn.close(VarInt::from_u32(0), b"");
         close_locally(&entry.shared);
     }
-    if entry.shared.streams_dropped.swap(false, Ordering::AcqRel) {
+    // Looked at before it is cleared: a swap on every touch would write the shared line.
+    if entry.shared.streams_dropped.load(Ordering::Acquire)
+        && entry.shared.streams_dropped.swap(false, Ordering::AcqRel)
+    {
         entry.sweep = true;
         for stream in entry.streams.values_mut() {
             drop_handled(conn, stream);
@@ -488,27 +491,31 @@ fn pump_read(conn: &mut ConnRef<'_>, entry: &mut StreamEntry) {
         shared.read_waker.wake();
         return;
     };
+    // All read now goes over as one batch: one queue slot, one count of `buffered`.
+    let mut batch = Vec::new();
+    let mut taken = 0;
+    let mut room = STREAM_BUDGET.saturating_sub(shared.buffered.load(Ordering::SeqCst));
     let mut progress = false;
     loop {
-        let room = STREAM_BUDGET.saturating_sub(shared.buffered.load(Ordering::SeqCst));
-        if room == 0 || shared.chunks.is_full() {
+        if room == 0 || shared.batches.is_full() {
+            progress |= publish(&shared, &mut batch, &mut taken);
             // The task nudges us (ReadMore) when it sees the flag; look again in case it made
             // room before the flag was up.
             shared.read_paused.store(true, Ordering::SeqCst);
-            let room = STREAM_BUDGET.saturating_sub(shared.buffered.load(Ordering::SeqCst));
-            if room > 0 && !shared.chunks.is_full() && shared.read_paused.swap(false, Ordering::SeqCst) {
+            room = STREAM_BUDGET.saturating_sub(shared.buffered.load(Ordering::SeqCst));
+            if room > 0 && !shared.batches.is_full() && shared.read_paused.swap(false, Ordering::SeqCst) {
                 continue;
             }
             break;
         }
         match chunks.next(room) {
             Ok(Some(chunk)) => {
-                shared.buffered.fetch_add(chunk.bytes.len(), Ordering::SeqCst);
-                // One producer, checked not full above.
-                let _ = shared.chunks.push(chunk.bytes);
-                progress = true;
+                room = room.saturating_sub(chunk.bytes.len());
+                taken += chunk.bytes.len();
+                batch.push(chunk.bytes);
             }
             Ok(None) => {
+                publish(&shared, &mut batch, &mut taken);
                 shared.fin.store(true, Ordering::Release);
                 entry.recv_open = false;
                 progress = true;
@@ -516,17 +523,32 @@ fn pump_read(conn: &mut ConnRef<'_>, entry: &mut StreamEntry) {
             }
             Err(ReadError::Blocked) => break,
             Err(ReadError::Reset(code)) => {
+                // What came before the reset is queued before the reader can see the reset.
+                progress |= publish(&shared, &mut batch, &mut taken);
                 shared.set_reset(code);
                 entry.recv_open = false;
                 break;
             }
         }
     }
+    progress |= publish(&shared, &mut batch, &mut taken);
     // Finalizing tells QUIC to send the peer new flow-control credit.
     let _ = chunks.finalize();
     if progress {
         shared.read_waker.wake();
     }
+}
+
+/// Queue `batch` (`taken` bytes) for the task, counted in `buffered` before the task can see
+/// it; false when there was nothing to queue.
+fn publish(shared: &StreamShared, batch: &mut Vec<Bytes>, taken: &mut usize) -> bool {
+    if batch.is_empty() {
+        return false;
+    }
+    shared.buffered.fetch_add(std::mem::take(taken), Ordering::SeqCst);
+    // One producer, and the queue had room when the batch was started: this cannot fail.
+    let _ = shared.batches.push(std::mem::take(batch));
+    true
 }
 
 impl Application<Command> for Bridge {

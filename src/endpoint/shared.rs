@@ -19,10 +19,11 @@ use crate::identity::PeerId;
 /// Bytes of one stream that may sit between a task and its core in each direction: written by
 /// the task and not yet taken by QUIC, or read by the core and not yet by the task.
 pub const STREAM_BUDGET: usize = 256 * 1024;
-/// Chunks of received data queued per stream (each at most [`STREAM_BUDGET`] bytes in all).
-/// A chunk is usually one packet's STREAM frame (about 1.2 KB): 256 of them hold the whole
-/// budget, so the byte budget, not the count, is what pauses the core.
-const STREAM_CHUNKS: usize = 256;
+/// Batches of received data queued per stream, at most [`STREAM_BUDGET`] bytes in all. A batch
+/// is what the core read of the stream at one time (its chunks are usually one packet's STREAM
+/// frame each, about 1.2 KB): one queue slot and one count of `buffered` per batch, not per
+/// packet, so task and core touch shared cache lines once per batch.
+const STREAM_BATCHES: usize = 64;
 /// The reader asks a paused core for more once this much of the budget is free again (half):
 /// one request per half budget, not one per chunk read.
 pub(crate) const READ_RESUME_BELOW: usize = STREAM_BUDGET / 2;
@@ -193,13 +194,13 @@ impl ConnShared {
 #[derive(Debug)]
 pub(crate) struct StreamShared {
     pub(crate) id: StreamId,
-    // Receiving: the core pushes chunks while `buffered` stays within the budget.
-    pub(crate) chunks: ArrayQueue<Bytes>,
+    // Receiving: the core pushes batches of chunks while `buffered` stays within the budget.
+    pub(crate) batches: ArrayQueue<Vec<Bytes>>,
     /// Bytes read from QUIC by the core and not yet consumed by the task.
     pub(crate) buffered: AtomicUsize,
     /// The core stopped reading at the budget: the task asks for more when it has made room.
     pub(crate) read_paused: AtomicBool,
-    /// The core queued the last chunk: the peer finished the stream.
+    /// The core queued the last batch: the peer finished the stream.
     pub(crate) fin: AtomicBool,
     pub(crate) reset_code: AtomicU64,
     pub(crate) read_waker: AtomicWaker,
@@ -218,7 +219,7 @@ impl StreamShared {
     pub(crate) fn new(id: StreamId) -> Self {
         Self {
             id,
-            chunks: ArrayQueue::new(STREAM_CHUNKS),
+            batches: ArrayQueue::new(STREAM_BATCHES),
             buffered: AtomicUsize::new(0),
             read_paused: AtomicBool::new(false),
             fin: AtomicBool::new(false),

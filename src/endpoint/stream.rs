@@ -12,6 +12,9 @@ use bytes::Bytes;
 use super::bridge::Command;
 use super::handle::ConnHandle;
 use super::shared::{StreamShared, READ_RESUME_BELOW, STREAM_BUDGET};
+
+/// A reader gives back budget at least every this many bytes it took, within a large batch.
+const RELEASE_EVERY: usize = 32 * 1024;
 use super::Error;
 
 /// The sending half of a stream. Dropping it finishes the stream (what was written is still
@@ -217,8 +220,13 @@ impl tokio::io::AsyncWrite for SendStream {
 pub struct RecvStream {
     conn: Arc<ConnHandle>,
     stream: Arc<StreamShared>,
-    /// Taken from the queue, not yet all copied out; counted in `stream.buffered` until it is.
+    /// The batch taken from the queue, its chunks not yet handed out.
+    batch: std::vec::IntoIter<Bytes>,
+    /// The chunk being handed out.
     current: Bytes,
+    /// Bytes handed out and not yet taken off `stream.buffered` (done once per batch or
+    /// [`RELEASE_EVERY`] bytes, not per chunk).
+    unreported: usize,
     /// The end was read, or we stopped: nothing more comes.
     done: bool,
     /// We stopped the stream: reading it is an error.
@@ -229,7 +237,16 @@ pub struct RecvStream {
 
 impl RecvStream {
     pub(crate) fn new(conn: Arc<ConnHandle>, stream: Arc<StreamShared>) -> Self {
-        Self { conn, stream, current: Bytes::new(), done: false, stopped: false, nudge_owed: false }
+        Self {
+            conn,
+            stream,
+            batch: Vec::new().into_iter(),
+            current: Bytes::new(),
+            unreported: 0,
+            done: false,
+            stopped: false,
+            nudge_owed: false,
+        }
     }
 
     /// The stream's QUIC ID.
@@ -283,12 +300,16 @@ impl RecvStream {
         Ok(())
     }
 
-    /// `consumed` bytes left the budget: tell a core that stopped reading at the budget, once
-    /// half of it is free (the core looks again itself before it pauses, so none is missed).
-    fn consumed(&mut self, consumed: usize) {
-        let left = self.stream.buffered.fetch_sub(consumed, Ordering::SeqCst).saturating_sub(consumed);
+    /// What was handed out leaves the budget: tell a core that stopped reading at the budget,
+    /// once half of it is free (the core looks again itself before it pauses, so none is missed).
+    fn release(&mut self) {
+        let consumed = std::mem::take(&mut self.unreported);
+        let left = match consumed {
+            0 => self.stream.buffered.load(Ordering::SeqCst),
+            _ => self.stream.buffered.fetch_sub(consumed, Ordering::SeqCst).saturating_sub(consumed),
+        };
         if left <= READ_RESUME_BELOW
-            && self.stream.chunks.len() <= self.stream.chunks.capacity() / 2
+            && self.stream.batches.len() <= self.stream.batches.capacity() / 2
             && self.stream.read_paused.load(Ordering::SeqCst)
             && self.stream.read_paused.swap(false, Ordering::SeqCst)
         {
@@ -300,12 +321,46 @@ impl RecvStream {
         }
     }
 
-    fn poll_read_inner(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<usize, Error>> {
-        let chunk = std::task::ready!(self.poll_chunk(cx, buf.len()))?.unwrap_or_default();
-        if let Some(out) = buf.get_mut(..chunk.len()) {
-            out.copy_from_slice(&chunk);
+    /// The next chunk already here; everything handed out before is released first when a new
+    /// batch is taken, so nothing is held back when this finds none.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.batch.find(|chunk| !chunk.is_empty()) {
+                return Some(chunk);
+            }
+            self.release();
+            self.batch = self.stream.batches.pop()?.into_iter();
         }
-        Poll::Ready(Ok(chunk.len()))
+    }
+
+    /// At most `max` (> 0) bytes already here, without waiting.
+    fn take_ready(&mut self, max: usize) -> Option<Bytes> {
+        if self.current.is_empty() {
+            self.current = self.next_chunk()?;
+        }
+        let chunk = self.current.split_to(max.min(self.current.len()));
+        self.unreported += chunk.len();
+        if self.unreported >= RELEASE_EVERY {
+            self.release();
+        }
+        Some(chunk)
+    }
+
+    /// Fill `buf` with what is here, waiting only while nothing is.
+    fn poll_read_inner(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<usize, Error>> {
+        let first = std::task::ready!(self.poll_chunk(cx, buf.len()))?.unwrap_or_default();
+        let mut filled = first.len();
+        if let Some(out) = buf.get_mut(..filled) {
+            out.copy_from_slice(&first);
+        }
+        while filled > 0 && filled < buf.len() {
+            let Some(chunk) = self.take_ready(buf.len() - filled) else { break };
+            if let Some(out) = buf.get_mut(filled..filled + chunk.len()) {
+                out.copy_from_slice(&chunk);
+            }
+            filled += chunk.len();
+        }
+        Poll::Ready(Ok(filled))
     }
 
     /// The next at most `max` bytes (at least one for `max` > 0), or `None` at the end.
@@ -314,29 +369,22 @@ impl RecvStream {
             return Poll::Ready(Err(Error::ClosedStream));
         }
         if self.nudge_owed {
-            self.consumed(0);
+            self.release();
         }
         if max == 0 {
             return Poll::Ready(Ok(Some(Bytes::new())));
         }
         for attempt in 0..2 {
-            if self.current.is_empty() {
-                if let Some(chunk) = self.stream.chunks.pop() {
-                    self.current = chunk;
-                }
-            }
-            if !self.current.is_empty() {
-                let chunk = self.current.split_to(max.min(self.current.len()));
-                self.consumed(chunk.len());
+            if let Some(chunk) = self.take_ready(max) {
                 return Poll::Ready(Ok(Some(chunk)));
             }
             if self.done {
                 return Poll::Ready(Ok(None));
             }
-            // Every chunk is queued before the end, the reset or the close is flagged: after
+            // Every batch is queued before the end, the reset or the close is flagged: after
             // seeing a flag, the queue is looked at once more.
             if self.stream.fin.load(Ordering::Acquire) {
-                if self.stream.chunks.is_empty() {
+                if self.stream.batches.is_empty() {
                     self.done = true;
                     return Poll::Ready(Ok(None));
                 }
@@ -346,7 +394,7 @@ impl RecvStream {
                 return Poll::Ready(Err(Error::Reset(code)));
             }
             if let Some(error) = self.conn.shared.error() {
-                if self.stream.chunks.is_empty() {
+                if self.stream.batches.is_empty() {
                     return Poll::Ready(Err(error));
                 }
                 continue;

@@ -39,14 +39,14 @@
 //!
 //! # Memory and backpressure
 //!
-//! Between a task and its core, each stream holds at most [`STREAM_BUDGET`] (256 KiB) in each
+//! Between a task and its core, each stream holds at most [`STREAM_BUDGET`] (1 MiB) in each
 //! direction. Sending, a `write` takes bytes only while fewer than the budget wait for the core to
 //! hand them to QUIC; QUIC takes them only within the peer's flow-control credit, so a peer that
 //! does not read stalls the writer: what a writer has had accepted never exceeds the peer's
 //! stream window plus the two budgets (ours sending, the peer's receiving). Receiving, the core
 //! reads from QUIC only while fewer than the budget wait for the task; the rest stays in QUIC,
 //! whose receive window (quinn-proto's default, 1.25 MB per stream) stalls the peer. Per stream,
-//! then: at most 2 × 256 KiB here plus QUIC's own send buffer and receive window.
+//! then: at most 2 × 1 MiB here plus QUIC's own send buffer and receive window.
 //!
 //! # Cancellation
 //!

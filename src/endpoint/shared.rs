@@ -18,7 +18,7 @@ use crate::identity::PeerId;
 
 /// Bytes of one stream that may sit between a task and its core in each direction: written by
 /// the task and not yet taken by QUIC, or read by the core and not yet by the task.
-pub const STREAM_BUDGET: usize = 256 * 1024;
+pub const STREAM_BUDGET: usize = 1024 * 1024;
 /// Batches of received data queued per stream, at most [`STREAM_BUDGET`] bytes in all. A batch
 /// is what the core read of the stream at one time (its chunks are usually one packet's STREAM
 /// frame each, about 1.2 KB): one queue slot and one count of `buffered` per batch, not per

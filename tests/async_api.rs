@@ -531,8 +531,10 @@ fn dropped_connect_and_open_futures_are_undone() {
         assert!(idle.await, "connections whose connect future was dropped stay open");
         let (conn, accepted) = connected(&server, &client).await;
 
+        // An open may also complete at its first poll (a stream the core opened ahead):
+        // dropping what it returned ends that stream as an abandoned open's is ended.
         for _ in 0..10 {
-            assert!(poll_once(conn.open_bi()).await.is_none());
+            drop(poll_once(conn.open_bi()).await);
         }
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send.write_all(b"real").await.unwrap();

@@ -99,6 +99,9 @@ struct ConnEntry {
     opens: VecDeque<(bool, Arc<StreamReply>)>,
     /// A stream may have ended without being removed: look through them all once.
     sweep: bool,
+    /// Keep streams opened ahead in `shared.ready_bi` / `ready_uni`: a task opened one of that
+    /// direction (connections whose tasks never open streams cost nothing).
+    ready: [bool; 2],
 }
 
 /// The per-core application of an endpoint (see the module documentation of [`super`]).
@@ -139,6 +142,7 @@ impl Bridge {
                 backlog: VecDeque::new(),
                 opens: VecDeque::new(),
                 sweep: false,
+                ready: [false; 2],
             },
         );
         self.endpoint.live.fetch_add(1, Ordering::SeqCst);
@@ -184,6 +188,8 @@ impl Bridge {
                 self.with(conns, &conn, |conn, entry| {
                     entry.opens.push_back((bi, reply));
                     open_waiting(conn, entry);
+                    entry.ready[usize::from(bi)] = true;
+                    open_ready(conn, entry);
                 });
             }
             Command::Write { conn, stream, data } => self.with_stream(conns, &conn, &stream, |conn, entry| {
@@ -336,6 +342,9 @@ fn after(conn: &mut ConnRef<'_>, entry: &mut ConnEntry) {
             drop_handled(conn, stream);
         }
     }
+    if entry.shared.ready_taken.load(Ordering::Acquire) && entry.shared.ready_taken.swap(false, Ordering::AcqRel) {
+        open_ready(conn, entry);
+    }
     // Only when a stream may have ended on a path that did not remove it: never per write.
     if std::mem::take(&mut entry.sweep) {
         entry.streams.retain(|_, stream| !stream.done());
@@ -376,14 +385,23 @@ fn open_waiting(conn: &mut ConnRef<'_>, entry: &mut ConnEntry) {
         return;
     }
     while let Some((bi, reply)) = entry.opens.pop_front() {
-        let opened = if bi { conn.open_bi() } else { conn.open_uni() };
-        let Some(id) = opened else {
-            entry.opens.push_front((bi, reply));
-            return;
+        // A stream opened ahead first: a task never gets a stream with a higher ID than one
+        // left waiting, which the peer would then see opened and never written.
+        let ready = if bi { &entry.shared.ready_bi } else { &entry.shared.ready_uni };
+        let (id, shared) = match ready.pop() {
+            Some(shared) => (shared.id, shared),
+            None => {
+                let opened = if bi { conn.open_bi() } else { conn.open_uni() };
+                let Some(id) = opened else {
+                    entry.opens.push_front((bi, reply));
+                    return;
+                };
+                let stream = StreamEntry::new(id, true, bi, true);
+                let shared = Arc::clone(&stream.shared);
+                entry.streams.insert(id, stream);
+                (id, shared)
+            }
         };
-        let stream = StreamEntry::new(id, true, bi, true);
-        let shared = Arc::clone(&stream.shared);
-        entry.streams.insert(id, stream);
         if reply.put(Ok(shared)).is_some() {
             // The task gave up waiting: end the stream before anything was sent on it.
             if let Some(stream) = entry.streams.get_mut(&id) {
@@ -392,6 +410,28 @@ fn open_waiting(conn: &mut ConnRef<'_>, entry: &mut ConnEntry) {
                 stop_receiving(conn, stream, VarInt::from_u32(0));
                 entry.sweep = true;
             }
+        }
+    }
+}
+
+/// Top up the streams opened ahead, after every waiting `Open`, as far as the peer's stream
+/// credit goes. Only here are streams opened ahead, and only while none is waiting in
+/// `open_waiting`'s sense: every stream in the pool has a higher ID than every stream handed out.
+fn open_ready(conn: &mut ConnRef<'_>, entry: &mut ConnEntry) {
+    if !entry.opens.is_empty() || entry.shared.error().is_some() {
+        return;
+    }
+    for bi in [true, false] {
+        if !entry.ready[usize::from(bi)] {
+            continue;
+        }
+        let ready = if bi { &entry.shared.ready_bi } else { &entry.shared.ready_uni };
+        while !ready.is_full() {
+            let Some(id) = (if bi { conn.open_bi() } else { conn.open_uni() }) else { break };
+            let stream = StreamEntry::new(id, true, bi, true);
+            // One producer, checked not full.
+            let _ = ready.push(Arc::clone(&stream.shared));
+            entry.streams.insert(id, stream);
         }
     }
 }
@@ -624,7 +664,10 @@ impl Application<Command> for Bridge {
     }
 
     fn on_streams_available(&mut self, conn: &mut ConnRef<'_>) {
-        self.on_conn(conn, open_waiting);
+        self.on_conn(conn, |conn, entry| {
+            open_waiting(conn, entry);
+            open_ready(conn, entry);
+        });
     }
 
     fn on_datagram(&mut self, conn: &mut ConnRef<'_>) {

@@ -101,6 +101,11 @@ impl Connection {
         if let Some(error) = self.shared().error() {
             return Err(error);
         }
+        let ready = if bi { &self.shared().ready_bi } else { &self.shared().ready_uni };
+        if let Some(stream) = ready.pop() {
+            self.shared().ready_taken.store(true, Ordering::Release);
+            return Ok(stream);
+        }
         let conn = Arc::clone(&self.handle.shared);
         let command = |reply: Arc<StreamReply>| Command::Open { conn: Arc::clone(&conn), bi, reply };
         let handle = Arc::clone(&self.handle);

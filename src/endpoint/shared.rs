@@ -30,6 +30,9 @@ pub(crate) const READ_RESUME_BELOW: usize = STREAM_BUDGET / 2;
 /// Streams the peer opened that wait for `accept_bi`/`accept_uni`, per direction; past it the
 /// core leaves new streams unread in QUIC, where they hold the peer's stream credit.
 pub(crate) const ACCEPT_BACKLOG: usize = 64;
+/// Streams of each direction the core keeps opened ahead for `open_bi`/`open_uni`, once a task
+/// of the connection has opened one of that direction.
+pub(crate) const READY_STREAMS: usize = 2;
 /// Unreliable datagrams received and not yet taken; the oldest goes first when full.
 const DATAGRAM_BACKLOG: usize = 64;
 /// No code: the stream was not reset or stopped.
@@ -151,6 +154,13 @@ pub(crate) struct ConnShared {
     pub(crate) accept_bi: ArrayQueue<std::sync::Arc<StreamShared>>,
     pub(crate) accept_uni: ArrayQueue<std::sync::Arc<StreamShared>>,
     pub(crate) datagrams: ArrayQueue<Bytes>,
+    /// Streams the core opened ahead, within the peer's stream credit, for `open_bi` and
+    /// `open_uni` to take without a round trip to the core. As with any opened stream, the
+    /// peer learns of one only when something is sent on it.
+    pub(crate) ready_bi: ArrayQueue<std::sync::Arc<StreamShared>>,
+    pub(crate) ready_uni: ArrayQueue<std::sync::Arc<StreamShared>>,
+    /// A task took a ready stream: the core opens another when it next touches the connection.
+    pub(crate) ready_taken: AtomicBool,
     /// A new stream, a datagram or the close.
     pub(crate) waiters: WakerList,
     /// The core left peer-opened streams unread because the accept queue was full.
@@ -176,6 +186,9 @@ impl ConnShared {
             accept_bi: ArrayQueue::new(ACCEPT_BACKLOG),
             accept_uni: ArrayQueue::new(ACCEPT_BACKLOG),
             datagrams: ArrayQueue::new(DATAGRAM_BACKLOG),
+            ready_bi: ArrayQueue::new(READY_STREAMS),
+            ready_uni: ArrayQueue::new(READY_STREAMS),
+            ready_taken: AtomicBool::new(false),
             waiters: WakerList::default(),
             accept_paused: AtomicBool::new(false),
             dropped: AtomicBool::new(false),

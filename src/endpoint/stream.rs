@@ -12,10 +12,10 @@ use bytes::Bytes;
 use super::bridge::Command;
 use super::handle::ConnHandle;
 use super::shared::{StreamShared, READ_RESUME_BELOW, STREAM_BUDGET};
+use super::Error;
 
 /// A reader gives back budget at least every this many bytes it took, within a large batch.
 const RELEASE_EVERY: usize = 32 * 1024;
-use super::Error;
 
 /// The sending half of a stream. Dropping it finishes the stream (what was written is still
 /// delivered); [`SendStream::reset`] abandons it instead.

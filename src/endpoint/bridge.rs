@@ -387,21 +387,11 @@ fn open_waiting(conn: &mut ConnRef<'_>, entry: &mut ConnEntry) {
     while let Some((bi, reply)) = entry.opens.pop_front() {
         // A stream opened ahead first: a task never gets a stream with a higher ID than one
         // left waiting, which the peer would then see opened and never written.
-        let ready = if bi { &entry.shared.ready_bi } else { &entry.shared.ready_uni };
-        let (id, shared) = match ready.pop() {
-            Some(shared) => (shared.id, shared),
-            None => {
-                let opened = if bi { conn.open_bi() } else { conn.open_uni() };
-                let Some(id) = opened else {
-                    entry.opens.push_front((bi, reply));
-                    return;
-                };
-                let stream = StreamEntry::new(id, true, bi, true);
-                let shared = Arc::clone(&stream.shared);
-                entry.streams.insert(id, stream);
-                (id, shared)
-            }
+        let Some(shared) = entry.shared.ready(bi).pop().or_else(|| open_stream(conn, entry, bi)) else {
+            entry.opens.push_front((bi, reply));
+            return;
         };
+        let id = shared.id;
         if reply.put(Ok(shared)).is_some() {
             // The task gave up waiting: end the stream before anything was sent on it.
             if let Some(stream) = entry.streams.get_mut(&id) {
@@ -425,15 +415,22 @@ fn open_ready(conn: &mut ConnRef<'_>, entry: &mut ConnEntry) {
         if !entry.ready[usize::from(bi)] {
             continue;
         }
-        let ready = if bi { &entry.shared.ready_bi } else { &entry.shared.ready_uni };
-        while !ready.is_full() {
-            let Some(id) = (if bi { conn.open_bi() } else { conn.open_uni() }) else { break };
-            let stream = StreamEntry::new(id, true, bi, true);
+        while !entry.shared.ready(bi).is_full() {
+            let Some(stream) = open_stream(conn, entry, bi) else { break };
             // One producer, checked not full.
-            let _ = ready.push(Arc::clone(&stream.shared));
-            entry.streams.insert(id, stream);
+            let _ = entry.shared.ready(bi).push(stream);
         }
     }
+}
+
+/// Open a stream of ours in QUIC and take it into the connection's entry, as a task's; `None`
+/// without the peer's stream credit.
+fn open_stream(conn: &mut ConnRef<'_>, entry: &mut ConnEntry, bi: bool) -> Option<Arc<StreamShared>> {
+    let id = if bi { conn.open_bi() } else { conn.open_uni() }?;
+    let stream = StreamEntry::new(id, true, bi, true);
+    let shared = Arc::clone(&stream.shared);
+    entry.streams.insert(id, stream);
+    Some(shared)
 }
 
 /// Move backlogged peer-opened streams into the accept queues while they have room.

@@ -101,8 +101,7 @@ impl Connection {
         if let Some(error) = self.shared().error() {
             return Err(error);
         }
-        let ready = if bi { &self.shared().ready_bi } else { &self.shared().ready_uni };
-        if let Some(stream) = ready.pop() {
+        if let Some(stream) = self.shared().ready(bi).pop() {
             self.shared().ready_taken.store(true, Ordering::Release);
             return Ok(stream);
         }

@@ -197,6 +197,15 @@ impl ConnShared {
         }
     }
 
+    /// The streams opened ahead of one direction (bidirectional when `bi`).
+    pub(crate) fn ready(&self, bi: bool) -> &ArrayQueue<std::sync::Arc<StreamShared>> {
+        if bi {
+            &self.ready_bi
+        } else {
+            &self.ready_uni
+        }
+    }
+
     /// The error every operation on the connection returns once it has ended.
     pub(crate) fn error(&self) -> Option<Error> {
         self.closed.get().cloned()

@@ -121,6 +121,12 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Error> {
     }
     let mut transport = quinn_proto::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
+    // The user's --timeout, not QUIC's default 30 s, bounds how long a handshake may keep
+    // probing: under heavy loss both sides back off, and the probe that gets through can come
+    // after 30 s. Zero would mean "never" to QUIC, so it waits at least a second.
+    let patience = quinn_proto::IdleTimeout::try_from(Duration::from_secs(args.timeout.max(1)))
+        .map_err(|_| Error::Invalid(format!("--timeout {} is too large", args.timeout)))?;
+    transport.max_idle_timeout(Some(patience));
     request.config.transport_config(Arc::new(transport));
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut results = Vec::new();

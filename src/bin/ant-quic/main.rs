@@ -225,7 +225,8 @@ struct GetArgs {
     /// With --backend af-xdp, an address of the interface to attach to.
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_bind)]
     bind: Option<SocketAddr>,
-    /// Give up after this many seconds.
+    /// Give up after this many seconds. A handshake keeps trying until then, and so may a
+    /// connection that hears nothing (QUIC's idle timeout, the smaller of this and the server's).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
     /// Split the URLs, in order, over this many connections made one after another; each after

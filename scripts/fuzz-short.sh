@@ -64,7 +64,7 @@ if ! cargo install --list --root "$TOOLS" 2>/dev/null | grep -qx "cargo-fuzz v$F
     && ! cargo fuzz --version >/dev/null 2>&1; then
     [ "$install" = 1 ] || fail "cargo-fuzz missing: cargo install cargo-fuzz (or pass --install)"
     echo "==> installing cargo-fuzz $FUZZ_VERSION into $TOOLS (once)"
-    cargo install cargo-fuzz --locked --version "$FUZZ_VERSION" --root "$TOOLS" >&2 \
+    bash ../scripts/install-tool.sh cargo-fuzz "$FUZZ_VERSION" >&2 \
         || fail "cargo install cargo-fuzz failed"
 fi
 # The default toolchain (what the rest of CI builds with), or TOOLCHAIN through rustup.

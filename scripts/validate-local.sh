@@ -57,7 +57,7 @@ clippy_policy() {
 # Install cargo subcommand $1 at version $2 into $TOOLS unless it is there.
 tool() {
     if ! cargo install --list --root "$TOOLS" 2>/dev/null | grep -qx "$1 v$2:"; then
-        check "installing $1 $2 into $TOOLS (once)" cargo install "$1" --locked --version "$2" --root "$TOOLS"
+        check "installing $1 $2 into $TOOLS (once)" bash scripts/install-tool.sh "$1" "$2"
     fi
 }
 

@@ -21,7 +21,7 @@ set -euo pipefail
 script="$(realpath "${BASH_SOURCE[0]}")"
 cd "$(dirname "$script")/.."
 
-# cargo-fuzz, pinned, installed once next to cargo-deny (scripts/validate-local.sh).
+# cargo-fuzz, pinned, installed once next to cargo-deny (scripts/install-tool.sh).
 FUZZ_VERSION=0.13.2
 TOOLS="$(realpath -m "${CARGO_TARGET_DIR:-target}")/tools"
 export PATH="$TOOLS/bin:$PATH"
@@ -60,12 +60,11 @@ if [ "$list" = 1 ]; then
     exit 0
 fi
 
-if ! cargo install --list --root "$TOOLS" 2>/dev/null | grep -qx "cargo-fuzz v$FUZZ_VERSION:" \
-    && ! cargo fuzz --version >/dev/null 2>&1; then
-    [ "$install" = 1 ] || fail "cargo-fuzz missing: cargo install cargo-fuzz (or pass --install)"
-    echo "==> installing cargo-fuzz $FUZZ_VERSION into $TOOLS (once)"
+if [ "$install" = 1 ]; then
     bash ../scripts/install-tool.sh cargo-fuzz "$FUZZ_VERSION" >&2 \
-        || fail "cargo install cargo-fuzz failed"
+        || fail "installing cargo-fuzz $FUZZ_VERSION failed (scripts/install-tool.sh; see above)"
+elif ! cargo fuzz --version >/dev/null 2>&1; then
+    fail "cargo-fuzz missing: pass --install (scripts/install-tool.sh cargo-fuzz $FUZZ_VERSION)"
 fi
 # The default toolchain (what the rest of CI builds with), or TOOLCHAIN through rustup.
 cargo=(cargo)

@@ -28,7 +28,9 @@ pub trait Application<M = ()> {
     fn on_zero_rtt(&mut self, _conn: &mut ConnRef<'_>) {}
     /// The peer opened a stream.
     fn on_stream_opened(&mut self, _conn: &mut ConnRef<'_>, _stream: StreamId) {}
-    /// Data (or the end of the stream) can be read from `stream`.
+    /// Data (or the end of the stream) can be read from `stream`. Called once per stream each
+    /// time the core drives the connection, however many packets of the batch it just read
+    /// carried the stream: read what you want now; the next call comes when more data arrives.
     fn on_readable(&mut self, _conn: &mut ConnRef<'_>, _stream: StreamId) {}
     /// `stream` can take more data after a write was blocked by flow control.
     fn on_writable(&mut self, _conn: &mut ConnRef<'_>, _stream: StreamId) {}

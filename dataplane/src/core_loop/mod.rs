@@ -13,7 +13,8 @@ use bytes::BytesMut;
 use crossbeam_channel::Sender;
 use crossbeam_queue::ArrayQueue;
 use quinn_proto::{
-    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent, Transmit,
+    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent, StreamId,
+    Transmit,
 };
 
 use crate::address::unmapped;
@@ -139,6 +140,8 @@ pub(crate) struct Core<B: Backend, M> {
     active: usize,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     dirty: Vec<usize>,
+    /// Streams of the connection being driven that `on_readable` was called for (up to 16).
+    readable_seen: Vec<StreamId>,
     received: Vec<(RecvMeta, BytesMut)>,
     /// Datagrams other threads asked this core to send (`NodeHandle::send_datagram`) that arrived while
     /// the socket applied back-pressure: sent, in order, once it takes data again.
@@ -191,6 +194,7 @@ impl<B: Backend, M> Core<B, M> {
             active: 0,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
+            readable_seen: Vec::new(),
             received: Vec::new(),
             deferred: std::collections::VecDeque::new(),
             wake_mask: vec![false; cores],
@@ -651,6 +655,7 @@ impl<B: Backend, M> Core<B, M> {
             }
         }
 
+        self.readable_seen.clear();
         while let Some(event) = state.conn.poll() {
             let mut conn = ConnRef { id, tag: state.tag, now, inner: &mut state.conn };
             match event {
@@ -683,10 +688,17 @@ impl<B: Backend, M> Core<B, M> {
                     while let Some(stream) = conn.inner.streams().accept(dir) {
                         self.app.on_stream_opened(&mut conn, stream);
                         // Data may already be waiting on a fresh stream.
+                        first_readable(&mut self.readable_seen, stream);
                         self.app.on_readable(&mut conn, stream);
                     }
                 }
-                Event::Stream(StreamEvent::Readable { id: stream }) => self.app.on_readable(&mut conn, stream),
+                // quinn-proto reports each STREAM frame, and every datagram of this turn was taken
+                // in before this drive: one call per stream sees them all (not ~100 per batch).
+                Event::Stream(StreamEvent::Readable { id: stream }) => {
+                    if first_readable(&mut self.readable_seen, stream) {
+                        self.app.on_readable(&mut conn, stream);
+                    }
+                }
                 Event::Stream(StreamEvent::Writable { id: stream }) => self.app.on_writable(&mut conn, stream),
                 Event::Stream(StreamEvent::Finished { id: stream }) => self.app.on_finished(&mut conn, stream),
                 Event::Stream(StreamEvent::Stopped { id: stream, error_code }) => {
@@ -770,4 +782,16 @@ impl<B: Backend, M> Core<B, M> {
             }
         }
     }
+}
+
+/// Records `stream` in `seen`; false when it was there already. A short list, not a set: streams
+/// past the 16th of one drive are not recorded, so they get every call, as before.
+fn first_readable(seen: &mut Vec<StreamId>, stream: StreamId) -> bool {
+    if seen.contains(&stream) {
+        return false;
+    }
+    if seen.len() < 16 {
+        seen.push(stream);
+    }
+    true
 }

@@ -29,7 +29,7 @@ use ant_quic_dataplane::stats::read;
 use ant_quic_dataplane::{
     Application, ConnId, ConnRef, ConnectRequest, Connections, MultiSocket, Node, NodeConfig, ReadOutcome,
 };
-use common::{tls, total, wait_for, DEADLINE};
+use common::{pattern, tls, total, wait_for, DEADLINE};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -38,11 +38,6 @@ fn config(cores: usize, steering: bool, server: Option<Arc<ServerConfig>>) -> No
     config.cores = Some(cores);
     config.cid_steering = steering;
     config
-}
-
-/// The byte at `offset` of an upload: not periodic over a packet, so misplaced data shows.
-fn pattern(offset: u64) -> u8 {
-    (offset % 251) as u8 ^ (offset >> 13) as u8
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,17 +16,12 @@ use std::sync::{mpsc, Arc};
 use ant_quic_dataplane::quinn_proto::StreamId;
 use ant_quic_dataplane::stats::read;
 use ant_quic_dataplane::{Application, ConnRef, ConnectRequest, Node, NodeConfig, ReadOutcome};
-use common::{tls, total, DEADLINE};
+use common::{pattern, tls, total, DEADLINE};
 
 /// Bytes per upload.
 const SIZE: u64 = 16 << 20;
 /// Uploads on the one connection, sent side by side.
 const STREAMS: usize = 2;
-
-/// The byte at `offset` of an upload: not periodic over a packet, so misplaced data shows.
-fn pattern(offset: u64) -> u8 {
-    (offset % 251) as u8 ^ (offset >> 13) as u8
-}
 
 /// Checks every byte of each stream; reports (bytes, bad bytes) of each at its end.
 struct Checker {

@@ -26,7 +26,7 @@ use ant_quic_dataplane::{
     Application, BackendKind, ConnId, ConnRef, ConnectRequest, Connections, ControlDatagram, Node, NodeConfig,
     NodeError, PathRoute, ReadOutcome, RelayAllocation, RELAY_HEADER_LEN, RELAY_MARKER,
 };
-use common::{tls, total, wait_for, DEADLINE};
+use common::{pattern, tls, total, wait_for, DEADLINE};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -177,11 +177,6 @@ fn relay_forwards_between_two_sockets_io_uring() {
 /// Bytes sent before the routes move, and after.
 const PHASE_BYTES: u64 = 3 << 20;
 const TOTAL_BYTES: u64 = 2 * PHASE_BYTES;
-
-/// The byte at `offset` of the transfer: not periodic over a packet, so misplaced data shows.
-fn pattern(offset: u64) -> u8 {
-    (offset % 251) as u8 ^ (offset >> 13) as u8
-}
 
 /// Releases the second half of the upload.
 struct SendRest;

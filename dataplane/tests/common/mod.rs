@@ -33,6 +33,11 @@ pub fn total(node: &NodeHandle, counter: impl Fn(&CoreStats) -> u64) -> u64 {
     node.all_stats().map(counter).sum()
 }
 
+/// The byte at `offset` of a test transfer: not periodic over a packet, so misplaced data shows.
+pub fn pattern(offset: u64) -> u8 {
+    (offset % 251) as u8 ^ (offset >> 13) as u8
+}
+
 /// Poll `done` until it holds; fail with `what` at the deadline.
 pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;

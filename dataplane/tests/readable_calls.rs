@@ -97,9 +97,8 @@ fn a_core_calls_on_readable_once_per_stream_and_batch_not_per_packet() {
     let (done_tx, done_rx) = mpsc::channel();
     let server_apps = {
         let calls = Arc::clone(&calls);
-        let done = std::sync::Mutex::new(done_tx);
         Arc::new(move |_core: usize| {
-            let done = done.lock().unwrap().clone();
+            let done = done_tx.clone();
             Box::new(Checker { streams: HashMap::new(), calls: Arc::clone(&calls), done }) as Box<dyn Application>
         })
     };

@@ -45,8 +45,11 @@ fn etcd_here() -> bool {
     Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `count` distinct free TCP ports on 127.0.0.1: every listener is held until all are chosen,
+/// so the kernel cannot hand out one port twice (it did: two etcd members got the same peer URL).
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// A 3-member etcd cluster on loopback; members are killed (SIGKILL) when dropped.
@@ -60,8 +63,8 @@ struct Etcd {
 
 impl Etcd {
     fn start(dir: &TempDir) -> Result<Self> {
-        let clients = (0..3).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
-        let peers = (0..3).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+        let ports = free_ports(6)?;
+        let (clients, peers) = (ports[..3].to_vec(), ports[3..].to_vec());
         let mut etcd =
             Self { dir: dir.path().to_owned(), logs: dir.subdir("etcd-logs")?, clients, peers, members: Vec::new() };
         for member in 0..3 {

@@ -189,6 +189,42 @@ fn chunks_in_and_out_without_copies_arrive_intact() {
     }));
 }
 
+/// 4 MiB read back with `read_chunks` into 8 slots: every call fills 1 to 8 of them with
+/// chunks that are not empty, the bytes equal, then the end; no slots, no chunk.
+#[test]
+fn read_chunks_fills_slots_with_what_is_there() {
+    smol::block_on(bounded(async {
+        let (server, client) = (server(), client());
+        let (conn, accepted) = connected(&server, &client).await;
+        let payload = bytes::Bytes::from(random_bytes(4 << 20).unwrap());
+        let mut send = conn.open_uni().await.unwrap();
+        let writing = async {
+            send.write_chunk(payload.clone()).await.unwrap();
+            send.finish().await.unwrap();
+        };
+        let reading = async {
+            let mut recv = accepted.accept_uni().await.unwrap();
+            assert_eq!(recv.read_chunks(&mut []).await.unwrap(), Some(0), "no slots to fill");
+            let mut slots: [bytes::Bytes; 8] = Default::default();
+            let (mut received, mut calls, mut most) = (Vec::new(), 0, 0);
+            while let Some(filled) = recv.read_chunks(&mut slots).await.unwrap() {
+                assert!((1..=8).contains(&filled), "{filled} slots filled");
+                for chunk in &slots[..filled] {
+                    assert!(!chunk.is_empty(), "an empty chunk");
+                    received.extend_from_slice(chunk);
+                }
+                (calls, most) = (calls + 1, most.max(filled));
+            }
+            assert_eq!(recv.read_chunks(&mut slots).await.unwrap(), None, "the end is read once more as the end");
+            eprintln!("{calls} calls, at most {most} chunks in one");
+            received
+        };
+        let ((), received) = zip(writing, reading).await;
+        assert_eq!(received.len(), payload.len());
+        assert_eq!(sha256_hex(&received), sha256_hex(&payload));
+    }));
+}
+
 /// Every `write` and `read` raced against a short timer, so that many are dropped while
 /// pending: the bytes that arrive are exactly those sent.
 #[test]

@@ -267,6 +267,14 @@ impl RecvStream {
         poll_fn(|cx| self.poll_chunk(cx, max)).await
     }
 
+    /// Fill `chunks` with the next chunks of the stream, as many as are already here (waiting
+    /// only while none is), without copying them: how many, or `None` at the end of the stream
+    /// (`Some(0)` for an empty `chunks`). One await for a whole batch of packets, where
+    /// [`RecvStream::read_chunk`] takes one. Cancellation safe, as [`RecvStream::read`].
+    pub async fn read_chunks(&mut self, chunks: &mut [Bytes]) -> Result<Option<usize>, Error> {
+        poll_fn(|cx| self.poll_chunks(cx, chunks)).await
+    }
+
     /// Read to the end of the stream, refusing a stream longer than `limit` bytes (what was read
     /// is then lost: stop the stream or drop it).
     pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, Error> {
@@ -361,6 +369,22 @@ impl RecvStream {
             filled += chunk.len();
         }
         Poll::Ready(Ok(filled))
+    }
+
+    /// The first slot of `chunks` filled after waiting if need be, the others with what is here.
+    fn poll_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<Result<Option<usize>, Error>> {
+        let Some((first, rest)) = chunks.split_first_mut() else { return Poll::Ready(Ok(Some(0))) };
+        match std::task::ready!(self.poll_chunk(cx, usize::MAX))? {
+            Some(chunk) => *first = chunk,
+            None => return Poll::Ready(Ok(None)),
+        }
+        let mut filled = 1;
+        for slot in rest {
+            let Some(chunk) = self.take_ready(usize::MAX) else { break };
+            *slot = chunk;
+            filled += 1;
+        }
+        Poll::Ready(Ok(Some(filled)))
     }
 
     /// The next at most `max` bytes (at least one for `max` > 0), or `None` at the end.

@@ -13,8 +13,7 @@ use bytes::BytesMut;
 use crossbeam_channel::Sender;
 use crossbeam_queue::ArrayQueue;
 use quinn_proto::{
-    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent, StreamId,
-    Transmit,
+    Connection, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, StreamId, Transmit,
 };
 
 use crate::address::unmapped;
@@ -28,11 +27,12 @@ use crate::datagram::{classify, ControlDatagram, DatagramKind};
 use crate::latency::Recorder;
 use crate::probe::SocketOwner;
 use crate::relay::io::{Received, RelayIo};
-use crate::relay::{is_alias, PathRoute, RelayAllocation, RELAY_HEADER_LEN};
+use crate::relay::{PathRoute, RelayAllocation};
 use crate::stats::{bump, CloseClass, CoreStats, DropReason};
-use crate::transmit::{to_batch, Transmitter, MAX_GSO_BYTES};
+use crate::transmit::{to_batch, Transmitter};
 
 mod admit;
+mod drive;
 mod shared;
 
 pub(crate) use shared::CoreShared;
@@ -140,7 +140,7 @@ pub(crate) struct Core<B: Backend, M> {
     active: usize,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     dirty: Vec<usize>,
-    /// Streams of the connection being driven that `on_readable` was called for (up to 16).
+    /// Streams of the connection being driven that `on_readable` was called for (`drive.rs`).
     readable_seen: Vec<StreamId>,
     received: Vec<(RecvMeta, BytesMut)>,
     /// Datagrams other threads asked this core to send (`NodeHandle::send_datagram`) that arrived while
@@ -194,7 +194,7 @@ impl<B: Backend, M> Core<B, M> {
             active: 0,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
-            readable_seen: Vec::new(),
+            readable_seen: Vec::with_capacity(drive::READABLE_SEEN_MAX),
             received: Vec::new(),
             deferred: std::collections::VecDeque::new(),
             wake_mask: vec![false; cores],
@@ -616,163 +616,6 @@ impl<B: Backend, M> Core<B, M> {
         }
     }
 
-    fn drive_dirty(&mut self, now: Instant) {
-        if !self.tx.retry_blocked() {
-            return;
-        }
-        while !self.tx.is_blocked() {
-            let Some(batch) = self.deferred.pop_front() else { break };
-            self.tx.transmit(batch);
-        }
-        if self.tx.is_blocked() {
-            return;
-        }
-        let dirty = std::mem::take(&mut self.dirty);
-        for &index in &dirty {
-            self.drive(now, index);
-        }
-        let mut dirty = dirty;
-        dirty.clear();
-        // Connections marked again while driving stay in `self.dirty` for the next turn.
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
-    }
-
-    /// Bring one connection up to date: endpoint bookkeeping, application events, transmits, timer.
-    fn drive(&mut self, now: Instant, index: usize) {
-        let handle = ConnectionHandle(index);
-        let core = self.index;
-        let id = ConnId { core, index };
-        let Some(Some(state)) = self.conns.get_mut(index) else { return };
-        state.dirty = false;
-        let mut drained = false;
-
-        while let Some(event) = state.conn.poll_endpoint_events() {
-            drained |= event.is_drained();
-            if let Some(reply) = self.endpoint.handle_event(handle, event) {
-                state.conn.handle_event(reply);
-            }
-        }
-
-        self.readable_seen.clear();
-        while let Some(event) = state.conn.poll() {
-            let mut conn = ConnRef { id, tag: state.tag, now, inner: &mut state.conn };
-            match event {
-                Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
-                Event::DatagramReceived => self.app.on_datagram(&mut conn),
-                Event::Connected => {
-                    bump(&self.shared.stats.handshakes_completed, 1);
-                    state.connected = true;
-                    if std::mem::take(&mut state.half_open) {
-                        self.admission.finished();
-                        self.shared
-                            .stats
-                            .handshakes_in_flight
-                            .store(self.admission.in_flight() as u64, Ordering::Relaxed);
-                    }
-                    self.recorder.handshake(now.saturating_duration_since(state.created));
-                    self.app.on_connected(&mut conn);
-                }
-                Event::ConnectionLost { reason } => {
-                    state.closed_reported = true;
-                    self.shared.stats.count_close(CloseClass::of(&reason));
-                    if state.connected {
-                        self.recorder.rtt(conn.inner.rtt());
-                    } else {
-                        bump(&self.shared.stats.handshake_failures, 1);
-                    }
-                    self.app.on_closed(id, state.tag, &reason);
-                }
-                Event::Stream(StreamEvent::Opened { dir }) => {
-                    while let Some(stream) = conn.inner.streams().accept(dir) {
-                        self.app.on_stream_opened(&mut conn, stream);
-                        // Data may already be waiting on a fresh stream.
-                        first_readable(&mut self.readable_seen, stream);
-                        self.app.on_readable(&mut conn, stream);
-                    }
-                }
-                // quinn-proto reports each STREAM frame, and every datagram of this turn was taken
-                // in before this drive: one call per stream sees them all (not ~100 per batch).
-                Event::Stream(StreamEvent::Readable { id: stream }) => {
-                    if first_readable(&mut self.readable_seen, stream) {
-                        self.app.on_readable(&mut conn, stream);
-                    }
-                }
-                Event::Stream(StreamEvent::Writable { id: stream }) => self.app.on_writable(&mut conn, stream),
-                Event::Stream(StreamEvent::Finished { id: stream }) => self.app.on_finished(&mut conn, stream),
-                Event::Stream(StreamEvent::Stopped { id: stream, error_code }) => {
-                    self.app.on_stopped(&mut conn, stream, error_code);
-                }
-                Event::Stream(StreamEvent::Available { .. }) => self.app.on_streams_available(&mut conn),
-            }
-        }
-
-        if state.conn.remote_address() != state.remote {
-            state.remote = state.conn.remote_address();
-            bump(&self.shared.stats.peer_address_changes, 1);
-        }
-        if state.conn.local_ip() != state.local_ip {
-            state.local_ip = state.conn.local_ip();
-            bump(&self.shared.stats.preferred_address_migrations, 1);
-        }
-        if state.connected && now >= state.next_rtt_sample {
-            self.recorder.rtt(state.conn.rtt());
-            state.next_rtt_sample = now + RTT_SAMPLE_INTERVAL;
-        }
-
-        // The kernel takes at most 64 KiB in one GSO send (the IP length field), whatever the
-        // segment count: more segments of the path MTU would fail with EMSGSIZE.
-        // A relayed datagram grows by the relay header: leave room for it in every segment.
-        let overhead = if is_alias(&state.conn.remote_address()) { RELAY_HEADER_LEN } else { 0 };
-        let mtu = usize::from(state.conn.current_mtu()).max(1);
-        let max_segments = self.tx.backend.max_gso_segments().min(MAX_GSO_BYTES / (mtu + overhead)).max(1);
-        let mut budget = TRANSMIT_BUDGET;
-        loop {
-            if self.tx.is_blocked() || budget == 0 {
-                // More may be waiting: come back next turn.
-                state.dirty = true;
-                self.dirty.push(index);
-                break;
-            }
-            let mut buf = self.tx.backend.take_buffer();
-            if overhead > 0 {
-                // Room for the relay headers too, so framing in place never reallocates (a no-op
-                // once recycled buffers have grown).
-                buf.reserve(max_segments * (mtu + overhead));
-            }
-            let Some(transmit) = state.conn.poll_transmit(now, max_segments, &mut buf) else { break };
-            buf.truncate(transmit.size);
-            let batch = to_batch(&transmit, buf);
-            self.tx.transmit(batch);
-            budget -= 1;
-        }
-
-        if let Some(deadline) = state.conn.poll_timeout() {
-            if state.queued_deadline.is_none_or(|queued| deadline < queued) {
-                state.queued_deadline = Some(deadline);
-                self.timers.push(Reverse((deadline, index)));
-            }
-        }
-
-        if drained || state.conn.is_drained() {
-            if !state.closed_reported {
-                self.shared.stats.count_close(CloseClass::Local);
-                self.app.on_closed(id, state.tag, &ConnectionError::LocallyClosed);
-            }
-            if let Some(slot) = self.conns.get_mut(index) {
-                if let Some(state) = slot.take() {
-                    self.active = self.active.saturating_sub(1);
-                    if state.half_open {
-                        self.admission.finished();
-                        self.publish_in_flight();
-                    }
-                }
-            }
-            self.publish_active();
-        }
-    }
-
     fn wake_peers(&mut self) {
         for (core, flag) in self.wake_mask.iter_mut().enumerate() {
             if std::mem::take(flag) {
@@ -782,16 +625,4 @@ impl<B: Backend, M> Core<B, M> {
             }
         }
     }
-}
-
-/// Records `stream` in `seen`; false when it was there already. A short list, not a set: streams
-/// past the 16th of one drive are not recorded, so they get every call, as before.
-fn first_readable(seen: &mut Vec<StreamId>, stream: StreamId) -> bool {
-    if seen.contains(&stream) {
-        return false;
-    }
-    if seen.len() < 16 {
-        seen.push(stream);
-    }
-    true
 }

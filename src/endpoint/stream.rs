@@ -67,6 +67,19 @@ impl SendStream {
         Ok(())
     }
 
+    /// Write every chunk of `chunks` in order without copying them, emptying each as the stream
+    /// takes it (quinn's `write_all_chunks`). A dropped future leaves exactly the bytes it did
+    /// not write in `chunks`: call again with the same slice to go on.
+    pub async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), Error> {
+        for chunk in chunks.iter_mut() {
+            while !chunk.is_empty() {
+                let written = poll_fn(|cx| self.poll_write_with(cx, chunk.len(), |take| chunk.slice(..take))).await?;
+                let _ = chunk.split_to(written);
+            }
+        }
+        Ok(())
+    }
+
     /// Mark the end of the stream: everything written before is delivered, then the end.
     /// Returns once the core has the request; the bytes are still on their way.
     pub async fn finish(&mut self) -> Result<(), Error> {

@@ -60,11 +60,7 @@ impl SendStream {
     /// QUIC no longer needs them. Like [`SendStream::write_all`], a dropped future may have
     /// written a prefix.
     pub async fn write_chunk(&mut self, mut data: Bytes) -> Result<(), Error> {
-        while !data.is_empty() {
-            let written = poll_fn(|cx| self.poll_write_with(cx, data.len(), |take| data.slice(..take))).await?;
-            let _ = data.split_to(written);
-        }
-        Ok(())
+        self.write_all_chunks(std::slice::from_mut(&mut data)).await
     }
 
     /// Write every chunk of `chunks` in order without copying them, emptying each as the stream

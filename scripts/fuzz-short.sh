@@ -13,12 +13,10 @@
 # fuzz/README.md).
 #
 # Usage: scripts/fuzz-short.sh [--seconds N] [--sanitizer address|none] [--install] [--list]
-#                                [--build-only]
 #   --sanitizer  none: no address sanitizer (a faster build and faster runs; panics, hangs and
 #                overflows are still caught, memory errors in unsafe code no longer)
 #   --install    install cargo-fuzz (pinned) into the target directory's tools/ when missing
 #   --list       print the targets and exit
-#   --build-only build the targets and exit (scripts/test.sh builds them ahead, in the background)
 set -euo pipefail
 script="$(realpath "${BASH_SOURCE[0]}")"
 cd "$(dirname "$script")/.."
@@ -32,7 +30,6 @@ cd fuzz
 seconds=30
 install=0
 list=0
-build_only=0
 sanitizer=address
 toolchain="${TOOLCHAIN:-}"
 
@@ -50,8 +47,7 @@ while [ $# -gt 0 ]; do
             sanitizer="$2"; shift 2 ;;
         --install) install=1; shift ;;
         --list) list=1; shift ;;
-        --build-only) build_only=1; shift ;;
-        -h | --help) sed -n '2,21p' "$script" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$script" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) fail "unknown argument '$1' (see --help)" ;;
     esac
 done
@@ -81,7 +77,6 @@ fi
 
 echo "==> building ${#targets[@]} targets (sanitizer: $sanitizer)"
 timeout 3600 "${cargo[@]}" fuzz build -s "$sanitizer" >&2 || fail "building the fuzz targets failed"
-[ "$build_only" = 0 ] || exit 0
 
 for target in "${targets[@]}"; do
     [ -d "seeds/$target" ] || fail "no saved seeds for $target: fuzz/seeds/$target/ (see fuzz/README.md)"

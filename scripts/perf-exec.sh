@@ -8,15 +8,20 @@ cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: scripts/perf-exec.sh VIA SUBCOMMAND [ARGS...]" >&2; exit 2; }
 via="$1"
 shift
-# ANT_QUIC_PERF_PROFILE: the cargo profile to build with (default release; scripts/test.sh's smoke
-# runs use its `ci` profile, whose figures are not the release build's).
-profile="${ANT_QUIC_PERF_PROFILE:-release}"
-cargo build --profile "$profile" -p ant-quic-perf
+# ANT_QUIC_PERF_BIN: a perf binary built already, run as it is (scripts/test.sh's smoke runs use
+# the one its tests built with the `ci` profile, whose figures are not the release build's).
+binary="${ANT_QUIC_PERF_BIN:-}"
 source="commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-[ "$profile" = release ] || source="$source, cargo profile $profile"
+if [ -n "$binary" ]; then
+    [ -x "$binary" ] || { echo "perf-exec: ANT_QUIC_PERF_BIN=$binary is not an executable: build it, or unset it" >&2; exit 2; }
+    source="$source, prebuilt binary $binary"
+else
+    cargo build --release -p ant-quic-perf
+    binary="${CARGO_TARGET_DIR:-target}/release/ant-quic-perf"
+fi
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
     source="$source, with uncommitted changes in the working tree"
 fi
 export ANT_QUIC_PERF_SOURCE="$source"
 export ANT_QUIC_PERF_VIA="$via"
-exec "${CARGO_TARGET_DIR:-target}/$profile/ant-quic-perf" "$@"
+exec "$binary" "$@"

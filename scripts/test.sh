@@ -26,12 +26,7 @@ report_skipped() {
         sed 's/^/  /' "$skipped_list"
     fi
 }
-# Builds started in the background (below) are stopped with the script, whatever its outcome.
-stop_background() {
-    [ -z "${prebuild:-}" ] || kill -- -"$prebuild" 2>/dev/null || true
-    report_skipped
-}
-trap stop_background EXIT
+trap report_skipped EXIT
 
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
@@ -78,24 +73,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-# Work in the background, so that the steps below do not wait for it:
-# - the deployment test's Debian tree (tests/deploy_systemd.rs), debootstrapped once per target
-#   directory: downloads and unpacking, about 80 s here, done while the checks below compile;
-# - the fuzz targets, the instruction-count benches and gungraun-runner (the last two steps): CPU
-#   work only, while most of the default tests wait on namespaces, a container and timers. They
-#   build under SCHED_IDLE (chrt --idle), so they get only CPU time nothing else wants: a test
-#   thread that wakes preempts them at once. The last two steps wait for them; if a build failed
-#   here, its step builds again and says why.
-step "in the background: the systemd lab's Debian tree; at idle priority, the fuzz targets and the instruction-count benches (logs: target/tmp/lab-tree.log, target/tmp/prebuild.log)"
+# The deployment test's Debian tree (tests/deploy_systemd.rs) is debootstrapped once per target
+# directory: mostly downloads, about 80 s here, done while the checks below compile.
+step "in the background: the systemd lab's Debian tree (log: target/tmp/lab-tree.log)"
 bash scripts/systemd-lab/lab.sh tree >target/tmp/lab-tree.log 2>&1 &
 lab_tree=$!
-prebuild_commands='bash scripts/fuzz-short.sh --sanitizer none --install --build-only'
-if [ "${ANT_QUIC_SKIP_BENCH_GATE:-0}" != 1 ]; then
-    prebuild_commands+=' && python3 scripts/bench-gate --build-only'
-fi
-# setsid: its own process group, so that stop_background stops cargo and rustc with it.
-setsid chrt --idle 0 bash -c "$prebuild_commands" >target/tmp/prebuild.log 2>&1 &
-prebuild=$!
 
 step "python environment for the interop tests (aioquic)"
 bash scripts/python-env.sh >/dev/null
@@ -135,13 +117,13 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --features ant-quic/t
 step "waiting for the systemd lab's tree"
 wait "$lab_tree" || echo "note: the systemd lab's tree was not built ahead ($(tail -1 target/tmp/lab-tree.log)); the deployment test builds it"
 
-step "tests, default build (aws-lc-rs, post-quantum key exchange)"
+step "tests, default build (aws-lc-rs, post-quantum key exchange), with the async API's tokio feature"
 # Built with the `ci` profile (Cargo.toml): release code generation without cross-crate LTO, so
 # that each of the ~50 test binaries links in seconds rather than in 40 CPU-seconds of thin LTO.
-cargo test --profile ci --workspace
-
-step "the async API's tokio AsyncRead/AsyncWrite (feature tokio; the rest of tests/async_api.rs ran above)"
-cargo test --profile ci -p ant-quic --features tokio --test async_api -- tokio_io_traits
+# The feature `tokio` (tokio's AsyncRead/AsyncWrite on the streams, tests/async_api.rs) only adds
+# trait impls: on here, rather than a second build of the library for one test; the ring build
+# below runs tests/async_api.rs without it.
+cargo test --profile ci --workspace --features ant-quic/tokio
 
 step "bootstraps sharing a peer registry on etcd (feature etcd; docs/federation.md)"
 # Only the test binaries the feature changes (federation: about 25 s with 3 etcd members).
@@ -156,7 +138,9 @@ cargo test --profile ci -p ant-quic --features etcd --test natlab_federation
 
 step "the async API benchmark's runners work (scripts/bench-async.sh --quick: a smoke, not a measurement)"
 # Every runner once with small sizes (a few seconds); fails if any run fails, never on a figure.
-ANT_QUIC_PERF_PROFILE=ci bash scripts/bench-async.sh --quick >/dev/null
+# With the perf binary the default tests built (perf/tests/soak.rs runs it): `cargo build -p
+# ant-quic-perf` alone unifies features differently and would build the workspace once more.
+ANT_QUIC_PERF_BIN=target/ci/ant-quic-perf bash scripts/bench-async.sh --quick >/dev/null
 
 step "tests, ring build (--no-default-features --features rustls-ring,metrics)"
 # Only the tests whose outcome depends on the crypto provider: the libraries' unit tests, the
@@ -171,10 +155,6 @@ cargo test --profile ci -p ant-quic -p ant-quic-dataplane --no-default-features 
     --test hostile_input --test takeover --test admission --test cid_steering --test uring_backend -- \
     --skip takeover_keeps_every_connection --skip relayed_flow_keeps_forwarding_across_a_takeover \
     --skip taking_over_twice_keeps_live_transfers
-
-step "waiting for the background builds"
-wait "$prebuild" || echo "note: a background build failed (target/tmp/prebuild.log, last lines below); the steps below build again"
-tail -3 target/tmp/prebuild.log
 
 step "fuzzing: every target 20 s from the saved seeds (scripts/fuzz-short.sh; fuzz/README.md)"
 # Stable toolchain, no sanitizer: the build takes a third less time and the runs three to seven

@@ -1,7 +1,7 @@
 //! The ant-quic data plane: one thread per core, each owning its UDP socket, its I/O backend
 //! (io_uring or portable), its QUIC endpoint and every connection on it.
 //!
-//! A packet's path on one core: [`backend`] receives a batch → [`batch::split_gro`] splits it →
+//! A packet's path on one core: [`backend`] receives a batch → [`batch::split_gro_owned`] splits it →
 //! [`datagram::classify`] sorts QUIC packets from the node's own datagrams (relay frames are
 //! forwarded or unwrapped by [`relay`], control datagrams go to the control thread) →
 //! [`cid::route`] tells which core owns it (others are handed over through a queue) → the core's

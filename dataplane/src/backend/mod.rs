@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use quinn_proto::EcnCodepoint;
 
 use crate::relay::offload::RelayOffload;
@@ -150,8 +151,9 @@ pub trait Backend {
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
 
     /// Hand every datagram received so far to `sink`, without blocking. GRO buffers are passed
-    /// whole with their `stride`; see [`crate::batch::split_gro`].
-    fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, &[u8])) -> io::Result<()>;
+    /// whole with their `stride`; see [`crate::batch::split_gro_owned`]. Each buffer is the
+    /// sink's to keep: QUIC decrypts in it and holds on to the data it carries.
+    fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()>;
 
     /// Queue or send a batch. Errors other than back-pressure are counted and the batch dropped
     /// (UDP is lossy; QUIC retransmits). A batch refused with `EIO`/`EINVAL` because of GSO is

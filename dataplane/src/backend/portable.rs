@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use quinn_udp::{RecvMeta as UdpRecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 
 use super::{Backend, BackendKind, BackendParams, OutBatch, RecvMeta, SendRefused};
@@ -107,7 +108,7 @@ impl Backend for PortableBackend {
         Ok(())
     }
 
-    fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, &[u8])) -> io::Result<()> {
+    fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()> {
         // Bounded per loop turn: under a flood the core still gets to send, fire timers and take
         // commands (poll(2) is level-triggered, so what is left wakes the next turn at once).
         for _ in 0..MAX_RECV_CALLS_PER_TURN {
@@ -135,7 +136,8 @@ impl Backend for PortableBackend {
                         ecn: meta.ecn.map(from_udp_ecn),
                         local_ip: meta.dst_ip,
                     },
-                    data,
+                    // recvmmsg fills the same slices every turn: QUIC gets a copy.
+                    BytesMut::from(data),
                 );
             }
         }

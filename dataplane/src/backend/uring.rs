@@ -16,13 +16,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use io_uring::{opcode, IoUring, Probe};
 use quinn_udp::{UdpSockRef, UdpSocketState};
 
 use super::{Backend, BackendKind, BackendParams, OutBatch, RecvMeta, SendRefused};
 use crate::stats::{bump, CoreStats};
 use crate::sys::cmsg::{parse_control, parse_sockaddr, SendControl};
-use crate::sys::uring::{Completion, RecvBuffer, Ring, RingSetupError, SEND_SLOTS};
+use crate::sys::uring::{Completion, RecvBuffer, Ring, RingSetupError, RECV_PAYLOAD_OFFSET, SEND_SLOTS};
 
 /// Submission queue size. Sends, re-arms and the cancel at teardown fit easily.
 const SQ_ENTRIES: u32 = 256;
@@ -30,6 +31,11 @@ const SQ_ENTRIES: u32 = 256;
 const CQ_ENTRIES: u32 = 1024;
 /// Buffers kept for reuse by senders.
 const SPARE_BUFFERS: usize = 16;
+/// A payload of at least this many bytes (a GRO batch of several datagrams, in bulk transfers)
+/// goes to QUIC in its receive buffer, which the ring replaces: no copy. A smaller one is copied
+/// out and the buffer reused, so that a small datagram whose data QUIC keeps does not hold a
+/// whole 68 KiB buffer (a peer sending many would make the node hold far more than it sent).
+const KEEP_BUFFER_MIN: usize = 8 * 1024;
 
 /// Why io_uring cannot be used; the node logs it on one line and falls back to the portable
 /// backend. When it comes from [`UringBackend::open`], the socket is handed back with it.
@@ -158,7 +164,7 @@ fn build_ring() -> io::Result<(IoUring, &'static str)> {
 }
 
 /// Where received datagrams go.
-type RecvSink<'a> = &'a mut dyn FnMut(RecvMeta, &[u8]);
+type RecvSink<'a> = &'a mut dyn FnMut(RecvMeta, BytesMut);
 
 /// A receive completion taken off the ring while no sink was at hand.
 #[derive(Debug)]
@@ -392,7 +398,7 @@ impl UringBackend {
         error.map_or(Ok(()), Err)
     }
 
-    fn complete_recv(&mut self, received: PendingRecv, sink: &mut dyn FnMut(RecvMeta, &[u8])) -> io::Result<()> {
+    fn complete_recv(&mut self, received: PendingRecv, sink: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()> {
         let PendingRecv { result, buffer } = received;
         if result < 0 {
             if let Some(buffer) = buffer {
@@ -411,6 +417,7 @@ impl UringBackend {
         }
         let Some(buffer) = buffer else { return Ok(()) };
         let len = usize::try_from(result).unwrap_or(0);
+        let mut received = None;
         if let Some(out) = self.ring.received(&buffer, len) {
             if out.is_payload_truncated() {
                 bump(&self.stats.rx_truncated, 1);
@@ -423,14 +430,26 @@ impl UringBackend {
                 let payload = out.payload_data();
                 let stride = control.stride.unwrap_or(payload.len());
                 self.stats.rx_batch.record(if stride == 0 { 1 } else { payload.len().div_ceil(stride) });
-                sink(
-                    RecvMeta { remote, len: payload.len(), stride, ecn: control.ecn, local_ip: control.local_ip },
-                    payload,
-                );
+                let meta =
+                    RecvMeta { remote, len: payload.len(), stride, ecn: control.ecn, local_ip: control.local_ip };
+                let copy = (payload.len() < KEEP_BUFFER_MIN).then(|| BytesMut::from(payload));
+                received = Some((meta, copy));
             }
         }
-        // Given back only now that `sink` is done with the payload.
-        self.ring.give_back(buffer);
+        match received {
+            Some((meta, Some(copy))) => {
+                self.ring.give_back(buffer);
+                sink(meta, copy);
+            }
+            Some((meta, None)) => {
+                if let Some(mut data) = self.ring.take(buffer, len) {
+                    data.advance(RECV_PAYLOAD_OFFSET.min(data.len()));
+                    data.truncate(meta.len);
+                    sink(meta, data);
+                }
+            }
+            None => self.ring.give_back(buffer),
+        }
         Ok(())
     }
 
@@ -542,7 +561,7 @@ impl Backend for UringBackend {
         }
     }
 
-    fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, &[u8])) -> io::Result<()> {
+    fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()> {
         self.run_task_work()?;
         let mut error = None;
         while let Some(c) = self.backlog.pop_front() {

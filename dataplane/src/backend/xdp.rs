@@ -22,6 +22,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+
 use super::portable::PortableBackend;
 use super::{Backend, BackendKind, BackendParams, OutBatch, RecvMeta, SendRefused};
 use crate::frame::{classify, Classified, MacAddress, UdpFrame, ETHERNET_HEADER_LEN};
@@ -206,7 +208,7 @@ impl Backend for XdpBackend {
         Ok(())
     }
 
-    fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, &[u8])) -> io::Result<()> {
+    fn recv(&mut self, sink: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()> {
         let now = Instant::now();
         let max_len = self.xsk.frame_size().saturating_sub(ETHERNET_HEADER_LEN);
         for _ in 0..MAX_RX_CALLS_PER_TURN {
@@ -224,7 +226,8 @@ impl Backend for XdpBackend {
                         ecn: datagram.ecn,
                         local_ip: Some(datagram.dst.ip()),
                     };
-                    sink(meta, payload);
+                    // The frame goes back to the fill ring: QUIC gets a copy.
+                    sink(meta, BytesMut::from(payload));
                 }
                 Classified::ToKernel(_) => bump(&stats.xdp_frames_not_ours, 1),
             });

@@ -20,7 +20,7 @@ use crate::address::unmapped;
 use crate::admission::{Admission, AdmissionConfig};
 use crate::app::Application;
 use crate::backend::{Backend, OutBatch, RecvMeta};
-use crate::batch::split_gro;
+use crate::batch::split_gro_owned;
 use crate::cid::{route, CidKey, Generation, Route};
 use crate::connection::{ConnId, ConnRef, ConnState, ConnectRequest, Connections};
 use crate::datagram::{classify, ControlDatagram, DatagramKind};
@@ -453,13 +453,10 @@ impl<B: Backend, M> Core<B, M> {
         let received = &mut self.received;
         let stats = &self.shared.stats;
         self.tx.backend.recv(&mut |meta, data| {
-            // One copy into memory the endpoint can own; GRO segments then split off it.
-            let mut buf = BytesMut::from(data);
-            for segment in split_gro(data, meta.stride) {
-                let datagram = buf.split_to(segment.len());
+            for datagram in split_gro_owned(data, meta.stride) {
                 bump(&stats.rx_datagrams, 1);
-                bump(&stats.rx_bytes, segment.len() as u64);
-                received.push((RecvMeta { len: segment.len(), stride: segment.len(), ..meta }, datagram));
+                bump(&stats.rx_bytes, datagram.len() as u64);
+                received.push((RecvMeta { len: datagram.len(), stride: datagram.len(), ..meta }, datagram));
             }
         })?;
         let mut batch = std::mem::take(&mut self.received);

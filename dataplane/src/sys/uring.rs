@@ -5,8 +5,9 @@
 //! Pushing a submission is where io_uring is unsafe: the kernel keeps pointers into our memory
 //! until the completion. [`Ring`] only pushes entries that point at memory it owns itself, at
 //! stable addresses; it hands out a receive buffer only while the kernel is done with it
-//! ([`RecvBuffer`]), changes a send slot only when no send from it is in flight, and on drop
-//! cancels and waits for every operation before anything is freed (or leaks the memory).
+//! ([`RecvBuffer`]), and gives one away ([`Ring::take`]) only after putting a new one in its place;
+//! it changes a send slot only when no send from it is in flight, and on drop cancels and waits for
+//! every operation before anything is freed (or leaks the memory).
 
 use std::io;
 use std::marker::PhantomData;
@@ -17,6 +18,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
@@ -34,7 +36,11 @@ const RECV_NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_storage>();
 const RECV_CONTROL_LEN: usize = 128;
 /// `struct io_uring_recvmsg_out`: four `u32`s at the start of every multishot RECVMSG buffer.
 const RECVMSG_OUT_LEN: usize = 16;
-/// Each receive buffer: header room plus a 64 KiB GRO super-datagram, rounded to whole pages.
+/// Where the payload starts in a receive buffer: after the `io_uring_recvmsg_out` header, the
+/// name and the control messages, at the lengths the RECVMSG's msghdr gives them (`Ring::new`).
+pub(crate) const RECV_PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + RECV_NAME_LEN + RECV_CONTROL_LEN;
+/// Each receive buffer: header room plus a 64 KiB GRO super-datagram, rounded to whole pages
+/// (68 KiB).
 const RECV_BUF_LEN: usize = (RECVMSG_OUT_LEN + RECV_NAME_LEN + RECV_CONTROL_LEN + 65_536).div_ceil(4096) * 4096;
 /// Room for the control messages of one send (UDP_SEGMENT, TOS/TCLASS, PKTINFO).
 const SEND_CONTROL_LEN: usize = 128;
@@ -116,8 +122,10 @@ impl Drop for Mapping {
 struct ProvidedBuffers {
     /// `RECV_BUFFERS` ring entries; page-aligned, as the kernel requires.
     ring: Mapping,
-    /// `RECV_BUFFERS` buffers of `RECV_BUF_LEN` bytes.
-    buffers: Mapping,
+    /// Buffer `bid`: empty, with `RECV_BUF_LEN` bytes of capacity that the kernel writes into.
+    /// Never grown, so its memory stays where the ring entry points; one given away
+    /// ([`Self::take`]) is replaced by a new one.
+    buffers: Box<[BytesMut]>,
     /// Our copy of the ring tail; published to the kernel by [`Self::publish`].
     tail: u16,
 }
@@ -125,14 +133,16 @@ struct ProvidedBuffers {
 impl ProvidedBuffers {
     fn new() -> io::Result<Self> {
         let ring = Mapping::new(usize::from(RECV_BUFFERS) * std::mem::size_of::<BufRingEntry>())?;
-        let buffers = Mapping::new(usize::from(RECV_BUFFERS) * RECV_BUF_LEN)?;
+        let buffers = (0..RECV_BUFFERS).map(|_| BytesMut::with_capacity(RECV_BUF_LEN)).collect();
         Ok(Self { ring, buffers, tail: 0 })
     }
 
-    /// Keep the memory mapped for the life of the process.
+    /// Keep the ring and the buffers for the life of the process.
     fn leak(&mut self) {
         self.ring.leaked = true;
-        self.buffers.leaked = true;
+        for buffer in self.buffers.iter_mut() {
+            std::mem::forget(std::mem::take(buffer));
+        }
     }
 
     fn ring_base(&self) -> *mut BufRingEntry {
@@ -143,7 +153,8 @@ impl ProvidedBuffers {
     fn push(&mut self, bid: u16) {
         let bid = bid % RECV_BUFFERS;
         let index = usize::from(self.tail % RECV_BUFFERS);
-        let addr = self.buffers.ptr.as_ptr() as u64 + (usize::from(bid) * RECV_BUF_LEN) as u64;
+        let Some(buffer) = self.buffers.get_mut(usize::from(bid)) else { return };
+        let addr = buffer.spare_capacity_mut().as_mut_ptr() as u64;
         // SAFETY: `index < RECV_BUFFERS`, so the entry lies inside the ring mapping. The kernel
         // only reads entries between its head and the published tail; this one is beyond the
         // published tail, so nothing else accesses it now. The setters leave the `resv` field
@@ -169,13 +180,31 @@ impl ProvidedBuffers {
     ///
     /// # Safety
     ///
-    /// The kernel must have completed a receive into `bid` and not been given it back since.
+    /// The kernel must have completed a receive of `len` bytes into `bid` and not been given it
+    /// back since.
     unsafe fn filled(&self, bid: u16, len: usize) -> &[u8] {
-        let len = len.min(RECV_BUF_LEN);
-        let offset = usize::from(bid % RECV_BUFFERS) * RECV_BUF_LEN;
-        // SAFETY: `offset + len` lies inside the buffers mapping; the caller guarantees the kernel
-        // is not writing to this buffer while the slice lives.
-        unsafe { std::slice::from_raw_parts(self.buffers.ptr.as_ptr().add(offset), len) }
+        let Some(buffer) = self.buffers.get(usize::from(bid % RECV_BUFFERS)) else { return &[] };
+        // SAFETY: the buffer's allocation holds `capacity` bytes from `as_ptr`, of which the
+        // kernel wrote the first `len` (the caller's promise) and writes none while the slice
+        // lives: it has no entry pointing at this buffer until `push`, which takes `&mut self`.
+        unsafe { std::slice::from_raw_parts(buffer.as_ptr(), len.min(buffer.capacity())) }
+    }
+
+    /// Buffer `bid` with the `len` bytes the kernel received into it, to keep; a new buffer takes
+    /// its place in the ring (not yet visible to the kernel).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::filled`].
+    unsafe fn take(&mut self, bid: u16, len: usize) -> Option<BytesMut> {
+        let slot = self.buffers.get_mut(usize::from(bid % RECV_BUFFERS))?;
+        let mut taken = std::mem::replace(slot, BytesMut::with_capacity(RECV_BUF_LEN));
+        // SAFETY: the kernel initialised the first `len` bytes (the caller's promise), within the
+        // capacity, and no ring entry points at this memory any more: `push` below points the
+        // entry at the new buffer.
+        unsafe { taken.set_len(len.min(taken.capacity())) };
+        self.push(bid);
+        Some(taken)
     }
 }
 
@@ -436,10 +465,23 @@ impl Ring {
             return None;
         }
         // SAFETY: a RecvBuffer of this ring is made only from a completion reporting that the
-        // kernel filled `bid`, and is consumed when the buffer is given back, so the kernel does
-        // not write into it while the slice (borrowing `self` and `buffer`) lives.
+        // kernel filled `bid` with `len` bytes, and is consumed when the buffer is given back or
+        // taken, so the kernel does not write into it while the slice (borrowing `self` and
+        // `buffer`) lives.
         let filled = unsafe { self.buffers.filled(buffer.bid, len) };
         RecvMsgOut::parse(filled, &self.recv_hdr).ok()
+    }
+
+    /// Keep a receive buffer with the `len` bytes received into it (the completion's result); a
+    /// new buffer takes its place (the kernel may use it once [`Self::publish_buffers`] ran).
+    /// `None` when `buffer` came from another ring.
+    pub(crate) fn take(&mut self, buffer: RecvBuffer, len: usize) -> Option<BytesMut> {
+        if buffer.ring != self.id {
+            return None;
+        }
+        // SAFETY: as in `received`: the kernel filled `bid` with `len` bytes and was not given it
+        // back since; `buffer` is consumed here, so no other view of it remains.
+        unsafe { self.buffers.take(buffer.bid, len) }
     }
 
     /// Give a receive buffer back (the kernel may use it once [`Self::publish_buffers`] ran).

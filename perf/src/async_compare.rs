@@ -219,6 +219,53 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// The ratios within each round (async, callback and quinn run back to back), whose spread shows
+/// how far the host's speed moved between rounds; rounds with a failed run are left out.
+fn round_ratios(s: &mut String, r: &Report) {
+    use std::fmt::Write;
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| direction | rounds | async / callback per round: median (min–max) | async / quinn per round: median \
+         (min–max) | rounds with async / quinn ≥ 1.2 | CPU: quinn / async per round: median (min–max) |"
+    );
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
+    for direction in DIRECTIONS {
+        let run = |pair: usize, api: Api| {
+            r.bulk
+                .iter()
+                .find(|b| b.direction == direction && b.pair == pair && b.api == api)
+                .and_then(|b| b.result.as_ref())
+        };
+        let (mut vs_callback, mut vs_quinn, mut cpu_vs_quinn) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 1..=r.pairs {
+            let (Some(asy), Some(cb), Some(qn)) =
+                (run(pair, Api::Async), run(pair, Api::Callback), run(pair, Api::Quinn))
+            else {
+                continue;
+            };
+            vs_callback.push(asy.gbps / cb.gbps);
+            vs_quinn.push(asy.gbps / qn.gbps);
+            if let (Some(asy_cpu), Some(qn_cpu)) = (asy.cpu_seconds, qn.cpu_seconds) {
+                cpu_vs_quinn.push(qn_cpu / asy_cpu);
+            }
+        }
+        let above = vs_quinn.iter().filter(|&&x| x >= 1.2).count();
+        let summary = |v: Vec<f64>| {
+            let v = sorted(v.into_iter());
+            format!("{} ({})", fmt_opt(median(&v), 2), spread(&v, 2))
+        };
+        let rounds = vs_quinn.len();
+        let _ = writeln!(
+            s,
+            "| {direction} | {rounds} | {} | {} | {above} of {rounds} | {} |",
+            summary(vs_callback),
+            summary(vs_quinn),
+            summary(cpu_vs_quinn),
+        );
+    }
+}
+
 fn markdown(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -288,6 +335,7 @@ fn markdown(r: &Report) -> String {
             );
         }
     }
+    round_ratios(&mut s, r);
     let _ = writeln!(s);
     let _ = writeln!(
         s,

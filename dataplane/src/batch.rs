@@ -2,16 +2,25 @@
 
 use bytes::BytesMut;
 
+/// The length of each datagram of a GRO buffer of `len` bytes: `stride`, or the whole buffer
+/// when the stride is zero (a single datagram).
+fn segment_len(len: usize, stride: usize) -> usize {
+    if stride == 0 {
+        len.max(1)
+    } else {
+        stride
+    }
+}
+
 /// Split a GRO buffer of `stride`-byte datagrams (the last one may be shorter) into datagrams.
 /// A zero stride means the buffer is a single datagram.
 pub fn split_gro(data: &[u8], stride: usize) -> impl Iterator<Item = &[u8]> {
-    let stride = if stride == 0 { data.len().max(1) } else { stride };
-    data.chunks(stride)
+    data.chunks(segment_len(data.len(), stride))
 }
 
 /// [`split_gro`] of a buffer to keep: the datagrams share its memory, without copies.
 pub fn split_gro_owned(mut data: BytesMut, stride: usize) -> impl Iterator<Item = BytesMut> {
-    let stride = if stride == 0 { data.len().max(1) } else { stride };
+    let stride = segment_len(data.len(), stride);
     std::iter::from_fn(move || (!data.is_empty()).then(|| data.split_to(stride.min(data.len()))))
 }
 

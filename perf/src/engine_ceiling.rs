@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ant_quic::dataplane::batch::split_gro;
+use ant_quic::dataplane::batch::split_gro_owned;
 use ant_quic::dataplane::cid::{configure_core_endpoint, CidKey};
 use ant_quic::identity::Identity;
 use ant_quic::quinn_proto::{
@@ -144,15 +144,14 @@ impl Side {
         out
     }
 
-    /// Take `batches` from `from` as the core does: one copy, split into datagrams, each to the
-    /// endpoint and then to its connection.
+    /// Take `batches` from `from` as the core takes a batch it copied (the portable backend's, or
+    /// io_uring's below 8 KiB): one copy, split into datagrams that share it, each to the endpoint
+    /// and then to its connection.
     fn receive(&mut self, now: Instant, from: SocketAddr, batches: &[(Vec<u8>, usize)]) {
         let started = Instant::now();
         let mut response = Vec::new();
         for (data, stride) in batches {
-            let mut owned = BytesMut::from(&data[..]);
-            for segment in split_gro(data, *stride) {
-                let datagram = owned.split_to(segment.len());
+            for datagram in split_gro_owned(BytesMut::from(&data[..]), *stride) {
                 match self.endpoint.handle(now, from, None, None, datagram, &mut response) {
                     Some(DatagramEvent::ConnectionEvent(_, event)) => {
                         if let Some((_, conn)) = self.conn.as_mut() {

@@ -22,10 +22,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The application protocol both endpoints offer.
 pub const ALPN: &[u8] = b"ant-quic-perf";
 
-/// The sender writes slices of this buffer, up to 1 MiB at a time, without copies.
-const CHUNK: usize = 1024 * 1024;
-static DATA: [u8; CHUNK] = [0xAB; CHUNK];
-
 /// A tokio multi-thread runtime with `workers` worker threads (at least 1).
 pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -146,15 +142,16 @@ async fn server_side(
     Ok(())
 }
 
-/// Writes `bytes` bytes of one static buffer, 1 MiB per `write_chunk` (no copy, as quinn's
-/// `write_chunk` in `quinn-bulk`).
+/// Writes `bytes` bytes, 1 MiB per `write_all_chunks` as references to the callback API's
+/// 64 KiB filler, without copies ([`crate::harness::fill`]).
 async fn send_bytes(send: &mut SendStream, bytes: u64) -> Result<()> {
-    let chunk = Bytes::from_static(&DATA);
+    let block = ant_quic::protocol::filler();
+    let mut chunks: [Bytes; 16] = Default::default();
     let mut left = bytes;
     while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        send.write_chunk(chunk.slice(..n)).await.context("writing the stream")?;
-        left -= n as u64;
+        let n = crate::harness::fill(&mut chunks, &block, left);
+        send.write_all_chunks(&mut chunks).await.context("writing the stream")?;
+        left -= n;
     }
     Ok(())
 }

@@ -380,6 +380,20 @@ pub fn write_header(s: &mut String, machine: &Machine, load: (Option<f64>, Optio
     }
 }
 
+/// Point `chunks` (emptied by a `write_all_chunks`) at `block` again for the next call, at most
+/// `left` bytes in all; returns how many bytes they hold. Every bulk sender writes 1 MiB per
+/// call as 16 references to the callback API's 64 KiB filler (`ant_quic::protocol::filler`), so
+/// the three APIs send the same bytes from the same memory.
+pub fn fill(chunks: &mut [bytes::Bytes], block: &bytes::Bytes, left: u64) -> u64 {
+    let mut total = 0u64;
+    for chunk in chunks.iter_mut() {
+        let n = (left - total).min(block.len() as u64) as usize;
+        *chunk = block.slice(..n);
+        total += n as u64;
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +403,17 @@ mod tests {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[1.0, 2.0, 9.0]), Some(2.0));
         assert_eq!(median(&sorted([4.0, 1.0, 2.0, 3.0].into_iter())), Some(2.5));
+    }
+
+    #[test]
+    fn fill_points_at_the_block_up_to_what_is_left() {
+        let block = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+        let mut chunks: [bytes::Bytes; 16] = Default::default();
+        assert_eq!(fill(&mut chunks, &block, 10 << 20), 1 << 20);
+        assert!(chunks.iter().all(|c| c.len() == block.len() && c.as_ptr() == block.as_ptr()));
+        assert_eq!(fill(&mut chunks, &block, 100_000), 100_000);
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(lens[..3], [65_536, 34_464, 0]);
+        assert!(lens[2..].iter().all(|&l| l == 0));
     }
 }

@@ -23,10 +23,6 @@ use crate::tls;
 /// Bound on one side's whole run, so that a stuck transfer ends on its own.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(110);
 
-/// The sender writes the stream in chunks of this size (one static buffer, reference-counted).
-const CHUNK: usize = 1024 * 1024;
-static DATA: [u8; CHUNK] = [0xAB; CHUNK];
-
 /// Runs one transfer of `bytes` bytes; `upload`: the client sends, else the server sends.
 /// `pin`: server thread on the first allowed CPU, client thread on the second (quinn's own bench
 /// does not pin; ant-quic's in-process transfer does).
@@ -176,14 +172,16 @@ async fn client_side(
     Ok(ClientOutcome { start, end, mtu })
 }
 
-/// Writes `bytes` bytes of one static buffer, 1 MiB at a time.
+/// Writes `bytes` bytes, 1 MiB per `write_all_chunks` as references to the callback API's
+/// 64 KiB filler, without copies ([`crate::harness::fill`]).
 pub(crate) async fn send_bytes(send: &mut quinn::SendStream, bytes: u64) -> Result<()> {
-    let chunk = Bytes::from_static(&DATA);
+    let block = ant_quic::protocol::filler();
+    let mut chunks: [Bytes; 16] = Default::default();
     let mut left = bytes;
     while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        send.write_chunk(chunk.slice(..n)).await.context("writing the stream")?;
-        left -= n as u64;
+        let n = crate::harness::fill(&mut chunks, &block, left);
+        send.write_all_chunks(&mut chunks).await.context("writing the stream")?;
+        left -= n;
     }
     Ok(())
 }

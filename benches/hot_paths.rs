@@ -1,9 +1,10 @@
 //! Instruction counts of the hot paths, measured by callgrind through gungraun: the figures the
 //! regression gate (`scripts/bench-gate`) compares with `benches/baselines/instructions.json`.
 //!
-//! - `receive`: GRO buffers of sealed short-header packets split into datagrams, handed to the
-//!   server endpoint, decrypted and delivered, and the stream read (an in-memory client/server
-//!   pair with the node's TLS and endpoint settings).
+//! - `receive`: GRO buffers of sealed short-header packets, each copied once and split into
+//!   datagrams that share the copy (as the core receives), handed to the server endpoint,
+//!   decrypted and delivered, and the stream read (an in-memory client/server pair with the
+//!   node's TLS and endpoint settings).
 //! - `send`: stream data packetised, sealed and assembled into GSO batches of the size the core
 //!   asks for.
 //! - `signalling`: NAT traversal signalling messages emitted into frames and read back.
@@ -30,7 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ant_quic::dataplane::batch::split_gro;
+use ant_quic::dataplane::batch::split_gro_owned;
 use ant_quic::dataplane::cid::{configure_core_endpoint, CidKey};
 use ant_quic::identity::Identity;
 use ant_quic::quinn_proto::congestion::CubicConfig;
@@ -186,12 +187,13 @@ fn drain(side: &mut Side, now: Instant, max_segments: usize) -> Vec<Batch> {
     out
 }
 
-/// Split `batch` into datagrams and hand them to `side` as the core does: endpoint first, then the
-/// connection, then the endpoint events the connection raises.
+/// Split `batch` into datagrams and hand them to `side` as the core does: one copy of the whole
+/// buffer (the core's copy out of a receive buffer it gives back), its datagrams sharing that
+/// copy; endpoint first, then the connection, then the endpoint events the connection raises.
 fn receive(side: &mut Side, from: SocketAddr, now: Instant, batch: &Batch) {
     let mut response = Vec::new();
-    for datagram in split_gro(&batch.data, batch.stride) {
-        match side.endpoint.handle(now, from, None, None, BytesMut::from(datagram), &mut response) {
+    for datagram in split_gro_owned(BytesMut::from(batch.data.as_slice()), batch.stride) {
+        match side.endpoint.handle(now, from, None, None, datagram, &mut response) {
             Some(DatagramEvent::ConnectionEvent(_, event)) => {
                 if let Some((_, conn)) = side.conn.as_mut() {
                     conn.handle_event(event);

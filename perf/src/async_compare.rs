@@ -18,7 +18,9 @@ use crate::rpc_latency::{RpcImpl, RpcResult};
 #[derive(Debug, Args)]
 pub struct AsyncCompareArgs {
     /// Alternating rounds (async, callback, quinn) per direction, and (async, quinn) of latency.
-    #[arg(long, default_value_t = 5)]
+    /// On a shared 2-core host one round's ratio moves by ±20 %; 21 rounds put the median within
+    /// a few hundredths.
+    #[arg(long, default_value_t = 21)]
     pairs: usize,
     /// Bytes per bulk transfer.
     #[arg(long, default_value_t = DEFAULT_BYTES)]
@@ -213,55 +215,89 @@ fn spread(v: &[f64], digits: usize) -> String {
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    quotient(a, b).map_or_else(|| "—".to_owned(), |x| format!("**{x:.2}**"))
+}
+
+fn quotient(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("**{:.2}**", a / b),
-        _ => "—".to_owned(),
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
     }
 }
 
-/// The ratios within each round (async, callback and quinn run back to back), whose spread shows
-/// how far the host's speed moved between rounds; rounds with a failed run are left out.
-fn round_ratios(s: &mut String, r: &Report) {
-    use std::fmt::Write;
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "| direction | rounds | async / callback per round: median (min–max) | async / quinn per round: median \
-         (min–max) | rounds with async / quinn ≥ 1.2 | CPU: quinn / async per round: median (min–max) |"
-    );
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
-    for direction in DIRECTIONS {
+/// The ratios of one direction within each round (async, callback and quinn run back to back),
+/// sorted; rounds with a failed run are left out.
+#[derive(Debug, Default)]
+struct RoundRatios {
+    async_vs_callback: Vec<f64>,
+    async_vs_quinn: Vec<f64>,
+    cpu_callback_vs_async: Vec<f64>,
+    cpu_quinn_vs_async: Vec<f64>,
+}
+
+impl RoundRatios {
+    fn of(r: &Report, direction: &str) -> Self {
         let run = |pair: usize, api: Api| {
             r.bulk
                 .iter()
                 .find(|b| b.direction == direction && b.pair == pair && b.api == api)
                 .and_then(|b| b.result.as_ref())
         };
-        let (mut vs_callback, mut vs_quinn, mut cpu_vs_quinn) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out = Self::default();
         for pair in 1..=r.pairs {
             let (Some(asy), Some(cb), Some(qn)) =
                 (run(pair, Api::Async), run(pair, Api::Callback), run(pair, Api::Quinn))
             else {
                 continue;
             };
-            vs_callback.push(asy.gbps / cb.gbps);
-            vs_quinn.push(asy.gbps / qn.gbps);
-            if let (Some(asy_cpu), Some(qn_cpu)) = (asy.cpu_seconds, qn.cpu_seconds) {
-                cpu_vs_quinn.push(qn_cpu / asy_cpu);
+            out.async_vs_callback.push(asy.gbps / cb.gbps);
+            out.async_vs_quinn.push(asy.gbps / qn.gbps);
+            if let (Some(asy_cpu), Some(cb_cpu), Some(qn_cpu)) = (asy.cpu_seconds, cb.cpu_seconds, qn.cpu_seconds) {
+                out.cpu_callback_vs_async.push(cb_cpu / asy_cpu);
+                out.cpu_quinn_vs_async.push(qn_cpu / asy_cpu);
             }
         }
-        let above = vs_quinn.iter().filter(|&&x| x >= 1.2).count();
-        let summary = |v: Vec<f64>| {
-            let v = sorted(v.into_iter());
-            format!("{} ({})", fmt_opt(median(&v), 2), spread(&v, 2))
-        };
-        let rounds = vs_quinn.len();
+        for v in [
+            &mut out.async_vs_callback,
+            &mut out.async_vs_quinn,
+            &mut out.cpu_callback_vs_async,
+            &mut out.cpu_quinn_vs_async,
+        ] {
+            *v = sorted(std::mem::take(v).into_iter());
+        }
+        out
+    }
+}
+
+/// The median of `v` (sorted) in bold, the headline form of a ratio.
+fn headline(v: &[f64]) -> String {
+    median(v).map_or_else(|| "—".to_owned(), |x| format!("**{x:.2}**"))
+}
+
+/// How far the ratios moved from round to round, and the ratio of the medians over all rounds,
+/// which drift between rounds can move away from the median of the rounds.
+fn round_spread(s: &mut String, r: &Report, medians: &[(&str, [Option<f64>; 2])]) {
+    use std::fmt::Write;
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| direction | rounds | async / callback per round: min–max | async / quinn per round: min–max | \
+         rounds with async / quinn ≥ 1.2 | CPU: quinn / async per round: min–max | ratio of medians: async / \
+         callback, async / quinn |"
+    );
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
+    for (direction, [vs_callback, vs_quinn]) in medians {
+        let rounds = RoundRatios::of(r, direction);
+        let above = rounds.async_vs_quinn.iter().filter(|&&x| x >= 1.2).count();
+        let n = rounds.async_vs_quinn.len();
         let _ = writeln!(
             s,
-            "| {direction} | {rounds} | {} | {} | {above} of {rounds} | {} |",
-            summary(vs_callback),
-            summary(vs_quinn),
-            summary(cpu_vs_quinn),
+            "| {direction} | {n} | {} | {} | {above} of {n} | {} | {}, {} |",
+            spread(&rounds.async_vs_callback, 2),
+            spread(&rounds.async_vs_quinn, 2),
+            spread(&rounds.cpu_quinn_vs_async, 2),
+            fmt_opt(*vs_callback, 2),
+            fmt_opt(*vs_quinn, 2),
         );
     }
 }
@@ -287,16 +323,24 @@ fn markdown(r: &Report) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
+        "Each ratio of the async API is the median over the rounds of that round's ratio: a round runs \
+         the three APIs back to back, so what the host's speed does between rounds cancels out."
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
         "| direction | API | median Gbit/s | min–max Gbit/s | runs ok | async / callback | async / quinn | \
          median CPU s per GiB | CPU: callback / async | CPU: quinn / async | MTU |"
     );
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut medians = Vec::new();
     for direction in DIRECTIONS {
         let of = |api: Api| {
             figures(r.bulk.iter().filter(|b| b.direction == direction && b.api == api).map(|b| &b.result), |x| x.gbps)
         };
         let (asy, cb, qn) = (of(Api::Async), of(Api::Callback), of(Api::Quinn));
         let asy_median = median(&asy.0);
+        medians.push((direction, [quotient(asy_median, median(&cb.0)), quotient(asy_median, median(&qn.0))]));
         // CPU seconds per GiB moved, of the runs that report it.
         let cpu_of = |api: Api| {
             let runs = r.bulk.iter().filter(|b| b.direction == direction && b.api == api);
@@ -305,14 +349,14 @@ fn markdown(r: &Report) -> String {
                 .filter_map(|x| x.cpu_seconds.filter(|_| x.bytes > 0).map(|cpu| cpu / (x.bytes as f64 / GIB)));
             median(&sorted(per_gib))
         };
-        let asy_cpu = cpu_of(Api::Async);
+        let rounds = RoundRatios::of(r, direction);
         for (api, (v, total)) in [(Api::Async, &asy), (Api::Callback, &cb), (Api::Quinn, &qn)] {
             let (vs_callback, vs_quinn, cpu_vs_callback, cpu_vs_quinn) = match api {
                 Api::Async => (
-                    ratio(asy_median, median(&cb.0)),
-                    ratio(asy_median, median(&qn.0)),
-                    ratio(cpu_of(Api::Callback), asy_cpu),
-                    ratio(cpu_of(Api::Quinn), asy_cpu),
+                    headline(&rounds.async_vs_callback),
+                    headline(&rounds.async_vs_quinn),
+                    headline(&rounds.cpu_callback_vs_async),
+                    headline(&rounds.cpu_quinn_vs_async),
                 ),
                 Api::Callback => ("1 (baseline)".to_owned(), "—".to_owned(), "1 (baseline)".to_owned(), "—".to_owned()),
                 Api::Quinn => ("—".to_owned(), "1 (baseline)".to_owned(), "—".to_owned(), "1 (baseline)".to_owned()),
@@ -335,7 +379,7 @@ fn markdown(r: &Report) -> String {
             );
         }
     }
-    round_ratios(&mut s, r);
+    round_spread(&mut s, r, &medians);
     let _ = writeln!(s);
     let _ = writeln!(
         s,

@@ -276,7 +276,7 @@ fn headline(v: &[f64]) -> String {
 
 /// How far the ratios moved from round to round, and the ratio of the medians over all rounds,
 /// which drift between rounds can move away from the median of the rounds.
-fn round_spread(s: &mut String, r: &Report, medians: &[(&str, [Option<f64>; 2])]) {
+fn round_spread(s: &mut String, directions: &[(&str, RoundRatios, [Option<f64>; 2])]) {
     use std::fmt::Write;
     let _ = writeln!(s);
     let _ = writeln!(
@@ -286,8 +286,7 @@ fn round_spread(s: &mut String, r: &Report, medians: &[(&str, [Option<f64>; 2])]
          callback, async / quinn |"
     );
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
-    for (direction, [vs_callback, vs_quinn]) in medians {
-        let rounds = RoundRatios::of(r, direction);
+    for (direction, rounds, [vs_callback, vs_quinn]) in directions {
         let above = rounds.async_vs_quinn.iter().filter(|&&x| x >= 1.2).count();
         let n = rounds.async_vs_quinn.len();
         let _ = writeln!(
@@ -333,14 +332,13 @@ fn markdown(r: &Report) -> String {
          median CPU s per GiB | CPU: callback / async | CPU: quinn / async | MTU |"
     );
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut medians = Vec::new();
+    let mut spreads = Vec::new();
     for direction in DIRECTIONS {
         let of = |api: Api| {
             figures(r.bulk.iter().filter(|b| b.direction == direction && b.api == api).map(|b| &b.result), |x| x.gbps)
         };
         let (asy, cb, qn) = (of(Api::Async), of(Api::Callback), of(Api::Quinn));
         let asy_median = median(&asy.0);
-        medians.push((direction, [quotient(asy_median, median(&cb.0)), quotient(asy_median, median(&qn.0))]));
         // CPU seconds per GiB moved, of the runs that report it.
         let cpu_of = |api: Api| {
             let runs = r.bulk.iter().filter(|b| b.direction == direction && b.api == api);
@@ -378,8 +376,10 @@ fn markdown(r: &Report) -> String {
                 fmt_opt(cpu_of(api), 2),
             );
         }
+        let of_medians = [quotient(asy_median, median(&cb.0)), quotient(asy_median, median(&qn.0))];
+        spreads.push((direction, rounds, of_medians));
     }
-    round_spread(&mut s, r, &medians);
+    round_spread(&mut s, &spreads);
     let _ = writeln!(s);
     let _ = writeln!(
         s,

@@ -380,11 +380,24 @@ pub fn write_header(s: &mut String, machine: &Machine, load: (Option<f64>, Optio
     }
 }
 
-/// Point `chunks` (emptied by a `write_all_chunks`) at `block` again for the next call, at most
-/// `left` bytes in all; returns how many bytes they hold. Every bulk sender writes 1 MiB per
-/// call as 16 references to the callback API's 64 KiB filler (`ant_quic::protocol::filler`), so
-/// the three APIs send the same bytes from the same memory.
-pub fn fill(chunks: &mut [bytes::Bytes], block: &bytes::Bytes, left: u64) -> u64 {
+/// What a bulk sender writes for `bytes` bytes: 1 MiB per `write_all_chunks` call, as 16
+/// references to the callback API's 64 KiB filler (`ant_quic::protocol::filler`), so the three
+/// APIs send the same bytes from the same memory; the last call holds what is left.
+pub fn filler_calls(bytes: u64) -> impl Iterator<Item = [bytes::Bytes; 16]> {
+    let block = ant_quic::protocol::filler();
+    let mut left = bytes;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let mut chunks: [bytes::Bytes; 16] = Default::default();
+        left -= fill(&mut chunks, &block, left);
+        Some(chunks)
+    })
+}
+
+/// Point `chunks` at `block`, at most `left` bytes in all; returns how many bytes they hold.
+fn fill(chunks: &mut [bytes::Bytes], block: &bytes::Bytes, left: u64) -> u64 {
     let mut total = 0u64;
     for chunk in chunks.iter_mut() {
         let n = (left - total).min(block.len() as u64) as usize;
@@ -415,5 +428,13 @@ mod tests {
         let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
         assert_eq!(lens[..3], [65_536, 34_464, 0]);
         assert!(lens[2..].iter().all(|&l| l == 0));
+    }
+
+    #[test]
+    fn filler_calls_hold_exactly_the_bytes_asked_for() {
+        let total = |bytes| filler_calls(bytes).flatten().map(|c| c.len() as u64).sum::<u64>();
+        assert_eq!(filler_calls(0).count(), 0);
+        assert_eq!(filler_calls((3 << 20) + 5).count(), 4);
+        assert_eq!(total((3 << 20) + 5), (3 << 20) + 5);
     }
 }

@@ -172,16 +172,10 @@ async fn client_side(
     Ok(ClientOutcome { start, end, mtu })
 }
 
-/// Writes `bytes` bytes, 1 MiB per `write_all_chunks` as references to the callback API's
-/// 64 KiB filler, without copies ([`crate::harness::fill`]).
+/// Writes `bytes` bytes as [`crate::harness::filler_calls`] cuts them, without copies.
 pub(crate) async fn send_bytes(send: &mut quinn::SendStream, bytes: u64) -> Result<()> {
-    let block = ant_quic::protocol::filler();
-    let mut chunks: [Bytes; 16] = Default::default();
-    let mut left = bytes;
-    while left > 0 {
-        let n = crate::harness::fill(&mut chunks, &block, left);
+    for mut chunks in crate::harness::filler_calls(bytes) {
         send.write_all_chunks(&mut chunks).await.context("writing the stream")?;
-        left -= n;
     }
     Ok(())
 }
